@@ -1,0 +1,39 @@
+//! `worker-cli`: the worker's device-free tools. `inspect` prints a GGUF file's metadata and
+//! tensor table.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod inspect;
+
+#[derive(Parser)]
+#[command(
+    name = "worker-cli",
+    version,
+    about = "Device-free tools for the llama-orch worker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a GGUF file's metadata (long arrays summarized) and tensor table.
+    Inspect(inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

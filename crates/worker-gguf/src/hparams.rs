@@ -1,0 +1,204 @@
+//! The model hyper-parameters the adapters need, read once from the `{arch}.*` keys.
+
+use crate::error::GgufError;
+use crate::value::Metadata;
+
+/// How rotary positions are rescaled for contexts beyond the training length.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// No scaling (`none`, or the key absent).
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        /// The divisor of positions.
+        factor: f32,
+    },
+    /// YaRN scaling.
+    Yarn {
+        /// The context extension factor.
+        factor: f32,
+        /// The context the model was trained with.
+        original_context_length: u32,
+    },
+}
+
+/// Transformer hyper-parameters of a GGUF model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HyperParams {
+    /// `general.architecture` (`llama`, `qwen2`, `phi3`, `gpt2`, …).
+    pub architecture: String,
+    /// `{arch}.context_length`: the longest context the model was trained for.
+    pub context_length: u32,
+    /// `{arch}.embedding_length`: the width of the residual stream.
+    pub embedding_length: u32,
+    /// `{arch}.block_count`: number of transformer layers.
+    pub block_count: u32,
+    /// `{arch}.feed_forward_length`: the hidden width of the MLP.
+    pub feed_forward_length: u32,
+    /// `{arch}.attention.head_count`.
+    pub head_count: u32,
+    /// `{arch}.attention.head_count_kv` (defaults to `head_count`: no GQA).
+    pub head_count_kv: u32,
+    /// Width of one key head (`{arch}.attention.key_length`, else embedding / heads).
+    pub head_dim: u32,
+    /// Width of one value head (`{arch}.attention.value_length`, else `head_dim`).
+    pub value_head_dim: u32,
+    /// `{arch}.rope.dimension_count` (defaults to `head_dim`); 0 for models without rope.
+    pub rope_dimension_count: u32,
+    /// `{arch}.rope.freq_base` (defaults to 10000).
+    pub rope_freq_base: f32,
+    /// `{arch}.rope.scaling.*`.
+    pub rope_scaling: RopeScaling,
+    /// `{arch}.attention.layer_norm_rms_epsilon`, for models normalized by RMS norm.
+    pub rms_norm_epsilon: Option<f32>,
+    /// `{arch}.attention.layer_norm_epsilon`, for models normalized by LayerNorm.
+    pub layer_norm_epsilon: Option<f32>,
+    /// `{arch}.attention.sliding_window`, when the model has one.
+    pub sliding_window: Option<u32>,
+    /// `{arch}.vocab_size`, else the length of `tokenizer.ggml.tokens`.
+    pub vocab_size: u32,
+}
+
+impl HyperParams {
+    /// Reads and checks the hyper-parameters; a missing or inconsistent key is an error naming it.
+    pub fn from_metadata(md: &Metadata) -> Result<Self, GgufError> {
+        let arch = md.architecture()?.to_string();
+        let key = |s: &str| format!("{arch}.{s}");
+        let opt_u32 = |s: &str| -> Result<Option<u32>, GgufError> {
+            match md.get(&key(s)) {
+                None => Ok(None),
+                Some(_) => md.get_u32(&key(s)).map(Some),
+            }
+        };
+        let opt_f32 = |s: &str| -> Result<Option<f32>, GgufError> {
+            match md.get(&key(s)) {
+                None => Ok(None),
+                Some(_) => md.get_f32(&key(s)).map(Some),
+            }
+        };
+        let positive = |s: &str, v: u32| -> Result<u32, GgufError> {
+            if v == 0 {
+                Err(GgufError::BadValue {
+                    key: key(s),
+                    reason: "must be greater than zero".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+
+        let context_length = positive("context_length", md.get_u32(&key("context_length"))?)?;
+        let embedding_length = positive("embedding_length", md.get_u32(&key("embedding_length"))?)?;
+        let block_count = positive("block_count", md.get_u32(&key("block_count"))?)?;
+        let feed_forward_length = positive(
+            "feed_forward_length",
+            md.get_u32(&key("feed_forward_length"))?,
+        )?;
+        let head_count = positive(
+            "attention.head_count",
+            md.get_u32(&key("attention.head_count"))?,
+        )?;
+        let head_count_kv = positive(
+            "attention.head_count_kv",
+            opt_u32("attention.head_count_kv")?.unwrap_or(head_count),
+        )?;
+        if head_count % head_count_kv != 0 {
+            return Err(GgufError::BadValue {
+                key: key("attention.head_count_kv"),
+                reason: format!("{head_count_kv} does not divide head_count {head_count}"),
+            });
+        }
+        let head_dim = match opt_u32("attention.key_length")? {
+            Some(v) => positive("attention.key_length", v)?,
+            None => {
+                if embedding_length % head_count != 0 {
+                    return Err(GgufError::BadValue {
+                        key: key("attention.head_count"),
+                        reason: format!(
+                            "{head_count} heads do not divide embedding_length {embedding_length} \
+                             and attention.key_length is absent"
+                        ),
+                    });
+                }
+                embedding_length / head_count
+            }
+        };
+        let value_head_dim = opt_u32("attention.value_length")?.unwrap_or(head_dim);
+        let rope_dimension_count = opt_u32("rope.dimension_count")?.unwrap_or(head_dim);
+        if rope_dimension_count > head_dim || rope_dimension_count % 2 != 0 {
+            return Err(GgufError::BadValue {
+                key: key("rope.dimension_count"),
+                reason: format!(
+                    "{rope_dimension_count} must be even and at most the head width {head_dim}"
+                ),
+            });
+        }
+        let rope_freq_base = opt_f32("rope.freq_base")?.unwrap_or(10_000.0);
+
+        let scaling_kind = match md.get(&key("rope.scaling.type")) {
+            None => "none",
+            Some(_) => md.get_str(&key("rope.scaling.type"))?,
+        };
+        let factor = opt_f32("rope.scaling.factor")?.unwrap_or(1.0);
+        let rope_scaling = match scaling_kind {
+            "none" => RopeScaling::None,
+            "linear" => RopeScaling::Linear { factor },
+            "yarn" => RopeScaling::Yarn {
+                factor,
+                original_context_length: opt_u32("rope.scaling.original_context_length")?
+                    .unwrap_or(context_length),
+            },
+            other => {
+                return Err(GgufError::BadValue {
+                    key: key("rope.scaling.type"),
+                    reason: format!("unknown rope scaling {other:?}"),
+                })
+            }
+        };
+
+        let rms_norm_epsilon = opt_f32("attention.layer_norm_rms_epsilon")?;
+        let layer_norm_epsilon = opt_f32("attention.layer_norm_epsilon")?;
+        if rms_norm_epsilon.is_none() && layer_norm_epsilon.is_none() {
+            return Err(GgufError::MissingKey {
+                key: format!(
+                    "{} (or {})",
+                    key("attention.layer_norm_rms_epsilon"),
+                    key("attention.layer_norm_epsilon")
+                ),
+            });
+        }
+        let sliding_window = opt_u32("attention.sliding_window")?;
+
+        let vocab_size = match opt_u32("vocab_size")? {
+            Some(v) => v,
+            None => match md.get("tokenizer.ggml.tokens") {
+                Some(_) => md.get_str_array("tokenizer.ggml.tokens")?.len() as u32,
+                None => {
+                    return Err(GgufError::MissingKey {
+                        key: format!("{} (or tokenizer.ggml.tokens)", key("vocab_size")),
+                    })
+                }
+            },
+        };
+        let vocab_size = positive("vocab_size", vocab_size)?;
+
+        Ok(HyperParams {
+            architecture: arch.clone(),
+            context_length,
+            embedding_length,
+            block_count,
+            feed_forward_length,
+            head_count,
+            head_count_kv,
+            head_dim,
+            value_head_dim,
+            rope_dimension_count,
+            rope_freq_base,
+            rope_scaling,
+            rms_norm_epsilon,
+            layer_norm_epsilon,
+            sliding_window,
+            vocab_size,
+        })
+    }
+}
