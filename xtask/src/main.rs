@@ -1,1 +1,69 @@
-fn main() {}
+//! `cargo xtask`: project automation. `fetch` downloads the test fixtures into a cache outside
+//! the repository; `run` fetches the default model and starts the worker on it.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+mod fetch;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Project automation for the llama-orch worker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Download every fixture (models, vocabularies, tokenizer.json files) into the cache,
+    /// verify their sha256, and skip what is already there.
+    Fetch(fetch::Args),
+    /// Fetch the default model (SmolLM2-135M) if missing and run worker-cpud on it.
+    Run {
+        /// Extra arguments passed to worker-cpud.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        worker_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Fetch(args) => fetch::run(&args),
+        Task::Run { worker_args } => run_worker(&worker_args),
+    }
+}
+
+fn run_worker(worker_args: &[String]) -> anyhow::Result<()> {
+    let model: PathBuf = fetch::ensure_default_model()?;
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--bin",
+            "worker-cpud",
+            "--",
+            "--model",
+        ])
+        .arg(&model)
+        .args(worker_args)
+        .status()
+        .context("cannot start cargo")?;
+    if !status.success() {
+        bail!("worker-cpud exited with {status}");
+    }
+    Ok(())
+}

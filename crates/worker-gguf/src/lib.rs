@@ -29,7 +29,7 @@ mod writer;
 pub use error::GgufError;
 pub use file::GgufFile;
 pub use hparams::{HyperParams, RopeScaling};
-pub use quants::{dequantize, quantize};
+pub use quants::{dequantize, quantize, supports_dequantize, supports_quantize};
 pub use reader::{GgufContent, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 pub use types::GgmlType;
 pub use value::{Array, Metadata, Value, ValueType};

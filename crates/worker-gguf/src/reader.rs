@@ -150,7 +150,9 @@ impl GgufContent {
 
     /// Checks that every tensor is aligned, inside the file and apart from every other.
     fn validate_data_section(&self, file_len: u64) -> Result<(), GgufError> {
-        let data_len = file_len.saturating_sub(self.data_offset);
+        // A file whose tensor table ends right at its last byte has no data section; then even
+        // an empty tensor lies outside the file.
+        let data_len = file_len.checked_sub(self.data_offset);
         let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             if t.offset % self.alignment != 0 {
@@ -160,13 +162,13 @@ impl GgufContent {
                     alignment: self.alignment,
                 });
             }
-            let end = t.offset.checked_add(t.n_bytes).unwrap_or(u64::MAX);
-            if end > data_len {
+            let end = t.offset.saturating_add(t.n_bytes);
+            if data_len.is_none_or(|len| end > len) {
                 return Err(GgufError::TensorOutOfBounds {
                     name: t.name.clone(),
                     start: t.offset,
                     end,
-                    len: data_len,
+                    len: data_len.unwrap_or(0),
                     data_offset: self.data_offset,
                 });
             }
