@@ -1,0 +1,125 @@
+//! Chat templates: the Jinja template in `tokenizer.chat_template`, rendered with `minijinja`
+//! and its Python-compatibility methods (`.strip()`, `.items()`, …), set up as HF
+//! `transformers`' `apply_chat_template` sets up jinja2 (`trim_blocks`, `lstrip_blocks`,
+//! `raise_exception`, `tojson`).
+
+use serde::{Deserialize, Serialize};
+use worker_gguf::Metadata;
+
+use crate::error::{Result, TokenizerError};
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, …
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The variables a template sees besides `messages`.
+#[derive(Clone, Debug, Default)]
+pub struct ChatContext {
+    /// Append the opening of the assistant's turn.
+    pub add_generation_prompt: bool,
+    /// The text of the BOS token (`bos_token`), empty if none.
+    pub bos_token: String,
+    /// The text of the EOS token (`eos_token`), empty if none.
+    pub eos_token: String,
+}
+
+/// A compiled chat template.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+}
+
+const NAME: &str = "chat_template";
+
+fn template_err(e: minijinja::Error) -> TokenizerError {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    TokenizerError::Template(msg)
+}
+
+impl ChatTemplate {
+    /// Compiles template `source`; a syntax error is reported, not panicked.
+    pub fn new(source: &str) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(template_err)?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(template_err)?;
+        Ok(Self { env })
+    }
+
+    /// The template in GGUF key `tokenizer.chat_template`, if the file has one.
+    pub fn from_gguf(md: &Metadata) -> Result<Option<Self>> {
+        match md.get("tokenizer.chat_template") {
+            None => Ok(None),
+            Some(_) => Self::new(md.get_str("tokenizer.chat_template")?).map(Some),
+        }
+    }
+
+    /// Renders `messages`.
+    pub fn render(&self, messages: &[ChatMessage], ctx: &ChatContext) -> Result<String> {
+        let tmpl = self.env.get_template(NAME).map_err(template_err)?;
+        tmpl.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => ctx.add_generation_prompt,
+            bos_token => &ctx.bos_token,
+            eos_token => &ctx.eos_token,
+        })
+        .map_err(template_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_reported() {
+        assert!(ChatTemplate::new("{% for %}").unwrap_err().is_template());
+        let t = ChatTemplate::new("{{ raise_exception('no system role') }}").unwrap();
+        let e = t.render(&[], &ChatContext::default()).unwrap_err();
+        assert!(e.to_string().contains("no system role"), "{e}");
+        let t = ChatTemplate::new("{{ messages[0].content.strip() }}").unwrap();
+        let out = t
+            .render(
+                &[ChatMessage::new("user", "  hi ")],
+                &ChatContext::default(),
+            )
+            .unwrap();
+        assert_eq!(out, "hi");
+    }
+}
