@@ -1,4 +1,31 @@
-//! The compute boundary: the `ComputeBackend` trait that model adapters call, and the CPU
-//! backend (scalar reference kernels plus SIMD kernels chosen at run time).
+//! The compute boundary: the [`ComputeBackend`] trait that model adapters call, and the CPU
+//! backend ([`cpu::CpuBackend`]: scalar reference kernels plus SIMD kernels chosen at run
+//! time, on a persistent thread pool).
 //!
-//! Empty until the CPU inference issue lands. It must not know about models, tokens or HTTP.
+//! ```no_run
+//! use worker_compute::{ComputeBackend, CpuBackend, CpuConfig};
+//! let mut cpu = CpuBackend::new(CpuConfig::default());
+//! let x = cpu.alloc_tensor(1, 4)?;
+//! cpu.write_rows(x, &[1.0, 2.0, 3.0, 4.0])?;
+//! cpu.gelu(x, 1)?;
+//! let mut out = [0f32; 4];
+//! cpu.read_rows(x, 1, &mut out)?;
+//! # Ok::<(), worker_compute::ComputeError>(())
+//! ```
+//!
+//! The op list is short and explicit (see [`ComputeBackend`]); device memory sits behind
+//! handles, so a GPU backend implements the same trait and can capture a decode step as a
+//! graph. This crate must not know about models, tokens, files or HTTP: it receives weights
+//! as bytes with a type and a shape, and indices as `u32`s.
+#![deny(missing_docs)]
+
+mod backend;
+pub mod cpu;
+mod error;
+
+pub use backend::{
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvType, Result, RopeMode,
+    RopeParams, TensorId, WeightDesc, WeightId,
+};
+pub use cpu::{Activations, CpuBackend, CpuConfig, KernelChoice};
+pub use error::ComputeError;

@@ -1,4 +1,199 @@
-//! Model adapters (llama, qwen2, phi3, gpt2, …) written once against the `ComputeBackend`
-//! ops, and the factory that picks one from `general.architecture`.
+//! Model adapters (llama, qwen2, …) written once against the
+//! [`worker_compute::ComputeBackend`] ops, and the factory [`load`] that picks one from
+//! `general.architecture`.
 //!
-//! Empty until the CPU inference issue lands. It must never name a concrete backend.
+//! ```no_run
+//! use worker_compute::{CpuBackend, CpuConfig};
+//! use worker_models::{load, LoadOptions, SequenceBatch};
+//! let file = worker_gguf::GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let mut backend = CpuBackend::new(CpuConfig::default());
+//! let mut model = load(&file, &mut backend, LoadOptions::default())?;
+//! let tokens = [504, 3575, 282, 4649, 314];
+//! let batch = SequenceBatch::new(&tokens, 0, 0, false);
+//! let mut logits = vec![0f32; model.hparams().vocab_size as usize];
+//! model.forward(&mut backend, &batch.batch(), &mut logits)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Architecture invariant: this crate never names a concrete backend; it calls trait ops
+//! through `&mut dyn ComputeBackend`. Nothing read from a model file may panic: an
+//! unsupported architecture, a missing tensor or a wrong shape is a [`ModelError`] naming it.
+#![deny(missing_docs)]
+
+mod decoder;
+mod error;
+mod llama;
+mod qwen2;
+
+pub use error::ModelError;
+pub use worker_gguf::HyperParams;
+
+use worker_compute::ComputeBackend;
+use worker_gguf::GgufFile;
+
+/// The architectures [`load`] supports, by `general.architecture`.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// Sizes a loaded model preallocates on the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Most rows (tokens) one forward call may carry: the prefill chunk size.
+    pub max_batch: usize,
+    /// Most rows one forward call may ask logits for.
+    pub max_logit_rows: usize,
+    /// Sequences the KV cache holds at once.
+    pub slots: usize,
+    /// Positions per sequence (capped at the model's context length).
+    pub max_positions: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_batch: 512,
+            max_logit_rows: 1,
+            slots: 1,
+            max_positions: 4096,
+        }
+    }
+}
+
+/// The rows of one forward call: token `tokens[r]` at position `positions[r]` of sequence
+/// slot `slots[r]`; logits are produced for the rows listed in `logit_rows`, in that order.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// Token ids.
+    pub tokens: &'a [u32],
+    /// Positions, one per token.
+    pub positions: &'a [u32],
+    /// KV cache slots, one per token.
+    pub slots: &'a [u32],
+    /// Rows (indices into `tokens`) whose logits are returned.
+    pub logit_rows: &'a [u32],
+}
+
+/// Owned index vectors for a [`Batch`] of one sequence.
+#[derive(Clone, Debug, Default)]
+pub struct SequenceBatch {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Positions.
+    pub positions: Vec<u32>,
+    /// Slots.
+    pub slots: Vec<u32>,
+    /// Rows whose logits are returned.
+    pub logit_rows: Vec<u32>,
+}
+
+impl SequenceBatch {
+    /// `tokens` of the sequence in `slot`, from position `start`; logits for the last row,
+    /// or for every row when `all_logits`.
+    pub fn new(tokens: &[u32], start: u32, slot: u32, all_logits: bool) -> Self {
+        let n = tokens.len() as u32;
+        SequenceBatch {
+            tokens: tokens.to_vec(),
+            positions: (start..start + n).collect(),
+            slots: vec![slot; tokens.len()],
+            logit_rows: if all_logits {
+                (0..n).collect()
+            } else {
+                vec![n.saturating_sub(1)]
+            },
+        }
+    }
+
+    /// The batch borrowing these vectors.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            tokens: &self.tokens,
+            positions: &self.positions,
+            slots: &self.slots,
+            logit_rows: &self.logit_rows,
+        }
+    }
+}
+
+impl Batch<'_> {
+    /// Checks the batch against the model's limits; returns the row count.
+    fn check(
+        &self,
+        opts: &LoadOptions,
+        vocab: usize,
+        logits_len: usize,
+    ) -> Result<usize, ModelError> {
+        let n = self.tokens.len();
+        let bad = |m: String| Err(ModelError::BadBatch(m));
+        if n == 0 || n > opts.max_batch {
+            return bad(format!("{n} tokens; 1..={} allowed", opts.max_batch));
+        }
+        if self.positions.len() != n || self.slots.len() != n {
+            return bad(format!(
+                "{n} tokens but {} positions and {} slots",
+                self.positions.len(),
+                self.slots.len()
+            ));
+        }
+        let nl = self.logit_rows.len();
+        if nl == 0 || nl > opts.max_logit_rows {
+            return bad(format!(
+                "{nl} logit rows; 1..={} allowed",
+                opts.max_logit_rows
+            ));
+        }
+        if let Some(r) = self.logit_rows.iter().find(|&&r| r as usize >= n) {
+            return bad(format!("logit row {r} of a {n}-row batch"));
+        }
+        if let Some(p) = self
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= opts.max_positions)
+        {
+            return bad(format!(
+                "position {p}; the cache holds {}",
+                opts.max_positions
+            ));
+        }
+        if let Some(s) = self.slots.iter().find(|&&s| s as usize >= opts.slots) {
+            return bad(format!("slot {s}; the cache has {}", opts.slots));
+        }
+        if logits_len != nl * vocab {
+            return bad(format!(
+                "logits buffer of {logits_len}, expected {nl} x {vocab}"
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// A loaded model: weights on a backend, a preallocated KV cache and activation buffers.
+pub trait Model: Send {
+    /// The hyper-parameters it was built from.
+    fn hparams(&self) -> &HyperParams;
+    /// The options it was loaded with (`max_positions` capped at the context length).
+    fn options(&self) -> &LoadOptions;
+    /// Runs the batch through the model (all rows at once: prefill is batched matmuls) and
+    /// writes `logit_rows.len() x vocab` logits. `backend` must be the one it was loaded on.
+    fn forward(
+        &mut self,
+        backend: &mut dyn ComputeBackend,
+        batch: &Batch<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), ModelError>;
+}
+
+/// Builds the adapter that `general.architecture` names, uploading its weights to `backend`.
+pub fn load(
+    file: &GgufFile,
+    backend: &mut dyn ComputeBackend,
+    opts: LoadOptions,
+) -> Result<Box<dyn Model>, ModelError> {
+    let hp = HyperParams::from_metadata(file.metadata())?;
+    match hp.architecture.as_str() {
+        "llama" => llama::load(file, hp, backend, opts),
+        "qwen2" => qwen2::load(file, hp, backend, opts),
+        other => Err(ModelError::UnsupportedArchitecture {
+            arch: other.to_string(),
+            supported: SUPPORTED_ARCHITECTURES.join(", "),
+        }),
+    }
+}

@@ -1,0 +1,221 @@
+//! The `ComputeBackend` trait: device memory behind opaque handles and a short, explicit op
+//! list with shapes passed beside the handles.
+//!
+//! Design rules, so that a CUDA backend can implement the same trait and capture a decode step
+//! as a graph:
+//! - Every tensor lives on the device and is named by a handle; the only op that returns host
+//!   data is [`ComputeBackend::read_rows`] (the logits read-out).
+//! - Everything that changes from one step to the next (token ids, positions, KV slots, which
+//!   rows produce logits) is written into small device index tensors *before* the step
+//!   ([`ComputeBackend::write_index`]), so a step with a given row count is a fixed op
+//!   sequence over fixed handles.
+//! - Weights are uploaded once in their GGUF storage type; the KV cache is allocated up front.
+//! - Activations are row-major f32 matrices `[rows, cols]` allocated with a row capacity; each
+//!   op is told how many rows are live.
+
+use worker_gguf::GgmlType;
+
+use crate::error::ComputeError;
+
+/// Result of a backend op.
+pub type Result<T> = std::result::Result<T, ComputeError>;
+
+/// An f32 activation matrix on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TensorId(pub(crate) u32);
+
+/// A u32 index vector on the device (token ids, positions, KV slots, row indices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IndexId(pub(crate) u32);
+
+/// A weight matrix or vector, stored in its GGUF type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WeightId(pub(crate) u32);
+
+/// A preallocated KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KvCacheId(pub(crate) u32);
+
+impl TensorId {
+    /// The raw id, for error messages and logs.
+    pub fn raw(self) -> u32 {
+        self.0
+    }
+}
+
+/// A weight to upload: `rows` rows of `cols` elements (ggml shape `[cols, rows]`), in `ty`.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightDesc<'a> {
+    /// The tensor's name, for errors.
+    pub name: &'a str,
+    /// Storage type (the kernels dequantize on the fly).
+    pub ty: GgmlType,
+    /// Number of rows (output features of a matmul; 1 for a vector).
+    pub rows: usize,
+    /// Elements per row (input features of a matmul).
+    pub cols: usize,
+    /// The raw GGUF bytes, exactly `rows * ty.bytes_for(cols)`.
+    pub bytes: &'a [u8],
+}
+
+/// Storage type of KV cache entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    /// f32 entries: exact, and on the CPU no conversion in the attention inner loop.
+    F32,
+}
+
+/// Shape of a KV cache: `slots` independent sequences of up to `max_positions` each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Transformer layers.
+    pub layers: usize,
+    /// Sequences that can be cached at the same time.
+    pub slots: usize,
+    /// Positions per sequence.
+    pub max_positions: usize,
+    /// Key/value heads per layer.
+    pub kv_heads: usize,
+    /// Width of one key head.
+    pub head_dim: usize,
+    /// Width of one value head.
+    pub value_head_dim: usize,
+    /// Entry type.
+    pub ty: KvType,
+}
+
+/// Which pairs of a head rotary embedding rotates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Adjacent pairs `(x[2i], x[2i+1])` (ggml "normal"; llama as converted to GGUF).
+    Normal,
+    /// Halves `(x[i], x[i + n_rot/2])` (ggml "neox"; qwen2, phi3, gpt-neox).
+    Neox,
+}
+
+/// Parameters of [`ComputeBackend::rope`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeParams {
+    /// Heads packed in each row (`cols = heads * head_dim`).
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Leading dimensions of each head that are rotated (even, at most `head_dim`).
+    pub n_rot: usize,
+    /// Frequency base (`theta_i = pos * freq_scale * base^(-2i/n_rot)`).
+    pub base: f32,
+    /// Position scale (1 for no scaling, `1/factor` for linear scaling).
+    pub freq_scale: f32,
+    /// Pair layout.
+    pub mode: RopeMode,
+}
+
+/// Parameters of [`ComputeBackend::attention`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams {
+    /// Query heads (`q` has `heads * head_dim` columns).
+    pub heads: usize,
+    /// Key/value heads; each serves `heads / kv_heads` query heads (GQA).
+    pub kv_heads: usize,
+    /// Width of one query/key head.
+    pub head_dim: usize,
+    /// Width of one value head (`out` has `heads * value_head_dim` columns).
+    pub value_head_dim: usize,
+    /// Multiplier of the scores, usually `1/sqrt(head_dim)`.
+    pub scale: f32,
+    /// Layer of the cache to read and write.
+    pub layer: usize,
+}
+
+/// A compute device. Model adapters call only these ops; they never touch raw memory.
+///
+/// Ops validate the handles and shapes they are given and return an error instead of
+/// panicking. Unless stated, an op's output must be a different tensor from its inputs.
+pub trait ComputeBackend: Send {
+    /// A short name for logs (`"cpu"`, `"cuda"`).
+    fn name(&self) -> &'static str;
+
+    /// Uploads a weight once, in its storage type. An unsupported type is an error naming it.
+    fn upload_weight(&mut self, desc: WeightDesc<'_>) -> Result<WeightId>;
+    /// Allocates an f32 activation matrix with room for `rows` rows of `cols` columns.
+    fn alloc_tensor(&mut self, rows: usize, cols: usize) -> Result<TensorId>;
+    /// Allocates an index vector of `len` entries.
+    fn alloc_index(&mut self, len: usize) -> Result<IndexId>;
+    /// Allocates a zeroed KV cache.
+    fn alloc_kv_cache(&mut self, config: KvCacheConfig) -> Result<KvCacheId>;
+
+    /// Copies host indices into the first `data.len()` entries of `dst`.
+    fn write_index(&mut self, dst: IndexId, data: &[u32]) -> Result<()>;
+    /// Copies host values into the first `data.len() / cols` rows of `dst` (inputs for tests
+    /// and for models that take embeddings directly).
+    fn write_rows(&mut self, dst: TensorId, data: &[f32]) -> Result<()>;
+    /// Copies the first `rows` rows of `src` to the host: the logits read-out.
+    fn read_rows(&mut self, src: TensorId, rows: usize, out: &mut [f32]) -> Result<()>;
+
+    /// `out[r] = table[ids[r]]`, dequantized, for `r < rows`.
+    fn embed(&mut self, out: TensorId, table: WeightId, ids: IndexId, rows: usize) -> Result<()>;
+    /// `out[r] = src[index[r]]` for `r < rows` (selects the rows that produce logits).
+    fn gather_rows(
+        &mut self,
+        out: TensorId,
+        src: TensorId,
+        index: IndexId,
+        rows: usize,
+    ) -> Result<()>;
+    /// `out[r] = x[r] / rms(x[r]) * weight` (weight: a vector of `cols` elements).
+    fn rms_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()>;
+    /// `out[r] = (x[r] - mean) / std * weight + bias`.
+    fn layer_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        weight: WeightId,
+        bias: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()>;
+    /// `out[r][j] = dot(x[r], w[j])`: activations times the transpose of a weight of shape
+    /// `[out cols, x cols]`, all `rows` rows at once (prefill is one batched matmul).
+    fn matmul(&mut self, out: TensorId, x: TensorId, w: WeightId, rows: usize) -> Result<()>;
+    /// `dst[r] += src[r]` (the residual add).
+    fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()>;
+    /// `dst[r] += bias` for a bias vector of `cols` elements.
+    fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()>;
+    /// `dst[r] *= src[r]`, element-wise.
+    fn mul(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()>;
+    /// Rotary embedding in place; row `r` is at position `positions[r]`.
+    fn rope(
+        &mut self,
+        x: TensorId,
+        positions: IndexId,
+        params: &RopeParams,
+        rows: usize,
+    ) -> Result<()>;
+    /// Stores the keys and values of each row in `cache` at (`slots[r]`, `positions[r]`),
+    /// then computes causal attention: row `r` attends to positions `0..=positions[r]` of
+    /// its slot, query head `h` reading key/value head `h / (heads / kv_heads)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        out: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        cache: KvCacheId,
+        positions: IndexId,
+        slots: IndexId,
+        params: &AttentionParams,
+        rows: usize,
+    ) -> Result<()>;
+    /// `out = silu(gate) * up`.
+    fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()>;
+    /// `x = gelu(x)` in place (tanh approximation, as ggml and GPT-2).
+    fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()>;
+}

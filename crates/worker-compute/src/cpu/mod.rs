@@ -1,0 +1,857 @@
+//! The CPU backend: host memory, a persistent thread pool, and kernels picked at start-up
+//! from a table of function pointers (scalar reference, AVX2 or AVX-512).
+
+pub mod ops;
+pub mod pool;
+pub mod quant;
+
+use std::cell::{Ref, RefCell, RefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::backend::{
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, Result, RopeParams,
+    TensorId, WeightDesc, WeightId,
+};
+use crate::error::ComputeError;
+use pool::ThreadPool;
+use quant::{BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, QK, QK_K};
+
+/// How the matmul treats activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// Each activation row is quantized once to 8 bits (per 32 or 256 elements) and dotted
+    /// with the weights in integers, as llama.cpp does. The fast path.
+    Q8,
+    /// Weight rows are dequantized and dotted with f32 activations: the accuracy reference
+    /// that measures what [`Activations::Q8`] costs.
+    F32,
+}
+
+/// Which kernels to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// The best the CPU supports (run-time detection).
+    Detect,
+    /// The scalar reference kernels only.
+    Scalar,
+}
+
+/// Settings of a [`CpuBackend`].
+#[derive(Clone, Copy, Debug)]
+pub struct CpuConfig {
+    /// Threads per op, the calling thread included.
+    pub threads: usize,
+    /// Kernel table.
+    pub kernels: KernelChoice,
+    /// Activation precision of the matmul.
+    pub activations: Activations,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernels: KernelChoice::Detect,
+            activations: Activations::Q8,
+        }
+    }
+}
+
+struct Tensor {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+struct Weight {
+    name: String,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    bytes: Vec<u8>,
+    kernels: TypeKernels,
+    /// f32 copy of a vector (norm weights, biases): tiny, read by every row.
+    vector: Option<Vec<f32>>,
+}
+
+impl Weight {
+    fn row(&self, r: usize) -> &[u8] {
+        &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+struct KvCache {
+    cfg: KvCacheConfig,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvCache {
+    /// Offset (in heads) of (`layer`, `slot`, `head`, `pos`).
+    fn head_index(&self, layer: usize, slot: usize, head: usize, pos: usize) -> usize {
+        let c = &self.cfg;
+        ((layer * c.slots + slot) * c.kv_heads + head) * c.max_positions + pos
+    }
+}
+
+/// A raw output pointer shared by the threads of one op, each writing a disjoint range.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every op that shares a `SharedOut` has its threads write disjoint element ranges,
+// and the owning buffer outlives the pool job (`ThreadPool::run` blocks until it ends).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `off + len` must lie inside the buffer and no other thread may touch that range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, off: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// The CPU implementation of [`ComputeBackend`].
+pub struct CpuBackend {
+    config: CpuConfig,
+    kernels: Kernels,
+    pool: ThreadPool,
+    tensors: Vec<RefCell<Tensor>>,
+    indices: Vec<Vec<u32>>,
+    weights: Vec<Weight>,
+    caches: Vec<RefCell<KvCache>>,
+    q8: Vec<BlockQ8>,
+    q8k: Vec<BlockQ8K>,
+}
+
+impl CpuBackend {
+    /// A backend with its thread pool started and its kernel table filled.
+    pub fn new(config: CpuConfig) -> Self {
+        let kernels = match config.kernels {
+            KernelChoice::Detect => Kernels::detect(),
+            KernelChoice::Scalar => Kernels::scalar(),
+        };
+        CpuBackend {
+            config,
+            kernels,
+            pool: ThreadPool::new(config.threads),
+            tensors: Vec::new(),
+            indices: Vec::new(),
+            weights: Vec::new(),
+            caches: Vec::new(),
+            q8: Vec::new(),
+            q8k: Vec::new(),
+        }
+    }
+
+    /// The instruction set of the kernel table in use.
+    pub fn isa(&self) -> Isa {
+        self.kernels.isa
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &CpuConfig {
+        &self.config
+    }
+
+    fn tensor(&self, op: &'static str, id: TensorId) -> Result<Ref<'_, Tensor>> {
+        self.tensors
+            .get(id.0 as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op,
+                kind: "tensor",
+                id: id.0,
+            })?
+            .try_borrow()
+            .map_err(|_| ComputeError::Aliased { op })
+    }
+
+    fn tensor_mut(&self, op: &'static str, id: TensorId) -> Result<RefMut<'_, Tensor>> {
+        self.tensors
+            .get(id.0 as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op,
+                kind: "tensor",
+                id: id.0,
+            })?
+            .try_borrow_mut()
+            .map_err(|_| ComputeError::Aliased { op })
+    }
+
+    fn weight(&self, op: &'static str, id: WeightId) -> Result<&Weight> {
+        self.weights
+            .get(id.0 as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op,
+                kind: "weight",
+                id: id.0,
+            })
+    }
+
+    fn vector(&self, op: &'static str, id: WeightId, cols: usize) -> Result<&[f32]> {
+        let w = self.weight(op, id)?;
+        match &w.vector {
+            Some(v) if v.len() == cols => Ok(v),
+            _ => Err(ComputeError::Shape {
+                op,
+                reason: format!(
+                    "weight {:?} is [{} x {}], expected a vector of {cols}",
+                    w.name, w.rows, w.cols
+                ),
+            }),
+        }
+    }
+
+    fn index(&self, op: &'static str, id: IndexId, rows: usize) -> Result<&[u32]> {
+        let v = self
+            .indices
+            .get(id.0 as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op,
+                kind: "index",
+                id: id.0,
+            })?;
+        v.get(..rows).ok_or_else(|| ComputeError::Shape {
+            op,
+            reason: format!("index {} has {} entries, {rows} rows asked", id.0, v.len()),
+        })
+    }
+
+    fn run(&self, op: &'static str, f: &(dyn Fn(usize, usize) + Sync)) -> Result<()> {
+        if self.pool.run(f) {
+            Ok(())
+        } else {
+            Err(ComputeError::WorkerPanicked { op })
+        }
+    }
+}
+
+fn check_rows(op: &'static str, t: &Tensor, rows: usize, what: &str) -> Result<()> {
+    if rows > t.rows {
+        return Err(ComputeError::Shape {
+            op,
+            reason: format!("{what} holds {} rows, {rows} asked", t.rows),
+        });
+    }
+    Ok(())
+}
+
+fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<()> {
+    if got != want {
+        return Err(ComputeError::Shape {
+            op,
+            reason: format!("{what} has {got} columns, expected {want}"),
+        });
+    }
+    Ok(())
+}
+
+/// Splits `0..n` into chunks of `chunk` handed out through an atomic counter.
+fn for_chunks(n: usize, chunk: usize, next: &AtomicUsize, mut f: impl FnMut(usize, usize)) {
+    loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        let start = c * chunk;
+        if start >= n {
+            break;
+        }
+        f(start, (start + chunk).min(n));
+    }
+}
+
+fn alloc_f32(what: &'static str, n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| ComputeError::Alloc {
+        what,
+        bytes: n as u128 * 4,
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+/// Columns of a matmul computed together (weight rows that stay in L1 across the batch).
+const COL_CHUNK: usize = 16;
+
+impl ComputeBackend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload_weight(&mut self, d: WeightDesc<'_>) -> Result<WeightId> {
+        let bad = |reason: String| ComputeError::BadWeight {
+            name: d.name.to_string(),
+            reason,
+        };
+        let kernels =
+            *self
+                .kernels
+                .for_type(d.ty)
+                .ok_or_else(|| ComputeError::UnsupportedType {
+                    backend: "cpu",
+                    name: d.name.to_string(),
+                    ty: d.ty,
+                })?;
+        let row_bytes = d.ty.bytes_for(d.cols as u64).ok_or_else(|| {
+            bad(format!(
+                "row length {} is not a multiple of the {} block size {}",
+                d.cols,
+                d.ty,
+                d.ty.block_size()
+            ))
+        })? as usize;
+        if d.rows == 0 || d.cols == 0 {
+            return Err(bad(format!("empty shape [{} x {}]", d.rows, d.cols)));
+        }
+        let want = row_bytes.checked_mul(d.rows);
+        if want != Some(d.bytes.len()) {
+            return Err(bad(format!(
+                "{} bytes for [{} x {}] {}, expected {:?}",
+                d.bytes.len(),
+                d.rows,
+                d.cols,
+                d.ty,
+                want
+            )));
+        }
+        let vector = if d.rows == 1 {
+            let mut v = alloc_f32("weight vector", d.cols)?;
+            (kernels.dequantize_row)(d.bytes, &mut v);
+            Some(v)
+        } else {
+            None
+        };
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(d.bytes.len())
+            .map_err(|_| ComputeError::Alloc {
+                what: "weight",
+                bytes: d.bytes.len() as u128,
+            })?;
+        bytes.extend_from_slice(d.bytes);
+        self.weights.push(Weight {
+            name: d.name.to_string(),
+            rows: d.rows,
+            cols: d.cols,
+            row_bytes,
+            bytes,
+            kernels,
+            vector,
+        });
+        Ok(WeightId(self.weights.len() as u32 - 1))
+    }
+
+    fn alloc_tensor(&mut self, rows: usize, cols: usize) -> Result<TensorId> {
+        let n = rows.checked_mul(cols).ok_or(ComputeError::Alloc {
+            what: "tensor",
+            bytes: rows as u128 * cols as u128 * 4,
+        })?;
+        let data = alloc_f32("tensor", n)?;
+        self.tensors.push(RefCell::new(Tensor { rows, cols, data }));
+        Ok(TensorId(self.tensors.len() as u32 - 1))
+    }
+
+    fn alloc_index(&mut self, len: usize) -> Result<IndexId> {
+        self.indices.push(vec![0; len]);
+        Ok(IndexId(self.indices.len() as u32 - 1))
+    }
+
+    fn alloc_kv_cache(&mut self, cfg: KvCacheConfig) -> Result<KvCacheId> {
+        let per = |hd: usize| {
+            [cfg.layers, cfg.slots, cfg.max_positions, cfg.kv_heads, hd]
+                .iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+        };
+        let (nk, nv) = match (per(cfg.head_dim), per(cfg.value_head_dim)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                return Err(ComputeError::Alloc {
+                    what: "kv cache",
+                    bytes: u128::MAX,
+                })
+            }
+        };
+        let k = alloc_f32("kv cache keys", nk)?;
+        let v = alloc_f32("kv cache values", nv)?;
+        self.caches.push(RefCell::new(KvCache { cfg, k, v }));
+        Ok(KvCacheId(self.caches.len() as u32 - 1))
+    }
+
+    fn write_index(&mut self, dst: IndexId, data: &[u32]) -> Result<()> {
+        let v = self
+            .indices
+            .get_mut(dst.0 as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op: "write_index",
+                kind: "index",
+                id: dst.0,
+            })?;
+        let n = v.len();
+        v.get_mut(..data.len())
+            .ok_or_else(|| ComputeError::Shape {
+                op: "write_index",
+                reason: format!("{} entries into an index of {n}", data.len()),
+            })?
+            .copy_from_slice(data);
+        Ok(())
+    }
+
+    fn write_rows(&mut self, dst: TensorId, data: &[f32]) -> Result<()> {
+        let mut t = self.tensor_mut("write_rows", dst)?;
+        if !data.len().is_multiple_of(t.cols) || data.len() > t.data.len() {
+            return Err(ComputeError::Shape {
+                op: "write_rows",
+                reason: format!(
+                    "{} values into a [{} x {}] tensor",
+                    data.len(),
+                    t.rows,
+                    t.cols
+                ),
+            });
+        }
+        t.data[..data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read_rows(&mut self, src: TensorId, rows: usize, out: &mut [f32]) -> Result<()> {
+        let t = self.tensor("read_rows", src)?;
+        check_rows("read_rows", &t, rows, "source")?;
+        let n = rows * t.cols;
+        if out.len() != n {
+            return Err(ComputeError::Shape {
+                op: "read_rows",
+                reason: format!("output holds {} values, {rows} rows need {n}", out.len()),
+            });
+        }
+        out.copy_from_slice(&t.data[..n]);
+        Ok(())
+    }
+
+    fn embed(&mut self, out: TensorId, table: WeightId, ids: IndexId, rows: usize) -> Result<()> {
+        const OP: &str = "embed";
+        let w = self.weight(OP, table)?;
+        let ids = self.index(OP, ids, rows)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        check_rows(OP, &o, rows, "output")?;
+        check_cols(OP, o.cols, w.cols, "output")?;
+        let cols = o.cols;
+        for (r, &id) in ids.iter().enumerate() {
+            if id as usize >= w.rows {
+                return Err(ComputeError::BadIndex {
+                    op: OP,
+                    reason: format!("token id {id} is outside {:?} ({} rows)", w.name, w.rows),
+                });
+            }
+            (w.kernels.dequantize_row)(w.row(id as usize), &mut o.data[r * cols..(r + 1) * cols]);
+        }
+        Ok(())
+    }
+
+    fn gather_rows(
+        &mut self,
+        out: TensorId,
+        src: TensorId,
+        index: IndexId,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "gather_rows";
+        let idx = self.index(OP, index, rows)?;
+        let s = self.tensor(OP, src)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        check_rows(OP, &o, rows, "output")?;
+        check_cols(OP, o.cols, s.cols, "output")?;
+        let c = s.cols;
+        for (r, &i) in idx.iter().enumerate() {
+            let i = i as usize;
+            if i >= s.rows {
+                return Err(ComputeError::BadIndex {
+                    op: OP,
+                    reason: format!("row {i} of a {}-row tensor", s.rows),
+                });
+            }
+            o.data[r * c..(r + 1) * c].copy_from_slice(&s.data[i * c..(i + 1) * c]);
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        let xt = self.tensor(OP, x)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        check_rows(OP, &xt, rows, "input")?;
+        check_rows(OP, &o, rows, "output")?;
+        check_cols(OP, o.cols, xt.cols, "output")?;
+        let c = xt.cols;
+        let w = self.vector(OP, weight, c)?;
+        for (orow, xrow) in o
+            .data
+            .chunks_exact_mut(c)
+            .zip(xt.data.chunks_exact(c))
+            .take(rows)
+        {
+            ops::rms_norm_row(orow, xrow, w, eps);
+        }
+        Ok(())
+    }
+
+    fn layer_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        weight: WeightId,
+        bias: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm";
+        let xt = self.tensor(OP, x)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        check_rows(OP, &xt, rows, "input")?;
+        check_rows(OP, &o, rows, "output")?;
+        check_cols(OP, o.cols, xt.cols, "output")?;
+        let c = xt.cols;
+        let (w, b) = (self.vector(OP, weight, c)?, self.vector(OP, bias, c)?);
+        for (orow, xrow) in o
+            .data
+            .chunks_exact_mut(c)
+            .zip(xt.data.chunks_exact(c))
+            .take(rows)
+        {
+            ops::layer_norm_row(orow, xrow, w, b, eps);
+        }
+        Ok(())
+    }
+
+    fn matmul(&mut self, out: TensorId, x: TensorId, w: WeightId, rows: usize) -> Result<()> {
+        const OP: &str = "matmul";
+        let wt = self.weight(OP, w)?;
+        {
+            let xt = self.tensor(OP, x)?;
+            let o = self.tensor_mut(OP, out)?;
+            check_rows(OP, &xt, rows, "input")?;
+            check_rows(OP, &o, rows, "output")?;
+            check_cols(OP, xt.cols, wt.cols, &format!("input of {:?}", wt.name))?;
+            check_cols(OP, o.cols, wt.rows, &format!("output of {:?}", wt.name))?;
+        }
+        let mode = match (self.config.activations, wt.kernels.vec_dot) {
+            (_, VecDot::F32(_)) | (Activations::Q8, _) => wt.kernels.vec_dot,
+            (Activations::F32, _) => {
+                return self.matmul_f32_reference(out, x, w, rows);
+            }
+        };
+        // Quantize the activation rows once.
+        let mut q8 = std::mem::take(&mut self.q8);
+        let mut q8k = std::mem::take(&mut self.q8k);
+        let result = self.matmul_quantized(out, x, w, rows, mode, &mut q8, &mut q8k);
+        self.q8 = q8;
+        self.q8k = q8k;
+        result
+    }
+
+    fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "add";
+        let s = self.tensor(OP, src)?;
+        let mut d = self.tensor_mut(OP, dst)?;
+        check_rows(OP, &s, rows, "source")?;
+        check_rows(OP, &d, rows, "destination")?;
+        check_cols(OP, s.cols, d.cols, "source")?;
+        let n = rows * d.cols;
+        for (a, b) in d.data[..n].iter_mut().zip(&s.data[..n]) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()> {
+        const OP: &str = "add_bias";
+        let mut d = self.tensor_mut(OP, dst)?;
+        check_rows(OP, &d, rows, "destination")?;
+        let c = d.cols;
+        let b = self.vector(OP, bias, c)?;
+        for row in d.data.chunks_exact_mut(c).take(rows) {
+            for (a, v) in row.iter_mut().zip(b) {
+                *a += v;
+            }
+        }
+        Ok(())
+    }
+
+    fn mul(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "mul";
+        let s = self.tensor(OP, src)?;
+        let mut d = self.tensor_mut(OP, dst)?;
+        check_rows(OP, &s, rows, "source")?;
+        check_rows(OP, &d, rows, "destination")?;
+        check_cols(OP, s.cols, d.cols, "source")?;
+        let n = rows * d.cols;
+        for (a, b) in d.data[..n].iter_mut().zip(&s.data[..n]) {
+            *a *= b;
+        }
+        Ok(())
+    }
+
+    fn rope(&mut self, x: TensorId, positions: IndexId, p: &RopeParams, rows: usize) -> Result<()> {
+        const OP: &str = "rope";
+        let pos = self.index(OP, positions, rows)?;
+        let mut t = self.tensor_mut(OP, x)?;
+        check_rows(OP, &t, rows, "input")?;
+        check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
+        if !p.n_rot.is_multiple_of(2) || p.n_rot > p.head_dim {
+            return Err(ComputeError::Shape {
+                op: OP,
+                reason: format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
+            });
+        }
+        let c = t.cols;
+        let mut cs = vec![0f32; p.n_rot];
+        for (row, &ps) in t.data.chunks_exact_mut(c).zip(pos) {
+            ops::rope_row(row, ps, p, &mut cs);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        out: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        cache: KvCacheId,
+        positions: IndexId,
+        slots: IndexId,
+        p: &AttentionParams,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let pos = self.index(OP, positions, rows)?;
+        let slot = self.index(OP, slots, rows)?;
+        let cid = cache.0 as usize;
+        let cfg = self
+            .caches
+            .get(cid)
+            .ok_or(ComputeError::UnknownHandle {
+                op: OP,
+                kind: "kv cache",
+                id: cache.0,
+            })?
+            .borrow()
+            .cfg;
+        let (hd, vhd) = (p.head_dim, p.value_head_dim);
+        if p.kv_heads == 0 || !p.heads.is_multiple_of(p.kv_heads) {
+            return Err(ComputeError::Shape {
+                op: OP,
+                reason: format!("{} heads over {} kv heads", p.heads, p.kv_heads),
+            });
+        }
+        if cfg.kv_heads != p.kv_heads
+            || cfg.head_dim != hd
+            || cfg.value_head_dim != vhd
+            || p.layer >= cfg.layers
+        {
+            return Err(ComputeError::Shape {
+                op: OP,
+                reason: format!("params {p:?} do not fit the cache {cfg:?}"),
+            });
+        }
+        for (&ps, &sl) in pos.iter().zip(slot) {
+            if ps as usize >= cfg.max_positions || sl as usize >= cfg.slots {
+                return Err(ComputeError::BadIndex {
+                    op: OP,
+                    reason: format!(
+                        "position {ps} in slot {sl}; the cache holds {} positions x {} slots",
+                        cfg.max_positions, cfg.slots
+                    ),
+                });
+            }
+        }
+        let qt = self.tensor(OP, q)?;
+        let kt = self.tensor(OP, k)?;
+        let vt = self.tensor(OP, v)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        for (t, what, cols) in [
+            (&*qt, "q", p.heads * hd),
+            (&*kt, "k", p.kv_heads * hd),
+            (&*vt, "v", p.kv_heads * vhd),
+            (&*o, "out", p.heads * vhd),
+        ] {
+            check_rows(OP, t, rows, what)?;
+            check_cols(OP, t.cols, cols, what)?;
+        }
+        // Store this step's keys and values.
+        let mut kv = self.caches[cid].borrow_mut();
+        for r in 0..rows {
+            let (ps, sl) = (pos[r] as usize, slot[r] as usize);
+            for h in 0..p.kv_heads {
+                let i = kv.head_index(p.layer, sl, h, ps);
+                kv.k[i * hd..(i + 1) * hd].copy_from_slice(&kt.data[r * kt.cols + h * hd..][..hd]);
+                kv.v[i * vhd..(i + 1) * vhd]
+                    .copy_from_slice(&vt.data[r * vt.cols + h * vhd..][..vhd]);
+            }
+        }
+        drop(kv);
+        let kv = self.caches[cid].borrow();
+        let kv = &*kv;
+        let group = p.heads / p.kv_heads;
+        let kern = self.kernels;
+        let optr = SharedOut(o.data.as_mut_ptr());
+        let ocols = o.cols;
+        let next = AtomicUsize::new(0);
+        let qs = &qt.data[..];
+        let qcols = qt.cols;
+        let job = |_: usize, _: usize| {
+            let mut scores: Vec<f32> = Vec::new();
+            for_chunks(rows * p.heads, 1, &next, |item, _| {
+                let (r, h) = (item / p.heads, item % p.heads);
+                let (ps, sl) = (pos[r] as usize, slot[r] as usize);
+                let base = kv.head_index(p.layer, sl, h / group, 0);
+                let qrow = &qs[r * qcols + h * hd..][..hd];
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for t in 0..=ps {
+                    let s = (kern.dot_f32)(qrow, &kv.k[(base + t) * hd..][..hd]) * p.scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                // SAFETY: item (r, h) owns output row r, columns h*vhd..(h+1)*vhd.
+                let orow = unsafe { optr.slice(r * ocols + h * vhd, vhd) };
+                orow.fill(0.0);
+                for (t, s) in scores.iter().enumerate() {
+                    (kern.axpy_f32)(s / sum, &kv.v[(base + t) * vhd..][..vhd], orow);
+                }
+            });
+        };
+        self.run(OP, &job)?;
+        drop(o);
+        Ok(())
+    }
+
+    fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "swiglu";
+        let g = self.tensor(OP, gate)?;
+        let u = self.tensor(OP, up)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        for (t, what) in [(&*g, "gate"), (&*u, "up"), (&*o, "out")] {
+            check_rows(OP, t, rows, what)?;
+            check_cols(OP, t.cols, g.cols, what)?;
+        }
+        let n = rows * g.cols;
+        ops::swiglu_row(&mut o.data[..n], &g.data[..n], &u.data[..n]);
+        Ok(())
+    }
+
+    fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "gelu";
+        let mut t = self.tensor_mut(OP, x)?;
+        check_rows(OP, &t, rows, "input")?;
+        let n = rows * t.cols;
+        ops::gelu_row(&mut t.data[..n]);
+        Ok(())
+    }
+}
+
+impl CpuBackend {
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_quantized(
+        &self,
+        out: TensorId,
+        x: TensorId,
+        w: WeightId,
+        rows: usize,
+        mode: VecDot,
+        q8: &mut Vec<BlockQ8>,
+        q8k: &mut Vec<BlockQ8K>,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        let wt = self.weight(OP, w)?;
+        let (k, n) = (wt.cols, wt.rows);
+        let xt = self.tensor(OP, x)?;
+        let xs = &xt.data[..rows * k];
+        match mode {
+            VecDot::Q8(_) => {
+                let nb = k / QK;
+                q8.resize(rows * nb, BlockQ8::default());
+                for (xr, qr) in xs.chunks_exact(k).zip(q8.chunks_exact_mut(nb)) {
+                    (self.kernels.quantize_row_q8)(xr, qr);
+                }
+            }
+            VecDot::Q8K(_) => {
+                let nb = k / QK_K;
+                q8k.resize(rows * nb, BlockQ8K::default());
+                for (xr, qr) in xs.chunks_exact(k).zip(q8k.chunks_exact_mut(nb)) {
+                    (self.kernels.quantize_row_q8k)(xr, qr);
+                }
+            }
+            VecDot::F32(_) => {}
+        }
+        let mut o = self.tensor_mut(OP, out)?;
+        let optr = SharedOut(o.data.as_mut_ptr());
+        let next = AtomicUsize::new(0);
+        let (q8, q8k) = (&q8[..], &q8k[..]);
+        let job = |_: usize, _: usize| {
+            for_chunks(n, COL_CHUNK, &next, |j0, j1| {
+                for r in 0..rows {
+                    // SAFETY: row r, columns j0..j1 of the output belong to this chunk only,
+                    // and r < rows <= the output's row capacity (checked above).
+                    let orow = unsafe { optr.slice(r * n + j0, j1 - j0) };
+                    for (j, o) in (j0..j1).zip(orow.iter_mut()) {
+                        let wrow = wt.row(j);
+                        *o = match mode {
+                            VecDot::F32(f) => f(wrow, &xs[r * k..(r + 1) * k]),
+                            VecDot::Q8(f) => f(wrow, &q8[r * (k / QK)..(r + 1) * (k / QK)]),
+                            VecDot::Q8K(f) => f(wrow, &q8k[r * (k / QK_K)..(r + 1) * (k / QK_K)]),
+                        };
+                    }
+                }
+            });
+        };
+        self.run(OP, &job)?;
+        drop(o);
+        Ok(())
+    }
+
+    /// The f32-activation matmul: each weight row dequantized, then an f32 dot product.
+    fn matmul_f32_reference(
+        &self,
+        out: TensorId,
+        x: TensorId,
+        w: WeightId,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        let wt = self.weight(OP, w)?;
+        let xt = self.tensor(OP, x)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        let (k, n) = (wt.cols, wt.rows);
+        let xs = &xt.data[..rows * k];
+        let optr = SharedOut(o.data.as_mut_ptr());
+        let next = AtomicUsize::new(0);
+        let dot = self.kernels.dot_f32;
+        let job = |_: usize, _: usize| {
+            let mut wrow = vec![0f32; k];
+            for_chunks(n, COL_CHUNK, &next, |j0, j1| {
+                for j in j0..j1 {
+                    (wt.kernels.dequantize_row)(wt.row(j), &mut wrow);
+                    for r in 0..rows {
+                        // SAFETY: element (r, j) belongs to this chunk only.
+                        let o = unsafe { optr.slice(r * n + j, 1) };
+                        o[0] = dot(&wrow, &xs[r * k..(r + 1) * k]);
+                    }
+                }
+            });
+        };
+        self.run(OP, &job)?;
+        drop(o);
+        Ok(())
+    }
+}

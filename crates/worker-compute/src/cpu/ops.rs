@@ -1,0 +1,64 @@
+//! Scalar kernels of the element-wise and row-wise ops (norms, rope, activations). They are
+//! cheap next to the matmuls and attention, so they have no SIMD twin yet.
+
+use crate::backend::{RopeMode, RopeParams};
+
+/// `out = x / sqrt(mean(x^2) + eps) * w`.
+pub fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ss + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
+/// `out = (x - mean) / sqrt(var + eps) * w + b`.
+pub fn layer_norm_row(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let r = 1.0 / (var + eps).sqrt();
+    for (((o, v), g), c) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * r * g + c;
+    }
+}
+
+/// `silu(g) * u`.
+pub fn swiglu_row(out: &mut [f32], g: &[f32], u: &[f32]) {
+    for ((o, a), b) in out.iter_mut().zip(g).zip(u) {
+        *o = a / (1.0 + (-a).exp()) * b;
+    }
+}
+
+/// GELU, tanh approximation (ggml `gelu`, GPT-2 `gelu_new`).
+pub fn gelu_row(x: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    for v in x.iter_mut() {
+        let a = *v;
+        *v = 0.5 * a * (1.0 + (C * (a + 0.044_715 * a * a * a)).tanh());
+    }
+}
+
+/// Rotates the heads of one row at position `pos`; `cos_sin` is scratch of `n_rot` floats.
+pub fn rope_row(x: &mut [f32], pos: u32, p: &RopeParams, cos_sin: &mut [f32]) {
+    let half = p.n_rot / 2;
+    let t = pos as f64 * p.freq_scale as f64;
+    for i in 0..half {
+        let theta = t * (p.base as f64).powf(-2.0 * i as f64 / p.n_rot as f64);
+        let (s, c) = theta.sin_cos();
+        cos_sin[2 * i] = c as f32;
+        cos_sin[2 * i + 1] = s as f32;
+    }
+    for head in x.chunks_exact_mut(p.head_dim).take(p.heads) {
+        for i in 0..half {
+            let (c, s) = (cos_sin[2 * i], cos_sin[2 * i + 1]);
+            let (a, b) = match p.mode {
+                RopeMode::Normal => (2 * i, 2 * i + 1),
+                RopeMode::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * c - x1 * s;
+            head[b] = x0 * s + x1 * c;
+        }
+    }
+}

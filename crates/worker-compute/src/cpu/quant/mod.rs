@@ -1,0 +1,183 @@
+//! Quantized dot products and dequantizers, one function per (type, instruction set), chosen
+//! once at start-up into a table of function pointers ([`Kernels`]).
+//!
+//! `generic` holds the scalar reference for every function; `x86` holds AVX2 and AVX-512
+//! versions under the same names. Activations are quantized once per row to the weight
+//! type's "vec-dot type" ([`BlockQ8`] or [`BlockQ8K`]), as llama.cpp does.
+
+pub mod generic;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use worker_gguf::GgmlType;
+
+/// Elements per block of the 32-element formats.
+pub const QK: usize = 32;
+/// Elements per super-block of the k-quant formats.
+pub const QK_K: usize = 256;
+
+/// An activation block for the 32-element weight types: 32 signed bytes, their scale, and
+/// `s = d * sum(qs)` (used by the types with a min, Q4_1 and Q5_1).
+///
+/// Unlike ggml's `block_q8_0`/`block_q8_1` the scales are f32: this format never leaves
+/// the process, so it need not match any file.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ8 {
+    /// Scale.
+    pub d: f32,
+    /// `d * sum(qs)`.
+    pub s: f32,
+    /// Quantized values, in `-127..=127`.
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8>() == 40);
+
+/// An activation super-block for the k-quant weight types (as ggml's `block_q8_K`).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8K {
+    /// Scale.
+    pub d: f32,
+    /// Quantized values, in `-127..=127`.
+    pub qs: [i8; QK_K],
+    /// Sums of each group of 16 values.
+    pub bsums: [i16; QK_K / 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+
+impl Default for BlockQ8K {
+    fn default() -> Self {
+        BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
+    }
+}
+
+/// The dot product of one weight row (raw GGUF bytes) with one activation row, by the
+/// activation format it expects.
+#[derive(Clone, Copy)]
+pub enum VecDot {
+    /// Weights stored as floats: activations stay f32.
+    F32(fn(&[u8], &[f32]) -> f32),
+    /// 32-element types: activations as [`BlockQ8`].
+    Q8(fn(&[u8], &[BlockQ8]) -> f32),
+    /// k-quants: activations as [`BlockQ8K`].
+    Q8K(fn(&[u8], &[BlockQ8K]) -> f32),
+}
+
+/// The kernels of one weight type.
+#[derive(Clone, Copy)]
+pub struct TypeKernels {
+    /// Dot product with a quantized (or f32) activation row.
+    pub vec_dot: VecDot,
+    /// Row dequantization (embeddings, the f32-activation reference path).
+    pub dequantize_row: fn(&[u8], &mut [f32]),
+}
+
+/// Which instruction set a table was filled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// The scalar reference kernels.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 (F, BW, VL) where a kernel has a 512-bit version, AVX2 elsewhere.
+    Avx512,
+}
+
+/// The table of kernels the CPU backend calls, filled once after feature detection.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// The instruction set chosen.
+    pub isa: Isa,
+    /// Activation row to [`BlockQ8`].
+    pub quantize_row_q8: fn(&[f32], &mut [BlockQ8]),
+    /// Activation row to [`BlockQ8K`].
+    pub quantize_row_q8k: fn(&[f32], &mut [BlockQ8K]),
+    /// f32 dot product.
+    pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    /// `y += alpha * x`.
+    pub axpy_f32: fn(f32, &[f32], &mut [f32]),
+    /// Per weight type; `None` where no kernel exists.
+    types: [Option<TypeKernels>; N_TYPES],
+}
+
+/// The weight types with kernels, in table order.
+pub const SUPPORTED_TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+const N_TYPES: usize = SUPPORTED_TYPES.len();
+
+fn slot(ty: GgmlType) -> Option<usize> {
+    SUPPORTED_TYPES.iter().position(|t| *t == ty)
+}
+
+impl Kernels {
+    /// The scalar reference table.
+    pub fn scalar() -> Self {
+        use generic as g;
+        let tk = |vec_dot, dequantize_row| {
+            Some(TypeKernels {
+                vec_dot,
+                dequantize_row,
+            })
+        };
+        Kernels {
+            isa: Isa::Scalar,
+            quantize_row_q8: g::quantize_row_q8,
+            quantize_row_q8k: g::quantize_row_q8k,
+            dot_f32: g::dot_f32,
+            axpy_f32: g::axpy_f32,
+            types: [
+                tk(VecDot::F32(g::vec_dot_f32), g::dequantize_row_f32),
+                tk(VecDot::F32(g::vec_dot_f16), g::dequantize_row_f16),
+                tk(VecDot::Q8(g::vec_dot_q4_0), g::dequantize_row_q4_0),
+                tk(VecDot::Q8(g::vec_dot_q4_1), g::dequantize_row_q4_1),
+                tk(VecDot::Q8(g::vec_dot_q5_0), g::dequantize_row_q5_0),
+                tk(VecDot::Q8(g::vec_dot_q5_1), g::dequantize_row_q5_1),
+                tk(VecDot::Q8(g::vec_dot_q8_0), g::dequantize_row_q8_0),
+                tk(VecDot::Q8K(g::vec_dot_q4_k), g::dequantize_row_q4_k),
+                tk(VecDot::Q8K(g::vec_dot_q5_k), g::dequantize_row_q5_k),
+                tk(VecDot::Q8K(g::vec_dot_q6_k), g::dequantize_row_q6_k),
+            ],
+        }
+    }
+
+    /// The best table this CPU supports (run-time feature detection).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(k) = x86::avx512_kernels() {
+                return k;
+            }
+            if let Some(k) = x86::avx2_kernels() {
+                return k;
+            }
+        }
+        Self::scalar()
+    }
+
+    /// The kernels of `ty`, or `None` when it has none.
+    pub fn for_type(&self, ty: GgmlType) -> Option<&TypeKernels> {
+        slot(ty).and_then(|i| self.types[i].as_ref())
+    }
+
+    /// Replaces the kernels of `ty` (used by the SIMD tables to override the scalar ones).
+    pub(crate) fn set(&mut self, ty: GgmlType, k: TypeKernels) {
+        if let Some(i) = slot(ty) {
+            self.types[i] = Some(k);
+        }
+    }
+}

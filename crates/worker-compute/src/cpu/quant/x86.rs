@@ -1,0 +1,596 @@
+//! x86-64 kernels: AVX2 (+FMA, F16C) for every supported type, AVX-512 for the hottest ones.
+//!
+//! Each kernel is an `unsafe fn` with `#[target_feature]`; the safe wrappers of the same name
+//! as in `generic.rs` are private and reachable only through a [`Kernels`] table that
+//! [`avx2_kernels`] / [`avx512_kernels`] build after checking the CPU features at run time.
+
+use std::arch::x86_64::*;
+
+use super::generic::{
+    scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8_0_BYTES,
+};
+use super::{BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, QK, QK_K};
+use worker_gguf::GgmlType;
+
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+fn has_avx512() -> bool {
+    has_avx2()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512dq")
+}
+
+/// The AVX2 table, or `None` when the CPU lacks AVX2, FMA or F16C.
+pub fn avx2_kernels() -> Option<Kernels> {
+    if !has_avx2() {
+        return None;
+    }
+    let mut k = Kernels::scalar();
+    k.isa = Isa::Avx2;
+    k.quantize_row_q8 = quantize_row_q8;
+    k.quantize_row_q8k = quantize_row_q8k;
+    k.dot_f32 = dot_f32;
+    k.axpy_f32 = axpy_f32;
+    let scalar = Kernels::scalar();
+    let mut set = |ty: GgmlType, vec_dot: VecDot| {
+        if let Some(s) = scalar.for_type(ty) {
+            k.set(
+                ty,
+                TypeKernels {
+                    vec_dot,
+                    dequantize_row: s.dequantize_row,
+                },
+            );
+        }
+    };
+    set(GgmlType::F32, VecDot::F32(vec_dot_f32));
+    set(GgmlType::F16, VecDot::F32(vec_dot_f16));
+    set(GgmlType::Q4_0, VecDot::Q8(vec_dot_q4_0));
+    set(GgmlType::Q4_1, VecDot::Q8(vec_dot_q4_1));
+    set(GgmlType::Q5_0, VecDot::Q8(vec_dot_q5_0));
+    set(GgmlType::Q8_0, VecDot::Q8(vec_dot_q8_0));
+    set(GgmlType::Q4_K, VecDot::Q8K(vec_dot_q4_k));
+    set(GgmlType::Q6_K, VecDot::Q8K(vec_dot_q6_k));
+    Some(k)
+}
+
+/// The AVX-512 table (AVX2 kernels where no 512-bit one exists), or `None` when the CPU
+/// lacks AVX-512 F/BW/VL.
+pub fn avx512_kernels() -> Option<Kernels> {
+    if !has_avx512() {
+        return None;
+    }
+    let mut k = avx2_kernels()?;
+    k.isa = Isa::Avx512;
+    let scalar = Kernels::scalar();
+    for (ty, f) in [
+        (
+            GgmlType::Q8_0,
+            vec_dot_q8_0_512 as fn(&[u8], &[BlockQ8]) -> f32,
+        ),
+        (GgmlType::Q4_1, vec_dot_q4_1_512),
+        (GgmlType::Q5_0, vec_dot_q5_0_512),
+    ] {
+        if let Some(s) = scalar.for_type(ty) {
+            k.set(
+                ty,
+                TypeKernels {
+                    vec_dot: VecDot::Q8(f),
+                    dequantize_row: s.dequantize_row,
+                },
+            );
+        }
+    }
+    Some(k)
+}
+
+// ---------------------------------------------------------------------------------------
+// Safe wrappers. Each is only stored in a table built after its features were detected.
+
+macro_rules! wrap {
+    ($name:ident, $imp:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+        fn $name($($a: $t),*) -> $r {
+            // SAFETY: this wrapper is only reachable through a `Kernels` table built by
+            // `avx2_kernels`/`avx512_kernels`, which checked the features `$imp` enables.
+            unsafe { $imp($($a),*) }
+        }
+    };
+}
+
+wrap!(quantize_row_q8, quantize_row_q8_avx2, (x: &[f32], out: &mut [BlockQ8]) -> ());
+wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K]) -> ());
+wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
+wrap!(axpy_f32, axpy_f32_avx2, (alpha: f32, x: &[f32], y: &mut [f32]) -> ());
+wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
+wrap!(vec_dot_f16, vec_dot_f16_avx2, (w: &[u8], x: &[f32]) -> f32);
+wrap!(vec_dot_q4_0, vec_dot_q4_0_avx2, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q4_1, vec_dot_q4_1_avx2, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q5_0, vec_dot_q5_0_avx2, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q8_0, vec_dot_q8_0_avx2, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q4_k, vec_dot_q4_k_avx2, (w: &[u8], x: &[BlockQ8K]) -> f32);
+wrap!(vec_dot_q6_k, vec_dot_q6_k_avx2, (w: &[u8], x: &[BlockQ8K]) -> f32);
+wrap!(vec_dot_q8_0_512, vec_dot_q8_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q4_1_512, vec_dot_q4_1_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q5_0_512, vec_dot_q5_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
+
+// ---------------------------------------------------------------------------------------
+// Helpers. The kernels below read a weight block at `p` only for block indices below
+// `min(x.len(), w.len() / BYTES)`, so every read stays inside `w`.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p as *const u16);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Eight i32 sums of products of signed bytes `x * y`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+}
+
+/// Eight i32 sums of products of unsigned bytes `u` (< 128) and signed bytes `y`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_u8i8(u: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1))
+}
+
+/// 16 packed bytes to 32 nibbles: low nibbles in bytes 0..16, high nibbles in 16..32.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibbles_32(p: *const u8) -> __m256i {
+    let q = _mm_loadu_si128(p as *const __m128i);
+    let hi = _mm_srli_epi16(q, 4);
+    _mm256_and_si256(_mm256_set_m128i(hi, q), _mm256_set1_epi8(0x0f))
+}
+
+/// Byte `i` is 0xff where bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let v = _mm256_shuffle_epi8(v, shuf);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask)
+}
+
+#[inline]
+unsafe fn load_q8(a: &BlockQ8) -> __m256i {
+    _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i)
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantization.
+
+/// Rounds 32 floats times `id` to nearest-even i8, as `generic::quantize_row_q8`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_32(x: *const f32, id: f32, out: *mut i8) {
+    let m = _mm256_set1_ps(id);
+    let i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), m));
+    let i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(8)), m));
+    let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(16)), m));
+    let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(24)), m));
+    let s01 = _mm256_packs_epi32(clamp127(i0), clamp127(i1));
+    let s23 = _mm256_packs_epi32(clamp127(i2), clamp127(i3));
+    let b = _mm256_packs_epi16(s01, s23);
+    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(out as *mut __m256i, b);
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn clamp127(v: __m256i) -> __m256i {
+    _mm256_max_epi32(
+        _mm256_min_epi32(v, _mm256_set1_epi32(127)),
+        _mm256_set1_epi32(-127),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn amax(x: &[f32]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= x.len() {
+        m = _mm256_max_ps(
+            m,
+            _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(i))),
+        );
+        i += 8;
+    }
+    let s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    let mut r = _mm_cvtss_f32(s);
+    for v in &x[i..] {
+        r = r.max(v.abs());
+    }
+    r
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
+    for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let d = amax(xb) / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        quantize_32(xb.as_ptr(), id, ob.qs.as_mut_ptr());
+        let sum: i32 = ob.qs.iter().map(|&q| q as i32).sum();
+        ob.d = d;
+        ob.s = d * sum as f32;
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_q8k_avx2(x: &[f32], out: &mut [BlockQ8K]) {
+    for (xb, ob) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let d = amax(xb) / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for j in 0..QK_K / 32 {
+            quantize_32(xb.as_ptr().add(32 * j), id, ob.qs.as_mut_ptr().add(32 * j));
+        }
+        for (s, g) in ob.bsums.iter_mut().zip(ob.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+        }
+        ob.d = d;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// f32 helpers.
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        s1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            s1,
+        );
+        i += 16;
+    }
+    while i + 8 <= n {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+        i += 8;
+    }
+    let mut r = hsum_ps(_mm256_add_ps(s0, s1));
+    while i < n {
+        r += a[i] * b[i];
+        i += 1;
+    }
+    r
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_f32_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let al = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        let py = y.as_mut_ptr().add(i);
+        _mm256_storeu_ps(
+            py,
+            _mm256_fmadd_ps(al, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(py)),
+        );
+        i += 8;
+    }
+    while i < n {
+        y[i] += alpha * x[i];
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn vec_dot_f32_avx2(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 4);
+    let pw = w.as_ptr() as *const f32;
+    let mut s = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        s = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pw.add(i)),
+            _mm256_loadu_ps(x.as_ptr().add(i)),
+            s,
+        );
+        i += 8;
+    }
+    let mut r = hsum_ps(s);
+    while i < n {
+        r += std::ptr::read_unaligned(pw.add(i)) * x[i];
+        i += 1;
+    }
+    r
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_f16_avx2(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 2);
+    let pw = w.as_ptr();
+    let mut s = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(pw.add(2 * i) as *const __m128i);
+        s = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(x.as_ptr().add(i)), s);
+        i += 8;
+    }
+    let mut r = hsum_ps(s);
+    while i < n {
+        r += f16_at(pw.add(2 * i)) * x[i];
+        i += 1;
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// 32-element types (AVX2).
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q8_0_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q8_0_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    for (i, a) in x.iter().enumerate().take(nb) {
+        let b = w.as_ptr().add(i * Q8_0_BYTES);
+        let d = _mm256_set1_ps(f16_at(b) * a.d);
+        let q = _mm256_loadu_si256(b.add(2) as *const __m256i);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load_q8(a))), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q4_0_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q4_0_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let eight = _mm256_set1_epi8(8);
+    for (i, a) in x.iter().enumerate().take(nb) {
+        let b = w.as_ptr().add(i * Q4_0_BYTES);
+        let d = _mm256_set1_ps(f16_at(b) * a.d);
+        let q = _mm256_sub_epi8(nibbles_32(b.add(2)), eight);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load_q8(a))), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q4_1_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q4_1_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (i, a) in x.iter().enumerate().take(nb) {
+        let b = w.as_ptr().add(i * Q4_1_BYTES);
+        let d = _mm256_set1_ps(f16_at(b) * a.d);
+        mins += f16_at(b.add(2)) * a.s;
+        let q = nibbles_32(b.add(4));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_u8i8(q, load_q8(a))), acc);
+    }
+    hsum_ps(acc) + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q5_0_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q5_0_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let (bit4, sixteen) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(16));
+    for (i, a) in x.iter().enumerate().take(nb) {
+        let b = w.as_ptr().add(i * Q5_0_BYTES);
+        let d = _mm256_set1_ps(f16_at(b) * a.d);
+        let qh = std::ptr::read_unaligned(b.add(2) as *const u32);
+        let hi = _mm256_and_si256(bytes_from_bits_32(qh), bit4);
+        let q = _mm256_sub_epi8(_mm256_or_si256(nibbles_32(b.add(6)), hi), sixteen);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load_q8(a))), acc);
+    }
+    hsum_ps(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// k-quants (AVX2).
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q4_k_avx2(w: &[u8], x: &[BlockQ8K]) -> f32 {
+    let nb = x.len().min(w.len() / Q4_K_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    let low = _mm256_set1_epi8(0x0f);
+    for (i, a) in x.iter().enumerate().take(nb) {
+        let blk = &w[i * Q4_K_BYTES..(i + 1) * Q4_K_BYTES];
+        let b = blk.as_ptr();
+        let (d, dmin) = (f16_at(b) * a.d, f16_at(b.add(2)) * a.d);
+        let scales = &blk[4..16];
+        let mut summ = 0i32;
+        let mut sumi = _mm256_setzero_si256();
+        for p in 0..4 {
+            let (sc0, m0) = scale_min_k4(2 * p, scales);
+            let (sc1, m1) = scale_min_k4(2 * p + 1, scales);
+            summ += m0 as i32 * (a.bsums[4 * p] as i32 + a.bsums[4 * p + 1] as i32);
+            summ += m1 as i32 * (a.bsums[4 * p + 2] as i32 + a.bsums[4 * p + 3] as i32);
+            let q = _mm256_loadu_si256(b.add(16 + 32 * p) as *const __m256i);
+            let lo = _mm256_and_si256(q, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            let a0 = _mm256_loadu_si256(a.qs.as_ptr().add(64 * p) as *const __m256i);
+            let a1 = _mm256_loadu_si256(a.qs.as_ptr().add(64 * p + 32) as *const __m256i);
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), _mm256_set1_epi16(sc0 as i16));
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), _mm256_set1_epi16(sc1 as i16));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        mins += dmin * summ as f32;
+    }
+    hsum_ps(acc) - mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q6_k_avx2(w: &[u8], x: &[BlockQ8K]) -> f32 {
+    let nb = x.len().min(w.len() / Q6_K_BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut offs = 0f32;
+    let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    for (i, a) in x.iter().enumerate().take(nb) {
+        let blk = &w[i * Q6_K_BYTES..(i + 1) * Q6_K_BYTES];
+        let b = blk.as_ptr();
+        let d = f16_at(b.add(208)) * a.d;
+        let sc = &blk[192..208];
+        let off: i32 = sc
+            .iter()
+            .zip(&a.bsums)
+            .map(|(s, bs)| (*s as i8) as i32 * *bs as i32)
+            .sum();
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let ql0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+            let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+            let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+            let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+            let h6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), h2),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h4),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h6),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let s0 = (sc[8 * n + 2 * k] as i8) as i16;
+                let s1 = (sc[8 * n + 2 * k + 1] as i8) as i16;
+                let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                let av = _mm256_loadu_si256(a.qs.as_ptr().add(128 * n + 32 * k) as *const __m256i);
+                let prod = _mm256_maddubs_epi16(*qk, av);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(prod, scale));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        offs += d * (32 * off) as f32;
+    }
+    hsum_ps(acc) - offs
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX-512: two 32-element blocks per 512-bit register.
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+}
+
+/// 16 i32 sums of signed bytes `x * y`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn dot_i8_512(x: __m512i, y: __m512i) -> __m512i {
+    let ax = _mm512_abs_epi8(x);
+    let neg = _mm512_movepi8_mask(x);
+    let sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+    _mm512_madd_epi16(_mm512_maddubs_epi16(ax, sy), _mm512_set1_epi16(1))
+}
+
+/// A vector holding `d0` in the low 8 lanes and `d1` in the high 8.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn scales_512(d0: f32, d1: f32) -> __m512 {
+    _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn vec_dot_q8_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q8_0_BYTES);
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 2 <= nb {
+        let b = w.as_ptr().add(i * Q8_0_BYTES);
+        let b1 = b.add(Q8_0_BYTES);
+        let q = join(
+            _mm256_loadu_si256(b.add(2) as *const __m256i),
+            _mm256_loadu_si256(b1.add(2) as *const __m256i),
+        );
+        let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
+        let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc);
+        i += 2;
+    }
+    let mut r = _mm512_reduce_add_ps(acc);
+    if i < nb {
+        r += vec_dot_q8_0_avx2(&w[i * Q8_0_BYTES..], &x[i..nb]);
+    }
+    r
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn vec_dot_q4_1_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q4_1_BYTES);
+    let mut acc = _mm512_setzero_ps();
+    let mut mins = 0f32;
+    let ones = _mm512_set1_epi16(1);
+    let mut i = 0;
+    while i + 2 <= nb {
+        let b = w.as_ptr().add(i * Q4_1_BYTES);
+        let b1 = b.add(Q4_1_BYTES);
+        let q = join(nibbles_32(b.add(4)), nibbles_32(b1.add(4)));
+        let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
+        let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
+        mins += f16_at(b.add(2)) * x[i].s + f16_at(b1.add(2)) * x[i + 1].s;
+        let s = _mm512_madd_epi16(_mm512_maddubs_epi16(q, av), ones);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc);
+        i += 2;
+    }
+    let mut r = _mm512_reduce_add_ps(acc) + mins;
+    if i < nb {
+        r += vec_dot_q4_1_avx2(&w[i * Q4_1_BYTES..], &x[i..nb]);
+    }
+    r
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn vec_dot_q5_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q5_0_BYTES);
+    let mut acc = _mm512_setzero_ps();
+    let (bit4, sixteen) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
+    let mut i = 0;
+    while i + 2 <= nb {
+        let b = w.as_ptr().add(i * Q5_0_BYTES);
+        let b1 = b.add(Q5_0_BYTES);
+        let qh0 = std::ptr::read_unaligned(b.add(2) as *const u32) as u64;
+        let qh1 = std::ptr::read_unaligned(b1.add(2) as *const u32) as u64;
+        let hi = _mm512_maskz_mov_epi8(qh0 | (qh1 << 32), bit4);
+        let q = join(nibbles_32(b.add(6)), nibbles_32(b1.add(6)));
+        let q = _mm512_sub_epi8(_mm512_or_si512(q, hi), sixteen);
+        let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
+        let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc);
+        i += 2;
+    }
+    let mut r = _mm512_reduce_add_ps(acc);
+    if i < nb {
+        r += vec_dot_q5_0_avx2(&w[i * Q5_0_BYTES..], &x[i..nb]);
+    }
+    r
+}

@@ -1,0 +1,181 @@
+//! Every SIMD kernel against the scalar reference, on fresh random inputs, for every type.
+
+use worker_compute::cpu::quant::{generic, BlockQ8, BlockQ8K, Kernels, VecDot, SUPPORTED_TYPES};
+use worker_gguf::GgmlType;
+
+/// xorshift64*: fresh inputs from a seed taken from the clock, printed on failure.
+struct Rng(u64);
+impl Rng {
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        eprintln!("kernel test seed {seed}");
+        Rng(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Offsets of the f16 scale fields in one block of `ty`.
+fn f16_fields(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// A random row of `n` elements of `ty`: random payload bits, sane scales.
+fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
+    let nbytes = ty.bytes_for(n as u64).unwrap() as usize;
+    match ty {
+        GgmlType::F32 => (0..n).flat_map(|_| rng.f32().to_le_bytes()).collect(),
+        GgmlType::F16 => (0..n)
+            .flat_map(|_| half::f16::from_f32(rng.f32()).to_le_bytes())
+            .collect(),
+        _ => {
+            let mut b = rng.bytes(nbytes);
+            for blk in b.chunks_exact_mut(ty.type_size()) {
+                for &off in f16_fields(ty) {
+                    let v = half::f16::from_f32(rng.f32() * 0.01);
+                    blk[off..off + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            b
+        }
+    }
+}
+
+fn simd_tables() -> Vec<Kernels> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use worker_compute::cpu::quant::x86;
+        v.extend(x86::avx2_kernels());
+        v.extend(x86::avx512_kernels());
+    }
+    assert!(
+        !v.is_empty() || !cfg!(target_arch = "x86_64") || !std::is_x86_feature_detected!("avx2"),
+        "an AVX2 machine must get a SIMD table"
+    );
+    v
+}
+
+#[test]
+fn quantize_rows_match_scalar() {
+    let mut rng = Rng::new();
+    let scalar = Kernels::scalar();
+    for simd in simd_tables() {
+        for n in [256, 512, 2048] {
+            let x: Vec<f32> = (0..n).map(|_| rng.f32() * 3.0).collect();
+            let (mut a, mut b) = (
+                vec![BlockQ8::default(); n / 32],
+                vec![BlockQ8::default(); n / 32],
+            );
+            (scalar.quantize_row_q8)(&x, &mut a);
+            (simd.quantize_row_q8)(&x, &mut b);
+            for (p, q) in a.iter().zip(&b) {
+                assert_eq!((p.d, p.s, p.qs), (q.d, q.s, q.qs), "{:?} q8", simd.isa);
+            }
+            let (mut a, mut b) = (
+                vec![BlockQ8K::default(); n / 256],
+                vec![BlockQ8K::default(); n / 256],
+            );
+            (scalar.quantize_row_q8k)(&x, &mut a);
+            (simd.quantize_row_q8k)(&x, &mut b);
+            for (p, q) in a.iter().zip(&b) {
+                assert_eq!(
+                    (p.d, p.qs, p.bsums),
+                    (q.d, q.qs, q.bsums),
+                    "{:?} q8k",
+                    simd.isa
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_helpers_match_scalar() {
+    let mut rng = Rng::new();
+    for simd in simd_tables() {
+        for n in [1, 7, 64, 100, 128] {
+            let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let (r, s) = (generic::dot_f32(&a, &b), (simd.dot_f32)(&a, &b));
+            assert!(
+                (r - s).abs() <= 1e-5 * n as f32,
+                "{:?} dot_f32 n={n}: {r} vs {s}",
+                simd.isa
+            );
+            let (mut y1, mut y2) = (b.clone(), b.clone());
+            generic::axpy_f32(0.3, &a, &mut y1);
+            (simd.axpy_f32)(0.3, &a, &mut y2);
+            for (p, q) in y1.iter().zip(&y2) {
+                assert!((p - q).abs() <= 1e-6, "{:?} axpy", simd.isa);
+            }
+        }
+    }
+}
+
+/// The dot product of every type, SIMD against scalar. Integer sums are exact in both, so
+/// the only difference is the order of the f32 sums: the tolerance is relative to the sum of
+/// absolute products.
+#[test]
+fn vec_dots_match_scalar_for_every_type() {
+    let mut rng = Rng::new();
+    let scalar = Kernels::scalar();
+    let tables = simd_tables();
+    for ty in SUPPORTED_TYPES {
+        let sk = scalar
+            .for_type(ty)
+            .expect("scalar kernel for every supported type");
+        for n in [256, 768, 4864] {
+            for _ in 0..20 {
+                let w = random_row(&mut rng, ty, n);
+                let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
+                let mut wf = vec![0f32; n];
+                (sk.dequantize_row)(&w, &mut wf);
+                let mut q8 = vec![BlockQ8::default(); n / 32];
+                let mut q8k = vec![BlockQ8K::default(); n / 256];
+                generic::quantize_row_q8(&x, &mut q8);
+                generic::quantize_row_q8k(&x, &mut q8k);
+                let magnitude: f32 = wf.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                let eval = |v: VecDot| match v {
+                    VecDot::F32(f) => f(&w, &x),
+                    VecDot::Q8(f) => f(&w, &q8),
+                    VecDot::Q8K(f) => f(&w, &q8k),
+                };
+                let reference = eval(sk.vec_dot);
+                // The scalar quantized dot itself is close to the f32 dot of dequantized rows.
+                let exact: f32 = wf.iter().zip(&x).map(|(a, b)| a * b).sum();
+                assert!(
+                    (reference - exact).abs() <= 0.02 * magnitude + 1e-6,
+                    "{ty} n={n}: scalar quantized dot {reference} vs f32 {exact}"
+                );
+                for simd in &tables {
+                    let k = simd.for_type(ty).expect("simd table covers every type");
+                    let got = eval(k.vec_dot);
+                    assert!(
+                        (got - reference).abs() <= 1e-5 * magnitude + 1e-6,
+                        "{:?} {ty} n={n}: {got} vs scalar {reference}",
+                        simd.isa
+                    );
+                }
+            }
+        }
+    }
+}

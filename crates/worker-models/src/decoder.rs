@@ -1,0 +1,320 @@
+//! The pre-norm decoder of the llama family (RMS norm, rotary attention with GQA, SwiGLU
+//! MLP), written once against [`ComputeBackend`]. The `llama` and `qwen2` adapters differ
+//! only in the [`DecoderSpec`] they pass.
+
+use worker_compute::{
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvType, RopeMode,
+    RopeParams, TensorId, WeightDesc, WeightId,
+};
+use worker_gguf::{GgufFile, HyperParams, RopeScaling};
+
+use crate::{Batch, LoadOptions, Model, ModelError};
+
+/// What distinguishes one llama-family architecture from another.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DecoderSpec {
+    /// Rotary pair layout.
+    pub rope_mode: RopeMode,
+    /// `blk.N.attn_{q,k,v}.bias` exist (qwen2).
+    pub qkv_bias: bool,
+}
+
+struct Layer {
+    attn_norm: WeightId,
+    wq: WeightId,
+    wk: WeightId,
+    wv: WeightId,
+    bq: Option<WeightId>,
+    bk: Option<WeightId>,
+    bv: Option<WeightId>,
+    wo: WeightId,
+    ffn_norm: WeightId,
+    gate: WeightId,
+    up: WeightId,
+    down: WeightId,
+}
+
+/// Activation buffers, allocated once for `max_batch` rows.
+struct Buffers {
+    x: TensorId,
+    h: TensorId,
+    q: TensorId,
+    k: TensorId,
+    v: TensorId,
+    attn: TensorId,
+    o: TensorId,
+    gate: TensorId,
+    up: TensorId,
+    act: TensorId,
+    last: TensorId,
+    logits: TensorId,
+    tokens: IndexId,
+    positions: IndexId,
+    slots: IndexId,
+    logit_rows: IndexId,
+}
+
+pub(crate) struct Decoder {
+    hp: HyperParams,
+    opts: LoadOptions,
+    eps: f32,
+    token_embd: WeightId,
+    output_norm: WeightId,
+    output: WeightId,
+    layers: Vec<Layer>,
+    cache: KvCacheId,
+    buf: Buffers,
+    rope_q: RopeParams,
+    rope_k: RopeParams,
+    attn: AttentionParams,
+}
+
+/// Uploads tensor `name` after checking its ggml shape is `[cols, rows]` (or `[cols]` for a
+/// vector, `rows == 1`).
+pub(crate) fn upload(
+    file: &GgufFile,
+    backend: &mut dyn ComputeBackend,
+    name: &str,
+    cols: usize,
+    rows: usize,
+) -> Result<WeightId, ModelError> {
+    let (info, bytes) = file.tensor(name).map_err(|e| match e {
+        worker_gguf::GgufError::MissingTensor { name } => ModelError::MissingTensor { name },
+        other => other.into(),
+    })?;
+    let expected: Vec<u64> = if rows == 1 {
+        vec![cols as u64]
+    } else {
+        vec![cols as u64, rows as u64]
+    };
+    let mut found = info.shape.clone();
+    while found.len() > expected.len() && found.last() == Some(&1) {
+        found.pop();
+    }
+    if found != expected {
+        return Err(ModelError::WrongShape {
+            name: name.to_string(),
+            found: info.shape.clone(),
+            expected,
+        });
+    }
+    Ok(backend.upload_weight(WeightDesc {
+        name,
+        ty: info.ty,
+        rows,
+        cols,
+        bytes,
+    })?)
+}
+
+fn has(file: &GgufFile, name: &str) -> bool {
+    file.tensors().iter().any(|t| t.name == name)
+}
+
+impl Decoder {
+    pub(crate) fn load(
+        file: &GgufFile,
+        hp: HyperParams,
+        spec: DecoderSpec,
+        backend: &mut dyn ComputeBackend,
+        opts: LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let d = hp.embedding_length as usize;
+        let (nh, nkv) = (hp.head_count as usize, hp.head_count_kv as usize);
+        let (hd, vhd) = (hp.head_dim as usize, hp.value_head_dim as usize);
+        let ff = hp.feed_forward_length as usize;
+        let vocab = hp.vocab_size as usize;
+        let eps = hp.rms_norm_epsilon.ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "{}.attention.layer_norm_rms_epsilon is missing",
+                hp.architecture
+            ))
+        })?;
+        let freq_scale = match hp.rope_scaling {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear { factor } if factor > 0.0 => 1.0 / factor,
+            ref other => {
+                return Err(ModelError::Unsupported(format!(
+                    "rope scaling {other:?} for {}",
+                    hp.architecture
+                )))
+            }
+        };
+        if opts.max_batch == 0 || opts.max_logit_rows == 0 || opts.slots == 0 {
+            return Err(ModelError::Unsupported(format!(
+                "load options {opts:?}: batch, logit rows and slots must be positive"
+            )));
+        }
+
+        let token_embd = upload(file, backend, "token_embd.weight", d, vocab)?;
+        let output_norm = upload(file, backend, "output_norm.weight", d, 1)?;
+        let output = if has(file, "output.weight") {
+            upload(file, backend, "output.weight", d, vocab)?
+        } else {
+            token_embd // tied embeddings (SmolLM2)
+        };
+        let mut layers = Vec::with_capacity(hp.block_count as usize);
+        for i in 0..hp.block_count as usize {
+            let mut w = |n: &str, cols: usize, rows: usize| {
+                upload(file, backend, &format!("blk.{i}.{n}"), cols, rows)
+            };
+            let attn_norm = w("attn_norm.weight", d, 1)?;
+            let wq = w("attn_q.weight", d, nh * hd)?;
+            let wk = w("attn_k.weight", d, nkv * hd)?;
+            let wv = w("attn_v.weight", d, nkv * vhd)?;
+            let (bq, bk, bv) = if spec.qkv_bias {
+                (
+                    Some(w("attn_q.bias", nh * hd, 1)?),
+                    Some(w("attn_k.bias", nkv * hd, 1)?),
+                    Some(w("attn_v.bias", nkv * vhd, 1)?),
+                )
+            } else {
+                (None, None, None)
+            };
+            layers.push(Layer {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                bq,
+                bk,
+                bv,
+                wo: w("attn_output.weight", nh * vhd, d)?,
+                ffn_norm: w("ffn_norm.weight", d, 1)?,
+                gate: w("ffn_gate.weight", d, ff)?,
+                up: w("ffn_up.weight", d, ff)?,
+                down: w("ffn_down.weight", ff, d)?,
+            });
+        }
+
+        let max_positions = opts.max_positions.min(hp.context_length as usize).max(1);
+        let cache = backend.alloc_kv_cache(KvCacheConfig {
+            layers: layers.len(),
+            slots: opts.slots,
+            max_positions,
+            kv_heads: nkv,
+            head_dim: hd,
+            value_head_dim: vhd,
+            ty: KvType::F32,
+        })?;
+        let b = opts.max_batch;
+        let buf = Buffers {
+            x: backend.alloc_tensor(b, d)?,
+            h: backend.alloc_tensor(b, d)?,
+            q: backend.alloc_tensor(b, nh * hd)?,
+            k: backend.alloc_tensor(b, nkv * hd)?,
+            v: backend.alloc_tensor(b, nkv * vhd)?,
+            attn: backend.alloc_tensor(b, nh * vhd)?,
+            o: backend.alloc_tensor(b, d)?,
+            gate: backend.alloc_tensor(b, ff)?,
+            up: backend.alloc_tensor(b, ff)?,
+            act: backend.alloc_tensor(b, ff)?,
+            last: backend.alloc_tensor(opts.max_logit_rows, d)?,
+            logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
+            tokens: backend.alloc_index(b)?,
+            positions: backend.alloc_index(b)?,
+            slots: backend.alloc_index(b)?,
+            logit_rows: backend.alloc_index(opts.max_logit_rows)?,
+        };
+        let rope = |heads| RopeParams {
+            heads,
+            head_dim: hd,
+            n_rot: hp.rope_dimension_count as usize,
+            base: hp.rope_freq_base,
+            freq_scale,
+            mode: spec.rope_mode,
+        };
+        let (rope_q, rope_k) = (rope(nh), rope(nkv));
+        let attn = AttentionParams {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            value_head_dim: vhd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            layer: 0,
+        };
+        let opts = LoadOptions {
+            max_positions,
+            ..opts
+        };
+        Ok(Decoder {
+            hp,
+            opts,
+            eps,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+            cache,
+            buf,
+            rope_q,
+            rope_k,
+            attn,
+        })
+    }
+}
+
+impl Model for Decoder {
+    fn hparams(&self) -> &HyperParams {
+        &self.hp
+    }
+
+    fn options(&self) -> &LoadOptions {
+        &self.opts
+    }
+
+    fn forward(
+        &mut self,
+        be: &mut dyn ComputeBackend,
+        batch: &Batch<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let n = batch.check(&self.opts, self.hp.vocab_size as usize, logits.len())?;
+        let nl = batch.logit_rows.len();
+        let b = &self.buf;
+        be.write_index(b.tokens, batch.tokens)?;
+        be.write_index(b.positions, batch.positions)?;
+        be.write_index(b.slots, batch.slots)?;
+        be.write_index(b.logit_rows, batch.logit_rows)?;
+        be.embed(b.x, self.token_embd, b.tokens, n)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            be.rms_norm(b.h, b.x, l.attn_norm, self.eps, n)?;
+            for (out, w, bias) in [(b.q, l.wq, l.bq), (b.k, l.wk, l.bk), (b.v, l.wv, l.bv)] {
+                be.matmul(out, b.h, w, n)?;
+                if let Some(bias) = bias {
+                    be.add_bias(out, bias, n)?;
+                }
+            }
+            be.rope(b.q, b.positions, &self.rope_q, n)?;
+            be.rope(b.k, b.positions, &self.rope_k, n)?;
+            let attn = AttentionParams {
+                layer: i,
+                ..self.attn
+            };
+            be.attention(
+                b.attn,
+                b.q,
+                b.k,
+                b.v,
+                self.cache,
+                b.positions,
+                b.slots,
+                &attn,
+                n,
+            )?;
+            be.matmul(b.o, b.attn, l.wo, n)?;
+            be.add(b.x, b.o, n)?;
+            be.rms_norm(b.h, b.x, l.ffn_norm, self.eps, n)?;
+            be.matmul(b.gate, b.h, l.gate, n)?;
+            be.matmul(b.up, b.h, l.up, n)?;
+            be.swiglu(b.act, b.gate, b.up, n)?;
+            be.matmul(b.o, b.act, l.down, n)?;
+            be.add(b.x, b.o, n)?;
+        }
+        be.rms_norm(b.h, b.x, self.output_norm, self.eps, n)?;
+        be.gather_rows(b.last, b.h, b.logit_rows, nl)?;
+        be.matmul(b.logits, b.last, self.output, nl)?;
+        be.read_rows(b.logits, nl, logits)?;
+        Ok(())
+    }
+}
