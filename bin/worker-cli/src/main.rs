@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
+mod template;
+mod tokenize;
 
 #[derive(Parser)]
 #[command(
@@ -22,12 +24,21 @@ struct Cli {
 enum Command {
     /// Print a GGUF file's metadata (long arrays summarized) and tensor table.
     Inspect(inspect::Args),
+    /// Encode stdin with the model's tokenizer and print the ids as JSON.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Decode a JSON array of ids read from stdin.
+    Detokenize(tokenize::DetokenizeArgs),
+    /// Render a conversation with the model's chat template.
+    Template(template::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Tokenize(args) => tokenize::run_tokenize(&args),
+        Command::Detokenize(args) => tokenize::run_detokenize(&args),
+        Command::Template(args) => template::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
