@@ -202,3 +202,98 @@ impl HyperParams {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{Array, Value};
+
+    fn llama_like() -> Metadata {
+        let mut md = Metadata::new();
+        md.set("general.architecture", Value::String("llama".into()));
+        for (k, v) in [
+            ("context_length", 2048u32),
+            ("embedding_length", 256),
+            ("block_count", 2),
+            ("feed_forward_length", 512),
+            ("attention.head_count", 8),
+        ] {
+            md.set(&format!("llama.{k}"), Value::U32(v));
+        }
+        md.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+        md.set(
+            "tokenizer.ggml.tokens",
+            Value::Array(Array::String(vec!["a".into(); 100])),
+        );
+        md
+    }
+
+    #[test]
+    fn defaults_fill_optional_keys() {
+        let hp = HyperParams::from_metadata(&llama_like()).unwrap();
+        assert_eq!(
+            (hp.head_count_kv, hp.head_dim, hp.value_head_dim),
+            (8, 32, 32)
+        );
+        assert_eq!(hp.rope_dimension_count, 32);
+        assert_eq!(hp.rope_freq_base, 10_000.0);
+        assert_eq!(hp.rope_scaling, RopeScaling::None);
+        assert_eq!(hp.vocab_size, 100, "from the token list");
+        assert_eq!(hp.layer_norm_epsilon, None);
+    }
+
+    #[test]
+    fn missing_and_inconsistent_keys_are_named() {
+        let mut md = Metadata::new();
+        for (k, v) in llama_like()
+            .iter()
+            .filter(|(k, _)| *k != "llama.block_count")
+        {
+            md.set(k, v.clone());
+        }
+        let e = HyperParams::from_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("llama.block_count"), "{e}");
+
+        let mut md = llama_like();
+        md.set("llama.attention.head_count_kv", Value::U32(3));
+        let e = HyperParams::from_metadata(&md).unwrap_err().to_string();
+        assert!(
+            e.contains("head_count_kv") && e.contains("does not divide"),
+            "{e}"
+        );
+
+        let mut md = llama_like();
+        md.set("llama.attention.head_count", Value::U32(0));
+        let e = HyperParams::from_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("greater than zero"), "{e}");
+
+        let mut md = llama_like();
+        md.set("llama.rope.scaling.type", Value::String("weird".into()));
+        let e = HyperParams::from_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("weird"), "{e}");
+
+        let mut md = llama_like();
+        md.set("llama.context_length", Value::String("2048".into()));
+        let e = HyperParams::from_metadata(&md).unwrap_err();
+        assert!(matches!(e, GgufError::WrongType { .. }), "{e}");
+    }
+
+    #[test]
+    fn yarn_scaling_is_read() {
+        let mut md = llama_like();
+        md.set("llama.rope.scaling.type", Value::String("yarn".into()));
+        md.set("llama.rope.scaling.factor", Value::F32(4.0));
+        md.set(
+            "llama.rope.scaling.original_context_length",
+            Value::U32(512),
+        );
+        let hp = HyperParams::from_metadata(&md).unwrap();
+        assert_eq!(
+            hp.rope_scaling,
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_context_length: 512
+            }
+        );
+    }
+}
