@@ -179,3 +179,26 @@ fn vec_dots_match_scalar_for_every_type() {
         }
     }
 }
+
+/// Our dequantizers against worker-gguf's independent reference, for every type.
+#[test]
+fn dequantizers_match_worker_gguf() {
+    let mut rng = Rng::new();
+    let scalar = Kernels::scalar();
+    for ty in SUPPORTED_TYPES {
+        let k = scalar.for_type(ty).unwrap();
+        for n in [256, 1024] {
+            let w = random_row(&mut rng, ty, n);
+            let (mut ours, mut theirs) = (vec![0f32; n], vec![0f32; n]);
+            (k.dequantize_row)(&w, &mut ours);
+            worker_gguf::dequantize(ty, &w, &mut theirs)
+                .unwrap_or_else(|e| panic!("worker-gguf cannot dequantize {ty}: {e}"));
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{ty} element {i}: {a} vs worker-gguf {b}"
+                );
+            }
+        }
+    }
+}
