@@ -1,5 +1,35 @@
-//! The CUDA backend: `ComputeBackend` on NVIDIA GPUs through cudarc (dynamically loaded),
-//! NVRTC-compiled kernels and cuBLAS, with weights, KV cache and activations in VRAM only.
+//! The CUDA backend: [`worker_compute::ComputeBackend`] on NVIDIA GPUs through cudarc
+//! (dynamically loaded), with `.cu` kernels compiled by NVRTC at start-up.
 //!
-//! Empty until the CUDA issue lands. It must not hold model logic: models stay in
-//! `worker-models`, written once against the trait.
+//! ```no_run
+//! use worker_compute::ComputeBackend;
+//! use worker_compute_cuda::{CudaBackend, CudaConfig};
+//! let mut gpu = CudaBackend::new(CudaConfig { device: 0 })?;
+//! let x = gpu.alloc_tensor(1, 4)?;
+//! gpu.write_rows(x, &[1.0, 2.0, 3.0, 4.0])?;
+//! gpu.gelu(x, 1)?;
+//! let mut out = [0f32; 4];
+//! gpu.read_rows(x, 1, &mut out)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Weights are uploaded in their GGUF types (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! Q4_K, Q5_K, Q6_K) and dequantized inside the kernels; the KV cache is f16. Everything lives
+//! in VRAM: plain device allocations, no managed memory, no host fallback; an allocation
+//! that fails is [`worker_compute::ComputeError::Alloc`] (logged as `VRAM_OOM`).
+//!
+//! Building needs no CUDA at all. At run time a missing driver or device is
+//! [`CudaError::NoDevice`], never a panic: cudarc panics when it cannot load a library, so
+//! [`CudaBackend::new`] looks for it first.
+//!
+//! This crate must not hold model logic (models stay in `worker-models`, written once
+//! against the trait), must not fall back to the host, and must not panic on bad input.
+#![deny(missing_docs)]
+
+mod backend;
+mod error;
+pub mod kernels;
+pub mod loader;
+
+pub use backend::{CudaBackend, CudaConfig, WEIGHT_TYPES};
+pub use error::CudaError;

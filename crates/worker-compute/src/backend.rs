@@ -43,6 +43,32 @@ impl TensorId {
     }
 }
 
+/// `from_raw`/`raw` on the handle types, so that a backend in another crate can mint and
+/// read its own handles. A handle is only meaningful to the backend that made it.
+macro_rules! raw_handle {
+    ($($t:ident),*) => {$(
+        impl $t {
+            /// A handle from a backend's own raw id.
+            pub fn from_raw(raw: u32) -> Self {
+                $t(raw)
+            }
+        }
+    )*};
+}
+raw_handle!(TensorId, IndexId, WeightId, KvCacheId);
+
+macro_rules! raw_accessor {
+    ($($t:ident),*) => {$(
+        impl $t {
+            /// The raw id, for the backend that made it and for logs.
+            pub fn raw(self) -> u32 {
+                self.0
+            }
+        }
+    )*};
+}
+raw_accessor!(IndexId, WeightId, KvCacheId);
+
 /// A weight to upload: `rows` rows of `cols` elements (ggml shape `[cols, rows]`), in `ty`.
 #[derive(Clone, Copy, Debug)]
 pub struct WeightDesc<'a> {

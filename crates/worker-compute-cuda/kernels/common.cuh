@@ -1,0 +1,45 @@
+// Helpers shared by every kernel file. The Rust side prepends this text to each .cu source
+// before NVRTC compiles it, so the kernels need no include paths and no CUDA headers.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef signed char i8;
+
+// IEEE half -> float through PTX, so no cuda_fp16.h is needed.
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// float -> IEEE half, round to nearest even.
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// A little-endian half at an even byte offset.
+__device__ __forceinline__ float ldh(const u8* p) {
+    return h2f(*(const u16*)p);
+}
+
+// Sum over the 32 lanes of a warp; every lane gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over a block of at most 1024 threads (a multiple of 32); every thread gets the result.
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = lane < nw ? part[lane] : 0.0f;
+    return warp_sum(v);
+}

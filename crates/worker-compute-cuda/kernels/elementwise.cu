@@ -1,0 +1,120 @@
+// Element-wise and row-wise ops on f32 activation matrices (row-major [rows, cols]).
+
+extern "C" __global__ void add_f32(float* dst, const float* src, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] += src[i];
+}
+
+extern "C" __global__ void mul_f32(float* dst, const float* src, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] *= src[i];
+}
+
+extern "C" __global__ void add_bias_f32(float* dst, const float* bias, long long n, int cols) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] += bias[i % cols];
+}
+
+// out = silu(g) * u
+extern "C" __global__ void swiglu_f32(float* out, const float* g, const float* u, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float a = g[i];
+        out[i] = a / (1.0f + expf(-a)) * u[i];
+    }
+}
+
+// GELU, tanh approximation (ggml gelu, GPT-2 gelu_new).
+extern "C" __global__ void gelu_f32(float* x, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float c = 0.7978845608f;
+        float a = x[i];
+        x[i] = 0.5f * a * (1.0f + tanhf(c * (a + 0.044715f * a * a * a)));
+    }
+}
+
+// out[r] = src[index[r]]; one block per output row.
+extern "C" __global__ void gather_rows_f32(float* out, const float* src, const u32* index, int cols) {
+    int r = blockIdx.x;
+    const float* s = src + (size_t)index[r] * cols;
+    float* o = out + (size_t)r * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = s[i];
+}
+
+// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w; one block per row.
+extern "C" __global__ void rms_norm_f32(float* out, const float* x, const float* w, float eps, int cols) {
+    const float* xr = x + (size_t)blockIdx.x * cols;
+    float* o = out + (size_t)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss);
+    float r = 1.0f / sqrtf(ss / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = xr[i] * r * w[i];
+}
+
+// out[r] = (x[r] - mean) / sqrt(var + eps) * w + b; one block per row.
+extern "C" __global__ void layer_norm_f32(float* out, const float* x, const float* w, const float* b,
+                                          float eps, int cols) {
+    const float* xr = x + (size_t)blockIdx.x * cols;
+    float* o = out + (size_t)blockIdx.x * cols;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) s += xr[i];
+    float mean = block_sum(s) / cols;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float d = xr[i] - mean;
+        v += d * d;
+    }
+    float r = 1.0f / sqrtf(block_sum(v) / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = (xr[i] - mean) * r * w[i] + b[i];
+}
+
+// Rotary embedding in place. Grid (rows, heads); thread i of a block rotates pair i.
+// theta_i = pos * freq_scale * base^(-2i/n_rot), in double like the CPU reference.
+extern "C" __global__ void rope_f32(float* x, const u32* pos, int cols, int head_dim, int n_rot,
+                                    float base, float freq_scale, int neox) {
+    int r = blockIdx.x, h = blockIdx.y;
+    int half = n_rot / 2;
+    float* head = x + (size_t)r * cols + (size_t)h * head_dim;
+    double t = (double)pos[r] * (double)freq_scale;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double theta = t * pow((double)base, -2.0 * (double)i / (double)n_rot);
+        double sd, cd;
+        sincos(theta, &sd, &cd);
+        float s = (float)sd, c = (float)cd;
+        int a = neox ? i : 2 * i;
+        int b = neox ? i + half : 2 * i + 1;
+        float x0 = head[a], x1 = head[b];
+        head[a] = x0 * c - x1 * s;
+        head[b] = x0 * s + x1 * c;
+    }
+}
+
+// Index of the largest value of each row (the first on ties); one block per row.
+extern "C" __global__ void argmax_f32(u32* out, const float* x, int cols) {
+    __shared__ float bv[1024];
+    __shared__ int bi[1024];
+    const float* xr = x + (size_t)blockIdx.x * cols;
+    float best = __int_as_float(0xff800000);
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float v = xr[i];
+        if (v > best) { best = v; idx = i; }
+    }
+    bv[threadIdx.x] = best;
+    bi[threadIdx.x] = idx;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = bv[threadIdx.x + s];
+            int oi = bi[threadIdx.x + s];
+            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x])) {
+                bv[threadIdx.x] = ov;
+                bi[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = bi[0] == 0x7fffffff ? 0u : (u32)bi[0];
+}

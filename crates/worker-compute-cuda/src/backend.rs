@@ -1,0 +1,1016 @@
+//! [`CudaBackend`]: the `ComputeBackend` ops as NVRTC-compiled kernels on one CUDA stream.
+//!
+//! Every buffer is a plain device allocation (no managed memory, no host copies of weights).
+//! Kernels receive raw device addresses, so one op may read and write different handles of
+//! the same kind without borrow juggling; the handles' owners ([`CudaSlice`]s) live in this
+//! struct for as long as the backend does. All work is ordered on the one stream; only
+//! [`ComputeBackend::read_rows`] (and [`CudaBackend::argmax`]) wait for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use worker_compute::{
+    AttentionParams, ComputeBackend, ComputeError, IndexId, KvCacheConfig, KvCacheId, Result,
+    RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
+};
+use worker_gguf::GgmlType;
+
+use crate::error::CudaError;
+use crate::{kernels, loader};
+
+/// Weight types with embedding and matmul kernels, and the kernel-name suffix of each.
+pub const WEIGHT_TYPES: &[(GgmlType, &str)] = &[
+    (GgmlType::F32, "f32"),
+    (GgmlType::F16, "f16"),
+    (GgmlType::BF16, "bf16"),
+    (GgmlType::Q4_0, "q4_0"),
+    (GgmlType::Q4_1, "q4_1"),
+    (GgmlType::Q5_0, "q5_0"),
+    (GgmlType::Q5_1, "q5_1"),
+    (GgmlType::Q8_0, "q8_0"),
+    (GgmlType::Q4_K, "q4_k"),
+    (GgmlType::Q5_K, "q5_k"),
+    (GgmlType::Q6_K, "q6_k"),
+];
+
+/// The element-wise, norm, rope, attention and argmax kernels.
+const OTHER_KERNELS: &[&str] = &[
+    "add_f32",
+    "mul_f32",
+    "add_bias_f32",
+    "swiglu_f32",
+    "gelu_f32",
+    "gather_rows_f32",
+    "rms_norm_f32",
+    "layer_norm_f32",
+    "rope_f32",
+    "argmax_f32",
+    "kv_store",
+    "attention_f16",
+];
+
+/// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
+const MAX_HEAD_DIM: usize = 256;
+/// Activation rows per matmul block row (`MM_ROWS` in quant.cu).
+const MM_ROWS: usize = 8;
+/// Output columns per matmul block (warps per block).
+const MM_COLS: usize = 4;
+
+/// Where the backend runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CudaConfig {
+    /// CUDA device ordinal.
+    pub device: usize,
+}
+
+struct Tensor {
+    rows: usize,
+    cols: usize,
+    ptr: u64,
+    buf: CudaSlice<f32>,
+}
+
+struct Index {
+    host: Vec<u32>,
+    buf: CudaSlice<u32>,
+    ptr: u64,
+}
+
+struct Weight {
+    name: String,
+    suffix: &'static str,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// Stored as an f32 vector (norm weights, biases), dequantized at upload.
+    vector: bool,
+    ptr: u64,
+    _buf: CudaSlice<u8>,
+}
+
+struct KvCache {
+    cfg: KvCacheConfig,
+    k: u64,
+    v: u64,
+    _bufs: (CudaSlice<u16>, CudaSlice<u16>),
+}
+
+/// A kernel argument.
+enum Arg {
+    /// A device address.
+    P(u64),
+    I(i32),
+    L(i64),
+    F(f32),
+}
+
+/// The CUDA implementation of [`ComputeBackend`].
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<String, CudaFunction>,
+    device: usize,
+    arch: String,
+    allocated: u64,
+    tensors: Vec<Tensor>,
+    indices: Vec<Index>,
+    weights: Vec<Weight>,
+    caches: Vec<KvCache>,
+    argmax_out: Option<(CudaSlice<u32>, u64)>,
+}
+
+fn driver(what: &'static str) -> impl FnOnce(DriverError) -> CudaError {
+    move |e| CudaError::Driver {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// A failed launch or copy, as the trait's error.
+fn op_err(op: &'static str) -> impl FnOnce(DriverError) -> ComputeError {
+    move |e| ComputeError::Unsupported {
+        op,
+        reason: format!("CUDA error: {e}"),
+    }
+}
+
+fn shape(op: &'static str, reason: String) -> ComputeError {
+    ComputeError::Shape { op, reason }
+}
+
+fn i32_of(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| shape(op, format!("{v} does not fit a kernel's i32 argument")))
+}
+
+fn grid_1d(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x as u32, y as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `config.device`, compiles the kernels with NVRTC and loads them.
+    /// Without a driver or a device this is [`CudaError::NoDevice`], never a panic.
+    pub fn new(config: CudaConfig) -> std::result::Result<Self, CudaError> {
+        loader::require_driver()?;
+        let count = loader::no_panic("cuDeviceGetCount", CudaContext::device_count)?
+            .map_err(|e| CudaError::NoDevice(format!("the driver reports: {e}")))?;
+        if count <= 0 {
+            return Err(CudaError::NoDevice("the driver sees no devices".into()));
+        }
+        if config.device >= count as usize {
+            return Err(CudaError::NoDevice(format!(
+                "device {} asked for, {count} present",
+                config.device
+            )));
+        }
+        let ctx = loader::no_panic("cuCtxCreate", || CudaContext::new(config.device))?
+            .map_err(driver("context creation"))?;
+        // SAFETY: every op of this backend runs on one stream in program order, so cudarc's
+        // cross-stream event tracking is not needed; kernels get raw addresses anyway.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver("compute capability"))?;
+        let arch = format!("{major}{minor}");
+        let mut funcs = HashMap::new();
+        for (file, ptx) in kernels::compile_all(&arch)? {
+            let module = ctx.load_module(ptx).map_err(driver("module load"))?;
+            let names = kernel_names();
+            for name in names.iter().filter(|n| module_has(file, n)) {
+                let f = module.load_function(name).map_err(|e| CudaError::Driver {
+                    what: "kernel lookup",
+                    reason: format!("{name} in {file}: {e}"),
+                })?;
+                funcs.insert(name.clone(), f);
+            }
+        }
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            funcs,
+            device: config.device,
+            arch,
+            allocated: 0,
+            tensors: Vec::new(),
+            indices: Vec::new(),
+            weights: Vec::new(),
+            caches: Vec::new(),
+            argmax_out: None,
+        })
+    }
+
+    /// The device's name, e.g. `"NVIDIA H200"`.
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// The `compute_XY` architecture the kernels were compiled for (`"90"`).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn vram(&self) -> std::result::Result<(u64, u64), CudaError> {
+        let (free, total) = self.ctx.mem_get_info().map_err(driver("cuMemGetInfo"))?;
+        Ok((free as u64, total as u64))
+    }
+
+    /// [`CudaError::InsufficientVram`] unless `required` more bytes fit in free VRAM.
+    pub fn check_vram(&self, required: u64) -> std::result::Result<(), CudaError> {
+        let (free, _) = self.vram()?;
+        if required > free {
+            return Err(CudaError::InsufficientVram {
+                required,
+                available: free,
+                device: self.device,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes this backend has allocated on the device.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Waits for all queued work (for timings).
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.stream.synchronize().map_err(op_err("synchronize"))
+    }
+
+    /// The index of the largest value of each of the first `rows` rows of `src`, computed on
+    /// the device, so that only token ids cross the bus.
+    pub fn argmax(&mut self, src: TensorId, rows: usize) -> Result<Vec<u32>> {
+        const OP: &str = "argmax";
+        let (sp, cols, srows) = {
+            let t = self.tensor(OP, src)?;
+            (t.ptr, t.cols, t.rows)
+        };
+        check_rows(OP, srows, rows, "source")?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let need = match &self.argmax_out {
+            Some((b, _)) => b.len() < rows,
+            None => true,
+        };
+        if need {
+            let buf: CudaSlice<u32> = self.alloc("argmax output", rows)?;
+            let p = self.ptr(&buf);
+            self.argmax_out = Some((buf, p));
+        }
+        let Some((buf, op)) = &self.argmax_out else {
+            return Err(ComputeError::Alloc {
+                what: "argmax output",
+                bytes: rows as u128 * 4,
+            });
+        };
+        let cfg = grid(rows, 1, 256);
+        let args = [Arg::P(*op), Arg::P(sp), Arg::I(i32_of(OP, cols)?)];
+        self.launch(OP, "argmax_f32", cfg, &args)?;
+        let mut out = vec![0u32; rows];
+        self.stream
+            .memcpy_dtoh(&buf.slice(..rows), &mut out[..])
+            .map_err(op_err(OP))?;
+        self.stream.synchronize().map_err(op_err(OP))?;
+        Ok(out)
+    }
+
+    fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+        &mut self,
+        what: &'static str,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        let bytes = n as u128 * std::mem::size_of::<T>() as u128;
+        let buf = self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
+            tracing::error!(what, bytes = bytes as u64, error = %e, "VRAM_OOM: device allocation failed");
+            ComputeError::Alloc { what, bytes }
+        })?;
+        self.allocated += bytes as u64;
+        Ok(buf)
+    }
+
+    fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
+        let (p, _guard) = buf.device_ptr(&self.stream);
+        p
+    }
+
+    fn launch(&self, op: &'static str, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| ComputeError::Unsupported {
+                op,
+                reason: format!("kernel {name} is not loaded"),
+            })?;
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::P(v) => b.arg(v),
+                Arg::I(v) => b.arg(v),
+                Arg::L(v) => b.arg(v),
+                Arg::F(v) => b.arg(v),
+            };
+        }
+        // SAFETY: the argument list matches the kernel's C signature (checked by hand per
+        // call site against the .cu file), every address points into a live allocation of
+        // this backend, and the shapes and indices behind them were validated by the caller
+        // so every access the kernel makes is in bounds.
+        unsafe { b.launch(cfg) }.map_err(op_err(op))?;
+        Ok(())
+    }
+
+    fn tensor(&self, op: &'static str, id: TensorId) -> Result<&Tensor> {
+        self.tensors
+            .get(id.raw() as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op,
+                kind: "tensor",
+                id: id.raw(),
+            })
+    }
+
+    fn weight(&self, op: &'static str, id: WeightId) -> Result<&Weight> {
+        self.weights
+            .get(id.raw() as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op,
+                kind: "weight",
+                id: id.raw(),
+            })
+    }
+
+    fn vector(&self, op: &'static str, id: WeightId, cols: usize) -> Result<u64> {
+        let w = self.weight(op, id)?;
+        if w.vector && w.cols == cols {
+            Ok(w.ptr)
+        } else {
+            Err(shape(
+                op,
+                format!(
+                    "weight {:?} is [{} x {}], expected a vector of {cols}",
+                    w.name, w.rows, w.cols
+                ),
+            ))
+        }
+    }
+
+    fn index(&self, op: &'static str, id: IndexId, rows: usize) -> Result<(&[u32], u64)> {
+        let v = self
+            .indices
+            .get(id.raw() as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op,
+                kind: "index",
+                id: id.raw(),
+            })?;
+        let host = v.host.get(..rows).ok_or_else(|| {
+            shape(
+                op,
+                format!(
+                    "index {} has {} entries, {rows} rows asked",
+                    id.raw(),
+                    v.host.len()
+                ),
+            )
+        })?;
+        Ok((host, v.ptr))
+    }
+
+    /// Output and input tensors of an element-wise op: same shape, `rows` live, distinct.
+    fn pair(
+        &self,
+        op: &'static str,
+        dst: TensorId,
+        src: TensorId,
+        rows: usize,
+    ) -> Result<(u64, u64, usize)> {
+        if dst == src {
+            return Err(ComputeError::Aliased { op });
+        }
+        let (d, s) = (self.tensor(op, dst)?, self.tensor(op, src)?);
+        check_rows(op, s.rows, rows, "source")?;
+        check_rows(op, d.rows, rows, "destination")?;
+        check_cols(op, s.cols, d.cols, "source")?;
+        Ok((d.ptr, s.ptr, d.cols))
+    }
+
+    fn elementwise(&self, op: &'static str, name: &str, n: usize, args: Vec<Arg>) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut args = args;
+        args.push(Arg::L(n as i64));
+        self.launch(op, name, grid_1d(n), &args)
+    }
+}
+
+/// Every kernel name the backend loads.
+fn kernel_names() -> Vec<String> {
+    let mut v: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
+    for (_, s) in WEIGHT_TYPES {
+        v.push(format!("embed_{s}"));
+        v.push(format!("matmul_{s}"));
+    }
+    v
+}
+
+/// Which file defines a kernel.
+fn module_has(file: &str, name: &str) -> bool {
+    match file {
+        "quant.cu" => name.starts_with("embed_") || name.starts_with("matmul_"),
+        "attention.cu" => name == "kv_store" || name == "attention_f16",
+        _ => {
+            !(name.starts_with("embed_")
+                || name.starts_with("matmul_")
+                || name == "kv_store"
+                || name == "attention_f16")
+        }
+    }
+}
+
+fn check_rows(op: &'static str, have: usize, rows: usize, what: &str) -> Result<()> {
+    if rows > have {
+        return Err(shape(op, format!("{what} holds {have} rows, {rows} asked")));
+    }
+    Ok(())
+}
+
+fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<()> {
+    if got != want {
+        return Err(shape(
+            op,
+            format!("{what} has {got} columns, expected {want}"),
+        ));
+    }
+    Ok(())
+}
+
+impl ComputeBackend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn upload_weight(&mut self, d: WeightDesc<'_>) -> Result<WeightId> {
+        let bad = |reason: String| ComputeError::BadWeight {
+            name: d.name.to_string(),
+            reason,
+        };
+        let suffix = WEIGHT_TYPES
+            .iter()
+            .find(|(t, _)| *t == d.ty)
+            .map(|&(_, s)| s)
+            .ok_or_else(|| ComputeError::UnsupportedType {
+                backend: "cuda",
+                name: d.name.to_string(),
+                ty: d.ty,
+            })?;
+        if d.rows == 0 || d.cols == 0 {
+            return Err(bad(format!("empty shape [{} x {}]", d.rows, d.cols)));
+        }
+        let row_bytes = d.ty.bytes_for(d.cols as u64).ok_or_else(|| {
+            bad(format!(
+                "row length {} is not a multiple of the {} block size {}",
+                d.cols,
+                d.ty,
+                d.ty.block_size()
+            ))
+        })? as usize;
+        let want = row_bytes.checked_mul(d.rows);
+        if want != Some(d.bytes.len()) {
+            return Err(bad(format!(
+                "{} bytes for [{} x {}] {}, expected {want:?}",
+                d.bytes.len(),
+                d.rows,
+                d.cols,
+                d.ty
+            )));
+        }
+        i32_of("upload_weight", d.cols)?;
+        i32_of("upload_weight", d.rows)?;
+        let (buf, suffix, row_bytes, vector) = if d.rows == 1 {
+            // Vectors (norm weights, biases) are tiny and read by every row: keep f32.
+            let mut v = vec![0f32; d.cols];
+            worker_gguf::dequantize(d.ty, d.bytes, &mut v).map_err(|e| bad(e.to_string()))?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut buf = self.alloc::<u8>("weight", bytes.len())?;
+            self.stream
+                .memcpy_htod(&bytes[..], &mut buf)
+                .map_err(op_err("upload_weight"))?;
+            (buf, "f32", d.cols * 4, true)
+        } else {
+            let mut buf = self.alloc::<u8>("weight", d.bytes.len())?;
+            self.stream
+                .memcpy_htod(d.bytes, &mut buf)
+                .map_err(op_err("upload_weight"))?;
+            (buf, suffix, row_bytes, false)
+        };
+        let ptr = self.ptr(&buf);
+        self.weights.push(Weight {
+            name: d.name.to_string(),
+            suffix,
+            rows: d.rows,
+            cols: d.cols,
+            row_bytes,
+            vector,
+            ptr,
+            _buf: buf,
+        });
+        Ok(WeightId::from_raw(self.weights.len() as u32 - 1))
+    }
+
+    fn alloc_tensor(&mut self, rows: usize, cols: usize) -> Result<TensorId> {
+        let n = rows.checked_mul(cols).ok_or(ComputeError::Alloc {
+            what: "tensor",
+            bytes: rows as u128 * cols as u128 * 4,
+        })?;
+        let buf = self.alloc::<f32>("tensor", n)?;
+        let ptr = self.ptr(&buf);
+        self.tensors.push(Tensor {
+            rows,
+            cols,
+            ptr,
+            buf,
+        });
+        Ok(TensorId::from_raw(self.tensors.len() as u32 - 1))
+    }
+
+    fn alloc_index(&mut self, len: usize) -> Result<IndexId> {
+        let buf = self.alloc::<u32>("index", len)?;
+        let ptr = self.ptr(&buf);
+        self.indices.push(Index {
+            host: vec![0; len],
+            buf,
+            ptr,
+        });
+        Ok(IndexId::from_raw(self.indices.len() as u32 - 1))
+    }
+
+    fn alloc_kv_cache(&mut self, cfg: KvCacheConfig) -> Result<KvCacheId> {
+        let per = |hd: usize| {
+            [cfg.layers, cfg.slots, cfg.max_positions, cfg.kv_heads, hd]
+                .iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+        };
+        let (Some(nk), Some(nv)) = (per(cfg.head_dim), per(cfg.value_head_dim)) else {
+            return Err(ComputeError::Alloc {
+                what: "kv cache",
+                bytes: u128::MAX,
+            });
+        };
+        // The cache is f16 on this backend whatever `cfg.ty` says: half the bytes, and the
+        // attention kernel converts on load.
+        let k = self.alloc::<u16>("kv cache keys", nk)?;
+        let v = self.alloc::<u16>("kv cache values", nv)?;
+        let (kp, vp) = (self.ptr(&k), self.ptr(&v));
+        self.caches.push(KvCache {
+            cfg,
+            k: kp,
+            v: vp,
+            _bufs: (k, v),
+        });
+        Ok(KvCacheId::from_raw(self.caches.len() as u32 - 1))
+    }
+
+    fn write_index(&mut self, dst: IndexId, data: &[u32]) -> Result<()> {
+        const OP: &str = "write_index";
+        let v = self
+            .indices
+            .get_mut(dst.raw() as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op: OP,
+                kind: "index",
+                id: dst.raw(),
+            })?;
+        let n = v.host.len();
+        let Some(host) = v.host.get_mut(..data.len()) else {
+            return Err(shape(
+                OP,
+                format!("{} entries into an index of {n}", data.len()),
+            ));
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        host.copy_from_slice(data);
+        self.stream
+            .memcpy_htod(data, &mut v.buf.slice_mut(..data.len()))
+            .map_err(op_err(OP))
+    }
+
+    fn write_rows(&mut self, dst: TensorId, data: &[f32]) -> Result<()> {
+        const OP: &str = "write_rows";
+        let t = self
+            .tensors
+            .get_mut(dst.raw() as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op: OP,
+                kind: "tensor",
+                id: dst.raw(),
+            })?;
+        if !data.len().is_multiple_of(t.cols) || data.len() > t.rows * t.cols {
+            return Err(shape(
+                OP,
+                format!(
+                    "{} values into a [{} x {}] tensor",
+                    data.len(),
+                    t.rows,
+                    t.cols
+                ),
+            ));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_htod(data, &mut t.buf.slice_mut(..data.len()))
+            .map_err(op_err(OP))
+    }
+
+    fn read_rows(&mut self, src: TensorId, rows: usize, out: &mut [f32]) -> Result<()> {
+        const OP: &str = "read_rows";
+        let t = self.tensor(OP, src)?;
+        check_rows(OP, t.rows, rows, "source")?;
+        let n = rows * t.cols;
+        if out.len() != n {
+            return Err(shape(
+                OP,
+                format!("output holds {} values, {rows} rows need {n}", out.len()),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtoh(&t.buf.slice(..n), out)
+            .map_err(op_err(OP))?;
+        self.stream.synchronize().map_err(op_err(OP))
+    }
+
+    fn embed(&mut self, out: TensorId, table: WeightId, ids: IndexId, rows: usize) -> Result<()> {
+        const OP: &str = "embed";
+        let w = self.weight(OP, table)?;
+        let (host, ip) = self.index(OP, ids, rows)?;
+        let o = self.tensor(OP, out)?;
+        check_rows(OP, o.rows, rows, "output")?;
+        check_cols(OP, o.cols, w.cols, "output")?;
+        if let Some(&id) = host.iter().find(|&&id| id as usize >= w.rows) {
+            return Err(ComputeError::BadIndex {
+                op: OP,
+                reason: format!("token id {id} is outside {:?} ({} rows)", w.name, w.rows),
+            });
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let name = format!("embed_{}", w.suffix);
+        let args = [
+            Arg::P(o.ptr),
+            Arg::P(w.ptr),
+            Arg::P(ip),
+            Arg::I(i32_of(OP, w.cols)?),
+            Arg::L(w.row_bytes as i64),
+        ];
+        self.launch(OP, &name, grid(rows, 1, 256), &args)
+    }
+
+    fn gather_rows(
+        &mut self,
+        out: TensorId,
+        src: TensorId,
+        index: IndexId,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "gather_rows";
+        if out == src {
+            return Err(ComputeError::Aliased { op: OP });
+        }
+        let (host, ip) = self.index(OP, index, rows)?;
+        let s = self.tensor(OP, src)?;
+        let o = self.tensor(OP, out)?;
+        check_rows(OP, o.rows, rows, "output")?;
+        check_cols(OP, o.cols, s.cols, "output")?;
+        if let Some(&i) = host.iter().find(|&&i| i as usize >= s.rows) {
+            return Err(ComputeError::BadIndex {
+                op: OP,
+                reason: format!("row {i} of a {}-row tensor", s.rows),
+            });
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::P(o.ptr),
+            Arg::P(s.ptr),
+            Arg::P(ip),
+            Arg::I(i32_of(OP, s.cols)?),
+        ];
+        self.launch(OP, "gather_rows_f32", grid(rows, 1, 256), &args)
+    }
+
+    fn rms_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        let (op, xp, cols) = self.pair(OP, out, x, rows)?;
+        let wp = self.vector(OP, weight, cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::P(op),
+            Arg::P(xp),
+            Arg::P(wp),
+            Arg::F(eps),
+            Arg::I(i32_of(OP, cols)?),
+        ];
+        self.launch(OP, "rms_norm_f32", grid(rows, 1, 256), &args)
+    }
+
+    fn layer_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        weight: WeightId,
+        bias: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm";
+        let (op, xp, cols) = self.pair(OP, out, x, rows)?;
+        let wp = self.vector(OP, weight, cols)?;
+        let bp = self.vector(OP, bias, cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::P(op),
+            Arg::P(xp),
+            Arg::P(wp),
+            Arg::P(bp),
+            Arg::F(eps),
+            Arg::I(i32_of(OP, cols)?),
+        ];
+        self.launch(OP, "layer_norm_f32", grid(rows, 1, 256), &args)
+    }
+
+    fn matmul(&mut self, out: TensorId, x: TensorId, w: WeightId, rows: usize) -> Result<()> {
+        const OP: &str = "matmul";
+        if out == x {
+            return Err(ComputeError::Aliased { op: OP });
+        }
+        let wt = self.weight(OP, w)?;
+        let xt = self.tensor(OP, x)?;
+        let o = self.tensor(OP, out)?;
+        check_rows(OP, xt.rows, rows, "input")?;
+        check_rows(OP, o.rows, rows, "output")?;
+        check_cols(OP, xt.cols, wt.cols, &format!("input of {:?}", wt.name))?;
+        check_cols(OP, o.cols, wt.rows, &format!("output of {:?}", wt.name))?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let blocks_y = rows.div_ceil(MM_ROWS);
+        if blocks_y > 65_535 {
+            return Err(shape(OP, format!("{rows} rows in one matmul")));
+        }
+        let name = format!("matmul_{}", wt.suffix);
+        let args = [
+            Arg::P(o.ptr),
+            Arg::P(xt.ptr),
+            Arg::P(wt.ptr),
+            Arg::I(i32_of(OP, rows)?),
+            Arg::I(i32_of(OP, wt.rows)?),
+            Arg::I(i32_of(OP, wt.cols)?),
+            Arg::L(wt.row_bytes as i64),
+        ];
+        let cfg = grid(wt.rows.div_ceil(MM_COLS), blocks_y, 32 * MM_COLS as u32);
+        self.launch(OP, &name, cfg, &args)
+    }
+
+    fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "add";
+        let (d, s, cols) = self.pair(OP, dst, src, rows)?;
+        self.elementwise(OP, "add_f32", rows * cols, vec![Arg::P(d), Arg::P(s)])
+    }
+
+    fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()> {
+        const OP: &str = "add_bias";
+        let d = self.tensor(OP, dst)?;
+        check_rows(OP, d.rows, rows, "destination")?;
+        let (dp, cols) = (d.ptr, d.cols);
+        let bp = self.vector(OP, bias, cols)?;
+        let n = rows * cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::P(dp),
+            Arg::P(bp),
+            Arg::L(n as i64),
+            Arg::I(i32_of(OP, cols)?),
+        ];
+        self.launch(OP, "add_bias_f32", grid_1d(n), &args)
+    }
+
+    fn mul(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "mul";
+        let (d, s, cols) = self.pair(OP, dst, src, rows)?;
+        self.elementwise(OP, "mul_f32", rows * cols, vec![Arg::P(d), Arg::P(s)])
+    }
+
+    fn rope(&mut self, x: TensorId, positions: IndexId, p: &RopeParams, rows: usize) -> Result<()> {
+        const OP: &str = "rope";
+        let (_, pp) = self.index(OP, positions, rows)?;
+        let t = self.tensor(OP, x)?;
+        check_rows(OP, t.rows, rows, "input")?;
+        check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
+        if !p.n_rot.is_multiple_of(2) || p.n_rot > p.head_dim {
+            return Err(shape(
+                OP,
+                format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
+            ));
+        }
+        if rows == 0 || p.n_rot == 0 || p.heads == 0 {
+            return Ok(());
+        }
+        if p.heads > 65_535 {
+            return Err(shape(OP, format!("{} heads", p.heads)));
+        }
+        let args = [
+            Arg::P(t.ptr),
+            Arg::P(pp),
+            Arg::I(i32_of(OP, t.cols)?),
+            Arg::I(i32_of(OP, p.head_dim)?),
+            Arg::I(i32_of(OP, p.n_rot)?),
+            Arg::F(p.base),
+            Arg::F(p.freq_scale),
+            Arg::I(i32::from(p.mode == RopeMode::Neox)),
+        ];
+        self.launch(OP, "rope_f32", grid(rows, p.heads, 64), &args)
+    }
+
+    fn attention(
+        &mut self,
+        out: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        cache: KvCacheId,
+        positions: IndexId,
+        slots: IndexId,
+        p: &AttentionParams,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let (pos, pp) = self.index(OP, positions, rows)?;
+        let (slot, sp) = self.index(OP, slots, rows)?;
+        let kv = self
+            .caches
+            .get(cache.raw() as usize)
+            .ok_or(ComputeError::UnknownHandle {
+                op: OP,
+                kind: "kv cache",
+                id: cache.raw(),
+            })?;
+        let cfg = kv.cfg;
+        let (hd, vhd) = (p.head_dim, p.value_head_dim);
+        if p.kv_heads == 0 || !p.heads.is_multiple_of(p.kv_heads) {
+            return Err(shape(
+                OP,
+                format!("{} heads over {} kv heads", p.heads, p.kv_heads),
+            ));
+        }
+        if cfg.kv_heads != p.kv_heads
+            || cfg.head_dim != hd
+            || cfg.value_head_dim != vhd
+            || p.layer >= cfg.layers
+        {
+            return Err(shape(
+                OP,
+                format!("params {p:?} do not fit the cache {cfg:?}"),
+            ));
+        }
+        if hd > MAX_HEAD_DIM || vhd > MAX_HEAD_DIM || p.heads > 65_535 {
+            return Err(ComputeError::Unsupported {
+                op: OP,
+                reason: format!(
+                    "head widths {hd}/{vhd} or {} heads (the kernel handles widths up to {MAX_HEAD_DIM})",
+                    p.heads
+                ),
+            });
+        }
+        for (&ps, &sl) in pos.iter().zip(slot) {
+            if ps as usize >= cfg.max_positions || sl as usize >= cfg.slots {
+                return Err(ComputeError::BadIndex {
+                    op: OP,
+                    reason: format!(
+                        "position {ps} in slot {sl}; the cache holds {} positions x {} slots",
+                        cfg.max_positions, cfg.slots
+                    ),
+                });
+            }
+        }
+        let ids = [q, k, v];
+        if ids.contains(&out) {
+            return Err(ComputeError::Aliased { op: OP });
+        }
+        let mut ptrs = [0u64; 4];
+        for (i, (id, what, cols)) in [
+            (q, "q", p.heads * hd),
+            (k, "k", p.kv_heads * hd),
+            (v, "v", p.kv_heads * vhd),
+            (out, "out", p.heads * vhd),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let t = self.tensor(OP, id)?;
+            check_rows(OP, t.rows, rows, what)?;
+            check_cols(OP, t.cols, cols, what)?;
+            ptrs[i] = t.ptr;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let [qp, kp, vp, op] = ptrs;
+        let common = |v: usize| i32_of(OP, v);
+        let store = [
+            Arg::P(kv.k),
+            Arg::P(kv.v),
+            Arg::P(kp),
+            Arg::P(vp),
+            Arg::P(pp),
+            Arg::P(sp),
+            Arg::I(common(p.layer)?),
+            Arg::I(common(cfg.slots)?),
+            Arg::I(common(cfg.max_positions)?),
+            Arg::I(common(p.kv_heads)?),
+            Arg::I(common(hd)?),
+            Arg::I(common(vhd)?),
+        ];
+        self.launch(OP, "kv_store", grid(rows, p.kv_heads, 128), &store)?;
+        let attend = [
+            Arg::P(op),
+            Arg::P(qp),
+            Arg::P(kv.k),
+            Arg::P(kv.v),
+            Arg::P(pp),
+            Arg::P(sp),
+            Arg::I(common(p.heads)?),
+            Arg::I(common(p.kv_heads)?),
+            Arg::I(common(hd)?),
+            Arg::I(common(vhd)?),
+            Arg::F(p.scale),
+            Arg::I(common(p.layer)?),
+            Arg::I(common(cfg.slots)?),
+            Arg::I(common(cfg.max_positions)?),
+        ];
+        self.launch(OP, "attention_f16", grid(rows, p.heads, 128), &attend)
+    }
+
+    fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "swiglu";
+        if out == gate || out == up {
+            return Err(ComputeError::Aliased { op: OP });
+        }
+        let (g, u, o) = (
+            self.tensor(OP, gate)?,
+            self.tensor(OP, up)?,
+            self.tensor(OP, out)?,
+        );
+        for (t, what) in [(g, "gate"), (u, "up"), (o, "out")] {
+            check_rows(OP, t.rows, rows, what)?;
+            check_cols(OP, t.cols, g.cols, what)?;
+        }
+        let args = vec![Arg::P(o.ptr), Arg::P(g.ptr), Arg::P(u.ptr)];
+        self.elementwise(OP, "swiglu_f32", rows * g.cols, args)
+    }
+
+    fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()> {
+        const OP: &str = "gelu";
+        let t = self.tensor(OP, x)?;
+        check_rows(OP, t.rows, rows, "input")?;
+        self.elementwise(OP, "gelu_f32", rows * t.cols, vec![Arg::P(t.ptr)])
+    }
+}

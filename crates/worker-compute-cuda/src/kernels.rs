@@ -1,0 +1,50 @@
+//! The `.cu` kernel files, embedded at build time and compiled by NVRTC at start-up.
+
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
+
+use crate::error::CudaError;
+use crate::loader;
+
+/// Helpers prepended to every kernel file (NVRTC gets no include paths).
+pub const COMMON: &str = include_str!("../kernels/common.cuh");
+
+/// Every kernel file: (file name, source).
+pub const FILES: &[(&str, &str)] = &[
+    ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
+    ("quant.cu", include_str!("../kernels/quant.cu")),
+    ("attention.cu", include_str!("../kernels/attention.cu")),
+];
+
+/// The full text NVRTC compiles for one file.
+pub fn source(file_src: &str) -> String {
+    format!("{COMMON}\n{file_src}")
+}
+
+/// Compiles one kernel file to PTX for `compute_<arch>` (e.g. `"90"`).
+pub fn compile(file: &'static str, src: &str, arch: &str) -> Result<Ptx, CudaError> {
+    loader::require_nvrtc()?;
+    let opts = CompileOptions {
+        name: Some(file.to_string()),
+        options: vec![
+            format!("--gpu-architecture=compute_{arch}"),
+            "--std=c++17".into(),
+        ],
+        ..Default::default()
+    };
+    let src = source(src);
+    loader::no_panic("nvrtc", || compile_ptx_with_opts(&src, opts))?.map_err(|e| {
+        let log = match e {
+            CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+            other => format!("{other:?}"),
+        };
+        CudaError::Compile { file, log }
+    })
+}
+
+/// Compiles every kernel file; used at start-up and by the GPU-free compile check.
+pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, Ptx)>, CudaError> {
+    FILES
+        .iter()
+        .map(|&(file, src)| Ok((file, compile(file, src, arch)?)))
+        .collect()
+}
