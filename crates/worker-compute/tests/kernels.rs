@@ -202,3 +202,44 @@ fn dequantizers_match_worker_gguf() {
         }
     }
 }
+
+/// The four-row kernels (prefill) against four scalar dot products, for every type that has
+/// one.
+#[test]
+fn four_row_vec_dots_match_scalar() {
+    let mut rng = Rng::new();
+    let scalar = Kernels::scalar();
+    let mut checked = 0;
+    for simd in simd_tables() {
+        for ty in SUPPORTED_TYPES {
+            let Some(f4) = simd.for_type(ty).and_then(|k| k.vec_dot_q8_x4) else {
+                continue;
+            };
+            let VecDot::Q8(f) = scalar.for_type(ty).unwrap().vec_dot else {
+                panic!("{ty}: a four-row kernel for a type without Q8 activations");
+            };
+            for n in [32, 576, 1536] {
+                let w = random_row(&mut rng, ty, n);
+                let rows: Vec<Vec<BlockQ8>> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
+                        let mut q = vec![BlockQ8::default(); n / 32];
+                        generic::quantize_row_q8(&x, &mut q);
+                        q
+                    })
+                    .collect();
+                let got = f4(&w, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+                for (r, g) in rows.iter().zip(got) {
+                    let want = f(&w, r);
+                    assert!(
+                        (g - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{:?} {ty} x4 n={n}: {g} vs scalar {want}",
+                        simd.isa
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0 || simd_tables().is_empty());
+}

@@ -798,9 +798,27 @@ impl CpuBackend {
         let optr = SharedOut(o.data.as_mut_ptr());
         let next = AtomicUsize::new(0);
         let (q8, q8k) = (&q8[..], &q8k[..]);
+        let x4 = wt.kernels.vec_dot_q8_x4;
         let job = |_: usize, _: usize| {
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {
-                for r in 0..rows {
+                let mut r = 0;
+                if let (VecDot::Q8(_), Some(f4)) = (mode, x4) {
+                    let nb = k / QK;
+                    while r + 4 <= rows {
+                        let xr = [0, 1, 2, 3].map(|i| &q8[(r + i) * nb..(r + i + 1) * nb]);
+                        for j in j0..j1 {
+                            let v = f4(wt.row(j), xr);
+                            for (i, vi) in v.iter().enumerate() {
+                                // SAFETY: element (r + i, j) belongs to this chunk only, and
+                                // r + i < rows <= the output's row capacity.
+                                let o = unsafe { optr.slice((r + i) * n + j, 1) };
+                                o[0] = *vi;
+                            }
+                        }
+                        r += 4;
+                    }
+                }
+                for r in r..rows {
                     // SAFETY: row r, columns j0..j1 of the output belong to this chunk only,
                     // and r < rows <= the output's row capacity (checked above).
                     let orow = unsafe { optr.slice(r * n + j0, j1 - j0) };

@@ -68,11 +68,18 @@ pub enum VecDot {
     Q8K(fn(&[u8], &[BlockQ8K]) -> f32),
 }
 
+/// One weight row against four [`BlockQ8`] activation rows at once (prefill): the weight
+/// block is unpacked once for the four rows. Must equal four [`VecDot::Q8`] calls up to
+/// the order of f32 sums.
+pub type VecDotQ8x4 = fn(&[u8], [&[BlockQ8]; 4]) -> [f32; 4];
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
     /// Dot product with a quantized (or f32) activation row.
     pub vec_dot: VecDot,
+    /// The four-row variant, where a SIMD table has one (32-element types only).
+    pub vec_dot_q8_x4: Option<VecDotQ8x4>,
     /// Row dequantization (embeddings, the f32-activation reference path).
     pub dequantize_row: fn(&[u8], &mut [f32]),
 }
@@ -131,6 +138,7 @@ impl Kernels {
         let tk = |vec_dot, dequantize_row| {
             Some(TypeKernels {
                 vec_dot,
+                vec_dot_q8_x4: None,
                 dequantize_row,
             })
         };

@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use super::generic::{
     scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8_0_BYTES,
 };
-use super::{BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, QK, QK_K};
+use super::{BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, VecDotQ8x4, QK, QK_K};
 use worker_gguf::GgmlType;
 
 fn has_avx2() -> bool {
@@ -40,10 +40,17 @@ pub fn avx2_kernels() -> Option<Kernels> {
     let scalar = Kernels::scalar();
     let mut set = |ty: GgmlType, vec_dot: VecDot| {
         if let Some(s) = scalar.for_type(ty) {
+            let vec_dot_q8_x4 = match ty {
+                GgmlType::Q4_1 => Some(vec_dot_q4_1_x4 as VecDotQ8x4),
+                GgmlType::Q5_0 => Some(vec_dot_q5_0_x4 as VecDotQ8x4),
+                GgmlType::Q8_0 => Some(vec_dot_q8_0_x4 as VecDotQ8x4),
+                _ => None,
+            };
             k.set(
                 ty,
                 TypeKernels {
                     vec_dot,
+                    vec_dot_q8_x4,
                     dequantize_row: s.dequantize_row,
                 },
             );
@@ -68,7 +75,6 @@ pub fn avx512_kernels() -> Option<Kernels> {
     }
     let mut k = avx2_kernels()?;
     k.isa = Isa::Avx512;
-    let scalar = Kernels::scalar();
     for (ty, f) in [
         (
             GgmlType::Q8_0,
@@ -77,12 +83,12 @@ pub fn avx512_kernels() -> Option<Kernels> {
         (GgmlType::Q4_1, vec_dot_q4_1_512),
         (GgmlType::Q5_0, vec_dot_q5_0_512),
     ] {
-        if let Some(s) = scalar.for_type(ty) {
+        if let Some(s) = k.for_type(ty).copied() {
             k.set(
                 ty,
                 TypeKernels {
                     vec_dot: VecDot::Q8(f),
-                    dequantize_row: s.dequantize_row,
+                    ..s
                 },
             );
         }
@@ -115,6 +121,9 @@ wrap!(vec_dot_q5_0, vec_dot_q5_0_avx2, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q8_0, vec_dot_q8_0_avx2, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q4_k, vec_dot_q4_k_avx2, (w: &[u8], x: &[BlockQ8K]) -> f32);
 wrap!(vec_dot_q6_k, vec_dot_q6_k_avx2, (w: &[u8], x: &[BlockQ8K]) -> f32);
+wrap!(vec_dot_q4_1_x4, vec_dot_q4_1_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q5_0_x4, vec_dot_q5_0_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q8_0_x4, vec_dot_q8_0_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q8_0_512, vec_dot_q8_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q4_1_512, vec_dot_q4_1_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q5_0_512, vec_dot_q5_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
@@ -410,6 +419,90 @@ unsafe fn vec_dot_q5_0_avx2(w: &[u8], x: &[BlockQ8]) -> f32 {
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_i8(q, load_q8(a))), acc);
     }
     hsum_ps(acc)
+}
+
+// ---------------------------------------------------------------------------------------
+// Four activation rows per weight row (prefill): each weight block is unpacked once.
+
+#[inline]
+fn blocks_x4(w_blocks: usize, x: &[&[BlockQ8]; 4]) -> usize {
+    x.iter().fold(w_blocks, |n, r| n.min(r.len()))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q4_1_x4_avx2(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    let nb = blocks_x4(w.len() / Q4_1_BYTES, &x);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * Q4_1_BYTES);
+        let (d, m) = (f16_at(b), f16_at(b.add(2)));
+        let q = nibbles_32(b.add(4));
+        for r in 0..4 {
+            let a = x[r].get_unchecked(i);
+            let s = _mm256_cvtepi32_ps(dot_u8i8(q, load_q8(a)));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), s, acc[r]);
+            mins[r] += m * a.s;
+        }
+    }
+    [
+        hsum_ps(acc[0]) + mins[0],
+        hsum_ps(acc[1]) + mins[1],
+        hsum_ps(acc[2]) + mins[2],
+        hsum_ps(acc[3]) + mins[3],
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q5_0_x4_avx2(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    let nb = blocks_x4(w.len() / Q5_0_BYTES, &x);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (bit4, sixteen) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(16));
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * Q5_0_BYTES);
+        let d = f16_at(b);
+        let qh = std::ptr::read_unaligned(b.add(2) as *const u32);
+        let hi = _mm256_and_si256(bytes_from_bits_32(qh), bit4);
+        let q = _mm256_sub_epi8(_mm256_or_si256(nibbles_32(b.add(6)), hi), sixteen);
+        // Sign trick once for the four rows: |q| unsigned, the sign moved to the activations.
+        let aq = _mm256_sign_epi8(q, q);
+        for r in 0..4 {
+            let a = x[r].get_unchecked(i);
+            let sy = _mm256_sign_epi8(load_q8(a), q);
+            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sy), _mm256_set1_epi16(1));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(s), acc[r]);
+        }
+    }
+    [
+        hsum_ps(acc[0]),
+        hsum_ps(acc[1]),
+        hsum_ps(acc[2]),
+        hsum_ps(acc[3]),
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q8_0_x4_avx2(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    let nb = blocks_x4(w.len() / Q8_0_BYTES, &x);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * Q8_0_BYTES);
+        let d = f16_at(b);
+        let q = _mm256_loadu_si256(b.add(2) as *const __m256i);
+        let aq = _mm256_sign_epi8(q, q);
+        for r in 0..4 {
+            let a = x[r].get_unchecked(i);
+            let sy = _mm256_sign_epi8(load_q8(a), q);
+            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sy), _mm256_set1_epi16(1));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(s), acc[r]);
+        }
+    }
+    [
+        hsum_ps(acc[0]),
+        hsum_ps(acc[1]),
+        hsum_ps(acc[2]),
+        hsum_ps(acc[3]),
+    ]
 }
 
 // ---------------------------------------------------------------------------------------
