@@ -169,21 +169,7 @@ fn ensure_vocab(cache: &Path) -> anyhow::Result<()> {
     if dest.join(".complete").exists() {
         return Ok(());
     }
-    let venv = cache.join("build-venv");
-    if !venv.join("bin").join("python").exists() {
-        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run_cmd(
-            Command::new(venv.join("bin").join("python"))
-                .args(["-m", "pip", "install", "--quiet"])
-                .args(SDIST_BUILD_DEPS),
-        )?;
-    }
-    let sdist = pip_download_with(
-        &venv.join("bin").join("python"),
-        cache,
-        LLAMA_CPP_SDIST,
-        &["--no-build-isolation", "--no-binary", "llama-cpp-python"],
-    )?;
+    let sdist = llama_cpp_sdist(cache)?;
     let tmp = temp_path(&dest);
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
@@ -201,6 +187,31 @@ fn ensure_vocab(cache: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&dest);
     fs::rename(&tmp, &dest)?;
     Ok(())
+}
+
+/// A venv holding CMake, Ninja and scikit-build-core (pinned), made once in the cache.
+pub fn build_venv(cache: &Path) -> anyhow::Result<PathBuf> {
+    let venv = cache.join("build-venv");
+    if !venv.join("bin").join("cmake").exists() {
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run_cmd(
+            Command::new(venv.join("bin").join("python"))
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(SDIST_BUILD_DEPS),
+        )?;
+    }
+    Ok(venv)
+}
+
+/// The llama-cpp-python sdist (llama.cpp's sources and vocabularies), downloaded if missing.
+pub fn llama_cpp_sdist(cache: &Path) -> anyhow::Result<PathBuf> {
+    let venv = build_venv(cache)?;
+    pip_download_with(
+        &venv.join("bin").join("python"),
+        cache,
+        LLAMA_CPP_SDIST,
+        &["--no-build-isolation", "--no-binary", "llama-cpp-python"],
+    )
 }
 
 fn ensure_hf_tokenizers(cache: &Path) -> anyhow::Result<()> {
@@ -311,7 +322,8 @@ fn unzip_member(archive: &Path, member: &str, out: &Path) -> anyhow::Result<()> 
     )
 }
 
-fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+/// Runs `cmd`, failing with its status when it fails.
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot run {cmd:?}"))?;

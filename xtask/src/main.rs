@@ -1,5 +1,5 @@
 //! `cargo xtask`: project automation. `fetch` downloads the test fixtures into a cache outside
-//! the repository; `run` fetches the default model and starts the worker on it.
+//! the repository; `bench` measures throughput beside llama.cpp; `run` fetches the default model and starts the worker on it.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -7,6 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fetch;
 
 #[derive(Parser)]
@@ -21,6 +22,8 @@ enum Task {
     /// Download every fixture (models, vocabularies, tokenizer.json files) into the cache,
     /// verify their sha256, and skip what is already there.
     Fetch(fetch::Args),
+    /// Prefill and decode throughput, ours and llama.cpp's (llama-bench) side by side.
+    Bench(bench::Args),
     /// Fetch the default model (SmolLM2-135M) if missing and run worker-cpud on it.
     Run {
         /// Extra arguments passed to worker-cpud.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
 fn try_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Fetch(args) => fetch::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::Run { worker_args } => run_worker(&worker_args),
     }
 }

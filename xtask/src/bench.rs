@@ -1,0 +1,329 @@
+//! `cargo xtask bench`: prefill (pp512) and decode (tg128) throughput of our CPU path, and of
+//! llama.cpp's `llama-bench` on the same file and thread count in the same run, with ratios.
+//!
+//! Our numbers follow llama-bench's definitions: pp512 is one batched forward pass over 512
+//! tokens from an empty context; tg128 is 128 single-token forward passes from an empty
+//! context. Each is run once to warm up, then `--reps` times; the mean is reported.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use worker_compute::{CpuBackend, CpuConfig};
+use worker_models::{load, LoadOptions, SequenceBatch};
+
+use crate::fetch;
+
+/// Flags of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The GGUF model (default: the SmolLM2 fixture).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Threads for both engines.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Repetitions of each test (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Prompt length of the prefill test.
+    #[arg(long, default_value_t = 512)]
+    pp: usize,
+    /// Tokens generated in the decode test.
+    #[arg(long, default_value_t = 128)]
+    tg: usize,
+    /// A llama-bench binary to compare against (else $LLAMA_BENCH, else the one
+    /// `--build-llama-bench` puts in the fixture cache, if present).
+    #[arg(long, env = "LLAMA_BENCH")]
+    llama_bench: Option<PathBuf>,
+    /// Build llama-bench from the llama.cpp sources vendored in the llama-cpp-python sdist
+    /// (a few minutes), into the fixture cache, before benchmarking.
+    #[arg(long)]
+    build_llama_bench: bool,
+    /// One JSON line per engine and test, then one line of ratios.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measured throughput.
+struct Measure {
+    engine: &'static str,
+    test: String,
+    tokens_per_s: f64,
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => fetch::ensure_default_model()?,
+    };
+    if args.build_llama_bench {
+        build_llama_bench()?;
+    }
+    let llama_bench = args
+        .llama_bench
+        .clone()
+        .or_else(|| Some(cached_llama_bench().ok()?).filter(|p| p.exists()));
+
+    let mut results = ours(&model, args)?;
+    match &llama_bench {
+        Some(bin) => results.extend(llama_cpp(bin, &model, args)?),
+        None => eprintln!(
+            "no llama-bench (pass --llama-bench PATH, set LLAMA_BENCH, or --build-llama-bench): \
+             printing our numbers only"
+        ),
+    }
+    report(&results, &model, args);
+    Ok(())
+}
+
+fn test_names(args: &Args) -> [String; 2] {
+    [format!("pp{}", args.pp), format!("tg{}", args.tg)]
+}
+
+fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
+    let file = worker_gguf::GgufFile::open(model)?;
+    let mut backend = CpuBackend::new(CpuConfig {
+        threads: args.threads,
+        ..CpuConfig::default()
+    });
+    let mut m = load(
+        &file,
+        &mut backend,
+        LoadOptions {
+            max_batch: args.pp.max(1),
+            max_logit_rows: 1,
+            slots: 1,
+            max_positions: args.pp.max(args.tg) + 1,
+        },
+    )?;
+    let vocab = m.hparams().vocab_size as usize;
+    let mut logits = vec![0f32; vocab];
+    // Fixed pseudo-random prompt ids (xorshift), like llama-bench's random tokens.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let prompt: Vec<u32> = (0..args.pp)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab as u64) as u32
+        })
+        .collect();
+    let prefill = SequenceBatch::new(&prompt, 0, 0, false);
+
+    let mut pp_times = Vec::new();
+    let mut tg_times = Vec::new();
+    for rep in 0..=args.reps {
+        let t = Instant::now();
+        m.forward(&mut backend, &prefill.batch(), &mut logits)?;
+        let pp = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let mut token = prompt.first().copied().unwrap_or(0);
+        for pos in 0..args.tg {
+            let step = SequenceBatch::new(&[token], pos as u32, 0, false);
+            m.forward(&mut backend, &step.batch(), &mut logits)?;
+            token = argmax(&logits);
+        }
+        let tg = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            pp_times.push(pp);
+            tg_times.push(tg);
+        }
+    }
+    let [pp_name, tg_name] = test_names(args);
+    Ok(vec![
+        Measure {
+            engine: "ours",
+            test: pp_name,
+            tokens_per_s: args.pp as f64 / mean(&pp_times),
+        },
+        Measure {
+            engine: "ours",
+            test: tg_name,
+            tokens_per_s: args.tg as f64 / mean(&tg_times),
+        },
+    ])
+}
+
+fn llama_cpp(bin: &Path, model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
+    let out = Command::new(bin)
+        .arg("-m")
+        .arg(model)
+        .args(["-p", &args.pp.to_string(), "-n", &args.tg.to_string()])
+        .args([
+            "-t",
+            &args.threads.to_string(),
+            "-r",
+            &args.reps.to_string(),
+        ])
+        .args(["-o", "json"])
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("llama-bench printed no JSON")?;
+    let mut results = Vec::new();
+    for row in rows
+        .as_array()
+        .context("llama-bench JSON is not an array")?
+    {
+        let n_prompt = row["n_prompt"].as_u64().unwrap_or(0);
+        let n_gen = row["n_gen"].as_u64().unwrap_or(0);
+        let test = if n_gen == 0 {
+            format!("pp{n_prompt}")
+        } else {
+            format!("tg{n_gen}")
+        };
+        let tokens_per_s = row["avg_ts"]
+            .as_f64()
+            .context("llama-bench row without avg_ts")?;
+        results.push(Measure {
+            engine: "llama.cpp",
+            test,
+            tokens_per_s,
+        });
+    }
+    Ok(results)
+}
+
+fn report(results: &[Measure], model: &Path, args: &Args) {
+    let model_name = model.file_name().map_or_else(
+        || model.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    );
+    let find = |engine: &str, test: &str| {
+        results
+            .iter()
+            .find(|m| m.engine == engine && m.test == test)
+            .map(|m| m.tokens_per_s)
+    };
+    let ratios: Vec<(String, f64)> = test_names(args)
+        .into_iter()
+        .filter_map(|t| Some((t.clone(), find("ours", &t)? / find("llama.cpp", &t)?)))
+        .collect();
+    if args.json {
+        for m in results {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "engine": m.engine,
+                    "model": model_name,
+                    "test": m.test,
+                    "threads": args.threads,
+                    "tokens_per_s": m.tokens_per_s,
+                })
+            );
+        }
+        let ratios: serde_json::Map<String, serde_json::Value> = ratios
+            .into_iter()
+            .map(|(t, r)| (t, serde_json::json!(r)))
+            .collect();
+        println!("{}", serde_json::json!({ "ratios": ratios }));
+        return;
+    }
+    println!("{model_name}, {} threads", args.threads);
+    println!("| engine    | test  |   tokens/s |");
+    println!("| --------- | ----- | ---------: |");
+    for m in results {
+        println!(
+            "| {:<9} | {:<5} | {:>10.1} |",
+            m.engine, m.test, m.tokens_per_s
+        );
+    }
+    for (t, r) in ratios {
+        println!("ours / llama.cpp {t}: {r:.2}x");
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Where `--build-llama-bench` puts the binary.
+fn cached_llama_bench() -> anyhow::Result<PathBuf> {
+    Ok(fetch::cache_dir()?.join("llama.cpp-build/bin/llama-bench"))
+}
+
+/// Builds llama-bench (CMake, Release, native CPU) from the sources vendored in the
+/// llama-cpp-python sdist that `cargo xtask fetch` downloads; skipped when already built.
+fn build_llama_bench() -> anyhow::Result<()> {
+    let bin = cached_llama_bench()?;
+    if bin.exists() {
+        return Ok(());
+    }
+    let cache = fetch::cache_dir()?;
+    let src = cache.join("llama.cpp-src");
+    if !src.join("CMakeLists.txt").exists() {
+        let sdist = fetch::llama_cpp_sdist(&cache)?;
+        std::fs::create_dir_all(&src)?;
+        fetch::run_cmd(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(&sdist)
+                .arg("-C")
+                .arg(&src)
+                .arg("--strip-components=3")
+                .arg("llama_cpp_python-0.3.36/vendor/llama.cpp"),
+        )?;
+    }
+    let cmake = fetch::build_venv(&cache)?.join("bin").join("cmake");
+    let build = cache.join("llama.cpp-build");
+    fetch::run_cmd(
+        Command::new(&cmake)
+            .arg("-S")
+            .arg(&src)
+            .arg("-B")
+            .arg(&build)
+            .args([
+                "-G",
+                "Ninja",
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DGGML_NATIVE=ON",
+                "-DLLAMA_CURL=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+                "-DLLAMA_BUILD_SERVER=OFF",
+                "-DBUILD_SHARED_LIBS=OFF",
+            ])
+            .env("PATH", path_with(&cmake)),
+    )?;
+    fetch::run_cmd(
+        Command::new(&cmake)
+            .arg("--build")
+            .arg(&build)
+            .args(["--target", "llama-bench", "-j", "2"])
+            .env("PATH", path_with(&cmake)),
+    )?;
+    if !bin.exists() {
+        bail!("the build finished but {} is missing", bin.display());
+    }
+    Ok(())
+}
+
+/// `$PATH` with the venv's bin folder (for ninja) in front.
+fn path_with(tool: &Path) -> std::ffi::OsString {
+    let mut paths = vec![tool.parent().map(Path::to_path_buf).unwrap_or_default()];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(paths).unwrap_or_default()
+}
