@@ -1,0 +1,399 @@
+//! Device checks: the CUDA backend against the CPU backend (f32 activations), on one model
+//! (`compare`) and op by op on random inputs (`check-ops`). Both print a line per case and
+//! fail (exit 1) when a case is out of tolerance.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+use worker_compute::{
+    Activations, AttentionParams, ComputeBackend, CpuBackend, CpuConfig, KvCacheConfig, KvType,
+    RopeMode, RopeParams, WeightDesc,
+};
+use worker_compute_cuda::WEIGHT_TYPES;
+use worker_gguf::GgmlType;
+use worker_models::{LoadOptions, SequenceBatch};
+
+use crate::{argmax, load_model, open_cuda, pseudo_prompt, BackendKind};
+
+/// Flags of `compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The GGUF model.
+    #[arg(long, env = "WORKER_MODEL")]
+    model: PathBuf,
+    /// Prompt lengths, one comparison each.
+    #[arg(long, value_delimiter = ',', default_value = "1,9,67")]
+    prompt_lens: Vec<usize>,
+    /// Greedy steps after each prompt (the CPU's token is fed to both backends).
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Lowest acceptable cosine similarity of the logits.
+    #[arg(long, default_value_t = 0.999)]
+    min_cosine: f64,
+}
+
+/// Max abs difference, and cosine similarity, of `a` against the reference `r`.
+fn diff(a: &[f32], r: &[f32]) -> (f64, f64) {
+    let (mut max, mut dot, mut na, mut nr) = (0f64, 0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(r) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        max = max.max((x - y).abs());
+        dot += x * y;
+        na += x * x;
+        nr += y * y;
+    }
+    (max, dot / (na.sqrt() * nr.sqrt()).max(1e-30))
+}
+
+/// Error energy over reference energy (llama.cpp's test-backend-ops measure).
+fn nmse(a: &[f32], r: &[f32]) -> f64 {
+    let (mut e, mut n) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(r) {
+        e += (f64::from(x) - f64::from(y)).powi(2);
+        n += f64::from(y).powi(2);
+    }
+    if a.len() != r.len() {
+        return f64::INFINITY;
+    }
+    e / n.max(1e-30)
+}
+
+/// `compare`: prefill logits and teacher-forced greedy steps, CUDA against CPU.
+pub fn compare(device: usize, a: &CompareArgs) -> anyhow::Result<()> {
+    let longest = a.prompt_lens.iter().copied().max().unwrap_or(1).max(1);
+    let opts = LoadOptions {
+        max_batch: longest,
+        max_positions: longest + a.steps + 1,
+        ..LoadOptions::default()
+    };
+    let (mut gpu, mut gm) = load_model(BackendKind::Cuda, device, &a.model, opts)?;
+    let (mut cpu, mut cm) = load_model(BackendKind::Cpu, device, &a.model, opts)?;
+    let vocab = cm.hparams().vocab_size as usize;
+    let (mut lc, mut lg) = (vec![0f32; vocab], vec![0f32; vocab]);
+    let mut failed = false;
+    for (i, &n) in a.prompt_lens.iter().enumerate() {
+        let prompt = pseudo_prompt(n.max(1), vocab, 100 + i as u64);
+        let b = SequenceBatch::new(&prompt, 0, 0, false);
+        cm.forward(cpu.as_mut(), &b.batch(), &mut lc)?;
+        gm.forward(gpu.as_mut(), &b.batch(), &mut lg)?;
+        let (pmax, pcos) = diff(&lg, &lc);
+        let (mut wmax, mut wcos, mut agree) = (pmax, pcos, 0usize);
+        let mut toks = Vec::new();
+        for s in 0..a.steps {
+            let (tc, tg) = (argmax(&lc), argmax(&lg));
+            agree += usize::from(tc == tg);
+            toks.push(tc);
+            let step = SequenceBatch::new(&[tc], (prompt.len() + s) as u32, 0, false);
+            cm.forward(cpu.as_mut(), &step.batch(), &mut lc)?;
+            gm.forward(gpu.as_mut(), &step.batch(), &mut lg)?;
+            let (m, c) = diff(&lg, &lc);
+            wmax = wmax.max(m);
+            wcos = wcos.min(c);
+        }
+        let ok = wcos >= a.min_cosine && agree == a.steps;
+        failed |= !ok;
+        println!(
+            "compare prompt_len={n}: prefill max_abs={pmax:.3e} cos={pcos:.6}; {} steps: greedy agree {agree}/{}, worst max_abs={wmax:.3e} min cos={wcos:.6} [{}]",
+            a.steps,
+            a.steps,
+            if ok { "PASS" } else { "FAIL" }
+        );
+        eprintln!("  cpu greedy ids: {toks:?}");
+    }
+    if failed {
+        bail!("CUDA logits or greedy tokens differ from the CPU backend");
+    }
+    Ok(())
+}
+
+/// Normal random numbers (xorshift + Box-Muller), reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let (u, v) = (self.uniform(), self.uniform());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32 * std
+            })
+            .collect()
+    }
+}
+
+fn weight_bytes(ty: GgmlType, v: &[f32]) -> anyhow::Result<Vec<u8>> {
+    Ok(if ty == GgmlType::F32 {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    } else {
+        worker_gguf::quantize(ty, v)?
+    })
+}
+
+type Case = Box<dyn Fn(&mut dyn ComputeBackend) -> worker_compute::Result<Vec<f32>>>;
+
+fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut out: Vec<(String, f64, Case)> = Vec::new();
+    let (k, n) = (512usize, 96usize);
+    for &(ty, name) in WEIGHT_TYPES {
+        let w = weight_bytes(ty, &rng.normals(n * k, 0.5))?;
+        for rows in [1usize, 19] {
+            let x = rng.normals(rows * k, 1.0);
+            let w = w.clone();
+            out.push((
+                format!("matmul {name} rows={rows}"),
+                1e-8,
+                Box::new(move |be| {
+                    let wid = be.upload_weight(WeightDesc {
+                        name: "w",
+                        ty,
+                        rows: n,
+                        cols: k,
+                        bytes: &w,
+                    })?;
+                    let (xi, o) = (be.alloc_tensor(rows, k)?, be.alloc_tensor(rows, n)?);
+                    be.write_rows(xi, &x)?;
+                    be.matmul(o, xi, wid, rows)?;
+                    let mut r = vec![0f32; rows * n];
+                    be.read_rows(o, rows, &mut r)?;
+                    Ok(r)
+                }),
+            ));
+        }
+        out.push((
+            format!("embed {name}"),
+            1e-10,
+            Box::new(move |be| {
+                let wid = be.upload_weight(WeightDesc {
+                    name: "t",
+                    ty,
+                    rows: n,
+                    cols: k,
+                    bytes: &w,
+                })?;
+                let (ids, o) = (be.alloc_index(4)?, be.alloc_tensor(4, k)?);
+                be.write_index(ids, &[0, 5, 95, 17])?;
+                be.embed(o, wid, ids, 4)?;
+                let mut r = vec![0f32; 4 * k];
+                be.read_rows(o, 4, &mut r)?;
+                Ok(r)
+            }),
+        ));
+    }
+    let (rows, cols) = (5usize, 320usize);
+    let (x, y, wv, bv) = (
+        rng.normals(rows * cols, 1.0),
+        rng.normals(rows * cols, 1.0),
+        rng.normals(cols, 1.0),
+        rng.normals(cols, 1.0),
+    );
+    let vec_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (wb, bb) = (vec_bytes(&wv), vec_bytes(&bv));
+    for op in [
+        "rms_norm",
+        "layer_norm",
+        "add",
+        "add_bias",
+        "mul",
+        "swiglu",
+        "gelu",
+        "gather_rows",
+    ] {
+        let (x, y, wb, bb) = (x.clone(), y.clone(), wb.clone(), bb.clone());
+        out.push((
+            op.to_string(),
+            1e-10,
+            Box::new(move |be| {
+                let w = be.upload_weight(WeightDesc {
+                    name: "w",
+                    ty: GgmlType::F32,
+                    rows: 1,
+                    cols,
+                    bytes: &wb,
+                })?;
+                let b = be.upload_weight(WeightDesc {
+                    name: "b",
+                    ty: GgmlType::F32,
+                    rows: 1,
+                    cols,
+                    bytes: &bb,
+                })?;
+                let (a, c, o) = (
+                    be.alloc_tensor(rows, cols)?,
+                    be.alloc_tensor(rows, cols)?,
+                    be.alloc_tensor(rows, cols)?,
+                );
+                be.write_rows(a, &x)?;
+                be.write_rows(c, &y)?;
+                let idx = be.alloc_index(3)?;
+                be.write_index(idx, &[4, 0, 2])?;
+                let res = match op {
+                    "rms_norm" => {
+                        be.rms_norm(o, a, w, 1e-6, rows)?;
+                        o
+                    }
+                    "layer_norm" => {
+                        be.layer_norm(o, a, w, b, 1e-5, rows)?;
+                        o
+                    }
+                    "add" => {
+                        be.add(a, c, rows)?;
+                        a
+                    }
+                    "add_bias" => {
+                        be.add_bias(a, b, rows)?;
+                        a
+                    }
+                    "mul" => {
+                        be.mul(a, c, rows)?;
+                        a
+                    }
+                    "swiglu" => {
+                        be.swiglu(o, a, c, rows)?;
+                        o
+                    }
+                    "gelu" => {
+                        be.gelu(a, rows)?;
+                        a
+                    }
+                    _ => {
+                        be.gather_rows(o, a, idx, 3)?;
+                        o
+                    }
+                };
+                let mut r = vec![0f32; rows * cols];
+                be.read_rows(res, rows, &mut r)?;
+                Ok(r)
+            }),
+        ));
+    }
+    for mode in [RopeMode::Normal, RopeMode::Neox] {
+        let (heads, hd) = (4usize, 64usize);
+        let x = rng.normals(rows * heads * hd, 1.0);
+        out.push((
+            format!("rope {mode:?}"),
+            1e-10,
+            Box::new(move |be| {
+                let t = be.alloc_tensor(rows, heads * hd)?;
+                be.write_rows(t, &x)?;
+                let pos = be.alloc_index(rows)?;
+                be.write_index(pos, &[0, 1, 7, 300, 4095])?;
+                let p = RopeParams {
+                    heads,
+                    head_dim: hd,
+                    n_rot: hd,
+                    base: 10000.0,
+                    freq_scale: 1.0,
+                    mode,
+                };
+                be.rope(t, pos, &p, rows)?;
+                let mut r = vec![0f32; rows * heads * hd];
+                be.read_rows(t, rows, &mut r)?;
+                Ok(r)
+            }),
+        ));
+    }
+    let (heads, kvh, hd, pre) = (8usize, 2usize, 64usize, 6usize);
+    let (q, k2, v) = (
+        rng.normals((pre + 1) * heads * hd, 1.0),
+        rng.normals((pre + 1) * kvh * hd, 1.0),
+        rng.normals((pre + 1) * kvh * hd, 1.0),
+    );
+    out.push((
+        "attention gqa 8/2 prefill 6 + decode 1".into(),
+        1e-5,
+        Box::new(move |be| {
+            let cache = be.alloc_kv_cache(KvCacheConfig {
+                layers: 2,
+                slots: 2,
+                max_positions: 16,
+                kv_heads: kvh,
+                head_dim: hd,
+                value_head_dim: hd,
+                ty: KvType::F32,
+            })?;
+            let p = AttentionParams {
+                heads,
+                kv_heads: kvh,
+                head_dim: hd,
+                value_head_dim: hd,
+                scale: 0.125,
+                layer: 1,
+            };
+            let (qt, kt, vt, o) = (
+                be.alloc_tensor(pre, heads * hd)?,
+                be.alloc_tensor(pre, kvh * hd)?,
+                be.alloc_tensor(pre, kvh * hd)?,
+                be.alloc_tensor(pre, heads * hd)?,
+            );
+            let (pos, slot) = (be.alloc_index(pre)?, be.alloc_index(pre)?);
+            let mut res = Vec::new();
+            for (range, positions) in [
+                (0..pre, (0..pre as u32).collect::<Vec<_>>()),
+                (pre..pre + 1, vec![pre as u32]),
+            ] {
+                let nr = range.len();
+                be.write_rows(qt, &q[range.start * heads * hd..range.end * heads * hd])?;
+                be.write_rows(kt, &k2[range.start * kvh * hd..range.end * kvh * hd])?;
+                be.write_rows(vt, &v[range.start * kvh * hd..range.end * kvh * hd])?;
+                be.write_index(pos, &positions)?;
+                be.write_index(slot, &vec![1; nr])?;
+                be.attention(o, qt, kt, vt, cache, pos, slot, &p, nr)?;
+                let mut r = vec![0f32; nr * heads * hd];
+                be.read_rows(o, nr, &mut r)?;
+                res.extend(r);
+            }
+            Ok(res)
+        }),
+    ));
+    Ok(out)
+}
+
+/// `check-ops`: every case on both backends; also the device argmax.
+pub fn check_ops(device: usize) -> anyhow::Result<()> {
+    let mut gpu = open_cuda(device)?;
+    let mut cpu = CpuBackend::new(CpuConfig {
+        activations: Activations::F32,
+        ..CpuConfig::default()
+    });
+    let mut failed = 0;
+    let all = cases()?;
+    for (name, tol, case) in &all {
+        let r = case(&mut cpu)?;
+        let (ok, msg) = match case(&mut gpu) {
+            Ok(g) => {
+                let e = nmse(&g, &r);
+                (e <= *tol, format!("nmse {e:.2e} (tolerance {tol:.0e})"))
+            }
+            Err(e) => (false, format!("error: {e}")),
+        };
+        failed += usize::from(!ok);
+        println!(
+            "check-ops {name:<40} {msg} [{}]",
+            if ok { "PASS" } else { "FAIL" }
+        );
+    }
+    let vals = Rng(99).normals(3 * 50_000, 1.0);
+    let t = gpu.alloc_tensor(3, 50_000)?;
+    gpu.write_rows(t, &vals)?;
+    let got = gpu.argmax(t, 3)?;
+    let want: Vec<u32> = vals.chunks(50_000).map(argmax).collect();
+    let ok = got == want;
+    failed += usize::from(!ok);
+    println!(
+        "check-ops {:<40} {got:?} vs {want:?} [{}]",
+        "argmax (device)",
+        if ok { "PASS" } else { "FAIL" }
+    );
+    if failed > 0 {
+        bail!("{failed} of {} op checks failed", all.len() + 1);
+    }
+    println!("check-ops: all {} cases pass", all.len() + 1);
+    Ok(())
+}
