@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod describe;
 mod inspect;
+mod synth;
 mod template;
 mod tokenize;
 
@@ -30,6 +32,10 @@ enum Command {
     Detokenize(tokenize::DetokenizeArgs),
     /// Render a conversation with the model's chat template.
     Template(template::Args),
+    /// Write a model's metadata and tensor table, without tensor data (for `synth`).
+    Describe(describe::Args),
+    /// Write a random-weight model from a description (same types and shapes).
+    Synth(synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +45,8 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run_tokenize(&args),
         Command::Detokenize(args) => tokenize::run_detokenize(&args),
         Command::Template(args) => template::run(&args),
+        Command::Describe(args) => describe::run(&args),
+        Command::Synth(args) => synth::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
