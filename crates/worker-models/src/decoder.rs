@@ -1,13 +1,18 @@
 //! The pre-norm decoder of the llama family (RMS norm, rotary attention with GQA, SwiGLU
-//! MLP), written once against [`ComputeBackend`]. The `llama` and `qwen2` adapters differ
-//! only in the [`DecoderSpec`] they pass.
+//! MLP), written once against [`ComputeBackend`]. The `llama`, `qwen2` and `phi3` adapters
+//! differ only in the [`DecoderSpec`] they pass.
+//!
+//! The attention projections are read either as `attn_q`/`attn_k`/`attn_v` or, as llama.cpp
+//! also accepts, as one fused `attn_qkv` (rows: q, then k, then v), which is split by rows
+//! at load time (see [`crate::weights`]).
 
 use worker_compute::{
     AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvType, RopeMode,
-    RopeParams, TensorId, WeightDesc, WeightId,
+    RopeParams, TensorId, WeightId,
 };
 use worker_gguf::{GgufFile, HyperParams, RopeScaling};
 
+use crate::weights::{has, upload, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
 
 /// What distinguishes one llama-family architecture from another.
@@ -17,6 +22,9 @@ pub(crate) struct DecoderSpec {
     pub rope_mode: RopeMode,
     /// `blk.N.attn_{q,k,v}.bias` exist (qwen2).
     pub qkv_bias: bool,
+    /// The MLP's gate and up projections are one `blk.N.ffn_up.weight` of `2 * ff` rows,
+    /// gate first (phi3; ggml's `swiglu` applies silu to the first half).
+    pub fused_gate_up: bool,
 }
 
 struct Layer {
@@ -69,48 +77,6 @@ pub(crate) struct Decoder {
     attn: AttentionParams,
 }
 
-/// Uploads tensor `name` after checking its ggml shape is `[cols, rows]` (or `[cols]` for a
-/// vector, `rows == 1`).
-pub(crate) fn upload(
-    file: &GgufFile,
-    backend: &mut dyn ComputeBackend,
-    name: &str,
-    cols: usize,
-    rows: usize,
-) -> Result<WeightId, ModelError> {
-    let (info, bytes) = file.tensor(name).map_err(|e| match e {
-        worker_gguf::GgufError::MissingTensor { name } => ModelError::MissingTensor { name },
-        other => other.into(),
-    })?;
-    let expected: Vec<u64> = if rows == 1 {
-        vec![cols as u64]
-    } else {
-        vec![cols as u64, rows as u64]
-    };
-    let mut found = info.shape.clone();
-    while found.len() > expected.len() && found.last() == Some(&1) {
-        found.pop();
-    }
-    if found != expected {
-        return Err(ModelError::WrongShape {
-            name: name.to_string(),
-            found: info.shape.clone(),
-            expected,
-        });
-    }
-    Ok(backend.upload_weight(WeightDesc {
-        name,
-        ty: info.ty,
-        rows,
-        cols,
-        bytes,
-    })?)
-}
-
-fn has(file: &GgufFile, name: &str) -> bool {
-    file.tensors().iter().any(|t| t.name == name)
-}
-
 impl Decoder {
     pub(crate) fn load(
         file: &GgufFile,
@@ -155,21 +121,42 @@ impl Decoder {
         };
         let mut layers = Vec::with_capacity(hp.block_count as usize);
         for i in 0..hp.block_count as usize {
-            let mut w = |n: &str, cols: usize, rows: usize| {
-                upload(file, backend, &format!("blk.{i}.{n}"), cols, rows)
-            };
-            let attn_norm = w("attn_norm.weight", d, 1)?;
-            let wq = w("attn_q.weight", d, nh * hd)?;
-            let wk = w("attn_k.weight", d, nkv * hd)?;
-            let wv = w("attn_v.weight", d, nkv * vhd)?;
-            let (bq, bk, bv) = if spec.qkv_bias {
+            let t = |n: &str| format!("blk.{i}.{n}");
+            let attn_norm = upload(file, backend, &t("attn_norm.weight"), d, 1)?;
+            let qkv = t("attn_qkv.weight");
+            let (wq, wk, wv) = if has(file, &qkv) {
+                let [q, k, v] =
+                    upload_row_split(file, backend, &qkv, d, [nh * hd, nkv * hd, nkv * vhd])?;
+                (q, k, v)
+            } else {
                 (
-                    Some(w("attn_q.bias", nh * hd, 1)?),
-                    Some(w("attn_k.bias", nkv * hd, 1)?),
-                    Some(w("attn_v.bias", nkv * vhd, 1)?),
+                    upload(file, backend, &t("attn_q.weight"), d, nh * hd)?,
+                    upload(file, backend, &t("attn_k.weight"), d, nkv * hd)?,
+                    upload(file, backend, &t("attn_v.weight"), d, nkv * vhd)?,
+                )
+            };
+            let qkv_b = t("attn_qkv.bias");
+            let (bq, bk, bv) = if has(file, &qkv_b) {
+                let [q, k, v] =
+                    upload_vec_split(file, backend, &qkv_b, [nh * hd, nkv * hd, nkv * vhd])?;
+                (Some(q), Some(k), Some(v))
+            } else if spec.qkv_bias {
+                (
+                    Some(upload(file, backend, &t("attn_q.bias"), nh * hd, 1)?),
+                    Some(upload(file, backend, &t("attn_k.bias"), nkv * hd, 1)?),
+                    Some(upload(file, backend, &t("attn_v.bias"), nkv * vhd, 1)?),
                 )
             } else {
                 (None, None, None)
+            };
+            let (gate, up) = if spec.fused_gate_up {
+                let [g, u] = upload_row_split(file, backend, &t("ffn_up.weight"), d, [ff, ff])?;
+                (g, u)
+            } else {
+                (
+                    upload(file, backend, &t("ffn_gate.weight"), d, ff)?,
+                    upload(file, backend, &t("ffn_up.weight"), d, ff)?,
+                )
             };
             layers.push(Layer {
                 attn_norm,
@@ -179,11 +166,11 @@ impl Decoder {
                 bq,
                 bk,
                 bv,
-                wo: w("attn_output.weight", nh * vhd, d)?,
-                ffn_norm: w("ffn_norm.weight", d, 1)?,
-                gate: w("ffn_gate.weight", d, ff)?,
-                up: w("ffn_up.weight", d, ff)?,
-                down: w("ffn_down.weight", ff, d)?,
+                wo: upload(file, backend, &t("attn_output.weight"), nh * vhd, d)?,
+                ffn_norm: upload(file, backend, &t("ffn_norm.weight"), d, 1)?,
+                gate,
+                up,
+                down: upload(file, backend, &t("ffn_down.weight"), ff, d)?,
             });
         }
 

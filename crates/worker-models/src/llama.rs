@@ -17,6 +17,7 @@ pub(crate) fn load(
     let spec = DecoderSpec {
         rope_mode: RopeMode::Normal,
         qkv_bias: false,
+        fused_gate_up: false,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

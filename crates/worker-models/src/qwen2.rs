@@ -16,6 +16,7 @@ pub(crate) fn load(
     let spec = DecoderSpec {
         rope_mode: RopeMode::Neox,
         qkv_bias: true,
+        fused_gate_up: false,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

@@ -1,0 +1,27 @@
+//! Writes the tiny random-weight `phi3` and `gpt2` models that the tests build in memory to
+//! `DIR/tiny-phi3.gguf` and `DIR/tiny-gpt2.gguf`, for
+//! `scripts/goldens/make_tiny_model_goldens.py` to run through llama.cpp.
+//!
+//! ```text
+//! cargo run -p worker-models --example write_tiny_models -- DIR
+//! ```
+
+#[path = "../tests/support/tiny_arch.rs"]
+mod tiny_arch;
+
+use worker_gguf::GgufFile;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: write_tiny_models DIR")?;
+    std::fs::create_dir_all(&dir)?;
+    for arch in ["phi3", "gpt2"] {
+        let vocab = GgufFile::open(worker_testdata::vocab(tiny_arch::vocab_name(arch)))?;
+        let bytes = tiny_arch::tiny_model(arch, &vocab, &tiny_arch::Edit::default());
+        let path = std::path::Path::new(&dir).join(format!("tiny-{arch}.gguf"));
+        std::fs::write(&path, &bytes)?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! `gpt2`: learned position embeddings added to the token embeddings, pre-LayerNorm blocks
+//! (weight and bias), multi-head attention from one fused `attn_qkv` projection with bias
+//! (rows: q, then k, then v; split by rows at load time), no rope, a GELU MLP with biases,
+//! and a final LayerNorm. Without `output.weight` the logits use the token embeddings.
+
+use worker_compute::{
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvType, TensorId, WeightId,
+};
+use worker_gguf::{GgufFile, HyperParams};
+
+use crate::weights::{has, upload, upload_row_split, upload_vec_split};
+use crate::{Batch, LoadOptions, Model, ModelError};
+
+/// A LayerNorm's weight and bias.
+#[derive(Clone, Copy)]
+struct Norm {
+    weight: WeightId,
+    bias: WeightId,
+}
+
+/// A projection and its bias.
+#[derive(Clone, Copy)]
+struct Linear {
+    weight: WeightId,
+    bias: WeightId,
+}
+
+struct Layer {
+    attn_norm: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    attn_output: Linear,
+    ffn_norm: Norm,
+    up: Linear,
+    down: Linear,
+}
+
+/// Activation buffers, allocated once for `max_batch` rows.
+struct Buffers {
+    x: TensorId,
+    h: TensorId,
+    q: TensorId,
+    k: TensorId,
+    v: TensorId,
+    attn: TensorId,
+    o: TensorId,
+    up: TensorId,
+    last: TensorId,
+    logits: TensorId,
+    tokens: IndexId,
+    positions: IndexId,
+    slots: IndexId,
+    logit_rows: IndexId,
+}
+
+struct Gpt2 {
+    hp: HyperParams,
+    opts: LoadOptions,
+    eps: f32,
+    token_embd: WeightId,
+    position_embd: WeightId,
+    output_norm: Norm,
+    output: WeightId,
+    layers: Vec<Layer>,
+    cache: KvCacheId,
+    buf: Buffers,
+    attn: AttentionParams,
+}
+
+fn norm(
+    file: &GgufFile,
+    be: &mut dyn ComputeBackend,
+    prefix: &str,
+    d: usize,
+) -> Result<Norm, ModelError> {
+    Ok(Norm {
+        weight: upload(file, be, &format!("{prefix}.weight"), d, 1)?,
+        bias: upload(file, be, &format!("{prefix}.bias"), d, 1)?,
+    })
+}
+
+fn linear(
+    file: &GgufFile,
+    be: &mut dyn ComputeBackend,
+    prefix: &str,
+    cols: usize,
+    rows: usize,
+) -> Result<Linear, ModelError> {
+    Ok(Linear {
+        weight: upload(file, be, &format!("{prefix}.weight"), cols, rows)?,
+        bias: upload(file, be, &format!("{prefix}.bias"), rows, 1)?,
+    })
+}
+
+pub(crate) fn load(
+    file: &GgufFile,
+    hp: HyperParams,
+    backend: &mut dyn ComputeBackend,
+    opts: LoadOptions,
+) -> Result<Box<dyn Model>, ModelError> {
+    let d = hp.embedding_length as usize;
+    let (nh, nkv) = (hp.head_count as usize, hp.head_count_kv as usize);
+    let (hd, vhd) = (hp.head_dim as usize, hp.value_head_dim as usize);
+    let ff = hp.feed_forward_length as usize;
+    let vocab = hp.vocab_size as usize;
+    let ctx = hp.context_length as usize;
+    let eps = hp.layer_norm_epsilon.ok_or_else(|| {
+        ModelError::Unsupported("gpt2.attention.layer_norm_epsilon is missing".to_string())
+    })?;
+    if opts.max_batch == 0 || opts.max_logit_rows == 0 || opts.slots == 0 {
+        return Err(ModelError::Unsupported(format!(
+            "load options {opts:?}: batch, logit rows and slots must be positive"
+        )));
+    }
+
+    let token_embd = upload(file, backend, "token_embd.weight", d, vocab)?;
+    // One learned row per trained position: positions are capped at the context length.
+    let position_embd = upload(file, backend, "position_embd.weight", d, ctx)?;
+    let output_norm = norm(file, backend, "output_norm", d)?;
+    let output = if has(file, "output.weight") {
+        upload(file, backend, "output.weight", d, vocab)?
+    } else {
+        token_embd
+    };
+    let mut layers = Vec::with_capacity(hp.block_count as usize);
+    for i in 0..hp.block_count as usize {
+        let t = |n: &str| format!("blk.{i}.{n}");
+        let parts = [nh * hd, nkv * hd, nkv * vhd];
+        let [wq, wk, wv] = upload_row_split(file, backend, &t("attn_qkv.weight"), d, parts)?;
+        let [bq, bk, bv] = upload_vec_split(file, backend, &t("attn_qkv.bias"), parts)?;
+        layers.push(Layer {
+            attn_norm: norm(file, backend, &t("attn_norm"), d)?,
+            q: Linear {
+                weight: wq,
+                bias: bq,
+            },
+            k: Linear {
+                weight: wk,
+                bias: bk,
+            },
+            v: Linear {
+                weight: wv,
+                bias: bv,
+            },
+            attn_output: linear(file, backend, &t("attn_output"), nh * vhd, d)?,
+            ffn_norm: norm(file, backend, &t("ffn_norm"), d)?,
+            up: linear(file, backend, &t("ffn_up"), d, ff)?,
+            down: linear(file, backend, &t("ffn_down"), ff, d)?,
+        });
+    }
+
+    let max_positions = opts.max_positions.min(ctx).max(1);
+    let cache = backend.alloc_kv_cache(KvCacheConfig {
+        layers: layers.len(),
+        slots: opts.slots,
+        max_positions,
+        kv_heads: nkv,
+        head_dim: hd,
+        value_head_dim: vhd,
+        ty: KvType::F32,
+    })?;
+    let b = opts.max_batch;
+    let buf = Buffers {
+        x: backend.alloc_tensor(b, d)?,
+        h: backend.alloc_tensor(b, d)?,
+        q: backend.alloc_tensor(b, nh * hd)?,
+        k: backend.alloc_tensor(b, nkv * hd)?,
+        v: backend.alloc_tensor(b, nkv * vhd)?,
+        attn: backend.alloc_tensor(b, nh * vhd)?,
+        o: backend.alloc_tensor(b, d)?,
+        up: backend.alloc_tensor(b, ff)?,
+        last: backend.alloc_tensor(opts.max_logit_rows, d)?,
+        logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
+        tokens: backend.alloc_index(b)?,
+        positions: backend.alloc_index(b)?,
+        slots: backend.alloc_index(b)?,
+        logit_rows: backend.alloc_index(opts.max_logit_rows)?,
+    };
+    let attn = AttentionParams {
+        heads: nh,
+        kv_heads: nkv,
+        head_dim: hd,
+        value_head_dim: vhd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        layer: 0,
+    };
+    Ok(Box::new(Gpt2 {
+        hp,
+        opts: LoadOptions {
+            max_positions,
+            ..opts
+        },
+        eps,
+        token_embd,
+        position_embd,
+        output_norm,
+        output,
+        layers,
+        cache,
+        buf,
+        attn,
+    }))
+}
+
+impl Gpt2 {
+    /// `out = x w^T + bias` for the first `n` rows.
+    fn linear(
+        be: &mut dyn ComputeBackend,
+        out: TensorId,
+        x: TensorId,
+        l: Linear,
+        n: usize,
+    ) -> Result<(), ModelError> {
+        be.matmul(out, x, l.weight, n)?;
+        be.add_bias(out, l.bias, n)?;
+        Ok(())
+    }
+}
+
+impl Model for Gpt2 {
+    fn hparams(&self) -> &HyperParams {
+        &self.hp
+    }
+
+    fn options(&self) -> &LoadOptions {
+        &self.opts
+    }
+
+    fn forward(
+        &mut self,
+        be: &mut dyn ComputeBackend,
+        batch: &Batch<'_>,
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let n = batch.check(&self.opts, self.hp.vocab_size as usize, logits.len())?;
+        let nl = batch.logit_rows.len();
+        let b = &self.buf;
+        be.write_index(b.tokens, batch.tokens)?;
+        be.write_index(b.positions, batch.positions)?;
+        be.write_index(b.slots, batch.slots)?;
+        be.write_index(b.logit_rows, batch.logit_rows)?;
+        be.embed(b.x, self.token_embd, b.tokens, n)?;
+        be.embed(b.o, self.position_embd, b.positions, n)?;
+        be.add(b.x, b.o, n)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let an = l.attn_norm;
+            be.layer_norm(b.h, b.x, an.weight, an.bias, self.eps, n)?;
+            Self::linear(be, b.q, b.h, l.q, n)?;
+            Self::linear(be, b.k, b.h, l.k, n)?;
+            Self::linear(be, b.v, b.h, l.v, n)?;
+            let attn = AttentionParams {
+                layer: i,
+                ..self.attn
+            };
+            be.attention(
+                b.attn,
+                b.q,
+                b.k,
+                b.v,
+                self.cache,
+                b.positions,
+                b.slots,
+                &attn,
+                n,
+            )?;
+            Self::linear(be, b.o, b.attn, l.attn_output, n)?;
+            be.add(b.x, b.o, n)?;
+            let fnorm = l.ffn_norm;
+            be.layer_norm(b.h, b.x, fnorm.weight, fnorm.bias, self.eps, n)?;
+            Self::linear(be, b.up, b.h, l.up, n)?;
+            be.gelu(b.up, n)?;
+            Self::linear(be, b.o, b.up, l.down, n)?;
+            be.add(b.x, b.o, n)?;
+        }
+        let on = self.output_norm;
+        be.layer_norm(b.h, b.x, on.weight, on.bias, self.eps, n)?;
+        be.gather_rows(b.last, b.h, b.logit_rows, nl)?;
+        be.matmul(b.logits, b.last, self.output, nl)?;
+        be.read_rows(b.logits, nl, logits)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! Deterministic tiny random-weight `phi3` and `gpt2` models on llama.cpp's real gpt-2 and
+//! phi-3 vocabularies, written with our GGUF writer.
+//!
+//! Shared by the tests (which build the models in memory) and by the example
+//! `write_tiny_models` (which writes the same bytes to files for
+//! `scripts/goldens/make_tiny_model_goldens.py` to run through llama.cpp). The goldens record
+//! the sha256 of the bytes, so a change here shows up as a golden mismatch, not as a silent
+//! comparison against a different model.
+//!
+//! The weights mix storage types (F32, F16, Q8_0, Q4_0) so that every dequantizer the two
+//! adapters meet is on the compared path, including the row split of quantized fused tensors.
+
+#![allow(dead_code)]
+
+use worker_gguf::{quantize, GgmlType, GgufFile, GgufWriter, Value};
+
+/// Sizes of the tiny models.
+pub const D: u64 = 64;
+/// Attention heads.
+pub const HEADS: u64 = 4;
+/// Context length (gpt2: rows of `position_embd`).
+pub const CTX: u32 = 256;
+
+/// Changes to the model, for the error tests.
+#[derive(Default)]
+pub struct Edit<'a> {
+    /// A tensor left out.
+    pub skip: Option<&'a str>,
+    /// A tensor written with another shape.
+    pub reshape: Option<(&'a str, Vec<u64>)>,
+    /// An extra F32 tensor.
+    pub extra: Option<(&'a str, Vec<u64>)>,
+}
+
+/// Which vocabulary file (`worker_testdata::vocab(name)`) each architecture uses.
+pub fn vocab_name(arch: &str) -> &'static str {
+    match arch {
+        "phi3" => "phi-3",
+        "gpt2" => "gpt-2",
+        other => panic!("no tiny model for {other}"),
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    /// Uniform in [-0.5, 0.5).
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
+/// What a tensor holds, which sets its random distribution.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A norm weight: about 1.
+    NormWeight,
+    /// A small offset (biases).
+    Bias,
+    /// Embedding rows of about unit size.
+    Embedding(f32),
+    /// A projection of `cols` inputs: unit-variance outputs for unit-variance inputs.
+    Matrix,
+}
+
+/// The GGUF bytes of the tiny `arch` model (`phi3` or `gpt2`) on `vocab`'s tokenizer.
+pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
+    let n_vocab = vocab
+        .metadata()
+        .get_str_array("tokenizer.ggml.tokens")
+        .unwrap()
+        .len() as u64;
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String(arch.into()));
+    w.set("general.name", Value::String(format!("tiny-{arch}")));
+    for (k, v) in vocab.metadata().iter() {
+        if k.starts_with("tokenizer.") {
+            w.set(k, v.clone());
+        }
+    }
+    use GgmlType::{F16, F32, Q4_0, Q8_0};
+    let mut tensors: Vec<(String, Vec<u64>, GgmlType, Kind)> = Vec::new();
+    let mut t = |name: String, shape: Vec<u64>, ty, kind| tensors.push((name, shape, ty, kind));
+    let hd = D / HEADS;
+    match arch {
+        "phi3" => {
+            let (kv_heads, ff) = (2u64, 128u64);
+            for (k, v) in [
+                ("context_length", CTX),
+                ("embedding_length", D as u32),
+                ("block_count", 2),
+                ("feed_forward_length", ff as u32),
+                ("attention.head_count", HEADS as u32),
+                ("attention.head_count_kv", kv_heads as u32),
+                ("rope.dimension_count", hd as u32),
+            ] {
+                w.set(&format!("phi3.{k}"), Value::U32(v));
+            }
+            w.set("phi3.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+            w.set("phi3.rope.freq_base", Value::F32(10_000.0));
+            t(
+                "token_embd.weight".into(),
+                vec![D, n_vocab],
+                Q8_0,
+                Kind::Embedding(2.0),
+            );
+            let qkv = D + 2 * kv_heads * hd;
+            for (i, (qkv_ty, up_ty, down_ty)) in [(F16, Q4_0, F32), (Q4_0, F16, Q8_0)]
+                .into_iter()
+                .enumerate()
+            {
+                let b = |n: &str| format!("blk.{i}.{n}");
+                t(b("attn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("attn_qkv.weight"), vec![D, qkv], qkv_ty, Kind::Matrix);
+                t(b("attn_output.weight"), vec![D, D], Q8_0, Kind::Matrix);
+                t(b("ffn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("ffn_up.weight"), vec![D, 2 * ff], up_ty, Kind::Matrix);
+                t(b("ffn_down.weight"), vec![ff, D], down_ty, Kind::Matrix);
+            }
+            t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
+            t("output.weight".into(), vec![D, n_vocab], F16, Kind::Matrix);
+        }
+        "gpt2" => {
+            let ff = 4 * D;
+            for (k, v) in [
+                ("context_length", CTX),
+                ("embedding_length", D as u32),
+                ("block_count", 2),
+                ("feed_forward_length", ff as u32),
+                ("attention.head_count", HEADS as u32),
+            ] {
+                w.set(&format!("gpt2.{k}"), Value::U32(v));
+            }
+            w.set("gpt2.attention.layer_norm_epsilon", Value::F32(1e-5));
+            // No output.weight: the logits use the token embeddings, as llama.cpp does then.
+            t(
+                "token_embd.weight".into(),
+                vec![D, n_vocab],
+                F16,
+                Kind::Embedding(2.0),
+            );
+            t(
+                "position_embd.weight".into(),
+                vec![D, CTX as u64],
+                F32,
+                Kind::Embedding(0.5),
+            );
+            for (i, (qkv_ty, o_ty, up_ty, down_ty)) in
+                [(Q8_0, F16, Q4_0, Q8_0), (F32, Q4_0, Q8_0, F16)]
+                    .into_iter()
+                    .enumerate()
+            {
+                let b = |n: &str| format!("blk.{i}.{n}");
+                t(b("attn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("attn_norm.bias"), vec![D], F32, Kind::Bias);
+                t(b("attn_qkv.weight"), vec![D, 3 * D], qkv_ty, Kind::Matrix);
+                t(b("attn_qkv.bias"), vec![3 * D], F32, Kind::Bias);
+                t(b("attn_output.weight"), vec![D, D], o_ty, Kind::Matrix);
+                t(b("attn_output.bias"), vec![D], F32, Kind::Bias);
+                t(b("ffn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("ffn_norm.bias"), vec![D], F32, Kind::Bias);
+                t(b("ffn_up.weight"), vec![D, ff], up_ty, Kind::Matrix);
+                t(b("ffn_up.bias"), vec![ff], F32, Kind::Bias);
+                t(b("ffn_down.weight"), vec![ff, D], down_ty, Kind::Matrix);
+                t(b("ffn_down.bias"), vec![D], F32, Kind::Bias);
+            }
+            t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
+            t("output_norm.bias".into(), vec![D], F32, Kind::Bias);
+        }
+        other => panic!("no tiny model for {other}"),
+    }
+    if let Some((name, shape)) = &edit.extra {
+        t(name.to_string(), shape.clone(), F32, Kind::Bias);
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for (name, mut shape, ty, kind) in tensors {
+        if edit.skip == Some(name.as_str()) {
+            continue;
+        }
+        let mut ty = ty;
+        if let Some((n, s)) = &edit.reshape {
+            if *n == name {
+                shape = s.clone();
+                ty = F32;
+            }
+        }
+        let n: u64 = shape.iter().product();
+        let scale = match kind {
+            Kind::NormWeight | Kind::Bias => 0.2,
+            Kind::Embedding(s) => s,
+            Kind::Matrix => 2.0 * (3.0 / shape[0] as f32).sqrt(),
+        };
+        let offset = if matches!(kind, Kind::NormWeight) {
+            1.0
+        } else {
+            0.0
+        };
+        let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.next()).collect();
+        let data = match ty {
+            F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => quantize(ty, &values).unwrap(),
+        };
+        w.add_tensor(&name, ty, &shape, data).unwrap();
+    }
+    w.to_bytes().unwrap()
+}
