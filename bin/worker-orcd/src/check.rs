@@ -83,6 +83,13 @@ pub fn compare(device: usize, a: &CompareArgs) -> anyhow::Result<()> {
         for s in 0..a.steps {
             let (tc, tg) = (argmax(&lc), argmax(&lg));
             agree += usize::from(tc == tg);
+            if tc != tg {
+                // A near-tie flips on rounding; a real bug shows a wide margin.
+                eprintln!(
+                    "  step {s}: cpu picks {tc} ({:.5}), cuda picks {tg} (cpu logit {:.5})",
+                    lc[tc as usize], lc[tg as usize]
+                );
+            }
             toks.push(tc);
             let step = SequenceBatch::new(&[tc], (prompt.len() + s) as u32, 0, false);
             cm.forward(cpu.as_mut(), &step.batch(), &mut lc)?;

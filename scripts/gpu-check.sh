@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The CUDA backend's device check, in one call on a GPU machine that has CUDA but no Rust
+# toolchain and no model files. Run from the repository root:
+#
+#   scripts/gpu-check.sh            # binaries and descriptions in gpu-bin/ (GPU_BIN to change)
+#
+# gpu-bin/ (git-ignored) is prepared on the development machine:
+#   cargo build --release --config profile.release.debug=0 -p worker-orcd -p worker-cli
+#   mkdir -p gpu-bin && cp target/release/worker-{orcd,cli} gpu-bin/ && strip gpu-bin/worker-*
+#   gpu-bin/worker-cli describe fixtures/models/SmolLM2-135M-Instruct.Q4_1.gguf gpu-bin/smollm2.desc.gguf
+#   gpu-bin/worker-cli describe fixtures/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf gpu-bin/qwen.desc.gguf
+#
+# Steps: every op and weight type against the CPU backend (check-ops); random-weight copies
+# of both models (same metadata, types and shapes); CUDA against CPU logits and
+# teacher-forced greedy tokens on a few prompts; free-running greedy tokens on both
+# backends; the decode/prefill benchmark. A short table comes last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${GPU_BIN:-gpu-bin}
+WORK=${GPU_CHECK_DIR:-/tmp/gpu-check}
+mkdir -p "$WORK"
+ROWS=()
+FAILED=0
+row() { ROWS+=("$(printf '%-44s %-5s %s' "$1" "$2" "$3")"); [ "$2" = PASS ] || [ "$2" = info ] || FAILED=1; }
+step() { printf '\n=== %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -2
+"$BIN/worker-orcd" --version
+
+step "check-ops: every op and weight type, CUDA vs CPU"
+if timeout 120 "$BIN/worker-orcd" check-ops > "$WORK/ops.txt" 2>&1; then ok=PASS; else ok=FAIL; fi
+cat "$WORK/ops.txt"
+row "check-ops ($(grep -c '\[PASS\]' "$WORK/ops.txt") pass, $(grep -c '\[FAIL\]' "$WORK/ops.txt") fail)" "$ok" ""
+
+step "synthesize random-weight models"
+for m in smollm2 qwen; do
+    if ! [ -s "$WORK/$m.gguf" ]; then
+        timeout 180 "$BIN/worker-cli" synth "$BIN/$m.desc.gguf" "$WORK/$m.gguf" --seed 1 || row "synth $m" FAIL ""
+    fi
+done
+ls -la "$WORK"/*.gguf
+
+for m in smollm2 qwen; do
+    f="$WORK/$m.gguf"
+    step "compare $m: logits and teacher-forced greedy, CUDA vs CPU"
+    if timeout 240 "$BIN/worker-orcd" compare --model "$f" --prompt-lens 1,9,67 --steps 32 > "$WORK/cmp-$m.txt"; then
+        ok=PASS
+    else
+        ok=FAIL
+    fi
+    cat "$WORK/cmp-$m.txt"
+    mincos=$(grep -o 'min cos=[0-9.]*' "$WORK/cmp-$m.txt" | sort -t= -k2 -g | head -1)
+    row "$m logits + greedy agree (3 prompts x 32)" "$ok" "$(grep -o 'agree [0-9]*/[0-9]*' "$WORK/cmp-$m.txt" | tr '\n' ' ')$mincos"
+
+    step "free-running greedy, 32 tokens, CUDA and CPU"
+    g=$(timeout 60 "$BIN/worker-orcd" generate --model "$f" --prompt-len 9 --max-tokens 32 --backend cuda)
+    c=$(timeout 120 "$BIN/worker-orcd" generate --model "$f" --prompt-len 9 --max-tokens 32 --backend cpu)
+    echo "cuda: $g"; echo "cpu:  $c"
+    if [ -n "$g" ] && [ "$g" = "$c" ]; then ok=PASS; else ok=FAIL; fi
+    row "$m greedy 32 tokens equal" "$ok" ""
+
+    step "bench $m on CUDA: pp512, tg128"
+    b=$(timeout 120 "$BIN/worker-orcd" bench --model "$f" --pp 512 --tg 128 --backend cuda 2>&1 | tail -1)
+    echo "$b"
+    case "$b" in bench*) ok=info ;; *) ok=FAIL ;; esac
+    row "$m bench (CUDA)" "$ok" "$(echo "$b" | sed 's/.*: load/load/' | cut -c1-90)"
+done
+
+step "no-GPU message (CUDA_VISIBLE_DEVICES=)"
+msg=$(CUDA_VISIBLE_DEVICES= "$BIN/worker-orcd" generate --model "$WORK/smollm2.gguf" --prompt-len 2 --max-tokens 1 2>&1)
+rc=$?
+echo "rc=$rc: $msg"
+if [ $rc -eq 1 ] && echo "$msg" | grep -q "no CUDA device found"; then ok=PASS; else ok=FAIL; fi
+row "no device: exit 1, one line" "$ok" ""
+
+printf '\n=== summary (%ss)\n' "$SECONDS"
+printf '%s\n' "${ROWS[@]}"
+exit $FAILED
