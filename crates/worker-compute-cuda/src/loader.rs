@@ -7,7 +7,9 @@ use crate::error::CudaError;
 /// Tries cudarc's candidate file names for `lib` (`"cuda"`, `"nvrtc"`, …); returns the first
 /// that loads, or every name tried.
 pub fn probe(lib: &str) -> Result<String, String> {
-    let names = cudarc::get_lib_name_candidates(lib);
+    let mut names = cudarc::get_lib_name_candidates(lib);
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
     for name in &names {
         // SAFETY: loading a CUDA library runs its initializers, which is what cudarc itself
         // does next with the same name; the handle is dropped (dlclose) right away.
