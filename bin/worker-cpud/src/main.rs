@@ -1,15 +1,20 @@
 //! `worker-cpud`: the llama-orch worker on the CPU backend.
 //!
-//! Today it loads and validates the model (GGUF structure and hyper-parameters) and reports
-//! it; inference and serving arrive with the CPU inference and HTTP worker issues, and until
-//! then it says so and exits 1 rather than pretend to serve.
+//! `check` loads and validates a model (GGUF structure and hyper-parameters) and reports it;
+//! `generate` runs one prompt through [`worker_engine`] and streams the text. Serving over
+//! HTTP arrives with the HTTP worker issue. This binary stays thin: parse flags, build the
+//! engine, print.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use worker_common::SamplingConfig;
+use worker_compute::{CpuBackend, CpuConfig};
+use worker_engine::{Completion, Engine, EngineConfig, Event, GenerationRequest};
 use worker_gguf::{GgufFile, HyperParams};
 
 #[derive(Parser)]
@@ -18,10 +23,54 @@ use worker_gguf::{GgufFile, HyperParams};
     version,
     about = "llama-orch worker, CPU backend"
 )]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and validate a model, print its shape, exit.
+    Check(ModelArg),
+    /// Generate a continuation of a prompt, streaming the text; then print tokens/s.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
     /// The GGUF model to load.
     #[arg(long, env = "WORKER_MODEL")]
     model: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The prompt; special tokens written in it (`<|im_start|>`) are parsed.
+    #[arg(long, env = "WORKER_PROMPT")]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, env = "WORKER_MAX_TOKENS", default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, env = "WORKER_TEMPERATURE", default_value_t = 0.8)]
+    temperature: f32,
+    /// Sampler seed; a fresh one when not given.
+    #[arg(long, env = "WORKER_SEED")]
+    seed: Option<u64>,
+    /// CPU threads per op (default: all cores).
+    #[arg(long, env = "WORKER_THREADS")]
+    threads: Option<usize>,
+    /// Stop strings (repeat the flag for several).
+    #[arg(long, env = "WORKER_STOP")]
+    stop: Vec<String>,
+    /// Positions per sequence, prompt included (capped at the model's context length).
+    #[arg(long, env = "WORKER_CTX_SIZE", default_value_t = 4096)]
+    ctx_size: usize,
+    /// Print one JSON line at the end instead of streaming the text.
+    #[arg(long, env = "WORKER_JSON")]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -35,10 +84,20 @@ fn main() -> ExitCode {
 }
 
 fn try_main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    match Cli::parse().command {
+        Command::Check(args) => check(&args),
+        Command::Generate(args) => generate(&args),
+    }
+}
+
+fn open(args: &ModelArg) -> anyhow::Result<GgufFile> {
+    GgufFile::open(&args.model)
+        .with_context(|| format!("cannot load model {}", args.model.display()))
+}
+
+fn check(args: &ModelArg) -> anyhow::Result<()> {
     let start = Instant::now();
-    let file = GgufFile::open(&args.model)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let file = open(args)?;
     let hp = HyperParams::from_metadata(file.metadata())
         .with_context(|| format!("{} is not a usable model", args.model.display()))?;
     let bytes: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
@@ -57,7 +116,83 @@ fn try_main() -> anyhow::Result<()> {
         file.tensors().len(),
         bytes as f64 / (1024.0 * 1024.0),
     );
-    anyhow::bail!(
-        "the CPU inference engine is not built yet; this build can only load and check models"
-    )
+    Ok(())
+}
+
+fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let file = open(&args.model)?;
+    let mut cpu = CpuConfig::default();
+    if let Some(threads) = args.threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        cpu.threads = threads;
+    }
+    let config = EngineConfig {
+        context: args.ctx_size,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), config)
+        .with_context(|| format!("cannot load model {}", args.model.model.display()))?;
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    let request = GenerationRequest {
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            seed,
+            ..SamplingConfig::default()
+        },
+        max_tokens: Some(args.max_tokens),
+        stop: args.stop.clone(),
+        ..GenerationRequest::new(args.prompt.clone())
+    };
+    let mut out = std::io::stdout().lock();
+    let mut end = None;
+    for event in engine.submit(request)? {
+        match event {
+            Event::Token(t) if !args.json => {
+                out.write_all(t.text.as_bytes())?;
+                out.flush()?;
+            }
+            Event::Token(_) => {}
+            Event::End(c) => end = Some(c),
+            Event::Error(e) => return Err(e).context("generation failed"),
+        }
+    }
+    let end = end.context("the engine ended without a result")?;
+    if args.json {
+        let line = serde_json::json!({
+            "prompt_ids": end.prompt_ids,
+            "ids": end.ids,
+            "text": end.text,
+            "stop_reason": end.stop_reason.as_str(),
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(out, "{}", end.tail)?;
+    }
+    report(&end, seed);
+    Ok(())
+}
+
+/// Prints timings to stderr, so stdout holds only the text (or the JSON line).
+fn report(end: &Completion, seed: u64) {
+    let t = &end.timings;
+    let rate = |r: Option<f64>| r.map_or_else(|| "n/a".to_string(), |r| format!("{r:.1}"));
+    eprintln!(
+        "prefill: {} tokens in {:.1} ms, {} tokens/s; decode: {} tokens in {:.1} ms, {} tokens/s; \
+         {} generated, stop: {}, seed {seed}",
+        t.prompt_tokens,
+        t.prefill.as_secs_f64() * 1e3,
+        rate(t.prefill_tokens_per_s()),
+        t.decode_steps,
+        t.decode.as_secs_f64() * 1e3,
+        rate(t.decode_tokens_per_s()),
+        end.ids.len(),
+        end.stop_reason.as_str(),
+    );
+}
+
+/// A seed from the clock, for runs that give none.
+fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -1,4 +1,51 @@
-//! The generation engine: queues jobs, tokenizes, runs prefill and decode through a model
-//! adapter, samples, detects stop conditions and streams UTF-8-safe text.
+//! The generation engine: queues requests, tokenizes prompts, runs prefill (the whole prompt
+//! as batched matmuls) and decode steps through a [`worker_models::Model`], samples with
+//! [`worker_common::Sampler`], detects stop conditions and streams UTF-8-safe text.
 //!
-//! Empty until the CPU inference issue lands. It must do no network IO.
+//! ```no_run
+//! use worker_compute::{CpuBackend, CpuConfig};
+//! use worker_engine::{Engine, EngineConfig, Event, GenerationRequest};
+//! let file = worker_gguf::GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let backend = Box::new(CpuBackend::new(CpuConfig::default()));
+//! let engine = Engine::load(&file, backend, EngineConfig::default())?;
+//! let mut request = GenerationRequest::new("The capital of France is");
+//! request.max_tokens = Some(16);
+//! for event in engine.submit(request)? {
+//!     match event {
+//!         Event::Token(t) => print!("{}", t.text),
+//!         Event::End(end) => println!("{}[{}]", end.tail, end.stop_reason.as_str()),
+//!         Event::Error(e) => eprintln!("{e}"),
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Structure
+//!
+//! [`Engine`] owns one thread that owns the model, the backend and N KV cache slots
+//! (llama.cpp's server slots). Requests arrive over a channel, each carrying its own
+//! [`EventSink`] (mistral.rs's reply channel). Every turn the loop drops cancelled requests,
+//! assigns queued requests to free slots, runs new prompts, then runs one decode step in which
+//! the next token of every generating slot goes through the model in a single forward call.
+//!
+//! **Architecture invariants**: this crate does no network IO and knows no wire format (no
+//! serde, no HTTP); it never names a concrete backend. Every request that
+//! [`Engine::submit`] accepts ends with exactly one terminal event ([`Event::End`] or
+//! [`Event::Error`]); bad requests are refused by `submit` itself. Stop strings are never
+//! streamed, not even in part, and streamed text never splits a UTF-8 character. Prompt and
+//! output text are never logged above debug level.
+#![deny(missing_docs)]
+
+mod engine;
+mod error;
+mod request;
+mod scheduler;
+pub mod stop;
+
+pub use engine::{Engine, EngineConfig, EngineInfo};
+pub use error::EngineError;
+pub use request::{
+    CancelHandle, Completion, Event, EventSink, Generation, GenerationRequest, Prompt, StopReason,
+    Timings, TokenEvent,
+};
+pub use worker_common::SamplingConfig;

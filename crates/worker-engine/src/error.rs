@@ -1,0 +1,58 @@
+//! The one error type of this crate.
+
+use worker_common::SamplingError;
+use worker_models::ModelError;
+use worker_tokenizer::TokenizerError;
+
+/// Everything that can go wrong loading the engine, accepting a request or generating.
+///
+/// The request errors ([`Self::EmptyPrompt`], [`Self::PromptTooLong`], [`Self::TokenOutOfRange`],
+/// [`Self::Sampling`], [`Self::Tokenize`]) are returned by [`crate::Engine::submit`] before
+/// anything is queued; the others arrive as [`crate::Event::Error`] during generation.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model could not be built (bad file, unsupported architecture, …).
+    #[error("cannot load the model: {0}")]
+    Load(#[from] ModelError),
+    /// The tokenizer could not be built from the model's metadata.
+    #[error("cannot build the tokenizer: {0}")]
+    Tokenizer(TokenizerError),
+    /// The prompt could not be tokenized, or a generated token could not be decoded.
+    #[error("tokenizer: {0}")]
+    Tokenize(TokenizerError),
+    /// The prompt has no tokens.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// The prompt does not leave room in the context to generate a token.
+    #[error(
+        "the prompt has {prompt_tokens} tokens but the context holds {context} positions; \
+         at most {} prompt tokens leave room to generate",
+        context.saturating_sub(1)
+    )]
+    PromptTooLong {
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+        /// Positions per sequence.
+        context: usize,
+    },
+    /// A prompt token id is outside the model's vocabulary.
+    #[error("prompt token id {id} is outside the vocabulary of {vocab_size}")]
+    TokenOutOfRange {
+        /// The id given.
+        id: u32,
+        /// The model's vocabulary size.
+        vocab_size: usize,
+    },
+    /// The sampling configuration is invalid.
+    #[error("invalid sampling configuration: {0}")]
+    Sampling(#[from] SamplingError),
+    /// The engine configuration is unusable (zero slots, …).
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+    /// A forward pass failed; the sequences in that batch end with this error.
+    #[error("forward pass failed: {0}")]
+    Forward(String),
+    /// The engine shut down before the request finished.
+    #[error("the engine shut down before the request finished")]
+    ShutDown,
+}
