@@ -131,8 +131,15 @@ fn compare(arch: &str, config: CpuConfig) -> Stats {
         }
     }
     eprintln!(
-        "tiny {arch} {:?}/{:?}: max abs err {:.5}, min cosine {:.7}, top-1 agreement {}/{}",
-        config.kernels, config.activations, st.max_abs, st.min_cos, st.top1_agree, st.positions
+        "tiny {arch} {:?}/{:?}: max abs err {:.5}, min cosine {:.7}, top-1 agreement {}/{} \
+         (reference: {})",
+        config.kernels,
+        config.activations,
+        st.max_abs,
+        st.min_cos,
+        st.top1_agree,
+        st.positions,
+        g["generator"].as_str().unwrap_or("?")
     );
     st
 }
