@@ -25,7 +25,8 @@
 //! [`Engine`] owns one thread that owns the model, the backend and N KV cache slots
 //! (llama.cpp's server slots). Requests arrive over a channel, each carrying its own
 //! [`EventSink`] (mistral.rs's reply channel). Every turn the loop drops cancelled requests,
-//! assigns queued requests to free slots, runs new prompts, then runs one decode step in which
+//! assigns queued requests to free slots, runs one prompt chunk of each new sequence (a long
+//! prompt never stalls the others for more than a chunk), then runs one decode step in which
 //! the next token of every generating slot goes through the model in a single forward call.
 //!
 //! **Architecture invariants**: this crate does no network IO and knows no wire format (no

@@ -1,6 +1,6 @@
 //! The engine loop: takes jobs from the channel, assigns them to KV cache slots, runs each
-//! slot's prompt as batched forward passes, then decodes every generating slot together in
-//! one forward call per step, samples, checks stop conditions and sends events.
+//! slot's prompt as batched forward passes (one chunk per turn), decodes every generating slot
+//! together in one forward call per turn, samples, checks stop conditions and sends events.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -36,7 +36,7 @@ pub(crate) struct Job {
 /// no sequence).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// The prompt has not run yet.
+    /// The prompt is running; `n_past` of its tokens are in the cache.
     Prefill,
     /// `next` was sampled and is fed at the next decode step.
     Generating { next: u32 },
@@ -267,8 +267,8 @@ impl<'t> Scheduler<'t> {
         self.queue.is_empty() && self.slots.iter().all(Option::is_none)
     }
 
-    /// One turn: drop cancelled work, admit queued jobs into free slots, run new prompts,
-    /// then one decode step for every generating slot.
+    /// One turn: drop cancelled work, admit queued jobs into free slots, run one prompt chunk
+    /// of every prefilling slot, then one decode step for every generating slot.
     fn step(&mut self) {
         self.drop_cancelled();
         self.admit();
@@ -314,38 +314,38 @@ impl<'t> Scheduler<'t> {
         }
     }
 
-    /// Runs the prompt of the sequence in slot `i` (in chunks of `max_batch` rows) and
-    /// samples its first token.
+    /// Runs the next chunk (at most `max_batch` tokens) of the prompt of the sequence in slot
+    /// `i` as one forward call; after the last chunk, samples its first token. One chunk per
+    /// turn keeps a long prompt from stalling the other slots' decoding.
     fn prefill(&mut self, i: usize) {
         let Some(seq) = self.slots[i].as_mut() else {
             return;
         };
         let vocab = self.vocab;
         let start = Instant::now();
-        let mut outcome = None;
-        for (c, chunk) in seq.tokens[..seq.prompt_len]
-            .chunks(self.max_batch)
-            .enumerate()
-        {
-            if seq.job.cancel.is_cancelled() {
-                outcome = Some(Outcome::Stop(StopReason::Cancelled));
-                break;
+        let end = (seq.n_past + self.max_batch).min(seq.prompt_len);
+        let b = SequenceBatch::new(
+            &seq.tokens[seq.n_past..end],
+            seq.n_past as u32,
+            i as u32,
+            false,
+        );
+        let result =
+            self.model
+                .forward(self.backend.as_mut(), &b.batch(), &mut self.logits[..vocab]);
+        let outcome = match result {
+            Err(e) => Some(Outcome::Fail(EngineError::Forward(e.to_string()))),
+            Ok(()) => {
+                seq.n_past = end;
+                seq.timings.prompt_tokens = end;
+                seq.timings.prefill += start.elapsed();
+                if end == seq.prompt_len {
+                    seq.sample_and_accept(self.tok, &mut self.logits[..vocab], self.context)
+                } else {
+                    None
+                }
             }
-            let b = SequenceBatch::new(chunk, (c * self.max_batch) as u32, i as u32, false);
-            if let Err(e) =
-                self.model
-                    .forward(self.backend.as_mut(), &b.batch(), &mut self.logits[..vocab])
-            {
-                outcome = Some(Outcome::Fail(EngineError::Forward(e.to_string())));
-                break;
-            }
-        }
-        if outcome.is_none() {
-            seq.n_past = seq.prompt_len;
-            seq.timings.prompt_tokens = seq.prompt_len;
-            seq.timings.prefill = start.elapsed();
-            outcome = seq.sample_and_accept(self.tok, &mut self.logits[..vocab], self.context);
-        }
+        };
         if let Some(outcome) = outcome {
             if let Some(seq) = self.slots[i].take() {
                 seq.finish(outcome);

@@ -265,3 +265,28 @@ fn bad_requests_are_refused_up_front() {
     assert_eq!(end.stop_reason, StopReason::MaxTokens);
     assert!(end.ids.is_empty());
 }
+
+#[test]
+fn streamed_text_never_splits_a_character() {
+    // Greedy SmolLM2 answers with emoji, each spread over three byte-level tokens.
+    let prompt = "<|im_start|>user\nWrite three emoji and the Chinese word for hello.<|im_end|>\n\
+                  <|im_start|>assistant\n";
+    let mut pieces = Vec::new();
+    let mut end = None;
+    for event in engine().submit(request(prompt, 0.0, 9)).unwrap() {
+        match event {
+            Event::Token(t) => pieces.push(t.text),
+            Event::End(c) => end = Some(c),
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    let end = end.unwrap();
+    assert_eq!(pieces.len(), 9);
+    assert!(
+        pieces.iter().any(String::is_empty),
+        "held-back bytes: {pieces:?}"
+    );
+    assert!(!end.text.contains('\u{FFFD}'), "{:?}", end.text);
+    assert_eq!(end.text.chars().count(), 3, "{:?}", end.text);
+    assert_eq!(pieces.concat(), end.text);
+}
