@@ -238,6 +238,16 @@ impl Generation {
     }
 }
 
+impl Drop for Generation {
+    /// Cancels the request if it has not ended, so a request still waiting for a slot is
+    /// dropped too, not only one that is generating.
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancel.cancel();
+        }
+    }
+}
+
 impl Iterator for Generation {
     type Item = Event;
 
