@@ -76,6 +76,13 @@ struct GenerateArgs {
 fn main() -> ExitCode {
     match try_main() {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`| head`): stop quietly, as ripgrep does.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("worker-cpud: {e:#}");
             ExitCode::FAILURE
