@@ -1,9 +1,9 @@
 //! `worker-cpud`: the llama-orch worker on the CPU backend.
 //!
 //! `check` loads and validates a model (GGUF structure and hyper-parameters) and reports it;
-//! `generate` runs one prompt through [`worker_engine`] and streams the text. Serving over
-//! HTTP arrives with the HTTP worker issue. This binary stays thin: parse flags, build the
-//! engine, print.
+//! `generate` runs one prompt through [`worker_engine`] and streams the text; `serve` loads
+//! the model and serves it over HTTP through [`worker_http`]. This binary stays thin: parse
+//! flags, build the engine, print or serve.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ use worker_common::SamplingConfig;
 use worker_compute::{CpuBackend, CpuConfig};
 use worker_engine::{Completion, Engine, EngineConfig, Event, GenerationRequest};
 use worker_gguf::{GgufFile, HyperParams};
+
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,8 @@ enum Command {
     Check(ModelArg),
     /// Generate a continuation of a prompt, streaming the text; then print tokens/s.
     Generate(GenerateArgs),
+    /// Serve the model over HTTP (llama-orch /execute, OpenAI-compatible routes).
+    Serve(serve::CpuServeArgs),
 }
 
 #[derive(Args)]
@@ -94,6 +98,7 @@ fn try_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Check(args) => check(&args),
         Command::Generate(args) => generate(&args),
+        Command::Serve(args) => serve::serve(&args),
     }
 }
 

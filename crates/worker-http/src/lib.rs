@@ -1,4 +1,44 @@
-//! The worker's HTTP face: llama-orch routes, OpenAI-compatible routes, Server-Sent Events,
-//! validation, auth and metrics. The only crate that knows JSON wire types.
+//! The worker's HTTP face: the llama-orch routes (`/execute` as Server-Sent Events, `/cancel`,
+//! `/health`), the OpenAI-compatible routes (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/models`), `/tokenize`, `/detokenize`, Prometheus `/metrics`, validation, bearer auth,
+//! correlation ids, the bounded wait queue and the ready callback. Every worker binary
+//! (`worker-cpud`, `worker-orcd`) serves through it unchanged.
 //!
-//! Empty until the HTTP worker issue lands.
+//! ```no_run
+//! # async fn run(engine: worker_engine::Engine, file: &worker_gguf::GgufFile) -> Result<(), worker_http::HttpError> {
+//! use std::sync::Arc;
+//! use worker_http::{ModelCard, Server, ServerConfig};
+//! let card = ModelCard::from_gguf("smollm2", file, &engine.info())?;
+//! let server = Server::new(Arc::new(engine), card, ServerConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! server.serve(listener, worker_http::shutdown_signal()).await
+//! # }
+//! ```
+//!
+//! **Architecture invariants**: this is the only crate that knows JSON and HTTP; the types it
+//! gets from `worker-engine` and `worker-common` are plain and are converted here, by hand or
+//! through the serde structs of the `openai` module. It must not run the model or sample:
+//! every generation goes through [`worker_engine::Engine`]. No request may panic the process,
+//! and prompt or output text is never logged above debug level nor echoed in an error.
+#![deny(missing_docs)]
+
+mod callback;
+mod cli;
+mod error;
+mod execute;
+mod json;
+mod metrics;
+mod middleware;
+mod model;
+mod openai;
+mod routes;
+mod state;
+mod time;
+mod validate;
+
+pub use callback::send_ready_callback;
+pub use cli::{run, ServeArgs, WorkerKind};
+pub use error::HttpError;
+pub use model::ModelCard;
+pub use routes::{shutdown_signal, Server};
+pub use state::ServerConfig;

@@ -1,0 +1,78 @@
+//! `worker-cpud serve`: load the model on the CPU backend, then hand over to
+//! [`worker_http::run`] (bind, ready callback, serve until SIGTERM/SIGINT).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use worker_common::MemoryArchitecture;
+use worker_compute::{CpuBackend, CpuConfig};
+use worker_engine::{Engine, EngineConfig};
+use worker_gguf::GgufFile;
+use worker_http::{ModelCard, ServeArgs, WorkerKind};
+
+/// Flags of `serve`: the shared worker flags plus the CPU thread count.
+#[derive(Args)]
+pub struct CpuServeArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// CPU threads per op (default: all cores).
+    #[arg(long, env = "WORKER_THREADS")]
+    threads: Option<usize>,
+}
+
+pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let s = &args.serve;
+    anyhow::ensure!(s.slots > 0, "--slots must be at least 1");
+    let mut cpu = CpuConfig::default();
+    if let Some(threads) = args.threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        cpu.threads = threads;
+    }
+    let start = Instant::now();
+    tracing::info!(model = %s.model.display(), slots = s.slots, "loading model");
+    let file = GgufFile::open(&s.model)
+        .with_context(|| format!("cannot load model {}", s.model.display()))?;
+    tracing::info!(
+        tensors = file.tensors().len(),
+        ms = start.elapsed().as_millis() as u64,
+        "model file mapped; uploading weights"
+    );
+    let config = EngineConfig {
+        slots: s.slots,
+        context: s.ctx_size,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), config)
+        .with_context(|| format!("cannot load model {}", s.model.display()))?;
+    let card = ModelCard::from_gguf(s.model_id(), &file, &engine.info())?;
+    tracing::info!(
+        ms = start.elapsed().as_millis() as u64,
+        memory_bytes = card.memory_bytes,
+        quant = card.quant_kind,
+        "model loaded"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let kind = WorkerKind {
+        worker_type: "cpu".into(),
+        memory_architecture: MemoryArchitecture::Host,
+    };
+    let result = runtime.block_on(worker_http::run(s, Arc::new(engine), card, kind));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}

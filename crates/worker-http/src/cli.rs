@@ -1,0 +1,136 @@
+//! The `serve` flags every worker binary shares, and the start-up sequence after the model is
+//! loaded: bind, announce, call back, serve until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use worker_common::{MemoryArchitecture, ReadyCallback};
+use worker_engine::Engine;
+
+use crate::{send_ready_callback, shutdown_signal, HttpError, ModelCard, Server, ServerConfig};
+
+/// Flags of `serve` (llama-orch's worker contract). Every flag is also read from the
+/// environment variable named beside it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// This worker's id, echoed in the ready callback.
+    #[arg(long, env = "WORKER_ID", default_value = "worker-0")]
+    pub worker_id: String,
+    /// The GGUF model to load.
+    #[arg(long, env = "WORKER_MODEL")]
+    pub model: PathBuf,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, env = "WORKER_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "WORKER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Where to POST the ready callback once serving (plain http).
+    #[arg(long, env = "WORKER_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+    /// Most tokens one request may generate.
+    #[arg(long, env = "WORKER_MAX_TOKENS_OUT", default_value_t = 2048)]
+    pub max_tokens_out: usize,
+    /// A request generating longer than this ends with a TIMEOUT error.
+    #[arg(long, env = "WORKER_INFERENCE_TIMEOUT_SEC", default_value_t = 300)]
+    pub inference_timeout_sec: u64,
+    /// Sequences generated concurrently (KV cache slots).
+    #[arg(long, env = "WORKER_SLOTS", default_value_t = 4)]
+    pub slots: usize,
+    /// Requests that may wait for a slot; beyond that, 503 with Retry-After.
+    #[arg(long, env = "WORKER_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+    /// Bearer token required on every route but /health.
+    #[arg(long, env = "WORKER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Positions per sequence, prompt included (capped at the model's context length).
+    #[arg(long, env = "WORKER_CTX_SIZE", default_value_t = 4096)]
+    pub ctx_size: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "WORKER_BODY_LIMIT", default_value_t = 1 << 20)]
+    pub body_limit: usize,
+    /// The model name clients see (default: the file name without `.gguf`).
+    #[arg(long, env = "WORKER_MODEL_NAME")]
+    pub model_name: Option<String>,
+}
+
+impl ServeArgs {
+    /// The server limits these flags ask for.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            max_tokens_out: self.max_tokens_out.max(1),
+            inference_timeout: Duration::from_secs(self.inference_timeout_sec.max(1)),
+            max_queue: self.max_queue,
+            body_limit: self.body_limit,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The model id clients see.
+    pub fn model_id(&self) -> String {
+        self.model_name.clone().unwrap_or_else(|| {
+            self.model
+                .file_stem()
+                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+        })
+    }
+}
+
+/// What the binary tells the pool manager about itself.
+#[derive(Clone, Debug)]
+pub struct WorkerKind {
+    /// `cpu`, `cuda`, …
+    pub worker_type: String,
+    /// Where the model's memory lives.
+    pub memory_architecture: MemoryArchitecture,
+}
+
+/// Binds, prints `listening on http://ADDR` on stdout, sends the ready callback (if asked),
+/// then serves until SIGTERM/SIGINT. A failed callback stops the server and is returned.
+pub async fn run(
+    args: &ServeArgs,
+    engine: Arc<Engine>,
+    card: ModelCard,
+    kind: WorkerKind,
+) -> Result<(), HttpError> {
+    let memory_bytes = card.memory_bytes;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let addr = listener.local_addr()?;
+    let uri = format!("http://{addr}");
+    let server = Server::new(engine, card, args.server_config());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            _ = stop_rx => {}
+        }
+    };
+    let serving = tokio::spawn(server.serve(listener, shutdown));
+    tracing::info!(%uri, "listening");
+    println!("listening on {uri}");
+    if let Some(url) = &args.callback_url {
+        let cb = ReadyCallback {
+            worker_id: args.worker_id.clone(),
+            model_ref: args.model.display().to_string(),
+            memory_bytes,
+            memory_architecture: kind.memory_architecture,
+            worker_type: kind.worker_type.clone(),
+            capabilities: ["execute", "cancel", "openai", "tokenize", "metrics"]
+                .map(String::from)
+                .to_vec(),
+            uri,
+        };
+        if let Err(e) = send_ready_callback(url, &cb, Duration::from_secs(10)).await {
+            tracing::error!(error = %e, "ready callback failed; exiting");
+            let _ = stop_tx.send(());
+            let _ = serving.await;
+            return Err(e);
+        }
+    }
+    match serving.await {
+        Ok(result) => result,
+        Err(e) => Err(HttpError::Io(std::io::Error::other(e.to_string()))),
+    }
+}

@@ -1,0 +1,83 @@
+//! What the server reports about its model: name, quantization, tokenizer, memory, and the
+//! chat template the chat route renders with.
+
+use std::collections::HashMap;
+
+use worker_engine::EngineInfo;
+use worker_gguf::{GgufFile, HyperParams};
+use worker_tokenizer::ChatTemplate;
+
+use crate::HttpError;
+
+/// Facts about the served model, read once from its GGUF file.
+#[derive(Debug)]
+pub struct ModelCard {
+    /// The model id clients see (`model` in responses, `/v1/models`).
+    pub id: String,
+    /// The storage type most weight bytes are in (`Q4_1`, `Q4_K`, `F16`, …).
+    pub quant_kind: String,
+    /// The GGUF tokenizer model (`gpt2`, `llama`).
+    pub tokenizer_kind: String,
+    /// Bytes of weights plus the KV cache.
+    pub memory_bytes: u64,
+    /// The chat template in the file, if any.
+    pub chat_template: Option<ChatTemplate>,
+    /// Text of the BOS token, for templates that print it.
+    pub bos_text: String,
+    /// Text of the EOS token, for templates that print it.
+    pub eos_text: String,
+}
+
+impl ModelCard {
+    /// Reads the card of `file`, served by an engine of shape `info` under the name `id`.
+    pub fn from_gguf(
+        id: impl Into<String>,
+        file: &GgufFile,
+        info: &EngineInfo,
+    ) -> Result<ModelCard, HttpError> {
+        let md = file.metadata();
+        let hp = HyperParams::from_metadata(md).map_err(|e| HttpError::Model(e.to_string()))?;
+        let mut by_type: HashMap<&'static str, u64> = HashMap::new();
+        let mut weights = 0u64;
+        for t in file.tensors() {
+            weights += t.n_bytes;
+            if t.shape.len() >= 2 {
+                *by_type.entry(t.ty.name()).or_default() += t.n_bytes;
+            }
+        }
+        let quant_kind = by_type
+            .into_iter()
+            .max_by_key(|&(name, bytes)| (bytes, name))
+            .map_or_else(|| "unknown".to_string(), |(name, _)| name.to_string());
+        // The KV cache holds f32 keys and values for every layer, slot and position.
+        let kv = u64::from(hp.block_count)
+            * info.slots as u64
+            * info.context as u64
+            * u64::from(hp.head_count_kv)
+            * u64::from(hp.head_dim + hp.value_head_dim)
+            * 4;
+        let token_text = |key: &str| -> String {
+            let Ok(id) = md.get_u32(key) else {
+                return String::new();
+            };
+            md.get_str_array("tokenizer.ggml.tokens")
+                .ok()
+                .and_then(|tokens| tokens.get(id as usize).cloned())
+                .unwrap_or_default()
+        };
+        let chat_template = ChatTemplate::from_gguf(md)
+            .map_err(|e| HttpError::Model(format!("chat template: {e}")))?;
+        Ok(ModelCard {
+            id: id.into(),
+            quant_kind,
+            tokenizer_kind: md
+                .get_str("tokenizer.ggml.model")
+                .unwrap_or("unknown")
+                .to_string(),
+            memory_bytes: weights + kv,
+            chat_template,
+            bos_text: token_text("tokenizer.ggml.bos_token_id"),
+            eos_text: token_text("tokenizer.ggml.eos_token_id"),
+        })
+    }
+}

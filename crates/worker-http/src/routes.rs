@@ -1,0 +1,269 @@
+//! The router, the small routes (`/health`, `/metrics`, `/tokenize`, `/detokenize`,
+//! `/v1/models`) and the server's life cycle (serve, drain, stop).
+
+use std::future::{Future, IntoFuture};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use worker_engine::Engine;
+use worker_tokenizer::EncodeOptions;
+
+use crate::error::ApiError;
+use crate::metrics::Gauges;
+use crate::model::ModelCard;
+use crate::state::{AppState, ServerConfig};
+use crate::validate::Fields;
+use crate::{execute, json, middleware, openai, HttpError};
+
+/// After a shutdown signal, open streams get this long to end before the server stops
+/// anyway (the contract allows 5 s in all).
+const DRAIN_GRACE: Duration = Duration::from_millis(4000);
+
+/// The HTTP server of one worker.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// A server for `engine`, reporting `card`.
+    pub fn new(engine: Arc<Engine>, card: ModelCard, config: ServerConfig) -> Self {
+        Server {
+            state: Arc::new(AppState::new(engine, card, config)),
+        }
+    }
+
+    /// Every route, with auth, correlation ids and the body limit.
+    pub fn router(&self) -> Router {
+        let state = self.state.clone();
+        Router::new()
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .route("/execute", post(execute::execute))
+            .route("/cancel", post(execute::cancel))
+            .route("/tokenize", post(tokenize))
+            .route("/detokenize", post(detokenize))
+            .route("/v1/models", get(openai::models))
+            .route("/v1/chat/completions", post(openai::chat_completions))
+            .route("/v1/completions", post(openai::completions))
+            .fallback(not_found)
+            .layer(DefaultBodyLimit::max(state.config.body_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                middleware::auth,
+            ))
+            .layer(axum::middleware::from_fn(middleware::correlation))
+            .with_state(state)
+    }
+
+    /// Serves on `listener` until `shutdown` completes; then stops accepting, ends every open
+    /// stream with a terminal `SHUTTING_DOWN` event and returns once they are closed (at most
+    /// a few seconds later).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HttpError> {
+        let state = self.state.clone();
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new connections, ending open streams");
+            state.begin_drain();
+            let _ = drained_tx.send(());
+        };
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(graceful)
+            .into_future();
+        let deadline = async move {
+            if drained_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => result?,
+            () = deadline => tracing::warn!("streams still open after the grace period; stopping"),
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// A fresh 64-bit value for seeds and ids: the process's random hasher keys mixed with a
+/// counter and the clock.
+pub(crate) fn fresh_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+async fn not_found() -> Response {
+    let mut e = ApiError::new(worker_common::ErrorCode::InvalidRequest, "no such route");
+    e.message = "no such route".into();
+    (StatusCode::NOT_FOUND, Json(e.body())).into_response()
+}
+
+/// `GET /health`: 200 while serving, 503 while draining.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let draining = state.is_draining();
+    let body = json!({
+        "status": if draining { "draining" } else { "ok" },
+        "model": state.card.id,
+        "quant_kind": state.card.quant_kind,
+        "tokenizer_kind": state.card.tokenizer_kind,
+        "vocab_size": state.info.vocab_size,
+        "context_length": state.info.context,
+        "memory_bytes": state.card.memory_bytes,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "slots_busy": state.slots_busy(),
+        "slots_total": state.info.slots,
+        "queue_depth": state.queue_depth(),
+    });
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(&Gauges {
+        queue_depth: state.queue_depth(),
+        slots_busy: state.slots_busy(),
+        slots_total: state.info.slots,
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `POST /tokenize {content, add_special?, parse_special?}` → `{tokens}`.
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = json::body_bytes(body)
+        .and_then(|b| json::object(&b))
+        .and_then(|obj| {
+            let mut f = Fields::new(&obj);
+            f.deny_unknown(&["content", "add_special", "parse_special"]);
+            let content = match obj.get("content") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                _ => f.required_string("content", execute::MAX_PROMPT_CHARS),
+            };
+            let flag = |f: &mut Fields, name: &str| match obj.get(name) {
+                None | Some(serde_json::Value::Null) => Some(false),
+                Some(serde_json::Value::Bool(b)) => Some(*b),
+                Some(_) => {
+                    f.errors.push(crate::error::FieldError::new(
+                        name,
+                        "a boolean",
+                        format!("{name} must be a boolean"),
+                    ));
+                    None
+                }
+            };
+            let add_special = flag(&mut f, "add_special");
+            let parse_special = flag(&mut f, "parse_special");
+            f.finish()?;
+            let options = EncodeOptions {
+                add_special: add_special.unwrap_or(false),
+                parse_special: parse_special.unwrap_or(false),
+            };
+            let text = content.unwrap_or_default();
+            tokio::task::block_in_place(|| state.engine.tokenizer().encode(&text, options)).map_err(
+                |_| ApiError::field("content", "tokenizable", "the text could not be tokenized"),
+            )
+        });
+    match result {
+        Ok(tokens) => Json(json!({ "tokens": tokens })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /detokenize {tokens}` → `{content}`.
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let vocab = state.info.vocab_size as u64;
+    let result =
+        json::body_bytes(body)
+            .and_then(|b| json::object(&b))
+            .and_then(|obj| {
+                let mut f = Fields::new(&obj);
+                f.deny_unknown(&["tokens"]);
+                f.finish()?;
+                let constraint = format!("an array of token ids < {vocab}");
+                let bad = || {
+                    ApiError::field(
+                        "tokens",
+                        &constraint,
+                        format!("tokens must be {constraint}"),
+                    )
+                };
+                let Some(serde_json::Value::Array(items)) = obj.get("tokens") else {
+                    return Err(bad());
+                };
+                let ids: Option<Vec<u32>> = items
+                    .iter()
+                    .map(|v| v.as_u64().filter(|&id| id < vocab).map(|id| id as u32))
+                    .collect();
+                let ids = ids.ok_or_else(bad)?;
+                state.engine.tokenizer().decode(&ids, false).map_err(|_| {
+                    ApiError::field("tokens", &constraint, "the ids could not be decoded")
+                })
+            });
+    match result {
+        Ok(content) => Json(json!({ "content": content })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
