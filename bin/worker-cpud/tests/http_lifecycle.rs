@@ -1,0 +1,148 @@
+//! End-to-end: start-up (ready callback) and shutdown (SIGTERM) of `worker-cpud serve`.
+
+mod http_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use http_support::{agent, Worker};
+use serde_json::{json, Value};
+
+/// Accepts one HTTP request on `listener`; before answering 200, asks the worker named in the
+/// payload for /health. Returns the payload and that /health status.
+fn receive_callback(listener: TcpListener) -> (Value, u16, String) {
+    let (stream, _) = listener.accept().expect("callback connection");
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let payload: Value = serde_json::from_slice(&body).expect("JSON payload");
+    let uri = payload["uri"].as_str().expect("uri").to_string();
+    let health = agent()
+        .get(&format!("{uri}/health"))
+        .call()
+        .map_or(0, |r| r.status().as_u16());
+    let mut stream = stream;
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    (payload, health, request_line)
+}
+
+#[test]
+fn ready_callback_arrives_after_the_server_answers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/ready", listener.local_addr().unwrap());
+    let receiver = std::thread::spawn(move || receive_callback(listener));
+    let w = Worker::start_cmd(&["--worker-id", "w-7", "--slots", "2"], |cmd| {
+        cmd.env("WORKER_CALLBACK_URL", &url);
+    });
+    let (payload, health, request_line) = receiver.join().unwrap();
+    assert!(request_line.starts_with("POST /ready "), "{request_line}");
+    assert_eq!(
+        health, 200,
+        "the worker answered /health during the callback"
+    );
+    assert_eq!(payload["worker_id"], "w-7");
+    assert!(payload["model_ref"]
+        .as_str()
+        .unwrap()
+        .ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert_eq!(payload["memory_architecture"], "host");
+    assert_eq!(payload["worker_type"], "cpu");
+    assert!(payload["memory_bytes"].as_u64().unwrap() > 50_000_000);
+    assert_eq!(payload["uri"], w.base.as_str());
+    let caps: Vec<&str> = payload["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        caps.contains(&"execute") && caps.contains(&"openai"),
+        "{caps:?}"
+    );
+    assert_eq!(
+        w.health()["memory_bytes"],
+        payload["memory_bytes"],
+        "health and callback agree"
+    );
+}
+
+#[test]
+fn a_failed_callback_exits_1_with_a_clear_line() {
+    // Nothing listens on a port we bound and closed.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let model = worker_testdata::model(worker_testdata::SMOLLM2);
+    let out = http_support::bin()
+        .args(["serve", "--port", "0", "--threads", "1", "--ctx-size", "64"])
+        .args(["--callback-url", &format!("http://127.0.0.1:{port}/ready")])
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ready callback"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn sigterm_ends_open_streams_and_exits_0_within_5_s() {
+    let mut w = Worker::start(&["--slots", "2"]);
+    let mut stream = w.execute_stream(&json!({
+        "job_id": "open", "prompt": "Once upon a time", "max_tokens": 400,
+    }));
+    for _ in 0..3 {
+        stream.next_event().unwrap();
+    }
+    let t0 = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut last = None;
+    while let Some(e) = stream.next_event() {
+        last = Some(e);
+    }
+    let last = last.expect("a terminal event");
+    assert_eq!(last.name, "error", "{last:?}");
+    assert_eq!(last.json()["code"], "SHUTTING_DOWN");
+    assert_eq!(last.json()["retriable"], true);
+    let status = loop {
+        if let Some(status) = w.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still running after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "exited {status} {:.0} ms after SIGTERM",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(status.success(), "{status}: {}", w.logs());
+}

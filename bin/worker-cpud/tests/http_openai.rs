@@ -1,0 +1,254 @@
+//! End-to-end: the OpenAI-compatible routes of `worker-cpud serve` on SmolLM2.
+
+mod http_support;
+
+use http_support::{generate_text, parse_sse, Worker};
+use serde_json::{json, Value};
+
+/// The `data:` payloads of an OpenAI stream, checking it ends with `[DONE]`.
+fn chunks(text: &str) -> Vec<Value> {
+    let events = parse_sse(text);
+    assert_eq!(
+        events.last().map(|e| e.data.as_str()),
+        Some("[DONE]"),
+        "{text}"
+    );
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            assert_eq!(e.name, "message");
+            e.json()
+        })
+        .collect()
+}
+
+#[test]
+fn chat_completions_streaming_and_not_agree() {
+    let w = Worker::start(&["--slots", "2"]);
+    let body = json!({
+        "model": "anything",
+        "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                     {"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 10, "temperature": 0,
+    });
+    let r = w.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json;
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["model"], "SmolLM2-135M-Instruct.Q4_1");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    let content = choice["message"]["content"].as_str().unwrap().to_string();
+    assert!(!content.trim().is_empty(), "{content:?}");
+    let usage = &v["usage"];
+    let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
+    assert!(completion_tokens <= 10);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + completion_tokens
+    );
+    let reason = choice["finish_reason"].as_str().unwrap();
+    assert_eq!(
+        reason,
+        if completion_tokens == 10 {
+            "length"
+        } else {
+            "stop"
+        }
+    );
+
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    stream_body["stream_options"] = json!({"include_usage": true});
+    let r = w.post("/v1/chat/completions", &stream_body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let chunks = chunks(&r.text);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    assert_eq!(text, content);
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], reason);
+    assert_eq!(chunks[n - 1]["choices"], json!([]));
+    assert_eq!(chunks[n - 1]["usage"], v["usage"]);
+    assert!(chunks[..n - 1].iter().all(|c| c["usage"].is_null()));
+
+    // Log-probabilities, and max_completion_tokens as the limit.
+    let r = w.post(
+        "/v1/chat/completions",
+        &json!({
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+            "max_completion_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2,
+        }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let lp = r.json["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(lp.len(), 3);
+    for t in &lp {
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 2);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(t["top_logprobs"][0]["token"], t["token"]);
+    }
+    assert_eq!(r.json["choices"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn completions_match_generate_and_stream_the_same_text() {
+    let w = Worker::start(&["--slots", "2"]);
+    let prompt = "The capital of France is";
+    let reference = generate_text(prompt, 8);
+    let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "seed": 1});
+    let r = w.post("/v1/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["object"], "text_completion");
+    assert_eq!(r.json["choices"][0]["text"], reference["text"]);
+    assert_eq!(r.json["choices"][0]["finish_reason"], "length");
+    assert_eq!(r.json["usage"]["prompt_tokens"], 5);
+    assert_eq!(r.json["usage"]["completion_tokens"], 8);
+
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    sb["logprobs"] = json!(2);
+    let r = w.post("/v1/completions", &sb);
+    let chunks = chunks(&r.text);
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(text, reference["text"].as_str().unwrap());
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+    let first = &chunks[0]["choices"][0]["logprobs"];
+    assert_eq!(first["tokens"], json!([" Paris"]));
+    assert_eq!(first["text_offset"], json!([0]));
+
+    // A stop string ends with finish_reason "stop" and is not part of the text.
+    let r = w.post(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "stop": ["."]}),
+    );
+    assert_eq!(r.json["choices"][0]["text"], " Paris");
+    assert_eq!(r.json["choices"][0]["finish_reason"], "stop");
+
+    let (status, models) = w.get_json("/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(models["data"][0]["object"], "model");
+}
+
+#[test]
+fn unsupported_and_invalid_options_get_openai_errors() {
+    let w = Worker::start(&["--slots", "1", "--max-tokens-out", "32"]);
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "n": 2}),
+            "n",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "tools": [{"type": "function"}]}),
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "max_tokens": 5, "max_completion_tokens": 5}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "max_tokens": 33}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "top_logprobs": 3}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "temperature": 3}),
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "top_p": 0}),
+            "top_p",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "stop": ["a", "b", "c", "d", "e"]}),
+            "stop",
+        ),
+        ("/v1/chat/completions", json!({"messages": []}), "messages"),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "frobnicate": 1}),
+            "body",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "max_tokens": "ten"}),
+            "body",
+        ),
+        ("/v1/chat/completions", json!({"msgs": msgs}), "body"),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "echo": true}),
+            "echo",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "best_of": 3}),
+            "best_of",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "suffix": "y"}),
+            "suffix",
+        ),
+        ("/v1/completions", json!({"prompt": ["x", "y"]}), "prompt"),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logprobs": 6}),
+            "logprobs",
+        ),
+    ];
+    for (path, body, param) in cases {
+        let r = w.post(path, &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        let e = &r.json["error"];
+        assert_eq!(e["type"], "invalid_request_error", "{body}: {}", r.text);
+        assert_eq!(e["param"], param, "{body}: {}", r.text);
+        assert!(!e["message"].as_str().unwrap().is_empty());
+        assert!(e["code"].is_string());
+    }
+    let r = w.post_raw("/v1/completions", b"{\"prompt\": ", &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json["error"]["type"], "invalid_request_error");
+    assert_eq!(w.wait_idle()["status"], "ok");
+}
