@@ -31,8 +31,8 @@ pub fn agent() -> ureq::Agent {
 }
 
 impl Worker {
-    /// `serve` on SmolLM2 with small test sizes and `extra` flags (which may repeat a default
-    /// flag to override it: clap takes the last one... so defaults go first).
+    /// `serve` on SmolLM2 with `extra` flags, and small test sizes for the flags `extra` does
+    /// not name.
     pub fn start(extra: &[&str]) -> Worker {
         Self::start_cmd(extra, |_| {})
     }
@@ -43,11 +43,15 @@ impl Worker {
         cmd.arg("serve")
             .arg("--model")
             .arg(&model)
-            .args(["--port", "0", "--threads", "1", "--ctx-size", "512"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        for (flag, value) in [("--port", "0"), ("--threads", "1"), ("--ctx-size", "512")] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
         edit(&mut cmd);
         let mut child = cmd.spawn().expect("spawn worker-cpud serve");
         let stderr = Arc::new(Mutex::new(String::new()));
