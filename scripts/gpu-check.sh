@@ -13,7 +13,8 @@
 # Steps: every op and weight type against the CPU backend (check-ops); random-weight copies
 # of both models (same metadata, types and shapes); CUDA against CPU logits and
 # teacher-forced greedy tokens on a few prompts; free-running greedy tokens on both
-# backends; the decode/prefill benchmark. A short table comes last.
+# backends; the decode/prefill benchmark (with kernels per decode step), the same without
+# CUDA graphs, and a per-kernel profile of a few decode steps. A short table comes last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${GPU_BIN:-gpu-bin}
@@ -31,7 +32,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 step "check-ops: every op and weight type, CUDA vs CPU"
 if timeout 120 "$BIN/worker-orcd" check-ops > "$WORK/ops.txt" 2>&1; then ok=PASS; else ok=FAIL; fi
 cat "$WORK/ops.txt"
-row "check-ops ($(grep -c '\[PASS\]' "$WORK/ops.txt") pass, $(grep -c '\[FAIL\]' "$WORK/ops.txt") fail)" "$ok" ""
+row "check-ops ($(grep -c '\[PASS\]' "$WORK/ops.txt") pass, $(grep -c '\[FAIL\]' "$WORK/ops.txt") fail, $(grep -c '\[SKIP\]' "$WORK/ops.txt") skip)" "$ok" ""
 
 step "synthesize random-weight models"
 for m in smollm2 qwen; do
@@ -64,7 +65,11 @@ for m in smollm2 qwen; do
     b=$(timeout 120 "$BIN/worker-orcd" bench --model "$f" --pp 512 --tg 128 --backend cuda 2>&1 | tail -1)
     echo "$b"
     case "$b" in bench*) ok=info ;; *) ok=FAIL ;; esac
-    row "$m bench (CUDA)" "$ok" "$(echo "$b" | sed 's/.*: load/load/' | cut -c1-90)"
+    row "$m bench (CUDA)" "$ok" "$(echo "$b" | sed 's/.*: load/load/' | cut -c1-130)"
+
+    step "decode without CUDA graphs, and a per-kernel profile of 8 decode steps ($m)"
+    timeout 120 "$BIN/worker-orcd" --cuda-graphs false bench --model "$f" --pp 512 --tg 32 --backend cuda 2>&1 | tail -1
+    timeout 120 "$BIN/worker-orcd" bench --model "$f" --pp 512 --tg 8 --profile-steps 8 --backend cuda 2>&1 | grep -A20 "kernel profile"
 done
 
 step "no-GPU message (CUDA_VISIBLE_DEVICES=)"

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use worker_compute::{Activations, ComputeBackend, CpuBackend, CpuConfig};
-use worker_compute_cuda::{CudaBackend, CudaConfig};
+use worker_compute_cuda::{CudaBackend, CudaConfig, LaunchStats};
 use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, Model, SequenceBatch};
 
@@ -29,6 +29,9 @@ struct Cli {
     /// CUDA device ordinal.
     #[arg(long, global = true, env = "WORKER_GPU_DEVICE", default_value_t = 0)]
     gpu_device: usize,
+    /// Replay repeated steps as CUDA graphs (`false` launches every kernel one by one).
+    #[arg(long, global = true, env = "WORKER_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set)]
+    cuda_graphs: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +93,10 @@ struct BenchArgs {
     /// Backend.
     #[arg(long, value_enum, default_value = "cuda")]
     backend: BackendKind,
+    /// CUDA: after the benchmark, time every kernel of this many more decode steps (events
+    /// around each launch, graphs off) and print the most expensive kernels.
+    #[arg(long, default_value_t = 0)]
+    profile_steps: usize,
 }
 
 fn main() -> ExitCode {
@@ -104,17 +111,34 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    let dev = Device {
+        ordinal: cli.gpu_device,
+        graphs: cli.cuda_graphs,
+    };
     match &cli.command {
-        Command::Generate(a) => generate(cli.gpu_device, a),
-        Command::Bench(a) => bench(cli.gpu_device, a),
-        Command::Compare(a) => check::compare(cli.gpu_device, a),
-        Command::CheckOps => check::check_ops(cli.gpu_device),
+        Command::Generate(a) => generate(dev, a),
+        Command::Bench(a) => bench(dev, a),
+        Command::Compare(a) => check::compare(dev, a),
+        Command::CheckOps => check::check_ops(dev),
     }
 }
 
+/// Which CUDA device, and how to drive it.
+#[derive(Clone, Copy, Debug)]
+pub struct Device {
+    /// CUDA device ordinal.
+    pub ordinal: usize,
+    /// Replay repeated steps as CUDA graphs.
+    pub graphs: bool,
+}
+
 /// Opens the CUDA device; its error is the one-line "no CUDA device found: …".
-pub fn open_cuda(device: usize) -> anyhow::Result<CudaBackend> {
-    let be = CudaBackend::new(CudaConfig { device })?;
+pub fn open_cuda(dev: Device) -> anyhow::Result<CudaBackend> {
+    let device = dev.ordinal;
+    let be = CudaBackend::new(CudaConfig {
+        device,
+        graphs: dev.graphs,
+    })?;
     let (free, total) = be.vram()?;
     eprintln!(
         "cuda device {device}: {} (compute_{}), {} MiB free of {} MiB",
@@ -129,21 +153,33 @@ pub fn open_cuda(device: usize) -> anyhow::Result<CudaBackend> {
 /// A backend of `kind`; for CUDA, refuses up front when the model will not fit in VRAM.
 pub fn open_backend(
     kind: BackendKind,
-    device: usize,
+    device: Device,
     file: &GgufFile,
     opts: &LoadOptions,
 ) -> anyhow::Result<Box<dyn ComputeBackend>> {
     Ok(match kind {
-        BackendKind::Cpu => Box::new(CpuBackend::new(CpuConfig {
-            activations: Activations::F32,
-            ..CpuConfig::default()
-        })),
-        BackendKind::Cuda => {
-            let be = open_cuda(device)?;
-            be.check_vram(required_vram(file, opts)?)?;
-            Box::new(be)
-        }
+        BackendKind::Cpu => Box::new(cpu_backend()),
+        BackendKind::Cuda => Box::new(open_cuda_for(device, file, opts)?),
     })
+}
+
+/// The CPU reference backend (f32 activations).
+pub fn cpu_backend() -> CpuBackend {
+    CpuBackend::new(CpuConfig {
+        activations: Activations::F32,
+        ..CpuConfig::default()
+    })
+}
+
+/// The CUDA backend, refused up front when the model will not fit in VRAM.
+fn open_cuda_for(
+    device: Device,
+    file: &GgufFile,
+    opts: &LoadOptions,
+) -> anyhow::Result<CudaBackend> {
+    let be = open_cuda(device)?;
+    be.check_vram(required_vram(file, opts)?)?;
+    Ok(be)
 }
 
 /// Weights, the f16 KV cache and the activation buffers a model will take on the device.
@@ -167,7 +203,7 @@ fn required_vram(file: &GgufFile, opts: &LoadOptions) -> anyhow::Result<u64> {
 /// Loads `path` on a fresh backend of `kind`.
 pub fn load_model(
     kind: BackendKind,
-    device: usize,
+    device: Device,
     path: &std::path::Path,
     opts: LoadOptions,
 ) -> anyhow::Result<(Box<dyn ComputeBackend>, Box<dyn Model>)> {
@@ -201,7 +237,7 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-fn generate(device: usize, a: &GenerateArgs) -> anyhow::Result<()> {
+fn generate(device: Device, a: &GenerateArgs) -> anyhow::Result<()> {
     let file = GgufFile::open(&a.model)?;
     let vocab = worker_gguf::HyperParams::from_metadata(file.metadata())?.vocab_size as usize;
     let prompt = match a.prompt_len {
@@ -255,39 +291,105 @@ fn generate(device: usize, a: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench(device: usize, a: &BenchArgs) -> anyhow::Result<()> {
+fn bench(device: Device, a: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.pp > 0, "--pp must be positive");
     let opts = LoadOptions {
         max_batch: a.pp,
-        max_positions: a.pp + a.tg + 1,
+        max_positions: a.pp + a.tg + a.profile_steps + 1,
         ..LoadOptions::default()
     };
     let t = Instant::now();
-    let (mut be, mut model) = load_model(a.backend, device, &a.model, opts)?;
-    let load_s = t.elapsed().as_secs_f64();
+    let file =
+        GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    match a.backend {
+        BackendKind::Cpu => {
+            let mut be = cpu_backend();
+            let model = load(&file, &mut be, opts)?;
+            bench_on(a, &mut be, model, t, |_| None)?;
+            Ok(())
+        }
+        BackendKind::Cuda => {
+            let mut be = open_cuda_for(device, &file, &opts)?;
+            let model = load(&file, &mut be, opts)?;
+            let (mut model, mut logits) =
+                bench_on(a, &mut be, model, t, |be| Some(be.launch_stats()))?;
+            if a.profile_steps > 0 {
+                be.start_profile()?;
+                for i in 0..a.profile_steps {
+                    let pos = (a.pp + a.tg + i) as u32;
+                    let step = SequenceBatch::new(&[argmax(&logits)], pos, 0, false);
+                    model.forward(&mut be, &step.batch(), &mut logits)?;
+                }
+                let prof = be.kernel_profile();
+                let steps = a.profile_steps as f64;
+                let total: f64 = prof.iter().map(|p| p.2).sum();
+                eprintln!(
+                    "kernel profile, per decode step: {:.3} ms of kernels",
+                    total / steps
+                );
+                for (name, n, ms) in prof.iter().take(16) {
+                    eprintln!(
+                        "  {name:<24} {:>6.1} launches {:>9.1} us {:>5.1}%",
+                        *n as f64 / steps,
+                        ms * 1e3 / steps,
+                        100.0 * ms / total.max(1e-12)
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The timed prefill and decode steps; `stats` reads the backend's launch counters.
+fn bench_on<B: ComputeBackend>(
+    a: &BenchArgs,
+    be: &mut B,
+    mut model: Box<dyn Model>,
+    started: Instant,
+    stats: impl Fn(&B) -> Option<LaunchStats>,
+) -> anyhow::Result<(Box<dyn Model>, Vec<f32>)> {
+    let load_s = started.elapsed().as_secs_f64();
     let vocab = model.hparams().vocab_size as usize;
     let prompt = pseudo_prompt(a.pp, vocab, 11);
     let mut logits = vec![0f32; vocab];
     let batch = SequenceBatch::new(&prompt, 0, 0, false);
     // Warm-up (first launches load the modules lazily), then the timed prefill.
-    model.forward(be.as_mut(), &batch.batch(), &mut logits)?;
+    model.forward(be, &batch.batch(), &mut logits)?;
     let t = Instant::now();
-    model.forward(be.as_mut(), &batch.batch(), &mut logits)?;
+    model.forward(be, &batch.batch(), &mut logits)?;
     let pp_s = t.elapsed().as_secs_f64();
+    let before = stats(be);
     let t = Instant::now();
     for i in 0..a.tg {
         let step = SequenceBatch::new(&[argmax(&logits)], (a.pp + i) as u32, 0, false);
-        model.forward(be.as_mut(), &step.batch(), &mut logits)?;
+        model.forward(be, &step.batch(), &mut logits)?;
     }
     let tg_s = t.elapsed().as_secs_f64();
+    let steps = a.tg.max(1) as f64;
+    let launches = match (before, stats(be)) {
+        (Some(b), Some(e)) => {
+            let per = |x: u64, y: u64| (y - x) as f64 / steps;
+            eprintln!(
+                "decode launch stats: {:.1} kernels/step, {:.1} direct launches/step, {:.2} graph launches/step, {} graphs captured in total",
+                per(b.kernels, e.kernels),
+                per(b.direct_launches, e.direct_launches),
+                per(b.graph_launches, e.graph_launches),
+                e.graphs_captured
+            );
+            format!(", {:.0} kernels/step", per(b.kernels, e.kernels))
+        }
+        _ => String::new(),
+    };
     println!(
-        "bench {} {}: load {load_s:.2}s, pp{} {:.1} tok/s, tg{} {:.1} tok/s",
+        "bench {} {}: load {load_s:.2}s, pp{} {:.1} tok/s, tg{} {:.1} tok/s, decode {:.3} ms/step{launches}",
         be.name(),
         a.model.display(),
         a.pp,
         a.pp as f64 / pp_s,
         a.tg,
-        a.tg as f64 / tg_s.max(1e-9)
+        a.tg as f64 / tg_s.max(1e-9),
+        tg_s * 1e3 / steps
     );
-    Ok(())
+    Ok((model, logits))
 }

@@ -70,13 +70,17 @@ extern "C" __global__ void layer_norm_f32(float* out, const float* x, const floa
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = (xr[i] - mean) * r * w[i] + b[i];
 }
 
-// Rotary embedding in place. Grid (rows, heads); thread i of a block rotates pair i.
+// Rotary embedding in place, of one or two tensors at the same positions (q and k in one
+// launch). Grid (rows, heads + heads2): block (r, h) rotates head h of x when h < heads, else
+// head h - heads of x2 (cols2 columns); thread i of a block rotates pair i.
 // theta_i = pos * freq_scale * base^(-2i/n_rot), in double like the CPU reference.
 extern "C" __global__ void rope_f32(float* x, const u32* pos, int cols, int head_dim, int n_rot,
-                                    float base, float freq_scale, int neox) {
+                                    float base, float freq_scale, int neox, int heads, float* x2,
+                                    int cols2) {
     int r = blockIdx.x, h = blockIdx.y;
     int half = n_rot / 2;
-    float* head = x + (size_t)r * cols + (size_t)h * head_dim;
+    float* head = h < heads ? x + (size_t)r * cols + (size_t)h * head_dim
+                            : x2 + (size_t)r * cols2 + (size_t)(h - heads) * head_dim;
     double t = (double)pos[r] * (double)freq_scale;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         double theta = t * pow((double)base, -2.0 * (double)i / (double)n_rot);
@@ -89,6 +93,24 @@ extern "C" __global__ void rope_f32(float* x, const u32* pos, int cols, int head
         head[a] = x0 * c - x1 * s;
         head[b] = x0 * s + x1 * c;
     }
+}
+
+// The residual add fused with the next RMS norm: x[r] += y[r]; out[r] = x[r] / rms(x[r]) * w.
+// One block per row; each thread reads back only the elements it wrote.
+extern "C" __global__ void add_rms_norm_f32(float* out, float* x, const float* y, const float* w,
+                                            float eps, int cols) {
+    float* xr = x + (size_t)blockIdx.x * cols;
+    const float* yr = y + (size_t)blockIdx.x * cols;
+    float* o = out + (size_t)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float v = xr[i] + yr[i];
+        xr[i] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    float r = 1.0f / sqrtf(ss / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = xr[i] * r * w[i];
 }
 
 // Index of the largest value of each row (the first on ties); one block per row.

@@ -58,17 +58,6 @@ __device__ __forceinline__ float dq_q8_0(const u8* row, int i) {
     return ldh(b) * (float)((const i8*)(b + 2))[i & 31];
 }
 
-// The 6-bit scale and min `j` (0..8) of a q4_K/q5_K super-block.
-__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
 // block_q4_K: d, dmin (f16), scales[12], qs[128]; 4 chunks of 64, each 32 low then 32 high
 // nibbles of qs[32c..32c+32].
 __device__ __forceinline__ float dq_q4_k(const u8* row, int i) {

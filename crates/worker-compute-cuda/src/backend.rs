@@ -4,14 +4,22 @@
 //! Kernels receive raw device addresses, so one op may read and write different handles of
 //! the same kind without borrow juggling; the handles' owners ([`CudaSlice`]s) live in this
 //! struct for as long as the backend does. All work is ordered on the one stream; only
-//! [`ComputeBackend::read_rows`] (and [`CudaBackend::argmax`]) wait for it.
+//! [`ComputeBackend::read_rows`] (and [`CudaBackend::argmax`], [`CudaBackend::synchronize`])
+//! wait for it.
+//!
+//! Ops do not launch their kernels at once: they queue them (see [`crate::queue`]), so that
+//! an op can fuse into the launch before it and a repeated step (a decode step) is replayed
+//! as a CUDA graph. The queue is flushed, in order, before every copy between host and
+//! device. Index vectors (token ids, positions, slots) live in one device arena with a host
+//! mirror: `write_index` only writes the mirror, and the flush uploads the changed range with
+//! one copy before the step's kernels.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    ValidAsZeroBits,
 };
 use worker_compute::{
     AttentionParams, ComputeBackend, ComputeError, IndexId, KvCacheConfig, KvCacheId, Result,
@@ -20,6 +28,7 @@ use worker_compute::{
 use worker_gguf::GgmlType;
 
 use crate::error::CudaError;
+use crate::queue::{Arg, Args, Launch, LaunchStats, Queue, Tag};
 use crate::{kernels, loader};
 
 /// Weight types with embedding and matmul kernels, and the kernel-name suffix of each.
@@ -46,11 +55,13 @@ const OTHER_KERNELS: &[&str] = &[
     "gelu_f32",
     "gather_rows_f32",
     "rms_norm_f32",
+    "add_rms_norm_f32",
     "layer_norm_f32",
     "rope_f32",
     "argmax_f32",
     "kv_store",
     "attention_f16",
+    "attention_decode_f16",
 ];
 
 /// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
@@ -59,12 +70,30 @@ const MAX_HEAD_DIM: usize = 256;
 const MM_ROWS: usize = 8;
 /// Output columns per matmul block (warps per block).
 const MM_COLS: usize = 4;
+/// Output rows per mat-vec block (`MV_WARPS` in matvec.cu).
+const MV_WARPS: usize = 4;
+/// Threads of a decode attention block (`AD_WARPS` warps in attention.cu).
+const AD_THREADS: u32 = 16 * 32;
+/// Entries of the index arena (one device allocation, uploaded with one copy per step);
+/// index vectors beyond it get their own allocation.
+const INDEX_ARENA: usize = 1 << 20;
 
 /// Where the backend runs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct CudaConfig {
     /// CUDA device ordinal.
     pub device: usize,
+    /// Capture repeated launch sequences (decode steps) as CUDA graphs and replay them.
+    pub graphs: bool,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        CudaConfig {
+            device: 0,
+            graphs: true,
+        }
+    }
 }
 
 struct Tensor {
@@ -74,10 +103,13 @@ struct Tensor {
     buf: CudaSlice<f32>,
 }
 
+/// An index vector: its host mirror is `index_host[off..off + len]`; on the device it sits
+/// at the same offset of the arena, or in `own` when the arena was full.
 struct Index {
-    host: Vec<u32>,
-    buf: CudaSlice<u32>,
+    off: usize,
+    len: usize,
     ptr: u64,
+    own: Option<CudaSlice<u32>>,
 }
 
 struct Weight {
@@ -99,25 +131,22 @@ struct KvCache {
     _bufs: (CudaSlice<u16>, CudaSlice<u16>),
 }
 
-/// A kernel argument.
-enum Arg {
-    /// A device address.
-    P(u64),
-    I(i32),
-    L(i64),
-    F(f32),
-}
-
 /// The CUDA implementation of [`ComputeBackend`].
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    funcs: HashMap<String, CudaFunction>,
+    funcs: Vec<CudaFunction>,
+    func_ids: HashMap<String, usize>,
+    queue: Queue,
     device: usize,
     arch: String,
     allocated: u64,
     tensors: Vec<Tensor>,
     indices: Vec<Index>,
+    index_host: Vec<u32>,
+    index_arena: Option<(CudaSlice<u32>, u64)>,
+    /// The arena range written since the last upload.
+    index_dirty: Option<(usize, usize)>,
     weights: Vec<Weight>,
     caches: Vec<KvCache>,
     argmax_out: Option<(CudaSlice<u32>, u64)>,
@@ -146,19 +175,24 @@ fn i32_of(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| shape(op, format!("{v} does not fit a kernel's i32 argument")))
 }
 
-fn grid_1d(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+/// Grid and block of a launch.
+#[derive(Clone, Copy)]
+struct Dims {
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+}
+
+fn grid_1d(n: usize) -> Dims {
+    Dims {
+        grid: (n.div_ceil(256) as u32, 1, 1),
+        block: (256, 1, 1),
     }
 }
 
-fn grid(x: usize, y: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (x as u32, y as u32, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
+fn grid(x: usize, y: usize, threads: u32) -> Dims {
+    Dims {
+        grid: (x as u32, y as u32, 1),
+        block: (threads, 1, 1),
     }
 }
 
@@ -183,12 +217,14 @@ impl CudaBackend {
         // SAFETY: every op of this backend runs on one stream in program order, so cudarc's
         // cross-stream event tracking is not needed; kernels get raw addresses anyway.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(driver("stream creation"))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(driver("compute capability"))?;
         let arch = format!("{major}{minor}");
-        let mut funcs = HashMap::new();
+        let mut funcs = Vec::new();
+        let mut func_ids = HashMap::new();
         for (file, ptx) in kernels::compile_all(&arch)? {
             let module = ctx.load_module(ptx).map_err(driver("module load"))?;
             let names = kernel_names();
@@ -197,18 +233,24 @@ impl CudaBackend {
                     what: "kernel lookup",
                     reason: format!("{name} in {file}: {e}"),
                 })?;
-                funcs.insert(name.clone(), f);
+                func_ids.insert(name.clone(), funcs.len());
+                funcs.push(f);
             }
         }
         Ok(CudaBackend {
             ctx,
             stream,
             funcs,
+            func_ids,
+            queue: Queue::new(config.graphs),
             device: config.device,
             arch,
             allocated: 0,
             tensors: Vec::new(),
             indices: Vec::new(),
+            index_host: Vec::new(),
+            index_arena: None,
+            index_dirty: None,
             weights: Vec::new(),
             caches: Vec::new(),
             argmax_out: None,
@@ -251,7 +293,56 @@ impl CudaBackend {
 
     /// Waits for all queued work (for timings).
     pub fn synchronize(&mut self) -> Result<()> {
+        self.flush("synchronize")?;
         self.stream.synchronize().map_err(op_err("synchronize"))
+    }
+
+    /// Kernel launch counters since start-up (the benchmark prints them per decode step).
+    pub fn launch_stats(&self) -> LaunchStats {
+        self.queue.stats
+    }
+
+    /// Starts timing every kernel with events (launches go one by one from now on, no
+    /// graphs); [`CudaBackend::kernel_profile`] reads the totals. For `bench --profile`.
+    pub fn start_profile(&mut self) -> Result<()> {
+        self.flush("start_profile")?;
+        self.queue.start_profile();
+        Ok(())
+    }
+
+    /// Per kernel name: (launches, total milliseconds) since [`CudaBackend::start_profile`],
+    /// the most expensive first.
+    pub fn kernel_profile(&self) -> Vec<(String, u64, f64)> {
+        let mut names = vec![String::new(); self.funcs.len()];
+        for (name, &i) in &self.func_ids {
+            if let Some(n) = names.get_mut(i) {
+                n.clone_from(name);
+            }
+        }
+        let mut v: Vec<(String, u64, f64)> = self
+            .queue
+            .profile()
+            .iter()
+            .enumerate()
+            .filter(|(_, &(n, _))| n > 0)
+            .map(|(i, &(n, ms))| (names.get(i).cloned().unwrap_or_default(), n, ms))
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
+    }
+
+    /// Uploads the index range written since the last flush, then submits the queued
+    /// launches in order. Called before every host interaction.
+    fn flush(&mut self, op: &'static str) -> Result<()> {
+        if let (Some((lo, hi)), Some((arena, _))) = (self.index_dirty, self.index_arena.as_mut()) {
+            self.index_dirty = None;
+            self.stream
+                .memcpy_htod(&self.index_host[lo..hi], &mut arena.slice_mut(lo..hi))
+                .map_err(op_err(op))?;
+        }
+        self.queue
+            .flush(&self.stream, &self.funcs)
+            .map_err(op_err(op))
     }
 
     /// The index of the largest value of each of the first `rows` rows of `src`, computed on
@@ -275,15 +366,22 @@ impl CudaBackend {
             let p = self.ptr(&buf);
             self.argmax_out = Some((buf, p));
         }
-        let Some((buf, op)) = &self.argmax_out else {
+        let Some(op) = self.argmax_out.as_ref().map(|(_, p)| *p) else {
             return Err(ComputeError::Alloc {
                 what: "argmax output",
                 bytes: rows as u128 * 4,
             });
         };
         let cfg = grid(rows, 1, 256);
-        let args = [Arg::P(*op), Arg::P(sp), Arg::I(i32_of(OP, cols)?)];
+        let args = [Arg::P(op), Arg::P(sp), Arg::I(i32_of(OP, cols)?)];
         self.launch(OP, "argmax_f32", cfg, &args)?;
+        self.flush(OP)?;
+        let Some((buf, _)) = &self.argmax_out else {
+            return Err(ComputeError::Alloc {
+                what: "argmax output",
+                bytes: rows as u128 * 4,
+            });
+        };
         let mut out = vec![0u32; rows];
         self.stream
             .memcpy_dtoh(&buf.slice(..rows), &mut out[..])
@@ -311,28 +409,41 @@ impl CudaBackend {
         p
     }
 
-    fn launch(&self, op: &'static str, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let f = self
-            .funcs
+    fn func_id(&self, op: &'static str, name: &str) -> Result<usize> {
+        self.func_ids
             .get(name)
+            .copied()
             .ok_or_else(|| ComputeError::Unsupported {
                 op,
                 reason: format!("kernel {name} is not loaded"),
-            })?;
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                Arg::P(v) => b.arg(v),
-                Arg::I(v) => b.arg(v),
-                Arg::L(v) => b.arg(v),
-                Arg::F(v) => b.arg(v),
-            };
-        }
-        // SAFETY: the argument list matches the kernel's C signature (checked by hand per
-        // call site against the .cu file), every address points into a live allocation of
-        // this backend, and the shapes and indices behind them were validated by the caller
-        // so every access the kernel makes is in bounds.
-        unsafe { b.launch(cfg) }.map_err(op_err(op))?;
+            })
+    }
+
+    /// Queues a launch (the argument list must match the kernel's C signature).
+    fn launch(&mut self, op: &'static str, name: &str, dims: Dims, args: &[Arg]) -> Result<()> {
+        self.launch_tagged(op, name, dims, args, Tag::Plain)
+    }
+
+    fn launch_tagged(
+        &mut self,
+        op: &'static str,
+        name: &str,
+        dims: Dims,
+        args: &[Arg],
+        tag: Tag,
+    ) -> Result<()> {
+        let func = self.func_id(op, name)?;
+        let args = Args::new(args).ok_or_else(|| ComputeError::Unsupported {
+            op,
+            reason: format!("kernel {name} takes more arguments than the launch queue holds"),
+        })?;
+        self.queue.push(Launch {
+            func,
+            grid: dims.grid,
+            block: dims.block,
+            args,
+            tag,
+        });
         Ok(())
     }
 
@@ -380,16 +491,20 @@ impl CudaBackend {
                 kind: "index",
                 id: id.raw(),
             })?;
-        let host = v.host.get(..rows).ok_or_else(|| {
-            shape(
+        if rows > v.len {
+            return Err(shape(
                 op,
                 format!(
                     "index {} has {} entries, {rows} rows asked",
                     id.raw(),
-                    v.host.len()
+                    v.len
                 ),
-            )
-        })?;
+            ));
+        }
+        let host = self
+            .index_host
+            .get(v.off..v.off + rows)
+            .ok_or_else(|| shape(op, format!("index {} is out of its mirror", id.raw())))?;
         Ok((host, v.ptr))
     }
 
@@ -411,7 +526,13 @@ impl CudaBackend {
         Ok((d.ptr, s.ptr, d.cols))
     }
 
-    fn elementwise(&self, op: &'static str, name: &str, n: usize, args: Vec<Arg>) -> Result<()> {
+    fn elementwise(
+        &mut self,
+        op: &'static str,
+        name: &str,
+        n: usize,
+        args: Vec<Arg>,
+    ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -427,21 +548,21 @@ fn kernel_names() -> Vec<String> {
     for (_, s) in WEIGHT_TYPES {
         v.push(format!("embed_{s}"));
         v.push(format!("matmul_{s}"));
+        v.push(format!("matvec_{s}"));
     }
     v
 }
 
 /// Which file defines a kernel.
 fn module_has(file: &str, name: &str) -> bool {
+    let quant = name.starts_with("embed_") || name.starts_with("matmul_");
+    let matvec = name.starts_with("matvec_");
+    let attention = name == "kv_store" || name.starts_with("attention_");
     match file {
-        "quant.cu" => name.starts_with("embed_") || name.starts_with("matmul_"),
-        "attention.cu" => name == "kv_store" || name == "attention_f16",
-        _ => {
-            !(name.starts_with("embed_")
-                || name.starts_with("matmul_")
-                || name == "kv_store"
-                || name == "attention_f16")
-        }
+        "quant.cu" => quant,
+        "matvec.cu" => matvec,
+        "attention.cu" => attention,
+        _ => !(quant || matvec || attention),
     }
 }
 
@@ -504,6 +625,7 @@ impl ComputeBackend for CudaBackend {
         }
         i32_of("upload_weight", d.cols)?;
         i32_of("upload_weight", d.rows)?;
+        self.flush("upload_weight")?;
         let (buf, suffix, row_bytes, vector) = if d.rows == 1 {
             // Vectors (norm weights, biases) are tiny and read by every row: keep f32.
             let mut v = vec![0f32; d.cols];
@@ -552,13 +674,25 @@ impl ComputeBackend for CudaBackend {
     }
 
     fn alloc_index(&mut self, len: usize) -> Result<IndexId> {
-        let buf = self.alloc::<u32>("index", len)?;
-        let ptr = self.ptr(&buf);
-        self.indices.push(Index {
-            host: vec![0; len],
-            buf,
-            ptr,
-        });
+        let off = self.index_host.len();
+        let end = off.checked_add(len).ok_or(ComputeError::Alloc {
+            what: "index",
+            bytes: len as u128 * 4,
+        })?;
+        if self.index_arena.is_none() {
+            let arena = self.alloc::<u32>("index arena", INDEX_ARENA)?;
+            let p = self.ptr(&arena);
+            self.index_arena = Some((arena, p));
+        }
+        let (ptr, own) = match &self.index_arena {
+            Some((_, base)) if end <= INDEX_ARENA => (base + off as u64 * 4, None),
+            _ => {
+                let buf = self.alloc::<u32>("index", len)?;
+                (self.ptr(&buf), Some(buf))
+            }
+        };
+        self.index_host.resize(end, 0);
+        self.indices.push(Index { off, len, ptr, own });
         Ok(IndexId::from_raw(self.indices.len() as u32 - 1))
     }
 
@@ -590,28 +724,46 @@ impl ComputeBackend for CudaBackend {
 
     fn write_index(&mut self, dst: IndexId, data: &[u32]) -> Result<()> {
         const OP: &str = "write_index";
-        let v = self
-            .indices
-            .get_mut(dst.raw() as usize)
-            .ok_or(ComputeError::UnknownHandle {
-                op: OP,
-                kind: "index",
-                id: dst.raw(),
-            })?;
-        let n = v.host.len();
-        let Some(host) = v.host.get_mut(..data.len()) else {
+        let (off, len) = {
+            let v = self
+                .indices
+                .get(dst.raw() as usize)
+                .ok_or(ComputeError::UnknownHandle {
+                    op: OP,
+                    kind: "index",
+                    id: dst.raw(),
+                })?;
+            (v.off, v.len)
+        };
+        if data.len() > len {
             return Err(shape(
                 OP,
-                format!("{} entries into an index of {n}", data.len()),
+                format!("{} entries into an index of {len}", data.len()),
             ));
-        };
+        }
         if data.is_empty() {
             return Ok(());
         }
-        host.copy_from_slice(data);
-        self.stream
-            .memcpy_htod(data, &mut v.buf.slice_mut(..data.len()))
-            .map_err(op_err(OP))
+        // Launches queued before this write must see the old values.
+        if self.queue.has_pending() {
+            self.flush(OP)?;
+        }
+        let end = off + data.len();
+        self.index_host[off..end].copy_from_slice(data);
+        let i = dst.raw() as usize;
+        match self.indices.get_mut(i).and_then(|v| v.own.as_mut()) {
+            Some(buf) => self
+                .stream
+                .memcpy_htod(data, &mut buf.slice_mut(..data.len()))
+                .map_err(op_err(OP)),
+            None => {
+                self.index_dirty = Some(match self.index_dirty {
+                    Some((lo, hi)) => (lo.min(off), hi.max(end)),
+                    None => (off, end),
+                });
+                Ok(())
+            }
+        }
     }
 
     fn write_rows(&mut self, dst: TensorId, data: &[f32]) -> Result<()> {
@@ -638,6 +790,14 @@ impl ComputeBackend for CudaBackend {
         if data.is_empty() {
             return Ok(());
         }
+        self.flush(OP)?;
+        let Some(t) = self.tensors.get_mut(dst.raw() as usize) else {
+            return Err(ComputeError::UnknownHandle {
+                op: OP,
+                kind: "tensor",
+                id: dst.raw(),
+            });
+        };
         self.stream
             .memcpy_htod(data, &mut t.buf.slice_mut(..data.len()))
             .map_err(op_err(OP))
@@ -657,6 +817,8 @@ impl ComputeBackend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        self.flush(OP)?;
+        let t = self.tensor(OP, src)?;
         self.stream
             .memcpy_dtoh(&t.buf.slice(..n), out)
             .map_err(op_err(OP))?;
@@ -738,12 +900,47 @@ impl ComputeBackend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
+        let cols_i = i32_of(OP, cols)?;
+        // Fused: when the launch before is the residual add into `x` over the same rows, one
+        // kernel adds and normalizes (each row's sum of squares is taken after the add).
+        let fuse = self.func_id(OP, "add_rms_norm_f32")?;
+        let fused_args = |src| {
+            Args::new(&[
+                Arg::P(op),
+                Arg::P(xp),
+                Arg::P(src),
+                Arg::P(wp),
+                Arg::F(eps),
+                Arg::I(cols_i),
+            ])
+        };
+        if let Some(last) = self.queue.last_mut() {
+            if let Tag::Add {
+                dst,
+                src,
+                rows: ar,
+                cols: ac,
+            } = last.tag
+            {
+                if let (true, Some(args)) = (dst == xp && ar == rows && ac == cols, fused_args(src))
+                {
+                    *last = Launch {
+                        func: fuse,
+                        grid: (rows as u32, 1, 1),
+                        block: (256, 1, 1),
+                        args,
+                        tag: Tag::Plain,
+                    };
+                    return Ok(());
+                }
+            }
+        }
         let args = [
             Arg::P(op),
             Arg::P(xp),
             Arg::P(wp),
             Arg::F(eps),
-            Arg::I(i32_of(OP, cols)?),
+            Arg::I(cols_i),
         ];
         self.launch(OP, "rms_norm_f32", grid(rows, 1, 256), &args)
     }
@@ -790,6 +987,22 @@ impl ComputeBackend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
+        if rows == 1 && wt.cols.is_multiple_of(32) {
+            // Decode: one warp per output row (matvec.cu).
+            let name = format!("matvec_{}", wt.suffix);
+            let args = [
+                Arg::P(o.ptr),
+                Arg::P(xt.ptr),
+                Arg::P(wt.ptr),
+                Arg::P(0),
+                Arg::I(i32_of(OP, wt.rows)?),
+                Arg::I(i32_of(OP, wt.cols)?),
+                Arg::L(wt.row_bytes as i64),
+            ];
+            let dims = grid(wt.rows.div_ceil(MV_WARPS), 1, 32 * MV_WARPS as u32);
+            let tag = Tag::Matvec { out: o.ptr };
+            return self.launch_tagged(OP, &name, dims, &args, tag);
+        }
         let blocks_y = rows.div_ceil(MM_ROWS);
         if blocks_y > 65_535 {
             return Err(shape(OP, format!("{rows} rows in one matmul")));
@@ -811,7 +1024,17 @@ impl ComputeBackend for CudaBackend {
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
         const OP: &str = "add";
         let (d, s, cols) = self.pair(OP, dst, src, rows)?;
-        self.elementwise(OP, "add_f32", rows * cols, vec![Arg::P(d), Arg::P(s)])
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let args = [Arg::P(d), Arg::P(s), Arg::L((rows * cols) as i64)];
+        let tag = Tag::Add {
+            dst: d,
+            src: s,
+            rows,
+            cols,
+        };
+        self.launch_tagged(OP, "add_f32", grid_1d(rows * cols), &args, tag)
     }
 
     fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()> {
@@ -823,6 +1046,15 @@ impl ComputeBackend for CudaBackend {
         let n = rows * cols;
         if n == 0 {
             return Ok(());
+        }
+        // Fused: the mat-vec that just wrote `dst` adds the bias as it stores.
+        if let Some(last) = self.queue.last_mut() {
+            if last.tag == (Tag::Matvec { out: dp }) && rows == 1 {
+                if let Some(b @ Arg::P(0)) = last.args.as_mut_slice().get_mut(3) {
+                    *b = Arg::P(bp);
+                    return Ok(());
+                }
+            }
         }
         let args = [
             Arg::P(dp),
@@ -857,17 +1089,42 @@ impl ComputeBackend for CudaBackend {
         if p.heads > 65_535 {
             return Err(shape(OP, format!("{} heads", p.heads)));
         }
+        let (xp, cols) = (t.ptr, i32_of(OP, t.cols)?);
+        let heads = i32_of(OP, p.heads)?;
         let args = [
-            Arg::P(t.ptr),
+            Arg::P(xp),
             Arg::P(pp),
-            Arg::I(i32_of(OP, t.cols)?),
+            Arg::I(cols),
             Arg::I(i32_of(OP, p.head_dim)?),
             Arg::I(i32_of(OP, p.n_rot)?),
             Arg::F(p.base),
             Arg::F(p.freq_scale),
             Arg::I(i32::from(p.mode == RopeMode::Neox)),
+            Arg::I(heads),
+            Arg::P(0),
+            Arg::I(0),
         ];
-        self.launch(OP, "rope_f32", grid(rows, p.heads, 64), &args)
+        // Fused: a rope of another tensor with the same positions and parameters just before
+        // (q, then k) becomes one launch over both tensors' heads.
+        if let Some(last) = self.queue.last_mut() {
+            let prev = last.args.as_mut_slice();
+            if last.tag == (Tag::Rope { rows })
+                && prev.len() == args.len()
+                && prev[0] != Arg::P(xp)
+                && prev[1] == args[1]
+                && prev[3..8] == args[3..8]
+                && prev[9] == Arg::P(0)
+                && last.grid.1 as usize + p.heads <= 65_535
+            {
+                prev[9] = Arg::P(xp);
+                prev[10] = Arg::I(cols);
+                last.grid.1 += p.heads as u32;
+                last.tag = Tag::Plain;
+                return Ok(());
+            }
+        }
+        let dims = grid(rows, p.heads, 64);
+        self.launch_tagged(OP, "rope_f32", dims, &args, Tag::Rope { rows })
     }
 
     fn attention(
@@ -954,10 +1211,34 @@ impl ComputeBackend for CudaBackend {
             return Ok(());
         }
         let [qp, kp, vp, op] = ptrs;
+        let (kc, vc) = (kv.k, kv.v);
         let common = |v: usize| i32_of(OP, v);
+        if rows == 1 && hd.is_multiple_of(8) && vhd.is_multiple_of(2) {
+            // Decode: one kernel stores this row's key/value and attends (attention.cu).
+            let args = [
+                Arg::P(op),
+                Arg::P(qp),
+                Arg::P(kp),
+                Arg::P(vp),
+                Arg::P(kc),
+                Arg::P(vc),
+                Arg::P(pp),
+                Arg::P(sp),
+                Arg::I(common(p.heads)?),
+                Arg::I(common(p.kv_heads)?),
+                Arg::I(common(hd)?),
+                Arg::I(common(vhd)?),
+                Arg::F(p.scale),
+                Arg::I(common(p.layer)?),
+                Arg::I(common(cfg.slots)?),
+                Arg::I(common(cfg.max_positions)?),
+            ];
+            let dims = grid(p.heads, 1, AD_THREADS);
+            return self.launch(OP, "attention_decode_f16", dims, &args);
+        }
         let store = [
-            Arg::P(kv.k),
-            Arg::P(kv.v),
+            Arg::P(kc),
+            Arg::P(vc),
             Arg::P(kp),
             Arg::P(vp),
             Arg::P(pp),
@@ -973,8 +1254,8 @@ impl ComputeBackend for CudaBackend {
         let attend = [
             Arg::P(op),
             Arg::P(qp),
-            Arg::P(kv.k),
-            Arg::P(kv.v),
+            Arg::P(kc),
+            Arg::P(vc),
             Arg::P(pp),
             Arg::P(sp),
             Arg::I(common(p.heads)?),

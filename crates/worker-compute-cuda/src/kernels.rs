@@ -12,6 +12,7 @@ pub const COMMON: &str = include_str!("../kernels/common.cuh");
 pub const FILES: &[(&str, &str)] = &[
     ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
     ("quant.cu", include_str!("../kernels/quant.cu")),
+    ("matvec.cu", include_str!("../kernels/matvec.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
 ];
 

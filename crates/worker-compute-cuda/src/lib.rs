@@ -4,7 +4,7 @@
 //! ```no_run
 //! use worker_compute::ComputeBackend;
 //! use worker_compute_cuda::{CudaBackend, CudaConfig};
-//! let mut gpu = CudaBackend::new(CudaConfig { device: 0 })?;
+//! let mut gpu = CudaBackend::new(CudaConfig { device: 0, ..CudaConfig::default() })?;
 //! let x = gpu.alloc_tensor(1, 4)?;
 //! gpu.write_rows(x, &[1.0, 2.0, 3.0, 4.0])?;
 //! gpu.gelu(x, 1)?;
@@ -30,6 +30,8 @@ mod backend;
 mod error;
 pub mod kernels;
 pub mod loader;
+mod queue;
 
 pub use backend::{CudaBackend, CudaConfig, WEIGHT_TYPES};
 pub use error::CudaError;
+pub use queue::LaunchStats;

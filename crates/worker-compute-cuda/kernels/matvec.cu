@@ -1,0 +1,286 @@
+// Matrix-vector products for decode (one activation row): out[j] = dot(x, w[j]) (+ bias[j]).
+//
+// One warp per output row j, MV_WARPS warps per block. Lane l takes the 32-element chunks
+// c = l, l + 32, ... of the row: it loads the chunk's quantized bytes with the widest loads
+// the block layout's alignment allows (u32 where blocks are 4-byte aligned, u16 otherwise)
+// and the 32 activations with 8 float4 loads (x stays in L1), and accumulates in f32; the
+// lanes are summed with shuffles. Adjacent lanes read adjacent blocks, so a warp streams a
+// contiguous stretch of the row. Every row length here is a multiple of 32 (checked by the
+// host), and a chunk never straddles a block (block sizes are 32 or 256).
+//
+// Each `dot32_<type>(row, c, xc)` returns sum_{e<32} w[32c + e] * xc[e], with exactly the
+// dequantization of the `dq_<type>` element functions in quant.cu (ggml's block layouts).
+
+#define MV_WARPS 4
+
+__device__ __forceinline__ void load_x32(const float* xc, float* xs) {
+    const float4* p = (const float4*)xc;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        float4 v = p[i];
+        xs[4 * i] = v.x;
+        xs[4 * i + 1] = v.y;
+        xs[4 * i + 2] = v.z;
+        xs[4 * i + 3] = v.w;
+    }
+}
+
+__device__ __forceinline__ float sum32(const float* xs) {
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s += xs[i];
+    return s;
+}
+
+// Byte i of 16 bytes held as 8 u16 or 4 u32 words (little-endian).
+__device__ __forceinline__ u32 byte16(const u16* w, int i) { return (w[i >> 1] >> (8 * (i & 1))) & 0xffu; }
+__device__ __forceinline__ u32 byte32(const u32* w, int i) { return (w[i >> 2] >> (8 * (i & 3))) & 0xffu; }
+
+// sum_e nib(e) * x[e] for a 4-bit chunk stored as 16 bytes: element e < 16 is the low
+// nibble of byte e, element e >= 16 the high nibble of byte e - 16 (q4_0/q4_1/q5 layout).
+__device__ __forceinline__ float dot_nib16(const u16* q, const float* xs) {
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+        u32 b = byte16(q, e);
+        s += (float)(b & 15u) * xs[e] + (float)(b >> 4) * xs[e + 16];
+    }
+    return s;
+}
+
+__device__ __forceinline__ float dot32_f32(const u8* row, int c, const float* xc) {
+    float xs[32], ws[32];
+    load_x32(xc, xs);
+    load_x32((const float*)(row + (size_t)c * 128), ws);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s += ws[i] * xs[i];
+    return s;
+}
+
+__device__ __forceinline__ float dot32_f16(const u8* row, int c, const float* xc) {
+    float xs[32];
+    load_x32(xc, xs);
+    const uint4* p = (const uint4*)(row + (size_t)c * 64);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint4 v = p[i];
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+            s += h2f((u16)(w[h] & 0xffffu)) * xs[8 * i + 2 * h];
+            s += h2f((u16)(w[h] >> 16)) * xs[8 * i + 2 * h + 1];
+        }
+    }
+    return s;
+}
+
+__device__ __forceinline__ float dot32_bf16(const u8* row, int c, const float* xc) {
+    float xs[32];
+    load_x32(xc, xs);
+    const uint4* p = (const uint4*)(row + (size_t)c * 64);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        uint4 v = p[i];
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+            s += __uint_as_float(w[h] << 16) * xs[8 * i + 2 * h];
+            s += __uint_as_float(w[h] & 0xffff0000u) * xs[8 * i + 2 * h + 1];
+        }
+    }
+    return s;
+}
+
+// block_q4_0 (18 bytes, 2-byte aligned): d, qs[16]; value nib - 8.
+__device__ __forceinline__ float dot32_q4_0(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)c * 18;
+    float xs[32];
+    load_x32(xc, xs);
+    const u16* q16 = (const u16*)(b + 2);
+    u16 q[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = q16[i];
+    return ldh(b) * (dot_nib16(q, xs) - 8.0f * sum32(xs));
+}
+
+// block_q4_1 (20 bytes, 4-byte aligned): d, m, qs[16]; value d * nib + m.
+__device__ __forceinline__ float dot32_q4_1(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)c * 20;
+    float xs[32];
+    load_x32(xc, xs);
+    const u32* q32 = (const u32*)(b + 4);
+    u32 q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = q32[i];
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+        u32 v = byte32(q, e);
+        s += (float)(v & 15u) * xs[e] + (float)(v >> 4) * xs[e + 16];
+    }
+    return ldh(b) * s + ldh(b + 2) * sum32(xs);
+}
+
+// sum_e (nib(e) | bit(e) << 4) * x[e] for a q5 chunk: 16 nibble bytes plus a u32 of high bits.
+__device__ __forceinline__ float dot_q5(const u32* q, u32 qh, const float* xs) {
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+        u32 v = byte32(q, e);
+        u32 lo = (v & 15u) | (((qh >> e) & 1u) << 4);
+        u32 hi = (v >> 4) | (((qh >> (e + 16)) & 1u) << 4);
+        s += (float)lo * xs[e] + (float)hi * xs[e + 16];
+    }
+    return s;
+}
+
+// block_q5_0 (22 bytes, 2-byte aligned): d, qh[4], qs[16]; value (nib | bit << 4) - 16.
+__device__ __forceinline__ float dot32_q5_0(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)c * 22;
+    float xs[32];
+    load_x32(xc, xs);
+    const u16* p = (const u16*)(b + 2);
+    u16 w[10];
+#pragma unroll
+    for (int i = 0; i < 10; ++i) w[i] = p[i];
+    u32 qh = (u32)w[0] | ((u32)w[1] << 16);
+    u32 q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = (u32)w[2 + 2 * i] | ((u32)w[3 + 2 * i] << 16);
+    return ldh(b) * (dot_q5(q, qh, xs) - 16.0f * sum32(xs));
+}
+
+// block_q5_1 (24 bytes, 8-byte aligned): d, m, qh[4], qs[16]; value d * (nib | bit << 4) + m.
+__device__ __forceinline__ float dot32_q5_1(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)c * 24;
+    float xs[32];
+    load_x32(xc, xs);
+    const u32* p = (const u32*)(b + 4);
+    u32 w[5];
+#pragma unroll
+    for (int i = 0; i < 5; ++i) w[i] = p[i];
+    return ldh(b) * dot_q5(w + 1, w[0], xs) + ldh(b + 2) * sum32(xs);
+}
+
+// block_q8_0 (34 bytes, 2-byte aligned): d, qs[32] (i8).
+__device__ __forceinline__ float dot32_q8_0(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)c * 34;
+    float xs[32];
+    load_x32(xc, xs);
+    const u16* p = (const u16*)(b + 2);
+    u16 w[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) w[i] = p[i];
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        s += (float)(i8)(w[i] & 0xffu) * xs[2 * i];
+        s += (float)(i8)(w[i] >> 8) * xs[2 * i + 1];
+    }
+    return ldh(b) * s;
+}
+
+// block_q4_K (144 bytes, 16-byte aligned): d, dmin, scales[12], qs[128]. Chunk j (0..8) of a
+// super-block uses scale/min j and the low (j even) or high (j odd) nibbles of
+// qs[32 (j / 2) .. + 32].
+__device__ __forceinline__ float dot32_q4_k(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)(c >> 3) * 144;
+    int j = c & 7;
+    float xs[32];
+    load_x32(xc, xs);
+    const uint4* p = (const uint4*)(b + 16 + 32 * (j >> 1));
+    uint4 v0 = p[0], v1 = p[1];
+    u32 q[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    int shift = (j & 1) * 4;
+    float s = 0.0f;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) s += (float)((byte32(q, l) >> shift) & 15u) * xs[l];
+    int sc, m;
+    scale_min_k4(j, b + 4, &sc, &m);
+    return ldh(b) * (float)sc * s - ldh(b + 2) * (float)m * sum32(xs);
+}
+
+// block_q5_K (176 bytes, 16-byte aligned): d, dmin, scales[12], qh[32], qs[128]; chunk j adds
+// bit j of qh[l] as the 5th bit.
+__device__ __forceinline__ float dot32_q5_k(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)(c >> 3) * 176;
+    int j = c & 7;
+    float xs[32];
+    load_x32(xc, xs);
+    const uint4* p = (const uint4*)(b + 48 + 32 * (j >> 1));
+    const uint4* ph = (const uint4*)(b + 16);
+    uint4 v0 = p[0], v1 = p[1], h0 = ph[0], h1 = ph[1];
+    u32 q[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    u32 qh[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+    int shift = (j & 1) * 4;
+    float s = 0.0f;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        u32 v = ((byte32(q, l) >> shift) & 15u) | (((byte32(qh, l) >> j) & 1u) << 4);
+        s += (float)v * xs[l];
+    }
+    int sc, m;
+    scale_min_k4(j, b + 4, &sc, &m);
+    return ldh(b) * (float)sc * s - ldh(b + 2) * (float)m * sum32(xs);
+}
+
+// block_q6_K (210 bytes, 2-byte aligned): ql[128], qh[64], scales[16] (i8), d. Chunk j is
+// quarter j % 4 of half j / 4: low bits from ql[64 half + 32 (quarter & 1) + l] (low nibble
+// for quarters 0, 1, high for 2, 3), high bits (qh[32 half + l] >> 2 quarter) & 3, value - 32,
+// scale scales[8 half + 2 quarter + l / 16].
+__device__ __forceinline__ float dot32_q6_k(const u8* row, int c, const float* xc) {
+    const u8* b = row + (size_t)(c >> 3) * 210;
+    int j = c & 7, half = j >> 2, quarter = j & 3;
+    float xs[32];
+    load_x32(xc, xs);
+    const u16* pl = (const u16*)(b + 64 * half + 32 * (quarter & 1));
+    const u16* ph = (const u16*)(b + 128 + 32 * half);
+    u16 ql[16], qh[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        ql[i] = pl[i];
+        qh[i] = ph[i];
+    }
+    int lshift = quarter < 2 ? 0 : 4, hshift = 2 * quarter;
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        u32 lo = (byte16(ql, l) >> lshift) & 15u;
+        u32 hi = (byte16(qh, l) >> hshift) & 3u;
+        float v = (float)((int)(lo | (hi << 4)) - 32);
+        if (l < 16) s0 += v * xs[l];
+        else s1 += v * xs[l];
+    }
+    const i8* sc = (const i8*)(b + 192) + 8 * half + 2 * quarter;
+    return ldh(b + 208) * ((float)sc[0] * s0 + (float)sc[1] * s1);
+}
+
+#define DEFINE_MATVEC(NAME)                                                                    \
+extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
+matvec_##NAME(float* out, const float* x, const u8* w, const float* bias, int n, int k,        \
+              long long row_bytes) {                                                           \
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
+    int j = blockIdx.x * MV_WARPS + warp;                                                      \
+    if (j >= n) return;                                                                        \
+    const u8* row = w + (size_t)j * row_bytes;                                                 \
+    float acc = 0.0f;                                                                          \
+    int chunks = k >> 5;                                                                       \
+    for (int c = lane; c < chunks; c += 32) acc += dot32_##NAME(row, c, x + (c << 5));         \
+    acc = warp_sum(acc);                                                                       \
+    if (lane == 0) out[j] = acc + (bias ? bias[j] : 0.0f);                                     \
+}
+
+DEFINE_MATVEC(f32)
+DEFINE_MATVEC(f16)
+DEFINE_MATVEC(bf16)
+DEFINE_MATVEC(q4_0)
+DEFINE_MATVEC(q4_1)
+DEFINE_MATVEC(q5_0)
+DEFINE_MATVEC(q5_1)
+DEFINE_MATVEC(q8_0)
+DEFINE_MATVEC(q4_k)
+DEFINE_MATVEC(q5_k)
+DEFINE_MATVEC(q6_k)

@@ -1,0 +1,350 @@
+//! The launch queue: ops record their kernel launches here instead of submitting them, and
+//! the queue is flushed at the next host interaction (an upload, a read-out, a sync).
+//!
+//! Two things follow from holding the launches back until the step's end:
+//! - A flushed launch list that was seen before (a decode step: same kernels, same device
+//!   addresses, the changing token ids and positions live in device index buffers) is
+//!   captured once as a CUDA graph and from then on replayed with one `cuGraphLaunch`, which
+//!   removes the per-launch host cost (a few µs each, ~300-500 launches per step).
+//! - An op can fuse itself into the launch just before it (bias into the mat-vec, the
+//!   residual add into the next RMS norm, the k rope into the q rope), since that launch has
+//!   not run yet; see [`Tag`].
+
+use std::sync::Arc;
+
+use cudarc::driver::PushKernelArg;
+use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaStream, DriverError, LaunchConfig};
+
+/// A kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Arg {
+    /// A device address (0 for "none" where a kernel allows it).
+    P(u64),
+    I(i32),
+    L(i64),
+    F(f32),
+}
+
+impl Arg {
+    fn bits(&self) -> u64 {
+        match *self {
+            Arg::P(v) => v,
+            Arg::I(v) => (1 << 40) | u64::from(v as u32),
+            Arg::L(v) => (2 << 40) ^ v as u64,
+            Arg::F(v) => (3 << 40) | u64::from(v.to_bits()),
+        }
+    }
+}
+
+/// Most arguments a kernel of this crate takes.
+pub(crate) const MAX_ARGS: usize = 16;
+
+/// A kernel's arguments, inline (no allocation per launch).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Args {
+    list: [Arg; MAX_ARGS],
+    len: usize,
+}
+
+impl Args {
+    /// `None` when `args` is longer than [`MAX_ARGS`].
+    pub fn new(args: &[Arg]) -> Option<Self> {
+        let mut list = [Arg::I(0); MAX_ARGS];
+        list.get_mut(..args.len())?.copy_from_slice(args);
+        Some(Args {
+            list,
+            len: args.len(),
+        })
+    }
+
+    pub fn as_slice(&self) -> &[Arg] {
+        &self.list[..self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Arg] {
+        &mut self.list[..self.len]
+    }
+}
+
+/// What a queued launch is, for the fusion rules of the op that comes next.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Tag {
+    /// Nothing fuses into it.
+    Plain,
+    /// A one-row mat-vec writing `out`; argument 3 is its bias pointer (0: none yet).
+    Matvec { out: u64 },
+    /// `dst += src` over `rows` rows of `cols`.
+    Add {
+        dst: u64,
+        src: u64,
+        rows: usize,
+        cols: usize,
+    },
+    /// A rope of one tensor (argument 9, the second tensor, is 0) over `rows` rows.
+    Rope { rows: usize },
+}
+
+/// One recorded kernel launch.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Launch {
+    pub func: usize,
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub args: Args,
+    pub tag: Tag,
+}
+
+/// Counters for the benchmark: how much work went to the device and how.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaunchStats {
+    /// Kernels executed (each node of a replayed graph counts).
+    pub kernels: u64,
+    /// Kernels submitted one by one with `cuLaunchKernel`.
+    pub direct_launches: u64,
+    /// Graph replays (one `cuGraphLaunch` each).
+    pub graph_launches: u64,
+    /// Graphs captured and instantiated.
+    pub graphs_captured: u64,
+    /// Queue flushes (host interactions that had launches pending).
+    pub flushes: u64,
+}
+
+/// Launch lists shorter than this are submitted directly (a graph would not pay off).
+const GRAPH_MIN_LAUNCHES: usize = 16;
+/// Launch lists remembered as capture candidates, and graphs kept.
+const MAX_SEEN: usize = 8;
+const MAX_GRAPHS: usize = 16;
+
+/// A graph the queue owns.
+struct OwnedGraph(CudaGraph);
+
+// SAFETY: a CUDA graph and its executable may be used from any thread as long as calls on
+// them are serialized; the queue is only reached through `&mut CudaBackend`, so it is used
+// by one thread at a time, and the graph is launched on the stream it was captured from.
+unsafe impl Send for OwnedGraph {}
+
+struct Captured {
+    hash: u64,
+    launches: Vec<Launch>,
+    graph: OwnedGraph,
+}
+
+/// The queue and the graph cache of one stream.
+pub(crate) struct Queue {
+    pending: Vec<Launch>,
+    graphs_enabled: bool,
+    seen: Vec<(u64, Vec<Launch>)>,
+    graphs: Vec<Captured>,
+    profile: Option<Profile>,
+    pub stats: LaunchStats,
+}
+
+/// A cheap multiplicative hash of a launch list (a few ns per launch; SipHash would cost tens
+/// of µs per decode step). Candidates are compared in full after a hash match.
+fn hash_of(launches: &[Launch]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = 0u64;
+    let mut add = |v: u64| h = (h.rotate_left(5) ^ v).wrapping_mul(K);
+    for l in launches {
+        add(l.func as u64);
+        add(u64::from(l.grid.0) | u64::from(l.grid.1) << 32);
+        add(u64::from(l.grid.2) | u64::from(l.block.0) << 32);
+        for a in l.args.as_slice() {
+            add(a.bits());
+        }
+    }
+    h
+}
+
+fn submit(stream: &CudaStream, funcs: &[CudaFunction], l: &Launch) -> Result<(), DriverError> {
+    let Some(f) = funcs.get(l.func) else {
+        return Err(DriverError(sys::cudaError_enum::CUDA_ERROR_NOT_FOUND));
+    };
+    let mut b = stream.launch_builder(f);
+    for a in l.args.as_slice() {
+        match a {
+            Arg::P(v) => b.arg(v),
+            Arg::I(v) => b.arg(v),
+            Arg::L(v) => b.arg(v),
+            Arg::F(v) => b.arg(v),
+        };
+    }
+    let cfg = LaunchConfig {
+        grid_dim: l.grid,
+        block_dim: l.block,
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: each op builds its argument list to match its kernel's C signature (checked by
+    // hand per call site against the .cu file); every address points into an allocation this
+    // backend owns until it is dropped; the op validated shapes and indices so that every
+    // access the kernel makes is in bounds.
+    unsafe { b.launch(cfg) }.map(|_| ())
+}
+
+impl Queue {
+    pub fn new(graphs_enabled: bool) -> Self {
+        Queue {
+            pending: Vec::new(),
+            graphs_enabled,
+            seen: Vec::new(),
+            graphs: Vec::new(),
+            profile: None,
+            stats: LaunchStats::default(),
+        }
+    }
+
+    pub fn push(&mut self, l: Launch) {
+        self.pending.push(l);
+    }
+
+    /// The last queued launch, for an op that fuses into it.
+    pub fn last_mut(&mut self) -> Option<&mut Launch> {
+        self.pending.last_mut()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Submits everything queued, in order: by graph replay when this exact list was
+    /// captured, else launch by launch (capturing it the second time it is seen).
+    pub fn flush(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        funcs: &[CudaFunction],
+    ) -> Result<(), DriverError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let launches = std::mem::take(&mut self.pending);
+        self.stats.flushes += 1;
+        self.stats.kernels += launches.len() as u64;
+        if !self.graphs_enabled || launches.len() < GRAPH_MIN_LAUNCHES {
+            return self.direct(stream, funcs, &launches);
+        }
+        let hash = hash_of(&launches);
+        if let Some(c) = self
+            .graphs
+            .iter()
+            .find(|c| c.hash == hash && c.launches == launches)
+        {
+            self.stats.graph_launches += 1;
+            return c.graph.0.launch();
+        }
+        let seen_at = self
+            .seen
+            .iter()
+            .position(|(h, l)| *h == hash && *l == launches);
+        let Some(i) = seen_at else {
+            if self.seen.len() >= MAX_SEEN {
+                self.seen.remove(0);
+            }
+            self.direct(stream, funcs, &launches)?;
+            self.seen.push((hash, launches));
+            return Ok(());
+        };
+        self.seen.remove(i);
+        match capture(stream, funcs, &launches) {
+            Ok(graph) => {
+                graph.launch()?;
+                self.stats.graphs_captured += 1;
+                self.stats.graph_launches += 1;
+                if self.graphs.len() >= MAX_GRAPHS {
+                    self.graphs.remove(0);
+                }
+                self.graphs.push(Captured {
+                    hash,
+                    launches,
+                    graph: OwnedGraph(graph),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing ran during the failed capture; run the list directly and stop
+                // trying (the reason is logged once).
+                tracing::warn!(error = %e, "CUDA graph capture failed; launching kernels one by one from now on");
+                self.graphs_enabled = false;
+                self.direct(stream, funcs, &launches)
+            }
+        }
+    }
+
+    fn direct(
+        &mut self,
+        stream: &CudaStream,
+        funcs: &[CudaFunction],
+        launches: &[Launch],
+    ) -> Result<(), DriverError> {
+        self.stats.direct_launches += launches.len() as u64;
+        if self.profile.is_some() {
+            return self.direct_timed(stream, funcs, launches);
+        }
+        launches.iter().try_for_each(|l| submit(stream, funcs, l))
+    }
+
+    /// Profiling (graphs off): an event after every launch, then the stream is drained and
+    /// each kernel's time (event to event) is added to its function's total.
+    fn direct_timed(
+        &mut self,
+        stream: &CudaStream,
+        funcs: &[CudaFunction],
+        launches: &[Launch],
+    ) -> Result<(), DriverError> {
+        let ctx = stream.context();
+        let Some(prof) = self.profile.as_mut() else {
+            return Ok(());
+        };
+        while prof.events.len() < launches.len() + 1 {
+            prof.events
+                .push(ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?);
+        }
+        prof.events[0].record(stream)?;
+        for (i, l) in launches.iter().enumerate() {
+            submit(stream, funcs, l)?;
+            prof.events[i + 1].record(stream)?;
+        }
+        for (i, l) in launches.iter().enumerate() {
+            let ms = prof.events[i].elapsed_ms(&prof.events[i + 1])?;
+            if prof.per_func.len() <= l.func {
+                prof.per_func.resize(l.func + 1, (0, 0.0));
+            }
+            prof.per_func[l.func].0 += 1;
+            prof.per_func[l.func].1 += f64::from(ms);
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) per-kernel timing; launches are then submitted one by one.
+    pub fn start_profile(&mut self) {
+        self.graphs_enabled = false;
+        self.profile = Some(Profile::default());
+    }
+
+    /// Per function index: (launches, total ms) since [`Queue::start_profile`].
+    pub fn profile(&self) -> &[(u64, f64)] {
+        self.profile.as_ref().map_or(&[], |p| &p.per_func)
+    }
+}
+
+/// Per-kernel timing state.
+#[derive(Default)]
+struct Profile {
+    events: Vec<cudarc::driver::CudaEvent>,
+    per_func: Vec<(u64, f64)>,
+}
+
+/// Records `launches` into a graph (nothing runs while the stream captures).
+fn capture(
+    stream: &Arc<CudaStream>,
+    funcs: &[CudaFunction],
+    launches: &[Launch],
+) -> Result<CudaGraph, DriverError> {
+    stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let recorded = launches.iter().try_for_each(|l| submit(stream, funcs, l));
+    // End the capture whatever happened, so the stream is usable again.
+    let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    recorded?;
+    graph?.ok_or(DriverError(
+        sys::cudaError_enum::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+    ))
+}
