@@ -9,12 +9,12 @@ What it does:
 2. Runs each through llama.cpp (llama-cpp-python 0.3.36, CPU, `logits_all=True`, f32 KV
    cache) on a few fixed token-id prompts.
 3. Also runs an independent numpy float64 forward pass over gguf-py's dequantized weights
-   and reports how far llama.cpp is from it (a check of the reference itself, and the fallback
-   reference with `--reference numpy`).
+   and reports how far llama.cpp is from it (a check of the reference itself). With
+   `--reference numpy` only the numpy goldens are written (no llama.cpp needed).
 
-It writes `tests/golden/tiny/<arch>.json`: the sha256 of the model bytes, and per prompt and
-position the top-k token ids and logits, summary statistics and a strided subsample of the
-logits. `crates/worker-models/tests/tiny_arch_goldens.rs` compares the worker's logits with
+It writes `tests/golden/tiny/<arch>.json` (llama.cpp) and `<arch>-numpy.json` (numpy): the
+sha256 of the model bytes, and per prompt and position the top-k token ids and logits, summary statistics and a strided subsample of the
+logits. `crates/worker-models/tests/tiny_arch.rs` compares the worker's logits with
 them.
 
 Usage (from the repository root):
@@ -268,45 +268,48 @@ def main() -> None:
             "long": [(i * 7919 + 13) % n_vocab for i in range(N_LONG)],
         }
         ref_np = [forward(np.array(ids)) for ids in prompts.values()]
+        numpy_generator = f"numpy float64 over gguf-py {GGUF_VERSION} dequantized weights"
+        write_golden(f"{arch}-numpy", arch, sha, n_vocab, numpy_generator, None, prompts, ref_np)
         if args.reference == "llama.cpp":
             ref, version = llama_cpp_logits(path, list(prompts.values()))
             generator = (f"llama.cpp through llama-cpp-python {version} (CPU, 2 threads, "
                          "f32 KV cache, logits_all)")
             check = compare(np.concatenate(ref), np.concatenate(ref_np))
             print(f"{arch}: llama.cpp vs numpy float64: {check}", flush=True)
-        else:
-            ref = ref_np
-            generator = f"numpy float64 over gguf-py {GGUF_VERSION} dequantized weights"
-            check = None
-        stride = max(1, n_vocab // N_SUBSAMPLE)
-        golden = {
-            "generator": f"scripts/goldens/make_tiny_model_goldens.py: {generator}",
-            "architecture": arch,
-            "model_sha256": sha,
-            "n_vocab": n_vocab,
-            "subsample_stride": stride,
-            "reference_vs_numpy_float64": check,
-            "prompts": [],
-        }
-        for (pname, ids), logits in zip(prompts.items(), ref):
-            positions = []
-            for l in logits:
-                top = np.argsort(-l, kind="stable")[:TOP_K]
-                m = l.max()
-                positions.append({
-                    "top_ids": [int(i) for i in top],
-                    "top_logits": [round(float(l[i]), 5) for i in top],
-                    "mean": round(float(l.mean()), 6),
-                    "std": round(float(l.std()), 6),
-                    "logsumexp": round(float(m + np.log(np.exp(l - m).sum())), 6),
-                    "subsample": [round(float(v), 4) for v in l[::stride][:N_SUBSAMPLE]],
-                })
-            golden["prompts"].append({"name": pname, "ids": [int(i) for i in ids],
-                                      "positions": positions})
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        out = OUT_DIR / f"{arch}.json"
-        out.write_text(json.dumps(golden, separators=(",", ":")) + "\n")
-        print(f"wrote {out} ({out.stat().st_size} bytes)", flush=True)
+            write_golden(arch, arch, sha, n_vocab, generator, check, prompts, ref)
+
+
+def write_golden(name, arch, sha, n_vocab, generator, check, prompts, ref) -> None:
+    import numpy as np
+    stride = max(1, n_vocab // N_SUBSAMPLE)
+    golden = {
+        "generator": f"scripts/goldens/make_tiny_model_goldens.py: {generator}",
+        "architecture": arch,
+        "model_sha256": sha,
+        "n_vocab": n_vocab,
+        "subsample_stride": stride,
+        "reference_vs_numpy_float64": check,
+        "prompts": [],
+    }
+    for (pname, ids), logits in zip(prompts.items(), ref):
+        positions = []
+        for l in logits:
+            top = np.argsort(-l, kind="stable")[:TOP_K]
+            m = l.max()
+            positions.append({
+                "top_ids": [int(i) for i in top],
+                "top_logits": [round(float(l[i]), 5) for i in top],
+                "mean": round(float(l.mean()), 6),
+                "std": round(float(l.std()), 6),
+                "logsumexp": round(float(m + np.log(np.exp(l - m).sum())), 6),
+                "subsample": [round(float(v), 4) for v in l[::stride][:N_SUBSAMPLE]],
+            })
+        golden["prompts"].append({"name": pname, "ids": [int(i) for i in ids],
+                                  "positions": positions})
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out = OUT_DIR / f"{name}.json"
+    out.write_text(json.dumps(golden, separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({out.stat().st_size} bytes)", flush=True)
 
 
 if __name__ == "__main__":

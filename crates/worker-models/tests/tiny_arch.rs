@@ -1,8 +1,8 @@
 //! The `phi3` and `gpt2` adapters on tiny random-weight models written with our GGUF writer
 //! on llama.cpp's real phi-3 and gpt-2 vocabularies (`tests/support/tiny_arch.rs`):
-//! logits against the goldens in `tests/golden/tiny/` (made by
-//! `scripts/goldens/make_tiny_model_goldens.py`), batched prefill against token-by-token
-//! decode, and load errors that name the tensor.
+//! logits against llama.cpp's and against a numpy float64 reference (goldens in
+//! `tests/golden/tiny/`, made by `scripts/goldens/make_tiny_model_goldens.py`), batched
+//! prefill against token-by-token decode, and load errors that name the tensor.
 
 mod support;
 
@@ -28,9 +28,9 @@ fn model_bytes(arch: &str) -> Vec<u8> {
         .clone()
 }
 
-fn golden(arch: &str) -> Value {
+fn golden(name: &str) -> Value {
     let path = format!(
-        "{}/../../tests/golden/tiny/{arch}.json",
+        "{}/../../tests/golden/tiny/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -60,8 +60,8 @@ struct Stats {
     positions: usize,
 }
 
-fn compare(arch: &str, config: CpuConfig) -> Stats {
-    let g = golden(arch);
+fn compare(arch: &str, golden_name: &str, config: CpuConfig) -> Stats {
+    let g = golden(golden_name);
     let bytes = model_bytes(arch);
     let sha: String = Sha256::digest(&bytes)
         .iter()
@@ -147,37 +147,42 @@ fn compare(arch: &str, config: CpuConfig) -> Stats {
 /// Bounds on the max abs error, the minimum cosine over every position of every golden
 /// prompt (41 phi3 and 40 gpt2 positions), and the positions whose argmax is the reference's
 /// top-1, each checked with the detected SIMD kernels and the scalar reference kernels.
-/// Measured (AVX-512 machine, 2 threads) against the numpy float64 reference:
+/// Measured (AVX-512 machine, 2 threads; our two kernel tables gave the same numbers):
 ///
-/// | model | activations | max abs err | min cosine | top-1 |
-/// |-------|-------------|-------------|------------|-------|
-/// | phi3  | f32         | 0.00005     | 1.0000000  | 41/41 |
-/// | phi3  | Q8          | 0.04199     | 0.9999047  | 41/41 |
-/// | gpt2  | f32         | 0.00005     | 1.0000000  | 40/40 |
-/// | gpt2  | Q8          | 0.18512     | 0.9999162  | 36/40 |
+/// | model | reference     | activations | max abs err | min cosine | top-1 |
+/// |-------|---------------|-------------|-------------|------------|-------|
+/// | phi3  | numpy float64 | f32         | 0.00005     | 1.0000000  | 41/41 |
+/// | phi3  | llama.cpp     | f32         | 0.04249     | 0.9998808  | 40/41 |
+/// | phi3  | llama.cpp     | Q8          | 0.04624     | 0.9998564  | 40/41 |
+/// | gpt2  | numpy float64 | f32         | 0.00005     | 1.0000000  | 40/40 |
+/// | gpt2  | llama.cpp     | f32         | 0.20710     | 0.9999266  | 38/40 |
+/// | gpt2  | llama.cpp     | Q8          | 0.12986     | 0.9999662  | 38/40 |
 ///
-/// The f32 path agrees to the rounding of the goldens. The Q8 path quantizes activations per
-/// 32 values (as llama.cpp does for quantized weights); the logits of a random-weight model
-/// over 50k tokens have many near-ties at the top, so a 0.1 change flips some argmaxes.
-/// Bounds: f32 1e-3; Q8 about 1.5x the worst error and 5x its cosine gap.
+/// llama.cpp itself is 0.0552 (phi3) and 0.2627 (gpt2) in max abs error from the numpy
+/// float64 reference (cosine 0.99991, 0.99992), because it rounds activations to Q8_0 for
+/// the Q8_0/Q4_0 weights and to f16 for the F16 weights, and takes GELU from an f16 table.
+/// So the f32 path is held to the numpy goldens at their rounding (1e-3), which checks the
+/// graph exactly, and both paths to llama.cpp's goldens at about 1.5x the worst measured
+/// error and 4x its cosine gap. The logits of a random-weight model over 32k-50k tokens
+/// have near-ties at the top, so a 0.1 change flips a few argmaxes.
 struct Bound {
     max_abs: f32,
     min_cos: f64,
     min_top1: usize,
 }
 
-fn check(arch: &str, activations: Activations, b: Bound) {
+fn check(arch: &str, golden_name: &str, activations: Activations, b: Bound) {
     for kernels in [KernelChoice::Detect, KernelChoice::Scalar] {
         let config = CpuConfig {
             threads: 2,
             kernels,
             activations,
         };
-        let st = compare(arch, config);
+        let st = compare(arch, golden_name, config);
         assert!(
             st.max_abs <= b.max_abs && st.min_cos >= b.min_cos && st.top1_agree >= b.min_top1,
-            "tiny {arch} {kernels:?}/{activations:?}: max abs {} (bound {}), min cos {} \
-             (bound {}), top-1 {}/{} (bound {})",
+            "tiny {arch} vs {golden_name} {kernels:?}/{activations:?}: max abs {} (bound {}), \
+             min cos {} (bound {}), top-1 {}/{} (bound {})",
             st.max_abs,
             b.max_abs,
             st.min_cos,
@@ -190,9 +195,10 @@ fn check(arch: &str, activations: Activations, b: Bound) {
 }
 
 #[test]
-fn phi3_logits_match_reference_with_f32_activations() {
+fn phi3_logits_match_numpy_reference_with_f32_activations() {
     check(
         "phi3",
+        "phi3-numpy",
         Activations::F32,
         Bound {
             max_abs: 1e-3,
@@ -203,22 +209,38 @@ fn phi3_logits_match_reference_with_f32_activations() {
 }
 
 #[test]
-fn phi3_logits_match_reference_with_q8_activations() {
+fn phi3_logits_match_llama_cpp_with_f32_activations() {
     check(
         "phi3",
-        Activations::Q8,
+        "phi3",
+        Activations::F32,
         Bound {
-            max_abs: 0.1,
+            max_abs: 0.07,
             min_cos: 0.9995,
-            min_top1: 39,
+            min_top1: 38,
         },
     );
 }
 
 #[test]
-fn gpt2_logits_match_reference_with_f32_activations() {
+fn phi3_logits_match_llama_cpp_with_q8_activations() {
+    check(
+        "phi3",
+        "phi3",
+        Activations::Q8,
+        Bound {
+            max_abs: 0.07,
+            min_cos: 0.9995,
+            min_top1: 38,
+        },
+    );
+}
+
+#[test]
+fn gpt2_logits_match_numpy_reference_with_f32_activations() {
     check(
         "gpt2",
+        "gpt2-numpy",
         Activations::F32,
         Bound {
             max_abs: 1e-3,
@@ -229,14 +251,29 @@ fn gpt2_logits_match_reference_with_f32_activations() {
 }
 
 #[test]
-fn gpt2_logits_match_reference_with_q8_activations() {
+fn gpt2_logits_match_llama_cpp_with_f32_activations() {
     check(
+        "gpt2",
+        "gpt2",
+        Activations::F32,
+        Bound {
+            max_abs: 0.32,
+            min_cos: 0.9997,
+            min_top1: 35,
+        },
+    );
+}
+
+#[test]
+fn gpt2_logits_match_llama_cpp_with_q8_activations() {
+    check(
+        "gpt2",
         "gpt2",
         Activations::Q8,
         Bound {
-            max_abs: 0.3,
-            min_cos: 0.9995,
-            min_top1: 33,
+            max_abs: 0.2,
+            min_cos: 0.9998,
+            min_top1: 35,
         },
     );
 }
