@@ -264,6 +264,15 @@ fn bad_requests_are_4xx_with_field_errors_and_never_echo_the_prompt() {
         );
         assert!(!r.text.contains("SECRET"), "{shown}: {}", r.text);
     }
+    // A prompt longer than the context (512 here) is refused up front.
+    let r = w.post(
+        "/execute",
+        &json!({"job_id": "long", "prompt": format!("{secret} {}", "word ".repeat(600))}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json["code"], "CONTEXT_FULL");
+    assert_eq!(r.json["errors"][0]["field"], "prompt");
+    assert!(!r.text.contains("SECRET"), "{}", r.text);
     // A 10 MB body is refused with 413 and the worker stays healthy.
     let big = format!(
         "{{\"job_id\":\"big\",\"prompt\":\"{}\"}}",
@@ -339,4 +348,23 @@ fn health_metrics_auth_and_correlation_ids() {
     );
     assert_eq!(r.status, 200);
     assert!(r.correlation_id.is_some());
+}
+
+#[test]
+fn a_job_past_the_inference_timeout_ends_with_timeout() {
+    let w = Worker::start(&["--slots", "1", "--inference-timeout-sec", "1"]);
+    let t0 = Instant::now();
+    // Greedy counting never ends before the context (512 positions) is full: a few seconds of
+    // decoding at the least.
+    let events = w.execute(&json!({
+        "job_id": "slow", "prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0,
+    }));
+    let elapsed = t0.elapsed();
+    let (_, last) = check_order(&events);
+    assert_eq!(last.name, "error", "{last:?}");
+    assert_eq!(last.json()["code"], "TIMEOUT");
+    assert_eq!(last.json()["retriable"], true);
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    w.wait_idle();
+    assert!(w.metrics().contains("outcome=\"timeout\"} 1"));
 }

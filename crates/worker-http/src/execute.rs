@@ -135,7 +135,10 @@ pub(crate) async fn execute(
         }
     };
     let seed = request.sampling.seed;
-    let running = match state.start(job_id.clone(), Route::Execute, correlation.0, request) {
+    let started = state
+        .start(job_id.clone(), Route::Execute, correlation.0, request)
+        .await;
+    let running = match started {
         Ok(r) => r,
         Err(e) => {
             state

@@ -534,7 +534,10 @@ async fn run(
     };
     let id = format!("{prefix}-{:016x}", crate::routes::fresh_seed());
     let logprobs = prepared.request.logprobs.is_some();
-    let running = match state.start(id.clone(), route, correlation.0, prepared.request) {
+    let started = state
+        .start(id.clone(), route, correlation.0, prepared.request)
+        .await;
+    let running = match started {
         Ok(r) => r,
         Err(e) => return reject(&state, route, e),
     };

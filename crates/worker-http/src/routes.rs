@@ -190,43 +190,53 @@ async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = json::body_bytes(body)
+    let parsed = json::body_bytes(body)
         .and_then(|b| json::object(&b))
-        .and_then(|obj| {
-            let mut f = Fields::new(&obj);
-            f.deny_unknown(&["content", "add_special", "parse_special"]);
-            let content = match obj.get("content") {
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                _ => f.required_string("content", execute::MAX_PROMPT_CHARS),
-            };
-            let flag = |f: &mut Fields, name: &str| match obj.get(name) {
-                None | Some(serde_json::Value::Null) => Some(false),
-                Some(serde_json::Value::Bool(b)) => Some(*b),
-                Some(_) => {
-                    f.errors.push(crate::error::FieldError::new(
-                        name,
-                        "a boolean",
-                        format!("{name} must be a boolean"),
-                    ));
-                    None
-                }
-            };
-            let add_special = flag(&mut f, "add_special");
-            let parse_special = flag(&mut f, "parse_special");
-            f.finish()?;
-            let options = EncodeOptions {
-                add_special: add_special.unwrap_or(false),
-                parse_special: parse_special.unwrap_or(false),
-            };
-            let text = content.unwrap_or_default();
-            tokio::task::block_in_place(|| state.engine.tokenizer().encode(&text, options)).map_err(
-                |_| ApiError::field("content", "tokenizable", "the text could not be tokenized"),
-            )
-        });
-    match result {
-        Ok(tokens) => Json(json!({ "tokens": tokens })).into_response(),
-        Err(e) => e.into_response(),
+        .and_then(|obj| parse_tokenize(&obj));
+    let (text, options) = match parsed {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    // Tokenizing up to the body limit of text is CPU work: keep it off the async threads.
+    let engine = state.engine.clone();
+    let encoded = tokio::task::spawn_blocking(move || engine.tokenizer().encode(&text, options))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    match encoded {
+        Some(tokens) => Json(json!({ "tokens": tokens })).into_response(),
+        None => ApiError::field("content", "tokenizable", "the text could not be tokenized")
+            .into_response(),
     }
+}
+
+fn parse_tokenize(
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(String, EncodeOptions), ApiError> {
+    let mut f = Fields::new(obj);
+    f.deny_unknown(&["content", "add_special", "parse_special"]);
+    let content = match obj.get("content") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        _ => f.required_string("content", execute::MAX_PROMPT_CHARS),
+    };
+    let mut flag = |name: &str| match obj.get(name) {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => {
+            f.errors.push(crate::error::FieldError::new(
+                name,
+                "a boolean",
+                format!("{name} must be a boolean"),
+            ));
+            false
+        }
+    };
+    let options = EncodeOptions {
+        add_special: flag("add_special"),
+        parse_special: flag("parse_special"),
+    };
+    f.finish()?;
+    Ok((content.unwrap_or_default(), options))
 }
 
 /// `POST /detokenize {tokens}` → `{content}`.

@@ -146,7 +146,7 @@ impl AppState {
 
     /// Validates, queues and registers a generation. Refuses with `QUEUE_FULL` when every
     /// slot and queue place is taken, and with `INVALID_REQUEST` for a job id in use.
-    pub fn start(
+    pub async fn start(
         self: &Arc<Self>,
         job_id: String,
         route: Route,
@@ -195,8 +195,11 @@ impl AppState {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Box::new(ChannelSink { tx, _guard: guard });
-        // Tokenizing a long prompt is CPU work; keep it off the reactor's other tasks.
-        let submitted = tokio::task::block_in_place(|| self.engine.submit_to(request, sink));
+        // Tokenizing a long prompt is CPU work: keep it off the async worker threads.
+        let engine = self.engine.clone();
+        let submitted = tokio::task::spawn_blocking(move || engine.submit_to(request, sink))
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the submitting task failed"))?;
         let cancel = submitted.map_err(|e| ApiError::from_engine(&e))?;
         if let Ok(mut slot) = signal.cancel.lock() {
             *slot = Some(cancel.clone());
