@@ -149,7 +149,7 @@ pub(crate) async fn execute(
     };
     let stream = event_stream(job_id, seed, running);
     Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(5)))
         .into_response()
 }
 
