@@ -218,7 +218,7 @@ fn four_row_vec_dots_match_scalar() {
             let VecDot::Q8(f) = scalar.for_type(ty).unwrap().vec_dot else {
                 panic!("{ty}: a four-row kernel for a type without Q8 activations");
             };
-            for n in [32, 576, 1536] {
+            for n in [32, 96, 576, 1536] {
                 let w = random_row(&mut rng, ty, n);
                 let rows: Vec<Vec<BlockQ8>> = (0..4)
                     .map(|_| {
@@ -229,11 +229,22 @@ fn four_row_vec_dots_match_scalar() {
                     })
                     .collect();
                 let got = f4(&w, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+                let VecDot::Q8(one_row) = simd.for_type(ty).unwrap().vec_dot else {
+                    panic!("{ty}: the table's one-row kernel takes no Q8 activations");
+                };
                 for (r, g) in rows.iter().zip(got) {
                     let want = f(&w, r);
                     assert!(
                         (g - want).abs() <= 1e-5 * want.abs().max(1.0),
                         "{:?} {ty} x4 n={n}: {g} vs scalar {want}",
+                        simd.isa
+                    );
+                    // Bit-identical to the same table's one-row kernel: a row's logits must
+                    // not depend on how many sequences share the batch.
+                    assert_eq!(
+                        g.to_bits(),
+                        one_row(&w, r).to_bits(),
+                        "{:?} {ty} x4 n={n}: four-row and one-row kernels round differently",
                         simd.isa
                     );
                 }

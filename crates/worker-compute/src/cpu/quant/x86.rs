@@ -18,6 +18,107 @@ fn has_avx2() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+// Four activation rows per weight row with AVX-512: each row is summed exactly as the one-row
+// AVX-512 kernel sums it (pairs of blocks in one 512-bit accumulator, an odd last block by the
+// AVX2 kernel), so the results are bit-identical to four one-row calls.
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn vec_dot_q8_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    let nb = blocks_x4(w.len() / Q8_0_BYTES, &x);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 2 <= nb {
+        let b = w.as_ptr().add(i * Q8_0_BYTES);
+        let b1 = b.add(Q8_0_BYTES);
+        let q = join(
+            _mm256_loadu_si256(b.add(2) as *const __m256i),
+            _mm256_loadu_si256(b1.add(2) as *const __m256i),
+        );
+        let (d0, d1) = (f16_at(b), f16_at(b1));
+        for r in 0..4 {
+            let (a0, a1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
+            let av = join(load_q8(a0), load_q8(a1));
+            let d = scales_512(d0 * a0.d, d1 * a1.d);
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc[r]);
+        }
+        i += 2;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = _mm512_reduce_add_ps(acc[r]);
+        if i < nb {
+            out[r] += vec_dot_q8_0_avx2(&w[i * Q8_0_BYTES..], &x[r][i..nb]);
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn vec_dot_q4_1_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    let nb = blocks_x4(w.len() / Q4_1_BYTES, &x);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    let ones = _mm512_set1_epi16(1);
+    let mut i = 0;
+    while i + 2 <= nb {
+        let b = w.as_ptr().add(i * Q4_1_BYTES);
+        let b1 = b.add(Q4_1_BYTES);
+        let q = join(nibbles_32(b.add(4)), nibbles_32(b1.add(4)));
+        let (d0, d1) = (f16_at(b), f16_at(b1));
+        let (m0, m1) = (f16_at(b.add(2)), f16_at(b1.add(2)));
+        for r in 0..4 {
+            let (a0, a1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
+            let av = join(load_q8(a0), load_q8(a1));
+            let d = scales_512(d0 * a0.d, d1 * a1.d);
+            mins[r] += m0 * a0.s + m1 * a1.s;
+            let s = _mm512_madd_epi16(_mm512_maddubs_epi16(q, av), ones);
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
+        }
+        i += 2;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = _mm512_reduce_add_ps(acc[r]) + mins[r];
+        if i < nb {
+            out[r] += vec_dot_q4_1_avx2(&w[i * Q4_1_BYTES..], &x[r][i..nb]);
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn vec_dot_q5_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    let nb = blocks_x4(w.len() / Q5_0_BYTES, &x);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let (bit4, sixteen) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
+    let mut i = 0;
+    while i + 2 <= nb {
+        let b = w.as_ptr().add(i * Q5_0_BYTES);
+        let b1 = b.add(Q5_0_BYTES);
+        let qh0 = std::ptr::read_unaligned(b.add(2) as *const u32) as u64;
+        let qh1 = std::ptr::read_unaligned(b1.add(2) as *const u32) as u64;
+        let hi = _mm512_maskz_mov_epi8(qh0 | (qh1 << 32), bit4);
+        let q = join(nibbles_32(b.add(6)), nibbles_32(b1.add(6)));
+        let q = _mm512_sub_epi8(_mm512_or_si512(q, hi), sixteen);
+        let (d0, d1) = (f16_at(b), f16_at(b1));
+        for r in 0..4 {
+            let (a0, a1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
+            let av = join(load_q8(a0), load_q8(a1));
+            let d = scales_512(d0 * a0.d, d1 * a1.d);
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc[r]);
+        }
+        i += 2;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = _mm512_reduce_add_ps(acc[r]);
+        if i < nb {
+            out[r] += vec_dot_q5_0_avx2(&w[i * Q5_0_BYTES..], &x[r][i..nb]);
+        }
+    }
+    out
+}
+
 fn has_avx512() -> bool {
     has_avx2()
         && is_x86_feature_detected!("avx512f")
@@ -75,19 +176,24 @@ pub fn avx512_kernels() -> Option<Kernels> {
     }
     let mut k = avx2_kernels()?;
     k.isa = Isa::Avx512;
-    for (ty, f) in [
+    // Each one-row kernel comes with a four-row kernel that sums in exactly the same order, so
+    // a row's result does not depend on how many other rows share its matmul (a sequence
+    // decoded alone and in a batch of several gives the same tokens).
+    for (ty, f, f4) in [
         (
             GgmlType::Q8_0,
             vec_dot_q8_0_512 as fn(&[u8], &[BlockQ8]) -> f32,
+            vec_dot_q8_0_x4_512 as VecDotQ8x4,
         ),
-        (GgmlType::Q4_1, vec_dot_q4_1_512),
-        (GgmlType::Q5_0, vec_dot_q5_0_512),
+        (GgmlType::Q4_1, vec_dot_q4_1_512, vec_dot_q4_1_x4_512),
+        (GgmlType::Q5_0, vec_dot_q5_0_512, vec_dot_q5_0_x4_512),
     ] {
         if let Some(s) = k.for_type(ty).copied() {
             k.set(
                 ty,
                 TypeKernels {
                     vec_dot: VecDot::Q8(f),
+                    vec_dot_q8_x4: Some(f4),
                     ..s
                 },
             );
@@ -124,6 +230,9 @@ wrap!(vec_dot_q6_k, vec_dot_q6_k_avx2, (w: &[u8], x: &[BlockQ8K]) -> f32);
 wrap!(vec_dot_q4_1_x4, vec_dot_q4_1_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q5_0_x4, vec_dot_q5_0_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q8_0_x4, vec_dot_q8_0_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q4_1_x4_512, vec_dot_q4_1_x4_avx512, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q5_0_x4_512, vec_dot_q5_0_x4_avx512, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q8_0_x4_512, vec_dot_q8_0_x4_avx512, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q8_0_512, vec_dot_q8_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q4_1_512, vec_dot_q4_1_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q5_0_512, vec_dot_q5_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
