@@ -377,7 +377,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
     }
     // Decode mat-vec over rows longer than one pass of a warp's lanes, with a bias (the
     // bias is fused into the mat-vec), and an odd number of output rows.
-    let n = 70usize;
+    let n = 71usize;
     for &(ty, name) in WEIGHT_TYPES {
         let k = if ty.block_size() == 256 { 2304 } else { 1600 };
         let w = weight_bytes(ty, &rng.normals(n * k, 0.5))?;
@@ -406,6 +406,46 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
                 be.add_bias(o, bid, 1)?;
                 let mut r = vec![0f32; n];
                 be.read_rows(o, 1, &mut r)?;
+                Ok(r)
+            }),
+        ));
+    }
+    // The MLP at one row: gate and up mat-vecs, then SwiGLU (one fused kernel on CUDA).
+    let (ff, d) = (90usize, 512usize);
+    for &(ty, name) in WEIGHT_TYPES {
+        let (wg, wu) = (
+            weight_bytes(ty, &rng.normals(ff * d, 0.5))?,
+            weight_bytes(ty, &rng.normals(ff * d, 0.5))?,
+        );
+        let x = rng.normals(d, 1.0);
+        out.push((
+            format!("gate, up, swiglu {name}"),
+            1e-8,
+            Box::new(move |be| {
+                let w = |be: &mut dyn ComputeBackend, name, bytes: &[u8]| {
+                    be.upload_weight(WeightDesc {
+                        name,
+                        ty,
+                        rows: ff,
+                        cols: d,
+                        bytes,
+                    })
+                };
+                let (g, u) = (w(be, "gate", &wg)?, w(be, "up", &wu)?);
+                let xi = be.alloc_tensor(1, d)?;
+                let (gt, ut, at) = (
+                    be.alloc_tensor(1, ff)?,
+                    be.alloc_tensor(1, ff)?,
+                    be.alloc_tensor(1, ff)?,
+                );
+                be.write_rows(xi, &x)?;
+                be.matmul(gt, xi, g, 1)?;
+                be.matmul(ut, xi, u, 1)?;
+                be.swiglu(at, gt, ut, 1)?;
+                let mut r = vec![0f32; 3 * ff];
+                be.read_rows(at, 1, &mut r[..ff])?;
+                be.read_rows(gt, 1, &mut r[ff..2 * ff])?;
+                be.read_rows(ut, 1, &mut r[2 * ff..])?;
                 Ok(r)
             }),
         ));

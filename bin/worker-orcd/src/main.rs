@@ -310,6 +310,7 @@ fn bench(device: Device, a: &BenchArgs) -> anyhow::Result<()> {
         }
         BackendKind::Cuda => {
             let mut be = open_cuda_for(device, &file, &opts)?;
+            be.set_step_timing(true)?;
             let model = load(&file, &mut be, opts)?;
             let (mut model, mut logits) =
                 bench_on(a, &mut be, model, t, |be| Some(be.launch_stats()))?;
@@ -376,6 +377,12 @@ fn bench_on<B: ComputeBackend>(
                 per(b.direct_launches, e.direct_launches),
                 per(b.graph_launches, e.graph_launches),
                 e.graphs_captured
+            );
+            eprintln!(
+                "decode time per step: {:.3} ms device (flush to logits copied), {:.3} ms host in read_rows, {:.3} ms host recording ops between steps",
+                per(b.device_ns, e.device_ns) / 1e6,
+                per(b.readout_ns, e.readout_ns) / 1e6,
+                per(b.record_ns, e.record_ns) / 1e6
             );
             format!(", {:.0} kernels/step", per(b.kernels, e.kernels))
         }

@@ -82,26 +82,56 @@ extern "C" __global__ void attention_f16(float* out, const float* q, const u16* 
     }
 }
 
-#define AD_WARPS 16
+#define AD_WARPS 4
+// Positions one decode attention block covers (one tile of 32 per warp).
+#define AD_SPAN (32 * AD_WARPS)
 
-// Decode attention for one row (rows == 1), with the KV store fused in. Grid (heads), AD_WARPS
-// warps per block; the row is at position last = pos[0] of slot[0].
+// acc += sum over the 32 positions t0 + l of the tile of p_l * V[t0 + l], lane l holding p_l
+// (0 for positions not to be read from the cache) and the dimension pairs 2 (lane + 32 i),
+// i < VP. Rows are clamped to `lastc` (a written row) so every load is valid; the 32 rows'
+// loads are independent of each other and of acc, so the unrolled loop keeps them in flight.
+template <int VP>
+__device__ __forceinline__ void acc_values(float* acc, const u16* vc, size_t base, int t0,
+                                           int lastc, float p, int lane, int vhd) {
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        float pl = __shfl_sync(0xffffffffu, p, l);
+        const u32* vrow = (const u32*)(vc + (base + min(t0 + l, lastc)) * vhd);
+#pragma unroll
+        for (int i = 0; i < VP; ++i) {
+            int d = 2 * (lane + 32 * i);
+            if (d < vhd) {
+                u32 w = vrow[d >> 1];
+                acc[2 * i] += pl * h2f((u16)(w & 0xffffu));
+                acc[2 * i + 1] += pl * h2f((u16)(w >> 16));
+            }
+        }
+    }
+}
+
+// Decode attention for one row (rows == 1), with the KV store fused in, split over positions
+// (flash-decoding): grid (heads, nsplit), AD_WARPS warps per block; block (h, s) covers
+// positions [s AD_SPAN, (s + 1) AD_SPAN) up to last = pos[0] (slot slot[0]) and writes a
+// partial result (max, sum, unnormalized values) that attention_combine merges. Blocks
+// wholly past `last` exit at once; nsplit is fixed by the cache size, so the launch does
+// not change from step to step (graph replay).
 //
 // The block of the first query head of each kv head group stores the row's key and value
 // (f16) at `last`; no block reads that cache cell: every block takes position `last` from the
 // row's own k/v, rounded through f16 exactly as the store does, so the result equals the
 // unfused kv_store + attention_f16.
 //
-// Warp w takes tiles of 32 positions t0 = 32 w, 32 (w + AD_WARPS), ...: lane l scores
+// Warp w takes the tile of 32 positions t0 = s AD_SPAN + 32 w: lane l scores
 // position t0 + l against q (in shared memory) with 16-byte loads of its key row, the warp
 // updates its online softmax (max, sum) once per tile, and then accumulates the 32 value rows
-// with lanes over pairs of dimensions. The warps are merged at the end as in attention_f16.
+// with lanes over pairs of dimensions. The block's warps are merged into the partial.
 // Needs hd % 8 == 0 (16-byte key loads), vhd even (u32 value loads) and hd, vhd <=
 // ATT_MAX_DIM (checked by the host).
 extern "C" __global__ void __launch_bounds__(AD_WARPS * 32)
-attention_decode_f16(float* out, const float* q, const float* k, const float* v, u16* kc,
+attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
                      u16* vc, const u32* pos, const u32* slot, int heads, int kv_heads, int hd,
-                     int vhd, float scale, int layer, int slots, int max_pos) {
+                     int vhd, float scale, int layer, int slots, int max_pos, float* part,
+                     int nsplit) {
     __shared__ float sq[ATT_MAX_DIM], sk[ATT_MAX_DIM], sv[ATT_MAX_DIM];
     __shared__ float sm_m[AD_WARPS], sm_s[AD_WARPS];
     __shared__ float sm_acc[AD_WARPS * ATT_MAX_DIM];
@@ -109,11 +139,13 @@ attention_decode_f16(float* out, const float* q, const float* k, const float* v,
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int group = heads / kv_heads, kh = h / group;
     int last = (int)pos[0];
+    int first = (int)blockIdx.y * AD_SPAN;
+    if (first > last) return;
     size_t base = (((size_t)layer * slots + slot[0]) * kv_heads + kh) * max_pos;
     const float* qr = q + (size_t)h * hd;
     const float* kr = k + (size_t)kh * hd;
     const float* vr = v + (size_t)kh * vhd;
-    bool store = (h % group) == 0;
+    bool store = (h % group) == 0 && blockIdx.y == 0;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         u16 kh16 = f2h(kr[i]);
         sq[i] = qr[i];
@@ -130,27 +162,38 @@ attention_decode_f16(float* out, const float* q, const float* k, const float* v,
     float m = __int_as_float(0xff800000), s = 0.0f, acc[ATT_PER_LANE];
 #pragma unroll
     for (int i = 0; i < ATT_PER_LANE; ++i) acc[i] = 0.0f;
-    for (int t0 = 32 * warp; t0 <= last; t0 += 32 * AD_WARPS) {
+    // q . k at `last` (the row's own key, in shared memory), the same for every warp.
+    float dot_last = 0.0f;
+    for (int d = 0; d < hd; ++d) dot_last += sq[d] * sk[d];
+    int lastc = last > 0 ? last - 1 : 0;
+    for (int t0 = first + 32 * warp; t0 <= last && t0 < first + AD_SPAN; t0 += 32 * AD_WARPS) {
         int t = t0 + lane;
-        float sc = __int_as_float(0xff800000);
-        if (t < last) {
-            const uint4* kp = (const uint4*)(kc + (base + t) * hd);
-            float dot = 0.0f;
-            for (int d8 = 0; d8 < (hd >> 3); ++d8) {
-                uint4 u = kp[d8];
-                u32 w[4] = {u.x, u.y, u.z, u.w};
+        // Keys: lane l scores position t0 + l from its cached row (clamped to a written
+        // row past the end; the select below drops it). The loads of a group of 64
+        // dimensions are issued together, before any of them is used.
+        const uint4* kp = (const uint4*)(kc + (base + min(t, lastc)) * hd);
+        float dot = 0.0f;
+        for (int g = 0; g < (hd >> 3); g += 8) {
+            uint4 u[8];
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    dot += sq[8 * d8 + 2 * e] * h2f((u16)(w[e] & 0xffffu));
-                    dot += sq[8 * d8 + 2 * e + 1] * h2f((u16)(w[e] >> 16));
+            for (int e = 0; e < 8; ++e) {
+                if (g + e < (hd >> 3)) u[e] = kp[g + e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (g + e < (hd >> 3)) {
+                    u32 w[4] = {u[e].x, u[e].y, u[e].z, u[e].w};
+                    const float* qd = sq + 8 * (g + e);
+#pragma unroll
+                    for (int h2 = 0; h2 < 4; ++h2) {
+                        dot += qd[2 * h2] * h2f((u16)(w[h2] & 0xffffu));
+                        dot += qd[2 * h2 + 1] * h2f((u16)(w[h2] >> 16));
+                    }
                 }
             }
-            sc = dot * scale;
-        } else if (t == last) {
-            float dot = 0.0f;
-            for (int d = 0; d < hd; ++d) dot += sq[d] * sk[d];
-            sc = dot * scale;
         }
+        float sc = t < last ? dot * scale
+                            : (t == last ? dot_last * scale : __int_as_float(0xff800000));
         // Lane 0's position t0 <= last is always live, so the tile max is finite.
         float mn = fmaxf(m, warp_max(sc));
         float c = expf(m - mn);
@@ -158,27 +201,25 @@ attention_decode_f16(float* out, const float* q, const float* k, const float* v,
         s = s * c + warp_sum(p);
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; ++i) acc[i] *= c;
-        // Values: lane l holds dimensions 2 (l + 32 i) and 2 (l + 32 i) + 1 (one u32 of two
-        // halves per row). The 32 rows' loads do not depend on each other or on acc, and the
-        // loop is unrolled, so they are all in flight at once; rows past the tile's end read
-        // a valid row (clamped) and are weighted by p = 0 through a select, never a multiply
-        // of a stale value.
-        int lastc = last > 0 ? last - 1 : 0;
-#pragma unroll
-        for (int l = 0; l < 32; ++l) {
-            float pl = __shfl_sync(0xffffffffu, p, l);
-            int tl = t0 + l;
-            const u32* vrow = (const u32*)(vc + (base + min(tl, lastc)) * vhd);
+        // Values of the positions before `last` from the cache, then `last` itself from
+        // shared memory (the tile that holds it).
+        // (Only tiles with a cached position: then every clamped row is one this sequence
+        // wrote, so p = 0 never meets a stale non-finite value.)
+        float pv = t < last ? p : 0.0f;
+        int vp = (vhd + 63) >> 6;
+        if (t0 < last) {
+            if (vp == 1) acc_values<1>(acc, vc, base, t0, lastc, pv, lane, vhd);
+            else if (vp == 2) acc_values<2>(acc, vc, base, t0, lastc, pv, lane, vhd);
+            else acc_values<4>(acc, vc, base, t0, lastc, pv, lane, vhd);
+        }
+        if (last < t0 + 32) {
+            float pl = __shfl_sync(0xffffffffu, p, last - t0);
 #pragma unroll
             for (int i = 0; i < ATT_PER_LANE / 2; ++i) {
                 int d = 2 * (lane + 32 * i);
                 if (d < vhd) {
-                    u32 w = vrow[d >> 1];
-                    float v0 = h2f((u16)(w & 0xffffu)), v1 = h2f((u16)(w >> 16));
-                    v0 = tl < last ? v0 : (tl == last ? sv[d] : 0.0f);
-                    v1 = tl < last ? v1 : (tl == last ? sv[d + 1] : 0.0f);
-                    acc[2 * i] += pl * v0;
-                    acc[2 * i + 1] += pl * v1;
+                    acc[2 * i] += pl * sv[d];
+                    acc[2 * i + 1] += pl * sv[d + 1];
                 }
             }
         }
@@ -199,11 +240,39 @@ attention_decode_f16(float* out, const float* q, const float* k, const float* v,
     for (int w = 1; w < AD_WARPS; ++w) mx = fmaxf(mx, sm_m[w]);
     float den = 0.0f;
     for (int w = 0; w < AD_WARPS; ++w) den += sm_s[w] > 0.0f ? sm_s[w] * expf(sm_m[w] - mx) : 0.0f;
-    float* o = out + (size_t)h * vhd;
+    float* pr = part + ((size_t)h * nsplit + blockIdx.y) * (vhd + 2);
+    if (threadIdx.x == 0) {
+        pr[0] = mx;
+        pr[1] = den;
+    }
     for (int d = threadIdx.x; d < vhd; d += blockDim.x) {
         float num = 0.0f;
         for (int w = 0; w < AD_WARPS; ++w)
             num += sm_s[w] > 0.0f ? sm_acc[w * ATT_MAX_DIM + d] * expf(sm_m[w] - mx) : 0.0f;
-        o[d] = num / den;
+        pr[2 + d] = num;
+    }
+}
+
+// Merges the partials of attention_decode_f16: grid (heads); out[h] = sum_i num_i e^(m_i - M)
+// / sum_i den_i e^(m_i - M) over the splits i <= last / AD_SPAN, M the largest m_i.
+extern "C" __global__ void attention_combine(float* out, const float* part, const u32* pos,
+                                             int nsplit, int vhd) {
+    int h = blockIdx.x;
+    int used = min((int)pos[0] / AD_SPAN + 1, nsplit);
+    const float* p = part + (size_t)h * nsplit * (vhd + 2);
+    float mx = __int_as_float(0xff800000);
+    for (int i = 0; i < used; ++i) mx = fmaxf(mx, p[(size_t)i * (vhd + 2)]);
+    float den = 0.0f;
+    for (int i = 0; i < used; ++i) {
+        const float* q = p + (size_t)i * (vhd + 2);
+        den += q[1] * expf(q[0] - mx);
+    }
+    for (int d = threadIdx.x; d < vhd; d += blockDim.x) {
+        float num = 0.0f;
+        for (int i = 0; i < used; ++i) {
+            const float* q = p + (size_t)i * (vhd + 2);
+            num += q[2 + d] * expf(q[0] - mx);
+        }
+        out[(size_t)h * vhd + d] = num / den;
     }
 }

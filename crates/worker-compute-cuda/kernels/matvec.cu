@@ -1,14 +1,17 @@
 // Matrix-vector products for decode (one activation row): out[j] = dot(x, w[j]) (+ bias[j]).
 //
-// One warp per output row j, MV_WARPS warps per block. Lane l takes the 32-element chunks
-// c = l, l + 32, ... of the row: it loads the chunk's quantized bytes with the widest loads
-// the block layout's alignment allows (u32 where blocks are 4-byte aligned, u16 otherwise)
-// and the 32 activations with 8 float4 loads (x stays in L1), and accumulates in f32; the
-// lanes are summed with shuffles. Adjacent lanes read adjacent blocks, so a warp streams a
-// contiguous stretch of the row. Every row length here is a multiple of 32 (checked by the
-// host), and a chunk never straddles a block (block sizes are 32 or 256).
+// One warp per output row (the fused gate/up kernel: one row of each), MV_WARPS warps per block. A row is processed in segments
+// of 32 chunks of 32 elements: the warp stages a segment's bytes in shared memory with
+// coalesced 16-byte loads, then lane l takes chunk l: it reads the chunk's quantized bytes
+// with the widest loads the block layout's alignment allows (u32 where blocks are 4-byte
+// aligned, u16 otherwise) and its 32 activations (8 float4 loads, once for both rows of
+// the gate/up kernel, which halved its L1 traffic), and accumulates in f32; the lanes are
+// summed with shuffles. Every row length here is a
+// multiple of 32 (checked by the host), and a chunk never straddles a block (block sizes
+// are 32 or 256; a segment of a 256-block type is 4 whole blocks).
 //
-// Each `dot32_<type>(row, c, xc)` returns sum_{e<32} w[32c + e] * xc[e], with exactly the
+// Each `dot32_<type>(row, c, xs, sx)` returns sum_{e<32} w[32c + e] * xs[e] (xs: the chunk's
+// 32 activations in registers, sx: their sum, for the types with an offset), with exactly the
 // dequantization of the `dq_<type>` element functions in quant.cu (ggml's block layouts).
 
 #define MV_WARPS 4
@@ -48,9 +51,8 @@ __device__ __forceinline__ float dot_nib16(const u16* q, const float* xs) {
     return s;
 }
 
-__device__ __forceinline__ float dot32_f32(const u8* row, int c, const float* xc) {
-    float xs[32], ws[32];
-    load_x32(xc, xs);
+__device__ __forceinline__ float dot32_f32(const u8* row, int c, const float* xs, float sx) {
+    float ws[32];
     load_x32((const float*)(row + (size_t)c * 128), ws);
     float s = 0.0f;
 #pragma unroll
@@ -58,9 +60,7 @@ __device__ __forceinline__ float dot32_f32(const u8* row, int c, const float* xc
     return s;
 }
 
-__device__ __forceinline__ float dot32_f16(const u8* row, int c, const float* xc) {
-    float xs[32];
-    load_x32(xc, xs);
+__device__ __forceinline__ float dot32_f16(const u8* row, int c, const float* xs, float sx) {
     const uint4* p = (const uint4*)(row + (size_t)c * 64);
     float s = 0.0f;
 #pragma unroll
@@ -76,9 +76,7 @@ __device__ __forceinline__ float dot32_f16(const u8* row, int c, const float* xc
     return s;
 }
 
-__device__ __forceinline__ float dot32_bf16(const u8* row, int c, const float* xc) {
-    float xs[32];
-    load_x32(xc, xs);
+__device__ __forceinline__ float dot32_bf16(const u8* row, int c, const float* xs, float sx) {
     const uint4* p = (const uint4*)(row + (size_t)c * 64);
     float s = 0.0f;
 #pragma unroll
@@ -95,22 +93,18 @@ __device__ __forceinline__ float dot32_bf16(const u8* row, int c, const float* x
 }
 
 // block_q4_0 (18 bytes, 2-byte aligned): d, qs[16]; value nib - 8.
-__device__ __forceinline__ float dot32_q4_0(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q4_0(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)c * 18;
-    float xs[32];
-    load_x32(xc, xs);
     const u16* q16 = (const u16*)(b + 2);
     u16 q[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) q[i] = q16[i];
-    return ldh(b) * (dot_nib16(q, xs) - 8.0f * sum32(xs));
+    return ldh(b) * (dot_nib16(q, xs) - 8.0f * sx);
 }
 
 // block_q4_1 (20 bytes, 4-byte aligned): d, m, qs[16]; value d * nib + m.
-__device__ __forceinline__ float dot32_q4_1(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q4_1(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)c * 20;
-    float xs[32];
-    load_x32(xc, xs);
     const u32* q32 = (const u32*)(b + 4);
     u32 q[4];
 #pragma unroll
@@ -121,7 +115,7 @@ __device__ __forceinline__ float dot32_q4_1(const u8* row, int c, const float* x
         u32 v = byte32(q, e);
         s += (float)(v & 15u) * xs[e] + (float)(v >> 4) * xs[e + 16];
     }
-    return ldh(b) * s + ldh(b + 2) * sum32(xs);
+    return ldh(b) * s + ldh(b + 2) * sx;
 }
 
 // sum_e (nib(e) | bit(e) << 4) * x[e] for a q5 chunk: 16 nibble bytes plus a u32 of high bits.
@@ -138,10 +132,8 @@ __device__ __forceinline__ float dot_q5(const u32* q, u32 qh, const float* xs) {
 }
 
 // block_q5_0 (22 bytes, 2-byte aligned): d, qh[4], qs[16]; value (nib | bit << 4) - 16.
-__device__ __forceinline__ float dot32_q5_0(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q5_0(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)c * 22;
-    float xs[32];
-    load_x32(xc, xs);
     const u16* p = (const u16*)(b + 2);
     u16 w[10];
 #pragma unroll
@@ -150,26 +142,22 @@ __device__ __forceinline__ float dot32_q5_0(const u8* row, int c, const float* x
     u32 q[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) q[i] = (u32)w[2 + 2 * i] | ((u32)w[3 + 2 * i] << 16);
-    return ldh(b) * (dot_q5(q, qh, xs) - 16.0f * sum32(xs));
+    return ldh(b) * (dot_q5(q, qh, xs) - 16.0f * sx);
 }
 
 // block_q5_1 (24 bytes, 8-byte aligned): d, m, qh[4], qs[16]; value d * (nib | bit << 4) + m.
-__device__ __forceinline__ float dot32_q5_1(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q5_1(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)c * 24;
-    float xs[32];
-    load_x32(xc, xs);
     const u32* p = (const u32*)(b + 4);
     u32 w[5];
 #pragma unroll
     for (int i = 0; i < 5; ++i) w[i] = p[i];
-    return ldh(b) * dot_q5(w + 1, w[0], xs) + ldh(b + 2) * sum32(xs);
+    return ldh(b) * dot_q5(w + 1, w[0], xs) + ldh(b + 2) * sx;
 }
 
 // block_q8_0 (34 bytes, 2-byte aligned): d, qs[32] (i8).
-__device__ __forceinline__ float dot32_q8_0(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q8_0(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)c * 34;
-    float xs[32];
-    load_x32(xc, xs);
     const u16* p = (const u16*)(b + 2);
     u16 w[16];
 #pragma unroll
@@ -186,11 +174,9 @@ __device__ __forceinline__ float dot32_q8_0(const u8* row, int c, const float* x
 // block_q4_K (144 bytes, 16-byte aligned): d, dmin, scales[12], qs[128]. Chunk j (0..8) of a
 // super-block uses scale/min j and the low (j even) or high (j odd) nibbles of
 // qs[32 (j / 2) .. + 32].
-__device__ __forceinline__ float dot32_q4_k(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q4_k(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)(c >> 3) * 144;
     int j = c & 7;
-    float xs[32];
-    load_x32(xc, xs);
     const uint4* p = (const uint4*)(b + 16 + 32 * (j >> 1));
     uint4 v0 = p[0], v1 = p[1];
     u32 q[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
@@ -200,16 +186,14 @@ __device__ __forceinline__ float dot32_q4_k(const u8* row, int c, const float* x
     for (int l = 0; l < 32; ++l) s += (float)((byte32(q, l) >> shift) & 15u) * xs[l];
     int sc, m;
     scale_min_k4(j, b + 4, &sc, &m);
-    return ldh(b) * (float)sc * s - ldh(b + 2) * (float)m * sum32(xs);
+    return ldh(b) * (float)sc * s - ldh(b + 2) * (float)m * sx;
 }
 
 // block_q5_K (176 bytes, 16-byte aligned): d, dmin, scales[12], qh[32], qs[128]; chunk j adds
 // bit j of qh[l] as the 5th bit.
-__device__ __forceinline__ float dot32_q5_k(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q5_k(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)(c >> 3) * 176;
     int j = c & 7;
-    float xs[32];
-    load_x32(xc, xs);
     const uint4* p = (const uint4*)(b + 48 + 32 * (j >> 1));
     const uint4* ph = (const uint4*)(b + 16);
     uint4 v0 = p[0], v1 = p[1], h0 = ph[0], h1 = ph[1];
@@ -224,18 +208,16 @@ __device__ __forceinline__ float dot32_q5_k(const u8* row, int c, const float* x
     }
     int sc, m;
     scale_min_k4(j, b + 4, &sc, &m);
-    return ldh(b) * (float)sc * s - ldh(b + 2) * (float)m * sum32(xs);
+    return ldh(b) * (float)sc * s - ldh(b + 2) * (float)m * sx;
 }
 
 // block_q6_K (210 bytes, 2-byte aligned): ql[128], qh[64], scales[16] (i8), d. Chunk j is
 // quarter j % 4 of half j / 4: low bits from ql[64 half + 32 (quarter & 1) + l] (low nibble
 // for quarters 0, 1, high for 2, 3), high bits (qh[32 half + l] >> 2 quarter) & 3, value - 32,
 // scale scales[8 half + 2 quarter + l / 16].
-__device__ __forceinline__ float dot32_q6_k(const u8* row, int c, const float* xc) {
+__device__ __forceinline__ float dot32_q6_k(const u8* row, int c, const float* xs, float sx) {
     const u8* b = row + (size_t)(c >> 3) * 210;
     int j = c & 7, half = j >> 2, quarter = j & 3;
-    float xs[32];
-    load_x32(xc, xs);
     const u16* pl = (const u16*)(b + 64 * half + 32 * (quarter & 1));
     const u16* ph = (const u16*)(b + 128 + 32 * half);
     u16 ql[16], qh[16];
@@ -258,19 +240,85 @@ __device__ __forceinline__ float dot32_q6_k(const u8* row, int c, const float* x
     return ldh(b + 208) * ((float)sc[0] * s0 + (float)sc[1] * s1);
 }
 
+// Most bytes 32 chunks take (f32: 32 x 32 x 4); a warp stages one such segment at a time.
+#define MV_SEG_MAX 4096
+
+// Copies `bytes` bytes at `start` into the warp's shared buffer with coalesced 16-byte loads
+// of the enclosing 16-byte aligned range (never below the allocation, which is 256-byte
+// aligned; at most 15 bytes past a row end, which the host pads). Returns where `start`
+// landed in the buffer.
+__device__ __forceinline__ const u8* stage(const u8* start, long long bytes, u8* buf, int lane) {
+    size_t s = (size_t)start;
+    size_t a0 = s & ~(size_t)15, a1 = (s + (size_t)bytes + 15) & ~(size_t)15;
+    int n16 = (int)((a1 - a0) >> 4);
+    const uint4* src = (const uint4*)a0;
+    uint4* dst = (uint4*)buf;
+    __syncwarp();
+    for (int i = lane; i < n16; i += 32) dst[i] = src[i];
+    __syncwarp();
+    return buf + (s - a0);
+}
+
+// The warp's dot products of x with rows r0 and (when two) r1 over k elements, in segments
+// of 32 chunks: lane l loads chunk l's activations once and applies them to both rows.
 #define DEFINE_MATVEC(NAME)                                                                    \
+__device__ __forceinline__ void mv_rows_##NAME(const u8* r0, const u8* r1, bool two,            \
+                                               const float* x, int k, long long row_bytes,     \
+                                               int seg_bytes, u8* buf, int lane, float* d0,    \
+                                               float* d1) {                                    \
+    float acc0 = 0.0f, acc1 = 0.0f;                                                            \
+    int chunks = k >> 5;                                                                       \
+    long long off = 0;                                                                         \
+    for (int c0 = 0; c0 < chunks; c0 += 32, off += seg_bytes) {                                \
+        long long bytes = min((long long)seg_bytes, row_bytes - off);                          \
+        int c = c0 + lane;                                                                     \
+        bool live = c < chunks;                                                                \
+        float xs[32], sx = 0.0f;                                                               \
+        if (live) {                                                                            \
+            load_x32(x + ((size_t)c << 5), xs);                                                \
+            sx = sum32(xs);                                                                    \
+        }                                                                                      \
+        const u8* s0 = stage(r0 + off, bytes, buf, lane);                                      \
+        if (live) acc0 += dot32_##NAME(s0, lane, xs, sx);                                      \
+        if (two) {                                                                             \
+            const u8* s1 = stage(r1 + off, bytes, buf, lane);                                  \
+            if (live) acc1 += dot32_##NAME(s1, lane, xs, sx);                                  \
+        }                                                                                      \
+    }                                                                                          \
+    *d0 = warp_sum(acc0);                                                                      \
+    *d1 = warp_sum(acc1);                                                                      \
+}                                                                                              \
+/* One row per warp: small matrices are latency-bound, and a second row per warp (sharing */  \
+/* the activations) measured slower on them.                                               */  \
 extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
 matvec_##NAME(float* out, const float* x, const u8* w, const float* bias, int n, int k,        \
-              long long row_bytes) {                                                           \
+              long long row_bytes, int seg_bytes) {                                            \
+    __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
     int j = blockIdx.x * MV_WARPS + warp;                                                      \
     if (j >= n) return;                                                                        \
-    const u8* row = w + (size_t)j * row_bytes;                                                 \
-    float acc = 0.0f;                                                                          \
-    int chunks = k >> 5;                                                                       \
-    for (int c = lane; c < chunks; c += 32) acc += dot32_##NAME(row, c, x + (c << 5));         \
-    acc = warp_sum(acc);                                                                       \
-    if (lane == 0) out[j] = acc + (bias ? bias[j] : 0.0f);                                     \
+    const u8* r0 = w + (size_t)j * row_bytes;                                                  \
+    float d0, d1;                                                                              \
+    mv_rows_##NAME(r0, r0, false, x, k, row_bytes, seg_bytes, sbuf[warp], lane, &d0, &d1);     \
+    if (lane == 0) out[j] = d0 + (bias ? bias[j] : 0.0f);                                      \
+}                                                                                              \
+/* The MLP's gate and up projections of one row and the SwiGLU between them: gate[j],     */   \
+/* up[j] and act[j] = silu(gate[j]) * up[j] (the formula of swiglu_f32); one j per warp.  */   \
+extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
+matvec_glu_##NAME(float* act, float* gate, float* up, const float* x, const u8* wg,            \
+                  const u8* wu, int n, int k, long long row_bytes, int seg_bytes) {            \
+    __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
+    int j = blockIdx.x * MV_WARPS + warp;                                                      \
+    if (j >= n) return;                                                                        \
+    float g, u;                                                                                \
+    mv_rows_##NAME(wg + (size_t)j * row_bytes, wu + (size_t)j * row_bytes, true, x, k,         \
+                   row_bytes, seg_bytes, sbuf[warp], lane, &g, &u);                            \
+    if (lane == 0) {                                                                           \
+        gate[j] = g;                                                                           \
+        up[j] = u;                                                                             \
+        act[j] = g / (1.0f + expf(-g)) * u;                                                    \
+    }                                                                                          \
 }
 
 DEFINE_MATVEC(f32)

@@ -62,6 +62,7 @@ const OTHER_KERNELS: &[&str] = &[
     "kv_store",
     "attention_f16",
     "attention_decode_f16",
+    "attention_combine",
 ];
 
 /// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
@@ -70,10 +71,17 @@ const MAX_HEAD_DIM: usize = 256;
 const MM_ROWS: usize = 8;
 /// Output columns per matmul block (warps per block).
 const MM_COLS: usize = 4;
-/// Output rows per mat-vec block (`MV_WARPS` in matvec.cu).
+/// Warps per mat-vec block, one output row each (`MV_WARPS` in matvec.cu).
 const MV_WARPS: usize = 4;
+/// Elements of a row a mat-vec warp stages in shared memory at once (32 chunks of 32);
+/// at most `MV_SEG_MAX` bytes in matvec.cu (4096: f32).
+const MATVEC_SEGMENT: usize = 1024;
+/// Zero bytes after every weight's data (the mat-vec's aligned reads may run 15 past it).
+const WEIGHT_PAD: usize = 16;
 /// Threads of a decode attention block (`AD_WARPS` warps in attention.cu).
-const AD_THREADS: u32 = 16 * 32;
+const AD_THREADS: u32 = 4 * 32;
+/// Positions of a decode attention block (`AD_SPAN` in attention.cu).
+const AD_SPAN: usize = 128;
 /// Entries of the index arena (one device allocation, uploaded with one copy per step);
 /// index vectors beyond it get their own allocation.
 const INDEX_ARENA: usize = 1 << 20;
@@ -114,12 +122,15 @@ struct Index {
 
 struct Weight {
     name: String,
-    suffix: &'static str,
     rows: usize,
     cols: usize,
     row_bytes: usize,
+    /// Bytes of [`MATVEC_SEGMENT`] elements of a row (what a mat-vec warp stages at once).
+    seg_bytes: usize,
     /// Stored as an f32 vector (norm weights, biases), dequantized at upload.
     vector: bool,
+    /// The kernels of its storage type: embed, matmul, matvec, matvec_glu.
+    funcs: [usize; 4],
     ptr: u64,
     _buf: CudaSlice<u8>,
 }
@@ -129,6 +140,8 @@ struct KvCache {
     k: u64,
     v: u64,
     _bufs: (CudaSlice<u16>, CudaSlice<u16>),
+    /// Partial results of the split decode attention: (buffer, address, floats).
+    partials: Option<(CudaSlice<f32>, u64, usize)>,
 }
 
 /// The CUDA implementation of [`ComputeBackend`].
@@ -150,6 +163,14 @@ pub struct CudaBackend {
     weights: Vec<Weight>,
     caches: Vec<KvCache>,
     argmax_out: Option<(CudaSlice<u32>, u64)>,
+    step_timing: Option<StepTiming>,
+}
+
+/// Events and a clock for [`CudaBackend::set_step_timing`].
+struct StepTiming {
+    start: cudarc::driver::CudaEvent,
+    end: cudarc::driver::CudaEvent,
+    last_readout: Option<std::time::Instant>,
 }
 
 fn driver(what: &'static str) -> impl FnOnce(DriverError) -> CudaError {
@@ -254,6 +275,7 @@ impl CudaBackend {
             weights: Vec::new(),
             caches: Vec::new(),
             argmax_out: None,
+            step_timing: None,
         })
     }
 
@@ -300,6 +322,26 @@ impl CudaBackend {
     /// Kernel launch counters since start-up (the benchmark prints them per decode step).
     pub fn launch_stats(&self) -> LaunchStats {
         self.queue.stats
+    }
+
+    /// Times every `read_rows` (a model step's end): device time between events around the
+    /// flush and read-out, host time inside it, host time between steps. See [`LaunchStats`].
+    pub fn set_step_timing(&mut self, on: bool) -> Result<()> {
+        self.step_timing = if on {
+            let ev = || {
+                self.ctx
+                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                    .map_err(op_err("set_step_timing"))
+            };
+            Some(StepTiming {
+                start: ev()?,
+                end: ev()?,
+                last_readout: None,
+            })
+        } else {
+            None
+        };
+        Ok(())
     }
 
     /// Starts timing every kernel with events (launches go one by one from now on, no
@@ -433,9 +475,21 @@ impl CudaBackend {
         tag: Tag,
     ) -> Result<()> {
         let func = self.func_id(op, name)?;
+        self.launch_func(op, func, dims, args, tag)
+    }
+
+    /// Queues a launch of a function looked up before (the hot path: no name lookup).
+    fn launch_func(
+        &mut self,
+        op: &'static str,
+        func: usize,
+        dims: Dims,
+        args: &[Arg],
+        tag: Tag,
+    ) -> Result<()> {
         let args = Args::new(args).ok_or_else(|| ComputeError::Unsupported {
             op,
-            reason: format!("kernel {name} takes more arguments than the launch queue holds"),
+            reason: format!("kernel {func} takes more arguments than the launch queue holds"),
         })?;
         self.queue.push(Launch {
             func,
@@ -445,6 +499,59 @@ impl CudaBackend {
             tag,
         });
         Ok(())
+    }
+
+    /// When the last two queued launches are the one-row mat-vecs writing `gate` and `up`
+    /// (either order) with the same input, weight type and shape and no bias, the launch of
+    /// the fused gate/up/SwiGLU kernel that replaces them.
+    fn glu_fusion(&self, act: u64, gate: u64, up: u64, cols: usize) -> Option<Launch> {
+        let (a, b) = self.queue.last_two()?;
+        let (Tag::Matvec { out: ao, glu }, Tag::Matvec { out: bo, .. }) = (a.tag, b.tag) else {
+            return None;
+        };
+        let (g, u) = match (ao == gate && bo == up, ao == up && bo == gate) {
+            (true, _) => (a, b),
+            (_, true) => (b, a),
+            _ => return None,
+        };
+        let (ga, ua) = (g.args.as_slice(), u.args.as_slice());
+        // matvec args: out, x, w, bias, n, k, row_bytes, seg_bytes.
+        let same = g.func == u.func
+            && g.grid == u.grid
+            && ga.len() == 8
+            && ua.len() == 8
+            && ga[1] == ua[1]
+            && ga[3] == Arg::P(0)
+            && ua[3] == Arg::P(0)
+            && ga[4..] == ua[4..]
+            && ga[4] == Arg::I(i32::try_from(cols).ok()?);
+        if !same
+            || [act, gate, up].contains(&match ga[1] {
+                Arg::P(x) => x,
+                _ => return None,
+            })
+        {
+            return None;
+        }
+        let args = Args::new(&[
+            Arg::P(act),
+            Arg::P(gate),
+            Arg::P(up),
+            ga[1],
+            ga[2],
+            ua[2],
+            ga[4],
+            ga[5],
+            ga[6],
+            ga[7],
+        ])?;
+        Some(Launch {
+            func: glu,
+            grid: (cols.div_ceil(MV_WARPS) as u32, 1, 1),
+            block: g.block,
+            args,
+            tag: Tag::Plain,
+        })
     }
 
     fn tensor(&self, op: &'static str, id: TensorId) -> Result<&Tensor> {
@@ -549,6 +656,7 @@ fn kernel_names() -> Vec<String> {
         v.push(format!("embed_{s}"));
         v.push(format!("matmul_{s}"));
         v.push(format!("matvec_{s}"));
+        v.push(format!("matvec_glu_{s}"));
     }
     v
 }
@@ -626,30 +734,41 @@ impl ComputeBackend for CudaBackend {
         i32_of("upload_weight", d.cols)?;
         i32_of("upload_weight", d.rows)?;
         self.flush("upload_weight")?;
-        let (buf, suffix, row_bytes, vector) = if d.rows == 1 {
+        // The mat-vec reads rows in 16-byte aligned pieces, up to 15 bytes past the last
+        // row's end: every weight allocation has WEIGHT_PAD zero bytes after its data.
+        let (buf, suffix, row_bytes, vector, seg_bytes) = if d.rows == 1 {
             // Vectors (norm weights, biases) are tiny and read by every row: keep f32.
             let mut v = vec![0f32; d.cols];
             worker_gguf::dequantize(d.ty, d.bytes, &mut v).map_err(|e| bad(e.to_string()))?;
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let mut buf = self.alloc::<u8>("weight", bytes.len())?;
+            let mut buf = self.alloc::<u8>("weight", bytes.len() + WEIGHT_PAD)?;
             self.stream
-                .memcpy_htod(&bytes[..], &mut buf)
+                .memcpy_htod(&bytes[..], &mut buf.slice_mut(..bytes.len()))
                 .map_err(op_err("upload_weight"))?;
-            (buf, "f32", d.cols * 4, true)
+            (buf, "f32", d.cols * 4, true, MATVEC_SEGMENT * 4)
         } else {
-            let mut buf = self.alloc::<u8>("weight", d.bytes.len())?;
+            let mut buf = self.alloc::<u8>("weight", d.bytes.len() + WEIGHT_PAD)?;
             self.stream
-                .memcpy_htod(d.bytes, &mut buf)
+                .memcpy_htod(d.bytes, &mut buf.slice_mut(..d.bytes.len()))
                 .map_err(op_err("upload_weight"))?;
-            (buf, suffix, row_bytes, false)
+            let seg = d.ty.bytes_for(MATVEC_SEGMENT as u64).unwrap_or(0) as usize;
+            (buf, suffix, row_bytes, false, seg)
         };
         let ptr = self.ptr(&buf);
+        let mut funcs = [0; 4];
+        for (f, kind) in funcs
+            .iter_mut()
+            .zip(["embed", "matmul", "matvec", "matvec_glu"])
+        {
+            *f = self.func_id("upload_weight", &format!("{kind}_{suffix}"))?;
+        }
         self.weights.push(Weight {
+            funcs,
             name: d.name.to_string(),
-            suffix,
             rows: d.rows,
             cols: d.cols,
             row_bytes,
+            seg_bytes,
             vector,
             ptr,
             _buf: buf,
@@ -718,6 +837,7 @@ impl ComputeBackend for CudaBackend {
             k: kp,
             v: vp,
             _bufs: (k, v),
+            partials: None,
         });
         Ok(KvCacheId::from_raw(self.caches.len() as u32 - 1))
     }
@@ -817,12 +937,30 @@ impl ComputeBackend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        let entered = std::time::Instant::now();
+        if let Some(st) = &self.step_timing {
+            st.start.record(&self.stream).map_err(op_err(OP))?;
+        }
         self.flush(OP)?;
         let t = self.tensor(OP, src)?;
         self.stream
             .memcpy_dtoh(&t.buf.slice(..n), out)
             .map_err(op_err(OP))?;
-        self.stream.synchronize().map_err(op_err(OP))
+        if let Some(st) = &self.step_timing {
+            st.end.record(&self.stream).map_err(op_err(OP))?;
+        }
+        self.stream.synchronize().map_err(op_err(OP))?;
+        if let Some(st) = &mut self.step_timing {
+            let ms = st.start.elapsed_ms(&st.end).map_err(op_err(OP))?;
+            let s = &mut self.queue.stats;
+            s.device_ns += (f64::from(ms) * 1e6) as u64;
+            s.readout_ns += entered.elapsed().as_nanos() as u64;
+            if let Some(prev) = st.last_readout {
+                s.record_ns += entered.duration_since(prev).as_nanos() as u64;
+            }
+            st.last_readout = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 
     fn embed(&mut self, out: TensorId, table: WeightId, ids: IndexId, rows: usize) -> Result<()> {
@@ -841,7 +979,7 @@ impl ComputeBackend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let name = format!("embed_{}", w.suffix);
+        let func = w.funcs[0];
         let args = [
             Arg::P(o.ptr),
             Arg::P(w.ptr),
@@ -849,7 +987,7 @@ impl ComputeBackend for CudaBackend {
             Arg::I(i32_of(OP, w.cols)?),
             Arg::L(w.row_bytes as i64),
         ];
-        self.launch(OP, &name, grid(rows, 1, 256), &args)
+        self.launch_func(OP, func, grid(rows, 1, 256), &args, Tag::Plain)
     }
 
     fn gather_rows(
@@ -982,14 +1120,21 @@ impl ComputeBackend for CudaBackend {
         let o = self.tensor(OP, out)?;
         check_rows(OP, xt.rows, rows, "input")?;
         check_rows(OP, o.rows, rows, "output")?;
-        check_cols(OP, xt.cols, wt.cols, &format!("input of {:?}", wt.name))?;
-        check_cols(OP, o.cols, wt.rows, &format!("output of {:?}", wt.name))?;
+        if xt.cols != wt.cols || o.cols != wt.rows {
+            let what = if xt.cols != wt.cols {
+                "input"
+            } else {
+                "output"
+            };
+            check_cols(OP, xt.cols, wt.cols, &format!("input of {:?}", wt.name))?;
+            check_cols(OP, o.cols, wt.rows, &format!("{what} of {:?}", wt.name))?;
+        }
         if rows == 0 {
             return Ok(());
         }
-        if rows == 1 && wt.cols.is_multiple_of(32) {
+        if rows == 1 && wt.cols.is_multiple_of(32) && (1..=4096).contains(&wt.seg_bytes) {
             // Decode: one warp per output row (matvec.cu).
-            let name = format!("matvec_{}", wt.suffix);
+            let func = wt.funcs[2];
             let args = [
                 Arg::P(o.ptr),
                 Arg::P(xt.ptr),
@@ -998,16 +1143,20 @@ impl ComputeBackend for CudaBackend {
                 Arg::I(i32_of(OP, wt.rows)?),
                 Arg::I(i32_of(OP, wt.cols)?),
                 Arg::L(wt.row_bytes as i64),
+                Arg::I(i32_of(OP, wt.seg_bytes)?),
             ];
             let dims = grid(wt.rows.div_ceil(MV_WARPS), 1, 32 * MV_WARPS as u32);
-            let tag = Tag::Matvec { out: o.ptr };
-            return self.launch_tagged(OP, &name, dims, &args, tag);
+            let tag = Tag::Matvec {
+                out: o.ptr,
+                glu: wt.funcs[3],
+            };
+            return self.launch_func(OP, func, dims, &args, tag);
         }
         let blocks_y = rows.div_ceil(MM_ROWS);
         if blocks_y > 65_535 {
             return Err(shape(OP, format!("{rows} rows in one matmul")));
         }
-        let name = format!("matmul_{}", wt.suffix);
+        let func = wt.funcs[1];
         let args = [
             Arg::P(o.ptr),
             Arg::P(xt.ptr),
@@ -1018,7 +1167,7 @@ impl ComputeBackend for CudaBackend {
             Arg::L(wt.row_bytes as i64),
         ];
         let cfg = grid(wt.rows.div_ceil(MM_COLS), blocks_y, 32 * MM_COLS as u32);
-        self.launch(OP, &name, cfg, &args)
+        self.launch_func(OP, func, cfg, &args, Tag::Plain)
     }
 
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
@@ -1049,7 +1198,7 @@ impl ComputeBackend for CudaBackend {
         }
         // Fused: the mat-vec that just wrote `dst` adds the bias as it stores.
         if let Some(last) = self.queue.last_mut() {
-            if last.tag == (Tag::Matvec { out: dp }) && rows == 1 {
+            if matches!(last.tag, Tag::Matvec { out, .. } if out == dp) && rows == 1 {
                 if let Some(b @ Arg::P(0)) = last.args.as_mut_slice().get_mut(3) {
                     *b = Arg::P(bp);
                     return Ok(());
@@ -1214,9 +1363,29 @@ impl ComputeBackend for CudaBackend {
         let (kc, vc) = (kv.k, kv.v);
         let common = |v: usize| i32_of(OP, v);
         if rows == 1 && hd.is_multiple_of(8) && vhd.is_multiple_of(2) {
-            // Decode: one kernel stores this row's key/value and attends (attention.cu).
+            // Decode: one kernel stores this row's key/value and attends over splits of the
+            // positions, a second merges the splits (attention.cu).
+            let nsplit = cfg.max_positions.div_ceil(AD_SPAN);
+            let need = p.heads * nsplit * (vhd + 2);
+            let have = kv.partials.as_ref().map_or(0, |(_, _, n)| *n);
+            if have < need {
+                let buf = self.alloc::<f32>("attention partials", need)?;
+                let ptr = self.ptr(&buf);
+                if let Some(kv) = self.caches.get_mut(cache.raw() as usize) {
+                    kv.partials = Some((buf, ptr, need));
+                }
+            }
+            let Some(part) = self
+                .caches
+                .get(cache.raw() as usize)
+                .and_then(|kv| kv.partials.as_ref().map(|(_, p, _)| *p))
+            else {
+                return Err(ComputeError::Alloc {
+                    what: "attention partials",
+                    bytes: need as u128 * 4,
+                });
+            };
             let args = [
-                Arg::P(op),
                 Arg::P(qp),
                 Arg::P(kp),
                 Arg::P(vp),
@@ -1232,9 +1401,25 @@ impl ComputeBackend for CudaBackend {
                 Arg::I(common(p.layer)?),
                 Arg::I(common(cfg.slots)?),
                 Arg::I(common(cfg.max_positions)?),
+                Arg::P(part),
+                Arg::I(common(nsplit)?),
             ];
-            let dims = grid(p.heads, 1, AD_THREADS);
-            return self.launch(OP, "attention_decode_f16", dims, &args);
+            if nsplit > 65_535 {
+                return Err(shape(
+                    OP,
+                    format!("{} positions in the cache", cfg.max_positions),
+                ));
+            }
+            let dims = grid(p.heads, nsplit, AD_THREADS);
+            self.launch(OP, "attention_decode_f16", dims, &args)?;
+            let combine = [
+                Arg::P(op),
+                Arg::P(part),
+                Arg::P(pp),
+                Arg::I(common(nsplit)?),
+                Arg::I(common(vhd)?),
+            ];
+            return self.launch(OP, "attention_combine", grid(p.heads, 1, 128), &combine);
         }
         let store = [
             Arg::P(kc),
@@ -1284,8 +1469,18 @@ impl ComputeBackend for CudaBackend {
             check_rows(OP, t.rows, rows, what)?;
             check_cols(OP, t.cols, g.cols, what)?;
         }
-        let args = vec![Arg::P(o.ptr), Arg::P(g.ptr), Arg::P(u.ptr)];
-        self.elementwise(OP, "swiglu_f32", rows * g.cols, args)
+        let (gp, up_, op, cols) = (g.ptr, u.ptr, o.ptr, g.cols);
+        if rows == 1 {
+            if let Some(fused) = self.glu_fusion(op, gp, up_, cols) {
+                self.queue.pop();
+                if let Some(last) = self.queue.last_mut() {
+                    *last = fused;
+                }
+                return Ok(());
+            }
+        }
+        let args = vec![Arg::P(op), Arg::P(gp), Arg::P(up_)];
+        self.elementwise(OP, "swiglu_f32", rows * cols, args)
     }
 
     fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()> {

@@ -37,7 +37,7 @@ impl Arg {
 }
 
 /// Most arguments a kernel of this crate takes.
-pub(crate) const MAX_ARGS: usize = 16;
+pub(crate) const MAX_ARGS: usize = 20;
 
 /// A kernel's arguments, inline (no allocation per launch).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,7 +72,8 @@ pub(crate) enum Tag {
     /// Nothing fuses into it.
     Plain,
     /// A one-row mat-vec writing `out`; argument 3 is its bias pointer (0: none yet).
-    Matvec { out: u64 },
+    /// `glu` is the function of the same type's fused gate/up/SwiGLU kernel.
+    Matvec { out: u64, glu: usize },
     /// `dst += src` over `rows` rows of `cols`.
     Add {
         dst: u64,
@@ -107,6 +108,13 @@ pub struct LaunchStats {
     pub graphs_captured: u64,
     /// Queue flushes (host interactions that had launches pending).
     pub flushes: u64,
+    /// With step timing on ([`crate::CudaBackend::set_step_timing`]), per `read_rows`:
+    /// nanoseconds of device work from the flush to the end of the read-out (events),
+    pub device_ns: u64,
+    /// nanoseconds spent inside `read_rows` on the host (flush, copy, wait),
+    pub readout_ns: u64,
+    /// and nanoseconds on the host between one `read_rows` and the next (recording ops).
+    pub record_ns: u64,
 }
 
 /// Launch lists shorter than this are submitted directly (a graph would not pay off).
@@ -200,6 +208,19 @@ impl Queue {
     /// The last queued launch, for an op that fuses into it.
     pub fn last_mut(&mut self) -> Option<&mut Launch> {
         self.pending.last_mut()
+    }
+
+    /// The last two queued launches, for an op that fuses them.
+    pub fn last_two(&self) -> Option<(&Launch, &Launch)> {
+        match self.pending.as_slice() {
+            [.., a, b] => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    /// Drops the last queued launch (it was fused into another).
+    pub fn pop(&mut self) -> Option<Launch> {
+        self.pending.pop()
     }
 
     pub fn has_pending(&self) -> bool {

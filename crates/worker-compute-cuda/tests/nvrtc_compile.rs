@@ -60,6 +60,11 @@ fn every_kernel_file_compiles() {
                     let text = ptx.to_src();
                     assert!(text.contains(".entry"), "{file}: PTX without kernels");
                     eprintln!("{file} compute_{arch}: {} bytes of PTX", text.len());
+                    // For `ptxas -v` (registers, spills) where a CUDA toolkit is at hand.
+                    if let Some(dir) = std::env::var_os("WORKER_PTX_DIR") {
+                        let path = PathBuf::from(dir).join(format!("{file}.{arch}.ptx"));
+                        std::fs::write(&path, &text).expect("writing PTX");
+                    }
                 }
                 Err(e) => panic!("compute_{arch}: {e}"),
             }
