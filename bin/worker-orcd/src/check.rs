@@ -379,7 +379,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
     // bias is fused into the mat-vec), and an odd number of output rows.
     let n = 71usize;
     for &(ty, name) in WEIGHT_TYPES {
-        let k = if ty.block_size() == 256 { 2304 } else { 1600 };
+        let k = if ty.block_size() == 256 { 2304 } else { 2400 };
         let w = weight_bytes(ty, &rng.normals(n * k, 0.5))?;
         let (x, bias) = (rng.normals(k, 1.0), rng.normals(n, 1.0));
         out.push((

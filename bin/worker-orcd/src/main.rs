@@ -32,6 +32,9 @@ struct Cli {
     /// Replay repeated steps as CUDA graphs (`false` launches every kernel one by one).
     #[arg(long, global = true, env = "WORKER_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
+    /// Use CUDA kernels not yet checked on a device (see `CudaConfig::experimental`).
+    #[arg(long, global = true, env = "WORKER_CUDA_EXPERIMENTAL", default_value_t = false, action = clap::ArgAction::Set)]
+    cuda_experimental: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,6 +117,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let dev = Device {
         ordinal: cli.gpu_device,
         graphs: cli.cuda_graphs,
+        experimental: cli.cuda_experimental,
     };
     match &cli.command {
         Command::Generate(a) => generate(dev, a),
@@ -130,6 +134,8 @@ pub struct Device {
     pub ordinal: usize,
     /// Replay repeated steps as CUDA graphs.
     pub graphs: bool,
+    /// Use kernels not yet checked on a device.
+    pub experimental: bool,
 }
 
 /// Opens the CUDA device; its error is the one-line "no CUDA device found: …".
@@ -138,6 +144,7 @@ pub fn open_cuda(dev: Device) -> anyhow::Result<CudaBackend> {
     let be = CudaBackend::new(CudaConfig {
         device,
         graphs: dev.graphs,
+        experimental: dev.experimental,
     })?;
     let (free, total) = be.vram()?;
     eprintln!(

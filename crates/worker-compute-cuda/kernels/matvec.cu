@@ -321,6 +321,44 @@ matvec_glu_##NAME(float* act, float* gate, float* up, const float* x, const u8* 
     }                                                                                          \
 }
 
+// Long rows (experimental, `CudaConfig::experimental`): one block of MV_WARPS warps per
+// output row, warp w taking the row's segments w, w + MV_WARPS, ...; the warps' sums are
+// added in shared memory. A warp then walks a quarter of the segments one after the other
+// instead of all of them (the down projections: K = 4864 is 5 segments).
+#define DEFINE_MATVEC_WIDE(NAME)                                                               \
+extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
+matvec_wide_##NAME(float* out, const float* x, const u8* w, const float* bias, int n, int k,   \
+                   long long row_bytes, int seg_bytes) {                                       \
+    __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
+    __shared__ float part[MV_WARPS];                                                           \
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
+    int j = blockIdx.x;                                                                        \
+    const u8* row = w + (size_t)j * row_bytes;                                                 \
+    float acc = 0.0f;                                                                          \
+    int chunks = k >> 5;                                                                       \
+    for (int s = warp; 32 * s < chunks; s += MV_WARPS) {                                       \
+        long long off = (long long)s * seg_bytes;                                              \
+        long long bytes = min((long long)seg_bytes, row_bytes - off);                          \
+        int c = 32 * s + lane;                                                                 \
+        bool live = c < chunks;                                                                \
+        float xs[32], sx = 0.0f;                                                               \
+        if (live) {                                                                            \
+            load_x32(x + ((size_t)c << 5), xs);                                                \
+            sx = sum32(xs);                                                                    \
+        }                                                                                      \
+        const u8* s0 = stage(row + off, bytes, sbuf[warp], lane);                              \
+        if (live) acc += dot32_##NAME(s0, lane, xs, sx);                                       \
+    }                                                                                          \
+    acc = warp_sum(acc);                                                                       \
+    if (lane == 0) part[warp] = acc;                                                           \
+    __syncthreads();                                                                           \
+    if (threadIdx.x == 0) {                                                                    \
+        float t = 0.0f;                                                                        \
+        for (int i = 0; i < MV_WARPS; ++i) t += part[i];                                       \
+        out[j] = t + (bias ? bias[j] : 0.0f);                                                  \
+    }                                                                                          \
+}
+
 DEFINE_MATVEC(f32)
 DEFINE_MATVEC(f16)
 DEFINE_MATVEC(bf16)
@@ -332,3 +370,15 @@ DEFINE_MATVEC(q8_0)
 DEFINE_MATVEC(q4_k)
 DEFINE_MATVEC(q5_k)
 DEFINE_MATVEC(q6_k)
+
+DEFINE_MATVEC_WIDE(f32)
+DEFINE_MATVEC_WIDE(f16)
+DEFINE_MATVEC_WIDE(bf16)
+DEFINE_MATVEC_WIDE(q4_0)
+DEFINE_MATVEC_WIDE(q4_1)
+DEFINE_MATVEC_WIDE(q5_0)
+DEFINE_MATVEC_WIDE(q5_1)
+DEFINE_MATVEC_WIDE(q8_0)
+DEFINE_MATVEC_WIDE(q4_k)
+DEFINE_MATVEC_WIDE(q5_k)
+DEFINE_MATVEC_WIDE(q6_k)

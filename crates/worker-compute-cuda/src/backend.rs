@@ -93,6 +93,9 @@ pub struct CudaConfig {
     pub device: usize,
     /// Capture repeated launch sequences (decode steps) as CUDA graphs and replay them.
     pub graphs: bool,
+    /// Use kernels not yet checked on a device (now: the split-row mat-vec for rows longer
+    /// than 2048 elements).
+    pub experimental: bool,
 }
 
 impl Default for CudaConfig {
@@ -100,6 +103,7 @@ impl Default for CudaConfig {
         CudaConfig {
             device: 0,
             graphs: true,
+            experimental: false,
         }
     }
 }
@@ -129,8 +133,8 @@ struct Weight {
     seg_bytes: usize,
     /// Stored as an f32 vector (norm weights, biases), dequantized at upload.
     vector: bool,
-    /// The kernels of its storage type: embed, matmul, matvec, matvec_glu.
-    funcs: [usize; 4],
+    /// The kernels of its storage type: embed, matmul, matvec, matvec_glu, matvec_wide.
+    funcs: [usize; 5],
     ptr: u64,
     _buf: CudaSlice<u8>,
 }
@@ -152,6 +156,7 @@ pub struct CudaBackend {
     func_ids: HashMap<String, usize>,
     queue: Queue,
     device: usize,
+    experimental: bool,
     arch: String,
     allocated: u64,
     tensors: Vec<Tensor>,
@@ -265,6 +270,7 @@ impl CudaBackend {
             func_ids,
             queue: Queue::new(config.graphs),
             device: config.device,
+            experimental: config.experimental,
             arch,
             allocated: 0,
             tensors: Vec::new(),
@@ -657,6 +663,7 @@ fn kernel_names() -> Vec<String> {
         v.push(format!("matmul_{s}"));
         v.push(format!("matvec_{s}"));
         v.push(format!("matvec_glu_{s}"));
+        v.push(format!("matvec_wide_{s}"));
     }
     v
 }
@@ -755,11 +762,9 @@ impl ComputeBackend for CudaBackend {
             (buf, suffix, row_bytes, false, seg)
         };
         let ptr = self.ptr(&buf);
-        let mut funcs = [0; 4];
-        for (f, kind) in funcs
-            .iter_mut()
-            .zip(["embed", "matmul", "matvec", "matvec_glu"])
-        {
+        let mut funcs = [0; 5];
+        let kinds = ["embed", "matmul", "matvec", "matvec_glu", "matvec_wide"];
+        for (f, kind) in funcs.iter_mut().zip(kinds) {
             *f = self.func_id("upload_weight", &format!("{kind}_{suffix}"))?;
         }
         self.weights.push(Weight {
@@ -1134,7 +1139,9 @@ impl ComputeBackend for CudaBackend {
         }
         if rows == 1 && wt.cols.is_multiple_of(32) && (1..=4096).contains(&wt.seg_bytes) {
             // Decode: one warp per output row (matvec.cu).
-            let func = wt.funcs[2];
+            // Rows of more than 64 chunks (experimental): a block per row, split over warps.
+            let wide = self.experimental && wt.cols / 32 > 64;
+            let func = wt.funcs[if wide { 4 } else { 2 }];
             let args = [
                 Arg::P(o.ptr),
                 Arg::P(xt.ptr),
@@ -1145,7 +1152,12 @@ impl ComputeBackend for CudaBackend {
                 Arg::L(wt.row_bytes as i64),
                 Arg::I(i32_of(OP, wt.seg_bytes)?),
             ];
-            let dims = grid(wt.rows.div_ceil(MV_WARPS), 1, 32 * MV_WARPS as u32);
+            let blocks = if wide {
+                wt.rows
+            } else {
+                wt.rows.div_ceil(MV_WARPS)
+            };
+            let dims = grid(blocks, 1, 32 * MV_WARPS as u32);
             let tag = Tag::Matvec {
                 out: o.ptr,
                 glu: wt.funcs[3],
