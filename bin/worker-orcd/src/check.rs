@@ -410,6 +410,57 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
             }),
         ));
     }
+    // The attention projections at one row: three mat-vecs of one input, each followed by
+    // its bias (with --cuda-experimental, one matvec3 launch with the biases folded in).
+    let d = 512usize;
+    let ns = [96usize, 32, 32];
+    for &(ty, name) in WEIGHT_TYPES {
+        let mut ws = Vec::new();
+        for &n in &ns {
+            ws.push((
+                weight_bytes(ty, &rng.normals(n * d, 0.5))?,
+                rng.normals(n, 1.0),
+            ));
+        }
+        let x = rng.normals(d, 1.0);
+        out.push((
+            format!("q, k, v mat-vecs + biases {name}"),
+            1e-8,
+            Box::new(move |be| {
+                let xi = be.alloc_tensor(1, d)?;
+                be.write_rows(xi, &x)?;
+                let mut outs = Vec::new();
+                let mut ids = Vec::new();
+                for (&n, (w, bias)) in ns.iter().zip(&ws) {
+                    let wid = be.upload_weight(WeightDesc {
+                        name: "w",
+                        ty,
+                        rows: n,
+                        cols: d,
+                        bytes: w,
+                    })?;
+                    let bid = be.upload_weight(WeightDesc {
+                        name: "b",
+                        ty: GgmlType::F32,
+                        rows: 1,
+                        cols: n,
+                        bytes: &f32_bytes(bias),
+                    })?;
+                    ids.push((wid, bid, be.alloc_tensor(1, n)?));
+                }
+                for &(wid, bid, o) in &ids {
+                    be.matmul(o, xi, wid, 1)?;
+                    be.add_bias(o, bid, 1)?;
+                }
+                for (&(_, _, o), &n) in ids.iter().zip(&ns) {
+                    let mut r = vec![0f32; n];
+                    be.read_rows(o, 1, &mut r)?;
+                    outs.extend(r);
+                }
+                Ok(outs)
+            }),
+        ));
+    }
     // The MLP at one row: gate and up mat-vecs, then SwiGLU (one fused kernel on CUDA).
     let (ff, d) = (90usize, 512usize);
     for &(ty, name) in WEIGHT_TYPES {

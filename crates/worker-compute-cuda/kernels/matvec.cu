@@ -321,6 +321,39 @@ matvec_glu_##NAME(float* act, float* gate, float* up, const float* x, const u8* 
     }                                                                                          \
 }
 
+// Up to three one-row mat-vecs of the same input, weight type and row length in one launch
+// (experimental: q, k and v): warp g takes row g of matrix 0, then of matrix 1, then of
+// matrix 2 (n2 may be 0); one row per warp as in matvec_<type>.
+#define DEFINE_MATVEC3(NAME)                                                                   \
+extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
+matvec3_##NAME(const float* x, int k, long long row_bytes, int seg_bytes, float* o0,           \
+               const u8* w0, const float* b0, int n0, float* o1, const u8* w1,                 \
+               const float* b1, int n1, float* o2, const u8* w2, const float* b2, int n2) {    \
+    __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
+    int j = blockIdx.x * MV_WARPS + warp;                                                      \
+    float* o = o0;                                                                             \
+    const u8* w = w0;                                                                          \
+    const float* b = b0;                                                                       \
+    if (j >= n0) {                                                                             \
+        j -= n0;                                                                               \
+        o = o1;                                                                                \
+        w = w1;                                                                                \
+        b = b1;                                                                                \
+        if (j >= n1) {                                                                         \
+            j -= n1;                                                                           \
+            o = o2;                                                                            \
+            w = w2;                                                                            \
+            b = b2;                                                                            \
+            if (j >= n2) return;                                                               \
+        }                                                                                      \
+    }                                                                                          \
+    const u8* r0 = w + (size_t)j * row_bytes;                                                  \
+    float d0, d1;                                                                              \
+    mv_rows_##NAME(r0, r0, false, x, k, row_bytes, seg_bytes, sbuf[warp], lane, &d0, &d1);     \
+    if (lane == 0) o[j] = d0 + (b ? b[j] : 0.0f);                                              \
+}
+
 // Long rows (experimental, `CudaConfig::experimental`): one block of MV_WARPS warps per
 // output row, warp w taking the row's segments w, w + MV_WARPS, ...; the warps' sums are
 // added in shared memory. A warp then walks a quarter of the segments one after the other
@@ -382,3 +415,15 @@ DEFINE_MATVEC_WIDE(q8_0)
 DEFINE_MATVEC_WIDE(q4_k)
 DEFINE_MATVEC_WIDE(q5_k)
 DEFINE_MATVEC_WIDE(q6_k)
+
+DEFINE_MATVEC3(f32)
+DEFINE_MATVEC3(f16)
+DEFINE_MATVEC3(bf16)
+DEFINE_MATVEC3(q4_0)
+DEFINE_MATVEC3(q4_1)
+DEFINE_MATVEC3(q5_0)
+DEFINE_MATVEC3(q5_1)
+DEFINE_MATVEC3(q8_0)
+DEFINE_MATVEC3(q4_k)
+DEFINE_MATVEC3(q5_k)
+DEFINE_MATVEC3(q6_k)

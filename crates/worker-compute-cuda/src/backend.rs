@@ -133,8 +133,9 @@ struct Weight {
     seg_bytes: usize,
     /// Stored as an f32 vector (norm weights, biases), dequantized at upload.
     vector: bool,
-    /// The kernels of its storage type: embed, matmul, matvec, matvec_glu, matvec_wide.
-    funcs: [usize; 5],
+    /// The kernels of its storage type: embed, matmul, matvec, matvec_glu, matvec_wide,
+    /// matvec3.
+    funcs: [usize; 6],
     ptr: u64,
     _buf: CudaSlice<u8>,
 }
@@ -560,6 +561,126 @@ impl CudaBackend {
         })
     }
 
+    /// Experimental: folds a one-row mat-vec (`args` as for matvec_<type>) into the launch
+    /// before it when that is a mat-vec (or a two-set matvec3) of the same input, type and row
+    /// length writing other tensors; true when it did.
+    fn merge_matvec(&mut self, args: &[Arg; 8], matvec: usize, matvec3: usize) -> bool {
+        let [out, x, w, _, n, k, row_bytes, seg] = *args;
+        let n_of = |a: Arg| match a {
+            Arg::I(v) => usize::try_from(v).ok(),
+            _ => None,
+        };
+        let Some(last) = self.queue.last_mut() else {
+            return false;
+        };
+        let a = last.args.as_slice();
+        let merged = match last.tag {
+            Tag::Matvec { out: prev, glu }
+                if last.func == matvec
+                    && a.len() == 8
+                    && a[1] == x
+                    && a[5] == k
+                    && a[6] == row_bytes
+                    && a[7] == seg
+                    && Arg::P(prev) != out =>
+            {
+                let rows = n_of(a[4]).zip(n_of(n)).map(|(p, q)| p + q);
+                let set = Args::new(&[
+                    x,
+                    k,
+                    row_bytes,
+                    seg,
+                    a[0],
+                    a[2],
+                    a[3],
+                    a[4],
+                    out,
+                    w,
+                    Arg::P(0),
+                    n,
+                    Arg::P(0),
+                    Arg::P(0),
+                    Arg::P(0),
+                    Arg::I(0),
+                ]);
+                rows.zip(set)
+                    .map(|(r, s)| (r, s, Tag::Matvec3 { glu, sets: 2 }))
+            }
+            Tag::Matvec3 { glu, sets: 2 }
+                if last.func == matvec3
+                    && a.len() == 16
+                    && a[0] == x
+                    && a[1] == k
+                    && a[2] == row_bytes
+                    && a[3] == seg
+                    && a[4] != out
+                    && a[8] != out =>
+            {
+                let rows = [a[7], a[11], n]
+                    .into_iter()
+                    .map(n_of)
+                    .sum::<Option<usize>>();
+                let mut s = last.args;
+                let m = s.as_mut_slice();
+                m[12] = out;
+                m[13] = w;
+                m[14] = Arg::P(0);
+                m[15] = n;
+                rows.map(|r| (r, s, Tag::Matvec3 { glu, sets: 3 }))
+            }
+            _ => None,
+        };
+        let Some((rows, set, tag)) = merged else {
+            return false;
+        };
+        last.func = matvec3;
+        last.args = set;
+        last.grid = (rows.div_ceil(MV_WARPS) as u32, 1, 1);
+        last.tag = tag;
+        true
+    }
+
+    /// Experimental: the fused gate/up/SwiGLU launch replacing a two-set matvec3 (the last
+    /// launch) that writes `gate` and `up` from one input with no bias.
+    fn glu_from_matvec3(&self, act: u64, gate: u64, up: u64, cols: usize) -> Option<Launch> {
+        let l = self.queue.last()?;
+        let Tag::Matvec3 { glu, sets: 2 } = l.tag else {
+            return None;
+        };
+        let a = l.args.as_slice();
+        let n = Arg::I(i32::try_from(cols).ok()?);
+        if a.len() != 16 || a[6] != Arg::P(0) || a[10] != Arg::P(0) || a[7] != n || a[11] != n {
+            return None;
+        }
+        let (wg, wu) = match (a[4], a[8]) {
+            (Arg::P(o0), Arg::P(o1)) if o0 == gate && o1 == up => (a[5], a[9]),
+            (Arg::P(o0), Arg::P(o1)) if o0 == up && o1 == gate => (a[9], a[5]),
+            _ => return None,
+        };
+        if matches!(a[0], Arg::P(x) if [act, gate, up].contains(&x)) {
+            return None;
+        }
+        let args = Args::new(&[
+            Arg::P(act),
+            Arg::P(gate),
+            Arg::P(up),
+            a[0],
+            wg,
+            wu,
+            n,
+            a[1],
+            a[2],
+            a[3],
+        ])?;
+        Some(Launch {
+            func: glu,
+            grid: (cols.div_ceil(MV_WARPS) as u32, 1, 1),
+            block: l.block,
+            args,
+            tag: Tag::Plain,
+        })
+    }
+
     fn tensor(&self, op: &'static str, id: TensorId) -> Result<&Tensor> {
         self.tensors
             .get(id.raw() as usize)
@@ -664,6 +785,7 @@ fn kernel_names() -> Vec<String> {
         v.push(format!("matvec_{s}"));
         v.push(format!("matvec_glu_{s}"));
         v.push(format!("matvec_wide_{s}"));
+        v.push(format!("matvec3_{s}"));
     }
     v
 }
@@ -762,8 +884,15 @@ impl ComputeBackend for CudaBackend {
             (buf, suffix, row_bytes, false, seg)
         };
         let ptr = self.ptr(&buf);
-        let mut funcs = [0; 5];
-        let kinds = ["embed", "matmul", "matvec", "matvec_glu", "matvec_wide"];
+        let mut funcs = [0; 6];
+        let kinds = [
+            "embed",
+            "matmul",
+            "matvec",
+            "matvec_glu",
+            "matvec_wide",
+            "matvec3",
+        ];
         for (f, kind) in funcs.iter_mut().zip(kinds) {
             *f = self.func_id("upload_weight", &format!("{kind}_{suffix}"))?;
         }
@@ -1162,6 +1291,12 @@ impl ComputeBackend for CudaBackend {
                 out: o.ptr,
                 glu: wt.funcs[3],
             };
+            if self.experimental && !wide {
+                let funcs = wt.funcs;
+                if self.merge_matvec(&args, funcs[2], funcs[5]) {
+                    return Ok(());
+                }
+            }
             return self.launch_func(OP, func, dims, &args, tag);
         }
         let blocks_y = rows.div_ceil(MM_ROWS);
@@ -1214,6 +1349,16 @@ impl ComputeBackend for CudaBackend {
                 if let Some(b @ Arg::P(0)) = last.args.as_mut_slice().get_mut(3) {
                     *b = Arg::P(bp);
                     return Ok(());
+                }
+            }
+            // A set of a merged matvec3 (experimental): out at 4 + 4 i, bias at 6 + 4 i.
+            if let (Tag::Matvec3 { sets, .. }, 1) = (last.tag, rows) {
+                let a = last.args.as_mut_slice();
+                for i in 0..sets.min(3) {
+                    if a.len() == 16 && a[4 + 4 * i] == Arg::P(dp) && a[6 + 4 * i] == Arg::P(0) {
+                        a[6 + 4 * i] = Arg::P(bp);
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -1485,6 +1630,12 @@ impl ComputeBackend for CudaBackend {
         if rows == 1 {
             if let Some(fused) = self.glu_fusion(op, gp, up_, cols) {
                 self.queue.pop();
+                if let Some(last) = self.queue.last_mut() {
+                    *last = fused;
+                }
+                return Ok(());
+            }
+            if let Some(fused) = self.glu_from_matvec3(op, gp, up_, cols) {
                 if let Some(last) = self.queue.last_mut() {
                     *last = fused;
                 }

@@ -74,6 +74,9 @@ pub(crate) enum Tag {
     /// A one-row mat-vec writing `out`; argument 3 is its bias pointer (0: none yet).
     /// `glu` is the function of the same type's fused gate/up/SwiGLU kernel.
     Matvec { out: u64, glu: usize },
+    /// Two or three one-row mat-vecs of one input in one `matvec3_<type>` launch
+    /// (experimental); arguments: x, k, row_bytes, seg_bytes, then (out, w, bias, n) per set.
+    Matvec3 { glu: usize, sets: usize },
     /// `dst += src` over `rows` rows of `cols`.
     Add {
         dst: u64,
@@ -208,6 +211,11 @@ impl Queue {
     /// The last queued launch, for an op that fuses into it.
     pub fn last_mut(&mut self) -> Option<&mut Launch> {
         self.pending.last_mut()
+    }
+
+    /// The last queued launch.
+    pub fn last(&self) -> Option<&Launch> {
+        self.pending.last()
     }
 
     /// The last two queued launches, for an op that fuses them.
