@@ -52,18 +52,15 @@ fn try_main() -> anyhow::Result<()> {
 
 fn run_worker(worker_args: &[String]) -> anyhow::Result<()> {
     let model: PathBuf = fetch::ensure_default_model()?;
+    let (subcommand, rest) = match worker_args.split_first() {
+        Some((first, rest)) if !first.starts_with('-') => (first.as_str(), rest),
+        _ => ("serve", worker_args),
+    };
     let status = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "--bin",
-            "worker-cpud",
-            "--",
-            "--model",
-        ])
+        .args(["run", "--release", "--quiet", "--bin", "worker-cpud", "--"])
+        .args([subcommand, "--model"])
         .arg(&model)
-        .args(worker_args)
+        .args(rest)
         .status()
         .context("cannot start cargo")?;
     if !status.success() {
