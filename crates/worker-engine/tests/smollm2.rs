@@ -153,6 +153,32 @@ fn same_seed_same_tokens() {
     assert_eq!(a.text, b.text);
 }
 
+/// The same seed gives the same tokens whatever the thread count: each dot product is summed
+/// by one thread, so threads change who computes a value, never how.
+#[test]
+fn same_seed_same_tokens_across_thread_counts() {
+    let one_thread = Engine::load(
+        &worker_gguf::GgufFile::open(worker_testdata::model(worker_testdata::SMOLLM2)).unwrap(),
+        Box::new(CpuBackend::new(CpuConfig {
+            threads: 1,
+            ..CpuConfig::default()
+        })),
+        EngineConfig {
+            slots: 1,
+            context: 128,
+            max_batch: 64,
+        },
+    )
+    .unwrap();
+    for seed in [7, 8] {
+        let mut req = request("Once upon a time", 0.8, 16);
+        req.sampling.seed = seed;
+        let a = run(&one_thread, req.clone()).1;
+        let b = run(engine(), req).1;
+        assert_eq!(a.ids, b.ids, "seed {seed}: 1 thread vs 2 threads");
+    }
+}
+
 #[test]
 fn streamed_text_is_the_final_text() {
     for seed in 0..3 {
