@@ -89,6 +89,29 @@ for m in smollm2 qwen; do
 done
 row "experimental: check-ops $xo, compare $xc" info "$xb"
 
+step "serve: the HTTP worker from VRAM, one /execute stream"
+"$BIN/worker-orcd" serve --model "$WORK/smollm2.gguf" --port 0 --slots 2 > "$WORK/serve.out" 2> "$WORK/serve.err" &
+spid=$!
+url=""
+for _ in $(seq 1 100); do
+    url=$(sed -n 's/^listening on //p' "$WORK/serve.out" | head -1)
+    [ -n "$url" ] && break
+    sleep 0.2
+done
+if [ -n "$url" ]; then
+    curl -s "$url/health"; echo
+    curl -sN -H 'content-type: application/json' "$url/execute" \
+        -d '{"job_id":"gpu-1","prompt":"Hello there","max_tokens":16,"temperature":0}' > "$WORK/sse.txt"
+    grep -c '^event: token' "$WORK/sse.txt" | sed 's/^/token events: /'
+    tail -3 "$WORK/sse.txt"
+    if grep -q '^event: end' "$WORK/sse.txt" && grep -q '"stop_reason"' "$WORK/sse.txt"; then ok=PASS; else ok=FAIL; fi
+    row "serve: /execute streams to an end event" "$ok" "$(grep -o '"decode_time_ms":[0-9]*' "$WORK/sse.txt")"
+else
+    cat "$WORK/serve.err"
+    row "serve: /execute streams to an end event" FAIL "did not start"
+fi
+kill -TERM "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+
 step "no-GPU message (CUDA_VISIBLE_DEVICES=)"
 msg=$(CUDA_VISIBLE_DEVICES= "$BIN/worker-orcd" generate --model "$WORK/smollm2.gguf" --prompt-len 2 --max-tokens 1 2>&1)
 rc=$?

@@ -1,10 +1,10 @@
 //! `worker-orcd`: the llama-orch worker on NVIDIA GPUs, VRAM-only.
 //!
-//! For now a thin driver of the CUDA backend: `generate` (greedy, from token ids), `bench`
-//! (prefill and decode tokens/s), and the device checks `compare` (CUDA against the CPU
-//! backend on the same file) and `check-ops` (every op and weight type against the CPU).
-//! Serving over HTTP arrives with the HTTP worker issue. Without a GPU it exits 1 with one
-//! line saying no CUDA device was found.
+//! A thin driver of the CUDA backend: `serve` (the HTTP worker of `worker-http`, weights and
+//! KV cache in VRAM), `generate` (greedy, from token ids), `bench` (prefill and decode
+//! tokens/s), and the device checks `compare` (CUDA against the CPU backend on the same file)
+//! and `check-ops` (every op and weight type against the CPU). Without a GPU it exits 1 with
+//! one line saying no CUDA device was found.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +18,7 @@ use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, Model, SequenceBatch};
 
 mod check;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +50,8 @@ enum Command {
     Compare(check::CompareArgs),
     /// Every op and weight type of the CUDA backend against the CPU backend.
     CheckOps,
+    /// Serve the model over HTTP from VRAM (llama-orch /execute, OpenAI-compatible routes).
+    Serve(worker_http::ServeArgs),
 }
 
 /// Which backend runs the model.
@@ -124,6 +127,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench(dev, a),
         Command::Compare(a) => check::compare(dev, a),
         Command::CheckOps => check::check_ops(dev),
+        Command::Serve(a) => serve::serve(dev, a),
     }
 }
 

@@ -1,0 +1,67 @@
+//! `worker-orcd serve`: load the model onto the GPU (refused up front, naming required and
+//! available bytes, when it does not fit in VRAM), then hand over to [`worker_http::run`]:
+//! the same routes, events and start-up contract as `worker-cpud serve`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use worker_common::MemoryArchitecture;
+use worker_engine::{Engine, EngineConfig};
+use worker_gguf::GgufFile;
+use worker_http::{ModelCard, ServeArgs, WorkerKind};
+use worker_models::LoadOptions;
+
+use crate::{open_backend, BackendKind, Device};
+
+pub fn serve(dev: Device, s: &ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    anyhow::ensure!(s.slots > 0, "--slots must be at least 1");
+    let start = Instant::now();
+    tracing::info!(model = %s.model.display(), slots = s.slots, device = dev.ordinal, "loading model");
+    let file = GgufFile::open(&s.model)
+        .with_context(|| format!("cannot load model {}", s.model.display()))?;
+    let config = EngineConfig {
+        slots: s.slots,
+        context: s.ctx_size,
+        ..EngineConfig::default()
+    };
+    // The same sizes the engine asks the model for, so the VRAM check counts what it will use.
+    let opts = LoadOptions {
+        max_batch: config.max_batch,
+        max_logit_rows: config.slots,
+        slots: config.slots,
+        max_positions: config.context,
+    };
+    let backend = open_backend(BackendKind::Cuda, dev, &file, &opts)?;
+    let engine = Engine::load(&file, backend, config)
+        .with_context(|| format!("cannot load model {}", s.model.display()))?;
+    let card = ModelCard::from_gguf(s.model_id(), &file, &engine.info())?;
+    tracing::info!(
+        ms = start.elapsed().as_millis() as u64,
+        memory_bytes = card.memory_bytes,
+        quant = card.quant_kind,
+        "model loaded"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let kind = WorkerKind {
+        worker_type: "cuda".into(),
+        memory_architecture: MemoryArchitecture::VramOnly,
+    };
+    let result = runtime.block_on(worker_http::run(s, Arc::new(engine), card, kind));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}
