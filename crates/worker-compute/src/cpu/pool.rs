@@ -24,6 +24,11 @@ struct Shared {
     sleep_lock: Mutex<()>,
     done: Condvar,
     done_lock: Mutex<()>,
+    /// Workers blocked (or about to block) on `wake`: the caller makes the futex call only
+    /// when this is non-zero, so a job handed to spinning workers costs no system call.
+    sleepers: AtomicUsize,
+    /// Whether the caller is blocked (or about to block) on `done`.
+    caller_sleeping: AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -59,6 +64,8 @@ impl ThreadPool {
             sleep_lock: Mutex::new(()),
             done: Condvar::new(),
             done_lock: Mutex::new(()),
+            sleepers: AtomicUsize::new(0),
+            caller_sleeping: AtomicBool::new(false),
         });
         let workers = (1..n_threads)
             .map(|idx| {
@@ -100,7 +107,9 @@ impl ThreadPool {
         *lock(&sh.job) = Some(SendJob(job));
         sh.pending.store(self.n_threads - 1, Ordering::SeqCst);
         sh.generation.fetch_add(1, Ordering::SeqCst);
-        {
+        // SeqCst pairs with the worker's SeqCst increment of `sleepers` before its own check of
+        // `generation`: either it sees the new generation or we see it going to sleep.
+        if sh.sleepers.load(Ordering::SeqCst) != 0 {
             let _g = lock(&sh.sleep_lock);
             sh.wake.notify_all();
         }
@@ -113,9 +122,11 @@ impl ThreadPool {
                 continue;
             }
             let g = lock(&sh.done_lock);
-            if sh.pending.load(Ordering::Acquire) != 0 {
+            sh.caller_sleeping.store(true, Ordering::SeqCst);
+            if sh.pending.load(Ordering::SeqCst) != 0 {
                 drop(sh.done.wait(g).unwrap_or_else(|e| e.into_inner()));
             }
+            sh.caller_sleeping.store(false, Ordering::SeqCst);
         }
         *lock(&sh.job) = None;
         if sh.panicked.swap(false, Ordering::SeqCst) {
@@ -147,10 +158,13 @@ fn worker(sh: Arc<Shared>, idx: usize, n: usize) {
                 continue;
             }
             let g = lock(&sh.sleep_lock);
-            if sh.generation.load(Ordering::Acquire) == seen && !sh.shutdown.load(Ordering::Acquire)
-            {
+            sh.sleepers.fetch_add(1, Ordering::SeqCst);
+            if sh.generation.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst) {
                 drop(sh.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
+            } else {
+                drop(g);
             }
+            sh.sleepers.fetch_sub(1, Ordering::SeqCst);
             spins = 0;
         }
         seen = sh.generation.load(Ordering::Acquire);
@@ -163,7 +177,11 @@ fn worker(sh: Arc<Shared>, idx: usize, n: usize) {
                 sh.panicked.store(true, Ordering::SeqCst);
             }
         }
-        if sh.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst pairs with the caller's store of `caller_sleeping` before its check of
+        // `pending`: either it sees zero or we see it going to sleep.
+        if sh.pending.fetch_sub(1, Ordering::SeqCst) == 1
+            && sh.caller_sleeping.load(Ordering::SeqCst)
+        {
             let _g = lock(&sh.done_lock);
             sh.done.notify_all();
         }
