@@ -66,6 +66,9 @@ fn simd_tables() -> Vec<Kernels> {
         use worker_compute::cpu::quant::x86;
         v.extend(x86::avx2_kernels());
         v.extend(x86::avx512_kernels());
+        if std::is_x86_feature_detected!("avx512vnni") {
+            v.extend(x86::avx512_kernels_without_vnni());
+        }
     }
     assert!(
         !v.is_empty() || !cfg!(target_arch = "x86_64") || !std::is_x86_feature_detected!("avx2"),
@@ -253,4 +256,85 @@ fn four_row_vec_dots_match_scalar() {
         }
     }
     assert!(checked > 0 || simd_tables().is_empty());
+}
+
+/// The k-quant four-row kernels (prefill) against four scalar dot products, and bit-identical
+/// to the same table's one-row kernel.
+#[test]
+fn four_row_k_quant_vec_dots_match_scalar() {
+    let mut rng = Rng::new();
+    let scalar = Kernels::scalar();
+    let mut checked = 0;
+    for simd in simd_tables() {
+        for ty in SUPPORTED_TYPES {
+            let Some(f4) = simd.for_type(ty).and_then(|k| k.vec_dot_q8k_x4) else {
+                continue;
+            };
+            let VecDot::Q8K(f) = scalar.for_type(ty).unwrap().vec_dot else {
+                panic!("{ty}: a k-quant four-row kernel for a type without Q8K activations");
+            };
+            let VecDot::Q8K(one_row) = simd.for_type(ty).unwrap().vec_dot else {
+                panic!("{ty}: the table's one-row kernel takes no Q8K activations");
+            };
+            for n in [256, 1024, 4864] {
+                let w = random_row(&mut rng, ty, n);
+                let rows: Vec<Vec<BlockQ8K>> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
+                        let mut q = vec![BlockQ8K::default(); n / 256];
+                        generic::quantize_row_q8k(&x, &mut q);
+                        q
+                    })
+                    .collect();
+                let got = f4(&w, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+                for (r, g) in rows.iter().zip(got) {
+                    let want = f(&w, r);
+                    assert!(
+                        (g - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{:?} {ty} x4 n={n}: {g} vs scalar {want}",
+                        simd.isa
+                    );
+                    assert_eq!(
+                        g.to_bits(),
+                        one_row(&w, r).to_bits(),
+                        "{:?} {ty} x4 n={n}: four-row and one-row kernels round differently",
+                        simd.isa
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0 || simd_tables().is_empty());
+}
+
+/// The VNNI kernels compute the same integer sums as the plain AVX-512 ones, so their results
+/// are bit-identical: a model gives the same tokens on CPUs with and without VNNI.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vnni_kernels_match_plain_avx512_bit_for_bit() {
+    use worker_compute::cpu::quant::x86;
+    if !std::is_x86_feature_detected!("avx512vnni") {
+        return;
+    }
+    let (Some(vnni), Some(plain)) = (x86::avx512_kernels(), x86::avx512_kernels_without_vnni())
+    else {
+        return;
+    };
+    let mut rng = Rng::new();
+    for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let (VecDot::Q8(a), VecDot::Q8(b)) = (
+            vnni.for_type(ty).unwrap().vec_dot,
+            plain.for_type(ty).unwrap().vec_dot,
+        ) else {
+            panic!("{ty}: no Q8 kernels");
+        };
+        for n in [32, 96, 576, 4864] {
+            let w = random_row(&mut rng, ty, n);
+            let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
+            let mut q = vec![BlockQ8::default(); n / 32];
+            generic::quantize_row_q8(&x, &mut q);
+            assert_eq!(a(&w, &q).to_bits(), b(&w, &q).to_bits(), "{ty} n={n}");
+        }
+    }
 }

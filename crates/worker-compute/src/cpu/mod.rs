@@ -798,16 +798,15 @@ impl CpuBackend {
         let optr = SharedOut(o.data.as_mut_ptr());
         let next = AtomicUsize::new(0);
         let (q8, q8k) = (&q8[..], &q8k[..]);
-        let x4 = wt.kernels.vec_dot_q8_x4;
+        let (x4, xk4) = (wt.kernels.vec_dot_q8_x4, wt.kernels.vec_dot_q8k_x4);
         let job = |_: usize, _: usize| {
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {
                 let mut r = 0;
-                if let (VecDot::Q8(_), Some(f4)) = (mode, x4) {
-                    let nb = k / QK;
+                // Four activation rows per weight row where the table has a four-row kernel.
+                let mut four = |f4: &dyn Fn(&[u8], usize) -> [f32; 4]| {
                     while r + 4 <= rows {
-                        let xr = [0, 1, 2, 3].map(|i| &q8[(r + i) * nb..(r + i + 1) * nb]);
                         for j in j0..j1 {
-                            let v = f4(wt.row(j), xr);
+                            let v = f4(wt.row(j), r);
                             for (i, vi) in v.iter().enumerate() {
                                 // SAFETY: element (r + i, j) belongs to this chunk only, and
                                 // r + i < rows <= the output's row capacity.
@@ -817,6 +816,17 @@ impl CpuBackend {
                         }
                         r += 4;
                     }
+                };
+                match (mode, x4, xk4) {
+                    (VecDot::Q8(_), Some(f4), _) => {
+                        let nb = k / QK;
+                        four(&|w, r| f4(w, [0, 1, 2, 3].map(|i| &q8[(r + i) * nb..][..nb])));
+                    }
+                    (VecDot::Q8K(_), _, Some(f4)) => {
+                        let nb = k / QK_K;
+                        four(&|w, r| f4(w, [0, 1, 2, 3].map(|i| &q8k[(r + i) * nb..][..nb])));
+                    }
+                    _ => {}
                 }
                 for r in r..rows {
                     // SAFETY: row r, columns j0..j1 of the output belong to this chunk only,

@@ -73,6 +73,10 @@ pub enum VecDot {
 /// the order of f32 sums.
 pub type VecDotQ8x4 = fn(&[u8], [&[BlockQ8]; 4]) -> [f32; 4];
 
+/// One weight row against four [`BlockQ8K`] activation rows at once (k-quant prefill), with
+/// the same bit-identity to [`VecDot::Q8K`] as [`VecDotQ8x4`].
+pub type VecDotQ8Kx4 = fn(&[u8], [&[BlockQ8K]; 4]) -> [f32; 4];
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -80,6 +84,8 @@ pub struct TypeKernels {
     pub vec_dot: VecDot,
     /// The four-row variant, where a SIMD table has one (32-element types only).
     pub vec_dot_q8_x4: Option<VecDotQ8x4>,
+    /// The four-row variant for the k-quants, where a SIMD table has one.
+    pub vec_dot_q8k_x4: Option<VecDotQ8Kx4>,
     /// Row dequantization (embeddings, the f32-activation reference path).
     pub dequantize_row: fn(&[u8], &mut [f32]),
 }
@@ -139,6 +145,7 @@ impl Kernels {
             Some(TypeKernels {
                 vec_dot,
                 vec_dot_q8_x4: None,
+                vec_dot_q8k_x4: None,
                 dequantize_row,
             })
         };

@@ -9,7 +9,9 @@ use std::arch::x86_64::*;
 use super::generic::{
     scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8_0_BYTES,
 };
-use super::{BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, VecDotQ8x4, QK, QK_K};
+use super::{
+    BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, VecDotQ8Kx4, VecDotQ8x4, QK, QK_K,
+};
 use worker_gguf::GgmlType;
 
 fn has_avx2() -> bool {
@@ -24,6 +26,17 @@ fn has_avx2() -> bool {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q8_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    vec_dot_q8_0_x4_avx512_body::<false>(w, x)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn vec_dot_q8_0_x4_avx512_vnni(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    vec_dot_q8_0_x4_avx512_body::<true>(w, x)
+}
+
+/// The body of `vec_dot_q8_0_x4_avx512` and `vec_dot_q8_0_x4_avx512_vnni`, inlined into each so it gets their features.
+#[inline(always)]
+unsafe fn vec_dot_q8_0_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
     let nb = blocks_x4(w.len() / Q8_0_BYTES, &x);
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut i = 0;
@@ -39,7 +52,7 @@ unsafe fn vec_dot_q8_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
             let (a0, a1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
             let av = join(load_q8(a0), load_q8(a1));
             let d = scales_512(d0 * a0.d, d1 * a1.d);
-            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc[r]);
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc[r]);
         }
         i += 2;
     }
@@ -55,10 +68,20 @@ unsafe fn vec_dot_q8_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q4_1_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    vec_dot_q4_1_x4_avx512_body::<false>(w, x)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn vec_dot_q4_1_x4_avx512_vnni(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    vec_dot_q4_1_x4_avx512_body::<true>(w, x)
+}
+
+/// The body of `vec_dot_q4_1_x4_avx512` and `vec_dot_q4_1_x4_avx512_vnni`, inlined into each so it gets their features.
+#[inline(always)]
+unsafe fn vec_dot_q4_1_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
     let nb = blocks_x4(w.len() / Q4_1_BYTES, &x);
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut mins = [0f32; 4];
-    let ones = _mm512_set1_epi16(1);
     let mut i = 0;
     while i + 2 <= nb {
         let b = w.as_ptr().add(i * Q4_1_BYTES);
@@ -71,7 +94,7 @@ unsafe fn vec_dot_q4_1_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
             let av = join(load_q8(a0), load_q8(a1));
             let d = scales_512(d0 * a0.d, d1 * a1.d);
             mins[r] += m0 * a0.s + m1 * a1.s;
-            let s = _mm512_madd_epi16(_mm512_maddubs_epi16(q, av), ones);
+            let s = dot_u8i8_512::<VNNI>(q, av);
             acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
         }
         i += 2;
@@ -88,6 +111,17 @@ unsafe fn vec_dot_q4_1_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q5_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    vec_dot_q5_0_x4_avx512_body::<false>(w, x)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn vec_dot_q5_0_x4_avx512_vnni(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+    vec_dot_q5_0_x4_avx512_body::<true>(w, x)
+}
+
+/// The body of `vec_dot_q5_0_x4_avx512` and `vec_dot_q5_0_x4_avx512_vnni`, inlined into each so it gets their features.
+#[inline(always)]
+unsafe fn vec_dot_q5_0_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
     let nb = blocks_x4(w.len() / Q5_0_BYTES, &x);
     let mut acc = [_mm512_setzero_ps(); 4];
     let (bit4, sixteen) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
@@ -105,7 +139,7 @@ unsafe fn vec_dot_q5_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
             let (a0, a1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
             let av = join(load_q8(a0), load_q8(a1));
             let d = scales_512(d0 * a0.d, d1 * a1.d);
-            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc[r]);
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc[r]);
         }
         i += 2;
     }
@@ -147,11 +181,17 @@ pub fn avx2_kernels() -> Option<Kernels> {
                 GgmlType::Q8_0 => Some(vec_dot_q8_0_x4 as VecDotQ8x4),
                 _ => None,
             };
+            let vec_dot_q8k_x4 = match ty {
+                GgmlType::Q4_K => Some(vec_dot_q4_k_x4 as VecDotQ8Kx4),
+                GgmlType::Q6_K => Some(vec_dot_q6_k_x4 as VecDotQ8Kx4),
+                _ => None,
+            };
             k.set(
                 ty,
                 TypeKernels {
                     vec_dot,
                     vec_dot_q8_x4,
+                    vec_dot_q8k_x4,
                     dequantize_row: s.dequantize_row,
                 },
             );
@@ -168,9 +208,20 @@ pub fn avx2_kernels() -> Option<Kernels> {
     Some(k)
 }
 
-/// The AVX-512 table (AVX2 kernels where no 512-bit one exists), or `None` when the CPU
-/// lacks AVX-512 F/BW/VL.
+/// The AVX-512 table (AVX2 kernels where no 512-bit one exists), with VNNI (`vpdpbusd`) in
+/// the 512-bit kernels where the CPU has it, or `None` when the CPU lacks AVX-512 F/BW/VL.
 pub fn avx512_kernels() -> Option<Kernels> {
+    avx512_table(is_x86_feature_detected!("avx512vnni"))
+}
+
+/// The AVX-512 table without VNNI, as a CPU without `avx512vnni` gets it (for tests).
+pub fn avx512_kernels_without_vnni() -> Option<Kernels> {
+    avx512_table(false)
+}
+
+type Q8Kernels = (GgmlType, fn(&[u8], &[BlockQ8]) -> f32, VecDotQ8x4);
+
+fn avx512_table(vnni: bool) -> Option<Kernels> {
     if !has_avx512() {
         return None;
     }
@@ -178,16 +229,19 @@ pub fn avx512_kernels() -> Option<Kernels> {
     k.isa = Isa::Avx512;
     // Each one-row kernel comes with a four-row kernel that sums in exactly the same order, so
     // a row's result does not depend on how many other rows share its matmul (a sequence
-    // decoded alone and in a batch of several gives the same tokens).
-    for (ty, f, f4) in [
-        (
-            GgmlType::Q8_0,
-            vec_dot_q8_0_512 as fn(&[u8], &[BlockQ8]) -> f32,
-            vec_dot_q8_0_x4_512 as VecDotQ8x4,
-        ),
+    // decoded alone and in a batch of several gives the same tokens). The VNNI kernels compute
+    // the same integers, so they also give the same results as the plain ones.
+    let plain: [Q8Kernels; 3] = [
+        (GgmlType::Q8_0, vec_dot_q8_0_512, vec_dot_q8_0_x4_512),
         (GgmlType::Q4_1, vec_dot_q4_1_512, vec_dot_q4_1_x4_512),
         (GgmlType::Q5_0, vec_dot_q5_0_512, vec_dot_q5_0_x4_512),
-    ] {
+    ];
+    let with_vnni: [Q8Kernels; 3] = [
+        (GgmlType::Q8_0, vec_dot_q8_0_vnni, vec_dot_q8_0_x4_vnni),
+        (GgmlType::Q4_1, vec_dot_q4_1_vnni, vec_dot_q4_1_x4_vnni),
+        (GgmlType::Q5_0, vec_dot_q5_0_vnni, vec_dot_q5_0_x4_vnni),
+    ];
+    for (ty, f, f4) in if vnni { with_vnni } else { plain } {
         if let Some(s) = k.for_type(ty).copied() {
             k.set(
                 ty,
@@ -209,7 +263,8 @@ macro_rules! wrap {
     ($name:ident, $imp:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         fn $name($($a: $t),*) -> $r {
             // SAFETY: this wrapper is only reachable through a `Kernels` table built by
-            // `avx2_kernels`/`avx512_kernels`, which checked the features `$imp` enables.
+            // `avx2_kernels`/`avx512_table`, which checked the features `$imp` enables (the
+            // `_vnni` ones only when `avx512vnni` was detected).
             unsafe { $imp($($a),*) }
         }
     };
@@ -230,12 +285,20 @@ wrap!(vec_dot_q6_k, vec_dot_q6_k_avx2, (w: &[u8], x: &[BlockQ8K]) -> f32);
 wrap!(vec_dot_q4_1_x4, vec_dot_q4_1_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q5_0_x4, vec_dot_q5_0_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q8_0_x4, vec_dot_q8_0_x4_avx2, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q4_k_x4, vec_dot_q4_k_x4_avx2, (w: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q6_k_x4, vec_dot_q6_k_x4_avx2, (w: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q4_1_x4_512, vec_dot_q4_1_x4_avx512, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q5_0_x4_512, vec_dot_q5_0_x4_avx512, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q8_0_x4_512, vec_dot_q8_0_x4_avx512, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
 wrap!(vec_dot_q8_0_512, vec_dot_q8_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q4_1_512, vec_dot_q4_1_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q5_0_512, vec_dot_q5_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q4_1_x4_vnni, vec_dot_q4_1_x4_avx512_vnni, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q5_0_x4_vnni, vec_dot_q5_0_x4_avx512_vnni, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q8_0_x4_vnni, vec_dot_q8_0_x4_avx512_vnni, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
+wrap!(vec_dot_q8_0_vnni, vec_dot_q8_0_avx512_vnni, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q4_1_vnni, vec_dot_q4_1_avx512_vnni, (w: &[u8], x: &[BlockQ8]) -> f32);
+wrap!(vec_dot_q5_0_vnni, vec_dot_q5_0_avx512_vnni, (w: &[u8], x: &[BlockQ8]) -> f32);
 
 // ---------------------------------------------------------------------------------------
 // Helpers. The kernels below read a weight block at `p` only for block indices below
@@ -697,6 +760,129 @@ unsafe fn vec_dot_q6_k_avx2(w: &[u8], x: &[BlockQ8K]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------
+// k-quants, four activation rows per weight row (prefill). Each row's f32 operations are
+// those of the one-row kernel above, in the same order (the integer sums are exact in any
+// order), so each result is bit-identical to `vec_dot_q4_k_avx2` / `vec_dot_q6_k_avx2`.
+
+#[inline]
+fn blocks_k_x4(w_blocks: usize, x: &[&[BlockQ8K]; 4]) -> usize {
+    x.iter().fold(w_blocks, |n, r| n.min(r.len()))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q4_k_x4_avx2(w: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let nb = blocks_k_x4(w.len() / Q4_K_BYTES, &x);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    let low = _mm256_set1_epi8(0x0f);
+    for i in 0..nb {
+        let blk = &w[i * Q4_K_BYTES..(i + 1) * Q4_K_BYTES];
+        let b = blk.as_ptr();
+        let (wd, wdmin) = (f16_at(b), f16_at(b.add(2)));
+        let scales = &blk[4..16];
+        let mut sc = [0i16; 8];
+        let mut mn = [0i32; 8];
+        for (j, (s, m)) in sc.iter_mut().zip(mn.iter_mut()).enumerate() {
+            let (sj, mj) = scale_min_k4(j, scales);
+            (*s, *m) = (sj as i16, mj as i32);
+        }
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        for p in 0..4 {
+            let q = _mm256_loadu_si256(b.add(16 + 32 * p) as *const __m256i);
+            let lo = _mm256_and_si256(q, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+            let (s0, s1) = (
+                _mm256_set1_epi16(sc[2 * p]),
+                _mm256_set1_epi16(sc[2 * p + 1]),
+            );
+            for r in 0..4 {
+                let a = x[r].get_unchecked(i);
+                let a0 = _mm256_loadu_si256(a.qs.as_ptr().add(64 * p) as *const __m256i);
+                let a1 = _mm256_loadu_si256(a.qs.as_ptr().add(64 * p + 32) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), s0);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), s1);
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
+            }
+        }
+        for r in 0..4 {
+            let a = x[r].get_unchecked(i);
+            let mut summ = 0i32;
+            for (m, bs) in mn.iter().zip(a.bsums.chunks_exact(2)) {
+                summ += m * (bs[0] as i32 + bs[1] as i32);
+            }
+            let (d, dmin) = (wd * a.d, wdmin * a.d);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            mins[r] += dmin * summ as f32;
+        }
+    }
+    [
+        hsum_ps(acc[0]) - mins[0],
+        hsum_ps(acc[1]) - mins[1],
+        hsum_ps(acc[2]) - mins[2],
+        hsum_ps(acc[3]) - mins[3],
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vec_dot_q6_k_x4_avx2(w: &[u8], x: [&[BlockQ8K]; 4]) -> [f32; 4] {
+    let nb = blocks_k_x4(w.len() / Q6_K_BYTES, &x);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offs = [0f32; 4];
+    let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    for i in 0..nb {
+        let blk = &w[i * Q6_K_BYTES..(i + 1) * Q6_K_BYTES];
+        let b = blk.as_ptr();
+        let wd = f16_at(b.add(208));
+        let sc = &blk[192..208];
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        for n in 0..2 {
+            let ql0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+            let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+            let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+            let h4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+            let h6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), h2),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h4),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h6),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let s0 = (sc[8 * n + 2 * k] as i8) as i16;
+                let s1 = (sc[8 * n + 2 * k + 1] as i8) as i16;
+                let scale = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                for r in 0..4 {
+                    let a = x[r].get_unchecked(i);
+                    let av =
+                        _mm256_loadu_si256(a.qs.as_ptr().add(128 * n + 32 * k) as *const __m256i);
+                    let prod = _mm256_maddubs_epi16(*qk, av);
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(prod, scale));
+                }
+            }
+        }
+        for r in 0..4 {
+            let a = x[r].get_unchecked(i);
+            let off: i32 = sc
+                .iter()
+                .zip(&a.bsums)
+                .map(|(s, bs)| (*s as i8) as i32 * *bs as i32)
+                .sum();
+            let d = wd * a.d;
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            offs[r] += d * (32 * off) as f32;
+        }
+    }
+    [
+        hsum_ps(acc[0]) - offs[0],
+        hsum_ps(acc[1]) - offs[1],
+        hsum_ps(acc[2]) - offs[2],
+        hsum_ps(acc[3]) - offs[3],
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
 // AVX-512: two 32-element blocks per 512-bit register.
 
 #[inline]
@@ -705,14 +891,27 @@ unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
 }
 
-/// 16 i32 sums of signed bytes `x * y`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-unsafe fn dot_i8_512(x: __m512i, y: __m512i) -> __m512i {
+/// 16 i32 sums of signed bytes `x * y`. With `VNNI` one `vpdpbusd` replaces `vpmaddubsw` +
+/// `vpmaddwd`; the sums are the same integers (no pair of products reaches the i16
+/// saturation of `vpmaddubsw`: |x| <= 128, |y| <= 127), so both variants give identical results.
+///
+/// No `target_feature` of its own: inlined into kernels that enable AVX-512 (and VNNI).
+#[inline(always)]
+unsafe fn dot_i8_512<const VNNI: bool>(x: __m512i, y: __m512i) -> __m512i {
     let ax = _mm512_abs_epi8(x);
     let neg = _mm512_movepi8_mask(x);
     let sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-    _mm512_madd_epi16(_mm512_maddubs_epi16(ax, sy), _mm512_set1_epi16(1))
+    dot_u8i8_512::<VNNI>(ax, sy)
+}
+
+/// 16 i32 sums of unsigned bytes `u` (<= 128) times signed bytes `y`; exact either way.
+#[inline(always)]
+unsafe fn dot_u8i8_512<const VNNI: bool>(u: __m512i, y: __m512i) -> __m512i {
+    if VNNI {
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y)
+    } else {
+        _mm512_madd_epi16(_mm512_maddubs_epi16(u, y), _mm512_set1_epi16(1))
+    }
 }
 
 /// A vector holding `d0` in the low 8 lanes and `d1` in the high 8.
@@ -724,6 +923,17 @@ unsafe fn scales_512(d0: f32, d1: f32) -> __m512 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q8_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
+    vec_dot_q8_0_avx512_body::<false>(w, x)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn vec_dot_q8_0_avx512_vnni(w: &[u8], x: &[BlockQ8]) -> f32 {
+    vec_dot_q8_0_avx512_body::<true>(w, x)
+}
+
+/// The body of `vec_dot_q8_0_avx512` and `vec_dot_q8_0_avx512_vnni`, inlined into each so it gets their features.
+#[inline(always)]
+unsafe fn vec_dot_q8_0_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
     let nb = x.len().min(w.len() / Q8_0_BYTES);
     let mut acc = _mm512_setzero_ps();
     let mut i = 0;
@@ -736,7 +946,7 @@ unsafe fn vec_dot_q8_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
         );
         let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
         let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc);
         i += 2;
     }
     let mut r = _mm512_reduce_add_ps(acc);
@@ -748,10 +958,20 @@ unsafe fn vec_dot_q8_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q4_1_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
+    vec_dot_q4_1_avx512_body::<false>(w, x)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn vec_dot_q4_1_avx512_vnni(w: &[u8], x: &[BlockQ8]) -> f32 {
+    vec_dot_q4_1_avx512_body::<true>(w, x)
+}
+
+/// The body of `vec_dot_q4_1_avx512` and `vec_dot_q4_1_avx512_vnni`, inlined into each so it gets their features.
+#[inline(always)]
+unsafe fn vec_dot_q4_1_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
     let nb = x.len().min(w.len() / Q4_1_BYTES);
     let mut acc = _mm512_setzero_ps();
     let mut mins = 0f32;
-    let ones = _mm512_set1_epi16(1);
     let mut i = 0;
     while i + 2 <= nb {
         let b = w.as_ptr().add(i * Q4_1_BYTES);
@@ -760,7 +980,7 @@ unsafe fn vec_dot_q4_1_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
         let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
         let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
         mins += f16_at(b.add(2)) * x[i].s + f16_at(b1.add(2)) * x[i + 1].s;
-        let s = _mm512_madd_epi16(_mm512_maddubs_epi16(q, av), ones);
+        let s = dot_u8i8_512::<VNNI>(q, av);
         acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc);
         i += 2;
     }
@@ -773,6 +993,17 @@ unsafe fn vec_dot_q4_1_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q5_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
+    vec_dot_q5_0_avx512_body::<false>(w, x)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn vec_dot_q5_0_avx512_vnni(w: &[u8], x: &[BlockQ8]) -> f32 {
+    vec_dot_q5_0_avx512_body::<true>(w, x)
+}
+
+/// The body of `vec_dot_q5_0_avx512` and `vec_dot_q5_0_avx512_vnni`, inlined into each so it gets their features.
+#[inline(always)]
+unsafe fn vec_dot_q5_0_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
     let nb = x.len().min(w.len() / Q5_0_BYTES);
     let mut acc = _mm512_setzero_ps();
     let (bit4, sixteen) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
@@ -787,7 +1018,7 @@ unsafe fn vec_dot_q5_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
         let q = _mm512_sub_epi8(_mm512_or_si512(q, hi), sixteen);
         let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
         let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc);
         i += 2;
     }
     let mut r = _mm512_reduce_add_ps(acc);
