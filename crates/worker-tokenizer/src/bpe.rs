@@ -13,7 +13,7 @@ use worker_gguf::Metadata;
 use crate::error::{Result, TokenizerError};
 use crate::pretok::PreTokenizer;
 use crate::unicode::{byte_to_char, decode_byte_level};
-use crate::vocab::{attr, Fragment, Kind, Vocab};
+use crate::vocab::{attr, gguf_vocab_queries, Fragment, Kind, Vocab};
 use crate::{EncodeOptions, TokenId, Tokenizer};
 
 /// A GGUF byte-level BPE tokenizer (`tokenizer.ggml.model` = `gpt2`).
@@ -314,48 +314,5 @@ impl Tokenizer for GgufBpe {
         Ok(out)
     }
 
-    fn token_bytes(&self, id: TokenId, render_special: bool) -> Result<Cow<'_, [u8]>> {
-        let a = self.vocab.attr(id)?;
-        if !render_special && a & (attr::UNKNOWN | attr::CONTROL) != 0 {
-            return Ok(Cow::Borrowed(&[]));
-        }
-        Ok(Cow::Borrowed(&self.pieces[id as usize]))
-    }
-
-    fn token_text(&self, id: TokenId) -> Result<&str> {
-        self.vocab.attr(id)?;
-        Ok(&self.vocab.tokens[id as usize])
-    }
-
-    fn token_id(&self, text: &str) -> Option<TokenId> {
-        self.vocab.token_to_id.get(text).copied()
-    }
-
-    fn is_special(&self, id: TokenId) -> bool {
-        self.vocab
-            .attr(id)
-            .is_ok_and(|a| a & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
-    }
-
-    fn bos(&self) -> Option<TokenId> {
-        self.vocab.bos
-    }
-    fn eos(&self) -> Option<TokenId> {
-        self.vocab.eos
-    }
-    fn eot(&self) -> Option<TokenId> {
-        self.vocab.eot
-    }
-    fn is_eog(&self, id: TokenId) -> bool {
-        self.vocab.eog.contains(&id)
-    }
-    fn vocab_size(&self) -> usize {
-        self.vocab.len()
-    }
-    fn adds_bos(&self) -> bool {
-        self.vocab.add_bos
-    }
-    fn strips_leading_space(&self) -> bool {
-        self.vocab.add_space_prefix
-    }
+    gguf_vocab_queries!();
 }

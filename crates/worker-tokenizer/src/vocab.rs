@@ -404,3 +404,55 @@ impl Vocab {
 fn is_c_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
 }
+
+/// The [`crate::Tokenizer`] methods both GGUF backends answer from their [`Vocab`]
+/// (`self.vocab`) and rendered pieces (`self.pieces`) alone, written once.
+macro_rules! gguf_vocab_queries {
+    () => {
+        fn token_bytes(&self, id: TokenId, render_special: bool) -> Result<Cow<'_, [u8]>> {
+            let a = self.vocab.attr(id)?;
+            if !render_special && a & (attr::UNKNOWN | attr::CONTROL) != 0 {
+                return Ok(Cow::Borrowed(&[]));
+            }
+            Ok(Cow::Borrowed(&self.pieces[id as usize]))
+        }
+
+        fn token_text(&self, id: TokenId) -> Result<&str> {
+            self.vocab.attr(id)?;
+            Ok(&self.vocab.tokens[id as usize])
+        }
+
+        fn token_id(&self, text: &str) -> Option<TokenId> {
+            self.vocab.token_to_id.get(text).copied()
+        }
+
+        fn is_special(&self, id: TokenId) -> bool {
+            self.vocab
+                .attr(id)
+                .is_ok_and(|a| a & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+        }
+
+        fn bos(&self) -> Option<TokenId> {
+            self.vocab.bos
+        }
+        fn eos(&self) -> Option<TokenId> {
+            self.vocab.eos
+        }
+        fn eot(&self) -> Option<TokenId> {
+            self.vocab.eot
+        }
+        fn is_eog(&self, id: TokenId) -> bool {
+            self.vocab.eog.contains(&id)
+        }
+        fn vocab_size(&self) -> usize {
+            self.vocab.len()
+        }
+        fn adds_bos(&self) -> bool {
+            self.vocab.add_bos
+        }
+        fn strips_leading_space(&self) -> bool {
+            self.vocab.add_space_prefix
+        }
+    };
+}
+pub(crate) use gguf_vocab_queries;
