@@ -1383,12 +1383,7 @@ impl ComputeBackend for CudaBackend {
         let t = self.tensor(OP, x)?;
         check_rows(OP, t.rows, rows, "input")?;
         check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
-        if !p.n_rot.is_multiple_of(2) || p.n_rot > p.head_dim {
-            return Err(shape(
-                OP,
-                format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
-            ));
-        }
+        p.validate()?;
         if rows == 0 || p.n_rot == 0 || p.heads == 0 {
             return Ok(());
         }
@@ -1458,22 +1453,7 @@ impl ComputeBackend for CudaBackend {
             })?;
         let cfg = kv.cfg;
         let (hd, vhd) = (p.head_dim, p.value_head_dim);
-        if p.kv_heads == 0 || !p.heads.is_multiple_of(p.kv_heads) {
-            return Err(shape(
-                OP,
-                format!("{} heads over {} kv heads", p.heads, p.kv_heads),
-            ));
-        }
-        if cfg.kv_heads != p.kv_heads
-            || cfg.head_dim != hd
-            || cfg.value_head_dim != vhd
-            || p.layer >= cfg.layers
-        {
-            return Err(shape(
-                OP,
-                format!("params {p:?} do not fit the cache {cfg:?}"),
-            ));
-        }
+        p.validate(&cfg)?;
         if hd > MAX_HEAD_DIM || vhd > MAX_HEAD_DIM || p.heads > 65_535 {
             return Err(ComputeError::Unsupported {
                 op: OP,

@@ -153,6 +153,48 @@ pub struct AttentionParams {
     pub layer: usize,
 }
 
+impl RopeParams {
+    /// Checks what every backend needs before running `rope`: an even `n_rot` that fits the
+    /// head. Shapes of the tensors are the backend's to check.
+    pub fn validate(&self) -> Result<()> {
+        if !self.n_rot.is_multiple_of(2) || self.n_rot > self.head_dim {
+            return Err(ComputeError::Shape {
+                op: "rope",
+                reason: format!("n_rot {} with head_dim {}", self.n_rot, self.head_dim),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl AttentionParams {
+    /// Checks what every backend needs before running `attention` on a cache shaped `cache`:
+    /// query heads a whole multiple of the key/value heads, and head widths and layer that
+    /// fit the cache.
+    pub fn validate(&self, cache: &KvCacheConfig) -> Result<()> {
+        let shape = |reason: String| ComputeError::Shape {
+            op: "attention",
+            reason,
+        };
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(shape(format!(
+                "{} heads over {} kv heads",
+                self.heads, self.kv_heads
+            )));
+        }
+        if cache.kv_heads != self.kv_heads
+            || cache.head_dim != self.head_dim
+            || cache.value_head_dim != self.value_head_dim
+            || self.layer >= cache.layers
+        {
+            return Err(shape(format!(
+                "params {self:?} do not fit the cache {cache:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A compute device. Model adapters call only these ops; they never touch raw memory.
 ///
 /// Ops validate the handles and shapes they are given and return an error instead of

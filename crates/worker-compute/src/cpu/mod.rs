@@ -602,12 +602,7 @@ impl ComputeBackend for CpuBackend {
         let mut t = self.tensor_mut(OP, x)?;
         check_rows(OP, &t, rows, "input")?;
         check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
-        if !p.n_rot.is_multiple_of(2) || p.n_rot > p.head_dim {
-            return Err(ComputeError::Shape {
-                op: OP,
-                reason: format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
-            });
-        }
+        p.validate()?;
         let c = t.cols;
         let mut cs = vec![0f32; p.n_rot];
         for (row, &ps) in t.data.chunks_exact_mut(c).zip(pos) {
@@ -643,22 +638,7 @@ impl ComputeBackend for CpuBackend {
             .borrow()
             .cfg;
         let (hd, vhd) = (p.head_dim, p.value_head_dim);
-        if p.kv_heads == 0 || !p.heads.is_multiple_of(p.kv_heads) {
-            return Err(ComputeError::Shape {
-                op: OP,
-                reason: format!("{} heads over {} kv heads", p.heads, p.kv_heads),
-            });
-        }
-        if cfg.kv_heads != p.kv_heads
-            || cfg.head_dim != hd
-            || cfg.value_head_dim != vhd
-            || p.layer >= cfg.layers
-        {
-            return Err(ComputeError::Shape {
-                op: OP,
-                reason: format!("params {p:?} do not fit the cache {cfg:?}"),
-            });
-        }
+        p.validate(&cfg)?;
         for (&ps, &sl) in pos.iter().zip(slot) {
             if ps as usize >= cfg.max_positions || sl as usize >= cfg.slots {
                 return Err(ComputeError::BadIndex {
