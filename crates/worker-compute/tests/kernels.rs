@@ -1,6 +1,8 @@
 //! Every SIMD kernel against the scalar reference, on fresh random inputs, for every type.
 
-use worker_compute::cpu::quant::{generic, BlockQ8, BlockQ8K, Kernels, VecDot, SUPPORTED_TYPES};
+use worker_compute::cpu::quant::{
+    generic, BlockQ8, BlockQ8K, Kernels, PanelDots, VecDot, SUPPORTED_TYPES,
+};
 use worker_gguf::GgmlType;
 
 /// xorshift64*: fresh inputs from a seed taken from the clock, printed on failure.
@@ -337,4 +339,232 @@ fn vnni_kernels_match_plain_avx512_bit_for_bit() {
             assert_eq!(a(&w, &q).to_bits(), b(&w, &q).to_bits(), "{ty} n={n}");
         }
     }
+}
+
+/// The unsigned quants and the bias of GGUF block `b` (see `quant::panel`): what a panel
+/// kernel multiplies, computed from the GGUF bytes without the panel layout.
+fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
+    let f16 = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+    let d = f16(0);
+    let nibbles = |qs: &[u8]| {
+        let mut u = [0i32; 32];
+        for j in 0..16 {
+            u[j] = (qs[j] & 0xF) as i32;
+            u[j + 16] = (qs[j] >> 4) as i32;
+        }
+        u
+    };
+    match ty {
+        GgmlType::Q4_0 => (nibbles(&b[2..18]), d, d * -8.0),
+        GgmlType::Q4_1 => (nibbles(&b[4..20]), d, f16(2)),
+        GgmlType::Q5_0 => {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let mut u = nibbles(&b[6..22]);
+            for (j, v) in u.iter_mut().enumerate() {
+                *v |= (((qh >> j) & 1) << 4) as i32;
+            }
+            (u, d, d * -16.0)
+        }
+        GgmlType::Q8_0 => (
+            std::array::from_fn(|j| b[2 + j] as i8 as i32 + 128),
+            d,
+            d * -128.0,
+        ),
+        _ => unreachable!("{ty} has no panel layout"),
+    }
+}
+
+/// The panel kernels: bit for bit the documented per-block sums (computed here in scalar
+/// code from the GGUF rows), four rows bit-identical to one, and close to the scalar
+/// reference dot product.
+#[test]
+fn panel_kernels_match_their_definition_and_the_scalar_dot() {
+    use worker_compute::cpu::quant::panel::PANEL;
+    let mut rng = Rng::new();
+    let scalar = Kernels::scalar();
+    let mut checked = 0;
+    for simd in simd_tables() {
+        for ty in SUPPORTED_TYPES {
+            let Some(pk) = simd.for_type(ty).and_then(|k| k.panel) else {
+                continue;
+            };
+            let PanelDots::Q8(dot, dot_x4) = pk.dots else {
+                continue;
+            };
+            let VecDot::Q8(reference) = scalar.for_type(ty).unwrap().vec_dot else {
+                panic!("{ty}: panel kernels for a type without Q8 activations");
+            };
+            for n in [32, 96, 896] {
+                let w: Vec<Vec<u8>> = (0..PANEL).map(|_| random_row(&mut rng, ty, n)).collect();
+                let raw: Vec<u8> = w.concat();
+                let mut panel = vec![0; pk.format.bytes(PANEL, n)];
+                pk.format.repack(n, &raw, &mut panel);
+                let xs: Vec<Vec<BlockQ8>> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
+                        let mut q = vec![BlockQ8::default(); n / 32];
+                        generic::quantize_row_q8(&x, &mut q);
+                        q
+                    })
+                    .collect();
+                let four = dot_x4(&panel, [&xs[0], &xs[1], &xs[2], &xs[3]]);
+                for (x, got4) in xs.iter().zip(four) {
+                    let got = dot(&panel, x);
+                    for (i, row) in w.iter().enumerate() {
+                        let mut want = 0f32;
+                        for (b, a) in row.chunks_exact(ty.type_size()).zip(x) {
+                            let (u, d, bias) = panel_block_terms(ty, b);
+                            let isum: i32 = u.iter().zip(a.qs).map(|(u, q)| u * q as i32).sum();
+                            want = (isum as f32).mul_add(d * a.d, want);
+                            want = bias.mul_add(a.s, want);
+                        }
+                        let what = format!("{:?} {ty} panel n={n} row {i}", simd.isa);
+                        assert_eq!(
+                            got[i].to_bits(),
+                            want.to_bits(),
+                            "{what}: {} vs {want}",
+                            got[i]
+                        );
+                        assert_eq!(got4[i].to_bits(), got[i].to_bits(), "{what}: x4 vs x1");
+                        let r = reference(row, x);
+                        let tol = 1e-5 * r.abs().max(1.0);
+                        assert!(
+                            (got[i] - r).abs() <= tol,
+                            "{what}: {} vs scalar {r}",
+                            got[i]
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    let vnni = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx512vnni");
+    assert!(
+        checked > 0 || !vnni,
+        "a VNNI machine must get panel kernels"
+    );
+}
+
+/// The documented integer sums of a k-quant panel kernel for one GGUF super-block `b` and
+/// activation block `a`: `(tot, mins)` (see `quant::x86_panel`).
+fn k_panel_sums(ty: GgmlType, b: &[u8], a: &BlockQ8K) -> (i32, i32) {
+    let x = |e: usize| a.qs[e] as i32;
+    match ty {
+        GgmlType::Q4_K => {
+            let s = &b[4..16];
+            let scale_min = |j: usize| -> (i32, i32) {
+                if j < 4 {
+                    ((s[j] & 63) as i32, (s[j + 4] & 63) as i32)
+                } else {
+                    (
+                        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4)) as i32,
+                        ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32,
+                    )
+                }
+            };
+            let (mut tot, mut mins) = (0, 0);
+            for j in 0..8 {
+                let (sc, m) = scale_min(j);
+                let (p, hi) = (j / 2, j % 2);
+                let dot: i32 = (0..32)
+                    .map(|l| (((b[16 + 32 * p + l] >> (4 * hi)) & 0xF) as i32) * x(32 * j + l))
+                    .sum();
+                tot += sc * dot;
+                mins += m * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+            }
+            (tot, mins)
+        }
+        GgmlType::Q6_K => {
+            let mut tot = 0;
+            for e in 0..256 {
+                let (n, r) = (e / 128, e % 128);
+                let (quarter, l) = (r / 32, r % 32);
+                let ql = b[64 * n + l + 32 * (quarter % 2)] >> (4 * (quarter / 2)) & 0xF;
+                let qh = (b[128 + 32 * n + l] >> (2 * quarter)) & 3;
+                let u = (ql | qh << 4) as i32;
+                tot += (b[192 + e / 16] as i8) as i32 * u * x(e);
+            }
+            for s in 0..16 {
+                tot -= 32 * (b[192 + s] as i8) as i32 * a.bsums[s] as i32;
+            }
+            (tot, 0)
+        }
+        _ => unreachable!("{ty} is not a k-quant with a panel layout"),
+    }
+}
+
+/// The k-quant panel kernels: bit for bit the documented sums, four rows bit-identical to
+/// one, and close to the scalar reference dot product.
+#[test]
+fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
+    use worker_compute::cpu::quant::panel::PANEL;
+    let mut rng = Rng::new();
+    let scalar = Kernels::scalar();
+    let mut checked = 0;
+    for simd in simd_tables() {
+        for ty in SUPPORTED_TYPES {
+            let Some(pk) = simd.for_type(ty).and_then(|k| k.panel) else {
+                continue;
+            };
+            let PanelDots::Q8K(dot, dot_x4) = pk.dots else {
+                continue;
+            };
+            let VecDot::Q8K(reference) = scalar.for_type(ty).unwrap().vec_dot else {
+                panic!("{ty}: k-quant panel kernels for a type without Q8_K activations");
+            };
+            for n in [256, 1024] {
+                let w: Vec<Vec<u8>> = (0..PANEL).map(|_| random_row(&mut rng, ty, n)).collect();
+                let mut panel = vec![0; pk.format.bytes(PANEL, n)];
+                pk.format.repack(n, &w.concat(), &mut panel);
+                let xs: Vec<Vec<BlockQ8K>> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
+                        let mut q = vec![BlockQ8K::default(); n / 256];
+                        generic::quantize_row_q8k(&x, &mut q);
+                        q
+                    })
+                    .collect();
+                let four = dot_x4(&panel, [&xs[0], &xs[1], &xs[2], &xs[3]]);
+                for (x, got4) in xs.iter().zip(four) {
+                    let got = dot(&panel, x);
+                    for (i, row) in w.iter().enumerate() {
+                        let mut want = 0f32;
+                        for (b, a) in row.chunks_exact(ty.type_size()).zip(x) {
+                            let f16 =
+                                |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+                            let (tot, mins) = k_panel_sums(ty, b, a);
+                            if ty == GgmlType::Q4_K {
+                                want = (tot as f32).mul_add(f16(0) * a.d, want);
+                                want = (mins as f32).mul_add(f16(2) * -a.d, want);
+                            } else {
+                                want = (tot as f32).mul_add(f16(208) * a.d, want);
+                            }
+                        }
+                        let what = format!("{:?} {ty} panel n={n} row {i}", simd.isa);
+                        assert_eq!(
+                            got[i].to_bits(),
+                            want.to_bits(),
+                            "{what}: {} vs {want}",
+                            got[i]
+                        );
+                        assert_eq!(got4[i].to_bits(), got[i].to_bits(), "{what}: x4 vs x1");
+                        let r = reference(row, x);
+                        let tol = 1e-5 * r.abs().max(1.0);
+                        assert!(
+                            (got[i] - r).abs() <= tol,
+                            "{what}: {} vs scalar {r}",
+                            got[i]
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    let vnni = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx512vnni");
+    assert!(
+        checked > 0 || !vnni,
+        "a VNNI machine must get k-quant panel kernels"
+    );
 }

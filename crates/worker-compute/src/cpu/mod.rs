@@ -14,7 +14,10 @@ use crate::backend::{
 };
 use crate::error::ComputeError;
 use pool::ThreadPool;
-use quant::{BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, QK, QK_K};
+use quant::panel::{PanelFormat, PANEL};
+use quant::{
+    BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotX4, PanelDots, TypeKernels, VecDot, QK, QK_K,
+};
 
 /// How the matmul treats activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +71,7 @@ struct Weight {
     rows: usize,
     cols: usize,
     row_bytes: usize,
+    /// The GGUF rows, or the panels when `kernels.panel` is set.
     bytes: Vec<u8>,
     kernels: TypeKernels,
     /// f32 copy of a vector (norm weights, biases): tiny, read by every row.
@@ -75,8 +79,21 @@ struct Weight {
 }
 
 impl Weight {
+    /// Row `r` of a weight kept in GGUF layout (no panels).
     fn row(&self, r: usize) -> &[u8] {
         &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Row `r` in GGUF bytes: a slice of the weight, or rebuilt into `buf` from the panels.
+    fn gguf_row<'a>(&'a self, r: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+        match self.kernels.panel {
+            None => self.row(r),
+            Some(pk) => {
+                buf.resize(self.row_bytes, 0);
+                pk.format.gguf_row(self.cols, &self.bytes, r, buf);
+                buf
+            }
+        }
     }
 }
 
@@ -320,14 +337,24 @@ impl ComputeBackend for CpuBackend {
         } else {
             None
         };
+        // Matrices of a type with panel kernels are repacked; the rest is copied as it is.
+        let panel = kernels.panel.filter(|_| vector.is_none());
+        let len = panel.map_or(d.bytes.len(), |pk| pk.format.bytes(d.rows, d.cols));
         let mut bytes = Vec::new();
         bytes
-            .try_reserve_exact(d.bytes.len())
+            .try_reserve_exact(len)
             .map_err(|_| ComputeError::Alloc {
                 what: "weight",
-                bytes: d.bytes.len() as u128,
+                bytes: len as u128,
             })?;
-        bytes.extend_from_slice(d.bytes);
+        match panel {
+            Some(pk) => {
+                bytes.resize(len, 0);
+                pk.format.repack(d.cols, d.bytes, &mut bytes);
+            }
+            None => bytes.extend_from_slice(d.bytes),
+        }
+        let kernels = TypeKernels { panel, ..kernels };
         self.weights.push(Weight {
             name: d.name.to_string(),
             rows: d.rows,
@@ -434,6 +461,7 @@ impl ComputeBackend for CpuBackend {
         check_rows(OP, &o, rows, "output")?;
         check_cols(OP, o.cols, w.cols, "output")?;
         let cols = o.cols;
+        let mut buf = Vec::new();
         for (r, &id) in ids.iter().enumerate() {
             if id as usize >= w.rows {
                 return Err(ComputeError::BadIndex {
@@ -441,7 +469,8 @@ impl ComputeBackend for CpuBackend {
                     reason: format!("token id {id} is outside {:?} ({} rows)", w.name, w.rows),
                 });
             }
-            (w.kernels.dequantize_row)(w.row(id as usize), &mut o.data[r * cols..(r + 1) * cols]);
+            let row = w.gguf_row(id as usize, &mut buf);
+            (w.kernels.dequantize_row)(row, &mut o.data[r * cols..(r + 1) * cols]);
         }
         Ok(())
     }
@@ -776,6 +805,17 @@ impl CpuBackend {
         }
         let mut o = self.tensor_mut(OP, out)?;
         let optr = SharedOut(o.data.as_mut_ptr());
+        if let Some(pk) = wt.kernels.panel {
+            return match pk.dots {
+                PanelDots::Q8(f, f4) => {
+                    self.matmul_panels(wt, pk.format, (f, f4), &q8[..rows * (k / QK)], rows, optr)
+                }
+                PanelDots::Q8K(f, f4) => {
+                    let q8k = &q8k[..rows * (k / QK_K)];
+                    self.matmul_panels(wt, pk.format, (f, f4), q8k, rows, optr)
+                }
+            };
+        }
         let next = AtomicUsize::new(0);
         let (q8, q8k) = (&q8[..], &q8k[..]);
         let (x4, xk4) = (wt.kernels.vec_dot_q8_x4, wt.kernels.vec_dot_q8k_x4);
@@ -828,6 +868,54 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// The matmul of a weight in panels: each job takes whole panels (sixteen output columns)
+    /// and runs every activation row (`x`, `rows` rows of blocks `A`) through them, four
+    /// rows per call where it can.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_panels<A: Sync>(
+        &self,
+        wt: &Weight,
+        format: PanelFormat,
+        (dot, dot_x4): (PanelDot<A>, PanelDotX4<A>),
+        x: &[A],
+        rows: usize,
+        out: SharedOut,
+    ) -> Result<()> {
+        let (nb, n) = (wt.cols / format.block_elems(), wt.rows);
+        let panel_bytes = nb * format.panel_block_bytes();
+        let panels = n.div_ceil(PANEL);
+        // Several chunks per thread so a slow thread does not hold the others up.
+        let chunk = panels.div_ceil(self.pool.n_threads() * 4).max(1);
+        let next = AtomicUsize::new(0);
+        let job = |_: usize, _: usize| {
+            for_chunks(panels, chunk, &next, |p0, p1| {
+                for p in p0..p1 {
+                    let w = &wt.bytes[p * panel_bytes..][..panel_bytes];
+                    let (j0, width) = (p * PANEL, PANEL.min(n - p * PANEL));
+                    let x = |r: usize| &x[r * nb..(r + 1) * nb];
+                    let store = |r: usize, v: &[f32; PANEL]| {
+                        // SAFETY: columns j0..j0+width of every row belong to panel p, which
+                        // only this call computes; r < rows <= the output's row capacity.
+                        let o = unsafe { out.slice(r * n + j0, width) };
+                        o.copy_from_slice(&v[..width]);
+                    };
+                    let mut r = 0;
+                    while r + 4 <= rows {
+                        let v = dot_x4(w, [x(r), x(r + 1), x(r + 2), x(r + 3)]);
+                        for (i, vi) in v.iter().enumerate() {
+                            store(r + i, vi);
+                        }
+                        r += 4;
+                    }
+                    for r in r..rows {
+                        store(r, &dot(w, x(r)));
+                    }
+                }
+            });
+        };
+        self.run("matmul", &job)
+    }
+
     /// The f32-activation matmul: each weight row dequantized, then an f32 dot product.
     fn matmul_f32_reference(
         &self,
@@ -847,9 +935,10 @@ impl CpuBackend {
         let dot = self.kernels.dot_f32;
         let job = |_: usize, _: usize| {
             let mut wrow = vec![0f32; k];
+            let mut buf = Vec::new();
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {
                 for j in j0..j1 {
-                    (wt.kernels.dequantize_row)(wt.row(j), &mut wrow);
+                    (wt.kernels.dequantize_row)(wt.gguf_row(j, &mut buf), &mut wrow);
                     for r in 0..rows {
                         // SAFETY: element (r, j) belongs to this chunk only.
                         let o = unsafe { optr.slice(r * n + j, 1) };

@@ -6,8 +6,11 @@
 //! type's "vec-dot type" ([`BlockQ8`] or [`BlockQ8K`]), as llama.cpp does.
 
 pub mod generic;
+pub mod panel;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_panel;
 
 use worker_gguf::GgmlType;
 
@@ -77,6 +80,31 @@ pub type VecDotQ8x4 = fn(&[u8], [&[BlockQ8]; 4]) -> [f32; 4];
 /// the same bit-identity to [`VecDot::Q8K`] as [`VecDotQ8x4`].
 pub type VecDotQ8Kx4 = fn(&[u8], [&[BlockQ8K]; 4]) -> [f32; 4];
 
+/// One panel of sixteen weight rows ([`panel`] layout) against one activation row (`A`:
+/// [`BlockQ8`] or [`BlockQ8K`]): the sixteen dot products.
+pub type PanelDot<A> = fn(&[u8], &[A]) -> [f32; panel::PANEL];
+
+/// One panel against four activation rows, bit-identical to four [`PanelDot`] calls.
+pub type PanelDotX4<A> = fn(&[u8], [&[A]; 4]) -> [[f32; panel::PANEL]; 4];
+
+/// The panel kernels of a type, by the activation format they take.
+#[derive(Clone, Copy)]
+pub enum PanelDots {
+    /// 32-element types: activations as [`BlockQ8`].
+    Q8(PanelDot<BlockQ8>, PanelDotX4<BlockQ8>),
+    /// k-quants: activations as [`BlockQ8K`].
+    Q8K(PanelDot<BlockQ8K>, PanelDotX4<BlockQ8K>),
+}
+
+/// The kernels of a type whose weights are repacked at load into panels.
+#[derive(Clone, Copy)]
+pub struct PanelKernels {
+    /// The layout the kernels read.
+    pub format: panel::PanelFormat,
+    /// One and four activation rows.
+    pub dots: PanelDots,
+}
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -88,6 +116,9 @@ pub struct TypeKernels {
     pub vec_dot_q8k_x4: Option<VecDotQ8Kx4>,
     /// Row dequantization (embeddings, the f32-activation reference path).
     pub dequantize_row: fn(&[u8], &mut [f32]),
+    /// Where the table has them: kernels for weights repacked into panels, used instead of
+    /// the row kernels above for the matmul.
+    pub panel: Option<PanelKernels>,
 }
 
 /// Which instruction set a table was filled for.
@@ -147,6 +178,7 @@ impl Kernels {
                 vec_dot_q8_x4: None,
                 vec_dot_q8k_x4: None,
                 dequantize_row,
+                panel: None,
             })
         };
         Kernels {

@@ -9,8 +9,10 @@ use std::arch::x86_64::*;
 use super::generic::{
     scale_min_k4, Q4_0_BYTES, Q4_1_BYTES, Q4_K_BYTES, Q5_0_BYTES, Q6_K_BYTES, Q8_0_BYTES,
 };
+use super::panel::PanelFormat;
 use super::{
     BlockQ8, BlockQ8K, Isa, Kernels, TypeKernels, VecDot, VecDotQ8Kx4, VecDotQ8x4, QK, QK_K,
+    SUPPORTED_TYPES,
 };
 use worker_gguf::GgmlType;
 
@@ -193,6 +195,7 @@ pub fn avx2_kernels() -> Option<Kernels> {
                     vec_dot_q8_x4,
                     vec_dot_q8k_x4,
                     dequantize_row: s.dequantize_row,
+                    panel: None,
                 },
             );
         }
@@ -251,6 +254,15 @@ fn avx512_table(vnni: bool) -> Option<Kernels> {
                     ..s
                 },
             );
+        }
+    }
+    // With VNNI the matmuls of the types with a panel layout run on repacked weights.
+    if vnni {
+        for ty in SUPPORTED_TYPES {
+            if let (Some(s), Some(format)) = (k.for_type(ty).copied(), PanelFormat::of(ty)) {
+                let panel = Some(super::x86_panel::kernels(format));
+                k.set(ty, TypeKernels { panel, ..s });
+            }
         }
     }
     Some(k)

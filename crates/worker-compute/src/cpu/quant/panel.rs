@@ -1,0 +1,356 @@
+//! Weight rows repacked at load into panels of [`PANEL`] rows, for the matmul kernels that
+//! compute sixteen outputs per activation row at once (one output per 32-bit SIMD lane, so no
+//! horizontal sums). The GGUF file is untouched; the backend keeps only the repacked copy.
+//!
+//! A panel holds rows `16p..16p+16` and is stored block after block. One panel block holds
+//! the same bytes as the sixteen rows' GGUF blocks, rearranged:
+//!
+//! | part | bytes | content |
+//! | --- | --- | --- |
+//! | `d` | 32 | the sixteen f16 scales, row `i` at `2i` |
+//! | `m` (Q4_1) | 32 | the sixteen f16 minimums |
+//! | high bits (Q5_0) | 64 | eight u64 masks; mask `g` bit `4i+t` = high bit of row `i`, element `4g+t` |
+//! | quants | 256 (4-bit) / 512 (Q8_0) | 64-byte chunks; in chunk `c`, bytes `4i..4i+4` are row `i`'s |
+//!
+//! For the 4-bit types chunk `c` holds each row's quant bytes `4c..4c+4`: their low nibbles
+//! are elements `4c..4c+4` (group `c`) and their high nibbles elements `16+4c..` (group
+//! `c+4`). For Q8_0 chunk `g` holds elements `4g..4g+4` plus 128, as unsigned bytes. So every
+//! group of four elements of sixteen rows unpacks into one 64-byte vector whose 32-bit lane
+//! `i` belongs to row `i`, ready for a multiply-add against four broadcast activation bytes.
+//!
+//! Each kernel computes, per row and block, `acc = fma(float(Σ u·x), d·dx, acc)` then
+//! `acc = fma(bias, sx, acc)`, where `u` are the unsigned quants, `x`/`dx`/`sx` the
+//! activation block ([`super::BlockQ8`]) and `bias` is `m` (Q4_1) or `-8d`, `-16d`, `-128d`
+//! (Q4_0, Q5_0, Q8_0: the offset that makes `u` unsigned). The order is the same for any
+//! number of activation rows, so a row's result never depends on its batch.
+
+use worker_gguf::GgmlType;
+
+use super::generic::scale_min_k4;
+use super::{QK, QK_K};
+
+/// Weight rows per panel.
+pub const PANEL: usize = 16;
+
+/// A weight type with a panel layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PanelFormat {
+    /// Q4_0: 4-bit quants, bias `-8d`.
+    Q4_0,
+    /// Q4_1: 4-bit quants, bias `m`.
+    Q4_1,
+    /// Q5_0: 4-bit quants plus high-bit masks, bias `-16d`.
+    Q5_0,
+    /// Q8_0: quants plus 128 as bytes, bias `-128d`.
+    Q8_0,
+    /// Q4_K: 256-element super-blocks, eight sub-blocks of 32 with 6-bit scales and mins.
+    Q4K,
+    /// Q6_K: 256-element super-blocks, sixteen sub-blocks of 16 with 8-bit scales.
+    Q6K,
+}
+
+impl PanelFormat {
+    /// The panel format of `ty`, if it has one.
+    pub fn of(ty: GgmlType) -> Option<Self> {
+        match ty {
+            GgmlType::Q4_0 => Some(Self::Q4_0),
+            GgmlType::Q4_1 => Some(Self::Q4_1),
+            GgmlType::Q5_0 => Some(Self::Q5_0),
+            GgmlType::Q8_0 => Some(Self::Q8_0),
+            GgmlType::Q4_K => Some(Self::Q4K),
+            GgmlType::Q6_K => Some(Self::Q6K),
+            _ => None,
+        }
+    }
+
+    /// Elements of one block.
+    pub const fn block_elems(self) -> usize {
+        match self {
+            Self::Q4K | Self::Q6K => QK_K,
+            _ => QK,
+        }
+    }
+
+    /// Bytes of one GGUF block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q6K => 210,
+        }
+    }
+
+    /// Bytes of one panel block: sixteen blocks (for Q4_K, 4 bytes a row more than GGUF's,
+    /// the scales and mins being stored unpacked).
+    pub const fn panel_block_bytes(self) -> usize {
+        match self {
+            Self::Q4K => Q4K_QUANTS + 2048,
+            _ => PANEL * self.block_bytes(),
+        }
+    }
+
+    /// Offset of the quant chunks in a panel block.
+    pub const fn quants_offset(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q8_0 => 32,
+            Self::Q4_1 => 64,
+            Self::Q5_0 => 96,
+            Self::Q4K => Q4K_QUANTS,
+            Self::Q6K => Q6K_QUANTS,
+        }
+    }
+
+    /// Offset of the quant bytes in a GGUF block (32-element types).
+    const fn gguf_quants_offset(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q8_0 => 2,
+            Self::Q4_1 => 4,
+            _ => 6,
+        }
+    }
+
+    /// Bytes of `rows` x `cols` weights in panels (the last panel padded with zero rows).
+    pub fn bytes(self, rows: usize, cols: usize) -> usize {
+        rows.div_ceil(PANEL) * (cols / self.block_elems()) * self.panel_block_bytes()
+    }
+
+    /// Repacks GGUF rows of `cols` elements (`raw`, a whole number of rows) into `out`, which
+    /// must be zeroed and [`PanelFormat::bytes`] long.
+    pub fn repack(self, cols: usize, raw: &[u8], out: &mut [u8]) {
+        let (bb, pbb) = (self.block_bytes(), self.panel_block_bytes());
+        let nb = cols / self.block_elems();
+        for (r, row) in raw.chunks_exact(nb * bb).enumerate() {
+            let (p, i) = (r / PANEL, r % PANEL);
+            for (b, src) in row.chunks_exact(bb).enumerate() {
+                let dst = &mut out[(p * nb + b) * pbb..][..pbb];
+                self.repack_block(i, src, dst);
+            }
+        }
+    }
+
+    /// Writes row `i`'s GGUF block `src` into panel block `dst`.
+    fn repack_block(self, i: usize, src: &[u8], dst: &mut [u8]) {
+        match self {
+            Self::Q4K => return q4k_to_panel(i, src, dst),
+            Self::Q6K => return q6k_to_panel(i, src, dst),
+            _ => {}
+        }
+        dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
+        let q = &src[self.gguf_quants_offset()..];
+        let qo = self.quants_offset();
+        match self {
+            Self::Q8_0 => {
+                for g in 0..8 {
+                    for t in 0..4 {
+                        dst[qo + 64 * g + 4 * i + t] = q[4 * g + t] ^ 0x80;
+                    }
+                }
+                return;
+            }
+            Self::Q4_1 => dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[2..4]),
+            Self::Q5_0 => {
+                let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]) as u64;
+                for g in 0..8 {
+                    let m = &mut dst[32 + 8 * g..40 + 8 * g];
+                    let mut mask = u64::from_le_bytes(m.try_into().expect("8 bytes"));
+                    mask |= ((qh >> (4 * g)) & 0xF) << (4 * i);
+                    m.copy_from_slice(&mask.to_le_bytes());
+                }
+            }
+            Self::Q4_0 | Self::Q4K | Self::Q6K => {}
+        }
+        for c in 0..4 {
+            dst[qo + 64 * c + 4 * i..][..4].copy_from_slice(&q[4 * c..4 * c + 4]);
+        }
+    }
+
+    /// Rebuilds GGUF row `r` (of `cols` elements) from `panels` into `out` (one row of GGUF
+    /// bytes): the inverse of [`PanelFormat::repack`], for embedding lookups.
+    pub fn gguf_row(self, cols: usize, panels: &[u8], r: usize, out: &mut [u8]) {
+        let (bb, pbb) = (self.block_bytes(), self.panel_block_bytes());
+        let nb = cols / self.block_elems();
+        let (p, i) = (r / PANEL, r % PANEL);
+        for (b, dst) in out.chunks_exact_mut(bb).take(nb).enumerate() {
+            let src = &panels[(p * nb + b) * pbb..][..pbb];
+            match self {
+                Self::Q4K => {
+                    q4k_from_panel(i, src, dst);
+                    continue;
+                }
+                Self::Q6K => {
+                    q6k_from_panel(i, src, dst);
+                    continue;
+                }
+                _ => {}
+            }
+            dst[..2].copy_from_slice(&src[2 * i..2 * i + 2]);
+            let qo = self.quants_offset();
+            let go = self.gguf_quants_offset();
+            match self {
+                Self::Q8_0 => {
+                    for g in 0..8 {
+                        for t in 0..4 {
+                            dst[go + 4 * g + t] = src[qo + 64 * g + 4 * i + t] ^ 0x80;
+                        }
+                    }
+                    continue;
+                }
+                Self::Q4_1 => dst[2..4].copy_from_slice(&src[32 + 2 * i..34 + 2 * i]),
+                Self::Q5_0 => {
+                    let mut qh = 0u32;
+                    for g in 0..8 {
+                        let mask = u64::from_le_bytes(
+                            src[32 + 8 * g..40 + 8 * g].try_into().expect("8 bytes"),
+                        );
+                        qh |= (((mask >> (4 * i)) & 0xF) as u32) << (4 * g);
+                    }
+                    dst[2..6].copy_from_slice(&qh.to_le_bytes());
+                }
+                Self::Q4_0 | Self::Q4K | Self::Q6K => {}
+            }
+            for c in 0..4 {
+                dst[go + 4 * c..go + 4 * c + 4].copy_from_slice(&src[qo + 64 * c + 4 * i..][..4]);
+            }
+        }
+    }
+}
+
+// Q4_K panel block: d[16] f16 at 0, dmin[16] f16 at 32, scales[8][16] at 64 (sub-block
+// major), min pairs[4][16][2] at 192 (mins of sub-blocks 2k and 2k+1 of row i at 32k+2i), then
+// 32 quant chunks: chunk 8k+g holds each row's GGUF quant bytes 32k+4g..32k+4g+4 (low nibbles:
+// sub-block 2k, elements 4g..4g+4; high nibbles: sub-block 2k+1).
+const Q4K_SCALES: usize = 64;
+const Q4K_MINS: usize = 192;
+const Q4K_QUANTS: usize = 320;
+
+// Q6_K panel block: d[16] f16 at 0, scale pairs[8][16][2] (i8) at 32, then 32 nibble chunks
+// (chunk c: low nibbles are elements 4c..4c+4, high nibbles elements 128+4c..), then 16 chunks
+// of high bit pairs (chunk h, bits 2q..2q+2 of each byte: group h+16q, i.e. elements
+// 4(h+16q)..4(h+16q)+4).
+const Q6K_SCALES: usize = 32;
+const Q6K_QUANTS: usize = 288;
+const Q6K_HIGH: usize = Q6K_QUANTS + 2048;
+
+fn q4k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+    dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[2..4]);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &src[4..16]);
+        dst[Q4K_SCALES + 16 * j + i] = sc;
+        dst[Q4K_MINS + 32 * (j / 2) + 2 * i + j % 2] = m;
+    }
+    for c in 0..32 {
+        dst[Q4K_QUANTS + 64 * c + 4 * i..][..4].copy_from_slice(&src[16 + 4 * c..20 + 4 * c]);
+    }
+}
+
+fn q4k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst[0..2].copy_from_slice(&src[2 * i..2 * i + 2]);
+    dst[2..4].copy_from_slice(&src[32 + 2 * i..34 + 2 * i]);
+    // The inverse of `scale_min_k4`: sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales)
+    // and 4-7 (mins); sub-blocks 4-7 in the nibbles of bytes 8-11 and the top 2 bits of 0-7.
+    let scales = &mut dst[4..16];
+    scales.fill(0);
+    for j in 0..8 {
+        let sc = src[Q4K_SCALES + 16 * j + i];
+        let m = src[Q4K_MINS + 32 * (j / 2) + 2 * i + j % 2];
+        if j < 4 {
+            scales[j] |= sc;
+            scales[j + 4] |= m;
+        } else {
+            scales[j + 4] = (sc & 0xF) | (m & 0xF) << 4;
+            scales[j - 4] |= (sc >> 4) << 6;
+            scales[j] |= (m >> 4) << 6;
+        }
+    }
+    for c in 0..32 {
+        dst[16 + 4 * c..20 + 4 * c].copy_from_slice(&src[Q4K_QUANTS + 64 * c + 4 * i..][..4]);
+    }
+}
+
+/// GGUF Q6_K positions of element `e`: (byte of `ql`, nibble shift, byte of `qh`, bit shift).
+fn q6k_position(e: usize) -> (usize, u32, usize, u32) {
+    let (n, r) = (e / 128, e % 128);
+    let (quarter, l) = (r / 32, r % 32);
+    let ql = 64 * n + l + 32 * (quarter % 2);
+    (
+        ql,
+        4 * (quarter as u32 / 2),
+        128 + 32 * n + l,
+        2 * quarter as u32,
+    )
+}
+
+fn q6k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst[2 * i..2 * i + 2].copy_from_slice(&src[208..210]);
+    for s in 0..16 {
+        dst[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2] = src[192 + s];
+    }
+    for e in 0..QK_K {
+        let (ql, qs, qh, hs) = q6k_position(e);
+        let low = (src[ql] >> qs) & 0xF;
+        let high = (src[qh] >> hs) & 3;
+        let (group, t) = (e / 4, e % 4);
+        let (c, nib) = (group % 32, 4 * (group / 32));
+        dst[Q6K_QUANTS + 64 * c + 4 * i + t] |= low << nib;
+        let (h, q) = (group % 16, group / 16);
+        dst[Q6K_HIGH + 64 * h + 4 * i + t] |= high << (2 * q);
+    }
+}
+
+fn q6k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst[208..210].copy_from_slice(&src[2 * i..2 * i + 2]);
+    for s in 0..16 {
+        dst[192 + s] = src[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2];
+    }
+    dst[..192].fill(0);
+    for e in 0..QK_K {
+        let (group, t) = (e / 4, e % 4);
+        let (c, nib) = (group % 32, 4 * (group / 32));
+        let low = (src[Q6K_QUANTS + 64 * c + 4 * i + t] >> nib) & 0xF;
+        let (h, q) = (group % 16, group / 16);
+        let high = (src[Q6K_HIGH + 64 * h + 4 * i + t] >> (2 * q)) & 3;
+        let (ql, qs, qh, hs) = q6k_position(e);
+        dst[ql] |= low << qs;
+        dst[qh] |= high << hs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repack_then_gguf_row_gives_the_rows_back() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut byte = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        };
+        for fmt in [
+            PanelFormat::Q4_0,
+            PanelFormat::Q4_1,
+            PanelFormat::Q5_0,
+            PanelFormat::Q8_0,
+            PanelFormat::Q4K,
+            PanelFormat::Q6K,
+        ] {
+            let (rows, cols) = (37, 3 * fmt.block_elems());
+            let row_bytes = 3 * fmt.block_bytes();
+            let raw: Vec<u8> = (0..rows * row_bytes).map(|_| byte()).collect();
+            let mut panels = vec![0; fmt.bytes(rows, cols)];
+            assert_eq!(panels.len(), 3 * 3 * fmt.panel_block_bytes());
+            fmt.repack(cols, &raw, &mut panels);
+            let mut row = vec![0; row_bytes];
+            for r in 0..rows {
+                fmt.gguf_row(cols, &panels, r, &mut row);
+                assert_eq!(row, raw[r * row_bytes..][..row_bytes], "{fmt:?} row {r}");
+            }
+        }
+    }
+}

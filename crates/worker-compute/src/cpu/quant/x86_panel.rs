@@ -1,0 +1,295 @@
+//! AVX-512 VNNI kernels for weights in the panel layout ([`super::panel`]): sixteen weight
+//! rows against one or four activation rows, one row per 32-bit lane.
+//!
+//! Per block the sixteen rows' quants unpack once into eight vectors of unsigned bytes (one
+//! per group of four elements); each activation row then costs eight `vpdpbusd` against its
+//! broadcast bytes, one conversion and two `fmadd`s, whatever the number of rows.
+
+use std::arch::x86_64::*;
+
+use super::panel::{PanelFormat, PANEL};
+use super::{BlockQ8, BlockQ8K, PanelDots, PanelKernels};
+
+/// The panel kernels of `format`. The caller must have detected AVX-512 F/BW/VL/DQ, VNNI,
+/// FMA and F16C.
+pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
+    let dots = match format {
+        PanelFormat::Q4_0 => PanelDots::Q8(dot_q4_0, dot_q4_0_x4),
+        PanelFormat::Q4_1 => PanelDots::Q8(dot_q4_1, dot_q4_1_x4),
+        PanelFormat::Q5_0 => PanelDots::Q8(dot_q5_0, dot_q5_0_x4),
+        PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_x4),
+        PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_x4),
+        PanelFormat::Q6K => PanelDots::Q8K(dot_q6_k, dot_q6_k_x4),
+    };
+    PanelKernels { format, dots }
+}
+
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q8_0: u8 = 3;
+
+const fn format(f: u8) -> PanelFormat {
+    match f {
+        Q4_0 => PanelFormat::Q4_0,
+        Q4_1 => PanelFormat::Q4_1,
+        Q5_0 => PanelFormat::Q5_0,
+        _ => PanelFormat::Q8_0,
+    }
+}
+
+macro_rules! panel_kernels {
+    ($($dot:ident, $dot_x4:ident, $imp:ident, $imp_x4:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+        unsafe fn $imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
+            $body::<$($g)* 1>(w, x)
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+        unsafe fn $imp_x4(w: &[u8], x: [&[$a]; 4]) -> [[f32; PANEL]; 4] {
+            $body::<$($g)* 4>(w, x)
+        }
+        fn $dot(w: &[u8], x: &[$a]) -> [f32; PANEL] {
+            // SAFETY: only reachable through `kernels`, whose caller detected the features.
+            unsafe { $imp(w, [x])[0] }
+        }
+        fn $dot_x4(w: &[u8], x: [&[$a]; 4]) -> [[f32; PANEL]; 4] {
+            // SAFETY: as above.
+            unsafe { $imp_x4(w, x) }
+        }
+    )*};
+}
+
+panel_kernels! {
+    dot_q4_0, dot_q4_0_x4, dot_q4_0_avx512, dot_q4_0_x4_avx512, panel_dot [Q4_0,], BlockQ8;
+    dot_q4_1, dot_q4_1_x4, dot_q4_1_avx512, dot_q4_1_x4_avx512, panel_dot [Q4_1,], BlockQ8;
+    dot_q5_0, dot_q5_0_x4, dot_q5_0_avx512, dot_q5_0_x4_avx512, panel_dot [Q5_0,], BlockQ8;
+    dot_q8_0, dot_q8_0_x4, dot_q8_0_avx512, dot_q8_0_x4_avx512, panel_dot [Q8_0,], BlockQ8;
+    dot_q4_k, dot_q4_k_x4, dot_q4_k_avx512, dot_q4_k_x4_avx512, panel_dot_q4_k [], BlockQ8K;
+    dot_q6_k, dot_q6_k_x4, dot_q6_k_avx512, dot_q6_k_x4_avx512, panel_dot_q6_k [], BlockQ8K;
+}
+
+/// The eight vectors of unsigned quants of panel block `p`: vector `g` holds elements
+/// `4g..4g+4` of the sixteen rows, row `i` in lane `i`.
+///
+/// No `target_feature` of its own: inlined into kernels that enable AVX-512 and VNNI.
+#[inline(always)]
+unsafe fn unpack<const F: u8>(p: *const u8) -> [__m512i; 8] {
+    let q = p.add(format(F).quants_offset());
+    let mut u = [_mm512_setzero_si512(); 8];
+    if F == Q8_0 {
+        for (g, v) in u.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(q.add(64 * g) as *const _);
+        }
+        return u;
+    }
+    let low = _mm512_set1_epi8(0x0F);
+    for c in 0..4 {
+        let v = _mm512_loadu_si512(q.add(64 * c) as *const _);
+        u[c] = _mm512_and_si512(v, low);
+        u[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    if F == Q5_0 {
+        let sixteen = _mm512_set1_epi8(16);
+        for (g, v) in u.iter_mut().enumerate() {
+            let bits = std::ptr::read_unaligned(p.add(32 + 8 * g) as *const u64);
+            *v = _mm512_mask_add_epi8(*v, bits, *v, sixteen);
+        }
+    }
+    u
+}
+
+/// Sixteen rows of `w` (a panel: a whole number of panel blocks) against `NR` activation
+/// rows: see the module documentation of [`super::panel`] for the sums.
+#[inline(always)]
+unsafe fn panel_dot<const F: u8, const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8]; NR],
+) -> [[f32; PANEL]; NR] {
+    let pbb = format(F).panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let mut acc = [_mm512_setzero_ps(); NR];
+    for b in 0..nb {
+        let p = w.as_ptr().add(b * pbb);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let bias = match F {
+            Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
+            Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+            Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+            _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
+        };
+        let u = unpack::<F>(p);
+        for j in 0..NR {
+            let a = x[j].get_unchecked(b);
+            let s = _mm512_cvtepi32_ps(dot_groups(&u, a.qs.as_ptr()));
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+            acc[j] = _mm512_fmadd_ps(s, scale, acc[j]);
+            acc[j] = _mm512_fmadd_ps(bias, _mm512_set1_ps(a.s), acc[j]);
+        }
+    }
+    store(acc)
+}
+
+/// Eight `vpdpbusd` of `u[g]` against the broadcast activation bytes `q[4g..4g+4]`, in two
+/// chains (the integer sum is exact in any order).
+#[inline(always)]
+unsafe fn dot_groups(u: &[__m512i; 8], q: *const i8) -> __m512i {
+    let q = q as *const i32;
+    let bcast = |g: usize| _mm512_set1_epi32(std::ptr::read_unaligned(q.add(g)));
+    let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+    let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[1], bcast(1));
+    for g in (2..8).step_by(2) {
+        s0 = _mm512_dpbusd_epi32(s0, u[g], bcast(g));
+        s1 = _mm512_dpbusd_epi32(s1, u[g + 1], bcast(g + 1));
+    }
+    _mm512_add_epi32(s0, s1)
+}
+
+/// Q4_K panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
+/// `tot = Σ_j sc_j · Σ u·x` over the eight sub-blocks and `mins = Σ_j m_j · Σ x`; then
+/// `acc = fma(float(tot), d·dx, acc)` and `acc = fma(float(mins), dmin·(-dx), acc)`.
+#[inline(always)]
+unsafe fn panel_dot_q4_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::Q4K;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let low = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); NR];
+    for b in 0..nb {
+        let p = w.as_ptr().add(b * pbb);
+        let q = p.add(fmt.quants_offset());
+        let mut tot = [_mm512_setzero_si512(); NR];
+        for j in 0..8 {
+            let (k, t) = (j / 2, j % 2);
+            let mut u = [_mm512_setzero_si512(); 8];
+            for (g, v) in u.iter_mut().enumerate() {
+                let c = _mm512_loadu_si512(q.add(64 * (8 * k + g)) as *const _);
+                let c = if t == 0 { c } else { _mm512_srli_epi16(c, 4) };
+                *v = _mm512_and_si512(c, low);
+            }
+            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(64 + 16 * j) as *const __m128i));
+            for r in 0..NR {
+                let s = dot_groups(&u, x[r].get_unchecked(b).qs.as_ptr().add(32 * j));
+                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s, sc));
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+        let m: [__m512i; 4] = std::array::from_fn(|k| {
+            _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(192 + 32 * k) as *const __m256i))
+        });
+        for r in 0..NR {
+            let a = x[r].get_unchecked(b);
+            let mut mins = _mm512_setzero_si512();
+            for (k, mk) in m.iter().enumerate() {
+                let bs = &a.bsums[4 * k..4 * k + 4];
+                let pair = (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
+                mins = _mm512_dpwssd_epi32(mins, *mk, _mm512_set1_epi32(pair as i32));
+            }
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
+            let mscale = _mm512_mul_ps(dmin, _mm512_set1_ps(-a.d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), mscale, acc[r]);
+        }
+    }
+    store(acc)
+}
+
+/// Q6_K panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
+/// `tot = Σ_s sc_s · Σ u·x - 32 · Σ_s sc_s · Σ x` over the sixteen sub-blocks (`u` = the
+/// 6-bit quant, unsigned); then `acc = fma(float(tot), d·dx, acc)`.
+#[inline(always)]
+unsafe fn panel_dot_q6_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::Q6K;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let (low, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+    let mut acc = [_mm512_setzero_ps(); NR];
+    for b in 0..nb {
+        let p = w.as_ptr().add(b * pbb);
+        let q = p.add(fmt.quants_offset());
+        let high = q.add(2048);
+        // The scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
+        let pair = |k: usize| {
+            _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(32 + 32 * k) as *const __m256i))
+        };
+        let scale = |s: usize| {
+            let v = pair(s / 2);
+            if s.is_multiple_of(2) {
+                _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16)
+            } else {
+                _mm512_srai_epi32(v, 16)
+            }
+        };
+        // Σ_s sc_s · Σx, from the activation's sums per 16.
+        let mut tot = [_mm512_setzero_si512(); NR];
+        for k in 0..8 {
+            let v = pair(k);
+            for r in 0..NR {
+                let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
+                let bs = _mm512_set1_epi32(std::ptr::read_unaligned(bs));
+                tot[r] = _mm512_dpwssd_epi32(tot[r], v, bs);
+            }
+        }
+        for t in tot.iter_mut() {
+            *t = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(*t, 5));
+        }
+        // Sub-block s (elements 16s..16s+16: the low nibbles of chunks 4s..4s+4) and s + 8
+        // (elements 128+16s..: their high nibbles).
+        for s in 0..8 {
+            let mut u = [_mm512_setzero_si512(); 8];
+            for gi in 0..4 {
+                let c = 4 * s + gi;
+                let v = _mm512_loadu_si512(q.add(64 * c) as *const _);
+                let h = _mm512_loadu_si512(high.add(64 * (c % 16)) as *const _);
+                // Bit pairs of group c at bits 2(c/16), of group c+32 at 2(c/16)+4, moved to
+                // bits 4-5.
+                let (h_lo, h_hi) = if c < 16 {
+                    (_mm512_slli_epi16(h, 4), h)
+                } else {
+                    (_mm512_slli_epi16(h, 2), _mm512_srli_epi16(h, 2))
+                };
+                u[gi] = _mm512_or_si512(_mm512_and_si512(v, low), _mm512_and_si512(h_lo, two));
+                let v_hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                u[4 + gi] = _mm512_or_si512(v_hi, _mm512_and_si512(h_hi, two));
+            }
+            let (sc_lo, sc_hi) = (scale(s), scale(s + 8));
+            for r in 0..NR {
+                let a = x[r].get_unchecked(b).qs.as_ptr();
+                let (s_lo, s_hi) = dot_group_halves(&u, a.add(16 * s), a.add(128 + 16 * s));
+                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_lo, sc_lo));
+                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_hi, sc_hi));
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        for r in 0..NR {
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].get_unchecked(b).d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
+        }
+    }
+    store(acc)
+}
+
+/// `u[0..4]` against the broadcast bytes at `lo` and `u[4..8]` against those at `hi` (four
+/// groups of four each): the two sums.
+#[inline(always)]
+unsafe fn dot_group_halves(u: &[__m512i; 8], lo: *const i8, hi: *const i8) -> (__m512i, __m512i) {
+    let (lo, hi) = (lo as *const i32, hi as *const i32);
+    let bcast = |p: *const i32, g: usize| _mm512_set1_epi32(std::ptr::read_unaligned(p.add(g)));
+    let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(lo, 0));
+    let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[4], bcast(hi, 0));
+    for g in 1..4 {
+        s0 = _mm512_dpbusd_epi32(s0, u[g], bcast(lo, g));
+        s1 = _mm512_dpbusd_epi32(s1, u[4 + g], bcast(hi, g));
+    }
+    (s0, s1)
+}
+
+/// The accumulators as arrays.
+#[inline(always)]
+unsafe fn store<const NR: usize>(acc: [__m512; NR]) -> [[f32; PANEL]; NR] {
+    let mut out = [[0f32; PANEL]; NR];
+    for (o, a) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), a);
+    }
+    out
+}
