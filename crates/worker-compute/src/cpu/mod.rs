@@ -235,7 +235,7 @@ impl CpuBackend {
         })
     }
 
-    fn run(&self, op: &'static str, f: &(dyn Fn(usize, usize) + Sync)) -> Result<()> {
+    fn run(&self, op: &'static str, f: &(dyn Fn() + Sync)) -> Result<()> {
         if self.pool.run(f) {
             Ok(())
         } else {
@@ -713,7 +713,7 @@ impl ComputeBackend for CpuBackend {
         let next = AtomicUsize::new(0);
         let qs = &qt.data[..];
         let qcols = qt.cols;
-        let job = |_: usize, _: usize| {
+        let job = || {
             let mut scores: Vec<f32> = Vec::new();
             for_chunks(rows * p.heads, 1, &next, |item, _| {
                 let (r, h) = (item / p.heads, item % p.heads);
@@ -819,7 +819,7 @@ impl CpuBackend {
         let next = AtomicUsize::new(0);
         let (q8, q8k) = (&q8[..], &q8k[..]);
         let (x4, xk4) = (wt.kernels.vec_dot_q8_x4, wt.kernels.vec_dot_q8k_x4);
-        let job = |_: usize, _: usize| {
+        let job = || {
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {
                 let mut r = 0;
                 // Four activation rows per weight row where the table has a four-row kernel.
@@ -887,7 +887,7 @@ impl CpuBackend {
         // Several chunks per thread so a slow thread does not hold the others up.
         let chunk = panels.div_ceil(self.pool.n_threads() * 4).max(1);
         let next = AtomicUsize::new(0);
-        let job = |_: usize, _: usize| {
+        let job = || {
             for_chunks(panels, chunk, &next, |p0, p1| {
                 for p in p0..p1 {
                     let w = &wt.bytes[p * panel_bytes..][..panel_bytes];
@@ -933,7 +933,7 @@ impl CpuBackend {
         let optr = SharedOut(o.data.as_mut_ptr());
         let next = AtomicUsize::new(0);
         let dot = self.kernels.dot_f32;
-        let job = |_: usize, _: usize| {
+        let job = || {
             let mut wrow = vec![0f32; k];
             let mut buf = Vec::new();
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {

@@ -1,22 +1,33 @@
-//! A persistent pool of compute threads: one job at a time, run by every thread (the caller
-//! included) with its thread index, so kernels split work statically or through an atomic
-//! counter.
+//! A persistent pool of compute threads: one job at a time, run by the calling thread and by
+//! every worker that joins it in time. Jobs split their work dynamically (an atomic counter
+//! over chunks), so however many threads join, all of the work gets done.
 //!
-//! Workers spin briefly on a generation counter after each job (ops follow each other within
+//! A worker joins a job only while it is open; the caller closes it when its own share is
+//! done and then waits only for the workers that joined. So a worker the OS has descheduled
+//! (a busy machine) makes the caller do more of the job instead of stalling it until the
+//! worker runs again.
+//!
+//! Workers spin briefly on the job counter after each job (ops follow each other within
 //! microseconds during a forward pass), then sleep on a condvar, so an idle worker costs no
-//! CPU. The caller likewise spins, then sleeps, until every worker has finished.
+//! CPU. The caller likewise spins, then sleeps, until the workers that joined have finished.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// The job: a borrowed closure with its lifetime erased (see `ThreadPool::run`).
-type Job = *const (dyn Fn(usize, usize) + Sync);
+type Job = *const (dyn Fn() + Sync);
+
+/// `Shared::state`: the job number in the high 32 bits, [`CLOSED`], and the number of
+/// workers that joined in the low bits.
+const CLOSED: u64 = 1 << 31;
+const JOINED: u64 = CLOSED - 1;
 
 struct Shared {
-    generation: AtomicUsize,
-    pending: AtomicUsize,
+    state: AtomicU64,
+    /// Workers that joined the current job and finished it.
+    finished: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
     job: Mutex<Option<SendJob>>,
@@ -34,7 +45,7 @@ struct Shared {
 #[derive(Clone, Copy)]
 struct SendJob(Job);
 // SAFETY: the pointee is `Sync`, and `ThreadPool::run` keeps it alive until every worker that
-// can see the pointer has finished with it.
+// joined the job has finished with it; a worker that did not join never reads the pointer.
 unsafe impl Send for SendJob {}
 
 /// Spins (`pause` instructions) before a thread blocks: about 50-100 microseconds, longer
@@ -47,16 +58,18 @@ pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     n_threads: usize,
+    /// Number of the last job, in the high bits of `Shared::state`.
+    jobs: AtomicU64,
 }
 
 impl ThreadPool {
-    /// A pool running jobs on `n_threads` threads in all: the caller plus `n_threads - 1`
-    /// workers (at least one thread).
+    /// A pool running jobs on up to `n_threads` threads in all: the caller plus
+    /// `n_threads - 1` workers (at least one thread).
     pub fn new(n_threads: usize) -> Self {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
-            generation: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            state: AtomicU64::new(CLOSED),
+            finished: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             job: Mutex::new(None),
@@ -72,7 +85,7 @@ impl ThreadPool {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("compute-{idx}"))
-                    .spawn(move || worker(shared, idx, n_threads))
+                    .spawn(move || worker(shared))
                     .unwrap_or_else(|e| panic!("cannot start compute thread: {e}"))
             })
             .collect();
@@ -80,42 +93,45 @@ impl ThreadPool {
             shared,
             workers,
             n_threads,
+            jobs: AtomicU64::new(0),
         }
     }
 
-    /// Threads that run each job.
+    /// Threads that may run each job, the caller included.
     pub fn n_threads(&self) -> usize {
         self.n_threads
     }
 
-    /// Runs `f(thread_index, n_threads)` on every thread and returns when all have finished.
-    /// Returns `false` when `f` panicked on some thread.
-    pub fn run(&self, f: &(dyn Fn(usize, usize) + Sync)) -> bool {
+    /// Runs `f` on the calling thread and on every worker that joins before the caller's own
+    /// call returns; returns when all of those have finished. `f` must share its work out
+    /// dynamically: it may run once or up to `n_threads` times. Returns `false` when `f`
+    /// panicked on some thread.
+    pub fn run(&self, f: &(dyn Fn() + Sync)) -> bool {
         if self.n_threads == 1 {
-            return catch_unwind(AssertUnwindSafe(|| f(0, 1))).is_ok();
+            return catch_unwind(AssertUnwindSafe(f)).is_ok();
         }
         let sh = &*self.shared;
-        // SAFETY: only the lifetime is erased. The pointer is published to the workers below
-        // and this function does not return before `pending` is back to zero, i.e. before
-        // every worker has finished calling it; the slot is cleared before returning.
-        let job: Job = unsafe {
-            std::mem::transmute::<
-                &(dyn Fn(usize, usize) + Sync),
-                &'static (dyn Fn(usize, usize) + Sync),
-            >(f)
-        };
+        // SAFETY: only the lifetime is erased. The pointer is published to the workers below,
+        // only workers that join the job read it, and this function does not return before
+        // every worker that joined has finished calling it; the slot is cleared before
+        // returning.
+        let job: Job =
+            unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f) };
         *lock(&sh.job) = Some(SendJob(job));
-        sh.pending.store(self.n_threads - 1, Ordering::SeqCst);
-        sh.generation.fetch_add(1, Ordering::SeqCst);
+        sh.finished.store(0, Ordering::SeqCst);
+        let number = (self.jobs.fetch_add(1, Ordering::Relaxed) + 1) & u32::MAX as u64;
+        // Open: the new number, zero joined.
+        sh.state.store(number << 32, Ordering::SeqCst);
         // SeqCst pairs with the worker's SeqCst increment of `sleepers` before its own check of
-        // `generation`: either it sees the new generation or we see it going to sleep.
+        // `state`: either it sees the new job or we see it going to sleep.
         if sh.sleepers.load(Ordering::SeqCst) != 0 {
             let _g = lock(&sh.sleep_lock);
             sh.wake.notify_all();
         }
-        let mut ok = catch_unwind(AssertUnwindSafe(|| f(0, self.n_threads))).is_ok();
+        let mut ok = catch_unwind(AssertUnwindSafe(f)).is_ok();
+        let joined = (sh.state.fetch_or(CLOSED, Ordering::SeqCst) & JOINED) as usize;
         let mut spins = 0usize;
-        while sh.pending.load(Ordering::Acquire) != 0 {
+        while sh.finished.load(Ordering::Acquire) != joined {
             spins += 1;
             if spins < SPIN_LIMIT {
                 std::hint::spin_loop();
@@ -123,7 +139,7 @@ impl ThreadPool {
             }
             let g = lock(&sh.done_lock);
             sh.caller_sleeping.store(true, Ordering::SeqCst);
-            if sh.pending.load(Ordering::SeqCst) != 0 {
+            if sh.finished.load(Ordering::SeqCst) != joined {
                 drop(sh.done.wait(g).unwrap_or_else(|e| e.into_inner()));
             }
             sh.caller_sleeping.store(false, Ordering::SeqCst);
@@ -140,17 +156,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn worker(sh: Arc<Shared>, idx: usize, n: usize) {
-    let mut seen = 0usize;
+/// Joins the job `state` describes if it is still open; `false` when it closed (or a newer
+/// job replaced it) first.
+fn try_join(sh: &Shared, mut state: u64) -> bool {
+    let number = state >> 32;
+    while state >> 32 == number && state & CLOSED == 0 {
+        match sh
+            .state
+            .compare_exchange_weak(state, state + 1, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => return true,
+            Err(now) => state = now,
+        }
+    }
+    false
+}
+
+fn worker(sh: Arc<Shared>) {
+    let mut seen = 0u64;
     loop {
-        // Wait for a new generation: spin first, then sleep.
+        // Wait for a new job number: spin first, then sleep.
         let mut spins = 0usize;
-        loop {
+        let state = loop {
             if sh.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            if sh.generation.load(Ordering::Acquire) != seen {
-                break;
+            let state = sh.state.load(Ordering::Acquire);
+            if state >> 32 != seen {
+                break state;
             }
             spins += 1;
             if spins < SPIN_LIMIT {
@@ -159,29 +192,32 @@ fn worker(sh: Arc<Shared>, idx: usize, n: usize) {
             }
             let g = lock(&sh.sleep_lock);
             sh.sleepers.fetch_add(1, Ordering::SeqCst);
-            if sh.generation.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst) {
+            if sh.state.load(Ordering::SeqCst) >> 32 == seen && !sh.shutdown.load(Ordering::SeqCst)
+            {
                 drop(sh.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
             } else {
                 drop(g);
             }
             sh.sleepers.fetch_sub(1, Ordering::SeqCst);
             spins = 0;
+        };
+        seen = state >> 32;
+        if !try_join(&sh, state) {
+            continue;
         }
-        seen = sh.generation.load(Ordering::Acquire);
         let job = *lock(&sh.job);
         if let Some(SendJob(job)) = job {
-            // SAFETY: `run` keeps the closure alive until `pending` reaches zero, which
-            // cannot happen before this worker decrements it below.
+            // SAFETY: `run` keeps the closure alive until `finished` counts every worker that
+            // joined, which cannot happen before this worker increments it below.
             let f = unsafe { &*job };
-            if catch_unwind(AssertUnwindSafe(|| f(idx, n))).is_err() {
+            if catch_unwind(AssertUnwindSafe(f)).is_err() {
                 sh.panicked.store(true, Ordering::SeqCst);
             }
         }
         // SeqCst pairs with the caller's store of `caller_sleeping` before its check of
-        // `pending`: either it sees zero or we see it going to sleep.
-        if sh.pending.fetch_sub(1, Ordering::SeqCst) == 1
-            && sh.caller_sleeping.load(Ordering::SeqCst)
-        {
+        // `finished`: either it sees our increment or we see it going to sleep.
+        sh.finished.fetch_add(1, Ordering::SeqCst);
+        if sh.caller_sleeping.load(Ordering::SeqCst) {
             let _g = lock(&sh.done_lock);
             sh.done.notify_all();
         }
@@ -205,28 +241,55 @@ impl Drop for ThreadPool {
 mod tests {
     use super::*;
 
+    /// Work handed out through a counter is done exactly once, whoever joins.
     #[test]
-    fn every_thread_runs_each_job() {
+    fn every_chunk_of_each_job_runs_exactly_once() {
         let pool = ThreadPool::new(3);
-        for _ in 0..200 {
-            let hits = AtomicUsize::new(0);
-            assert!(pool.run(&|i, n| {
-                assert!(i < n);
-                hits.fetch_add(1 << (8 * i), Ordering::SeqCst);
+        for job in 0..500 {
+            let next = AtomicUsize::new(0);
+            let done: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+            assert!(pool.run(&|| loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                let Some(d) = done.get(c) else { break };
+                d.fetch_add(1, Ordering::Relaxed);
             }));
-            assert_eq!(hits.load(Ordering::SeqCst), 1 + (1 << 8) + (1 << 16));
+            for (c, d) in done.iter().enumerate() {
+                assert_eq!(d.load(Ordering::Relaxed), 1, "job {job}, chunk {c}");
+            }
         }
+    }
+
+    /// Workers do join: a job that waits for a second thread gets one.
+    #[test]
+    fn workers_join_jobs() {
+        let pool = ThreadPool::new(2);
+        let threads = AtomicUsize::new(0);
+        assert!(pool.run(&|| {
+            threads.fetch_add(1, Ordering::SeqCst);
+            let start = std::time::Instant::now();
+            while threads.load(Ordering::SeqCst) < 2 && start.elapsed().as_secs() < 10 {
+                std::hint::spin_loop();
+            }
+        }));
+        assert_eq!(threads.load(Ordering::SeqCst), 2);
     }
 
     #[test]
     fn a_panicking_job_is_reported_and_the_pool_survives() {
         let pool = ThreadPool::new(2);
-        let ok = pool.run(&|i, _| {
-            if i == 1 {
-                panic!("boom");
+        assert!(!pool.run(&|| panic!("boom")));
+        let worker_ran = AtomicBool::new(false);
+        let on_worker = || {
+            if std::thread::current().name() == Some("compute-1") {
+                worker_ran.store(true, Ordering::SeqCst);
+                panic!("boom on the worker");
             }
-        });
-        assert!(!ok);
-        assert!(pool.run(&|_, _| {}));
+            let start = std::time::Instant::now();
+            while !worker_ran.load(Ordering::SeqCst) && start.elapsed().as_secs() < 10 {
+                std::hint::spin_loop();
+            }
+        };
+        assert!(!pool.run(&on_worker));
+        assert!(pool.run(&|| {}));
     }
 }
