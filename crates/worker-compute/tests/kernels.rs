@@ -126,11 +126,82 @@ fn f32_helpers_match_scalar() {
                 "{:?} dot_f32 n={n}: {r} vs {s}",
                 simd.isa
             );
-            let (mut y1, mut y2) = (b.clone(), b.clone());
-            generic::axpy_f32(0.3, &a, &mut y1);
-            (simd.axpy_f32)(0.3, &a, &mut y2);
-            for (p, q) in y1.iter().zip(&y2) {
-                assert!((p - q).abs() <= 1e-6, "{:?} axpy", simd.isa);
+            // SwiGLU over the whole range where exp over- and underflows.
+            let g: Vec<f32> = (0..n).map(|_| rng.f32() * 120.0).collect();
+            let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+            worker_compute::cpu::ops::swiglu_row(&mut want, &g, &b);
+            (simd.swiglu)(&mut got, &g, &b);
+            for ((w, o), gi) in want.iter().zip(&got).zip(&g) {
+                let tol = 4e-7 * (gi * gi).max(1.0).sqrt();
+                assert!(
+                    (w - o).abs() <= tol,
+                    "{:?} swiglu({gi}): {o} vs {w}",
+                    simd.isa
+                );
+            }
+        }
+    }
+}
+
+/// The attention kernel of every table against the scalar one, and the scalar one against
+/// softmax(K q) V computed in f64 from plain (untransposed) keys.
+#[test]
+fn attention_kernels_match_scalar_and_f64() {
+    use generic::KEY_BLOCK as KB;
+    let mut rng = Rng::new();
+    for (hd, vhd) in [(64, 64), (128, 128), (64, 72), (40, 8)] {
+        for n in [1usize, 5, 16, 17, 64, 200] {
+            let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
+            let plain: Vec<f32> = (0..n * hd).map(|_| rng.f32() * 3.0).collect();
+            let values: Vec<f32> = (0..n * vhd).map(|_| rng.f32()).collect();
+            // Stale data past position n in the last key block must not matter.
+            let mut keys: Vec<f32> = (0..n.div_ceil(KB) * KB * hd)
+                .map(|_| rng.f32() * 1e3)
+                .collect();
+            for t in 0..n {
+                for d in 0..hd {
+                    keys[(t / KB * hd + d) * KB + t % KB] = plain[t * hd + d];
+                }
+            }
+            let scale = 1.0 / (hd as f32).sqrt();
+            let s: Vec<f64> = (0..n)
+                .map(|t| {
+                    let dot: f64 = (0..hd)
+                        .map(|d| q[d] as f64 * plain[t * hd + d] as f64)
+                        .sum();
+                    dot * scale as f64
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let want: Vec<f64> = (0..vhd)
+                .map(|c| {
+                    (0..n)
+                        .map(|t| e[t] * values[t * vhd + c] as f64)
+                        .sum::<f64>()
+                        / sum
+                })
+                .collect();
+            let mut scores = Vec::new();
+            let mut reference = vec![0f32; vhd];
+            generic::attend(&q, &keys, &values, n, scale, &mut reference, &mut scores);
+            for (c, (r, w)) in reference.iter().zip(&want).enumerate() {
+                assert!(
+                    (*r as f64 - w).abs() < 1e-5,
+                    "scalar attend hd={hd} n={n} col {c}: {r} vs {w}"
+                );
+            }
+            for simd in simd_tables() {
+                let mut got = vec![0f32; vhd];
+                (simd.attend)(&q, &keys, &values, n, scale, &mut got, &mut scores);
+                for (c, (g, r)) in got.iter().zip(&reference).enumerate() {
+                    assert!(
+                        (g - r).abs() <= 2e-6,
+                        "{:?} attend hd={hd} vhd={vhd} n={n} col {c}: {g} vs scalar {r}",
+                        simd.isa
+                    );
+                }
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::backend::{
 };
 use crate::error::ComputeError;
 use pool::ThreadPool;
+use quant::generic;
 use quant::panel::{PanelFormat, PANEL};
 use quant::{
     BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotX4, PanelDots, TypeKernels, VecDot, QK, QK_K,
@@ -97,34 +98,57 @@ impl Weight {
     }
 }
 
+/// The cache of one model: per (layer, slot, kv head) a region of `stride` positions (the
+/// context rounded up to whole key blocks). Keys are stored in blocks of
+/// [`generic::KEY_BLOCK`] positions, each transposed (`[head_dim][KEY_BLOCK]`), as the
+/// attention kernels read them; values one row per position.
 struct KvCache {
     cfg: KvCacheConfig,
+    stride: usize,
     k: Vec<f32>,
     v: Vec<f32>,
 }
 
 impl KvCache {
-    /// Offset (in heads) of (`layer`, `slot`, `head`, `pos`).
-    fn head_index(&self, layer: usize, slot: usize, head: usize, pos: usize) -> usize {
+    /// The region of (`layer`, `slot`, `head`), counted in positions.
+    fn region(&self, layer: usize, slot: usize, head: usize) -> usize {
         let c = &self.cfg;
-        ((layer * c.slots + slot) * c.kv_heads + head) * c.max_positions + pos
+        ((layer * c.slots + slot) * c.kv_heads + head) * self.stride
+    }
+
+    /// Stores the key and value of position `pos` in the region `region`.
+    fn store(&mut self, region: usize, pos: usize, key: &[f32], value: &[f32]) {
+        const KB: usize = generic::KEY_BLOCK;
+        let hd = key.len();
+        let block = (region + pos / KB * KB) * hd;
+        for (d, x) in key.iter().enumerate() {
+            self.k[block + d * KB + pos % KB] = *x;
+        }
+        let vhd = value.len();
+        self.v[(region + pos) * vhd..][..vhd].copy_from_slice(value);
     }
 }
 
 /// A raw output pointer shared by the threads of one op, each writing a disjoint range.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+struct SharedOut<T = f32>(*mut T);
 // SAFETY: every op that shares a `SharedOut` has its threads write disjoint element ranges,
 // and the owning buffer outlives the pool job (`ThreadPool::run` blocks until it ends).
-unsafe impl Send for SharedOut {}
+unsafe impl<T: Send> Send for SharedOut<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl SharedOut {
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
     /// # Safety
     /// `off + len` must lie inside the buffer and no other thread may touch that range.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, off: usize, len: usize) -> &mut [f32] {
+    unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(off), len)
     }
 }
@@ -242,7 +266,29 @@ impl CpuBackend {
             Err(ComputeError::WorkerPanicked { op })
         }
     }
+
+    /// Calls `f(r0, r1)` over disjoint ranges covering `0..rows`: on the pool when there are
+    /// enough rows to share (prefill), on this thread otherwise (decode, where a pool run
+    /// would cost more than the op).
+    fn for_rows(
+        &self,
+        op: &'static str,
+        rows: usize,
+        f: impl Fn(usize, usize) + Sync,
+    ) -> Result<()> {
+        if rows < PARALLEL_ROWS || self.pool.n_threads() == 1 {
+            f(0, rows);
+            return Ok(());
+        }
+        let chunk = rows.div_ceil(self.pool.n_threads() * 4);
+        let next = AtomicUsize::new(0);
+        self.run(op, &|| for_chunks(rows, chunk, &next, &f))
+    }
 }
+
+/// Rows from which the row-wise ops (norms, rope, activations, activation quantization) run
+/// on the pool.
+const PARALLEL_ROWS: usize = 8;
 
 fn check_rows(op: &'static str, t: &Tensor, rows: usize, what: &str) -> Result<()> {
     if rows > t.rows {
@@ -383,8 +429,9 @@ impl ComputeBackend for CpuBackend {
     }
 
     fn alloc_kv_cache(&mut self, cfg: KvCacheConfig) -> Result<KvCacheId> {
+        let stride = cfg.max_positions.div_ceil(generic::KEY_BLOCK) * generic::KEY_BLOCK;
         let per = |hd: usize| {
-            [cfg.layers, cfg.slots, cfg.max_positions, cfg.kv_heads, hd]
+            [cfg.layers, cfg.slots, stride, cfg.kv_heads, hd]
                 .iter()
                 .try_fold(1usize, |a, &b| a.checked_mul(b))
         };
@@ -399,7 +446,8 @@ impl ComputeBackend for CpuBackend {
         };
         let k = alloc_f32("kv cache keys", nk)?;
         let v = alloc_f32("kv cache values", nv)?;
-        self.caches.push(RefCell::new(KvCache { cfg, k, v }));
+        self.caches
+            .push(RefCell::new(KvCache { cfg, stride, k, v }));
         Ok(KvCacheId(self.caches.len() as u32 - 1))
     }
 
@@ -518,15 +566,14 @@ impl ComputeBackend for CpuBackend {
         check_cols(OP, o.cols, xt.cols, "output")?;
         let c = xt.cols;
         let w = self.vector(OP, weight, c)?;
-        for (orow, xrow) in o
-            .data
-            .chunks_exact_mut(c)
-            .zip(xt.data.chunks_exact(c))
-            .take(rows)
-        {
-            ops::rms_norm_row(orow, xrow, w, eps);
-        }
-        Ok(())
+        let (optr, xs) = (SharedOut(o.data.as_mut_ptr()), &xt.data);
+        self.for_rows(OP, rows, |r0, r1| {
+            for r in r0..r1 {
+                // SAFETY: output row r belongs to this range only, and r < rows <= its rows.
+                let orow = unsafe { optr.slice(r * c, c) };
+                ops::rms_norm_row(orow, &xs[r * c..(r + 1) * c], w, eps);
+            }
+        })
     }
 
     fn layer_norm(
@@ -546,15 +593,14 @@ impl ComputeBackend for CpuBackend {
         check_cols(OP, o.cols, xt.cols, "output")?;
         let c = xt.cols;
         let (w, b) = (self.vector(OP, weight, c)?, self.vector(OP, bias, c)?);
-        for (orow, xrow) in o
-            .data
-            .chunks_exact_mut(c)
-            .zip(xt.data.chunks_exact(c))
-            .take(rows)
-        {
-            ops::layer_norm_row(orow, xrow, w, b, eps);
-        }
-        Ok(())
+        let (optr, xs) = (SharedOut(o.data.as_mut_ptr()), &xt.data);
+        self.for_rows(OP, rows, |r0, r1| {
+            for r in r0..r1 {
+                // SAFETY: output row r belongs to this range only, and r < rows <= its rows.
+                let orow = unsafe { optr.slice(r * c, c) };
+                ops::layer_norm_row(orow, &xs[r * c..(r + 1) * c], w, b, eps);
+            }
+        })
     }
 
     fn matmul(&mut self, out: TensorId, x: TensorId, w: WeightId, rows: usize) -> Result<()> {
@@ -633,11 +679,16 @@ impl ComputeBackend for CpuBackend {
         check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
         p.validate()?;
         let c = t.cols;
-        let mut cs = vec![0f32; p.n_rot];
-        for (row, &ps) in t.data.chunks_exact_mut(c).zip(pos) {
-            ops::rope_row(row, ps, p, &mut cs);
-        }
-        Ok(())
+        let freqs = ops::rope_frequencies(p);
+        let tptr = SharedOut(t.data.as_mut_ptr());
+        self.for_rows(OP, rows, |r0, r1| {
+            let mut cs = vec![0f32; p.n_rot];
+            for (r, &ps) in pos.iter().enumerate().take(r1).skip(r0) {
+                // SAFETY: row r belongs to this range only, and r < rows <= its rows.
+                let row = unsafe { tptr.slice(r * c, c) };
+                ops::rope_row(row, ps, p, &freqs, &mut cs);
+            }
+        })
     }
 
     fn attention(
@@ -697,17 +748,16 @@ impl ComputeBackend for CpuBackend {
         for r in 0..rows {
             let (ps, sl) = (pos[r] as usize, slot[r] as usize);
             for h in 0..p.kv_heads {
-                let i = kv.head_index(p.layer, sl, h, ps);
-                kv.k[i * hd..(i + 1) * hd].copy_from_slice(&kt.data[r * kt.cols + h * hd..][..hd]);
-                kv.v[i * vhd..(i + 1) * vhd]
-                    .copy_from_slice(&vt.data[r * vt.cols + h * vhd..][..vhd]);
+                let region = kv.region(p.layer, sl, h);
+                let key = &kt.data[r * kt.cols + h * hd..][..hd];
+                kv.store(region, ps, key, &vt.data[r * vt.cols + h * vhd..][..vhd]);
             }
         }
         drop(kv);
         let kv = self.caches[cid].borrow();
         let kv = &*kv;
         let group = p.heads / p.kv_heads;
-        let kern = self.kernels;
+        let attend = self.kernels.attend;
         let optr = SharedOut(o.data.as_mut_ptr());
         let ocols = o.cols;
         let next = AtomicUsize::new(0);
@@ -717,27 +767,15 @@ impl ComputeBackend for CpuBackend {
             let mut scores: Vec<f32> = Vec::new();
             for_chunks(rows * p.heads, 1, &next, |item, _| {
                 let (r, h) = (item / p.heads, item % p.heads);
-                let (ps, sl) = (pos[r] as usize, slot[r] as usize);
-                let base = kv.head_index(p.layer, sl, h / group, 0);
+                let (n, sl) = (pos[r] as usize + 1, slot[r] as usize);
+                let region = kv.region(p.layer, sl, h / group);
+                let keys = &kv.k[region * hd..]
+                    [..n.div_ceil(generic::KEY_BLOCK) * generic::KEY_BLOCK * hd];
+                let values = &kv.v[region * vhd..][..n * vhd];
                 let qrow = &qs[r * qcols + h * hd..][..hd];
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for t in 0..=ps {
-                    let s = (kern.dot_f32)(qrow, &kv.k[(base + t) * hd..][..hd]) * p.scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
                 // SAFETY: item (r, h) owns output row r, columns h*vhd..(h+1)*vhd.
                 let orow = unsafe { optr.slice(r * ocols + h * vhd, vhd) };
-                orow.fill(0.0);
-                for (t, s) in scores.iter().enumerate() {
-                    (kern.axpy_f32)(s / sum, &kv.v[(base + t) * vhd..][..vhd], orow);
-                }
+                attend(qrow, keys, values, n, p.scale, orow, &mut scores);
             });
         };
         self.run(OP, &job)?;
@@ -754,18 +792,26 @@ impl ComputeBackend for CpuBackend {
             check_rows(OP, t, rows, what)?;
             check_cols(OP, t.cols, g.cols, what)?;
         }
-        let n = rows * g.cols;
-        ops::swiglu_row(&mut o.data[..n], &g.data[..n], &u.data[..n]);
-        Ok(())
+        let (c, swiglu) = (g.cols, self.kernels.swiglu);
+        let (optr, gs, us) = (SharedOut(o.data.as_mut_ptr()), &g.data, &u.data);
+        self.for_rows(OP, rows, |r0, r1| {
+            let n = (r1 - r0) * c;
+            // SAFETY: rows r0..r1 of the output belong to this range only, within its rows.
+            let orows = unsafe { optr.slice(r0 * c, n) };
+            swiglu(orows, &gs[r0 * c..][..n], &us[r0 * c..][..n]);
+        })
     }
 
     fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()> {
         const OP: &str = "gelu";
         let mut t = self.tensor_mut(OP, x)?;
         check_rows(OP, &t, rows, "input")?;
-        let n = rows * t.cols;
-        ops::gelu_row(&mut t.data[..n]);
-        Ok(())
+        let c = t.cols;
+        let tptr = SharedOut(t.data.as_mut_ptr());
+        self.for_rows(OP, rows, |r0, r1| {
+            // SAFETY: rows r0..r1 belong to this range only, within the tensor's rows.
+            ops::gelu_row(unsafe { tptr.slice(r0 * c, (r1 - r0) * c) });
+        })
     }
 }
 
@@ -790,16 +836,24 @@ impl CpuBackend {
             VecDot::Q8(_) => {
                 let nb = k / QK;
                 q8.resize(rows * nb, BlockQ8::default());
-                for (xr, qr) in xs.chunks_exact(k).zip(q8.chunks_exact_mut(nb)) {
-                    (self.kernels.quantize_row_q8)(xr, qr);
-                }
+                let (qptr, quantize) = (SharedOut(q8.as_mut_ptr()), self.kernels.quantize_row_q8);
+                self.for_rows(OP, rows, |r0, r1| {
+                    for r in r0..r1 {
+                        // SAFETY: row r of `q8` belongs to this range only; r < rows.
+                        quantize(&xs[r * k..(r + 1) * k], unsafe { qptr.slice(r * nb, nb) });
+                    }
+                })?;
             }
             VecDot::Q8K(_) => {
                 let nb = k / QK_K;
                 q8k.resize(rows * nb, BlockQ8K::default());
-                for (xr, qr) in xs.chunks_exact(k).zip(q8k.chunks_exact_mut(nb)) {
-                    (self.kernels.quantize_row_q8k)(xr, qr);
-                }
+                let (qptr, quantize) = (SharedOut(q8k.as_mut_ptr()), self.kernels.quantize_row_q8k);
+                self.for_rows(OP, rows, |r0, r1| {
+                    for r in r0..r1 {
+                        // SAFETY: row r of `q8k` belongs to this range only; r < rows.
+                        quantize(&xs[r * k..(r + 1) * k], unsafe { qptr.slice(r * nb, nb) });
+                    }
+                })?;
             }
             VecDot::F32(_) => {}
         }

@@ -1,5 +1,6 @@
 //! Scalar kernels of the element-wise and row-wise ops (norms, rope, activations). They are
-//! cheap next to the matmuls and attention, so they have no SIMD twin yet.
+//! cheap next to the matmuls and attention; only SwiGLU, with its exponential, has a SIMD
+//! twin (in the kernel table).
 
 use crate::backend::{RopeMode, RopeParams};
 
@@ -39,12 +40,20 @@ pub fn gelu_row(x: &mut [f32]) {
     }
 }
 
-/// Rotates the heads of one row at position `pos`; `cos_sin` is scratch of `n_rot` floats.
-pub fn rope_row(x: &mut [f32], pos: u32, p: &RopeParams, cos_sin: &mut [f32]) {
+/// The rotation frequencies `base^(-2i/n_rot)`, `i < n_rot/2`, for [`rope_row`].
+pub fn rope_frequencies(p: &RopeParams) -> Vec<f64> {
+    (0..p.n_rot / 2)
+        .map(|i| (p.base as f64).powf(-2.0 * i as f64 / p.n_rot as f64))
+        .collect()
+}
+
+/// Rotates the heads of one row at position `pos`; `freqs` from [`rope_frequencies`],
+/// `cos_sin` is scratch of `n_rot` floats.
+pub fn rope_row(x: &mut [f32], pos: u32, p: &RopeParams, freqs: &[f64], cos_sin: &mut [f32]) {
     let half = p.n_rot / 2;
     let t = pos as f64 * p.freq_scale as f64;
-    for i in 0..half {
-        let theta = t * (p.base as f64).powf(-2.0 * i as f64 / p.n_rot as f64);
+    for (i, f) in freqs.iter().enumerate().take(half) {
+        let theta = t * f;
         let (s, c) = theta.sin_cos();
         cos_sin[2 * i] = c as f32;
         cos_sin[2 * i + 1] = s as f32;

@@ -407,9 +407,50 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `y[i] += alpha * x[i]`.
-pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
+/// Positions per key block of the attention kernels' key layout (see [`attend`]).
+pub const KEY_BLOCK: usize = 16;
+
+/// One query head's attention over `n` cached positions: `out = softmax(scale · K q) · V`.
+///
+/// `keys` holds the keys in blocks of [`KEY_BLOCK`] positions, each block transposed
+/// (`[head_dim][KEY_BLOCK]`), so that a SIMD kernel scores sixteen positions per vector with
+/// no horizontal sums; `values` holds one row of `out.len()` per position. `scores` is
+/// scratch space.
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let (hd, vhd) = (q.len(), out.len());
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for t in 0..n {
+        let block = &keys[(t / KEY_BLOCK) * hd * KEY_BLOCK..][..hd * KEY_BLOCK];
+        let mut s = 0f32;
+        for (d, qd) in q.iter().enumerate() {
+            s = qd.mul_add(block[d * KEY_BLOCK + t % KEY_BLOCK], s);
+        }
+        let s = s * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (t, w) in scores.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(&values[t * vhd..][..vhd]) {
+            *o = w.mul_add(*v, *o);
+        }
+    }
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
     }
 }

@@ -105,6 +105,9 @@ pub struct PanelKernels {
     pub dots: PanelDots,
 }
 
+/// The signature of [`generic::attend`]: `(q, keys, values, n, scale, out, scores)`.
+pub type Attend = fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], &mut Vec<f32>);
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -143,8 +146,10 @@ pub struct Kernels {
     pub quantize_row_q8k: fn(&[f32], &mut [BlockQ8K]),
     /// f32 dot product.
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
-    /// `y += alpha * x`.
-    pub axpy_f32: fn(f32, &[f32], &mut [f32]),
+    /// One query head's attention over cached keys and values ([`generic::attend`]).
+    pub attend: Attend,
+    /// `out = silu(gate) * up`, element-wise.
+    pub swiglu: fn(&mut [f32], &[f32], &[f32]),
     /// Per weight type; `None` where no kernel exists.
     types: [Option<TypeKernels>; N_TYPES],
 }
@@ -186,7 +191,8 @@ impl Kernels {
             quantize_row_q8: g::quantize_row_q8,
             quantize_row_q8k: g::quantize_row_q8k,
             dot_f32: g::dot_f32,
-            axpy_f32: g::axpy_f32,
+            attend: g::attend,
+            swiglu: crate::cpu::ops::swiglu_row,
             types: [
                 tk(VecDot::F32(g::vec_dot_f32), g::dequantize_row_f32),
                 tk(VecDot::F32(g::vec_dot_f16), g::dequantize_row_f16),

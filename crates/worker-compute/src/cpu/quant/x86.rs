@@ -173,7 +173,8 @@ pub fn avx2_kernels() -> Option<Kernels> {
     k.quantize_row_q8 = quantize_row_q8;
     k.quantize_row_q8k = quantize_row_q8k;
     k.dot_f32 = dot_f32;
-    k.axpy_f32 = axpy_f32;
+    k.attend = attend;
+    k.swiglu = swiglu;
     let scalar = Kernels::scalar();
     let mut set = |ty: GgmlType, vec_dot: VecDot| {
         if let Some(s) = scalar.for_type(ty) {
@@ -285,7 +286,8 @@ macro_rules! wrap {
 wrap!(quantize_row_q8, quantize_row_q8_avx2, (x: &[f32], out: &mut [BlockQ8]) -> ());
 wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K]) -> ());
 wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
-wrap!(axpy_f32, axpy_f32_avx2, (alpha: f32, x: &[f32], y: &mut [f32]) -> ());
+wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
+wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 wrap!(vec_dot_f16, vec_dot_f16_avx2, (w: &[u8], x: &[f32]) -> f32);
 wrap!(vec_dot_q4_0, vec_dot_q4_0_avx2, (w: &[u8], x: &[BlockQ8]) -> f32);
@@ -484,22 +486,164 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     r
 }
 
+/// `exp(x)` for `x <= 0` (Cephes' polynomial, within 2 ulp); exactly 0 below -87.3, where
+/// the result would leave the normal range (and for `-inf`, the masked scores).
+#[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_f32_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let al = _mm256_set1_ps(alpha);
+unsafe fn exp_nonpositive_avx2(x: __m256) -> __m256 {
+    let tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_LT_OQ);
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_fmadd_ps(
+        _mm256_mul_ps(p, r),
+        r,
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    // Times 2^n: n + 127 in the exponent field (n >= -126 here, so the result is normal).
+    let e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)))
+}
+
+/// `out = silu(gate) * up` ([`crate::cpu::ops::swiglu_row`]), eight lanes at a time, with
+/// `sigmoid(g) = 1 / (1 + e)` for `g >= 0` and `e / (1 + e)` below, `e = exp(-|g|)`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    let n = out.len().min(gate.len()).min(up.len());
+    let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
     let mut i = 0;
     while i + 8 <= n {
-        let py = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(
-            py,
-            _mm256_fmadd_ps(al, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(py)),
-        );
+        let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+        let e = exp_nonpositive_avx2(_mm256_or_ps(g, sign));
+        let neg = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
+        let num = _mm256_blendv_ps(one, e, neg);
+        let sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
+        let r = _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up.as_ptr().add(i)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
         i += 8;
     }
-    while i < n {
-        y[i] += alpha * x[i];
-        i += 1;
+    crate::cpu::ops::swiglu_row(&mut out[i..n], &gate[i..n], &up[i..n]);
+}
+
+/// [`super::generic::attend`] with sixteen positions per pair of vectors: scores four key
+/// blocks at a time (eight FMA chains), a vector exponential, and the weighted sum of
+/// values with 64 output columns held in registers.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    use super::generic::KEY_BLOCK as KB;
+    let (hd, vhd) = (q.len(), out.len());
+    let blocks = n.div_ceil(KB);
+    if !vhd.is_multiple_of(8) || keys.len() < blocks * KB * hd || values.len() < n * vhd {
+        return super::generic::attend(q, keys, values, n, scale, out, scores);
+    }
+    scores.clear();
+    scores.resize(blocks * KB, 0.0);
+    let sp = scores.as_mut_ptr();
+    let kp = keys.as_ptr();
+    let vscale = _mm256_set1_ps(scale);
+    // Scores, four blocks at a time; each position's sum runs over d in order either way.
+    let mut b = 0;
+    while b + 4 <= blocks {
+        score_blocks::<4>(q, kp.add(b * hd * KB), vscale, sp.add(b * KB));
+        b += 4;
+    }
+    while b < blocks {
+        score_blocks::<1>(q, kp.add(b * hd * KB), vscale, sp.add(b * KB));
+        b += 1;
+    }
+    for s in &mut scores[n..] {
+        *s = f32::NEG_INFINITY;
+    }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+    for i in (0..blocks * KB).step_by(8) {
+        let e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i)), vmax));
+        _mm256_storeu_ps(sp.add(i), e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    let inv = _mm256_set1_ps(1.0 / hsum_ps(vsum));
+    // Values: 64 columns per pass over the positions, in registers.
+    let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
+    let mut c = 0;
+    while c + 64 <= vhd {
+        weighted_values::<8>(sp, n, vp.add(c), vhd, inv, op.add(c));
+        c += 64;
+    }
+    while c < vhd {
+        weighted_values::<1>(sp, n, vp.add(c), vhd, inv, op.add(c));
+        c += 8;
+    }
+}
+
+/// Scores of `N` consecutive key blocks at `k` against `q`, times `scale`, into `out`.
+///
+/// No `target_feature` of its own: inlined into `attend_avx2`.
+#[inline(always)]
+unsafe fn score_blocks<const N: usize>(q: &[f32], k: *const f32, scale: __m256, out: *mut f32) {
+    use super::generic::KEY_BLOCK as KB;
+    let hd = q.len();
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for (d, &qd) in q.iter().enumerate() {
+        let qd = _mm256_set1_ps(qd);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let k = k.add((i * hd + d) * KB);
+            a[0] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k), a[0]);
+            a[1] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k.add(8)), a[1]);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(i * KB), _mm256_mul_ps(a[0], scale));
+        _mm256_storeu_ps(out.add(i * KB + 8), _mm256_mul_ps(a[1], scale));
+    }
+}
+
+/// `out[..8C] = inv · Σ_t w[t] · v[t·stride..][..8C]` over `n` positions.
+///
+/// No `target_feature` of its own: inlined into `attend_avx2`.
+#[inline(always)]
+unsafe fn weighted_values<const C: usize>(
+    w: *const f32,
+    n: usize,
+    v: *const f32,
+    stride: usize,
+    inv: __m256,
+    out: *mut f32,
+) {
+    let mut acc = [_mm256_setzero_ps(); C];
+    for t in 0..n {
+        let wt = _mm256_set1_ps(*w.add(t));
+        let vt = v.add(t * stride);
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(wt, _mm256_loadu_ps(vt.add(8 * c)), *a);
+        }
+    }
+    for (c, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(8 * c), _mm256_mul_ps(*a, inv));
     }
 }
 
