@@ -252,6 +252,20 @@ pub trait ComputeBackend: Send {
     /// `out[r][j] = dot(x[r], w[j])`: activations times the transpose of a weight of shape
     /// `[out cols, x cols]`, all `rows` rows at once (prefill is one batched matmul).
     fn matmul(&mut self, out: TensorId, x: TensorId, w: WeightId, rows: usize) -> Result<()>;
+    /// [`ComputeBackend::matmul`] of one input by several weights, `outs[i] = x · w_iᵀ`
+    /// (q, k and v; gate and up): one op, so that a backend can prepare `x` once and run the
+    /// products as one parallel job. The outputs must be distinct tensors.
+    fn matmul_group(
+        &mut self,
+        x: TensorId,
+        outs: &[(TensorId, WeightId)],
+        rows: usize,
+    ) -> Result<()> {
+        for &(out, w) in outs {
+            self.matmul(out, x, w, rows)?;
+        }
+        Ok(())
+    }
     /// `dst[r] += src[r]` (the residual add).
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()>;
     /// `dst[r] += bias` for a bias vector of `cols` elements.

@@ -266,8 +266,8 @@ impl Model for Decoder {
         be.embed(b.x, self.token_embd, b.tokens, n)?;
         for (i, l) in self.layers.iter().enumerate() {
             be.rms_norm(b.h, b.x, l.attn_norm, self.eps, n)?;
-            for (out, w, bias) in [(b.q, l.wq, l.bq), (b.k, l.wk, l.bk), (b.v, l.wv, l.bv)] {
-                be.matmul(out, b.h, w, n)?;
+            be.matmul_group(b.h, &[(b.q, l.wq), (b.k, l.wk), (b.v, l.wv)], n)?;
+            for (out, bias) in [(b.q, l.bq), (b.k, l.bk), (b.v, l.bv)] {
                 if let Some(bias) = bias {
                     be.add_bias(out, bias, n)?;
                 }
@@ -292,8 +292,7 @@ impl Model for Decoder {
             be.matmul(b.o, b.attn, l.wo, n)?;
             be.add(b.x, b.o, n)?;
             be.rms_norm(b.h, b.x, l.ffn_norm, self.eps, n)?;
-            be.matmul(b.gate, b.h, l.gate, n)?;
-            be.matmul(b.up, b.h, l.up, n)?;
+            be.matmul_group(b.h, &[(b.gate, l.gate), (b.up, l.up)], n)?;
             be.swiglu(b.act, b.gate, b.up, n)?;
             be.matmul(b.o, b.act, l.down, n)?;
             be.add(b.x, b.o, n)?;

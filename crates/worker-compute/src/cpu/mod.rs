@@ -15,9 +15,10 @@ use crate::backend::{
 use crate::error::ComputeError;
 use pool::ThreadPool;
 use quant::generic;
-use quant::panel::{PanelFormat, PANEL};
+use quant::panel::PANEL;
 use quant::{
-    BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotX4, PanelDots, TypeKernels, VecDot, QK, QK_K,
+    BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotX4, PanelDots, PanelKernels, TypeKernels,
+    VecDot, QK, QK_K,
 };
 
 /// How the matmul treats activations.
@@ -332,6 +333,51 @@ fn alloc_f32(what: &'static str, n: usize) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// One weight in panels of a [`CpuBackend::matmul_panels`] job, with its output.
+struct PanelJob<'a> {
+    wt: &'a Weight,
+    pk: PanelKernels,
+    out: SharedOut,
+}
+
+impl PanelJob<'_> {
+    /// Panels `panels` against all `rows` activation rows (`x`: rows of blocks `A`), four
+    /// rows per call where it can.
+    fn run<A>(
+        &self,
+        panels: std::ops::Range<usize>,
+        (dot, dot_x4): (PanelDot<A>, PanelDotX4<A>),
+        x: &[A],
+        rows: usize,
+    ) {
+        let (wt, format) = (self.wt, self.pk.format);
+        let (nb, n) = (wt.cols / format.block_elems(), wt.rows);
+        let panel_bytes = nb * format.panel_block_bytes();
+        let x = |r: usize| &x[r * nb..(r + 1) * nb];
+        for p in panels {
+            let w = &wt.bytes[p * panel_bytes..][..panel_bytes];
+            let (j0, width) = (p * PANEL, PANEL.min(n - p * PANEL));
+            let store = |r: usize, v: &[f32; PANEL]| {
+                // SAFETY: columns j0..j0+width of every row belong to panel p, which only this
+                // call computes; r < rows <= the output's row capacity.
+                let o = unsafe { self.out.slice(r * n + j0, width) };
+                o.copy_from_slice(&v[..width]);
+            };
+            let mut r = 0;
+            while r + 4 <= rows {
+                let v = dot_x4(w, [x(r), x(r + 1), x(r + 2), x(r + 3)]);
+                for (i, vi) in v.iter().enumerate() {
+                    store(r + i, vi);
+                }
+                r += 4;
+            }
+            for r in r..rows {
+                store(r, &dot(w, x(r)));
+            }
+        }
+    }
+}
+
 /// Columns of a matmul computed together (weight rows that stay in L1 across the batch).
 const COL_CHUNK: usize = 16;
 
@@ -604,9 +650,18 @@ impl ComputeBackend for CpuBackend {
     }
 
     fn matmul(&mut self, out: TensorId, x: TensorId, w: WeightId, rows: usize) -> Result<()> {
+        self.matmul_group(x, &[(out, w)], rows)
+    }
+
+    fn matmul_group(
+        &mut self,
+        x: TensorId,
+        outs: &[(TensorId, WeightId)],
+        rows: usize,
+    ) -> Result<()> {
         const OP: &str = "matmul";
-        let wt = self.weight(OP, w)?;
-        {
+        for &(out, w) in outs {
+            let wt = self.weight(OP, w)?;
             let xt = self.tensor(OP, x)?;
             let o = self.tensor_mut(OP, out)?;
             check_rows(OP, &xt, rows, "input")?;
@@ -614,19 +669,16 @@ impl ComputeBackend for CpuBackend {
             check_cols(OP, xt.cols, wt.cols, &format!("input of {:?}", wt.name))?;
             check_cols(OP, o.cols, wt.rows, &format!("output of {:?}", wt.name))?;
         }
-        let mode = match (self.config.activations, wt.kernels.vec_dot) {
-            (_, VecDot::F32(_)) | (Activations::Q8, _) => wt.kernels.vec_dot,
-            (Activations::F32, _) => {
-                return self.matmul_f32_reference(out, x, w, rows);
+        if self.config.activations == Activations::F32 {
+            for &(out, w) in outs {
+                match self.weight(OP, w)?.kernels.vec_dot {
+                    VecDot::F32(_) => self.matmul_quantized(x, &[(out, w)], rows)?,
+                    _ => self.matmul_f32_reference(out, x, w, rows)?,
+                }
             }
-        };
-        // Quantize the activation rows once.
-        let mut q8 = std::mem::take(&mut self.q8);
-        let mut q8k = std::mem::take(&mut self.q8k);
-        let result = self.matmul_quantized(out, x, w, rows, mode, &mut q8, &mut q8k);
-        self.q8 = q8;
-        self.q8k = q8k;
-        result
+            return Ok(());
+        }
+        self.matmul_quantized(x, outs, rows)
     }
 
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
@@ -816,62 +868,83 @@ impl ComputeBackend for CpuBackend {
 }
 
 impl CpuBackend {
-    #[allow(clippy::too_many_arguments)]
+    /// The matmuls of `outs` (shapes checked) with the activations quantized once per format
+    /// the weights need: the weights in panels as one pool job, the others one job each.
     fn matmul_quantized(
-        &self,
-        out: TensorId,
+        &mut self,
         x: TensorId,
-        w: WeightId,
+        outs: &[(TensorId, WeightId)],
         rows: usize,
-        mode: VecDot,
-        q8: &mut Vec<BlockQ8>,
-        q8k: &mut Vec<BlockQ8K>,
     ) -> Result<()> {
         const OP: &str = "matmul";
-        let wt = self.weight(OP, w)?;
-        let (k, n) = (wt.cols, wt.rows);
-        let xt = self.tensor(OP, x)?;
-        let xs = &xt.data[..rows * k];
-        match mode {
-            VecDot::Q8(_) => {
-                let nb = k / QK;
-                q8.resize(rows * nb, BlockQ8::default());
-                let (qptr, quantize) = (SharedOut(q8.as_mut_ptr()), self.kernels.quantize_row_q8);
-                self.for_rows(OP, rows, |r0, r1| {
-                    for r in r0..r1 {
-                        // SAFETY: row r of `q8` belongs to this range only; r < rows.
-                        quantize(&xs[r * k..(r + 1) * k], unsafe { qptr.slice(r * nb, nb) });
-                    }
-                })?;
+        let mut q8 = std::mem::take(&mut self.q8);
+        let mut q8k = std::mem::take(&mut self.q8k);
+        let result = (|| {
+            let xt = self.tensor(OP, x)?;
+            let xs = &xt.data[..rows * xt.cols];
+            let mut weights = Vec::with_capacity(outs.len());
+            for &(out, w) in outs {
+                weights.push((self.weight(OP, w)?, self.tensor_mut(OP, out)?));
             }
-            VecDot::Q8K(_) => {
-                let nb = k / QK_K;
-                q8k.resize(rows * nb, BlockQ8K::default());
-                let (qptr, quantize) = (SharedOut(q8k.as_mut_ptr()), self.kernels.quantize_row_q8k);
-                self.for_rows(OP, rows, |r0, r1| {
-                    for r in r0..r1 {
-                        // SAFETY: row r of `q8k` belongs to this range only; r < rows.
-                        quantize(&xs[r * k..(r + 1) * k], unsafe { qptr.slice(r * nb, nb) });
-                    }
-                })?;
+            let needs = |f: fn(&VecDot) -> bool| weights.iter().any(|(w, _)| f(&w.kernels.vec_dot));
+            if needs(|v| matches!(v, VecDot::Q8(_))) {
+                let quantize = self.kernels.quantize_row_q8;
+                self.quantize_rows(xs, rows, QK, &mut q8, quantize)?;
             }
-            VecDot::F32(_) => {}
-        }
-        let mut o = self.tensor_mut(OP, out)?;
-        let optr = SharedOut(o.data.as_mut_ptr());
-        if let Some(pk) = wt.kernels.panel {
-            return match pk.dots {
-                PanelDots::Q8(f, f4) => {
-                    self.matmul_panels(wt, pk.format, (f, f4), &q8[..rows * (k / QK)], rows, optr)
+            if needs(|v| matches!(v, VecDot::Q8K(_))) {
+                let quantize = self.kernels.quantize_row_q8k;
+                self.quantize_rows(xs, rows, QK_K, &mut q8k, quantize)?;
+            }
+            let (q8, q8k) = (&q8[..], &q8k[..]);
+            let mut panels = Vec::new();
+            for (wt, o) in weights.iter_mut() {
+                let out = SharedOut(o.data.as_mut_ptr());
+                match wt.kernels.panel {
+                    Some(pk) => panels.push(PanelJob { wt, pk, out }),
+                    None => self.matmul_rows(wt, xs, q8, q8k, rows, out)?,
                 }
-                PanelDots::Q8K(f, f4) => {
-                    let q8k = &q8k[..rows * (k / QK_K)];
-                    self.matmul_panels(wt, pk.format, (f, f4), q8k, rows, optr)
-                }
-            };
-        }
+            }
+            self.matmul_panels(&panels, q8, q8k, rows)
+        })();
+        self.q8 = q8;
+        self.q8k = q8k;
+        result
+    }
+
+    /// Quantizes the `rows` rows of `xs` into `q` (resized) by blocks of `block` elements,
+    /// rows split over the pool.
+    fn quantize_rows<B: Clone + Default + Send>(
+        &self,
+        xs: &[f32],
+        rows: usize,
+        block: usize,
+        q: &mut Vec<B>,
+        quantize: fn(&[f32], &mut [B]),
+    ) -> Result<()> {
+        let k = xs.len() / rows.max(1);
+        let nb = k / block;
+        q.resize(rows * nb, B::default());
+        let qptr = SharedOut(q.as_mut_ptr());
+        self.for_rows("matmul", rows, |r0, r1| {
+            for r in r0..r1 {
+                // SAFETY: row r of `q` belongs to this range only; r < rows.
+                quantize(&xs[r * k..(r + 1) * k], unsafe { qptr.slice(r * nb, nb) });
+            }
+        })
+    }
+
+    /// A matmul with the row kernels (a weight not in panels), one pool job.
+    fn matmul_rows(
+        &self,
+        wt: &Weight,
+        xs: &[f32],
+        q8: &[BlockQ8],
+        q8k: &[BlockQ8K],
+        rows: usize,
+        optr: SharedOut,
+    ) -> Result<()> {
+        let (k, n, mode) = (wt.cols, wt.rows, wt.kernels.vec_dot);
         let next = AtomicUsize::new(0);
-        let (q8, q8k) = (&q8[..], &q8k[..]);
         let (x4, xk4) = (wt.kernels.vec_dot_q8_x4, wt.kernels.vec_dot_q8k_x4);
         let job = || {
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {
@@ -917,57 +990,45 @@ impl CpuBackend {
                 }
             });
         };
-        self.run(OP, &job)?;
-        drop(o);
-        Ok(())
+        self.run("matmul", &job)
     }
 
-    /// The matmul of a weight in panels: each job takes whole panels (sixteen output columns)
-    /// and runs every activation row (`x`, `rows` rows of blocks `A`) through them, four
-    /// rows per call where it can.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_panels<A: Sync>(
+    /// The matmuls of weights in panels as one pool job: the work items are runs of whole
+    /// panels (sixteen output columns) of each weight, each through every activation row.
+    fn matmul_panels(
         &self,
-        wt: &Weight,
-        format: PanelFormat,
-        (dot, dot_x4): (PanelDot<A>, PanelDotX4<A>),
-        x: &[A],
+        jobs: &[PanelJob<'_>],
+        q8: &[BlockQ8],
+        q8k: &[BlockQ8K],
         rows: usize,
-        out: SharedOut,
     ) -> Result<()> {
-        let (nb, n) = (wt.cols / format.block_elems(), wt.rows);
-        let panel_bytes = nb * format.panel_block_bytes();
-        let panels = n.div_ceil(PANEL);
-        // Several chunks per thread so a slow thread does not hold the others up.
-        let chunk = panels.div_ceil(self.pool.n_threads() * 4).max(1);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        // Several items per thread and weight, so a slow thread does not hold the others up.
+        let per = self.pool.n_threads() * 4;
+        let mut items = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let panels = job.wt.rows.div_ceil(PANEL);
+            let chunk = panels.div_ceil(per).max(1);
+            items.extend(
+                (0..panels)
+                    .step_by(chunk)
+                    .map(|p| (i, p..(p + chunk).min(panels))),
+            );
+        }
         let next = AtomicUsize::new(0);
-        let job = || {
-            for_chunks(panels, chunk, &next, |p0, p1| {
-                for p in p0..p1 {
-                    let w = &wt.bytes[p * panel_bytes..][..panel_bytes];
-                    let (j0, width) = (p * PANEL, PANEL.min(n - p * PANEL));
-                    let x = |r: usize| &x[r * nb..(r + 1) * nb];
-                    let store = |r: usize, v: &[f32; PANEL]| {
-                        // SAFETY: columns j0..j0+width of every row belong to panel p, which
-                        // only this call computes; r < rows <= the output's row capacity.
-                        let o = unsafe { out.slice(r * n + j0, width) };
-                        o.copy_from_slice(&v[..width]);
-                    };
-                    let mut r = 0;
-                    while r + 4 <= rows {
-                        let v = dot_x4(w, [x(r), x(r + 1), x(r + 2), x(r + 3)]);
-                        for (i, vi) in v.iter().enumerate() {
-                            store(r + i, vi);
-                        }
-                        r += 4;
-                    }
-                    for r in r..rows {
-                        store(r, &dot(w, x(r)));
-                    }
+        let work = || {
+            for_chunks(items.len(), 1, &next, |i, _| {
+                let (j, panels) = &items[i];
+                let job = &jobs[*j];
+                match job.pk.dots {
+                    PanelDots::Q8(f, f4) => job.run(panels.clone(), (f, f4), q8, rows),
+                    PanelDots::Q8K(f, f4) => job.run(panels.clone(), (f, f4), q8k, rows),
                 }
             });
         };
-        self.run("matmul", &job)
+        self.run("matmul", &work)
     }
 
     /// The f32-activation matmul: each weight row dequantized, then an f32 dot product.
