@@ -17,8 +17,8 @@ use pool::ThreadPool;
 use quant::generic;
 use quant::panel::PANEL;
 use quant::{
-    BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotX4, PanelDots, PanelKernels, TypeKernels,
-    VecDot, QK, QK_K,
+    BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotMany, PanelDots, PanelKernels, TypeKernels,
+    VecDot, PANEL_BATCH, QK, QK_K,
 };
 
 /// How the matmul treats activations.
@@ -341,12 +341,12 @@ struct PanelJob<'a> {
 }
 
 impl PanelJob<'_> {
-    /// Panels `panels` against all `rows` activation rows (`x`: rows of blocks `A`), four
-    /// rows per call where it can.
+    /// Panels `panels` against all `rows` activation rows (`x`: rows of blocks `A`),
+    /// [`PANEL_BATCH`] rows per call where it can.
     fn run<A>(
         &self,
         panels: std::ops::Range<usize>,
-        (dot, dot_x4): (PanelDot<A>, PanelDotX4<A>),
+        (dot, dot_many): (PanelDot<A>, PanelDotMany<A>),
         x: &[A],
         rows: usize,
     ) {
@@ -364,12 +364,12 @@ impl PanelJob<'_> {
                 o.copy_from_slice(&v[..width]);
             };
             let mut r = 0;
-            while r + 4 <= rows {
-                let v = dot_x4(w, [x(r), x(r + 1), x(r + 2), x(r + 3)]);
+            while r + PANEL_BATCH <= rows {
+                let v = dot_many(w, std::array::from_fn(|i| x(r + i)));
                 for (i, vi) in v.iter().enumerate() {
                     store(r + i, vi);
                 }
-                r += 4;
+                r += PANEL_BATCH;
             }
             for r in r..rows {
                 store(r, &dot(w, x(r)));
@@ -666,8 +666,16 @@ impl ComputeBackend for CpuBackend {
             let o = self.tensor_mut(OP, out)?;
             check_rows(OP, &xt, rows, "input")?;
             check_rows(OP, &o, rows, "output")?;
-            check_cols(OP, xt.cols, wt.cols, &format!("input of {:?}", wt.name))?;
-            check_cols(OP, o.cols, wt.rows, &format!("output of {:?}", wt.name))?;
+            // The names only in the error: this runs for every matmul of every token.
+            check_cols(OP, xt.cols, wt.cols, "input")
+                .and_then(|_| check_cols(OP, o.cols, wt.rows, "output"))
+                .map_err(|e| match e {
+                    ComputeError::Shape { op, reason } => ComputeError::Shape {
+                        op,
+                        reason: format!("{reason} (weight {:?})", wt.name),
+                    },
+                    e => e,
+                })?;
         }
         if self.config.activations == Activations::F32 {
             for &(out, w) in outs {

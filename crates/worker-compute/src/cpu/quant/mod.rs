@@ -84,16 +84,20 @@ pub type VecDotQ8Kx4 = fn(&[u8], [&[BlockQ8K]; 4]) -> [f32; 4];
 /// [`BlockQ8`] or [`BlockQ8K`]): the sixteen dot products.
 pub type PanelDot<A> = fn(&[u8], &[A]) -> [f32; panel::PANEL];
 
-/// One panel against four activation rows, bit-identical to four [`PanelDot`] calls.
-pub type PanelDotX4<A> = fn(&[u8], [&[A]; 4]) -> [[f32; panel::PANEL]; 4];
+/// Activation rows per call of a [`PanelDotMany`] kernel (prefill).
+pub const PANEL_BATCH: usize = 4;
+
+/// One panel against [`PANEL_BATCH`] activation rows, bit-identical to as many [`PanelDot`]
+/// calls: the weights unpack once for all the rows.
+pub type PanelDotMany<A> = fn(&[u8], [&[A]; PANEL_BATCH]) -> [[f32; panel::PANEL]; PANEL_BATCH];
 
 /// The panel kernels of a type, by the activation format they take.
 #[derive(Clone, Copy)]
 pub enum PanelDots {
     /// 32-element types: activations as [`BlockQ8`].
-    Q8(PanelDot<BlockQ8>, PanelDotX4<BlockQ8>),
+    Q8(PanelDot<BlockQ8>, PanelDotMany<BlockQ8>),
     /// k-quants: activations as [`BlockQ8K`].
-    Q8K(PanelDot<BlockQ8K>, PanelDotX4<BlockQ8K>),
+    Q8K(PanelDot<BlockQ8K>, PanelDotMany<BlockQ8K>),
 }
 
 /// The kernels of a type whose weights are repacked at load into panels.
@@ -101,7 +105,7 @@ pub enum PanelDots {
 pub struct PanelKernels {
     /// The layout the kernels read.
     pub format: panel::PanelFormat,
-    /// One and four activation rows.
+    /// One and [`PANEL_BATCH`] activation rows.
     pub dots: PanelDots,
 }
 

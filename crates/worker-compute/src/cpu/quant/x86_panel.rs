@@ -1,5 +1,5 @@
 //! AVX-512 VNNI kernels for weights in the panel layout ([`super::panel`]): sixteen weight
-//! rows against one or four activation rows, one row per 32-bit lane.
+//! rows against one or [`PANEL_BATCH`] activation rows, one weight row per 32-bit lane.
 //!
 //! Per block the sixteen rows' quants unpack once into eight vectors of unsigned bytes (one
 //! per group of four elements); each activation row then costs eight `vpdpbusd` against its
@@ -8,18 +8,18 @@
 use std::arch::x86_64::*;
 
 use super::panel::{PanelFormat, PANEL};
-use super::{BlockQ8, BlockQ8K, PanelDots, PanelKernels};
+use super::{BlockQ8, BlockQ8K, PanelDots, PanelKernels, PANEL_BATCH};
 
 /// The panel kernels of `format`. The caller must have detected AVX-512 F/BW/VL/DQ, VNNI,
 /// FMA and F16C.
 pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
     let dots = match format {
-        PanelFormat::Q4_0 => PanelDots::Q8(dot_q4_0, dot_q4_0_x4),
-        PanelFormat::Q4_1 => PanelDots::Q8(dot_q4_1, dot_q4_1_x4),
-        PanelFormat::Q5_0 => PanelDots::Q8(dot_q5_0, dot_q5_0_x4),
-        PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_x4),
-        PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_x4),
-        PanelFormat::Q6K => PanelDots::Q8K(dot_q6_k, dot_q6_k_x4),
+        PanelFormat::Q4_0 => PanelDots::Q8(dot_q4_0, dot_q4_0_many),
+        PanelFormat::Q4_1 => PanelDots::Q8(dot_q4_1, dot_q4_1_many),
+        PanelFormat::Q5_0 => PanelDots::Q8(dot_q5_0, dot_q5_0_many),
+        PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_many),
+        PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
+        PanelFormat::Q6K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
     };
     PanelKernels { format, dots }
 }
@@ -39,33 +39,33 @@ const fn format(f: u8) -> PanelFormat {
 }
 
 macro_rules! panel_kernels {
-    ($($dot:ident, $dot_x4:ident, $imp:ident, $imp_x4:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
+    ($($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
         unsafe fn $imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
             $body::<$($g)* 1>(w, x)
         }
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-        unsafe fn $imp_x4(w: &[u8], x: [&[$a]; 4]) -> [[f32; PANEL]; 4] {
-            $body::<$($g)* 4>(w, x)
+        unsafe fn $imp_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
+            $body::<$($g)* PANEL_BATCH>(w, x)
         }
         fn $dot(w: &[u8], x: &[$a]) -> [f32; PANEL] {
             // SAFETY: only reachable through `kernels`, whose caller detected the features.
             unsafe { $imp(w, [x])[0] }
         }
-        fn $dot_x4(w: &[u8], x: [&[$a]; 4]) -> [[f32; PANEL]; 4] {
+        fn $dot_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
             // SAFETY: as above.
-            unsafe { $imp_x4(w, x) }
+            unsafe { $imp_many(w, x) }
         }
     )*};
 }
 
 panel_kernels! {
-    dot_q4_0, dot_q4_0_x4, dot_q4_0_avx512, dot_q4_0_x4_avx512, panel_dot [Q4_0,], BlockQ8;
-    dot_q4_1, dot_q4_1_x4, dot_q4_1_avx512, dot_q4_1_x4_avx512, panel_dot [Q4_1,], BlockQ8;
-    dot_q5_0, dot_q5_0_x4, dot_q5_0_avx512, dot_q5_0_x4_avx512, panel_dot [Q5_0,], BlockQ8;
-    dot_q8_0, dot_q8_0_x4, dot_q8_0_avx512, dot_q8_0_x4_avx512, panel_dot [Q8_0,], BlockQ8;
-    dot_q4_k, dot_q4_k_x4, dot_q4_k_avx512, dot_q4_k_x4_avx512, panel_dot_q4_k [], BlockQ8K;
-    dot_q6_k, dot_q6_k_x4, dot_q6_k_avx512, dot_q6_k_x4_avx512, panel_dot_q6_k [], BlockQ8K;
+    dot_q4_0, dot_q4_0_many, dot_q4_0_avx512, dot_q4_0_many_avx512, panel_dot [Q4_0,], BlockQ8;
+    dot_q4_1, dot_q4_1_many, dot_q4_1_avx512, dot_q4_1_many_avx512, panel_dot [Q4_1,], BlockQ8;
+    dot_q5_0, dot_q5_0_many, dot_q5_0_avx512, dot_q5_0_many_avx512, panel_dot [Q5_0,], BlockQ8;
+    dot_q8_0, dot_q8_0_many, dot_q8_0_avx512, dot_q8_0_many_avx512, panel_dot [Q8_0,], BlockQ8;
+    dot_q4_k, dot_q4_k_many, dot_q4_k_avx512, dot_q4_k_many_avx512, panel_dot_q4_k [], BlockQ8K;
+    dot_q6_k, dot_q6_k_many, dot_q6_k_avx512, dot_q6_k_many_avx512, panel_dot_q6_k [], BlockQ8K;
 }
 
 /// The eight vectors of unsigned quants of panel block `p`: vector `g` holds elements
