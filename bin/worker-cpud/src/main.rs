@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -72,7 +72,9 @@ struct GenerateArgs {
     /// Positions per sequence, prompt included (capped at the model's context length).
     #[arg(long, env = "WORKER_CTX_SIZE", default_value_t = 4096)]
     ctx_size: usize,
-    /// Print one JSON line at the end instead of streaming the text.
+    /// Print one JSON line at the end instead of streaming the text: the ids, the text, the
+    /// stop reason, the load and first-token times (ms since start) and the memory (KV cache,
+    /// resident and peak resident bytes).
     #[arg(long, env = "WORKER_JSON")]
     json: bool,
 }
@@ -95,9 +97,10 @@ fn main() -> ExitCode {
 }
 
 fn try_main() -> anyhow::Result<()> {
+    let started = Instant::now();
     match Cli::parse().command {
         Command::Check(args) => check(&args),
-        Command::Generate(args) => generate(&args),
+        Command::Generate(args) => generate(&args, started),
         Command::Serve(args) => serve::serve(&args),
     }
 }
@@ -131,7 +134,9 @@ fn check(args: &ModelArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+/// `generate`; `started` is when `main` began, the origin of the reported load and
+/// first-token times.
+fn generate(args: &GenerateArgs, started: Instant) -> anyhow::Result<()> {
     let file = open(&args.model)?;
     let mut cpu = CpuConfig::default();
     if let Some(threads) = args.threads {
@@ -144,6 +149,15 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     };
     let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), config)
         .with_context(|| format!("cannot load model {}", args.model.model.display()))?;
+    let info = engine.info();
+    // The CPU backend's KV cache holds f32 keys and values for every slot and position.
+    let kv_cache_bytes = HyperParams::from_metadata(file.metadata())?
+        .kv_cache_entries(info.slots, info.context)
+        .saturating_mul(4);
+    // The backend holds its own copy of the weights: unmap the file, so its pages do not
+    // stay resident beside that copy while generating.
+    drop(file);
+    let load = started.elapsed();
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let request = GenerationRequest {
         sampling: SamplingConfig {
@@ -157,7 +171,11 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     let mut end = None;
+    let mut first_token = None;
     for event in engine.submit(request)? {
+        if matches!(event, Event::Token(_)) {
+            first_token.get_or_insert_with(|| started.elapsed());
+        }
         match event {
             Event::Token(t) if !args.json => {
                 out.write_all(t.text.as_bytes())?;
@@ -169,12 +187,20 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         }
     }
     let end = end.context("the engine ended without a result")?;
+    let rss_bytes = proc_status_bytes("VmRSS");
+    let peak_rss_bytes = proc_status_bytes("VmHWM");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     if args.json {
         let line = serde_json::json!({
             "prompt_ids": end.prompt_ids,
             "ids": end.ids,
             "text": end.text,
             "stop_reason": end.stop_reason.as_str(),
+            "load_ms": ms(load),
+            "first_token_ms": first_token.map(ms),
+            "kv_cache_bytes": kv_cache_bytes,
+            "rss_bytes": rss_bytes,
+            "peak_rss_bytes": peak_rss_bytes,
         });
         writeln!(out, "{line}")?;
     } else {
@@ -182,6 +208,18 @@ fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     }
     report(&end, seed);
     Ok(())
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`) in bytes; `None` off Linux.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| {
+            let kb = line.strip_prefix(field)?.strip_prefix(':')?.trim();
+            kb.strip_suffix(" kB")?.trim().parse::<u64>().ok()
+        })
+        .map(|kb| kb * 1024)
 }
 
 /// Prints timings to stderr, so stdout holds only the text (or the JSON line).

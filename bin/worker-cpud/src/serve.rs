@@ -55,6 +55,9 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
     let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), config)
         .with_context(|| format!("cannot load model {}", s.model.display()))?;
     let card = ModelCard::from_gguf(s.model_id(), &file, &engine.info())?;
+    // The backend holds its own copy of the weights and the card everything else the server
+    // needs: unmap the file, so its pages do not stay resident beside that copy.
+    drop(file);
     tracing::info!(
         ms = start.elapsed().as_millis() as u64,
         memory_bytes = card.memory_bytes,

@@ -197,18 +197,13 @@ fn open_cuda_for(
 fn required_vram(file: &GgufFile, opts: &LoadOptions) -> anyhow::Result<u64> {
     let hp = worker_gguf::HyperParams::from_metadata(file.metadata())?;
     let weights: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
-    let pos = opts.max_positions.min(hp.context_length as usize) as u64;
-    let kv = hp.block_count as u64
-        * opts.slots as u64
-        * pos
-        * hp.head_count_kv as u64
-        * (hp.head_dim + hp.value_head_dim) as u64
-        * 2;
+    let pos = opts.max_positions.min(hp.context_length as usize);
+    let kv = hp.kv_cache_entries(opts.slots, pos).saturating_mul(2);
     let (d, ff) = (hp.embedding_length as u64, hp.feed_forward_length as u64);
     let q = (hp.head_count * hp.head_dim) as u64;
     let act = opts.max_batch as u64 * (4 * d + 3 * ff + 3 * q) * 4
         + opts.max_logit_rows as u64 * (d + hp.vocab_size as u64) * 4;
-    Ok(weights + kv + act)
+    Ok(weights.saturating_add(kv).saturating_add(act))
 }
 
 /// Loads `path` on a fresh backend of `kind`.
@@ -263,6 +258,8 @@ fn generate(device: Device, a: &GenerateArgs) -> anyhow::Result<()> {
     };
     let mut be = open_backend(a.backend, device, &file, &opts)?;
     let mut model = load(&file, be.as_mut(), opts)?;
+    // The backend holds its own copy of the weights: unmap the file before generating.
+    drop(file);
     let mut logits = vec![0f32; vocab];
     let t = Instant::now();
     model.forward(

@@ -44,6 +44,9 @@ pub fn serve(dev: Device, s: &ServeArgs) -> anyhow::Result<()> {
     let engine = Engine::load(&file, backend, config)
         .with_context(|| format!("cannot load model {}", s.model.display()))?;
     let card = ModelCard::from_gguf(s.model_id(), &file, &engine.info())?;
+    // The weights are on the device and the card holds everything else the server needs:
+    // unmap the file, so the pages the load touched do not stay resident on the host.
+    drop(file);
     tracing::info!(
         ms = start.elapsed().as_millis() as u64,
         memory_bytes = card.memory_bytes,

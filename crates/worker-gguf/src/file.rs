@@ -90,6 +90,33 @@ impl GgufFile {
         &self.bytes[start..start + info.n_bytes as usize]
     }
 
+    /// Takes the pages holding the bytes of `info` out of this process's resident memory, for
+    /// a caller that has copied them (a backend that owns its weights) and will not read them
+    /// again soon. The bytes stay readable: a later read maps them back from the file (usually
+    /// from the page cache). Without this, every mapped page a load touched stays resident as
+    /// long as the file is open, beside the backend's copy. Does nothing for in-memory files,
+    /// off Unix, or when the system refuses the advice (memory is then only released later).
+    pub fn release_tensor_pages(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Backing::Mmap(map) = &self.bytes {
+            let start = (self.content.data_offset + info.offset) as usize;
+            // SAFETY: the map is read-only and shared with the file, so MADV_DONTNEED only
+            // drops page-table entries: the next read of these bytes (through any slice still
+            // borrowed from the map) faults in the same contents from the file, on the
+            // assumption `open` already makes that the file is not modified while mapped.
+            // The advice is only a hint, so an error leaves nothing to undo.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    info.n_bytes as usize,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     /// The info and bytes of the tensor named `name`.
     pub fn tensor(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
         let info = self.tensor_info(name)?;

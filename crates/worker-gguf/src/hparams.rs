@@ -201,6 +201,21 @@ impl HyperParams {
             vocab_size,
         })
     }
+
+    /// Entries of a KV cache holding `slots` sequences of `positions` each: the keys and the
+    /// values of every layer and KV head. Times the backend's entry size, its bytes.
+    /// Saturates instead of overflowing on absurd sizes.
+    pub fn kv_cache_entries(&self, slots: usize, positions: usize) -> u64 {
+        [
+            u64::from(self.block_count),
+            slots as u64,
+            positions as u64,
+            u64::from(self.head_count_kv),
+            u64::from(self.head_dim) + u64::from(self.value_head_dim),
+        ]
+        .into_iter()
+        .fold(1, u64::saturating_mul)
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +255,9 @@ mod tests {
         assert_eq!(hp.rope_scaling, RopeScaling::None);
         assert_eq!(hp.vocab_size, 100, "from the token list");
         assert_eq!(hp.layer_norm_epsilon, None);
+        // 2 layers x 3 slots x 100 positions x 8 heads x (32 + 32) widths.
+        assert_eq!(hp.kv_cache_entries(3, 100), 2 * 3 * 100 * 8 * 64);
+        assert_eq!(hp.kv_cache_entries(usize::MAX, usize::MAX), u64::MAX);
     }
 
     #[test]

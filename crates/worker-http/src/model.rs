@@ -50,12 +50,9 @@ impl ModelCard {
             .max_by_key(|&(name, bytes)| (bytes, name))
             .map_or_else(|| "unknown".to_string(), |(name, _)| name.to_string());
         // The KV cache holds f32 keys and values for every layer, slot and position.
-        let kv = u64::from(hp.block_count)
-            * info.slots as u64
-            * info.context as u64
-            * u64::from(hp.head_count_kv)
-            * u64::from(hp.head_dim + hp.value_head_dim)
-            * 4;
+        let kv = hp
+            .kv_cache_entries(info.slots, info.context)
+            .saturating_mul(4);
         let token_text = |key: &str| -> String {
             let Ok(id) = md.get_u32(key) else {
                 return String::new();
@@ -74,7 +71,7 @@ impl ModelCard {
                 .get_str("tokenizer.ggml.model")
                 .unwrap_or("unknown")
                 .to_string(),
-            memory_bytes: weights + kv,
+            memory_bytes: weights.saturating_add(kv),
             chat_template,
             bos_text: token_text("tokenizer.ggml.bos_token_id"),
             eos_text: token_text("tokenizer.ggml.eos_token_id"),

@@ -5,6 +5,10 @@
 //! GGUF matrix is stored row by row and every quantized block lies inside one row, so each
 //! part is uploaded in the file's own storage type, with no conversion and no extra op in the
 //! forward pass.
+//!
+//! Backends copy what they are given, so once a tensor is uploaded its pages of the file's
+//! memory map are released ([`GgufFile::release_tensor_pages`]): a load holds the weights
+//! once, not once in the backend and again in the map.
 
 use worker_compute::{ComputeBackend, WeightDesc, WeightId};
 use worker_gguf::{GgufFile, TensorInfo};
@@ -57,13 +61,15 @@ pub(crate) fn upload(
     rows: usize,
 ) -> Result<WeightId, ModelError> {
     let (info, bytes) = checked(file, name, cols, rows)?;
-    Ok(backend.upload_weight(WeightDesc {
+    let id = backend.upload_weight(WeightDesc {
         name,
         ty: info.ty,
         rows,
         cols,
         bytes,
-    })?)
+    })?;
+    file.release_tensor_pages(info);
+    Ok(id)
 }
 
 /// Uploads matrix `name` of ggml shape `[cols, sum(parts)]` as `parts.len()` weights: the
@@ -96,6 +102,7 @@ pub(crate) fn upload_row_split<const N: usize>(
         })?;
         start = end;
     }
+    file.release_tensor_pages(info);
     Ok(ids)
 }
 
@@ -127,5 +134,6 @@ pub(crate) fn upload_vec_split<const N: usize>(
         })?;
         start += size;
     }
+    file.release_tensor_pages(info);
     Ok(ids)
 }
