@@ -103,6 +103,21 @@ impl Weight {
 /// context rounded up to whole key blocks). Keys are stored in blocks of
 /// [`generic::KEY_BLOCK`] positions, each transposed (`[head_dim][KEY_BLOCK]`), as the
 /// attention kernels read them; values one row per position.
+/// The rope angles of the last `rope` call: its positions and parameters, and their
+/// cosines and sines, `n_rot` per position.
+#[derive(Default)]
+struct RopeAngles {
+    positions: Vec<u32>,
+    params: Option<(f32, f32, usize)>,
+    cos_sin: Vec<f32>,
+}
+
+impl RopeAngles {
+    fn holds(&self, positions: &[u32], p: &RopeParams) -> bool {
+        self.params == Some((p.base, p.freq_scale, p.n_rot)) && self.positions == positions
+    }
+}
+
 struct KvCache {
     cfg: KvCacheConfig,
     stride: usize,
@@ -165,6 +180,7 @@ pub struct CpuBackend {
     caches: Vec<RefCell<KvCache>>,
     q8: Vec<BlockQ8>,
     q8k: Vec<BlockQ8K>,
+    rope_angles: RefCell<RopeAngles>,
 }
 
 impl CpuBackend {
@@ -184,6 +200,7 @@ impl CpuBackend {
             caches: Vec::new(),
             q8: Vec::new(),
             q8k: Vec::new(),
+            rope_angles: RefCell::default(),
         }
     }
 
@@ -739,14 +756,31 @@ impl ComputeBackend for CpuBackend {
         check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
         p.validate()?;
         let c = t.cols;
-        let freqs = ops::rope_frequencies(p);
+        // The angles depend only on the positions: every layer's q and k reuse them.
+        let mut angles = self.rope_angles.borrow_mut();
+        let n = p.n_rot;
+        if !angles.holds(pos, p) {
+            let freqs = ops::rope_frequencies(p);
+            angles.params = None;
+            angles.positions.clear();
+            angles.positions.extend_from_slice(pos);
+            angles.cos_sin.resize(rows * n, 0.0);
+            let aptr = SharedOut(angles.cos_sin.as_mut_ptr());
+            self.for_rows(OP, rows, |r0, r1| {
+                for (r, &ps) in pos.iter().enumerate().take(r1).skip(r0) {
+                    // SAFETY: row r of the table belongs to this range only; r < rows.
+                    ops::rope_angles(ps, p, &freqs, unsafe { aptr.slice(r * n, n) });
+                }
+            })?;
+            angles.params = Some((p.base, p.freq_scale, n));
+        }
         let tptr = SharedOut(t.data.as_mut_ptr());
+        let cos_sin = &angles.cos_sin;
         self.for_rows(OP, rows, |r0, r1| {
-            let mut cs = vec![0f32; p.n_rot];
-            for (r, &ps) in pos.iter().enumerate().take(r1).skip(r0) {
+            for r in r0..r1 {
                 // SAFETY: row r belongs to this range only, and r < rows <= its rows.
                 let row = unsafe { tptr.slice(r * c, c) };
-                ops::rope_row(row, ps, p, &freqs, &mut cs);
+                ops::rope_row(row, p, &cos_sin[r * n..(r + 1) * n]);
             }
         })
     }

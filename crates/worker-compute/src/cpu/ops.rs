@@ -40,24 +40,27 @@ pub fn gelu_row(x: &mut [f32]) {
     }
 }
 
-/// The rotation frequencies `base^(-2i/n_rot)`, `i < n_rot/2`, for [`rope_row`].
+/// The rotation frequencies `base^(-2i/n_rot)`, `i < n_rot/2`, for [`rope_angles`].
 pub fn rope_frequencies(p: &RopeParams) -> Vec<f64> {
     (0..p.n_rot / 2)
         .map(|i| (p.base as f64).powf(-2.0 * i as f64 / p.n_rot as f64))
         .collect()
 }
 
-/// Rotates the heads of one row at position `pos`; `freqs` from [`rope_frequencies`],
-/// `cos_sin` is scratch of `n_rot` floats.
-pub fn rope_row(x: &mut [f32], pos: u32, p: &RopeParams, freqs: &[f64], cos_sin: &mut [f32]) {
-    let half = p.n_rot / 2;
+/// The cosines and sines (interleaved, `n_rot` floats) of the rotation at position `pos`;
+/// `freqs` from [`rope_frequencies`].
+pub fn rope_angles(pos: u32, p: &RopeParams, freqs: &[f64], cos_sin: &mut [f32]) {
     let t = pos as f64 * p.freq_scale as f64;
-    for (i, f) in freqs.iter().enumerate().take(half) {
-        let theta = t * f;
-        let (s, c) = theta.sin_cos();
-        cos_sin[2 * i] = c as f32;
-        cos_sin[2 * i + 1] = s as f32;
+    for (f, cs) in freqs.iter().zip(cos_sin.chunks_exact_mut(2)) {
+        let (s, c) = (t * f).sin_cos();
+        cs[0] = c as f32;
+        cs[1] = s as f32;
     }
+}
+
+/// Rotates the heads of one row by the angles of [`rope_angles`].
+pub fn rope_row(x: &mut [f32], p: &RopeParams, cos_sin: &[f32]) {
+    let half = p.n_rot / 2;
     for head in x.chunks_exact_mut(p.head_dim).take(p.heads) {
         for i in 0..half {
             let (c, s) = (cos_sin[2 * i], cos_sin[2 * i + 1]);
