@@ -271,28 +271,34 @@ fn q4k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// GGUF Q6_K positions of element `e`: (byte of `ql`, nibble shift, byte of `qh`, bit shift).
-fn q6k_position(e: usize) -> (usize, u32, usize, u32) {
-    let (n, r) = (e / 128, e % 128);
-    let (quarter, l) = (r / 32, r % 32);
-    let ql = 64 * n + l + 32 * (quarter % 2);
-    (
-        ql,
-        4 * (quarter as u32 / 2),
-        128 + 32 * n + l,
-        2 * quarter as u32,
-    )
-}
+/// GGUF Q6_K positions of each element: (byte of `ql`, nibble shift, byte of `qh`, bit
+/// shift), as a table so that repacking a large model stays fast.
+const Q6K_POSITIONS: [(u8, u8, u8, u8); QK_K] = {
+    let mut t = [(0u8, 0u8, 0u8, 0u8); QK_K];
+    let mut e = 0;
+    while e < QK_K {
+        let (n, r) = (e / 128, e % 128);
+        let (quarter, l) = (r / 32, r % 32);
+        let ql = 64 * n + l + 32 * (quarter % 2);
+        t[e] = (
+            ql as u8,
+            (4 * (quarter / 2)) as u8,
+            (128 + 32 * n + l) as u8,
+            (2 * quarter) as u8,
+        );
+        e += 1;
+    }
+    t
+};
 
 fn q6k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
     dst[2 * i..2 * i + 2].copy_from_slice(&src[208..210]);
     for s in 0..16 {
         dst[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2] = src[192 + s];
     }
-    for e in 0..QK_K {
-        let (ql, qs, qh, hs) = q6k_position(e);
-        let low = (src[ql] >> qs) & 0xF;
-        let high = (src[qh] >> hs) & 3;
+    for (e, &(ql, qs, qh, hs)) in Q6K_POSITIONS.iter().enumerate() {
+        let low = (src[ql as usize] >> qs) & 0xF;
+        let high = (src[qh as usize] >> hs) & 3;
         let (group, t) = (e / 4, e % 4);
         let (c, nib) = (group % 32, 4 * (group / 32));
         dst[Q6K_QUANTS + 64 * c + 4 * i + t] |= low << nib;
@@ -313,9 +319,9 @@ fn q6k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
         let low = (src[Q6K_QUANTS + 64 * c + 4 * i + t] >> nib) & 0xF;
         let (h, q) = (group % 16, group / 16);
         let high = (src[Q6K_HIGH + 64 * h + 4 * i + t] >> (2 * q)) & 3;
-        let (ql, qs, qh, hs) = q6k_position(e);
-        dst[ql] |= low << qs;
-        dst[qh] |= high << hs;
+        let (ql, qs, qh, hs) = Q6K_POSITIONS[e];
+        dst[ql as usize] |= low << qs;
+        dst[qh as usize] |= high << hs;
     }
 }
 
