@@ -313,13 +313,12 @@ fn q6k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
         dst[192 + s] = src[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2];
     }
     dst[..192].fill(0);
-    for e in 0..QK_K {
+    for (e, &(ql, qs, qh, hs)) in Q6K_POSITIONS.iter().enumerate() {
         let (group, t) = (e / 4, e % 4);
         let (c, nib) = (group % 32, 4 * (group / 32));
         let low = (src[Q6K_QUANTS + 64 * c + 4 * i + t] >> nib) & 0xF;
         let (h, q) = (group % 16, group / 16);
         let high = (src[Q6K_HIGH + 64 * h + 4 * i + t] >> (2 * q)) & 3;
-        let (ql, qs, qh, hs) = Q6K_POSITIONS[e];
         dst[ql as usize] |= low << qs;
         dst[qh as usize] |= high << hs;
     }
