@@ -360,15 +360,37 @@ fn advise_huge_pages(v: &mut Vec<u8>) {
     let _ = v;
 }
 
+/// `n` zeros, allocated zeroed: the system hands out untouched pages that cost no resident
+/// memory and no time until written (a KV cache for the whole context is mostly unused).
 fn alloc_f32(what: &'static str, n: usize) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| ComputeError::Alloc {
-        what,
-        bytes: n as u128 * 4,
-    })?;
-    v.resize(n, 0.0);
-    Ok(v)
+    alloc_zeroed(what, n)
 }
+
+/// A vector of `n` zero values of a type whose all-zero bit pattern is zero (`u8`, `f32`),
+/// from `alloc_zeroed`, so its pages stay untouched until written.
+fn alloc_zeroed<T: Zeroed>(what: &'static str, n: usize) -> Result<Vec<T>> {
+    let err = || ComputeError::Alloc {
+        what,
+        bytes: n as u128 * std::mem::size_of::<T>() as u128,
+    };
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| err())?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if ptr.is_null() {
+        return Err(err());
+    }
+    // SAFETY: allocated by the global allocator with the layout of `n` `T`s, all bits zero,
+    // which `Zeroed` promises is a valid `T`: a vector of length and capacity `n`.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
+/// Types for which all-zero bits are a valid value.
+trait Zeroed: Copy {}
+impl Zeroed for u8 {}
+impl Zeroed for f32 {}
 
 /// One weight in panels of a [`CpuBackend::matmul_panels`] job, with its output.
 struct PanelJob<'a> {
@@ -469,20 +491,27 @@ impl ComputeBackend for CpuBackend {
         // Matrices of a type with panel kernels are repacked; the rest is copied as it is.
         let panel = kernels.panel.filter(|_| vector.is_none());
         let len = panel.map_or(d.bytes.len(), |pk| pk.format.bytes(d.rows, d.cols));
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(len)
-            .map_err(|_| ComputeError::Alloc {
-                what: "weight",
-                bytes: len as u128,
-            })?;
+        // Zeroed, untouched pages: advised onto huge pages first, then written by the pool.
+        let mut bytes = alloc_zeroed::<u8>("weight", len)?;
         advise_huge_pages(&mut bytes);
+        let (out, src) = (SharedOut(bytes.as_mut_ptr()), d.bytes);
         match panel {
             Some(pk) => {
-                bytes.resize(len, 0);
-                pk.format.repack(d.cols, d.bytes, &mut bytes);
+                let (f, rows, cols) = (pk.format, d.rows, d.cols);
+                let panel_bytes = len / rows.div_ceil(PANEL);
+                self.for_rows("upload_weight", rows.div_ceil(PANEL), |p0, p1| {
+                    let raw = &src[p0 * PANEL * row_bytes..(p1 * PANEL).min(rows) * row_bytes];
+                    // SAFETY: panels p0..p1 belong to this range only, inside `bytes`.
+                    let out = unsafe { out.slice(p0 * panel_bytes, (p1 - p0) * panel_bytes) };
+                    f.repack(cols, raw, out);
+                })?;
             }
-            None => bytes.extend_from_slice(d.bytes),
+            None => self.for_rows("upload_weight", d.rows, |r0, r1| {
+                let n = (r1 - r0) * row_bytes;
+                // SAFETY: rows r0..r1 belong to this range only, inside `bytes`.
+                let out = unsafe { out.slice(r0 * row_bytes, n) };
+                out.copy_from_slice(&src[r0 * row_bytes..][..n]);
+            })?,
         }
         let kernels = TypeKernels { panel, ..kernels };
         self.weights.push(Weight {
