@@ -381,37 +381,6 @@ fn four_row_k_quant_vec_dots_match_scalar() {
     assert!(checked > 0 || simd_tables().is_empty());
 }
 
-/// The VNNI kernels compute the same integer sums as the plain AVX-512 ones, so their results
-/// are bit-identical: a model gives the same tokens on CPUs with and without VNNI.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn vnni_kernels_match_plain_avx512_bit_for_bit() {
-    use worker_compute::cpu::quant::x86;
-    if !std::is_x86_feature_detected!("avx512vnni") {
-        return;
-    }
-    let (Some(vnni), Some(plain)) = (x86::avx512_kernels(), x86::avx512_kernels_without_vnni())
-    else {
-        return;
-    };
-    let mut rng = Rng::new();
-    for ty in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
-        let (VecDot::Q8(a), VecDot::Q8(b)) = (
-            vnni.for_type(ty).unwrap().vec_dot,
-            plain.for_type(ty).unwrap().vec_dot,
-        ) else {
-            panic!("{ty}: no Q8 kernels");
-        };
-        for n in [32, 96, 576, 4864] {
-            let w = random_row(&mut rng, ty, n);
-            let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
-            let mut q = vec![BlockQ8::default(); n / 32];
-            generic::quantize_row_q8(&x, &mut q);
-            assert_eq!(a(&w, &q).to_bits(), b(&w, &q).to_bits(), "{ty} n={n}");
-        }
-    }
-}
-
 /// The unsigned quants and the bias of GGUF block `b` (see `quant::panel`): what a panel
 /// kernel multiplies, computed from the GGUF bytes without the panel layout.
 fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {

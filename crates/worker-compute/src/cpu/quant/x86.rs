@@ -28,17 +28,12 @@ fn has_avx2() -> bool {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q8_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
-    vec_dot_q8_0_x4_avx512_body::<false>(w, x)
+    vec_dot_q8_0_x4_avx512_body(w, x)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn vec_dot_q8_0_x4_avx512_vnni(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
-    vec_dot_q8_0_x4_avx512_body::<true>(w, x)
-}
-
-/// The body of `vec_dot_q8_0_x4_avx512` and `vec_dot_q8_0_x4_avx512_vnni`, inlined into each so it gets their features.
+/// The body of `vec_dot_q8_0_x4_avx512`, inlined into it so it gets its features.
 #[inline(always)]
-unsafe fn vec_dot_q8_0_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+unsafe fn vec_dot_q8_0_x4_avx512_body(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
     let nb = blocks_x4(w.len() / Q8_0_BYTES, &x);
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut i = 0;
@@ -54,7 +49,7 @@ unsafe fn vec_dot_q8_0_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]
             let (a0, a1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
             let av = join(load_q8(a0), load_q8(a1));
             let d = scales_512(d0 * a0.d, d1 * a1.d);
-            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc[r]);
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc[r]);
         }
         i += 2;
     }
@@ -70,17 +65,12 @@ unsafe fn vec_dot_q8_0_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q4_1_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
-    vec_dot_q4_1_x4_avx512_body::<false>(w, x)
+    vec_dot_q4_1_x4_avx512_body(w, x)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn vec_dot_q4_1_x4_avx512_vnni(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
-    vec_dot_q4_1_x4_avx512_body::<true>(w, x)
-}
-
-/// The body of `vec_dot_q4_1_x4_avx512` and `vec_dot_q4_1_x4_avx512_vnni`, inlined into each so it gets their features.
+/// The body of `vec_dot_q4_1_x4_avx512`, inlined into it so it gets its features.
 #[inline(always)]
-unsafe fn vec_dot_q4_1_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+unsafe fn vec_dot_q4_1_x4_avx512_body(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
     let nb = blocks_x4(w.len() / Q4_1_BYTES, &x);
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut mins = [0f32; 4];
@@ -96,7 +86,7 @@ unsafe fn vec_dot_q4_1_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]
             let av = join(load_q8(a0), load_q8(a1));
             let d = scales_512(d0 * a0.d, d1 * a1.d);
             mins[r] += m0 * a0.s + m1 * a1.s;
-            let s = dot_u8i8_512::<VNNI>(q, av);
+            let s = dot_u8i8_512(q, av);
             acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc[r]);
         }
         i += 2;
@@ -113,17 +103,12 @@ unsafe fn vec_dot_q4_1_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q5_0_x4_avx512(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
-    vec_dot_q5_0_x4_avx512_body::<false>(w, x)
+    vec_dot_q5_0_x4_avx512_body(w, x)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn vec_dot_q5_0_x4_avx512_vnni(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
-    vec_dot_q5_0_x4_avx512_body::<true>(w, x)
-}
-
-/// The body of `vec_dot_q5_0_x4_avx512` and `vec_dot_q5_0_x4_avx512_vnni`, inlined into each so it gets their features.
+/// The body of `vec_dot_q5_0_x4_avx512`, inlined into it so it gets its features.
 #[inline(always)]
-unsafe fn vec_dot_q5_0_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
+unsafe fn vec_dot_q5_0_x4_avx512_body(w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4] {
     let nb = blocks_x4(w.len() / Q5_0_BYTES, &x);
     let mut acc = [_mm512_setzero_ps(); 4];
     let (bit4, sixteen) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
@@ -141,7 +126,7 @@ unsafe fn vec_dot_q5_0_x4_avx512_body<const VNNI: bool>(w: &[u8], x: [&[BlockQ8]
             let (a0, a1) = (x[r].get_unchecked(i), x[r].get_unchecked(i + 1));
             let av = join(load_q8(a0), load_q8(a1));
             let d = scales_512(d0 * a0.d, d1 * a1.d);
-            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc[r]);
+            acc[r] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc[r]);
         }
         i += 2;
     }
@@ -212,8 +197,8 @@ pub fn avx2_kernels() -> Option<Kernels> {
     Some(k)
 }
 
-/// The AVX-512 table (AVX2 kernels where no 512-bit one exists), with VNNI (`vpdpbusd`) in
-/// the 512-bit kernels where the CPU has it, or `None` when the CPU lacks AVX-512 F/BW/VL.
+/// The AVX-512 table (AVX2 kernels where no 512-bit one exists), with the panel kernels
+/// (`vpdpbusd`) where the CPU has VNNI, or `None` when the CPU lacks AVX-512 F/BW/VL.
 pub fn avx512_kernels() -> Option<Kernels> {
     avx512_table(is_x86_feature_detected!("avx512vnni"))
 }
@@ -233,19 +218,13 @@ fn avx512_table(vnni: bool) -> Option<Kernels> {
     k.isa = Isa::Avx512;
     // Each one-row kernel comes with a four-row kernel that sums in exactly the same order, so
     // a row's result does not depend on how many other rows share its matmul (a sequence
-    // decoded alone and in a batch of several gives the same tokens). The VNNI kernels compute
-    // the same integers, so they also give the same results as the plain ones.
-    let plain: [Q8Kernels; 3] = [
+    // decoded alone and in a batch of several gives the same tokens).
+    let row_kernels: [Q8Kernels; 3] = [
         (GgmlType::Q8_0, vec_dot_q8_0_512, vec_dot_q8_0_x4_512),
         (GgmlType::Q4_1, vec_dot_q4_1_512, vec_dot_q4_1_x4_512),
         (GgmlType::Q5_0, vec_dot_q5_0_512, vec_dot_q5_0_x4_512),
     ];
-    let with_vnni: [Q8Kernels; 3] = [
-        (GgmlType::Q8_0, vec_dot_q8_0_vnni, vec_dot_q8_0_x4_vnni),
-        (GgmlType::Q4_1, vec_dot_q4_1_vnni, vec_dot_q4_1_x4_vnni),
-        (GgmlType::Q5_0, vec_dot_q5_0_vnni, vec_dot_q5_0_x4_vnni),
-    ];
-    for (ty, f, f4) in if vnni { with_vnni } else { plain } {
+    for (ty, f, f4) in row_kernels {
         if let Some(s) = k.for_type(ty).copied() {
             k.set(
                 ty,
@@ -276,8 +255,7 @@ macro_rules! wrap {
     ($name:ident, $imp:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         fn $name($($a: $t),*) -> $r {
             // SAFETY: this wrapper is only reachable through a `Kernels` table built by
-            // `avx2_kernels`/`avx512_table`, which checked the features `$imp` enables (the
-            // `_vnni` ones only when `avx512vnni` was detected).
+            // `avx2_kernels`/`avx512_table`, which checked the features `$imp` enables.
             unsafe { $imp($($a),*) }
         }
     };
@@ -307,12 +285,6 @@ wrap!(vec_dot_q8_0_x4_512, vec_dot_q8_0_x4_avx512, (w: &[u8], x: [&[BlockQ8]; 4]
 wrap!(vec_dot_q8_0_512, vec_dot_q8_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q4_1_512, vec_dot_q4_1_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
 wrap!(vec_dot_q5_0_512, vec_dot_q5_0_avx512, (w: &[u8], x: &[BlockQ8]) -> f32);
-wrap!(vec_dot_q4_1_x4_vnni, vec_dot_q4_1_x4_avx512_vnni, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
-wrap!(vec_dot_q5_0_x4_vnni, vec_dot_q5_0_x4_avx512_vnni, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
-wrap!(vec_dot_q8_0_x4_vnni, vec_dot_q8_0_x4_avx512_vnni, (w: &[u8], x: [&[BlockQ8]; 4]) -> [f32; 4]);
-wrap!(vec_dot_q8_0_vnni, vec_dot_q8_0_avx512_vnni, (w: &[u8], x: &[BlockQ8]) -> f32);
-wrap!(vec_dot_q4_1_vnni, vec_dot_q4_1_avx512_vnni, (w: &[u8], x: &[BlockQ8]) -> f32);
-wrap!(vec_dot_q5_0_vnni, vec_dot_q5_0_avx512_vnni, (w: &[u8], x: &[BlockQ8]) -> f32);
 
 // ---------------------------------------------------------------------------------------
 // Helpers. The kernels below read a weight block at `p` only for block indices below
@@ -1047,27 +1019,22 @@ unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
 }
 
-/// 16 i32 sums of signed bytes `x * y`. With `VNNI` one `vpdpbusd` replaces `vpmaddubsw` +
-/// `vpmaddwd`; the sums are the same integers (no pair of products reaches the i16
-/// saturation of `vpmaddubsw`: |x| <= 128, |y| <= 127), so both variants give identical results.
+/// 16 i32 sums of signed bytes `x * y` (no pair of products reaches the i16 saturation of
+/// `vpmaddubsw`: |x| <= 128, |y| <= 127).
 ///
-/// No `target_feature` of its own: inlined into kernels that enable AVX-512 (and VNNI).
+/// No `target_feature` of its own: inlined into kernels that enable AVX-512.
 #[inline(always)]
-unsafe fn dot_i8_512<const VNNI: bool>(x: __m512i, y: __m512i) -> __m512i {
+unsafe fn dot_i8_512(x: __m512i, y: __m512i) -> __m512i {
     let ax = _mm512_abs_epi8(x);
     let neg = _mm512_movepi8_mask(x);
     let sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-    dot_u8i8_512::<VNNI>(ax, sy)
+    dot_u8i8_512(ax, sy)
 }
 
-/// 16 i32 sums of unsigned bytes `u` (<= 128) times signed bytes `y`; exact either way.
+/// 16 i32 sums of unsigned bytes `u` (<= 128) times signed bytes `y`; exact.
 #[inline(always)]
-unsafe fn dot_u8i8_512<const VNNI: bool>(u: __m512i, y: __m512i) -> __m512i {
-    if VNNI {
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y)
-    } else {
-        _mm512_madd_epi16(_mm512_maddubs_epi16(u, y), _mm512_set1_epi16(1))
-    }
+unsafe fn dot_u8i8_512(u: __m512i, y: __m512i) -> __m512i {
+    _mm512_madd_epi16(_mm512_maddubs_epi16(u, y), _mm512_set1_epi16(1))
 }
 
 /// A vector holding `d0` in the low 8 lanes and `d1` in the high 8.
@@ -1079,17 +1046,12 @@ unsafe fn scales_512(d0: f32, d1: f32) -> __m512 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q8_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
-    vec_dot_q8_0_avx512_body::<false>(w, x)
+    vec_dot_q8_0_avx512_body(w, x)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn vec_dot_q8_0_avx512_vnni(w: &[u8], x: &[BlockQ8]) -> f32 {
-    vec_dot_q8_0_avx512_body::<true>(w, x)
-}
-
-/// The body of `vec_dot_q8_0_avx512` and `vec_dot_q8_0_avx512_vnni`, inlined into each so it gets their features.
+/// The body of `vec_dot_q8_0_avx512`, inlined into it so it gets its features.
 #[inline(always)]
-unsafe fn vec_dot_q8_0_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
+unsafe fn vec_dot_q8_0_avx512_body(w: &[u8], x: &[BlockQ8]) -> f32 {
     let nb = x.len().min(w.len() / Q8_0_BYTES);
     let mut acc = _mm512_setzero_ps();
     let mut i = 0;
@@ -1102,7 +1064,7 @@ unsafe fn vec_dot_q8_0_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) ->
         );
         let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
         let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc);
         i += 2;
     }
     let mut r = _mm512_reduce_add_ps(acc);
@@ -1114,17 +1076,12 @@ unsafe fn vec_dot_q8_0_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) ->
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q4_1_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
-    vec_dot_q4_1_avx512_body::<false>(w, x)
+    vec_dot_q4_1_avx512_body(w, x)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn vec_dot_q4_1_avx512_vnni(w: &[u8], x: &[BlockQ8]) -> f32 {
-    vec_dot_q4_1_avx512_body::<true>(w, x)
-}
-
-/// The body of `vec_dot_q4_1_avx512` and `vec_dot_q4_1_avx512_vnni`, inlined into each so it gets their features.
+/// The body of `vec_dot_q4_1_avx512`, inlined into it so it gets its features.
 #[inline(always)]
-unsafe fn vec_dot_q4_1_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
+unsafe fn vec_dot_q4_1_avx512_body(w: &[u8], x: &[BlockQ8]) -> f32 {
     let nb = x.len().min(w.len() / Q4_1_BYTES);
     let mut acc = _mm512_setzero_ps();
     let mut mins = 0f32;
@@ -1136,7 +1093,7 @@ unsafe fn vec_dot_q4_1_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) ->
         let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
         let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
         mins += f16_at(b.add(2)) * x[i].s + f16_at(b1.add(2)) * x[i + 1].s;
-        let s = dot_u8i8_512::<VNNI>(q, av);
+        let s = dot_u8i8_512(q, av);
         acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s), acc);
         i += 2;
     }
@@ -1149,17 +1106,12 @@ unsafe fn vec_dot_q4_1_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) ->
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn vec_dot_q5_0_avx512(w: &[u8], x: &[BlockQ8]) -> f32 {
-    vec_dot_q5_0_avx512_body::<false>(w, x)
+    vec_dot_q5_0_avx512_body(w, x)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn vec_dot_q5_0_avx512_vnni(w: &[u8], x: &[BlockQ8]) -> f32 {
-    vec_dot_q5_0_avx512_body::<true>(w, x)
-}
-
-/// The body of `vec_dot_q5_0_avx512` and `vec_dot_q5_0_avx512_vnni`, inlined into each so it gets their features.
+/// The body of `vec_dot_q5_0_avx512`, inlined into it so it gets its features.
 #[inline(always)]
-unsafe fn vec_dot_q5_0_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) -> f32 {
+unsafe fn vec_dot_q5_0_avx512_body(w: &[u8], x: &[BlockQ8]) -> f32 {
     let nb = x.len().min(w.len() / Q5_0_BYTES);
     let mut acc = _mm512_setzero_ps();
     let (bit4, sixteen) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(16));
@@ -1174,7 +1126,7 @@ unsafe fn vec_dot_q5_0_avx512_body<const VNNI: bool>(w: &[u8], x: &[BlockQ8]) ->
         let q = _mm512_sub_epi8(_mm512_or_si512(q, hi), sixteen);
         let av = join(load_q8(&x[i]), load_q8(&x[i + 1]));
         let d = scales_512(f16_at(b) * x[i].d, f16_at(b1) * x[i + 1].d);
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512::<VNNI>(q, av)), acc);
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_i8_512(q, av)), acc);
         i += 2;
     }
     let mut r = _mm512_reduce_add_ps(acc);
