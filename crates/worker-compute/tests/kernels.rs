@@ -1,7 +1,8 @@
 //! Every SIMD kernel against the scalar reference, on fresh random inputs, for every type.
 
 use worker_compute::cpu::quant::{
-    generic, BlockQ8, BlockQ8K, Kernels, PanelDots, VecDot, PANEL_BATCH, SUPPORTED_TYPES,
+    generic, BlockQ8, BlockQ8K, Kernels, PanelDot, PanelDotMany, PanelDots, VecDot, PANEL_BATCH,
+    SUPPORTED_TYPES,
 };
 use worker_gguf::GgmlType;
 
@@ -414,12 +415,67 @@ fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
     }
 }
 
-/// The panel kernels: bit for bit the documented per-block sums (computed here in scalar
-/// code from the GGUF rows), many rows bit-identical to one, and close to the scalar
-/// reference dot product.
+/// One panel of random `ty` rows of `n` elements against [`PANEL_BATCH`] activation rows:
+/// each output bit for bit as `block` (one block's documented f32 steps, returning the new
+/// sum and the size of its terms) accumulates it, the many-row call bit for bit as the
+/// one-row call, and close to the scalar reference dot product.
+#[allow(clippy::too_many_arguments)]
+fn check_panel<A>(
+    rng: &mut Rng,
+    what: &str,
+    ty: GgmlType,
+    n: usize,
+    format: worker_compute::cpu::quant::panel::PanelFormat,
+    (dot, dot_many): (PanelDot<A>, PanelDotMany<A>),
+    reference: fn(&[u8], &[A]) -> f32,
+    quantize: impl Fn(&[f32]) -> Vec<A>,
+    block: impl Fn(&[u8], &A, f32) -> (f32, f32),
+) {
+    use worker_compute::cpu::quant::panel::PANEL;
+    let w: Vec<Vec<u8>> = (0..PANEL).map(|_| random_row(rng, ty, n)).collect();
+    let mut panel = vec![0; format.bytes(PANEL, n)];
+    format.repack(n, &w.concat(), &mut panel);
+    let xs: Vec<Vec<A>> = (0..PANEL_BATCH)
+        .map(|_| quantize(&(0..n).map(|_| rng.f32() * 2.0).collect::<Vec<f32>>()))
+        .collect();
+    let many = dot_many(&panel, std::array::from_fn(|i| &xs[i][..]));
+    for (x, got_many) in xs.iter().zip(many) {
+        let got = dot(&panel, x);
+        for (i, row) in w.iter().enumerate() {
+            let (mut want, mut size) = (0f32, 0f32);
+            for (b, a) in row.chunks_exact(ty.type_size()).zip(x) {
+                let (acc, s) = block(b, a, want);
+                want = acc;
+                size += s;
+            }
+            let what = format!("{what} {ty} panel n={n} row {i}");
+            assert_eq!(
+                got[i].to_bits(),
+                want.to_bits(),
+                "{what}: {} vs {want}",
+                got[i]
+            );
+            assert_eq!(
+                got_many[i].to_bits(),
+                got[i].to_bits(),
+                "{what}: many vs one"
+            );
+            let r = reference(row, x);
+            // Both sum blocks in f32, in different orders: relative to the blocks' size.
+            let tol = 2e-6 * size + 1e-7;
+            assert!(
+                (got[i] - r).abs() <= tol,
+                "{what}: {} vs scalar {r}",
+                got[i]
+            );
+        }
+    }
+}
+
+/// The panel kernels of the 32-element types against their documented per-block sums
+/// (computed here in scalar code from the GGUF rows), the scalar dot, and one row.
 #[test]
 fn panel_kernels_match_their_definition_and_the_scalar_dot() {
-    use worker_compute::cpu::quant::panel::PANEL;
     let mut rng = Rng::new();
     let scalar = Kernels::scalar();
     let mut checked = 0;
@@ -434,53 +490,23 @@ fn panel_kernels_match_their_definition_and_the_scalar_dot() {
             let VecDot::Q8(reference) = scalar.for_type(ty).unwrap().vec_dot else {
                 panic!("{ty}: panel kernels for a type without Q8 activations");
             };
+            let quantize = |x: &[f32]| {
+                let mut q = vec![BlockQ8::default(); x.len() / 32];
+                generic::quantize_row_q8(x, &mut q);
+                q
+            };
+            let block = |b: &[u8], a: &BlockQ8, acc: f32| {
+                let (u, d, bias) = panel_block_terms(ty, b);
+                let isum: i32 = u.iter().zip(a.qs).map(|(u, q)| u * q as i32).sum();
+                let acc = bias.mul_add(a.s, (isum as f32).mul_add(d * a.d, acc));
+                (acc, (isum as f32 * d * a.d).abs() + (bias * a.s).abs())
+            };
             for n in [32, 96, 896] {
-                let w: Vec<Vec<u8>> = (0..PANEL).map(|_| random_row(&mut rng, ty, n)).collect();
-                let raw: Vec<u8> = w.concat();
-                let mut panel = vec![0; pk.format.bytes(PANEL, n)];
-                pk.format.repack(n, &raw, &mut panel);
-                let xs: Vec<Vec<BlockQ8>> = (0..PANEL_BATCH)
-                    .map(|_| {
-                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
-                        let mut q = vec![BlockQ8::default(); n / 32];
-                        generic::quantize_row_q8(&x, &mut q);
-                        q
-                    })
-                    .collect();
-                let many = dot_many(&panel, std::array::from_fn(|i| &xs[i][..]));
-                for (x, got_many) in xs.iter().zip(many) {
-                    let got = dot(&panel, x);
-                    for (i, row) in w.iter().enumerate() {
-                        let (mut want, mut size) = (0f32, 0f32);
-                        for (b, a) in row.chunks_exact(ty.type_size()).zip(x) {
-                            let (u, d, bias) = panel_block_terms(ty, b);
-                            let isum: i32 = u.iter().zip(a.qs).map(|(u, q)| u * q as i32).sum();
-                            want = (isum as f32).mul_add(d * a.d, want);
-                            want = bias.mul_add(a.s, want);
-                            size += (isum as f32 * d * a.d).abs() + (bias * a.s).abs();
-                        }
-                        let what = format!("{:?} {ty} panel n={n} row {i}", simd.isa);
-                        assert_eq!(
-                            got[i].to_bits(),
-                            want.to_bits(),
-                            "{what}: {} vs {want}",
-                            got[i]
-                        );
-                        assert_eq!(
-                            got_many[i].to_bits(),
-                            got[i].to_bits(),
-                            "{what}: many vs one"
-                        );
-                        let r = reference(row, x);
-                        // Both sum blocks in f32, in different orders: relative to the blocks' size.
-                        let tol = 2e-6 * size + 1e-7;
-                        assert!(
-                            (got[i] - r).abs() <= tol,
-                            "{what}: {} vs scalar {r}",
-                            got[i]
-                        );
-                    }
-                }
+                let what = format!("{:?}", simd.isa);
+                let dots = (dot, dot_many);
+                check_panel(
+                    &mut rng, &what, ty, n, pk.format, dots, reference, quantize, block,
+                );
                 checked += 1;
             }
         }
@@ -540,11 +566,9 @@ fn k_panel_sums(ty: GgmlType, b: &[u8], a: &BlockQ8K) -> (i32, i32) {
     }
 }
 
-/// The k-quant panel kernels: bit for bit the documented sums, many rows bit-identical to
-/// one, and close to the scalar reference dot product.
+/// The k-quant panel kernels against their documented sums, the scalar dot, and one row.
 #[test]
 fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
-    use worker_compute::cpu::quant::panel::PANEL;
     let mut rng = Rng::new();
     let scalar = Kernels::scalar();
     let mut checked = 0;
@@ -559,59 +583,31 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
             let VecDot::Q8K(reference) = scalar.for_type(ty).unwrap().vec_dot else {
                 panic!("{ty}: k-quant panel kernels for a type without Q8_K activations");
             };
-            for n in [256, 1024] {
-                let w: Vec<Vec<u8>> = (0..PANEL).map(|_| random_row(&mut rng, ty, n)).collect();
-                let mut panel = vec![0; pk.format.bytes(PANEL, n)];
-                pk.format.repack(n, &w.concat(), &mut panel);
-                let xs: Vec<Vec<BlockQ8K>> = (0..PANEL_BATCH)
-                    .map(|_| {
-                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
-                        let mut q = vec![BlockQ8K::default(); n / 256];
-                        generic::quantize_row_q8k(&x, &mut q);
-                        q
-                    })
-                    .collect();
-                let many = dot_many(&panel, std::array::from_fn(|i| &xs[i][..]));
-                for (x, got_many) in xs.iter().zip(many) {
-                    let got = dot(&panel, x);
-                    for (i, row) in w.iter().enumerate() {
-                        let (mut want, mut size) = (0f32, 0f32);
-                        for (b, a) in row.chunks_exact(ty.type_size()).zip(x) {
-                            let f16 =
-                                |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
-                            let (tot, mins) = k_panel_sums(ty, b, a);
-                            if ty == GgmlType::Q4_K {
-                                want = (tot as f32).mul_add(f16(0) * a.d, want);
-                                want = (mins as f32).mul_add(f16(2) * -a.d, want);
-                                size += (tot as f32 * f16(0) * a.d).abs();
-                                size += (mins as f32 * f16(2) * a.d).abs();
-                            } else {
-                                want = (tot as f32).mul_add(f16(208) * a.d, want);
-                                size += (tot as f32 * f16(208) * a.d).abs();
-                            }
-                        }
-                        let what = format!("{:?} {ty} panel n={n} row {i}", simd.isa);
-                        assert_eq!(
-                            got[i].to_bits(),
-                            want.to_bits(),
-                            "{what}: {} vs {want}",
-                            got[i]
-                        );
-                        assert_eq!(
-                            got_many[i].to_bits(),
-                            got[i].to_bits(),
-                            "{what}: many vs one"
-                        );
-                        let r = reference(row, x);
-                        // Both sum blocks in f32, in different orders: relative to the blocks' size.
-                        let tol = 2e-6 * size + 1e-7;
-                        assert!(
-                            (got[i] - r).abs() <= tol,
-                            "{what}: {} vs scalar {r}",
-                            got[i]
-                        );
-                    }
+            let quantize = |x: &[f32]| {
+                let mut q = vec![BlockQ8K::default(); x.len() / 256];
+                generic::quantize_row_q8k(x, &mut q);
+                q
+            };
+            let block = |b: &[u8], a: &BlockQ8K, acc: f32| {
+                let f16 = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+                let (tot, mins) = k_panel_sums(ty, b, a);
+                if ty == GgmlType::Q4_K {
+                    let acc = (tot as f32).mul_add(f16(0) * a.d, acc);
+                    let acc = (mins as f32).mul_add(f16(2) * -a.d, acc);
+                    let size =
+                        (tot as f32 * f16(0) * a.d).abs() + (mins as f32 * f16(2) * a.d).abs();
+                    (acc, size)
+                } else {
+                    let acc = (tot as f32).mul_add(f16(208) * a.d, acc);
+                    (acc, (tot as f32 * f16(208) * a.d).abs())
                 }
+            };
+            for n in [256, 1024] {
+                let what = format!("{:?}", simd.isa);
+                let dots = (dot, dot_many);
+                check_panel(
+                    &mut rng, &what, ty, n, pk.format, dots, reference, quantize, block,
+                );
                 checked += 1;
             }
         }
