@@ -293,3 +293,177 @@ unsafe fn store<const NR: usize>(acc: [__m512; NR]) -> [[f32; PANEL]; NR] {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------
+// AVX2: the same sums, eight rows per 256-bit vector (the panel's two halves one after the
+// other), `vpmaddubsw` + `vpmaddwd` in place of `vpdpbusd`.
+
+/// The AVX2 panel kernels of `format`, for the 32-element types (`None` for the others). The
+/// caller must have detected AVX2, FMA and F16C.
+pub(super) fn kernels_avx2(format: PanelFormat) -> Option<PanelKernels> {
+    let dots = match format {
+        PanelFormat::Q4_0 => PanelDots::Q8(dot2_q4_0, dot2_q4_0_many),
+        PanelFormat::Q4_1 => PanelDots::Q8(dot2_q4_1, dot2_q4_1_many),
+        PanelFormat::Q5_0 => PanelDots::Q8(dot2_q5_0, dot2_q5_0_many),
+        PanelFormat::Q8_0 => PanelDots::Q8(dot2_q8_0, dot2_q8_0_many),
+        PanelFormat::Q4K | PanelFormat::Q6K => return None,
+    };
+    Some(PanelKernels { format, dots })
+}
+
+macro_rules! panel_kernels_avx2 {
+    ($($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $f:expr;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $imp(w: &[u8], x: [&[BlockQ8]; 1]) -> [[f32; PANEL]; 1] {
+            panel_dot_avx2::<{ $f }, 1>(w, x)
+        }
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $imp_many(w: &[u8], x: [&[BlockQ8]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
+            panel_dot_avx2::<{ $f }, PANEL_BATCH>(w, x)
+        }
+        fn $dot(w: &[u8], x: &[BlockQ8]) -> [f32; PANEL] {
+            // SAFETY: only reachable through `kernels_avx2`, whose caller detected the features.
+            unsafe { $imp(w, [x])[0] }
+        }
+        fn $dot_many(w: &[u8], x: [&[BlockQ8]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
+            // SAFETY: as above.
+            unsafe { $imp_many(w, x) }
+        }
+    )*};
+}
+
+panel_kernels_avx2! {
+    dot2_q4_0, dot2_q4_0_many, dot2_q4_0_avx2, dot2_q4_0_many_avx2, Q4_0;
+    dot2_q4_1, dot2_q4_1_many, dot2_q4_1_avx2, dot2_q4_1_many_avx2, Q4_1;
+    dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, Q5_0;
+    dot2_q8_0, dot2_q8_0_many, dot2_q8_0_avx2, dot2_q8_0_many_avx2, Q8_0;
+}
+
+/// The eight vectors of unsigned quants of half `h` (rows `8h..8h+8`) of panel block `p`.
+///
+/// No `target_feature` of its own: inlined into kernels that enable AVX2.
+#[inline(always)]
+unsafe fn unpack_avx2<const F: u8>(p: *const u8, h: usize) -> [__m256i; 8] {
+    let q = p.add(format(F).quants_offset() + 32 * h);
+    let mut u = [_mm256_setzero_si256(); 8];
+    if F == Q8_0 {
+        for (g, v) in u.iter_mut().enumerate() {
+            *v = _mm256_loadu_si256(q.add(64 * g) as *const __m256i);
+        }
+        return u;
+    }
+    let low = _mm256_set1_epi8(0x0F);
+    for c in 0..4 {
+        let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
+        u[c] = _mm256_and_si256(v, low);
+        u[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    }
+    if F == Q5_0 {
+        let bit4 = _mm256_set1_epi8(0x10);
+        for (g, v) in u.iter_mut().enumerate() {
+            // Half h of mask g: rows 8h..8h+8, four bits each.
+            let bits = std::ptr::read_unaligned(p.add(32 + 8 * g + 4 * h) as *const u32);
+            *v = _mm256_or_si256(*v, _mm256_and_si256(bytes_from_bits(bits), bit4));
+        }
+    }
+    u
+}
+
+/// 0xFF in byte `i` where bit `i` of `bits` is set.
+#[inline(always)]
+unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let v = _mm256_and_si256(_mm256_shuffle_epi8(v, shuf), mask);
+    _mm256_cmpeq_epi8(v, mask)
+}
+
+/// `Σ u·x` per lane over the eight groups, exact: `vpmaddubsw` pairs are summed in 16 bits only
+/// as far as they cannot overflow (eight groups of 4-bit quants, four of 5-bit ones); Q8_0's
+/// quants (plus 128) would overflow a pair, so they are multiplied signed and `128·Σx` added.
+#[inline(always)]
+unsafe fn dot_groups_avx2<const F: u8>(u: &[__m256i; 8], q: *const i8) -> __m256i {
+    let ones = _mm256_set1_epi16(1);
+    let qi = q as *const i32;
+    let bcast = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(qi.add(g)));
+    match F {
+        Q8_0 => {
+            let flip = _mm256_set1_epi8(-128);
+            let mut s = _mm256_setzero_si256();
+            for (g, ug) in u.iter().enumerate() {
+                let w = _mm256_xor_si256(*ug, flip);
+                let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(bcast(g), w));
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+            }
+            // Σx over the block, times 128, in every lane.
+            let xs = _mm256_loadu_si256(q as *const __m256i);
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), xs), ones);
+            let sums = _mm_add_epi32(
+                _mm256_castsi256_si128(sums),
+                _mm256_extracti128_si256(sums, 1),
+            );
+            let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b01_00_11_10));
+            let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b10_11_00_01));
+            let total = _mm256_broadcastd_epi32(_mm_slli_epi32(sums, 7));
+            _mm256_add_epi32(s, total)
+        }
+        Q5_0 => {
+            let mut half = [_mm256_setzero_si256(); 2];
+            for (g, ug) in u.iter().enumerate() {
+                let p = _mm256_maddubs_epi16(*ug, bcast(g));
+                half[g / 4] = _mm256_add_epi16(half[g / 4], p);
+            }
+            _mm256_add_epi32(
+                _mm256_madd_epi16(half[0], ones),
+                _mm256_madd_epi16(half[1], ones),
+            )
+        }
+        _ => {
+            let mut s = _mm256_setzero_si256();
+            for (g, ug) in u.iter().enumerate() {
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*ug, bcast(g)));
+            }
+            _mm256_madd_epi16(s, ones)
+        }
+    }
+}
+
+/// [`panel_dot`] with AVX2: the same per-block steps for each row, so the same results.
+#[inline(always)]
+unsafe fn panel_dot_avx2<const F: u8, const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8]; NR],
+) -> [[f32; PANEL]; NR] {
+    let pbb = format(F).panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let mut out = [[0f32; PANEL]; NR];
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+            let bias = match F {
+                Q4_1 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i)),
+                Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+                _ => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
+            };
+            let u = unpack_avx2::<F>(p, h);
+            for j in 0..NR {
+                let a = x[j].get_unchecked(b);
+                let s = _mm256_cvtepi32_ps(dot_groups_avx2::<F>(&u, a.qs.as_ptr()));
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                acc[j] = _mm256_fmadd_ps(s, scale, acc[j]);
+                acc[j] = _mm256_fmadd_ps(bias, _mm256_set1_ps(a.s), acc[j]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+        }
+    }
+    out
+}
