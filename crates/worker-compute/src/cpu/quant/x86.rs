@@ -194,18 +194,11 @@ pub fn avx2_kernels() -> Option<Kernels> {
     set(GgmlType::Q8_0, VecDot::Q8(vec_dot_q8_0));
     set(GgmlType::Q4_K, VecDot::Q8K(vec_dot_q4_k));
     set(GgmlType::Q6_K, VecDot::Q8K(vec_dot_q6_k));
-    // The 32-element types' matmuls run on weights repacked into panels.
+    // The matmuls of the types with a panel layout run on repacked weights.
     for ty in SUPPORTED_TYPES {
         if let (Some(s), Some(format)) = (k.for_type(ty).copied(), PanelFormat::of(ty)) {
-            if let Some(panel) = super::x86_panel::kernels_avx2(format) {
-                k.set(
-                    ty,
-                    TypeKernels {
-                        panel: Some(panel),
-                        ..s
-                    },
-                );
-            }
+            let panel = Some(super::x86_panel::kernels_avx2(format));
+            k.set(ty, TypeKernels { panel, ..s });
         }
     }
     Some(k)

@@ -298,34 +298,34 @@ unsafe fn store<const NR: usize>(acc: [__m512; NR]) -> [[f32; PANEL]; NR] {
 // AVX2: the same sums, eight rows per 256-bit vector (the panel's two halves one after the
 // other), `vpmaddubsw` + `vpmaddwd` in place of `vpdpbusd`.
 
-/// The AVX2 panel kernels of `format`, for the 32-element types (`None` for the others). The
-/// caller must have detected AVX2, FMA and F16C.
-pub(super) fn kernels_avx2(format: PanelFormat) -> Option<PanelKernels> {
+/// The AVX2 panel kernels of `format`. The caller must have detected AVX2, FMA and F16C.
+pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
     let dots = match format {
         PanelFormat::Q4_0 => PanelDots::Q8(dot2_q4_0, dot2_q4_0_many),
         PanelFormat::Q4_1 => PanelDots::Q8(dot2_q4_1, dot2_q4_1_many),
         PanelFormat::Q5_0 => PanelDots::Q8(dot2_q5_0, dot2_q5_0_many),
         PanelFormat::Q8_0 => PanelDots::Q8(dot2_q8_0, dot2_q8_0_many),
-        PanelFormat::Q4K | PanelFormat::Q6K => return None,
+        PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
+        PanelFormat::Q6K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
     };
-    Some(PanelKernels { format, dots })
+    PanelKernels { format, dots }
 }
 
 macro_rules! panel_kernels_avx2 {
-    ($($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $f:expr;)*) => {$(
+    ($($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $imp(w: &[u8], x: [&[BlockQ8]; 1]) -> [[f32; PANEL]; 1] {
-            panel_dot_avx2::<{ $f }, 1>(w, x)
+        unsafe fn $imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
+            $body::<$($g)* 1>(w, x)
         }
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $imp_many(w: &[u8], x: [&[BlockQ8]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
-            panel_dot_avx2::<{ $f }, PANEL_BATCH>(w, x)
+        unsafe fn $imp_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
+            $body::<$($g)* PANEL_BATCH>(w, x)
         }
-        fn $dot(w: &[u8], x: &[BlockQ8]) -> [f32; PANEL] {
+        fn $dot(w: &[u8], x: &[$a]) -> [f32; PANEL] {
             // SAFETY: only reachable through `kernels_avx2`, whose caller detected the features.
             unsafe { $imp(w, [x])[0] }
         }
-        fn $dot_many(w: &[u8], x: [&[BlockQ8]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
+        fn $dot_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
             // SAFETY: as above.
             unsafe { $imp_many(w, x) }
         }
@@ -333,10 +333,12 @@ macro_rules! panel_kernels_avx2 {
 }
 
 panel_kernels_avx2! {
-    dot2_q4_0, dot2_q4_0_many, dot2_q4_0_avx2, dot2_q4_0_many_avx2, Q4_0;
-    dot2_q4_1, dot2_q4_1_many, dot2_q4_1_avx2, dot2_q4_1_many_avx2, Q4_1;
-    dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, Q5_0;
-    dot2_q8_0, dot2_q8_0_many, dot2_q8_0_avx2, dot2_q8_0_many_avx2, Q8_0;
+    dot2_q4_0, dot2_q4_0_many, dot2_q4_0_avx2, dot2_q4_0_many_avx2, panel_dot_avx2 [Q4_0,], BlockQ8;
+    dot2_q4_1, dot2_q4_1_many, dot2_q4_1_avx2, dot2_q4_1_many_avx2, panel_dot_avx2 [Q4_1,], BlockQ8;
+    dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, panel_dot_avx2 [Q5_0,], BlockQ8;
+    dot2_q8_0, dot2_q8_0_many, dot2_q8_0_avx2, dot2_q8_0_many_avx2, panel_dot_avx2 [Q8_0,], BlockQ8;
+    dot2_q4_k, dot2_q4_k_many, dot2_q4_k_avx2, dot2_q4_k_many_avx2, panel_dot_q4_k_avx2 [], BlockQ8K;
+    dot2_q6_k, dot2_q6_k_many, dot2_q6_k_avx2, dot2_q6_k_many_avx2, panel_dot_q6_k_avx2 [], BlockQ8K;
 }
 
 /// The eight vectors of unsigned quants of half `h` (rows `8h..8h+8`) of panel block `p`.
@@ -459,6 +461,182 @@ unsafe fn panel_dot_avx2<const F: u8, const NR: usize>(
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
                 acc[j] = _mm256_fmadd_ps(s, scale, acc[j]);
                 acc[j] = _mm256_fmadd_ps(bias, _mm256_set1_ps(a.s), acc[j]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+        }
+    }
+    out
+}
+
+/// A vector whose 32-bit lanes hold 16-bit lane `t` (0 or 1) of `pairs` twice, so that
+/// `vpmaddwd` with it multiplies both halves of another lane by that one value.
+#[inline(always)]
+unsafe fn repeat_half(pairs: __m256i, t: usize) -> __m256i {
+    let pattern = if t == 0 {
+        _mm256_setr_epi8(
+            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9,
+            12, 13, 12, 13,
+        )
+    } else {
+        _mm256_setr_epi8(
+            2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10, 11,
+            10, 11, 14, 15, 14, 15,
+        )
+    };
+    _mm256_shuffle_epi8(pairs, pattern)
+}
+
+/// [`panel_dot_q4_k`] with AVX2, eight rows at a time: the same integer sums (a sub-block's
+/// eight `vpmaddubsw` add up in 16 bits: 8 x 15 x 127 x 2 < 2^15; `vpmaddwd` with the scale
+/// repeated in both halves applies it), the same f32 steps.
+#[inline(always)]
+unsafe fn panel_dot_q4_k_avx2<const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8K]; NR],
+) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::Q4K;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let low = _mm256_set1_epi8(0x0F);
+    let mut out = [[0f32; PANEL]; NR];
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset() + 32 * h);
+            let mut tot = [_mm256_setzero_si256(); NR];
+            for j in 0..8 {
+                let (k, t) = (j / 2, j % 2);
+                let mut u = [_mm256_setzero_si256(); 8];
+                for (g, v) in u.iter_mut().enumerate() {
+                    let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
+                    let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
+                    *v = _mm256_and_si256(c, low);
+                }
+                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    p.add(64 + 16 * j + 8 * h) as *const __m128i
+                ));
+                let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+                for r in 0..NR {
+                    let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
+                    let mut s16 = _mm256_setzero_si256();
+                    for (g, ug) in u.iter().enumerate() {
+                        let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*ug, xb));
+                    }
+                    tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16, sc));
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
+            let m: [__m256i; 4] = std::array::from_fn(|k| {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                    p.add(192 + 32 * k + 16 * h) as *const __m128i
+                ))
+            });
+            for r in 0..NR {
+                let a = x[r].get_unchecked(b);
+                let mut mins = _mm256_setzero_si256();
+                for (k, mk) in m.iter().enumerate() {
+                    let bs = &a.bsums[4 * k..4 * k + 4];
+                    let pair =
+                        (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
+                    let pr = _mm256_set1_epi32(pair as i32);
+                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, pr));
+                }
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+                let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+        }
+    }
+    out
+}
+
+/// [`panel_dot_q6_k`] with AVX2, eight rows at a time: the same integer sums (two groups'
+/// `vpmaddubsw` add up in 16 bits: 2 x 63 x 127 x 2 < 2^15), the same f32 steps.
+#[inline(always)]
+unsafe fn panel_dot_q6_k_avx2<const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8K]; NR],
+) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::Q6K;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
+    let mut out = [[0f32; PANEL]; NR];
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset() + 32 * h);
+            let high = p.add(fmt.quants_offset() + 2048 + 32 * h);
+            // Scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
+            let pair = |k: usize| {
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    p.add(32 + 32 * k + 16 * h) as *const __m128i
+                ))
+            };
+            let mut tot = [_mm256_setzero_si256(); NR];
+            for k in 0..8 {
+                let v = pair(k);
+                for r in 0..NR {
+                    let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
+                    let bs = _mm256_set1_epi32(std::ptr::read_unaligned(bs));
+                    tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(v, bs));
+                }
+            }
+            for t in tot.iter_mut() {
+                *t = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(*t, 5));
+            }
+            for s in 0..8 {
+                let mut u = [_mm256_setzero_si256(); 8];
+                for gi in 0..4 {
+                    let c = 4 * s + gi;
+                    let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
+                    let hb = _mm256_loadu_si256(high.add(64 * (c % 16)) as *const __m256i);
+                    let (h_lo, h_hi) = if c < 16 {
+                        (_mm256_slli_epi16(hb, 4), hb)
+                    } else {
+                        (_mm256_slli_epi16(hb, 2), _mm256_srli_epi16(hb, 2))
+                    };
+                    u[gi] = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(h_lo, two));
+                    let v_hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    u[4 + gi] = _mm256_or_si256(v_hi, _mm256_and_si256(h_hi, two));
+                }
+                let sc_lo = repeat_half(pair(s / 2), s % 2);
+                let sc_hi = repeat_half(pair((s + 8) / 2), s % 2);
+                for r in 0..NR {
+                    let a = x[r].get_unchecked(b).qs.as_ptr();
+                    for (half, (base, sc)) in [(16 * s, sc_lo), (128 + 16 * s, sc_hi)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let ai = a.add(base) as *const i32;
+                        let m = |gi: usize| {
+                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(ai.add(gi)));
+                            _mm256_maddubs_epi16(u[4 * half + gi], xb)
+                        };
+                        let s01 = _mm256_add_epi16(m(0), m(1));
+                        let s23 = _mm256_add_epi16(m(2), m(3));
+                        let prod = _mm256_add_epi32(
+                            _mm256_madd_epi16(s01, sc),
+                            _mm256_madd_epi16(s23, sc),
+                        );
+                        tot[r] = _mm256_add_epi32(tot[r], prod);
+                    }
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+            for r in 0..NR {
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
             }
         }
         for (o, a) in out.iter_mut().zip(acc) {
