@@ -69,9 +69,6 @@ fn simd_tables() -> Vec<Kernels> {
         use worker_compute::cpu::quant::x86;
         v.extend(x86::avx2_kernels());
         v.extend(x86::avx512_kernels());
-        if std::is_x86_feature_detected!("avx512vnni") {
-            v.extend(x86::avx512_kernels_without_vnni());
-        }
     }
     assert!(
         !v.is_empty() || !cfg!(target_arch = "x86_64") || !std::is_x86_feature_detected!("avx2"),
@@ -278,108 +275,6 @@ fn dequantizers_match_worker_gguf() {
             }
         }
     }
-}
-
-/// The four-row kernels (prefill) against four scalar dot products, for every type that has
-/// one.
-#[test]
-fn four_row_vec_dots_match_scalar() {
-    let mut rng = Rng::new();
-    let scalar = Kernels::scalar();
-    let mut checked = 0;
-    for simd in simd_tables() {
-        for ty in SUPPORTED_TYPES {
-            let Some(f4) = simd.for_type(ty).and_then(|k| k.vec_dot_q8_x4) else {
-                continue;
-            };
-            let VecDot::Q8(f) = scalar.for_type(ty).unwrap().vec_dot else {
-                panic!("{ty}: a four-row kernel for a type without Q8 activations");
-            };
-            for n in [32, 96, 576, 1536] {
-                let w = random_row(&mut rng, ty, n);
-                let rows: Vec<Vec<BlockQ8>> = (0..4)
-                    .map(|_| {
-                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
-                        let mut q = vec![BlockQ8::default(); n / 32];
-                        generic::quantize_row_q8(&x, &mut q);
-                        q
-                    })
-                    .collect();
-                let got = f4(&w, [&rows[0], &rows[1], &rows[2], &rows[3]]);
-                let VecDot::Q8(one_row) = simd.for_type(ty).unwrap().vec_dot else {
-                    panic!("{ty}: the table's one-row kernel takes no Q8 activations");
-                };
-                for (r, g) in rows.iter().zip(got) {
-                    let want = f(&w, r);
-                    assert!(
-                        (g - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "{:?} {ty} x4 n={n}: {g} vs scalar {want}",
-                        simd.isa
-                    );
-                    // Bit-identical to the same table's one-row kernel: a row's logits must
-                    // not depend on how many sequences share the batch.
-                    assert_eq!(
-                        g.to_bits(),
-                        one_row(&w, r).to_bits(),
-                        "{:?} {ty} x4 n={n}: four-row and one-row kernels round differently",
-                        simd.isa
-                    );
-                }
-                checked += 1;
-            }
-        }
-    }
-    assert!(checked > 0 || simd_tables().is_empty());
-}
-
-/// The k-quant four-row kernels (prefill) against four scalar dot products, and bit-identical
-/// to the same table's one-row kernel.
-#[test]
-fn four_row_k_quant_vec_dots_match_scalar() {
-    let mut rng = Rng::new();
-    let scalar = Kernels::scalar();
-    let mut checked = 0;
-    for simd in simd_tables() {
-        for ty in SUPPORTED_TYPES {
-            let Some(f4) = simd.for_type(ty).and_then(|k| k.vec_dot_q8k_x4) else {
-                continue;
-            };
-            let VecDot::Q8K(f) = scalar.for_type(ty).unwrap().vec_dot else {
-                panic!("{ty}: a k-quant four-row kernel for a type without Q8K activations");
-            };
-            let VecDot::Q8K(one_row) = simd.for_type(ty).unwrap().vec_dot else {
-                panic!("{ty}: the table's one-row kernel takes no Q8K activations");
-            };
-            for n in [256, 1024, 4864] {
-                let w = random_row(&mut rng, ty, n);
-                let rows: Vec<Vec<BlockQ8K>> = (0..4)
-                    .map(|_| {
-                        let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
-                        let mut q = vec![BlockQ8K::default(); n / 256];
-                        generic::quantize_row_q8k(&x, &mut q);
-                        q
-                    })
-                    .collect();
-                let got = f4(&w, [&rows[0], &rows[1], &rows[2], &rows[3]]);
-                for (r, g) in rows.iter().zip(got) {
-                    let want = f(&w, r);
-                    assert!(
-                        (g - want).abs() <= 1e-4 * want.abs().max(1.0),
-                        "{:?} {ty} x4 n={n}: {g} vs scalar {want}",
-                        simd.isa
-                    );
-                    assert_eq!(
-                        g.to_bits(),
-                        one_row(&w, r).to_bits(),
-                        "{:?} {ty} x4 n={n}: four-row and one-row kernels round differently",
-                        simd.isa
-                    );
-                }
-                checked += 1;
-            }
-        }
-    }
-    assert!(checked > 0 || simd_tables().is_empty());
 }
 
 /// The unsigned quants and the bias of GGUF block `b` (see `quant::panel`): what a panel

@@ -1025,7 +1025,8 @@ impl CpuBackend {
         })
     }
 
-    /// A matmul with the row kernels (a weight not in panels), one pool job.
+    /// A matmul with the row kernels (a weight not in panels: a type without a panel layout,
+    /// or a table without panel kernels), one pool job.
     fn matmul_rows(
         &self,
         wt: &Weight,
@@ -1037,37 +1038,9 @@ impl CpuBackend {
     ) -> Result<()> {
         let (k, n, mode) = (wt.cols, wt.rows, wt.kernels.vec_dot);
         let next = AtomicUsize::new(0);
-        let (x4, xk4) = (wt.kernels.vec_dot_q8_x4, wt.kernels.vec_dot_q8k_x4);
         let job = || {
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {
-                let mut r = 0;
-                // Four activation rows per weight row where the table has a four-row kernel.
-                let mut four = |f4: &dyn Fn(&[u8], usize) -> [f32; 4]| {
-                    while r + 4 <= rows {
-                        for j in j0..j1 {
-                            let v = f4(wt.row(j), r);
-                            for (i, vi) in v.iter().enumerate() {
-                                // SAFETY: element (r + i, j) belongs to this chunk only, and
-                                // r + i < rows <= the output's row capacity.
-                                let o = unsafe { optr.slice((r + i) * n + j, 1) };
-                                o[0] = *vi;
-                            }
-                        }
-                        r += 4;
-                    }
-                };
-                match (mode, x4, xk4) {
-                    (VecDot::Q8(_), Some(f4), _) => {
-                        let nb = k / QK;
-                        four(&|w, r| f4(w, [0, 1, 2, 3].map(|i| &q8[(r + i) * nb..][..nb])));
-                    }
-                    (VecDot::Q8K(_), _, Some(f4)) => {
-                        let nb = k / QK_K;
-                        four(&|w, r| f4(w, [0, 1, 2, 3].map(|i| &q8k[(r + i) * nb..][..nb])));
-                    }
-                    _ => {}
-                }
-                for r in r..rows {
+                for r in 0..rows {
                     // SAFETY: row r, columns j0..j1 of the output belong to this chunk only,
                     // and r < rows <= the output's row capacity (checked above).
                     let orow = unsafe { optr.slice(r * n + j0, j1 - j0) };

@@ -71,15 +71,6 @@ pub enum VecDot {
     Q8K(fn(&[u8], &[BlockQ8K]) -> f32),
 }
 
-/// One weight row against four [`BlockQ8`] activation rows at once (prefill): the weight
-/// block is unpacked once for the four rows. Must equal four [`VecDot::Q8`] calls up to
-/// the order of f32 sums.
-pub type VecDotQ8x4 = fn(&[u8], [&[BlockQ8]; 4]) -> [f32; 4];
-
-/// One weight row against four [`BlockQ8K`] activation rows at once (k-quant prefill), with
-/// the same bit-identity to [`VecDot::Q8K`] as [`VecDotQ8x4`].
-pub type VecDotQ8Kx4 = fn(&[u8], [&[BlockQ8K]; 4]) -> [f32; 4];
-
 /// One panel of sixteen weight rows ([`panel`] layout) against one activation row (`A`:
 /// [`BlockQ8`] or [`BlockQ8K`]): the sixteen dot products.
 pub type PanelDot<A> = fn(&[u8], &[A]) -> [f32; panel::PANEL];
@@ -117,10 +108,6 @@ pub type Attend = fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], &mut Vec<f3
 pub struct TypeKernels {
     /// Dot product with a quantized (or f32) activation row.
     pub vec_dot: VecDot,
-    /// The four-row variant, where a SIMD table has one (32-element types only).
-    pub vec_dot_q8_x4: Option<VecDotQ8x4>,
-    /// The four-row variant for the k-quants, where a SIMD table has one.
-    pub vec_dot_q8k_x4: Option<VecDotQ8Kx4>,
     /// Row dequantization (embeddings, the f32-activation reference path).
     pub dequantize_row: fn(&[u8], &mut [f32]),
     /// Where the table has them: kernels for weights repacked into panels, used instead of
@@ -135,7 +122,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 (F, BW, VL) where a kernel has a 512-bit version, AVX2 elsewhere.
+    /// AVX-512 F/BW/VL/DQ with VNNI: the 512-bit panel kernels, AVX2 elsewhere.
     Avx512,
 }
 
@@ -184,8 +171,6 @@ impl Kernels {
         let tk = |vec_dot, dequantize_row| {
             Some(TypeKernels {
                 vec_dot,
-                vec_dot_q8_x4: None,
-                vec_dot_q8k_x4: None,
                 dequantize_row,
                 panel: None,
             })
