@@ -38,18 +38,20 @@ const fn format(f: u8) -> PanelFormat {
     }
 }
 
+/// Defines, per kernel body, the `target_feature` functions for one and [`PANEL_BATCH`] rows
+/// and their safe wrappers, which only the tables built after detecting `$features` reach.
 macro_rules! panel_kernels {
-    ($($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+    ($features:literal; $($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
+        #[target_feature(enable = $features)]
         unsafe fn $imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
             $body::<$($g)* 1>(w, x)
         }
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+        #[target_feature(enable = $features)]
         unsafe fn $imp_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
             $body::<$($g)* PANEL_BATCH>(w, x)
         }
         fn $dot(w: &[u8], x: &[$a]) -> [f32; PANEL] {
-            // SAFETY: only reachable through `kernels`, whose caller detected the features.
+            // SAFETY: only reachable through a table whose builder detected the features.
             unsafe { $imp(w, [x])[0] }
         }
         fn $dot_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
@@ -60,6 +62,7 @@ macro_rules! panel_kernels {
 }
 
 panel_kernels! {
+    "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c";
     dot_q4_0, dot_q4_0_many, dot_q4_0_avx512, dot_q4_0_many_avx512, panel_dot [Q4_0,], BlockQ8;
     dot_q4_1, dot_q4_1_many, dot_q4_1_avx512, dot_q4_1_many_avx512, panel_dot [Q4_1,], BlockQ8;
     dot_q5_0, dot_q5_0_many, dot_q5_0_avx512, dot_q5_0_many_avx512, panel_dot [Q5_0,], BlockQ8;
@@ -311,28 +314,8 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
     PanelKernels { format, dots }
 }
 
-macro_rules! panel_kernels_avx2 {
-    ($($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
-            $body::<$($g)* 1>(w, x)
-        }
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $imp_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
-            $body::<$($g)* PANEL_BATCH>(w, x)
-        }
-        fn $dot(w: &[u8], x: &[$a]) -> [f32; PANEL] {
-            // SAFETY: only reachable through `kernels_avx2`, whose caller detected the features.
-            unsafe { $imp(w, [x])[0] }
-        }
-        fn $dot_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
-            // SAFETY: as above.
-            unsafe { $imp_many(w, x) }
-        }
-    )*};
-}
-
-panel_kernels_avx2! {
+panel_kernels! {
+    "avx2,fma,f16c";
     dot2_q4_0, dot2_q4_0_many, dot2_q4_0_avx2, dot2_q4_0_many_avx2, panel_dot_avx2 [Q4_0,], BlockQ8;
     dot2_q4_1, dot2_q4_1_many, dot2_q4_1_avx2, dot2_q4_1_many_avx2, panel_dot_avx2 [Q4_1,], BlockQ8;
     dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, panel_dot_avx2 [Q5_0,], BlockQ8;
