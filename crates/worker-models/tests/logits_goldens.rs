@@ -6,103 +6,18 @@
 //! Thresholds are the measured numbers (see `BOUNDS`) with headroom, so a regression in any
 //! kernel, the rope layout or the attention shows up.
 
-use serde_json::Value;
+#[path = "support/logits.rs"]
+mod logits;
+
+use logits::{golden, Stats};
 use worker_compute::{Activations, CpuBackend, CpuConfig, KernelChoice};
 use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, SequenceBatch};
 
-struct Stats {
-    max_abs: f32,
-    min_cos: f64,
-    top1_agree: usize,
-    positions: usize,
-}
-
-fn golden(name: &str) -> Value {
-    let path = format!(
-        "{}/../../tests/golden/logits/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn compare(model: &str, golden_name: &str, config: CpuConfig) -> Stats {
-    let g = golden(golden_name);
+    let g = golden("logits", golden_name);
     let file = GgufFile::open(worker_testdata::model(model)).unwrap();
-    let mut backend = CpuBackend::new(config);
-    let prompts = g["prompts"].as_array().unwrap();
-    let longest = prompts
-        .iter()
-        .map(|p| p["ids"].as_array().unwrap().len())
-        .max()
-        .unwrap();
-    let opts = LoadOptions {
-        max_batch: longest,
-        max_logit_rows: longest,
-        slots: 1,
-        max_positions: 64,
-    };
-    let mut m = load(&file, &mut backend, opts).unwrap();
-    let vocab = m.hparams().vocab_size as usize;
-    assert_eq!(vocab as u64, g["n_vocab"].as_u64().unwrap());
-    let stride = g["subsample_stride"].as_u64().unwrap() as usize;
-    let mut st = Stats {
-        max_abs: 0.0,
-        min_cos: 1.0,
-        top1_agree: 0,
-        positions: 0,
-    };
-    for p in prompts {
-        let ids = u32s(&p["ids"]);
-        let batch = SequenceBatch::new(&ids, 0, 0, true);
-        let mut logits = vec![0f32; ids.len() * vocab];
-        m.forward(&mut backend, &batch.batch(), &mut logits)
-            .unwrap();
-        for (t, pos) in p["positions"].as_array().unwrap().iter().enumerate() {
-            let ours = &logits[t * vocab..(t + 1) * vocab];
-            let sub = f32s(&pos["subsample"]);
-            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-            for (j, r) in sub.iter().enumerate() {
-                let o = ours[j * stride];
-                st.max_abs = st.max_abs.max((o - r).abs());
-                dot += o as f64 * *r as f64;
-                na += o as f64 * o as f64;
-                nb += *r as f64 * *r as f64;
-            }
-            st.min_cos = st.min_cos.min(dot / (na.sqrt() * nb.sqrt()));
-            let top = u32s(&pos["top_ids"]);
-            for (id, r) in top.iter().zip(f32s(&pos["top_logits"])) {
-                st.max_abs = st.max_abs.max((ours[*id as usize] - r).abs());
-            }
-            let argmax = ours
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0;
-            st.top1_agree += usize::from(argmax as u32 == top[0]);
-            st.positions += 1;
-        }
-    }
+    let st = logits::compare(&file, config, &g);
     eprintln!(
         "{model} {:?}/{:?}: max abs err {:.4}, min cosine {:.6}, top-1 agreement {}/{}",
         config.kernels, config.activations, st.max_abs, st.min_cos, st.top1_agree, st.positions
@@ -238,13 +153,6 @@ fn smollm2_greedy_predicts_paris() {
     let batch = SequenceBatch::new(&ids, 0, 0, false);
     m.forward(&mut backend, &batch.batch(), &mut logits)
         .unwrap();
-    let next = logits
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0;
+    let next = logits::argmax(&logits);
     assert_eq!(vocab[next], "ĠParis", "predicted token {next}");
 }

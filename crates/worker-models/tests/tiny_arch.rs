@@ -8,8 +8,8 @@ mod support;
 
 use std::sync::OnceLock;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::logits::{self, golden, Stats};
 use support::tiny_arch::{tiny_model, vocab_name, Edit, D};
 use worker_compute::{Activations, CpuBackend, CpuConfig, KernelChoice};
 use worker_gguf::GgufFile;
@@ -28,40 +28,8 @@ fn model_bytes(arch: &str) -> Vec<u8> {
         .clone()
 }
 
-fn golden(name: &str) -> Value {
-    let path = format!(
-        "{}/../../tests/golden/tiny/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-struct Stats {
-    max_abs: f32,
-    min_cos: f64,
-    top1_agree: usize,
-    positions: usize,
-}
-
 fn compare(arch: &str, golden_name: &str, config: CpuConfig) -> Stats {
-    let g = golden(golden_name);
+    let g = golden("tiny", golden_name);
     let bytes = model_bytes(arch);
     let sha: String = Sha256::digest(&bytes)
         .iter()
@@ -74,62 +42,7 @@ fn compare(arch: &str, golden_name: &str, config: CpuConfig) -> Stats {
          scripts/goldens/make_tiny_model_goldens.py"
     );
     let file = GgufFile::from_bytes(bytes).unwrap();
-    let mut backend = CpuBackend::new(config);
-    let prompts = g["prompts"].as_array().unwrap();
-    let longest = prompts
-        .iter()
-        .map(|p| p["ids"].as_array().unwrap().len())
-        .max()
-        .unwrap();
-    let opts = LoadOptions {
-        max_batch: longest,
-        max_logit_rows: longest,
-        slots: 1,
-        max_positions: 64,
-    };
-    let mut m = load(&file, &mut backend, opts).unwrap();
-    let vocab = m.hparams().vocab_size as usize;
-    assert_eq!(vocab as u64, g["n_vocab"].as_u64().unwrap());
-    let stride = g["subsample_stride"].as_u64().unwrap() as usize;
-    let mut st = Stats {
-        max_abs: 0.0,
-        min_cos: 1.0,
-        top1_agree: 0,
-        positions: 0,
-    };
-    for p in prompts {
-        let ids = u32s(&p["ids"]);
-        let batch = SequenceBatch::new(&ids, 0, 0, true);
-        let mut logits = vec![0f32; ids.len() * vocab];
-        m.forward(&mut backend, &batch.batch(), &mut logits)
-            .unwrap();
-        for (t, pos) in p["positions"].as_array().unwrap().iter().enumerate() {
-            let ours = &logits[t * vocab..(t + 1) * vocab];
-            let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-            for (j, r) in f32s(&pos["subsample"]).iter().enumerate() {
-                let o = ours[j * stride];
-                st.max_abs = st.max_abs.max((o - r).abs());
-                dot += o as f64 * *r as f64;
-                na += o as f64 * o as f64;
-                nb += *r as f64 * *r as f64;
-            }
-            st.min_cos = st.min_cos.min(dot / (na.sqrt() * nb.sqrt()));
-            let top = u32s(&pos["top_ids"]);
-            for (id, r) in top.iter().zip(f32s(&pos["top_logits"])) {
-                st.max_abs = st.max_abs.max((ours[*id as usize] - r).abs());
-            }
-            let argmax = ours
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0;
-            st.top1_agree += usize::from(argmax as u32 == top[0]);
-            st.positions += 1;
-        }
-    }
+    let st = logits::compare(&file, config, &g);
     eprintln!(
         "tiny {arch} {:?}/{:?}: max abs err {:.5}, min cosine {:.7}, top-1 agreement {}/{} \
          (reference: {})",
