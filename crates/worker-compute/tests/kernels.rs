@@ -330,8 +330,17 @@ fn check_panel<A>(
     let w: Vec<Vec<u8>> = (0..PANEL).map(|_| random_row(rng, ty, n)).collect();
     let mut panel = vec![0; format.bytes(PANEL, n)];
     format.repack(n, &w.concat(), &mut panel);
+    // The last row is all +1: every activation byte 127, the largest sums a kernel can meet
+    // (an overflow of 16-bit partial sums shows there and almost never with random signs).
     let xs: Vec<Vec<A>> = (0..PANEL_BATCH)
-        .map(|_| quantize(&(0..n).map(|_| rng.f32() * 2.0).collect::<Vec<f32>>()))
+        .map(|r| {
+            let x: Vec<f32> = if r + 1 == PANEL_BATCH {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| rng.f32() * 2.0).collect()
+            };
+            quantize(&x)
+        })
         .collect();
     let many = dot_many(&panel, std::array::from_fn(|i| &xs[i][..]));
     for (x, got_many) in xs.iter().zip(many) {
@@ -418,8 +427,15 @@ fn panel_kernels_match_their_definition_and_the_scalar_dot() {
 fn k_panel_sums(ty: GgmlType, b: &[u8], a: &BlockQ8K) -> (i32, i32) {
     let x = |e: usize| a.qs[e] as i32;
     match ty {
-        GgmlType::Q4_K => {
+        GgmlType::Q4_K | GgmlType::Q5_K => {
             let s = &b[4..16];
+            // Q5_K: the high bit of element l of sub-block j is bit j of qh[l], the quants
+            // follow at 48.
+            let (qs, qh) = if ty == GgmlType::Q5_K {
+                (48, Some(&b[16..48]))
+            } else {
+                (16, None)
+            };
             let scale_min = |j: usize| -> (i32, i32) {
                 if j < 4 {
                     ((s[j] & 63) as i32, (s[j + 4] & 63) as i32)
@@ -434,9 +450,11 @@ fn k_panel_sums(ty: GgmlType, b: &[u8], a: &BlockQ8K) -> (i32, i32) {
             for j in 0..8 {
                 let (sc, m) = scale_min(j);
                 let (p, hi) = (j / 2, j % 2);
-                let dot: i32 = (0..32)
-                    .map(|l| (((b[16 + 32 * p + l] >> (4 * hi)) & 0xF) as i32) * x(32 * j + l))
-                    .sum();
+                let u = |l: usize| {
+                    let high = qh.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
+                    (((b[qs + 32 * p + l] >> (4 * hi)) & 0xF) | high) as i32
+                };
+                let dot: i32 = (0..32).map(|l| u(l) * x(32 * j + l)).sum();
                 tot += sc * dot;
                 mins += m * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
             }
@@ -486,7 +504,7 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
             let block = |b: &[u8], a: &BlockQ8K, acc: f32| {
                 let f16 = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
                 let (tot, mins) = k_panel_sums(ty, b, a);
-                if ty == GgmlType::Q4_K {
+                if ty != GgmlType::Q6_K {
                     let acc = (tot as f32).mul_add(f16(0) * a.d, acc);
                     let acc = (mins as f32).mul_add(f16(2) * -a.d, acc);
                     let size =

@@ -45,6 +45,8 @@ pub enum PanelFormat {
     Q8_0,
     /// Q4_K: 256-element super-blocks, eight sub-blocks of 32 with 6-bit scales and mins.
     Q4K,
+    /// Q5_K: Q4_K plus a high bit per element.
+    Q5K,
     /// Q6_K: 256-element super-blocks, sixteen sub-blocks of 16 with 8-bit scales.
     Q6K,
 }
@@ -58,6 +60,7 @@ impl PanelFormat {
             GgmlType::Q5_0 => Some(Self::Q5_0),
             GgmlType::Q8_0 => Some(Self::Q8_0),
             GgmlType::Q4_K => Some(Self::Q4K),
+            GgmlType::Q5_K => Some(Self::Q5K),
             GgmlType::Q6_K => Some(Self::Q6K),
             _ => None,
         }
@@ -66,7 +69,7 @@ impl PanelFormat {
     /// Elements of one block.
     pub const fn block_elems(self) -> usize {
         match self {
-            Self::Q4K | Self::Q6K => QK_K,
+            Self::Q4K | Self::Q5K | Self::Q6K => QK_K,
             _ => QK,
         }
     }
@@ -79,6 +82,7 @@ impl PanelFormat {
             Self::Q5_0 => 22,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
         }
     }
@@ -88,6 +92,7 @@ impl PanelFormat {
     pub const fn panel_block_bytes(self) -> usize {
         match self {
             Self::Q4K => Q4K_QUANTS + 2048,
+            Self::Q5K => Q5K_QUANTS + 2048,
             _ => PANEL * self.block_bytes(),
         }
     }
@@ -99,6 +104,7 @@ impl PanelFormat {
             Self::Q4_1 => 64,
             Self::Q5_0 => 96,
             Self::Q4K => Q4K_QUANTS,
+            Self::Q5K => Q5K_QUANTS,
             Self::Q6K => Q6K_QUANTS,
         }
     }
@@ -134,7 +140,8 @@ impl PanelFormat {
     /// Writes row `i`'s GGUF block `src` into panel block `dst`.
     fn repack_block(self, i: usize, src: &[u8], dst: &mut [u8]) {
         match self {
-            Self::Q4K => return q4k_to_panel(i, src, dst),
+            Self::Q4K => return q4k_to_panel(i, src, dst, false),
+            Self::Q5K => return q4k_to_panel(i, src, dst, true),
             Self::Q6K => return q6k_to_panel(i, src, dst),
             _ => {}
         }
@@ -160,7 +167,7 @@ impl PanelFormat {
                     m.copy_from_slice(&mask.to_le_bytes());
                 }
             }
-            Self::Q4_0 | Self::Q4K | Self::Q6K => {}
+            Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K => {}
         }
         for c in 0..4 {
             dst[qo + 64 * c + 4 * i..][..4].copy_from_slice(&q[4 * c..4 * c + 4]);
@@ -176,8 +183,8 @@ impl PanelFormat {
         for (b, dst) in out.chunks_exact_mut(bb).take(nb).enumerate() {
             let src = &panels[(p * nb + b) * pbb..][..pbb];
             match self {
-                Self::Q4K => {
-                    q4k_from_panel(i, src, dst);
+                Self::Q4K | Self::Q5K => {
+                    q4k_from_panel(i, src, dst, self == Self::Q5K);
                     continue;
                 }
                 Self::Q6K => {
@@ -209,7 +216,7 @@ impl PanelFormat {
                     }
                     dst[2..6].copy_from_slice(&qh.to_le_bytes());
                 }
-                Self::Q4_0 | Self::Q4K | Self::Q6K => {}
+                Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K => {}
             }
             for c in 0..4 {
                 dst[go + 4 * c..go + 4 * c + 4].copy_from_slice(&src[qo + 64 * c + 4 * i..][..4]);
@@ -226,6 +233,11 @@ const Q4K_SCALES: usize = 64;
 const Q4K_MINS: usize = 192;
 const Q4K_QUANTS: usize = 320;
 
+// Q5_K panel block: Q4_K's, with the high bits as masks between the mins and the quants:
+// mask 8s+g (u64) has bit 4i+t set when element 32s+4g+t of row i has its high bit.
+const Q5K_HIGH: usize = 320;
+const Q5K_QUANTS: usize = Q5K_HIGH + 512;
+
 // Q6_K panel block: d[16] f16 at 0, scale pairs[8][16][2] (i8) at 32, then 32 nibble chunks
 // (chunk c: low nibbles are elements 4c..4c+4, high nibbles elements 128+4c..), then 16 chunks
 // of high bit pairs (chunk h, bits 2q..2q+2 of each byte: group h+16q, i.e. elements
@@ -234,7 +246,9 @@ const Q6K_SCALES: usize = 32;
 const Q6K_QUANTS: usize = 288;
 const Q6K_HIGH: usize = Q6K_QUANTS + 2048;
 
-fn q4k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+/// Q4_K (or, with `high`, Q5_K: the high bits at GGUF offset 16, the quants at 48) to the
+/// panel layout.
+fn q4k_to_panel(i: usize, src: &[u8], dst: &mut [u8], high: bool) {
     dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
     dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[2..4]);
     for j in 0..8 {
@@ -242,12 +256,29 @@ fn q4k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
         dst[Q4K_SCALES + 16 * j + i] = sc;
         dst[Q4K_MINS + 32 * (j / 2) + 2 * i + j % 2] = m;
     }
+    let (qs, quants) = if high {
+        (48, Q5K_QUANTS)
+    } else {
+        (16, Q4K_QUANTS)
+    };
     for c in 0..32 {
-        dst[Q4K_QUANTS + 64 * c + 4 * i..][..4].copy_from_slice(&src[16 + 4 * c..20 + 4 * c]);
+        dst[quants + 64 * c + 4 * i..][..4].copy_from_slice(&src[qs + 4 * c..qs + 4 * c + 4]);
+    }
+    if high {
+        let qh = &src[16..48];
+        for s in 0..8 {
+            for g in 0..8 {
+                let bits = (0..4).fold(0u64, |b, t| b | (((qh[4 * g + t] >> s) & 1) as u64) << t);
+                let m = &mut dst[Q5K_HIGH + 8 * (8 * s + g)..][..8];
+                let mask = u64::from_le_bytes(m.try_into().expect("8 bytes")) | bits << (4 * i);
+                m.copy_from_slice(&mask.to_le_bytes());
+            }
+        }
     }
 }
 
-fn q4k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+/// The inverse of [`q4k_to_panel`].
+fn q4k_from_panel(i: usize, src: &[u8], dst: &mut [u8], high: bool) {
     dst[0..2].copy_from_slice(&src[2 * i..2 * i + 2]);
     dst[2..4].copy_from_slice(&src[32 + 2 * i..34 + 2 * i]);
     // The inverse of `scale_min_k4`: sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales)
@@ -266,8 +297,26 @@ fn q4k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
             scales[j] |= (m >> 4) << 6;
         }
     }
+    let (qs, quants) = if high {
+        (48, Q5K_QUANTS)
+    } else {
+        (16, Q4K_QUANTS)
+    };
     for c in 0..32 {
-        dst[16 + 4 * c..20 + 4 * c].copy_from_slice(&src[Q4K_QUANTS + 64 * c + 4 * i..][..4]);
+        dst[qs + 4 * c..qs + 4 * c + 4].copy_from_slice(&src[quants + 64 * c + 4 * i..][..4]);
+    }
+    if high {
+        let qh = &mut dst[16..48];
+        qh.fill(0);
+        for s in 0..8 {
+            for g in 0..8 {
+                let m = &src[Q5K_HIGH + 8 * (8 * s + g)..][..8];
+                let mask = u64::from_le_bytes(m.try_into().expect("8 bytes")) >> (4 * i);
+                for t in 0..4 {
+                    qh[4 * g + t] |= (((mask >> t) & 1) as u8) << s;
+                }
+            }
+        }
     }
 }
 
@@ -343,6 +392,7 @@ mod tests {
             PanelFormat::Q5_0,
             PanelFormat::Q8_0,
             PanelFormat::Q4K,
+            PanelFormat::Q5K,
             PanelFormat::Q6K,
         ] {
             let (rows, cols) = (37, 3 * fmt.block_elems());

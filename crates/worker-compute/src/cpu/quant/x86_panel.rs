@@ -19,6 +19,7 @@ pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q5_0 => PanelDots::Q8(dot_q5_0, dot_q5_0_many),
         PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
+        PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
         PanelFormat::Q6K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
     };
     PanelKernels { format, dots }
@@ -67,7 +68,8 @@ panel_kernels! {
     dot_q4_1, dot_q4_1_many, dot_q4_1_avx512, dot_q4_1_many_avx512, panel_dot [Q4_1,], BlockQ8;
     dot_q5_0, dot_q5_0_many, dot_q5_0_avx512, dot_q5_0_many_avx512, panel_dot [Q5_0,], BlockQ8;
     dot_q8_0, dot_q8_0_many, dot_q8_0_avx512, dot_q8_0_many_avx512, panel_dot [Q8_0,], BlockQ8;
-    dot_q4_k, dot_q4_k_many, dot_q4_k_avx512, dot_q4_k_many_avx512, panel_dot_q4_k [], BlockQ8K;
+    dot_q4_k, dot_q4_k_many, dot_q4_k_avx512, dot_q4_k_many_avx512, panel_dot_q4_k [false,], BlockQ8K;
+    dot_q5_k, dot_q5_k_many, dot_q5_k_avx512, dot_q5_k_many_avx512, panel_dot_q4_k [true,], BlockQ8K;
     dot_q6_k, dot_q6_k_many, dot_q6_k_avx512, dot_q6_k_many_avx512, panel_dot_q6_k [], BlockQ8K;
 }
 
@@ -147,12 +149,20 @@ unsafe fn dot_groups(u: &[__m512i; 8], q: *const i8) -> __m512i {
     _mm512_add_epi32(s0, s1)
 }
 
-/// Q4_K panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
-/// `tot = Σ_j sc_j · Σ u·x` over the eight sub-blocks and `mins = Σ_j m_j · Σ x`; then
+/// Q4_K (or, with `HIGH`, Q5_K: 16 added to each quant whose high bit is set) panels against
+/// `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers: `tot = Σ_j sc_j · Σ u·x`
+/// over the eight sub-blocks and `mins = Σ_j m_j · Σ x`; then
 /// `acc = fma(float(tot), d·dx, acc)` and `acc = fma(float(mins), dmin·(-dx), acc)`.
 #[inline(always)]
-unsafe fn panel_dot_q4_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::Q4K;
+unsafe fn panel_dot_q4_k<const HIGH: bool, const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8K]; NR],
+) -> [[f32; PANEL]; NR] {
+    let fmt = if HIGH {
+        PanelFormat::Q5K
+    } else {
+        PanelFormat::Q4K
+    };
     let pbb = fmt.panel_block_bytes();
     let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
     let low = _mm512_set1_epi8(0x0F);
@@ -168,6 +178,10 @@ unsafe fn panel_dot_q4_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f
                 let c = _mm512_loadu_si512(q.add(64 * (8 * k + g)) as *const _);
                 let c = if t == 0 { c } else { _mm512_srli_epi16(c, 4) };
                 *v = _mm512_and_si512(c, low);
+                if HIGH {
+                    let bits = std::ptr::read_unaligned(p.add(320 + 8 * (8 * j + g)) as *const u64);
+                    *v = _mm512_mask_add_epi8(*v, bits, *v, _mm512_set1_epi8(16));
+                }
             }
             let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(64 + 16 * j) as *const __m128i));
             for r in 0..NR {
@@ -309,6 +323,7 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q5_0 => PanelDots::Q8(dot2_q5_0, dot2_q5_0_many),
         PanelFormat::Q8_0 => PanelDots::Q8(dot2_q8_0, dot2_q8_0_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
+        PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
         PanelFormat::Q6K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
     };
     PanelKernels { format, dots }
@@ -320,7 +335,8 @@ panel_kernels! {
     dot2_q4_1, dot2_q4_1_many, dot2_q4_1_avx2, dot2_q4_1_many_avx2, panel_dot_avx2 [Q4_1,], BlockQ8;
     dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, panel_dot_avx2 [Q5_0,], BlockQ8;
     dot2_q8_0, dot2_q8_0_many, dot2_q8_0_avx2, dot2_q8_0_many_avx2, panel_dot_avx2 [Q8_0,], BlockQ8;
-    dot2_q4_k, dot2_q4_k_many, dot2_q4_k_avx2, dot2_q4_k_many_avx2, panel_dot_q4_k_avx2 [], BlockQ8K;
+    dot2_q4_k, dot2_q4_k_many, dot2_q4_k_avx2, dot2_q4_k_many_avx2, panel_dot_q4_k_avx2 [false,], BlockQ8K;
+    dot2_q5_k, dot2_q5_k_many, dot2_q5_k_avx2, dot2_q5_k_many_avx2, panel_dot_q4_k_avx2 [true,], BlockQ8K;
     dot2_q6_k, dot2_q6_k_many, dot2_q6_k_avx2, dot2_q6_k_many_avx2, panel_dot_q6_k_avx2 [], BlockQ8K;
 }
 
@@ -471,15 +487,19 @@ unsafe fn repeat_half(pairs: __m256i, t: usize) -> __m256i {
     _mm256_shuffle_epi8(pairs, pattern)
 }
 
-/// [`panel_dot_q4_k`] with AVX2, eight rows at a time: the same integer sums (a sub-block's
-/// eight `vpmaddubsw` add up in 16 bits: 8 x 15 x 127 x 2 < 2^15; `vpmaddwd` with the scale
-/// repeated in both halves applies it), the same f32 steps.
+/// [`panel_dot_q4_k`] with AVX2, eight rows at a time: the same integer sums (a Q4_K
+/// sub-block's eight `vpmaddubsw` add up in 16 bits, 8 x 15 x 127 x 2 < 2^15, Q5_K's in two
+/// fours; `vpmaddwd` with the scale repeated in both halves applies it), the same f32 steps.
 #[inline(always)]
-unsafe fn panel_dot_q4_k_avx2<const NR: usize>(
+unsafe fn panel_dot_q4_k_avx2<const HIGH: bool, const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::Q4K;
+    let fmt = if HIGH {
+        PanelFormat::Q5K
+    } else {
+        PanelFormat::Q4K
+    };
     let pbb = fmt.panel_block_bytes();
     let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
     let low = _mm256_set1_epi8(0x0F);
@@ -497,6 +517,11 @@ unsafe fn panel_dot_q4_k_avx2<const NR: usize>(
                     let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
                     let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
                     *v = _mm256_and_si256(c, low);
+                    if HIGH {
+                        let at = p.add(320 + 8 * (8 * j + g) + 4 * h) as *const u32;
+                        let hb = bytes_from_bits(std::ptr::read_unaligned(at));
+                        *v = _mm256_or_si256(*v, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
+                    }
                 }
                 let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
                     p.add(64 + 16 * j + 8 * h) as *const __m128i
@@ -504,12 +529,16 @@ unsafe fn panel_dot_q4_k_avx2<const NR: usize>(
                 let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
                 for r in 0..NR {
                     let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
-                    let mut s16 = _mm256_setzero_si256();
+                    let mut s16 = [_mm256_setzero_si256(); 2];
                     for (g, ug) in u.iter().enumerate() {
                         let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
-                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*ug, xb));
+                        let half = if HIGH { g / 4 } else { 0 };
+                        s16[half] = _mm256_add_epi16(s16[half], _mm256_maddubs_epi16(*ug, xb));
                     }
-                    tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16, sc));
+                    tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[0], sc));
+                    if HIGH {
+                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[1], sc));
+                    }
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
