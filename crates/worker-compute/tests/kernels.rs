@@ -293,13 +293,15 @@ fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
     match ty {
         GgmlType::Q4_0 => (nibbles(&b[2..18]), d, d * -8.0),
         GgmlType::Q4_1 => (nibbles(&b[4..20]), d, f16(2)),
-        GgmlType::Q5_0 => {
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            let mut u = nibbles(&b[6..22]);
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            // Q5_1: the minimum at 2 moves the high bits to 4 and the quants to 8.
+            let o = if ty == GgmlType::Q5_1 { 2 } else { 0 };
+            let qh = u32::from_le_bytes([b[2 + o], b[3 + o], b[4 + o], b[5 + o]]);
+            let mut u = nibbles(&b[6 + o..22 + o]);
             for (j, v) in u.iter_mut().enumerate() {
                 *v |= (((qh >> j) & 1) << 4) as i32;
             }
-            (u, d, d * -16.0)
+            (u, d, if o == 0 { d * -16.0 } else { f16(2) })
         }
         GgmlType::Q8_0 => (
             std::array::from_fn(|j| b[2 + j] as i8 as i32 + 128),

@@ -67,6 +67,7 @@ fn grouped_batched_and_single_row_matmuls_agree() {
         upload(&mut be, GgmlType::Q8_0, 17, cols, 5),
         upload(&mut be, GgmlType::Q4_K, 32, cols, 6),
         upload(&mut be, GgmlType::Q5_K, 33, cols, 8),
+        upload(&mut be, GgmlType::Q5_1, 20, cols, 10),
     ];
     let rows = 7;
     let xs = values(rows * cols, 7);

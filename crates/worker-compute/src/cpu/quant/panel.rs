@@ -8,8 +8,8 @@
 //! | part | bytes | content |
 //! | --- | --- | --- |
 //! | `d` | 32 | the sixteen f16 scales, row `i` at `2i` |
-//! | `m` (Q4_1) | 32 | the sixteen f16 minimums |
-//! | high bits (Q5_0) | 64 | eight u64 masks; mask `g` bit `4i+t` = high bit of row `i`, element `4g+t` |
+//! | `m` (Q4_1, Q5_1) | 32 | the sixteen f16 minimums |
+//! | high bits (Q5_0, Q5_1) | 64 | eight u64 masks; mask `g` bit `4i+t` = high bit of row `i`, element `4g+t` |
 //! | quants | 256 (4-bit) / 512 (Q8_0) | 64-byte chunks; in chunk `c`, bytes `4i..4i+4` are row `i`'s |
 //!
 //! For the 4-bit types chunk `c` holds each row's quant bytes `4c..4c+4`: their low nibbles
@@ -20,7 +20,7 @@
 //!
 //! Each kernel computes, per row and block, `acc = fma(float(Σ u·x), d·dx, acc)` then
 //! `acc = fma(bias, sx, acc)`, where `u` are the unsigned quants, `x`/`dx`/`sx` the
-//! activation block ([`super::BlockQ8`]) and `bias` is `m` (Q4_1) or `-8d`, `-16d`, `-128d`
+//! activation block ([`super::BlockQ8`]) and `bias` is `m` (Q4_1, Q5_1) or `-8d`, `-16d`, `-128d`
 //! (Q4_0, Q5_0, Q8_0: the offset that makes `u` unsigned). The order is the same for any
 //! number of activation rows, so a row's result never depends on its batch.
 
@@ -41,6 +41,8 @@ pub enum PanelFormat {
     Q4_1,
     /// Q5_0: 4-bit quants plus high-bit masks, bias `-16d`.
     Q5_0,
+    /// Q5_1: 4-bit quants plus high-bit masks, bias `m`.
+    Q5_1,
     /// Q8_0: quants plus 128 as bytes, bias `-128d`.
     Q8_0,
     /// Q4_K: 256-element super-blocks, eight sub-blocks of 32 with 6-bit scales and mins.
@@ -58,6 +60,7 @@ impl PanelFormat {
             GgmlType::Q4_0 => Some(Self::Q4_0),
             GgmlType::Q4_1 => Some(Self::Q4_1),
             GgmlType::Q5_0 => Some(Self::Q5_0),
+            GgmlType::Q5_1 => Some(Self::Q5_1),
             GgmlType::Q8_0 => Some(Self::Q8_0),
             GgmlType::Q4_K => Some(Self::Q4K),
             GgmlType::Q5_K => Some(Self::Q5K),
@@ -80,6 +83,7 @@ impl PanelFormat {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
             Self::Q5K => 176,
@@ -103,9 +107,18 @@ impl PanelFormat {
             Self::Q4_0 | Self::Q8_0 => 32,
             Self::Q4_1 => 64,
             Self::Q5_0 => 96,
+            Self::Q5_1 => 128,
             Self::Q4K => Q4K_QUANTS,
             Self::Q5K => Q5K_QUANTS,
             Self::Q6K => Q6K_QUANTS,
+        }
+    }
+
+    /// Offset of the high-bit masks in a panel block (Q5_0, Q5_1).
+    pub const fn high_offset(self) -> usize {
+        match self {
+            Self::Q5_1 => 64,
+            _ => 32,
         }
     }
 
@@ -114,7 +127,16 @@ impl PanelFormat {
         match self {
             Self::Q4_0 | Self::Q8_0 => 2,
             Self::Q4_1 => 4,
+            Self::Q5_1 => 8,
             _ => 6,
+        }
+    }
+
+    /// Offset of the high bits (a u32) in a GGUF block (Q5_0, Q5_1).
+    const fn gguf_high_offset(self) -> usize {
+        match self {
+            Self::Q5_1 => 4,
+            _ => 2,
         }
     }
 
@@ -158,10 +180,14 @@ impl PanelFormat {
                 return;
             }
             Self::Q4_1 => dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[2..4]),
-            Self::Q5_0 => {
-                let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]) as u64;
+            Self::Q5_0 | Self::Q5_1 => {
+                if self == Self::Q5_1 {
+                    dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[2..4]);
+                }
+                let h = &src[self.gguf_high_offset()..][..4];
+                let qh = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as u64;
                 for g in 0..8 {
-                    let m = &mut dst[32 + 8 * g..40 + 8 * g];
+                    let m = &mut dst[self.high_offset() + 8 * g..][..8];
                     let mut mask = u64::from_le_bytes(m.try_into().expect("8 bytes"));
                     mask |= ((qh >> (4 * g)) & 0xF) << (4 * i);
                     m.copy_from_slice(&mask.to_le_bytes());
@@ -206,15 +232,18 @@ impl PanelFormat {
                     continue;
                 }
                 Self::Q4_1 => dst[2..4].copy_from_slice(&src[32 + 2 * i..34 + 2 * i]),
-                Self::Q5_0 => {
+                Self::Q5_0 | Self::Q5_1 => {
+                    if self == Self::Q5_1 {
+                        dst[2..4].copy_from_slice(&src[32 + 2 * i..34 + 2 * i]);
+                    }
                     let mut qh = 0u32;
                     for g in 0..8 {
-                        let mask = u64::from_le_bytes(
-                            src[32 + 8 * g..40 + 8 * g].try_into().expect("8 bytes"),
-                        );
+                        let at = self.high_offset() + 8 * g;
+                        let mask = u64::from_le_bytes(src[at..at + 8].try_into().expect("8 bytes"));
                         qh |= (((mask >> (4 * i)) & 0xF) as u32) << (4 * g);
                     }
-                    dst[2..6].copy_from_slice(&qh.to_le_bytes());
+                    let at = self.gguf_high_offset();
+                    dst[at..at + 4].copy_from_slice(&qh.to_le_bytes());
                 }
                 Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K => {}
             }
@@ -390,6 +419,7 @@ mod tests {
             PanelFormat::Q4_0,
             PanelFormat::Q4_1,
             PanelFormat::Q5_0,
+            PanelFormat::Q5_1,
             PanelFormat::Q8_0,
             PanelFormat::Q4K,
             PanelFormat::Q5K,

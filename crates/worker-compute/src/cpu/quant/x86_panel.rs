@@ -17,6 +17,7 @@ pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q4_0 => PanelDots::Q8(dot_q4_0, dot_q4_0_many),
         PanelFormat::Q4_1 => PanelDots::Q8(dot_q4_1, dot_q4_1_many),
         PanelFormat::Q5_0 => PanelDots::Q8(dot_q5_0, dot_q5_0_many),
+        PanelFormat::Q5_1 => PanelDots::Q8(dot_q5_1, dot_q5_1_many),
         PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
@@ -29,12 +30,14 @@ const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
 const Q8_0: u8 = 3;
+const Q5_1: u8 = 4;
 
 const fn format(f: u8) -> PanelFormat {
     match f {
         Q4_0 => PanelFormat::Q4_0,
         Q4_1 => PanelFormat::Q4_1,
         Q5_0 => PanelFormat::Q5_0,
+        Q5_1 => PanelFormat::Q5_1,
         _ => PanelFormat::Q8_0,
     }
 }
@@ -67,6 +70,7 @@ panel_kernels! {
     dot_q4_0, dot_q4_0_many, dot_q4_0_avx512, dot_q4_0_many_avx512, panel_dot [Q4_0,], BlockQ8;
     dot_q4_1, dot_q4_1_many, dot_q4_1_avx512, dot_q4_1_many_avx512, panel_dot [Q4_1,], BlockQ8;
     dot_q5_0, dot_q5_0_many, dot_q5_0_avx512, dot_q5_0_many_avx512, panel_dot [Q5_0,], BlockQ8;
+    dot_q5_1, dot_q5_1_many, dot_q5_1_avx512, dot_q5_1_many_avx512, panel_dot [Q5_1,], BlockQ8;
     dot_q8_0, dot_q8_0_many, dot_q8_0_avx512, dot_q8_0_many_avx512, panel_dot [Q8_0,], BlockQ8;
     dot_q4_k, dot_q4_k_many, dot_q4_k_avx512, dot_q4_k_many_avx512, panel_dot_q4_k [false,], BlockQ8K;
     dot_q5_k, dot_q5_k_many, dot_q5_k_avx512, dot_q5_k_many_avx512, panel_dot_q4_k [true,], BlockQ8K;
@@ -93,10 +97,10 @@ unsafe fn unpack<const F: u8>(p: *const u8) -> [__m512i; 8] {
         u[c] = _mm512_and_si512(v, low);
         u[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
-    if F == Q5_0 {
-        let sixteen = _mm512_set1_epi8(16);
+    if F == Q5_0 || F == Q5_1 {
+        let (sixteen, high) = (_mm512_set1_epi8(16), p.add(format(F).high_offset()));
         for (g, v) in u.iter_mut().enumerate() {
-            let bits = std::ptr::read_unaligned(p.add(32 + 8 * g) as *const u64);
+            let bits = std::ptr::read_unaligned(high.add(8 * g) as *const u64);
             *v = _mm512_mask_add_epi8(*v, bits, *v, sixteen);
         }
     }
@@ -117,7 +121,7 @@ unsafe fn panel_dot<const F: u8, const NR: usize>(
         let p = w.as_ptr().add(b * pbb);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let bias = match F {
-            Q4_1 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
+            Q4_1 | Q5_1 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
             Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
             Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
             _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
@@ -321,6 +325,7 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q4_0 => PanelDots::Q8(dot2_q4_0, dot2_q4_0_many),
         PanelFormat::Q4_1 => PanelDots::Q8(dot2_q4_1, dot2_q4_1_many),
         PanelFormat::Q5_0 => PanelDots::Q8(dot2_q5_0, dot2_q5_0_many),
+        PanelFormat::Q5_1 => PanelDots::Q8(dot2_q5_1, dot2_q5_1_many),
         PanelFormat::Q8_0 => PanelDots::Q8(dot2_q8_0, dot2_q8_0_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
@@ -334,6 +339,7 @@ panel_kernels! {
     dot2_q4_0, dot2_q4_0_many, dot2_q4_0_avx2, dot2_q4_0_many_avx2, panel_dot_avx2 [Q4_0,], BlockQ8;
     dot2_q4_1, dot2_q4_1_many, dot2_q4_1_avx2, dot2_q4_1_many_avx2, panel_dot_avx2 [Q4_1,], BlockQ8;
     dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, panel_dot_avx2 [Q5_0,], BlockQ8;
+    dot2_q5_1, dot2_q5_1_many, dot2_q5_1_avx2, dot2_q5_1_many_avx2, panel_dot_avx2 [Q5_1,], BlockQ8;
     dot2_q8_0, dot2_q8_0_many, dot2_q8_0_avx2, dot2_q8_0_many_avx2, panel_dot_avx2 [Q8_0,], BlockQ8;
     dot2_q4_k, dot2_q4_k_many, dot2_q4_k_avx2, dot2_q4_k_many_avx2, panel_dot_q4_k_avx2 [false,], BlockQ8K;
     dot2_q5_k, dot2_q5_k_many, dot2_q5_k_avx2, dot2_q5_k_many_avx2, panel_dot_q4_k_avx2 [true,], BlockQ8K;
@@ -359,11 +365,11 @@ unsafe fn unpack_avx2<const F: u8>(p: *const u8, h: usize) -> [__m256i; 8] {
         u[c] = _mm256_and_si256(v, low);
         u[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
     }
-    if F == Q5_0 {
-        let bit4 = _mm256_set1_epi8(0x10);
+    if F == Q5_0 || F == Q5_1 {
+        let (bit4, high) = (_mm256_set1_epi8(0x10), p.add(format(F).high_offset()));
         for (g, v) in u.iter_mut().enumerate() {
             // Half h of mask g: rows 8h..8h+8, four bits each.
-            let bits = std::ptr::read_unaligned(p.add(32 + 8 * g + 4 * h) as *const u32);
+            let bits = std::ptr::read_unaligned(high.add(8 * g + 4 * h) as *const u32);
             *v = _mm256_or_si256(*v, _mm256_and_si256(bytes_from_bits(bits), bit4));
         }
     }
@@ -412,7 +418,7 @@ unsafe fn dot_groups_avx2<const F: u8>(u: &[__m256i; 8], q: *const i8) -> __m256
             let total = _mm256_broadcastd_epi32(_mm_slli_epi32(sums, 7));
             _mm256_add_epi32(s, total)
         }
-        Q5_0 => {
+        Q5_0 | Q5_1 => {
             let mut half = [_mm256_setzero_si256(); 2];
             for (g, ug) in u.iter().enumerate() {
                 let p = _mm256_maddubs_epi16(*ug, bcast(g));
@@ -448,7 +454,9 @@ unsafe fn panel_dot_avx2<const F: u8, const NR: usize>(
             let p = w.as_ptr().add(b * pbb);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
             let bias = match F {
-                Q4_1 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i)),
+                Q4_1 | Q5_1 => {
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i))
+                }
                 Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
                 Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
                 _ => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
