@@ -35,6 +35,9 @@ impl Rng {
 fn f16_fields(ty: GgmlType) -> &'static [usize] {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q6_K => &[208],
         _ => &[],
@@ -49,12 +52,19 @@ fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
         GgmlType::F16 => (0..n)
             .flat_map(|_| half::f16::from_f32(rng.f32()).to_le_bytes())
             .collect(),
+        GgmlType::BF16 => (0..n)
+            .flat_map(|_| half::bf16::from_f32(rng.f32()).to_le_bytes())
+            .collect(),
         _ => {
             let mut b = rng.bytes(nbytes);
             for blk in b.chunks_exact_mut(ty.type_size()) {
                 for &off in f16_fields(ty) {
                     let v = half::f16::from_f32(rng.f32() * 0.01);
                     blk[off..off + 2].copy_from_slice(&v.to_le_bytes());
+                }
+                if ty == GgmlType::MXFP4 {
+                    // The shared exponent (E8M0): scales from 2^-8 to 2^-1.
+                    blk[0] = 119 + (rng.next() % 8) as u8;
                 }
             }
             b

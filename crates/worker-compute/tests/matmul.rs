@@ -68,6 +68,10 @@ fn grouped_batched_and_single_row_matmuls_agree() {
         upload(&mut be, GgmlType::Q4_K, 32, cols, 6),
         upload(&mut be, GgmlType::Q5_K, 33, cols, 8),
         upload(&mut be, GgmlType::Q5_1, 20, cols, 10),
+        upload(&mut be, GgmlType::Q2_K, 16, cols, 11),
+        upload(&mut be, GgmlType::Q3_K, 24, cols, 12),
+        upload(&mut be, GgmlType::BF16, 8, cols, 13),
+        upload(&mut be, GgmlType::MXFP4, 9, cols, 14),
     ];
     let rows = 7;
     let xs = values(rows * cols, 7);

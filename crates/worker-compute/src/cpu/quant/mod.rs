@@ -145,8 +145,9 @@ pub struct Kernels {
     types: [Option<TypeKernels>; N_TYPES],
 }
 
-/// The weight types with kernels, in table order.
-pub const SUPPORTED_TYPES: [GgmlType; 10] = [
+/// The weight types with kernels, in table order. The last six have no kernels of their own:
+/// their rows are dequantized by worker-gguf and dotted in f32 (correct, and slow).
+pub const SUPPORTED_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::Q4_0,
@@ -157,6 +158,12 @@ pub const SUPPORTED_TYPES: [GgmlType; 10] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::BF16,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::MXFP4,
 ];
 const N_TYPES: usize = SUPPORTED_TYPES.len();
 
@@ -193,6 +200,12 @@ impl Kernels {
                 tk(VecDot::Q8K(g::vec_dot_q4_k), g::dequantize_row_q4_k),
                 tk(VecDot::Q8K(g::vec_dot_q5_k), g::dequantize_row_q5_k),
                 tk(VecDot::Q8K(g::vec_dot_q6_k), g::dequantize_row_q6_k),
+                tk(VecDot::F32(g::vec_dot_bf16), g::dequantize_row_bf16),
+                tk(VecDot::F32(g::vec_dot_q2_k), g::dequantize_row_q2_k),
+                tk(VecDot::F32(g::vec_dot_q3_k), g::dequantize_row_q3_k),
+                tk(VecDot::F32(g::vec_dot_iq4_nl), g::dequantize_row_iq4_nl),
+                tk(VecDot::F32(g::vec_dot_iq4_xs), g::dequantize_row_iq4_xs),
+                tk(VecDot::F32(g::vec_dot_mxfp4), g::dequantize_row_mxfp4),
             ],
         }
     }
