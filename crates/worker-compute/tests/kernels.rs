@@ -334,7 +334,7 @@ fn check_panel<A>(
     n: usize,
     format: worker_compute::cpu::quant::panel::PanelFormat,
     (dot, dot_many): (PanelDot<A>, PanelDotMany<A>),
-    reference: fn(&[u8], &[A]) -> f32,
+    reference: impl Fn(&[u8], &[A]) -> f32,
     quantize: impl Fn(&[f32]) -> Vec<A>,
     block: impl Fn(&[u8], &A, f32) -> (f32, f32),
 ) {
@@ -487,6 +487,26 @@ fn k_panel_sums(ty: GgmlType, b: &[u8], a: &BlockQ8K) -> (i32, i32) {
             }
             (tot, 0)
         }
+        GgmlType::Q3_K => {
+            // The Q6_K kernel's sums over Q3_K repacked: quants plus 32, scales minus 32.
+            let scale = |k: usize| {
+                let low = (b[96 + k % 8] >> (4 * (k / 8))) & 0xF;
+                (low | ((b[104 + k % 4] >> (2 * (k / 4))) & 3) << 4) as i32 - 32
+            };
+            let mut tot = 0;
+            for e in 0..256 {
+                let (n, r) = (e / 128, e % 128);
+                let (j, half, l) = (r / 32, (r % 32) / 16, r % 16);
+                let low = (b[32 + 32 * n + 16 * half + l] >> (2 * j)) & 3;
+                let high = (b[16 * half + l] >> (4 * n + j)) & 1;
+                let u = low as i32 - if high == 1 { 0 } else { 4 } + 32;
+                tot += scale(e / 16) * u * x(e);
+            }
+            for s in 0..16 {
+                tot -= 32 * scale(s) * a.bsums[s] as i32;
+            }
+            (tot, 0)
+        }
         _ => unreachable!("{ty} is not a k-quant with a panel layout"),
     }
 }
@@ -505,8 +525,18 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
             let PanelDots::Q8K(dot, dot_many) = pk.dots else {
                 continue;
             };
-            let VecDot::Q8K(reference) = scalar.for_type(ty).unwrap().vec_dot else {
-                panic!("{ty}: k-quant panel kernels for a type without Q8_K activations");
+            // The dequantized row against the activations' values (Q3_K's scalar row kernel
+            // takes f32 activations, so it cannot be the reference here).
+            let dequantize = scalar.for_type(ty).unwrap().dequantize_row;
+            let reference = |row: &[u8], x: &[BlockQ8K]| {
+                let mut w = vec![0f32; x.len() * 256];
+                dequantize(row, &mut w);
+                let pairs = w.chunks_exact(256).zip(x);
+                let dot = pairs.map(|(wb, a)| {
+                    let q = wb.iter().zip(a.qs).map(|(w, q)| *w as f64 * q as f64);
+                    q.sum::<f64>() * a.d as f64
+                });
+                dot.sum::<f64>() as f32
             };
             let quantize = |x: &[f32]| {
                 let mut q = vec![BlockQ8K::default(); x.len() / 256];
@@ -516,7 +546,10 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
             let block = |b: &[u8], a: &BlockQ8K, acc: f32| {
                 let f16 = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
                 let (tot, mins) = k_panel_sums(ty, b, a);
-                if ty != GgmlType::Q6_K {
+                if ty == GgmlType::Q3_K {
+                    let acc = (tot as f32).mul_add(f16(108) * a.d, acc);
+                    (acc, (tot as f32 * f16(108) * a.d).abs())
+                } else if ty != GgmlType::Q6_K {
                     let acc = (tot as f32).mul_add(f16(0) * a.d, acc);
                     let acc = (mins as f32).mul_add(f16(2) * -a.d, acc);
                     let size =

@@ -978,12 +978,23 @@ impl CpuBackend {
             for &(out, w) in outs {
                 weights.push((self.weight(OP, w)?, self.tensor_mut(OP, out)?));
             }
-            let needs = |f: fn(&VecDot) -> bool| weights.iter().any(|(w, _)| f(&w.kernels.vec_dot));
-            if needs(|v| matches!(v, VecDot::Q8(_))) {
+            // The activation format each weight's kernel reads: its panel kernel's if it has
+            // one (Q3_K's row kernel takes f32, its panel kernel Q8_K), else its row kernel's.
+            let format = |k: &TypeKernels| match (k.panel.map(|p| p.dots), k.vec_dot) {
+                (Some(PanelDots::Q8(..)), _) | (None, VecDot::Q8(_)) => Some(QK),
+                (Some(PanelDots::Q8K(..)), _) | (None, VecDot::Q8K(_)) => Some(QK_K),
+                (None, VecDot::F32(_)) => None,
+            };
+            let needs = |block| {
+                weights
+                    .iter()
+                    .any(|(w, _)| format(&w.kernels) == Some(block))
+            };
+            if needs(QK) {
                 let quantize = self.kernels.quantize_row_q8;
                 self.quantize_rows(xs, rows, QK, &mut q8, quantize)?;
             }
-            if needs(|v| matches!(v, VecDot::Q8K(_))) {
+            if needs(QK_K) {
                 let quantize = self.kernels.quantize_row_q8k;
                 self.quantize_rows(xs, rows, QK_K, &mut q8k, quantize)?;
             }

@@ -51,6 +51,10 @@ pub enum PanelFormat {
     Q5K,
     /// Q6_K: 256-element super-blocks, sixteen sub-blocks of 16 with 8-bit scales.
     Q6K,
+    /// Q3_K, repacked into the Q6_K layout: its 3-bit quants (-4..=3) plus 32 fit Q6_K's
+    /// unsigned 6-bit ones and its 6-bit scales minus 32 its 8-bit ones, so the Q6_K kernels
+    /// compute it exactly (at Q6_K's 210 bytes a row and block instead of 110).
+    Q3K,
 }
 
 impl PanelFormat {
@@ -65,6 +69,7 @@ impl PanelFormat {
             GgmlType::Q4_K => Some(Self::Q4K),
             GgmlType::Q5_K => Some(Self::Q5K),
             GgmlType::Q6_K => Some(Self::Q6K),
+            GgmlType::Q3_K => Some(Self::Q3K),
             _ => None,
         }
     }
@@ -72,7 +77,7 @@ impl PanelFormat {
     /// Elements of one block.
     pub const fn block_elems(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K | Self::Q6K => QK_K,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => QK_K,
             _ => QK,
         }
     }
@@ -87,6 +92,7 @@ impl PanelFormat {
             Self::Q8_0 => 34,
             Self::Q4K => 144,
             Self::Q5K => 176,
+            Self::Q3K => 110,
             Self::Q6K => 210,
         }
     }
@@ -97,6 +103,7 @@ impl PanelFormat {
         match self {
             Self::Q4K => Q4K_QUANTS + 2048,
             Self::Q5K => Q5K_QUANTS + 2048,
+            Self::Q3K => PANEL * 210,
             _ => PANEL * self.block_bytes(),
         }
     }
@@ -110,7 +117,7 @@ impl PanelFormat {
             Self::Q5_1 => 128,
             Self::Q4K => Q4K_QUANTS,
             Self::Q5K => Q5K_QUANTS,
-            Self::Q6K => Q6K_QUANTS,
+            Self::Q6K | Self::Q3K => Q6K_QUANTS,
         }
     }
 
@@ -165,6 +172,7 @@ impl PanelFormat {
             Self::Q4K => return q4k_to_panel(i, src, dst, false),
             Self::Q5K => return q4k_to_panel(i, src, dst, true),
             Self::Q6K => return q6k_to_panel(i, src, dst),
+            Self::Q3K => return q3k_to_panel(i, src, dst),
             _ => {}
         }
         dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
@@ -193,7 +201,7 @@ impl PanelFormat {
                     m.copy_from_slice(&mask.to_le_bytes());
                 }
             }
-            Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K => {}
+            Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
         }
         for c in 0..4 {
             dst[qo + 64 * c + 4 * i..][..4].copy_from_slice(&q[4 * c..4 * c + 4]);
@@ -215,6 +223,10 @@ impl PanelFormat {
                 }
                 Self::Q6K => {
                     q6k_from_panel(i, src, dst);
+                    continue;
+                }
+                Self::Q3K => {
+                    q3k_from_panel(i, src, dst);
                     continue;
                 }
                 _ => {}
@@ -245,7 +257,7 @@ impl PanelFormat {
                     let at = self.gguf_high_offset();
                     dst[at..at + 4].copy_from_slice(&qh.to_le_bytes());
                 }
-                Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K => {}
+                Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
             }
             for c in 0..4 {
                 dst[go + 4 * c..go + 4 * c + 4].copy_from_slice(&src[qo + 64 * c + 4 * i..][..4]);
@@ -370,35 +382,102 @@ const Q6K_POSITIONS: [(u8, u8, u8, u8); QK_K] = {
 };
 
 fn q6k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
-    dst[2 * i..2 * i + 2].copy_from_slice(&src[208..210]);
-    for s in 0..16 {
-        dst[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2] = src[192 + s];
+    let scales: [u8; 16] = src[192..208].try_into().expect("16 bytes");
+    let u: [u8; QK_K] = std::array::from_fn(|e| {
+        let (ql, qs, qh, hs) = Q6K_POSITIONS[e];
+        ((src[ql as usize] >> qs) & 0xF) | ((src[qh as usize] >> hs) & 3) << 4
+    });
+    write_q6k_panel(i, &src[208..210], &scales, &u, dst);
+}
+
+/// Writes row `i` of a Q6_K panel block: its f16 scale `d`, its sixteen sub-block scales (i8
+/// bits) and its 256 unsigned 6-bit quants.
+fn write_q6k_panel(i: usize, d: &[u8], scales: &[u8; 16], u: &[u8; QK_K], dst: &mut [u8]) {
+    dst[2 * i..2 * i + 2].copy_from_slice(d);
+    for (s, &sc) in scales.iter().enumerate() {
+        dst[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2] = sc;
     }
-    for (e, &(ql, qs, qh, hs)) in Q6K_POSITIONS.iter().enumerate() {
-        let low = (src[ql as usize] >> qs) & 0xF;
-        let high = (src[qh as usize] >> hs) & 3;
+    for (e, &ue) in u.iter().enumerate() {
         let (group, t) = (e / 4, e % 4);
         let (c, nib) = (group % 32, 4 * (group / 32));
-        dst[Q6K_QUANTS + 64 * c + 4 * i + t] |= low << nib;
+        dst[Q6K_QUANTS + 64 * c + 4 * i + t] |= (ue & 0xF) << nib;
         let (h, q) = (group % 16, group / 16);
-        dst[Q6K_HIGH + 64 * h + 4 * i + t] |= high << (2 * q);
+        dst[Q6K_HIGH + 64 * h + 4 * i + t] |= (ue >> 4) << (2 * q);
     }
 }
 
-fn q6k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
-    dst[208..210].copy_from_slice(&src[2 * i..2 * i + 2]);
-    for s in 0..16 {
-        dst[192 + s] = src[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2];
-    }
-    dst[..192].fill(0);
-    for (e, &(ql, qs, qh, hs)) in Q6K_POSITIONS.iter().enumerate() {
+/// Row `i` of a Q6_K panel block: (f16 scale bytes, sub-block scales, 6-bit quants).
+fn read_q6k_panel(i: usize, src: &[u8]) -> ([u8; 2], [u8; 16], [u8; QK_K]) {
+    let d = [src[2 * i], src[2 * i + 1]];
+    let scales = std::array::from_fn(|s| src[Q6K_SCALES + 32 * (s / 2) + 2 * i + s % 2]);
+    let u = std::array::from_fn(|e| {
         let (group, t) = (e / 4, e % 4);
         let (c, nib) = (group % 32, 4 * (group / 32));
         let low = (src[Q6K_QUANTS + 64 * c + 4 * i + t] >> nib) & 0xF;
         let (h, q) = (group % 16, group / 16);
-        let high = (src[Q6K_HIGH + 64 * h + 4 * i + t] >> (2 * q)) & 3;
-        dst[ql as usize] |= low << qs;
-        dst[qh as usize] |= high << hs;
+        low | ((src[Q6K_HIGH + 64 * h + 4 * i + t] >> (2 * q)) & 3) << 4
+    });
+    (d, scales, u)
+}
+
+/// GGUF Q3_K positions of element `e`: (byte of `qs`, bit shift, byte of `hmask`, bit).
+/// Block: hmask[32], qs[64], scales[12], d.
+fn q3k_position(e: usize) -> (usize, u32, usize, u32) {
+    let (n, r) = (e / 128, e % 128);
+    let (j, half, l) = (r / 32, (r % 32) / 16, r % 16);
+    (
+        32 + 32 * n + 16 * half + l,
+        2 * j as u32,
+        16 * half + l,
+        (4 * n + j) as u32,
+    )
+}
+
+/// Q3_K's sixteen 6-bit scales: low nibbles in bytes 0-7 (scale `k` in byte `k % 8`, nibble
+/// `k / 8`), high bit pairs in bytes 8-11 (byte `8 + k % 4`, pair `k / 4`).
+fn q3k_scale(scales: &[u8], k: usize) -> u8 {
+    let low = (scales[k % 8] >> (4 * (k / 8))) & 0xF;
+    low | ((scales[8 + k % 4] >> (2 * (k / 4))) & 3) << 4
+}
+
+fn q3k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    // Scales minus 32 as i8 bits; quants plus 32 (the Q6_K offset) as 6-bit values.
+    let scales = std::array::from_fn(|k| q3k_scale(&src[96..108], k).wrapping_sub(32));
+    let u = std::array::from_fn(|e| {
+        let (q, qs, h, hb) = q3k_position(e);
+        let low = (src[q] >> qs) & 3;
+        let high = (src[h] >> hb) & 1;
+        // q3 = low - (high ? 0 : 4), in -4..=3; u = q3 + 32.
+        low + 28 + 4 * high
+    });
+    write_q6k_panel(i, &src[108..110], &scales, &u, dst);
+}
+
+fn q3k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    let (d, scales, u) = read_q6k_panel(i, src);
+    dst[108..110].copy_from_slice(&d);
+    dst[..108].fill(0);
+    for (k, sc) in scales.iter().enumerate() {
+        let v = sc.wrapping_add(32);
+        dst[96 + k % 8] |= (v & 0xF) << (4 * (k / 8));
+        dst[96 + 8 + k % 4] |= (v >> 4) << (2 * (k / 4));
+    }
+    for (e, &ue) in u.iter().enumerate() {
+        let (q, qs, h, hb) = q3k_position(e);
+        let (low, high) = if ue >= 32 { (ue - 32, 1) } else { (ue - 28, 0) };
+        dst[q] |= low << qs;
+        dst[h] |= high << hb;
+    }
+}
+
+fn q6k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    let (d, scales, u) = read_q6k_panel(i, src);
+    dst[208..210].copy_from_slice(&d);
+    dst[192..208].copy_from_slice(&scales);
+    dst[..192].fill(0);
+    for (&(ql, qs, qh, hs), &ue) in Q6K_POSITIONS.iter().zip(&u) {
+        dst[ql as usize] |= (ue & 0xF) << qs;
+        dst[qh as usize] |= (ue >> 4) << hs;
     }
 }
 
@@ -424,6 +503,7 @@ mod tests {
             PanelFormat::Q4K,
             PanelFormat::Q5K,
             PanelFormat::Q6K,
+            PanelFormat::Q3K,
         ] {
             let (rows, cols) = (37, 3 * fmt.block_elems());
             let row_bytes = 3 * fmt.block_bytes();

@@ -21,7 +21,8 @@ pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
-        PanelFormat::Q6K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
+        // Q3_K is repacked into the Q6_K layout.
+        PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
     };
     PanelKernels { format, dots }
 }
@@ -329,7 +330,7 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q8_0 => PanelDots::Q8(dot2_q8_0, dot2_q8_0_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
-        PanelFormat::Q6K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
+        PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
     };
     PanelKernels { format, dots }
 }
