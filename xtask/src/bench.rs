@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use worker_common::argmax;
 use worker_compute::{CpuBackend, CpuConfig};
 use worker_models::{load, LoadOptions, SequenceBatch};
 
@@ -246,16 +247,6 @@ fn report(results: &[Measure], model: &Path, args: &Args) {
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Where `--build-llama-bench` puts the binary.

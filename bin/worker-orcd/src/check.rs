@@ -15,7 +15,9 @@ use worker_compute_cuda::WEIGHT_TYPES;
 use worker_gguf::GgmlType;
 use worker_models::{LoadOptions, SequenceBatch};
 
-use crate::{argmax, cpu_backend, load_model, open_cuda, pseudo_prompt, BackendKind, Device};
+use worker_common::argmax;
+
+use crate::{cpu_backend, load_model, open_cuda, pseudo_prompt, BackendKind, Device};
 
 /// Flags of `compare`.
 #[derive(Args)]

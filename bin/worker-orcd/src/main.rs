@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use worker_common::argmax;
 use worker_compute::{Activations, ComputeBackend, CpuBackend, CpuConfig};
 use worker_compute_cuda::{CudaBackend, CudaConfig, LaunchStats};
 use worker_gguf::GgufFile;
@@ -230,17 +231,6 @@ pub fn pseudo_prompt(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
             (s % vocab as u64) as u32
         })
         .collect()
-}
-
-/// The first index of the largest value.
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn generate(device: Device, a: &GenerateArgs) -> anyhow::Result<()> {

@@ -18,5 +18,5 @@ mod sampling_config;
 
 pub use error_code::ErrorCode;
 pub use ready::{MemoryArchitecture, ReadyCallback};
-pub use sampler::{Sampled, Sampler};
+pub use sampler::{argmax, Sampled, Sampler};
 pub use sampling_config::{SamplingConfig, SamplingError, GREEDY_TEMPERATURE};

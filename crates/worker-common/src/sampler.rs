@@ -355,8 +355,8 @@ impl Sampler {
     }
 }
 
-/// The id of the largest logit; ties go to the lowest id.
-fn argmax(logits: &[f32]) -> u32 {
+/// The id of the largest logit; ties go to the lowest id (greedy decoding).
+pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in logits.iter().enumerate() {
         if x > logits[best] {

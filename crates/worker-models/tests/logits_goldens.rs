@@ -153,6 +153,6 @@ fn smollm2_greedy_predicts_paris() {
     let batch = SequenceBatch::new(&ids, 0, 0, false);
     m.forward(&mut backend, &batch.batch(), &mut logits)
         .unwrap();
-    let next = logits::argmax(&logits);
+    let next = worker_common::argmax(&logits) as usize;
     assert_eq!(vocab[next], "ĠParis", "predicted token {next}");
 }

@@ -2,6 +2,7 @@
 //! strided subsample of the vocabulary plus the reference's top-10.
 
 use serde_json::Value;
+use worker_common::argmax;
 use worker_compute::{CpuBackend, CpuConfig};
 use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, SequenceBatch};
@@ -38,17 +39,6 @@ pub fn u32s(v: &Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
-}
-
-/// The index of the largest value (the first of equal ones).
-pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 /// Runs every prompt of golden `g` through the model of `file` on a CPU backend built from
@@ -98,7 +88,7 @@ pub fn compare(file: &GgufFile, config: CpuConfig, g: &Value) -> Stats {
             for (id, r) in top.iter().zip(f32s(&pos["top_logits"])) {
                 st.max_abs = st.max_abs.max((ours[*id as usize] - r).abs());
             }
-            st.top1_agree += usize::from(argmax(ours) as u32 == top[0]);
+            st.top1_agree += usize::from(argmax(ours) == top[0]);
             st.positions += 1;
         }
     }
