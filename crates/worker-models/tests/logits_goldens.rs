@@ -9,8 +9,8 @@
 #[path = "support/logits.rs"]
 mod logits;
 
-use logits::{golden, Stats};
-use worker_compute::{Activations, CpuBackend, CpuConfig, KernelChoice};
+use logits::{golden, Bound, Stats};
+use worker_compute::{Activations, CpuBackend, CpuConfig};
 use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, SequenceBatch};
 
@@ -46,33 +46,10 @@ fn compare(model: &str, golden_name: &str, config: CpuConfig) -> Stats {
 /// prompts, where the result even depends on the f32 summation order (scalar vs SIMD): a
 /// rounding flip in one layer's 8-bit activations propagates. Bounds: f32 1e-3; Q8 about
 /// 1.5x the worst measured error and 2-3x its cosine gap.
-struct Bound {
-    max_abs: f32,
-    min_cos: f64,
-    min_top1: usize,
-}
-
 fn check(model: &str, golden_name: &str, activations: Activations, b: Bound) {
-    for kernels in [KernelChoice::Detect, KernelChoice::Scalar] {
-        let config = CpuConfig {
-            threads: 2,
-            kernels,
-            activations,
-        };
-        let st = compare(model, golden_name, config);
-        assert!(
-            st.max_abs <= b.max_abs && st.min_cos >= b.min_cos && st.top1_agree >= b.min_top1,
-            "{model} {kernels:?}/{activations:?}: max abs {} (bound {}), min cos {} (bound \
-             {}), top-1 {}/{} (bound {})",
-            st.max_abs,
-            b.max_abs,
-            st.min_cos,
-            b.min_cos,
-            st.top1_agree,
-            st.positions,
-            b.min_top1
-        );
-    }
+    logits::check_bounds(model, activations, &b, |config| {
+        compare(model, golden_name, config)
+    });
 }
 
 #[test]

@@ -9,9 +9,9 @@ mod support;
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
-use support::logits::{self, golden, Stats};
+use support::logits::{self, golden, Bound, Stats};
 use support::tiny_arch::{tiny_model, vocab_name, Edit, D};
-use worker_compute::{Activations, CpuBackend, CpuConfig, KernelChoice};
+use worker_compute::{Activations, CpuBackend, CpuConfig};
 use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, ModelError, SequenceBatch};
 
@@ -78,33 +78,11 @@ fn compare(arch: &str, golden_name: &str, config: CpuConfig) -> Stats {
 /// graph exactly, and both paths to llama.cpp's goldens at about 1.5x the worst measured
 /// error and 4x its cosine gap. The logits of a random-weight model over 32k-50k tokens
 /// have near-ties at the top, so a 0.1 change flips a few argmaxes.
-struct Bound {
-    max_abs: f32,
-    min_cos: f64,
-    min_top1: usize,
-}
-
 fn check(arch: &str, golden_name: &str, activations: Activations, b: Bound) {
-    for kernels in [KernelChoice::Detect, KernelChoice::Scalar] {
-        let config = CpuConfig {
-            threads: 2,
-            kernels,
-            activations,
-        };
-        let st = compare(arch, golden_name, config);
-        assert!(
-            st.max_abs <= b.max_abs && st.min_cos >= b.min_cos && st.top1_agree >= b.min_top1,
-            "tiny {arch} vs {golden_name} {kernels:?}/{activations:?}: max abs {} (bound {}), \
-             min cos {} (bound {}), top-1 {}/{} (bound {})",
-            st.max_abs,
-            b.max_abs,
-            st.min_cos,
-            b.min_cos,
-            st.top1_agree,
-            st.positions,
-            b.min_top1
-        );
-    }
+    let what = format!("tiny {arch} vs {golden_name}");
+    logits::check_bounds(&what, activations, &b, |config| {
+        compare(arch, golden_name, config)
+    });
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use worker_common::argmax;
-use worker_compute::{CpuBackend, CpuConfig};
+use worker_compute::{Activations, CpuBackend, CpuConfig, KernelChoice};
 use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, SequenceBatch};
 
@@ -93,4 +93,42 @@ pub fn compare(file: &GgufFile, config: CpuConfig, g: &Value) -> Stats {
         }
     }
     st
+}
+
+/// Limits on [`Stats`]: the largest max abs error, the smallest cosine, the fewest positions
+/// whose argmax is the reference's top-1.
+pub struct Bound {
+    pub max_abs: f32,
+    pub min_cos: f64,
+    pub min_top1: usize,
+}
+
+/// Runs `compare` with the detected SIMD kernels and with the scalar ones (2 threads,
+/// `activations`) and asserts `b` on each.
+pub fn check_bounds(
+    what: &str,
+    activations: Activations,
+    b: &Bound,
+    compare: impl Fn(CpuConfig) -> Stats,
+) {
+    for kernels in [KernelChoice::Detect, KernelChoice::Scalar] {
+        let config = CpuConfig {
+            threads: 2,
+            kernels,
+            activations,
+        };
+        let st = compare(config);
+        assert!(
+            st.max_abs <= b.max_abs && st.min_cos >= b.min_cos && st.top1_agree >= b.min_top1,
+            "{what} {kernels:?}/{activations:?}: max abs {} (bound {}), min cos {} (bound {}), \
+             top-1 {}/{} (bound {})",
+            st.max_abs,
+            b.max_abs,
+            st.min_cos,
+            b.min_cos,
+            st.top1_agree,
+            st.positions,
+            b.min_top1
+        );
+    }
 }
