@@ -53,18 +53,11 @@ pub fn serve(dev: Device, s: &ServeArgs) -> anyhow::Result<()> {
         quant = card.quant_kind,
         "model loaded"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let kind = WorkerKind {
         worker_type: "cuda".into(),
         memory_architecture: MemoryArchitecture::VramOnly,
     };
-    let result = runtime.block_on(worker_http::run(s, Arc::new(engine), card, kind));
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    result?;
+    worker_http::run_blocking(s, Arc::new(engine), card, kind)?;
     tracing::info!("stopped");
     Ok(())
 }

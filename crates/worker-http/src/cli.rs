@@ -87,6 +87,23 @@ pub struct WorkerKind {
     pub memory_architecture: MemoryArchitecture,
 }
 
+/// [`run`] on a two-thread async runtime of its own, for a worker binary's `serve`: returns
+/// when the server has stopped, after giving open connections half a second to close.
+pub fn run_blocking(
+    args: &ServeArgs,
+    engine: Arc<Engine>,
+    card: ModelCard,
+    kind: WorkerKind,
+) -> Result<(), HttpError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(args, engine, card, kind));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
 /// Binds, prints `listening on http://ADDR` on stdout, sends the ready callback (if asked),
 /// then serves until SIGTERM/SIGINT. A failed callback stops the server and is returned.
 pub async fn run(

@@ -37,7 +37,7 @@ mod time;
 mod validate;
 
 pub use callback::send_ready_callback;
-pub use cli::{run, ServeArgs, WorkerKind};
+pub use cli::{run, run_blocking, ServeArgs, WorkerKind};
 pub use error::HttpError;
 pub use model::ModelCard;
 pub use routes::{shutdown_signal, Server};
