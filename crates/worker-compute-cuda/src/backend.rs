@@ -46,25 +46,6 @@ pub const WEIGHT_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::Q6_K, "q6_k"),
 ];
 
-/// The element-wise, norm, rope, attention and argmax kernels.
-const OTHER_KERNELS: &[&str] = &[
-    "add_f32",
-    "mul_f32",
-    "add_bias_f32",
-    "swiglu_f32",
-    "gelu_f32",
-    "gather_rows_f32",
-    "rms_norm_f32",
-    "add_rms_norm_f32",
-    "layer_norm_f32",
-    "rope_f32",
-    "argmax_f32",
-    "kv_store",
-    "attention_f16",
-    "attention_decode_f16",
-    "attention_combine",
-];
-
 /// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
 const MAX_HEAD_DIM: usize = 256;
 /// Activation rows per matmul block row (`MM_ROWS` in quant.cu).
@@ -254,8 +235,8 @@ impl CudaBackend {
         let mut func_ids = HashMap::new();
         for (file, ptx) in kernels::compile_all(&arch)? {
             let module = ctx.load_module(ptx).map_err(driver("module load"))?;
-            let names = kernel_names();
-            for name in names.iter().filter(|n| module_has(file, n)) {
+            let names = kernels::names();
+            for name in names.iter().filter(|n| kernels::file_of(n) == file) {
                 let f = module.load_function(name).map_err(|e| CudaError::Driver {
                     what: "kernel lookup",
                     reason: format!("{name} in {file}: {e}"),
@@ -773,33 +754,6 @@ impl CudaBackend {
         let mut args = args;
         args.push(Arg::L(n as i64));
         self.launch(op, name, grid_1d(n), &args)
-    }
-}
-
-/// Every kernel name the backend loads.
-fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
-    for (_, s) in WEIGHT_TYPES {
-        v.push(format!("embed_{s}"));
-        v.push(format!("matmul_{s}"));
-        v.push(format!("matvec_{s}"));
-        v.push(format!("matvec_glu_{s}"));
-        v.push(format!("matvec_wide_{s}"));
-        v.push(format!("matvec3_{s}"));
-    }
-    v
-}
-
-/// Which file defines a kernel.
-fn module_has(file: &str, name: &str) -> bool {
-    let quant = name.starts_with("embed_") || name.starts_with("matmul_");
-    let matvec = name.starts_with("matvec_");
-    let attention = name == "kv_store" || name.starts_with("attention_");
-    match file {
-        "quant.cu" => quant,
-        "matvec.cu" => matvec,
-        "attention.cu" => attention,
-        _ => !(quant || matvec || attention),
     }
 }
 

@@ -3,7 +3,7 @@
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 
 use crate::error::CudaError;
-use crate::loader;
+use crate::{loader, WEIGHT_TYPES};
 
 /// Helpers prepended to every kernel file (NVRTC gets no include paths).
 pub const COMMON: &str = include_str!("../kernels/common.cuh");
@@ -15,6 +15,62 @@ pub const FILES: &[(&str, &str)] = &[
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
 ];
+
+/// The element-wise, norm, rope, attention and argmax kernels.
+const OTHER_KERNELS: &[&str] = &[
+    "add_f32",
+    "mul_f32",
+    "add_bias_f32",
+    "swiglu_f32",
+    "gelu_f32",
+    "gather_rows_f32",
+    "rms_norm_f32",
+    "add_rms_norm_f32",
+    "layer_norm_f32",
+    "rope_f32",
+    "argmax_f32",
+    "kv_store",
+    "attention_f16",
+    "attention_decode_f16",
+    "attention_combine",
+];
+
+/// The kernels stamped out per weight type (`<kind>_<type suffix>`), and their file.
+const PER_TYPE_KERNELS: &[(&str, &str)] = &[
+    ("embed", "quant.cu"),
+    ("matmul", "quant.cu"),
+    ("matvec", "matvec.cu"),
+    ("matvec_glu", "matvec.cu"),
+    ("matvec_wide", "matvec.cu"),
+    ("matvec3", "matvec.cu"),
+];
+
+/// Every kernel the backend loads.
+pub fn names() -> Vec<String> {
+    let mut v: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
+    for (_, ty) in WEIGHT_TYPES {
+        v.extend(
+            PER_TYPE_KERNELS
+                .iter()
+                .map(|(kind, _)| format!("{kind}_{ty}")),
+        );
+    }
+    v
+}
+
+/// The file that defines kernel `name` (one of [`names`]).
+pub fn file_of(name: &str) -> &'static str {
+    let per_type = PER_TYPE_KERNELS.iter().find(|(kind, _)| {
+        WEIGHT_TYPES
+            .iter()
+            .any(|(_, ty)| name.strip_prefix(kind).and_then(|r| r.strip_prefix('_')) == Some(ty))
+    });
+    match per_type {
+        Some(&(_, file)) => file,
+        None if name == "kv_store" || name.starts_with("attention_") => "attention.cu",
+        None => "elementwise.cu",
+    }
+}
 
 /// The full text NVRTC compiles for one file.
 pub fn source(file_src: &str) -> String {

@@ -53,12 +53,22 @@ fn every_kernel_file_compiles() {
         );
         return;
     }
+    let names = kernels::names();
     for arch in ARCHES {
         for &(file, src) in kernels::FILES {
             match kernels::compile(file, src, arch) {
                 Ok(ptx) => {
                     let text = ptx.to_src();
-                    assert!(text.contains(".entry"), "{file}: PTX without kernels");
+                    // Every kernel the backend looks up in this file is defined there.
+                    let mut expected = 0;
+                    for name in names.iter().filter(|n| kernels::file_of(n) == file) {
+                        assert!(
+                            text.contains(&format!(".entry {name}(")),
+                            "compute_{arch}: kernel {name} is not defined in {file}"
+                        );
+                        expected += 1;
+                    }
+                    assert!(expected > 0, "{file}: the backend loads nothing from it");
                     eprintln!("{file} compute_{arch}: {} bytes of PTX", text.len());
                     // For `ptxas -v` (registers, spills) where a CUDA toolkit is at hand.
                     if let Some(dir) = std::env::var_os("WORKER_PTX_DIR") {
