@@ -14,8 +14,9 @@
 # of both models (same metadata, types and shapes); CUDA against CPU logits and
 # teacher-forced greedy tokens on a few prompts; free-running greedy tokens on both
 # backends; the decode/prefill benchmark (with kernels per decode step), the same without
-# CUDA graphs, and a per-kernel profile of a few decode steps; the same checks with the
-# experimental kernels on (reported, never failing the run). A short table comes last.
+# CUDA graphs, and a per-kernel profile of a few decode steps; the experimental paths
+# (matvec, gemm, pdl) checked and benchmarked one at a time, then compared all together
+# (reported, never failing the run). A short table comes last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${GPU_BIN:-gpu-bin}
@@ -73,21 +74,26 @@ for m in smollm2 qwen; do
     timeout 120 "$BIN/worker-orcd" bench --model "$f" --pp 512 --tg 8 --profile-steps 8 --backend cuda 2>&1 | grep -A20 "kernel profile"
 done
 
-step "experimental kernels (--cuda-experimental true): check-ops, compare, bench (info only)"
-X="$BIN/worker-orcd --cuda-experimental true"
-if timeout 120 $X check-ops > "$WORK/ops-x.txt" 2>&1; then xo=pass; else xo=FAIL; fi
-grep -v '\[PASS\]\|\[SKIP\]' "$WORK/ops-x.txt"
-xc=pass
-for m in smollm2 qwen; do
-    timeout 240 $X compare --model "$WORK/$m.gguf" --prompt-lens 1,67 --steps 16 2>/dev/null | tee -a "$WORK/cmp-x.txt" || xc=FAIL
+step "experimental paths (--cuda-experimental): check-ops and bench one at a time, compare all together (info only)"
+for x in matvec gemm pdl all; do
+    X="$BIN/worker-orcd --cuda-experimental $x"
+    if timeout 120 $X check-ops > "$WORK/ops-$x.txt" 2>&1; then xo=pass; else xo=FAIL; fi
+    grep -v '\[PASS\]\|\[SKIP\]' "$WORK/ops-$x.txt"
+    xc=""
+    if [ "$x" = all ]; then
+        xc=", compare pass"
+        for m in smollm2 qwen; do
+            timeout 240 $X compare --model "$WORK/$m.gguf" --prompt-lens 1,67 --steps 16 2>/dev/null | tee -a "$WORK/cmp-x.txt" || xc=", compare FAIL"
+        done
+    fi
+    xb=""
+    for m in smollm2 qwen; do
+        b=$(timeout 120 $X bench --model "$WORK/$m.gguf" --pp 512 --tg 128 2>&1 | tail -1)
+        echo "$x: $b"
+        xb="$xb $m $(echo "$b" | grep -o 'pp512 [0-9.]* tok/s, tg128 [0-9.]* tok/s')"
+    done
+    row "experimental $x: check-ops $xo$xc" info "$xb"
 done
-xb=""
-for m in smollm2 qwen; do
-    b=$(timeout 120 $X bench --model "$WORK/$m.gguf" --pp 512 --tg 128 2>&1 | tail -1)
-    echo "$b"
-    xb="$xb $m $(echo "$b" | grep -o 'tg128 [0-9.]* tok/s')"
-done
-row "experimental: check-ops $xo, compare $xc" info "$xb"
 
 step "serve: the HTTP worker from VRAM, one /execute stream"
 "$BIN/worker-orcd" serve --model "$WORK/smollm2.gguf" --port 0 --slots 2 > "$WORK/serve.out" 2> "$WORK/serve.err" &

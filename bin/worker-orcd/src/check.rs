@@ -205,33 +205,52 @@ fn attention_case(rng: &mut Rng, pre: usize, steps: usize) -> Case {
     })
 }
 
+/// `rows` rows of `x` times the `n` x `k` weight `w` of type `ty`.
+fn matmul_case(ty: GgmlType, n: usize, k: usize, rows: usize, w: Vec<u8>, x: Vec<f32>) -> Case {
+    Box::new(move |be| {
+        let wid = be.upload_weight(WeightDesc {
+            name: "w",
+            ty,
+            rows: n,
+            cols: k,
+            bytes: &w,
+        })?;
+        let (xi, o) = (be.alloc_tensor(rows, k)?, be.alloc_tensor(rows, n)?);
+        be.write_rows(xi, &x)?;
+        be.matmul(o, xi, wid, rows)?;
+        let mut r = vec![0f32; rows * n];
+        be.read_rows(o, rows, &mut r)?;
+        Ok(r)
+    })
+}
+
 fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut out: Vec<(String, f64, Case)> = Vec::new();
     let (k, n) = (512usize, 96usize);
     for &(ty, name) in WEIGHT_TYPES {
         let w = weight_bytes(ty, &rng.normals(n * k, 0.5))?;
-        for rows in [1usize, 19] {
+        // 67 rows: the prefill path (with --cuda-experimental gemm, cuBLAS in TF32: products of
+        // inputs rounded to 10 mantissa bits, so a looser tolerance).
+        for rows in [1usize, 19, 67] {
             let x = rng.normals(rows * k, 1.0);
             let w = w.clone();
             out.push((
                 format!("matmul {name} rows={rows}"),
-                1e-8,
-                Box::new(move |be| {
-                    let wid = be.upload_weight(WeightDesc {
-                        name: "w",
-                        ty,
-                        rows: n,
-                        cols: k,
-                        bytes: &w,
-                    })?;
-                    let (xi, o) = (be.alloc_tensor(rows, k)?, be.alloc_tensor(rows, n)?);
-                    be.write_rows(xi, &x)?;
-                    be.matmul(o, xi, wid, rows)?;
-                    let mut r = vec![0f32; rows * n];
-                    be.read_rows(o, rows, &mut r)?;
-                    Ok(r)
-                }),
+                if rows >= 32 { 1e-6 } else { 1e-8 },
+                matmul_case(ty, n, k, rows, w, x),
+            ));
+        }
+        if ty == GgmlType::Q4_0 {
+            // More weights than one dequantized tile holds (TILE_ELEMENTS), so the cuBLAS
+            // prefill multiplies the matrix in two tiles, the second a partial one.
+            let (rows, n) = (67usize, 40_000usize);
+            let w = weight_bytes(ty, &rng.normals(n * k, 0.5))?;
+            let x = rng.normals(rows * k, 1.0);
+            out.push((
+                format!("matmul {name} rows={rows} n={n}"),
+                1e-6,
+                matmul_case(ty, n, k, rows, w, x),
             ));
         }
         out.push((
@@ -413,7 +432,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
         ));
     }
     // The attention projections at one row: three mat-vecs of one input, each followed by
-    // its bias (with --cuda-experimental, one matvec3 launch with the biases folded in).
+    // its bias (with --cuda-experimental matvec, one matvec3 launch with the biases folded in).
     let d = 512usize;
     let ns = [96usize, 32, 32];
     for &(ty, name) in WEIGHT_TYPES {

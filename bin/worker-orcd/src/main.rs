@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use worker_common::argmax;
 use worker_compute::{Activations, ComputeBackend, CpuBackend, CpuConfig};
-use worker_compute_cuda::{CudaBackend, CudaConfig, LaunchStats};
+use worker_compute_cuda::{CudaBackend, CudaConfig, Experimental, LaunchStats};
 use worker_gguf::GgufFile;
 use worker_models::{load, LoadOptions, Model, SequenceBatch};
 
@@ -34,9 +34,15 @@ struct Cli {
     /// Replay repeated steps as CUDA graphs (`false` launches every kernel one by one).
     #[arg(long, global = true, env = "WORKER_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
-    /// Use CUDA kernels not yet checked on a device (see `CudaConfig::experimental`).
-    #[arg(long, global = true, env = "WORKER_CUDA_EXPERIMENTAL", default_value_t = false, action = clap::ArgAction::Set)]
-    cuda_experimental: bool,
+    /// CUDA paths not yet checked on a device: `false`, `true` (all), or a list of
+    /// `matvec`, `gemm`, `pdl` (see `worker_compute_cuda::Experimental`).
+    #[arg(
+        long,
+        global = true,
+        env = "WORKER_CUDA_EXPERIMENTAL",
+        default_value = "false"
+    )]
+    cuda_experimental: Experimental,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,8 +145,8 @@ pub struct Device {
     pub ordinal: usize,
     /// Replay repeated steps as CUDA graphs.
     pub graphs: bool,
-    /// Use kernels not yet checked on a device.
-    pub experimental: bool,
+    /// Paths not yet checked on a device.
+    pub experimental: Experimental,
 }
 
 /// Opens the CUDA device; its error is the one-line "no CUDA device found: …".
@@ -153,11 +159,12 @@ pub fn open_cuda(dev: Device) -> anyhow::Result<CudaBackend> {
     })?;
     let (free, total) = be.vram()?;
     eprintln!(
-        "cuda device {device}: {} (compute_{}), {} MiB free of {} MiB",
+        "cuda device {device}: {} (compute_{}), {} MiB free of {} MiB, experimental: {}",
         be.device_name(),
         be.arch(),
         free >> 20,
-        total >> 20
+        total >> 20,
+        dev.experimental
     );
     Ok(be)
 }
@@ -190,7 +197,12 @@ fn open_cuda_for(
     opts: &LoadOptions,
 ) -> anyhow::Result<CudaBackend> {
     let be = open_cuda(device)?;
-    be.check_vram(required_vram(file, opts)?)?;
+    let mut required = required_vram(file, opts)?;
+    if device.experimental.gemm {
+        // At most one dequantized weight tile for the cuBLAS prefill.
+        required += worker_compute_cuda::TILE_ELEMENTS as u64 * 4;
+    }
+    be.check_vram(required)?;
     Ok(be)
 }
 

@@ -5,6 +5,7 @@
 extern "C" __global__ void kv_store(u16* kc, u16* vc, const float* k, const float* v,
                                     const u32* pos, const u32* slot, int layer, int slots,
                                     int max_pos, int kv_heads, int hd, int vhd) {
+    pdl_start();
     int r = blockIdx.x, h = blockIdx.y;
     size_t cell = (((size_t)layer * slots + slot[r]) * kv_heads + h) * max_pos + pos[r];
     const float* kr = k + (size_t)r * kv_heads * hd + (size_t)h * hd;
@@ -24,6 +25,7 @@ extern "C" __global__ void attention_f16(float* out, const float* q, const u16* 
                                          const u32* pos, const u32* slot, int heads, int kv_heads,
                                          int hd, int vhd, float scale, int layer, int slots,
                                          int max_pos) {
+    pdl_start();
     __shared__ float sm_m[ATT_WARPS], sm_s[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS * ATT_MAX_DIM];
     int r = blockIdx.x, h = blockIdx.y;
@@ -132,6 +134,7 @@ attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
                      u16* vc, const u32* pos, const u32* slot, int heads, int kv_heads, int hd,
                      int vhd, float scale, int layer, int slots, int max_pos, float* part,
                      int nsplit) {
+    pdl_start();
     __shared__ float sq[ATT_MAX_DIM], sk[ATT_MAX_DIM], sv[ATT_MAX_DIM];
     __shared__ float sm_m[AD_WARPS], sm_s[AD_WARPS];
     __shared__ float sm_acc[AD_WARPS * ATT_MAX_DIM];
@@ -257,6 +260,7 @@ attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
 // / sum_i den_i e^(m_i - M) over the splits i <= last / AD_SPAN, M the largest m_i.
 extern "C" __global__ void attention_combine(float* out, const float* part, const u32* pos,
                                              int nsplit, int vhd) {
+    pdl_start();
     int h = blockIdx.x;
     int used = min((int)pos[0] / AD_SPAN + 1, nsplit);
     const float* p = part + (size_t)h * nsplit * (vhd + 2);

@@ -60,3 +60,16 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+
+// Programmatic dependent launch (sm_90+), called first by every kernel. A kernel launched with
+// programmatic stream serialization may start while the kernel before it still runs: `wait`
+// blocks until that kernel has finished and its writes are visible, so nothing the previous
+// kernel wrote is read early. `launch_dependents` then lets the next kernel's launch begin
+// while this one runs (it too waits before reading). Launched without the attribute, or on
+// older GPUs, both are no-ops.
+__device__ __forceinline__ void pdl_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}

@@ -1,22 +1,26 @@
 // Element-wise and row-wise ops on f32 activation matrices (row-major [rows, cols]).
 
 extern "C" __global__ void add_f32(float* dst, const float* src, long long n) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] += src[i];
 }
 
 extern "C" __global__ void mul_f32(float* dst, const float* src, long long n) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] *= src[i];
 }
 
 extern "C" __global__ void add_bias_f32(float* dst, const float* bias, long long n, int cols) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] += bias[i % cols];
 }
 
 // out = silu(g) * u
 extern "C" __global__ void swiglu_f32(float* out, const float* g, const float* u, long long n) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float a = g[i];
@@ -26,6 +30,7 @@ extern "C" __global__ void swiglu_f32(float* out, const float* g, const float* u
 
 // GELU, tanh approximation (ggml gelu, GPT-2 gelu_new).
 extern "C" __global__ void gelu_f32(float* x, long long n) {
+    pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         const float c = 0.7978845608f;
@@ -36,6 +41,7 @@ extern "C" __global__ void gelu_f32(float* x, long long n) {
 
 // out[r] = src[index[r]]; one block per output row.
 extern "C" __global__ void gather_rows_f32(float* out, const float* src, const u32* index, int cols) {
+    pdl_start();
     int r = blockIdx.x;
     const float* s = src + (size_t)index[r] * cols;
     float* o = out + (size_t)r * cols;
@@ -44,6 +50,7 @@ extern "C" __global__ void gather_rows_f32(float* out, const float* src, const u
 
 // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w; one block per row.
 extern "C" __global__ void rms_norm_f32(float* out, const float* x, const float* w, float eps, int cols) {
+    pdl_start();
     const float* xr = x + (size_t)blockIdx.x * cols;
     float* o = out + (size_t)blockIdx.x * cols;
     float ss = 0.0f;
@@ -56,6 +63,7 @@ extern "C" __global__ void rms_norm_f32(float* out, const float* x, const float*
 // out[r] = (x[r] - mean) / sqrt(var + eps) * w + b; one block per row.
 extern "C" __global__ void layer_norm_f32(float* out, const float* x, const float* w, const float* b,
                                           float eps, int cols) {
+    pdl_start();
     const float* xr = x + (size_t)blockIdx.x * cols;
     float* o = out + (size_t)blockIdx.x * cols;
     float s = 0.0f;
@@ -77,6 +85,7 @@ extern "C" __global__ void layer_norm_f32(float* out, const float* x, const floa
 extern "C" __global__ void rope_f32(float* x, const u32* pos, int cols, int head_dim, int n_rot,
                                     float base, float freq_scale, int neox, int heads, float* x2,
                                     int cols2) {
+    pdl_start();
     int r = blockIdx.x, h = blockIdx.y;
     int half = n_rot / 2;
     float* head = h < heads ? x + (size_t)r * cols + (size_t)h * head_dim
@@ -99,6 +108,7 @@ extern "C" __global__ void rope_f32(float* x, const u32* pos, int cols, int head
 // One block per row; each thread reads back only the elements it wrote.
 extern "C" __global__ void add_rms_norm_f32(float* out, float* x, const float* y, const float* w,
                                             float eps, int cols) {
+    pdl_start();
     float* xr = x + (size_t)blockIdx.x * cols;
     const float* yr = y + (size_t)blockIdx.x * cols;
     float* o = out + (size_t)blockIdx.x * cols;
@@ -115,6 +125,7 @@ extern "C" __global__ void add_rms_norm_f32(float* out, float* x, const float* y
 
 // Index of the largest value of each row (the first on ties); one block per row.
 extern "C" __global__ void argmax_f32(u32* out, const float* x, int cols) {
+    pdl_start();
     __shared__ float bv[1024];
     __shared__ int bi[1024];
     const float* xr = x + (size_t)blockIdx.x * cols;

@@ -262,7 +262,7 @@ __device__ __forceinline__ const u8* stage(const u8* start, long long bytes, u8*
 // The warp's dot products of x with rows r0 and (when two) r1 over k elements, in segments
 // of 32 chunks: lane l loads chunk l's activations once and applies them to both rows.
 #define DEFINE_MATVEC(NAME)                                                                    \
-__device__ __forceinline__ void mv_rows_##NAME(const u8* r0, const u8* r1, bool two,            \
+__device__ __forceinline__ void mv_rows_##NAME(const u8* r0, const u8* r1, bool two,           \
                                                const float* x, int k, long long row_bytes,     \
                                                int seg_bytes, u8* buf, int lane, float* d0,    \
                                                float* d1) {                                    \
@@ -293,6 +293,7 @@ __device__ __forceinline__ void mv_rows_##NAME(const u8* r0, const u8* r1, bool 
 extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
 matvec_##NAME(float* out, const float* x, const u8* w, const float* bias, int n, int k,        \
               long long row_bytes, int seg_bytes) {                                            \
+    pdl_start();                                                                               \
     __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
     int j = blockIdx.x * MV_WARPS + warp;                                                      \
@@ -307,6 +308,7 @@ matvec_##NAME(float* out, const float* x, const u8* w, const float* bias, int n,
 extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
 matvec_glu_##NAME(float* act, float* gate, float* up, const float* x, const u8* wg,            \
                   const u8* wu, int n, int k, long long row_bytes, int seg_bytes) {            \
+    pdl_start();                                                                               \
     __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
     int j = blockIdx.x * MV_WARPS + warp;                                                      \
@@ -329,6 +331,7 @@ extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                     
 matvec3_##NAME(const float* x, int k, long long row_bytes, int seg_bytes, float* o0,           \
                const u8* w0, const float* b0, int n0, float* o1, const u8* w1,                 \
                const float* b1, int n1, float* o2, const u8* w2, const float* b2, int n2) {    \
+    pdl_start();                                                                               \
     __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
     int j = blockIdx.x * MV_WARPS + warp;                                                      \
@@ -362,6 +365,7 @@ matvec3_##NAME(const float* x, int k, long long row_bytes, int seg_bytes, float*
 extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
 matvec_wide_##NAME(float* out, const float* x, const u8* w, const float* bias, int n, int k,   \
                    long long row_bytes, int seg_bytes) {                                       \
+    pdl_start();                                                                               \
     __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
     __shared__ float part[MV_WARPS];                                                           \
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \

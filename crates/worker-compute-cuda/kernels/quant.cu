@@ -100,17 +100,28 @@ __device__ __forceinline__ float dq_q6_k(const u8* row, int i) {
 // for all of them).
 #define MM_ROWS 8
 
-// out[r][j] = dot(x[r], w[j]) for r < rows, j < n. Blocks of 4 warps; warp = one output
-// column j; blockIdx.y picks a group of MM_ROWS activation rows.
+// embed: out[r] = row ids[r] of the table. dequant: out[r] = row r of w (grid: rows), the f32
+// tile the prefill's cuBLAS GEMM multiplies by. matmul: out[r][j] = dot(x[r], w[j]) for
+// r < rows, j < n; blocks of 4 warps, warp = one output column j, blockIdx.y picks a group of
+// MM_ROWS activation rows.
 #define DEFINE_TYPE(NAME)                                                                      \
 extern "C" __global__ void embed_##NAME(float* out, const u8* table, const u32* ids, int cols, \
-                                        long long row_bytes) {                                 \
+                                        long long row_bytes) {                                  \
+    pdl_start();                                                                                \
     const u8* row = table + (size_t)ids[blockIdx.x] * row_bytes;                               \
+    float* o = out + (size_t)blockIdx.x * cols;                                                 \
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = dq_##NAME(row, i);              \
+}                                                                                               \
+extern "C" __global__ void dequant_##NAME(float* out, const u8* w, int cols,                 \
+                                          long long row_bytes) {                                \
+    pdl_start();                                                                                \
+    const u8* row = w + (size_t)blockIdx.x * row_bytes;                                         \
     float* o = out + (size_t)blockIdx.x * cols;                                                 \
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = dq_##NAME(row, i);              \
 }                                                                                               \
 extern "C" __global__ void matmul_##NAME(float* out, const float* x, const u8* w, int rows,     \
                                          int n, int k, long long row_bytes) {                   \
+    pdl_start();                                                                                \
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                       \
     int j = blockIdx.x * (blockDim.x >> 5) + warp;                                              \
     int r0 = blockIdx.y * MM_ROWS;                                                              \

@@ -27,7 +27,9 @@ use worker_compute::{
 };
 use worker_gguf::GgmlType;
 
+use crate::config::{CudaConfig, Experimental};
 use crate::error::CudaError;
+use crate::gemm::{Blas, MatmulDims, GEMM_MIN_ROWS, TILE_ELEMENTS};
 use crate::queue::{Arg, Args, Launch, LaunchStats, Queue, Tag};
 use crate::{kernels, loader};
 
@@ -67,28 +69,6 @@ const AD_SPAN: usize = 128;
 /// index vectors beyond it get their own allocation.
 const INDEX_ARENA: usize = 1 << 20;
 
-/// Where the backend runs.
-#[derive(Clone, Copy, Debug)]
-pub struct CudaConfig {
-    /// CUDA device ordinal.
-    pub device: usize,
-    /// Capture repeated launch sequences (decode steps) as CUDA graphs and replay them.
-    pub graphs: bool,
-    /// Use kernels not yet checked on a device (now: the split-row mat-vec for rows longer
-    /// than 2048 elements).
-    pub experimental: bool,
-}
-
-impl Default for CudaConfig {
-    fn default() -> Self {
-        CudaConfig {
-            device: 0,
-            graphs: true,
-            experimental: false,
-        }
-    }
-}
-
 struct Tensor {
     rows: usize,
     cols: usize,
@@ -115,8 +95,8 @@ struct Weight {
     /// Stored as an f32 vector (norm weights, biases), dequantized at upload.
     vector: bool,
     /// The kernels of its storage type: embed, matmul, matvec, matvec_glu, matvec_wide,
-    /// matvec3.
-    funcs: [usize; 6],
+    /// matvec3, dequant.
+    funcs: [usize; 7],
     ptr: u64,
     _buf: CudaSlice<u8>,
 }
@@ -138,7 +118,7 @@ pub struct CudaBackend {
     func_ids: HashMap<String, usize>,
     queue: Queue,
     device: usize,
-    experimental: bool,
+    experimental: Experimental,
     arch: String,
     allocated: u64,
     tensors: Vec<Tensor>,
@@ -151,6 +131,10 @@ pub struct CudaBackend {
     caches: Vec<KvCache>,
     argmax_out: Option<(CudaSlice<u32>, u64)>,
     step_timing: Option<StepTiming>,
+    /// cuBLAS for the prefill matmul (experimental), when the library loaded.
+    blas: Option<Blas>,
+    /// The f32 tile a prefill matmul dequantizes its weights into: (buffer, address, floats).
+    gemm_tile: Option<(CudaSlice<f32>, u64, usize)>,
 }
 
 /// Events and a clock for [`CudaBackend::set_step_timing`].
@@ -245,12 +229,22 @@ impl CudaBackend {
                 funcs.push(f);
             }
         }
+        let blas = if config.experimental.gemm {
+            Blas::new(stream.clone())
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "no cuBLAS: prefill uses the matmul kernels"),
+                )
+                .ok()
+        } else {
+            None
+        };
         Ok(CudaBackend {
             ctx,
             stream,
             funcs,
             func_ids,
-            queue: Queue::new(config.graphs),
+            // Programmatic dependent launch needs sm_90.
+            queue: Queue::new(config.graphs, config.experimental.pdl && major >= 9),
             device: config.device,
             experimental: config.experimental,
             arch,
@@ -264,6 +258,8 @@ impl CudaBackend {
             caches: Vec::new(),
             argmax_out: None,
             step_timing: None,
+            blas,
+            gemm_tile: None,
         })
     }
 
@@ -662,6 +658,72 @@ impl CudaBackend {
         })
     }
 
+    /// The prefill matmul through cuBLAS (see [`crate::gemm`]): each tile of weight rows is
+    /// dequantized to f32, then multiplied into its columns of `out`. Launches queued before
+    /// are flushed first, so everything stays in order on the one stream.
+    fn matmul_gemm(&mut self, out: u64, x: u64, w: WeightId, rows: usize) -> Result<()> {
+        const OP: &str = "matmul";
+        let (wp, n, k, row_bytes, dequant) = {
+            let wt = self.weight(OP, w)?;
+            (wt.ptr, wt.rows, wt.cols, wt.row_bytes, wt.funcs[6])
+        };
+        let tile_floats = |n: usize, k: usize| (TILE_ELEMENTS / k).clamp(1, n) * k;
+        let tile_rows = tile_floats(n, k) / k;
+        if self.gemm_tile.as_ref().is_none_or(|t| t.2 < tile_rows * k) {
+            // Sized once for the largest tile of any weight uploaded so far.
+            let floats = self
+                .weights
+                .iter()
+                .filter(|w| !w.vector)
+                .map(|w| tile_floats(w.rows, w.cols))
+                .fold(tile_rows * k, usize::max);
+            self.gemm_tile = None;
+            let buf = self.alloc::<f32>("matmul weight tile", floats)?;
+            let p = self.ptr(&buf);
+            self.gemm_tile = Some((buf, p, floats));
+        }
+        let tile = self.gemm_tile.as_ref().map_or(0, |t| t.1);
+        let (rows_i, n_i, k_i) = (i32_of(OP, rows)?, i32_of(OP, n)?, i32_of(OP, k)?);
+        for start in (0..n).step_by(tile_rows) {
+            let tn = tile_rows.min(n - start);
+            let args = [
+                Arg::P(tile),
+                Arg::P(wp + (start * row_bytes) as u64),
+                Arg::I(k_i),
+                Arg::L(row_bytes as i64),
+            ];
+            self.launch_func(OP, dequant, grid(tn, 1, 256), &args, Tag::Plain)?;
+            self.flush(OP)?;
+            let Some(blas) = &self.blas else {
+                return Err(ComputeError::Unsupported {
+                    op: OP,
+                    reason: "cuBLAS is not loaded".into(),
+                });
+            };
+            self.ctx.bind_to_thread().map_err(op_err(OP))?;
+            // SAFETY: `tile` holds tn x k floats, `x` rows x k, `out` rows x n, all live
+            // allocations of this backend, used in order on the stream the handle is bound to.
+            unsafe {
+                blas.matmul_tf32(
+                    out + start as u64 * 4,
+                    x,
+                    tile,
+                    MatmulDims {
+                        rows: rows_i,
+                        n: i32_of(OP, tn)?,
+                        k: k_i,
+                        ldo: n_i,
+                    },
+                )
+            }
+            .map_err(|e| ComputeError::Unsupported {
+                op: OP,
+                reason: format!("cuBLAS error: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+
     fn tensor(&self, op: &'static str, id: TensorId) -> Result<&Tensor> {
         self.tensors
             .get(id.raw() as usize)
@@ -838,7 +900,7 @@ impl ComputeBackend for CudaBackend {
             (buf, suffix, row_bytes, false, seg)
         };
         let ptr = self.ptr(&buf);
-        let mut funcs = [0; 6];
+        let mut funcs = [0; 7];
         let kinds = [
             "embed",
             "matmul",
@@ -846,6 +908,7 @@ impl ComputeBackend for CudaBackend {
             "matvec_glu",
             "matvec_wide",
             "matvec3",
+            "dequant",
         ];
         for (f, kind) in funcs.iter_mut().zip(kinds) {
             *f = self.func_id("upload_weight", &format!("{kind}_{suffix}"))?;
@@ -1223,7 +1286,7 @@ impl ComputeBackend for CudaBackend {
         if rows == 1 && wt.cols.is_multiple_of(32) && (1..=4096).contains(&wt.seg_bytes) {
             // Decode: one warp per output row (matvec.cu).
             // Rows of more than 64 chunks (experimental): a block per row, split over warps.
-            let wide = self.experimental && wt.cols / 32 > 64;
+            let wide = self.experimental.matvec && wt.cols / 32 > 64;
             let func = wt.funcs[if wide { 4 } else { 2 }];
             let args = [
                 Arg::P(o.ptr),
@@ -1245,13 +1308,17 @@ impl ComputeBackend for CudaBackend {
                 out: o.ptr,
                 glu: wt.funcs[3],
             };
-            if self.experimental && !wide {
+            if self.experimental.matvec && !wide {
                 let funcs = wt.funcs;
                 if self.merge_matvec(&args, funcs[2], funcs[5]) {
                     return Ok(());
                 }
             }
             return self.launch_func(OP, func, dims, &args, tag);
+        }
+        if rows >= GEMM_MIN_ROWS && self.blas.is_some() {
+            let (op, xp) = (o.ptr, xt.ptr);
+            return self.matmul_gemm(op, xp, w, rows);
         }
         let blocks_y = rows.div_ceil(MM_ROWS);
         if blocks_y > 65_535 {

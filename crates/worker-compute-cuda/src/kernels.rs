@@ -39,6 +39,7 @@ const OTHER_KERNELS: &[&str] = &[
 const PER_TYPE_KERNELS: &[(&str, &str)] = &[
     ("embed", "quant.cu"),
     ("matmul", "quant.cu"),
+    ("dequant", "quant.cu"),
     ("matvec", "matvec.cu"),
     ("matvec_glu", "matvec.cu"),
     ("matvec_wide", "matvec.cu"),

@@ -27,11 +27,15 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod config;
 mod error;
+mod gemm;
 pub mod kernels;
 pub mod loader;
 mod queue;
 
-pub use backend::{CudaBackend, CudaConfig, WEIGHT_TYPES};
+pub use backend::{CudaBackend, WEIGHT_TYPES};
+pub use config::{CudaConfig, Experimental};
 pub use error::CudaError;
+pub use gemm::TILE_ELEMENTS;
 pub use queue::LaunchStats;

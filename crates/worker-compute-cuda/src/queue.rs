@@ -9,6 +9,11 @@
 //! - An op can fuse itself into the launch just before it (bias into the mat-vec, the
 //!   residual add into the next RMS norm, the k rope into the q rope), since that launch has
 //!   not run yet; see [`Tag`].
+//!
+//! With programmatic dependent launch on (experimental), every launch carries the
+//! programmatic-stream-serialization attribute, so a kernel's launch and ramp-up overlap the
+//! end of the kernel before it; each kernel waits for its predecessor before its first read
+//! (`pdl_start` in common.cuh).
 
 use std::sync::Arc;
 
@@ -144,6 +149,8 @@ struct Captured {
 pub(crate) struct Queue {
     pending: Vec<Launch>,
     graphs_enabled: bool,
+    /// Launch with programmatic stream serialization (see the module doc).
+    programmatic: bool,
     seen: Vec<(u64, Vec<Launch>)>,
     graphs: Vec<Captured>,
     profile: Option<Profile>,
@@ -167,10 +174,18 @@ fn hash_of(launches: &[Launch]) -> u64 {
     h
 }
 
-fn submit(stream: &CudaStream, funcs: &[CudaFunction], l: &Launch) -> Result<(), DriverError> {
+fn submit(
+    stream: &CudaStream,
+    funcs: &[CudaFunction],
+    l: &Launch,
+    pdl: bool,
+) -> Result<(), DriverError> {
     let Some(f) = funcs.get(l.func) else {
         return Err(DriverError(sys::cudaError_enum::CUDA_ERROR_NOT_FOUND));
     };
+    if pdl {
+        return submit_programmatic(stream, f, l);
+    }
     let mut b = stream.launch_builder(f);
     for a in l.args.as_slice() {
         match a {
@@ -192,11 +207,59 @@ fn submit(stream: &CudaStream, funcs: &[CudaFunction], l: &Launch) -> Result<(),
     unsafe { b.launch(cfg) }.map(|_| ())
 }
 
+/// Launches `l` with `cuLaunchKernelEx` and programmatic stream serialization allowed: the
+/// kernel may begin launching before the one before it on the stream has finished.
+fn submit_programmatic(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    l: &Launch,
+) -> Result<(), DriverError> {
+    let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
+    for (p, a) in params.iter_mut().zip(l.args.as_slice()) {
+        *p = match a {
+            Arg::P(v) => v as *const u64 as *mut std::ffi::c_void,
+            Arg::I(v) => v as *const i32 as *mut std::ffi::c_void,
+            Arg::L(v) => v as *const i64 as *mut std::ffi::c_void,
+            Arg::F(v) => v as *const f32 as *mut std::ffi::c_void,
+        };
+    }
+    // SAFETY: an all-zero launch attribute is valid plain data; id and value are set next.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: l.grid.0,
+        gridDimY: l.grid.1,
+        gridDimZ: l.grid.2,
+        blockDimX: l.block.0,
+        blockDimY: l.block.1,
+        blockDimZ: l.block.2,
+        sharedMemBytes: 0,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    stream.context().bind_to_thread()?;
+    // SAFETY: `params` points at one value per kernel parameter, of the C types the kernel
+    // declares (the same contract as `submit`), alive for the duration of the call, which
+    // copies them.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &cfg,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+}
+
 impl Queue {
-    pub fn new(graphs_enabled: bool) -> Self {
+    pub fn new(graphs_enabled: bool, programmatic: bool) -> Self {
         Queue {
             pending: Vec::new(),
             graphs_enabled,
+            programmatic,
             seen: Vec::new(),
             graphs: Vec::new(),
             profile: None,
@@ -273,7 +336,7 @@ impl Queue {
             return Ok(());
         };
         self.seen.remove(i);
-        match capture(stream, funcs, &launches) {
+        match capture(stream, funcs, &launches, self.programmatic) {
             Ok(graph) => {
                 graph.launch()?;
                 self.stats.graphs_captured += 1;
@@ -308,7 +371,10 @@ impl Queue {
         if self.profile.is_some() {
             return self.direct_timed(stream, funcs, launches);
         }
-        launches.iter().try_for_each(|l| submit(stream, funcs, l))
+        let pdl = self.programmatic;
+        launches
+            .iter()
+            .try_for_each(|l| submit(stream, funcs, l, pdl))
     }
 
     /// Profiling (graphs off): an event after every launch, then the stream is drained and
@@ -329,7 +395,7 @@ impl Queue {
         }
         prof.events[0].record(stream)?;
         for (i, l) in launches.iter().enumerate() {
-            submit(stream, funcs, l)?;
+            submit(stream, funcs, l, false)?;
             prof.events[i + 1].record(stream)?;
         }
         for (i, l) in launches.iter().enumerate() {
@@ -367,9 +433,12 @@ fn capture(
     stream: &Arc<CudaStream>,
     funcs: &[CudaFunction],
     launches: &[Launch],
+    pdl: bool,
 ) -> Result<CudaGraph, DriverError> {
     stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    let recorded = launches.iter().try_for_each(|l| submit(stream, funcs, l));
+    let recorded = launches
+        .iter()
+        .try_for_each(|l| submit(stream, funcs, l, pdl));
     // End the capture whatever happened, so the stream is usable again.
     let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
     recorded?;

@@ -1,0 +1,124 @@
+//! How a [`crate::CudaBackend`] is set up: the device, graphs, and which paths not yet
+//! checked on a device are on.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where the backend runs.
+#[derive(Clone, Copy, Debug)]
+pub struct CudaConfig {
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Capture repeated launch sequences (decode steps) as CUDA graphs and replay them.
+    pub graphs: bool,
+    /// Paths not yet checked on a device; all off by default.
+    pub experimental: Experimental,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        CudaConfig {
+            device: 0,
+            graphs: true,
+            experimental: Experimental::default(),
+        }
+    }
+}
+
+/// Paths written after the last device run, each switched on by name so that a device
+/// check can try them one at a time (`--cuda-experimental matvec,gemm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Experimental {
+    /// `matvec`: the split-row mat-vec for rows longer than 2048 elements, and q/k/v (and
+    /// gate/up) mat-vecs of one input merged into one launch.
+    pub matvec: bool,
+    /// `gemm`: matmuls of 32 rows or more (prefill) through cuBLAS, on weights dequantized
+    /// to f32 a tile at a time.
+    pub gemm: bool,
+    /// `pdl`: programmatic dependent launch (sm_90 and later), so a kernel's launch overlaps
+    /// the end of the one before.
+    pub pdl: bool,
+}
+
+impl Experimental {
+    /// Every experimental path.
+    pub const ALL: Experimental = Experimental {
+        matvec: true,
+        gemm: true,
+        pdl: true,
+    };
+
+    fn names(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("matvec", self.matvec),
+            ("gemm", self.gemm),
+            ("pdl", self.pdl),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+    }
+}
+
+impl FromStr for Experimental {
+    type Err = String;
+
+    /// `false`/`none` (nothing), `true`/`all` (everything), or a comma-separated list of
+    /// `matvec`, `gemm`, `pdl`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" | "false" | "none" => return Ok(Experimental::default()),
+            "true" | "all" => return Ok(Experimental::ALL),
+            _ => {}
+        }
+        let mut e = Experimental::default();
+        for name in s.split(',').map(str::trim) {
+            match name {
+                "matvec" => e.matvec = true,
+                "gemm" => e.gemm = true,
+                "pdl" => e.pdl = true,
+                other => {
+                    return Err(format!(
+                        "unknown experimental path {other:?} (expected all, none, or a list of matvec, gemm, pdl)"
+                    ))
+                }
+            }
+        }
+        Ok(e)
+    }
+}
+
+impl fmt::Display for Experimental {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.names().collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lists_and_round_trips() {
+        assert_eq!("false".parse(), Ok(Experimental::default()));
+        assert_eq!("true".parse(), Ok(Experimental::ALL));
+        let e: Experimental = "gemm, pdl".parse().unwrap();
+        assert_eq!(
+            e,
+            Experimental {
+                matvec: false,
+                gemm: true,
+                pdl: true
+            }
+        );
+        assert_eq!(e.to_string(), "gemm,pdl");
+        assert_eq!(Experimental::ALL.to_string().parse(), Ok(Experimental::ALL));
+        assert_eq!(Experimental::default().to_string(), "none");
+        let err = "gemm,fast".parse::<Experimental>().unwrap_err();
+        assert!(err.contains("\"fast\""), "{err}");
+    }
+}
