@@ -841,6 +841,10 @@ impl ComputeBackend for CudaBackend {
         "cuda"
     }
 
+    fn allocated_bytes(&self) -> Option<u64> {
+        Some(self.allocated)
+    }
+
     fn upload_weight(&mut self, d: WeightDesc<'_>) -> Result<WeightId> {
         let bad = |reason: String| ComputeError::BadWeight {
             name: d.name.to_string(),

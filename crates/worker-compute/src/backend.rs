@@ -203,6 +203,12 @@ pub trait ComputeBackend: Send {
     /// A short name for logs (`"cpu"`, `"cuda"`).
     fn name(&self) -> &'static str;
 
+    /// Device bytes this backend holds (weights, tensors, KV caches), where it counts them
+    /// exactly (the CUDA backend); `None` where memory is the host's and not tracked.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Uploads a weight once, in its storage type. An unsupported type is an error naming it.
     fn upload_weight(&mut self, desc: WeightDesc<'_>) -> Result<WeightId>;
     /// Allocates an f32 activation matrix with room for `rows` rows of `cols` columns.

@@ -46,6 +46,9 @@ pub struct EngineInfo {
     pub context: usize,
     /// Sequences generated at once.
     pub slots: usize,
+    /// Device bytes the backend holds once the model is loaded, where it counts them
+    /// ([`ComputeBackend::allocated_bytes`]).
+    pub device_bytes: Option<u64>,
 }
 
 /// The generation engine: a model, its backend and its tokenizer, driven by one thread.
@@ -100,6 +103,7 @@ impl Engine {
             vocab_size: model.hparams().vocab_size as usize,
             context: opts.max_positions,
             slots: opts.slots,
+            device_bytes: backend.allocated_bytes(),
         };
         let (commands, rx) = mpsc::channel();
         let tok = tokenizer.clone();

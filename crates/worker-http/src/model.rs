@@ -18,7 +18,8 @@ pub struct ModelCard {
     pub quant_kind: String,
     /// The GGUF tokenizer model (`gpt2`, `llama`).
     pub tokenizer_kind: String,
-    /// Bytes of weights plus the KV cache.
+    /// Bytes the model takes: what the backend allocated on its device where it counts that
+    /// (VRAM: weights, KV cache, buffers), else the weights plus an f32 KV cache.
     pub memory_bytes: u64,
     /// The chat template in the file, if any.
     pub chat_template: Option<ChatTemplate>,
@@ -49,10 +50,13 @@ impl ModelCard {
             .into_iter()
             .max_by_key(|&(name, bytes)| (bytes, name))
             .map_or_else(|| "unknown".to_string(), |(name, _)| name.to_string());
-        // The KV cache holds f32 keys and values for every layer, slot and position.
+        // The CPU KV cache holds f32 keys and values for every layer, slot and position.
         let kv = hp
             .kv_cache_entries(info.slots, info.context)
             .saturating_mul(4);
+        let memory_bytes = info
+            .device_bytes
+            .unwrap_or_else(|| weights.saturating_add(kv));
         let token_text = |key: &str| -> String {
             let Ok(id) = md.get_u32(key) else {
                 return String::new();
@@ -71,10 +75,37 @@ impl ModelCard {
                 .get_str("tokenizer.ggml.model")
                 .unwrap_or("unknown")
                 .to_string(),
-            memory_bytes: weights.saturating_add(kv),
+            memory_bytes,
             chat_template,
             bos_text: token_text("tokenizer.ggml.bos_token_id"),
             eos_text: token_text("tokenizer.ggml.eos_token_id"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_what_the_device_holds_where_the_backend_counts_it() {
+        let file = GgufFile::open(worker_testdata::model(worker_testdata::SMOLLM2)).unwrap();
+        let weights: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
+        let mut info = EngineInfo {
+            vocab_size: 49152,
+            context: 256,
+            slots: 2,
+            device_bytes: None,
+        };
+        let hp = HyperParams::from_metadata(file.metadata()).unwrap();
+        let host = ModelCard::from_gguf("m", &file, &info).unwrap();
+        assert_eq!(
+            host.memory_bytes,
+            weights + hp.kv_cache_entries(2, 256) * 4,
+            "host: weights plus an f32 KV cache"
+        );
+        info.device_bytes = Some(123_456_789);
+        let device = ModelCard::from_gguf("m", &file, &info).unwrap();
+        assert_eq!(device.memory_bytes, 123_456_789);
     }
 }
