@@ -78,11 +78,13 @@ fn ready_callback_arrives_after_the_server_answers() {
         caps.contains(&"execute") && caps.contains(&"openai"),
         "{caps:?}"
     );
-    assert_eq!(
-        w.health()["memory_bytes"],
-        payload["memory_bytes"],
-        "health and callback agree"
-    );
+    let health = w.health();
+    for key in ["memory_bytes", "memory_architecture", "worker_type"] {
+        assert_eq!(
+            health[key], payload[key],
+            "health and callback agree on {key}"
+        );
+    }
 }
 
 #[test]

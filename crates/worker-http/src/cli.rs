@@ -116,7 +116,11 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     let addr = listener.local_addr()?;
     let uri = format!("http://{addr}");
-    let server = Server::new(engine, card, args.server_config());
+    let config = ServerConfig {
+        worker: Some(kind.clone()),
+        ..args.server_config()
+    };
+    let server = Server::new(engine, card, config);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         tokio::select! {

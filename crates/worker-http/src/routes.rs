@@ -146,7 +146,7 @@ async fn not_found() -> Response {
 /// `GET /health`: 200 while serving, 503 while draining.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let draining = state.is_draining();
-    let body = json!({
+    let mut body = json!({
         "status": if draining { "draining" } else { "ok" },
         "model": state.card.id,
         "quant_kind": state.card.quant_kind,
@@ -159,6 +159,10 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "slots_total": state.info.slots,
         "queue_depth": state.queue_depth(),
     });
+    if let Some(w) = &state.config.worker {
+        body["worker_type"] = json!(w.worker_type);
+        body["memory_architecture"] = json!(w.memory_architecture.as_str());
+    }
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

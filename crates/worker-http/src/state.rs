@@ -16,6 +16,7 @@ use worker_engine::{
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome, Route};
 use crate::model::ModelCard;
+use crate::WorkerKind;
 
 /// Limits and options of the server.
 #[derive(Clone, Debug)]
@@ -32,6 +33,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// A `metrics` event goes out every this many tokens of an `/execute` stream.
     pub metrics_every: usize,
+    /// What `/health` says the worker is (type, where its memory lives), when known.
+    pub worker: Option<WorkerKind>,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +46,7 @@ impl Default for ServerConfig {
             max_queue: 64,
             body_limit: 1 << 20,
             metrics_every: 16,
+            worker: None,
         }
     }
 }
