@@ -14,9 +14,10 @@
 # of both models (same metadata, types and shapes); CUDA against CPU logits and
 # teacher-forced greedy tokens on a few prompts; free-running greedy tokens on both
 # backends; the decode/prefill benchmark (with kernels per decode step), the same without
-# CUDA graphs, and a per-kernel profile of a few decode steps; the experimental paths
-# (matvec, gemm, pdl) checked and benchmarked one at a time, then compared all together
-# (reported, never failing the run). A short table comes last.
+# CUDA graphs, and a per-kernel profile of a few decode steps; the HTTP worker streaming one
+# request; the no-GPU message; then the experimental paths (matvec, gemm, pdl) checked and
+# benchmarked one at a time and compared all together (reported, never failing the run).
+# Each result prints as a RESULT line when known, and the table of them comes last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${GPU_BIN:-gpu-bin}
@@ -24,7 +25,12 @@ WORK=${GPU_CHECK_DIR:-/tmp/gpu-check}
 mkdir -p "$WORK"
 ROWS=()
 FAILED=0
-row() { ROWS+=("$(printf '%-44s %-5s %s' "$1" "$2" "$3")"); [ "$2" = PASS ] || [ "$2" = info ] || FAILED=1; }
+# A result row: printed at once (so a run cut short still shows it) and again in the summary.
+row() {
+    ROWS+=("$(printf '%-44s %-5s %s' "$1" "$2" "$3")")
+    printf 'RESULT %s\n' "${ROWS[-1]}"
+    [ "$2" = PASS ] || [ "$2" = info ] || FAILED=1
+}
 step() { printf '\n=== %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "device"
@@ -74,6 +80,38 @@ for m in smollm2 qwen; do
     timeout 120 "$BIN/worker-orcd" bench --model "$f" --pp 512 --tg 8 --profile-steps 8 --backend cuda 2>&1 | grep -A20 "kernel profile"
 done
 
+step "serve: the HTTP worker from VRAM, one /execute stream"
+"$BIN/worker-orcd" serve --model "$WORK/smollm2.gguf" --port 0 --slots 2 > "$WORK/serve.out" 2> "$WORK/serve.err" &
+spid=$!
+url=""
+for _ in $(seq 1 100); do
+    url=$(sed -n 's/^listening on //p' "$WORK/serve.out" | head -1)
+    [ -n "$url" ] && break
+    sleep 0.2
+done
+if [ -n "$url" ]; then
+    health=$(curl -s "$url/health"); echo "$health"
+    if echo "$health" | grep -q '"memory_architecture":"vram-only"'; then ok=PASS; else ok=FAIL; fi
+    row "serve: /health says vram-only" "$ok" "$(echo "$health" | grep -o '"memory_bytes":[0-9]*')"
+    curl -sN -H 'content-type: application/json' "$url/execute" \
+        -d '{"job_id":"gpu-1","prompt":"Hello there","max_tokens":16,"temperature":0}' > "$WORK/sse.txt"
+    grep -c '^event: token' "$WORK/sse.txt" | sed 's/^/token events: /'
+    tail -3 "$WORK/sse.txt"
+    if grep -q '^event: end' "$WORK/sse.txt" && grep -q '"stop_reason"' "$WORK/sse.txt"; then ok=PASS; else ok=FAIL; fi
+    row "serve: /execute streams to an end event" "$ok" "$(grep -o '"decode_time_ms":[0-9]*' "$WORK/sse.txt")"
+else
+    cat "$WORK/serve.err"
+    row "serve: /execute streams to an end event" FAIL "did not start"
+fi
+kill -TERM "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+
+step "no-GPU message (CUDA_VISIBLE_DEVICES=)"
+msg=$(CUDA_VISIBLE_DEVICES= "$BIN/worker-orcd" generate --model "$WORK/smollm2.gguf" --prompt-len 2 --max-tokens 1 2>&1)
+rc=$?
+echo "rc=$rc: $msg"
+if [ $rc -eq 1 ] && echo "$msg" | grep -q "no CUDA device found"; then ok=PASS; else ok=FAIL; fi
+row "no device: exit 1, one line" "$ok" ""
+
 step "experimental paths (--cuda-experimental): check-ops and bench one at a time, compare all together (info only)"
 for x in matvec gemm pdl all; do
     X="$BIN/worker-orcd --cuda-experimental $x"
@@ -94,36 +132,6 @@ for x in matvec gemm pdl all; do
     done
     row "experimental $x: check-ops $xo$xc" info "$xb"
 done
-
-step "serve: the HTTP worker from VRAM, one /execute stream"
-"$BIN/worker-orcd" serve --model "$WORK/smollm2.gguf" --port 0 --slots 2 > "$WORK/serve.out" 2> "$WORK/serve.err" &
-spid=$!
-url=""
-for _ in $(seq 1 100); do
-    url=$(sed -n 's/^listening on //p' "$WORK/serve.out" | head -1)
-    [ -n "$url" ] && break
-    sleep 0.2
-done
-if [ -n "$url" ]; then
-    curl -s "$url/health"; echo
-    curl -sN -H 'content-type: application/json' "$url/execute" \
-        -d '{"job_id":"gpu-1","prompt":"Hello there","max_tokens":16,"temperature":0}' > "$WORK/sse.txt"
-    grep -c '^event: token' "$WORK/sse.txt" | sed 's/^/token events: /'
-    tail -3 "$WORK/sse.txt"
-    if grep -q '^event: end' "$WORK/sse.txt" && grep -q '"stop_reason"' "$WORK/sse.txt"; then ok=PASS; else ok=FAIL; fi
-    row "serve: /execute streams to an end event" "$ok" "$(grep -o '"decode_time_ms":[0-9]*' "$WORK/sse.txt")"
-else
-    cat "$WORK/serve.err"
-    row "serve: /execute streams to an end event" FAIL "did not start"
-fi
-kill -TERM "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
-
-step "no-GPU message (CUDA_VISIBLE_DEVICES=)"
-msg=$(CUDA_VISIBLE_DEVICES= "$BIN/worker-orcd" generate --model "$WORK/smollm2.gguf" --prompt-len 2 --max-tokens 1 2>&1)
-rc=$?
-echo "rc=$rc: $msg"
-if [ $rc -eq 1 ] && echo "$msg" | grep -q "no CUDA device found"; then ok=PASS; else ok=FAIL; fi
-row "no device: exit 1, one line" "$ok" ""
 
 printf '\n=== summary (%ss)\n' "$SECONDS"
 printf '%s\n' "${ROWS[@]}"
