@@ -151,9 +151,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// GQA attention (8 query heads over 2 kv heads): `pre` rows at once, then `steps` single
-/// rows; returns every output row.
-fn attention_case(rng: &mut Rng, pre: usize, steps: usize) -> Case {
+/// GQA attention (8 query heads over 2 kv heads): `pre` rows in chunks of `chunk` rows, then
+/// `steps` single rows; returns every output row.
+fn attention_case(rng: &mut Rng, pre: usize, chunk: usize, steps: usize) -> Case {
     let (heads, kvh, hd) = (8usize, 2usize, 64usize);
     let total = pre + steps;
     let (q, k2, v) = (
@@ -187,7 +187,8 @@ fn attention_case(rng: &mut Rng, pre: usize, steps: usize) -> Case {
         );
         let (pos, slot) = (be.alloc_index(pre)?, be.alloc_index(pre)?);
         let mut res = Vec::new();
-        let ranges = std::iter::once(0..pre).chain((pre..total).map(|t| t..t + 1));
+        let chunks = (0..pre).step_by(chunk).map(|t| t..(t + chunk).min(pre));
+        let ranges = chunks.chain((pre..total).map(|t| t..t + 1));
         for range in ranges {
             let nr = range.len();
             let positions: Vec<u32> = range.clone().map(|t| t as u32).collect();
@@ -388,12 +389,18 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
     }
     // Attention: a prefill (the batched kernels), then decode steps one row at a time (the
     // fused store + attention kernel), reading what both stored. 600 positions span more
-    // than one round of the decode kernel's warps (16 warps x 32 positions).
-    for (pre, steps) in [(6usize, 1usize), (70, 3), (600, 2)] {
+    // than one round of the decode kernel's warps (16 warps x 32 positions). The chunked
+    // prefill's second chunk starts at position 40 and reads what the first one stored.
+    for (pre, chunk, steps) in [
+        (6usize, 6usize, 1usize),
+        (70, 70, 3),
+        (70, 40, 1),
+        (600, 600, 2),
+    ] {
         out.push((
-            format!("attention gqa 8/2 prefill {pre} + decode {steps}"),
+            format!("attention gqa 8/2 prefill {pre} in chunks of {chunk} + decode {steps}"),
             1e-5,
-            attention_case(&mut rng, pre, steps),
+            attention_case(&mut rng, pre, chunk, steps),
         ));
     }
     // Decode mat-vec over rows longer than one pass of a warp's lanes, with a bias (the

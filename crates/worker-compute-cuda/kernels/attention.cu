@@ -280,3 +280,107 @@ extern "C" __global__ void attention_combine(float* out, const float* part, cons
         out[(size_t)h * vhd + d] = num / den;
     }
 }
+
+#define AP_WARPS 4
+// Query rows per warp, and per block.
+#define AP_ROWS 4
+#define AP_BLOCK_ROWS (AP_ROWS * AP_WARPS)
+// Key positions staged in shared memory at once.
+#define AP_TILE 32
+// Largest head width (keys and values) of the tiled prefill kernel.
+#define AP_MAX_DIM 128
+
+// Prefill attention (rows > 1, every row in one slot, set by the host), tiled: grid
+// (ceil(rows / AP_BLOCK_ROWS), heads), AP_WARPS warps per block. Block (b, h) takes query
+// rows r0 = b AP_BLOCK_ROWS ... r0 + AP_BLOCK_ROWS - 1 of head h, warp w the AP_ROWS of them
+// from r0 + w AP_ROWS. The block walks the cache in tiles of AP_TILE positions up to the
+// furthest position of its rows, converting each tile's keys and values to f32 in shared
+// memory once for all its rows (attention_f16 reads them once per row). Lane l scores
+// position t0 + l against each of the warp's rows (key rows padded to AP_MAX_DIM + 1 floats,
+// so the lanes' reads fall in different banks); positions past a row's own are masked; each
+// row keeps an online softmax (max, sum) and its value sums with lanes over dimensions.
+// The first tile always holds position 0, so every row's max is finite after it. Keys and
+// values this batch stores are written by kv_store before (the host launches it first).
+// Needs hd, vhd <= AP_MAX_DIM (checked by the host).
+extern "C" __global__ void __launch_bounds__(AP_WARPS * 32)
+attention_prefill_f16(float* out, const float* q, const u16* kc, const u16* vc, const u32* pos,
+                      const u32* slot, int rows, int heads, int kv_heads, int hd, int vhd,
+                      float scale, int layer, int slots, int max_pos) {
+    pdl_start();
+    __shared__ float sq[AP_BLOCK_ROWS][AP_MAX_DIM];
+    __shared__ float sk[AP_TILE][AP_MAX_DIM + 1];
+    __shared__ float sv[AP_TILE][AP_MAX_DIM];
+    __shared__ int s_last;
+    const float NEG_INF = __int_as_float(0xff800000);
+    int h = blockIdx.y, r0 = blockIdx.x * AP_BLOCK_ROWS;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int kh = h / (heads / kv_heads);
+    if (threadIdx.x == 0) s_last = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < AP_BLOCK_ROWS * hd; i += blockDim.x) {
+        int rr = i / hd, d = i - rr * hd, r = r0 + rr;
+        sq[rr][d] = r < rows ? q[(size_t)r * heads * hd + (size_t)h * hd + d] : 0.0f;
+    }
+    if (threadIdx.x < AP_BLOCK_ROWS && r0 + (int)threadIdx.x < rows)
+        atomicMax(&s_last, (int)pos[r0 + threadIdx.x]);
+    __syncthreads();
+    int last = s_last;
+    size_t base = (((size_t)layer * slots + slot[r0]) * kv_heads + kh) * max_pos;
+    int my_pos[AP_ROWS];
+    float m[AP_ROWS], s[AP_ROWS], acc[AP_ROWS][AP_MAX_DIM / 32];
+#pragma unroll
+    for (int j = 0; j < AP_ROWS; ++j) {
+        int r = r0 + warp * AP_ROWS + j;
+        my_pos[j] = r < rows ? (int)pos[r] : -1;
+        m[j] = NEG_INF;
+        s[j] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < AP_MAX_DIM / 32; ++i) acc[j][i] = 0.0f;
+    }
+    for (int t0 = 0; t0 <= last; t0 += AP_TILE) {
+        __syncthreads();  // the previous tile is no longer read
+        for (int i = threadIdx.x; i < AP_TILE * hd; i += blockDim.x) {
+            int tt = i / hd, d = i - tt * hd;
+            sk[tt][d] = t0 + tt <= last ? h2f(kc[(base + t0 + tt) * hd + d]) : 0.0f;
+        }
+        for (int i = threadIdx.x; i < AP_TILE * vhd; i += blockDim.x) {
+            int tt = i / vhd, d = i - tt * vhd;
+            sv[tt][d] = t0 + tt <= last ? h2f(vc[(base + t0 + tt) * vhd + d]) : 0.0f;
+        }
+        __syncthreads();
+        int t = t0 + lane;
+#pragma unroll
+        for (int j = 0; j < AP_ROWS; ++j) {
+            if (my_pos[j] < 0) continue;  // past the batch: the same for the whole warp
+            const float* qr = sq[warp * AP_ROWS + j];
+            float dot = 0.0f;
+            for (int d = 0; d < hd; ++d) dot += qr[d] * sk[lane][d];
+            float sc = t <= my_pos[j] ? dot * scale : NEG_INF;
+            float mn = fmaxf(m[j], warp_max(sc));
+            float c = expf(m[j] - mn), p = expf(sc - mn);
+            s[j] = s[j] * c + warp_sum(p);
+#pragma unroll
+            for (int i = 0; i < AP_MAX_DIM / 32; ++i) acc[j][i] *= c;
+#pragma unroll 8
+            for (int l = 0; l < AP_TILE; ++l) {
+                float pl = __shfl_sync(0xffffffffu, p, l);
+#pragma unroll
+                for (int i = 0; i < AP_MAX_DIM / 32; ++i) {
+                    int d = lane + 32 * i;
+                    if (d < vhd) acc[j][i] += pl * sv[l][d];
+                }
+            }
+            m[j] = mn;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < AP_ROWS; ++j) {
+        if (my_pos[j] < 0) continue;
+        float* o = out + (size_t)(r0 + warp * AP_ROWS + j) * heads * vhd + (size_t)h * vhd;
+#pragma unroll
+        for (int i = 0; i < AP_MAX_DIM / 32; ++i) {
+            int d = lane + 32 * i;
+            if (d < vhd) o[d] = acc[j][i] / s[j];
+        }
+    }
+}

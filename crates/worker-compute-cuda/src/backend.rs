@@ -65,6 +65,10 @@ const WEIGHT_PAD: usize = 16;
 const AD_THREADS: u32 = 4 * 32;
 /// Positions of a decode attention block (`AD_SPAN` in attention.cu).
 const AD_SPAN: usize = 128;
+/// Query rows of a tiled prefill attention block (`AP_BLOCK_ROWS` in attention.cu).
+const AP_BLOCK_ROWS: usize = 16;
+/// Widest head of the tiled prefill attention (`AP_MAX_DIM` in attention.cu).
+const AP_MAX_DIM: usize = 128;
 /// Entries of the index arena (one device allocation, uploaded with one copy per step);
 /// index vectors beyond it get their own allocation.
 const INDEX_ARENA: usize = 1 << 20;
@@ -1583,6 +1587,8 @@ impl ComputeBackend for CudaBackend {
             ];
             return self.launch(OP, "attention_combine", grid(p.heads, 1, 128), &combine);
         }
+        let one_slot = slot.iter().all(|&s| Some(&s) == slot.first());
+        let tiled = self.experimental.attn && one_slot && hd <= AP_MAX_DIM && vhd <= AP_MAX_DIM;
         let store = [
             Arg::P(kc),
             Arg::P(vc),
@@ -1598,6 +1604,27 @@ impl ComputeBackend for CudaBackend {
             Arg::I(common(vhd)?),
         ];
         self.launch(OP, "kv_store", grid(rows, p.kv_heads, 128), &store)?;
+        if tiled {
+            let args = [
+                Arg::P(op),
+                Arg::P(qp),
+                Arg::P(kc),
+                Arg::P(vc),
+                Arg::P(pp),
+                Arg::P(sp),
+                Arg::I(common(rows)?),
+                Arg::I(common(p.heads)?),
+                Arg::I(common(p.kv_heads)?),
+                Arg::I(common(hd)?),
+                Arg::I(common(vhd)?),
+                Arg::F(p.scale),
+                Arg::I(common(p.layer)?),
+                Arg::I(common(cfg.slots)?),
+                Arg::I(common(cfg.max_positions)?),
+            ];
+            let dims = grid(rows.div_ceil(AP_BLOCK_ROWS), p.heads, 128);
+            return self.launch(OP, "attention_prefill_f16", dims, &args);
+        }
         let attend = [
             Arg::P(op),
             Arg::P(qp),

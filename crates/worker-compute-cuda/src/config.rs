@@ -38,6 +38,9 @@ pub struct Experimental {
     /// `pdl`: programmatic dependent launch (sm_90 and later), so a kernel's launch overlaps
     /// the end of the one before.
     pub pdl: bool,
+    /// `attn`: prefill attention in tiles of positions shared by 16 query rows
+    /// (`attention_prefill_f16`), for batches in one slot with heads up to 128 wide.
+    pub attn: bool,
 }
 
 impl Experimental {
@@ -46,6 +49,7 @@ impl Experimental {
         matvec: true,
         gemm: true,
         pdl: true,
+        attn: true,
     };
 
     fn names(&self) -> impl Iterator<Item = &'static str> {
@@ -53,6 +57,7 @@ impl Experimental {
             ("matvec", self.matvec),
             ("gemm", self.gemm),
             ("pdl", self.pdl),
+            ("attn", self.attn),
         ]
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))
@@ -63,7 +68,7 @@ impl FromStr for Experimental {
     type Err = String;
 
     /// `false`/`none` (nothing), `true`/`all` (everything), or a comma-separated list of
-    /// `matvec`, `gemm`, `pdl`.
+    /// `matvec`, `gemm`, `pdl`, `attn`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "" | "false" | "none" => return Ok(Experimental::default()),
@@ -76,9 +81,10 @@ impl FromStr for Experimental {
                 "matvec" => e.matvec = true,
                 "gemm" => e.gemm = true,
                 "pdl" => e.pdl = true,
+                "attn" => e.attn = true,
                 other => {
                     return Err(format!(
-                        "unknown experimental path {other:?} (expected all, none, or a list of matvec, gemm, pdl)"
+                        "unknown experimental path {other:?} (expected all, none, or a list of matvec, gemm, pdl, attn)"
                     ))
                 }
             }
@@ -112,7 +118,8 @@ mod tests {
             Experimental {
                 matvec: false,
                 gemm: true,
-                pdl: true
+                pdl: true,
+                attn: false,
             }
         );
         assert_eq!(e.to_string(), "gemm,pdl");

@@ -33,6 +33,7 @@ const OTHER_KERNELS: &[&str] = &[
     "attention_f16",
     "attention_decode_f16",
     "attention_combine",
+    "attention_prefill_f16",
 ];
 
 /// The kernels stamped out per weight type (`<kind>_<type suffix>`), and their file.
