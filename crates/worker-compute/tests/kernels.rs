@@ -242,6 +242,8 @@ fn vec_dots_match_scalar_for_every_type() {
                     VecDot::F32(f) => f(&w, &x),
                     VecDot::Q8(f) => f(&w, &q8),
                     VecDot::Q8K(f) => f(&w, &q8k),
+                    // No kernel of its own: what the matmul computes.
+                    VecDot::Dequantized => generic::dot_f32(&wf, &x),
                 };
                 let reference = eval(sk.vec_dot);
                 // The scalar quantized dot itself is close to the f32 dot of dequantized rows.

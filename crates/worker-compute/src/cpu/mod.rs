@@ -747,7 +747,9 @@ impl ComputeBackend for CpuBackend {
         if self.config.activations == Activations::F32 {
             for &(out, w) in outs {
                 match self.weight(OP, w)?.kernels.vec_dot {
-                    VecDot::F32(_) => self.matmul_quantized(x, &[(out, w)], rows)?,
+                    VecDot::F32(_) | VecDot::Dequantized => {
+                        self.matmul_quantized(x, &[(out, w)], rows)?
+                    }
                     _ => self.matmul_f32_reference(out, x, w, rows)?,
                 }
             }
@@ -983,7 +985,7 @@ impl CpuBackend {
             let format = |k: &TypeKernels| match (k.panel.map(|p| p.dots), k.vec_dot) {
                 (Some(PanelDots::Q8(..)), _) | (None, VecDot::Q8(_)) => Some(QK),
                 (Some(PanelDots::Q8K(..)), _) | (None, VecDot::Q8K(_)) => Some(QK_K),
-                (None, VecDot::F32(_)) => None,
+                (None, VecDot::F32(_) | VecDot::Dequantized) => None,
             };
             let needs = |block| {
                 weights
@@ -1048,20 +1050,29 @@ impl CpuBackend {
         optr: SharedOut,
     ) -> Result<()> {
         let (k, n, mode) = (wt.cols, wt.rows, wt.kernels.vec_dot);
+        let (dequantize, dot) = (wt.kernels.dequantize_row, self.kernels.dot_f32);
         let next = AtomicUsize::new(0);
         let job = || {
+            let mut wf = Vec::new();
             for_chunks(n, COL_CHUNK, &next, |j0, j1| {
-                for r in 0..rows {
-                    // SAFETY: row r, columns j0..j1 of the output belong to this chunk only,
-                    // and r < rows <= the output's row capacity (checked above).
-                    let orow = unsafe { optr.slice(r * n + j0, j1 - j0) };
-                    for (j, o) in (j0..j1).zip(orow.iter_mut()) {
-                        let wrow = wt.row(j);
-                        *o = match mode {
+                for j in j0..j1 {
+                    let wrow = wt.row(j);
+                    if let VecDot::Dequantized = mode {
+                        // Once for every activation row.
+                        wf.resize(k, 0f32);
+                        dequantize(wrow, &mut wf);
+                    }
+                    for r in 0..rows {
+                        let v = match mode {
                             VecDot::F32(f) => f(wrow, &xs[r * k..(r + 1) * k]),
                             VecDot::Q8(f) => f(wrow, &q8[r * (k / QK)..(r + 1) * (k / QK)]),
                             VecDot::Q8K(f) => f(wrow, &q8k[r * (k / QK_K)..(r + 1) * (k / QK_K)]),
+                            VecDot::Dequantized => dot(&wf, &xs[r * k..(r + 1) * k]),
                         };
+                        // SAFETY: element (r, j) belongs to this chunk only, and
+                        // r < rows <= the output's row capacity (checked above).
+                        let o = unsafe { optr.slice(r * n + j, 1) };
+                        o[0] = v;
                     }
                 }
             });

@@ -402,20 +402,7 @@ pub fn vec_dot_q6_k(w: &[u8], x: &[BlockQ8K]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Types without kernels of their own: worker-gguf dequantizes, then an f32 dot product.
-
-/// `w · x` for a row of `ty`, dequantized [`QK_K`] values at a time into a stack buffer.
-fn vec_dot_dequantized(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
-    let chunk_bytes = QK_K / ty.block_size() * ty.type_size();
-    let mut buf = [0f32; QK_K];
-    let mut acc = 0f32;
-    for (wb, xb) in w.chunks(chunk_bytes).zip(x.chunks(QK_K)) {
-        let n = (wb.len() / ty.type_size() * ty.block_size()).min(xb.len());
-        dequantize_with_gguf(ty, wb, &mut buf[..n]);
-        acc += dot_f32(&buf[..n], &xb[..n]);
-    }
-    acc
-}
+// Types without row kernels of their own (`VecDot::Dequantized`): worker-gguf dequantizes.
 
 /// A row of `ty` to f32 by worker-gguf's dequantizer.
 fn dequantize_with_gguf(ty: GgmlType, w: &[u8], out: &mut [f32]) {
@@ -424,11 +411,7 @@ fn dequantize_with_gguf(ty: GgmlType, w: &[u8], out: &mut [f32]) {
 }
 
 macro_rules! dequantized_type {
-    ($($ty:ident, $vec_dot:ident, $dequantize:ident;)*) => {$(
-        #[doc = concat!("`w · x` for ", stringify!($ty), " weights (dequantized, f32).")]
-        pub fn $vec_dot(w: &[u8], x: &[f32]) -> f32 {
-            vec_dot_dequantized(GgmlType::$ty, w, x)
-        }
+    ($($ty:ident, $dequantize:ident;)*) => {$(
         #[doc = concat!("A ", stringify!($ty), " row to f32.")]
         pub fn $dequantize(w: &[u8], out: &mut [f32]) {
             dequantize_with_gguf(GgmlType::$ty, w, out)
@@ -437,12 +420,12 @@ macro_rules! dequantized_type {
 }
 
 dequantized_type! {
-    BF16, vec_dot_bf16, dequantize_row_bf16;
-    Q2_K, vec_dot_q2_k, dequantize_row_q2_k;
-    Q3_K, vec_dot_q3_k, dequantize_row_q3_k;
-    IQ4_NL, vec_dot_iq4_nl, dequantize_row_iq4_nl;
-    IQ4_XS, vec_dot_iq4_xs, dequantize_row_iq4_xs;
-    MXFP4, vec_dot_mxfp4, dequantize_row_mxfp4;
+    BF16, dequantize_row_bf16;
+    Q2_K, dequantize_row_q2_k;
+    Q3_K, dequantize_row_q3_k;
+    IQ4_NL, dequantize_row_iq4_nl;
+    IQ4_XS, dequantize_row_iq4_xs;
+    MXFP4, dequantize_row_mxfp4;
 }
 
 // ---------------------------------------------------------------------------------------

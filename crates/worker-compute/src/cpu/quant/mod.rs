@@ -69,6 +69,9 @@ pub enum VecDot {
     Q8(fn(&[u8], &[BlockQ8]) -> f32),
     /// k-quants: activations as [`BlockQ8K`].
     Q8K(fn(&[u8], &[BlockQ8K]) -> f32),
+    /// No dot product of its own: a matmul dequantizes each weight row once
+    /// ([`TypeKernels::dequantize_row`]) and dots it in f32 with every activation row.
+    Dequantized,
 }
 
 /// One panel of sixteen weight rows ([`panel`] layout) against one activation row (`A`:
@@ -145,8 +148,9 @@ pub struct Kernels {
     types: [Option<TypeKernels>; N_TYPES],
 }
 
-/// The weight types with kernels, in table order. The last six have no kernels of their own:
-/// their rows are dequantized by worker-gguf and dotted in f32 (correct, and slow).
+/// The weight types with kernels, in table order. The last six have no row kernels of their
+/// own ([`VecDot::Dequantized`]: rows dequantized by worker-gguf, dotted in f32); those with a
+/// panel layout run on the panel kernels where the table has them.
 pub const SUPPORTED_TYPES: [GgmlType; 16] = [
     GgmlType::F32,
     GgmlType::F16,
@@ -200,12 +204,12 @@ impl Kernels {
                 tk(VecDot::Q8K(g::vec_dot_q4_k), g::dequantize_row_q4_k),
                 tk(VecDot::Q8K(g::vec_dot_q5_k), g::dequantize_row_q5_k),
                 tk(VecDot::Q8K(g::vec_dot_q6_k), g::dequantize_row_q6_k),
-                tk(VecDot::F32(g::vec_dot_bf16), g::dequantize_row_bf16),
-                tk(VecDot::F32(g::vec_dot_q2_k), g::dequantize_row_q2_k),
-                tk(VecDot::F32(g::vec_dot_q3_k), g::dequantize_row_q3_k),
-                tk(VecDot::F32(g::vec_dot_iq4_nl), g::dequantize_row_iq4_nl),
-                tk(VecDot::F32(g::vec_dot_iq4_xs), g::dequantize_row_iq4_xs),
-                tk(VecDot::F32(g::vec_dot_mxfp4), g::dequantize_row_mxfp4),
+                tk(VecDot::Dequantized, g::dequantize_row_bf16),
+                tk(VecDot::Dequantized, g::dequantize_row_q2_k),
+                tk(VecDot::Dequantized, g::dequantize_row_q3_k),
+                tk(VecDot::Dequantized, g::dequantize_row_iq4_nl),
+                tk(VecDot::Dequantized, g::dequantize_row_iq4_xs),
+                tk(VecDot::Dequantized, g::dequantize_row_mxfp4),
             ],
         }
     }
