@@ -4,6 +4,7 @@ use worker_compute::cpu::quant::{
     generic, BlockQ8, BlockQ8K, Kernels, PanelDot, PanelDotMany, PanelDots, VecDot, PANEL_BATCH,
     SUPPORTED_TYPES,
 };
+use worker_gguf::quants::iq::KVALUES_IQ4NL;
 use worker_gguf::GgmlType;
 
 /// xorshift64*: fresh inputs from a seed taken from the clock, printed on failure.
@@ -320,6 +321,11 @@ fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
             d,
             d * -128.0,
         ),
+        GgmlType::IQ4_NL => (
+            nibbles(&b[2..18]).map(|q| KVALUES_IQ4NL[q as usize] as i32 + 128),
+            d,
+            d * -128.0,
+        ),
         _ => unreachable!("{ty} has no panel layout"),
     }
 }
@@ -406,10 +412,26 @@ fn panel_kernels_match_their_definition_and_the_scalar_dot() {
             let PanelDots::Q8(dot, dot_many) = pk.dots else {
                 continue;
             };
-            let VecDot::Q8(scalar_dot) = scalar.for_type(ty).unwrap().vec_dot else {
-                panic!("{ty}: panel kernels for a type without Q8 activations");
+            let sk = scalar.for_type(ty).unwrap();
+            let dequantize = sk.dequantize_row;
+            let reference = |row: &[u8], x: &[BlockQ8]| match sk.vec_dot {
+                VecDot::Q8(scalar_dot) => (scalar_dot(row, x), 0.0),
+                // No scalar row kernel (IQ4_NL): the dequantized row against the activations'
+                // values, in f64.
+                _ => {
+                    let mut w = vec![0f32; x.len() * 32];
+                    dequantize(row, &mut w);
+                    let (mut dot, mut size) = (0f64, 0f64);
+                    for (wb, a) in w.chunks_exact(32).zip(x) {
+                        for (w, q) in wb.iter().zip(a.qs) {
+                            let term = *w as f64 * q as f64 * a.d as f64;
+                            dot += term;
+                            size += term.abs();
+                        }
+                    }
+                    (dot as f32, size as f32)
+                }
             };
-            let reference = |row: &[u8], x: &[BlockQ8]| (scalar_dot(row, x), 0.0);
             let quantize = |x: &[f32]| {
                 let mut q = vec![BlockQ8::default(); x.len() / 32];
                 generic::quantize_row_q8(x, &mut q);

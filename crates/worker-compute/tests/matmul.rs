@@ -25,9 +25,26 @@ struct Case {
     dequantized: Vec<f32>,
 }
 
+/// Blocks of `ty` (a type with one f16 scale at the start of a block) with random codes and
+/// sub-block scales: for the types worker-gguf has no quantizer for (IQ4_NL, IQ4_XS).
+fn random_blocks(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
+    let bytes = ty.bytes_for(n as u64).unwrap() as usize;
+    let mut b: Vec<u8> = values(bytes, seed)
+        .iter()
+        .map(|v| (v.to_bits() >> 7) as u8)
+        .collect();
+    for (i, blk) in b.chunks_exact_mut(ty.type_size()).enumerate() {
+        let d = half::f16::from_f32(0.002 + 0.0001 * (i % 7) as f32);
+        blk[..2].copy_from_slice(&d.to_le_bytes());
+    }
+    b
+}
+
 fn upload(be: &mut CpuBackend, ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Case {
-    let w = values(rows * cols, seed);
-    let bytes = quantize(ty, &w).unwrap();
+    let bytes = match ty {
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => random_blocks(ty, rows * cols, seed),
+        _ => quantize(ty, &values(rows * cols, seed)).unwrap(),
+    };
     let mut dequantized = vec![0f32; rows * cols];
     dequantize(ty, &bytes, &mut dequantized).unwrap();
     let id = be
@@ -72,6 +89,8 @@ fn grouped_batched_and_single_row_matmuls_agree() {
         upload(&mut be, GgmlType::Q3_K, 24, cols, 12),
         upload(&mut be, GgmlType::BF16, 8, cols, 13),
         upload(&mut be, GgmlType::MXFP4, 9, cols, 14),
+        upload(&mut be, GgmlType::IQ4_NL, 19, cols, 15),
+        upload(&mut be, GgmlType::IQ4_XS, 21, cols, 16),
     ];
     let rows = 7;
     let xs = values(rows * cols, 7);

@@ -12,6 +12,8 @@
 //! | high bits (Q5_0, Q5_1) | 64 | eight u64 masks; mask `g` bit `4i+t` = high bit of row `i`, element `4g+t` |
 //! | quants | 256 (4-bit) / 512 (Q8_0) | 64-byte chunks; in chunk `c`, bytes `4i..4i+4` are row `i`'s |
 //!
+//! (IQ4_NL has Q4_0's layout; its kernels turn each 4-bit code into its table value plus 128.)
+//!
 //! For the 4-bit types chunk `c` holds each row's quant bytes `4c..4c+4`: their low nibbles
 //! are elements `4c..4c+4` (group `c`) and their high nibbles elements `16+4c..` (group
 //! `c+4`). For Q8_0 chunk `g` holds elements `4g..4g+4` plus 128, as unsigned bytes. So every
@@ -21,7 +23,7 @@
 //! Each kernel computes, per row and block, `acc = fma(float(Σ u·x), d·dx, acc)` then
 //! `acc = fma(bias, sx, acc)`, where `u` are the unsigned quants, `x`/`dx`/`sx` the
 //! activation block ([`super::BlockQ8`]) and `bias` is `m` (Q4_1, Q5_1) or `-8d`, `-16d`, `-128d`
-//! (Q4_0, Q5_0, Q8_0: the offset that makes `u` unsigned). The order is the same for any
+//! (Q4_0, Q5_0, Q8_0 and IQ4_NL: the offset that makes `u` unsigned). The order is the same for any
 //! number of activation rows, so a row's result never depends on its batch.
 
 use worker_gguf::GgmlType;
@@ -51,6 +53,9 @@ pub enum PanelFormat {
     Q5K,
     /// Q6_K: 256-element super-blocks, sixteen sub-blocks of 16 with 8-bit scales.
     Q6K,
+    /// IQ4_NL: Q4_0's layout (f16 scale, 4-bit codes); the kernels map each code through
+    /// the IQ4_NL table plus 128 (one byte shuffle), bias `-128d`.
+    IQ4NL,
     /// Q3_K, repacked into the Q6_K layout: its 3-bit quants (-4..=3) plus 32 fit Q6_K's
     /// unsigned 6-bit ones and its 6-bit scales minus 32 its 8-bit ones, so the Q6_K kernels
     /// compute it exactly (at Q6_K's 210 bytes a row and block instead of 110).
@@ -70,6 +75,7 @@ impl PanelFormat {
             GgmlType::Q5_K => Some(Self::Q5K),
             GgmlType::Q6_K => Some(Self::Q6K),
             GgmlType::Q3_K => Some(Self::Q3K),
+            GgmlType::IQ4_NL => Some(Self::IQ4NL),
             _ => None,
         }
     }
@@ -85,7 +91,7 @@ impl PanelFormat {
     /// Bytes of one GGUF block.
     pub const fn block_bytes(self) -> usize {
         match self {
-            Self::Q4_0 => 18,
+            Self::Q4_0 | Self::IQ4NL => 18,
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
             Self::Q5_1 => 24,
@@ -111,7 +117,7 @@ impl PanelFormat {
     /// Offset of the quant chunks in a panel block.
     pub const fn quants_offset(self) -> usize {
         match self {
-            Self::Q4_0 | Self::Q8_0 => 32,
+            Self::Q4_0 | Self::Q8_0 | Self::IQ4NL => 32,
             Self::Q4_1 => 64,
             Self::Q5_0 => 96,
             Self::Q5_1 => 128,
@@ -132,7 +138,7 @@ impl PanelFormat {
     /// Offset of the quant bytes in a GGUF block (32-element types).
     const fn gguf_quants_offset(self) -> usize {
         match self {
-            Self::Q4_0 | Self::Q8_0 => 2,
+            Self::Q4_0 | Self::Q8_0 | Self::IQ4NL => 2,
             Self::Q4_1 => 4,
             Self::Q5_1 => 8,
             _ => 6,
@@ -201,7 +207,7 @@ impl PanelFormat {
                     m.copy_from_slice(&mask.to_le_bytes());
                 }
             }
-            Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
+            Self::Q4_0 | Self::IQ4NL | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
         }
         for c in 0..4 {
             dst[qo + 64 * c + 4 * i..][..4].copy_from_slice(&q[4 * c..4 * c + 4]);
@@ -257,7 +263,7 @@ impl PanelFormat {
                     let at = self.gguf_high_offset();
                     dst[at..at + 4].copy_from_slice(&qh.to_le_bytes());
                 }
-                Self::Q4_0 | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
+                Self::Q4_0 | Self::IQ4NL | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
             }
             for c in 0..4 {
                 dst[go + 4 * c..go + 4 * c + 4].copy_from_slice(&src[qo + 64 * c + 4 * i..][..4]);
@@ -504,6 +510,7 @@ mod tests {
             PanelFormat::Q5K,
             PanelFormat::Q6K,
             PanelFormat::Q3K,
+            PanelFormat::IQ4NL,
         ] {
             let (rows, cols) = (37, 3 * fmt.block_elems());
             let row_bytes = 3 * fmt.block_bytes();

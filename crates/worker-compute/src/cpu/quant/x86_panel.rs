@@ -7,6 +7,8 @@
 
 use std::arch::x86_64::*;
 
+use worker_gguf::quants::iq::KVALUES_IQ4NL;
+
 use super::panel::{PanelFormat, PANEL};
 use super::{BlockQ8, BlockQ8K, PanelDots, PanelKernels, PANEL_BATCH};
 
@@ -19,6 +21,7 @@ pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q5_0 => PanelDots::Q8(dot_q5_0, dot_q5_0_many),
         PanelFormat::Q5_1 => PanelDots::Q8(dot_q5_1, dot_q5_1_many),
         PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_many),
+        PanelFormat::IQ4NL => PanelDots::Q8(dot_iq4_nl, dot_iq4_nl_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
         // Q3_K is repacked into the Q6_K layout.
@@ -32,6 +35,7 @@ const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
 const Q8_0: u8 = 3;
 const Q5_1: u8 = 4;
+const IQ4_NL: u8 = 5;
 
 const fn format(f: u8) -> PanelFormat {
     match f {
@@ -39,9 +43,21 @@ const fn format(f: u8) -> PanelFormat {
         Q4_1 => PanelFormat::Q4_1,
         Q5_0 => PanelFormat::Q5_0,
         Q5_1 => PanelFormat::Q5_1,
+        IQ4_NL => PanelFormat::IQ4NL,
         _ => PanelFormat::Q8_0,
     }
 }
+
+/// The IQ4_NL levels plus 128, as unsigned bytes: a `vpshufb` table indexed by the 4-bit code.
+const IQ4_NL_U8: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (KVALUES_IQ4NL[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Defines, per kernel body, the `target_feature` functions for one and [`PANEL_BATCH`] rows
 /// and their safe wrappers, which only the tables built after detecting `$features` reach.
@@ -73,6 +89,7 @@ panel_kernels! {
     dot_q5_0, dot_q5_0_many, dot_q5_0_avx512, dot_q5_0_many_avx512, panel_dot [Q5_0,], BlockQ8;
     dot_q5_1, dot_q5_1_many, dot_q5_1_avx512, dot_q5_1_many_avx512, panel_dot [Q5_1,], BlockQ8;
     dot_q8_0, dot_q8_0_many, dot_q8_0_avx512, dot_q8_0_many_avx512, panel_dot [Q8_0,], BlockQ8;
+    dot_iq4_nl, dot_iq4_nl_many, dot_iq4_nl_avx512, dot_iq4_nl_many_avx512, panel_dot [IQ4_NL,], BlockQ8;
     dot_q4_k, dot_q4_k_many, dot_q4_k_avx512, dot_q4_k_many_avx512, panel_dot_q4_k [false,], BlockQ8K;
     dot_q5_k, dot_q5_k_many, dot_q5_k_avx512, dot_q5_k_many_avx512, panel_dot_q4_k [true,], BlockQ8K;
     dot_q6_k, dot_q6_k_many, dot_q6_k_avx512, dot_q6_k_many_avx512, panel_dot_q6_k [], BlockQ8K;
@@ -97,6 +114,12 @@ unsafe fn unpack<const F: u8>(p: *const u8) -> [__m512i; 8] {
         let v = _mm512_loadu_si512(q.add(64 * c) as *const _);
         u[c] = _mm512_and_si512(v, low);
         u[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    if F == IQ4_NL {
+        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+        for v in u.iter_mut() {
+            *v = _mm512_shuffle_epi8(table, *v);
+        }
     }
     if F == Q5_0 || F == Q5_1 {
         let (sixteen, high) = (_mm512_set1_epi8(16), p.add(format(F).high_offset()));
@@ -125,6 +148,7 @@ unsafe fn panel_dot<const F: u8, const NR: usize>(
             Q4_1 | Q5_1 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
             Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
             Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+            // Q8_0, IQ4_NL.
             _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
         };
         let u = unpack::<F>(p);
@@ -328,6 +352,7 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q5_0 => PanelDots::Q8(dot2_q5_0, dot2_q5_0_many),
         PanelFormat::Q5_1 => PanelDots::Q8(dot2_q5_1, dot2_q5_1_many),
         PanelFormat::Q8_0 => PanelDots::Q8(dot2_q8_0, dot2_q8_0_many),
+        PanelFormat::IQ4NL => PanelDots::Q8(dot2_iq4_nl, dot2_iq4_nl_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
         PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
@@ -342,6 +367,7 @@ panel_kernels! {
     dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, panel_dot_avx2 [Q5_0,], BlockQ8;
     dot2_q5_1, dot2_q5_1_many, dot2_q5_1_avx2, dot2_q5_1_many_avx2, panel_dot_avx2 [Q5_1,], BlockQ8;
     dot2_q8_0, dot2_q8_0_many, dot2_q8_0_avx2, dot2_q8_0_many_avx2, panel_dot_avx2 [Q8_0,], BlockQ8;
+    dot2_iq4_nl, dot2_iq4_nl_many, dot2_iq4_nl_avx2, dot2_iq4_nl_many_avx2, panel_dot_avx2 [IQ4_NL,], BlockQ8;
     dot2_q4_k, dot2_q4_k_many, dot2_q4_k_avx2, dot2_q4_k_many_avx2, panel_dot_q4_k_avx2 [false,], BlockQ8K;
     dot2_q5_k, dot2_q5_k_many, dot2_q5_k_avx2, dot2_q5_k_many_avx2, panel_dot_q4_k_avx2 [true,], BlockQ8K;
     dot2_q6_k, dot2_q6_k_many, dot2_q6_k_avx2, dot2_q6_k_many_avx2, panel_dot_q6_k_avx2 [], BlockQ8K;
@@ -365,6 +391,13 @@ unsafe fn unpack_avx2<const F: u8>(p: *const u8, h: usize) -> [__m256i; 8] {
         let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
         u[c] = _mm256_and_si256(v, low);
         u[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    }
+    if F == IQ4_NL {
+        let table =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+        for v in u.iter_mut() {
+            *v = _mm256_shuffle_epi8(table, *v);
+        }
     }
     if F == Q5_0 || F == Q5_1 {
         let (bit4, high) = (_mm256_set1_epi8(0x10), p.add(format(F).high_offset()));
@@ -392,14 +425,15 @@ unsafe fn bytes_from_bits(bits: u32) -> __m256i {
 
 /// `Σ u·x` per lane over the eight groups, exact: `vpmaddubsw` pairs are summed in 16 bits only
 /// as far as they cannot overflow (eight groups of 4-bit quants, four of 5-bit ones); Q8_0's
-/// quants (plus 128) would overflow a pair, so they are multiplied signed and `128·Σx` added.
+/// and IQ4_NL's values (plus 128) would overflow a pair, so they are multiplied signed and
+/// `128·Σx` added.
 #[inline(always)]
 unsafe fn dot_groups_avx2<const F: u8>(u: &[__m256i; 8], q: *const i8) -> __m256i {
     let ones = _mm256_set1_epi16(1);
     let qi = q as *const i32;
     let bcast = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(qi.add(g)));
     match F {
-        Q8_0 => {
+        Q8_0 | IQ4_NL => {
             let flip = _mm256_set1_epi8(-128);
             let mut s = _mm256_setzero_si256();
             for (g, ug) in u.iter().enumerate() {
@@ -460,6 +494,7 @@ unsafe fn panel_dot_avx2<const F: u8, const NR: usize>(
                 }
                 Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
                 Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+                // Q8_0, IQ4_NL.
                 _ => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
             };
             let u = unpack_avx2::<F>(p, h);
