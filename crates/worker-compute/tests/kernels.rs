@@ -513,6 +513,24 @@ fn k_panel_sums(ty: GgmlType, b: &[u8], a: &BlockQ8K) -> (i32, i32) {
             }
             (tot, 0)
         }
+        GgmlType::IQ4_XS => {
+            // tot = Σ_j (ls_j - 32) · Σ level·x over the sub-blocks of 32.
+            let scales_h = u16::from_le_bytes([b[2], b[3]]);
+            let mut tot = 0;
+            for j in 0..8 {
+                let ls = ((b[4 + j / 2] >> (4 * (j % 2))) & 0xF) as i32
+                    | (((scales_h >> (2 * j)) & 3) as i32) << 4;
+                let qs = &b[8 + 16 * j..24 + 16 * j];
+                let dot: i32 = (0..32)
+                    .map(|e| {
+                        let code = (qs[e % 16] >> (4 * (e / 16))) & 0xF;
+                        KVALUES_IQ4NL[code as usize] as i32 * x(32 * j + e)
+                    })
+                    .sum();
+                tot += (ls - 32) * dot;
+            }
+            (tot, 0)
+        }
         GgmlType::Q3_K => {
             // The Q6_K kernel's sums over Q3_K repacked: quants plus 32, scales minus 32.
             let scale = |k: usize| {
@@ -578,6 +596,9 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
                 if ty == GgmlType::Q3_K {
                     let acc = (tot as f32).mul_add(f16(108) * a.d, acc);
                     (acc, (tot as f32 * f16(108) * a.d).abs())
+                } else if ty == GgmlType::IQ4_XS {
+                    let acc = (tot as f32).mul_add(f16(0) * a.d, acc);
+                    (acc, (tot as f32 * f16(0) * a.d).abs())
                 } else if ty != GgmlType::Q6_K {
                     let acc = (tot as f32).mul_add(f16(0) * a.d, acc);
                     let acc = (mins as f32).mul_add(f16(2) * -a.d, acc);

@@ -56,6 +56,9 @@ pub enum PanelFormat {
     /// IQ4_NL: Q4_0's layout (f16 scale, 4-bit codes); the kernels map each code through
     /// the IQ4_NL table plus 128 (one byte shuffle), bias `-128d`.
     IQ4NL,
+    /// IQ4_XS: 256-element super-blocks, eight sub-blocks of 32 with signed 6-bit scales,
+    /// 4-bit codes into the IQ4_NL table (see [`IQ4XS_QUANTS`]).
+    IQ4XS,
     /// Q3_K, repacked into the Q6_K layout: its 3-bit quants (-4..=3) plus 32 fit Q6_K's
     /// unsigned 6-bit ones and its 6-bit scales minus 32 its 8-bit ones, so the Q6_K kernels
     /// compute it exactly (at Q6_K's 210 bytes a row and block instead of 110).
@@ -76,6 +79,7 @@ impl PanelFormat {
             GgmlType::Q6_K => Some(Self::Q6K),
             GgmlType::Q3_K => Some(Self::Q3K),
             GgmlType::IQ4_NL => Some(Self::IQ4NL),
+            GgmlType::IQ4_XS => Some(Self::IQ4XS),
             _ => None,
         }
     }
@@ -83,7 +87,7 @@ impl PanelFormat {
     /// Elements of one block.
     pub const fn block_elems(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => QK_K,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K | Self::IQ4XS => QK_K,
             _ => QK,
         }
     }
@@ -99,6 +103,7 @@ impl PanelFormat {
             Self::Q4K => 144,
             Self::Q5K => 176,
             Self::Q3K => 110,
+            Self::IQ4XS => 136,
             Self::Q6K => 210,
         }
     }
@@ -110,6 +115,7 @@ impl PanelFormat {
             Self::Q4K => Q4K_QUANTS + 2048,
             Self::Q5K => Q5K_QUANTS + 2048,
             Self::Q3K => PANEL * 210,
+            Self::IQ4XS => IQ4XS_QUANTS + 2048,
             _ => PANEL * self.block_bytes(),
         }
     }
@@ -124,6 +130,7 @@ impl PanelFormat {
             Self::Q4K => Q4K_QUANTS,
             Self::Q5K => Q5K_QUANTS,
             Self::Q6K | Self::Q3K => Q6K_QUANTS,
+            Self::IQ4XS => IQ4XS_QUANTS,
         }
     }
 
@@ -179,6 +186,7 @@ impl PanelFormat {
             Self::Q5K => return q4k_to_panel(i, src, dst, true),
             Self::Q6K => return q6k_to_panel(i, src, dst),
             Self::Q3K => return q3k_to_panel(i, src, dst),
+            Self::IQ4XS => return iq4xs_to_panel(i, src, dst),
             _ => {}
         }
         dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
@@ -207,7 +215,7 @@ impl PanelFormat {
                     m.copy_from_slice(&mask.to_le_bytes());
                 }
             }
-            Self::Q4_0 | Self::IQ4NL | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
+            _ => {}
         }
         for c in 0..4 {
             dst[qo + 64 * c + 4 * i..][..4].copy_from_slice(&q[4 * c..4 * c + 4]);
@@ -233,6 +241,10 @@ impl PanelFormat {
                 }
                 Self::Q3K => {
                     q3k_from_panel(i, src, dst);
+                    continue;
+                }
+                Self::IQ4XS => {
+                    iq4xs_from_panel(i, src, dst);
                     continue;
                 }
                 _ => {}
@@ -263,7 +275,7 @@ impl PanelFormat {
                     let at = self.gguf_high_offset();
                     dst[at..at + 4].copy_from_slice(&qh.to_le_bytes());
                 }
-                Self::Q4_0 | Self::IQ4NL | Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K => {}
+                _ => {}
             }
             for c in 0..4 {
                 dst[go + 4 * c..go + 4 * c + 4].copy_from_slice(&src[qo + 64 * c + 4 * i..][..4]);
@@ -476,6 +488,64 @@ fn q3k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
     }
 }
 
+// IQ4_XS panel block: d[16] f16 at 0, scales[8][16] (ls - 32 as i8, sub-block major) at 32,
+// then 32 code chunks as Q4_K's: chunk 8k+g holds in bytes 4i..4i+4 row i's codes of
+// elements 4g..4g+4 of sub-block 2k (low nibbles) and 2k+1 (high nibbles).
+const IQ4XS_SCALES: usize = 32;
+/// Offset of the code chunks in an IQ4_XS panel block.
+pub const IQ4XS_QUANTS: usize = 160;
+
+/// IQ4_XS sub-block `j`'s 6-bit scale `ls` (the value is `d * (ls - 32) * level`), from the
+/// block's `scales_h` (u16 at 2) and `scales_l` (bytes 4..8).
+fn iq4xs_scale(src: &[u8], j: usize) -> u8 {
+    let high = (u16::from_le_bytes([src[2], src[3]]) >> (2 * j)) & 3;
+    ((src[4 + j / 2] >> (4 * (j % 2))) & 0xF) | (high as u8) << 4
+}
+
+/// IQ4_XS element `e` of sub-block `j`: (byte of the block, nibble shift).
+fn iq4xs_code_position(j: usize, e: usize) -> (usize, u32) {
+    (8 + 16 * j + e % 16, 4 * (e / 16) as u32)
+}
+
+/// Where row `i`'s code of element `e` of sub-block `j` goes in an IQ4_XS panel block.
+fn iq4xs_panel_position(i: usize, j: usize, e: usize) -> (usize, u32) {
+    let (k, t, g) = (j / 2, j % 2, e / 4);
+    (
+        IQ4XS_QUANTS + 64 * (8 * k + g) + 4 * i + e % 4,
+        4 * t as u32,
+    )
+}
+
+fn iq4xs_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+    for j in 0..8 {
+        dst[IQ4XS_SCALES + 16 * j + i] = iq4xs_scale(src, j).wrapping_sub(32);
+        for e in 0..32 {
+            let (at, shift) = iq4xs_code_position(j, e);
+            let (to, to_shift) = iq4xs_panel_position(i, j, e);
+            dst[to] |= ((src[at] >> shift) & 0xF) << to_shift;
+        }
+    }
+}
+
+/// The inverse of [`iq4xs_to_panel`].
+fn iq4xs_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst.fill(0);
+    dst[0..2].copy_from_slice(&src[2 * i..2 * i + 2]);
+    let mut scales_h = 0u16;
+    for j in 0..8 {
+        let ls = src[IQ4XS_SCALES + 16 * j + i].wrapping_add(32);
+        dst[4 + j / 2] |= (ls & 0xF) << (4 * (j % 2));
+        scales_h |= u16::from(ls >> 4) << (2 * j);
+        for e in 0..32 {
+            let (at, shift) = iq4xs_code_position(j, e);
+            let (from, from_shift) = iq4xs_panel_position(i, j, e);
+            dst[at] |= ((src[from] >> from_shift) & 0xF) << shift;
+        }
+    }
+    dst[2..4].copy_from_slice(&scales_h.to_le_bytes());
+}
+
 fn q6k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
     let (d, scales, u) = read_q6k_panel(i, src);
     dst[208..210].copy_from_slice(&d);
@@ -511,6 +581,7 @@ mod tests {
             PanelFormat::Q6K,
             PanelFormat::Q3K,
             PanelFormat::IQ4NL,
+            PanelFormat::IQ4XS,
         ] {
             let (rows, cols) = (37, 3 * fmt.block_elems());
             let row_bytes = 3 * fmt.block_bytes();

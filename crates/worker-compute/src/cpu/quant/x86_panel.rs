@@ -24,6 +24,7 @@ pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
         PanelFormat::IQ4NL => PanelDots::Q8(dot_iq4_nl, dot_iq4_nl_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
+        PanelFormat::IQ4XS => PanelDots::Q8K(dot_iq4_xs, dot_iq4_xs_many),
         // Q3_K is repacked into the Q6_K layout.
         PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
     };
@@ -93,6 +94,7 @@ panel_kernels! {
     dot_q4_k, dot_q4_k_many, dot_q4_k_avx512, dot_q4_k_many_avx512, panel_dot_q4_k [false,], BlockQ8K;
     dot_q5_k, dot_q5_k_many, dot_q5_k_avx512, dot_q5_k_many_avx512, panel_dot_q4_k [true,], BlockQ8K;
     dot_q6_k, dot_q6_k_many, dot_q6_k_avx512, dot_q6_k_many_avx512, panel_dot_q6_k [], BlockQ8K;
+    dot_iq4_xs, dot_iq4_xs_many, dot_iq4_xs_avx512, dot_iq4_xs_many_avx512, panel_dot_iq4_xs [], BlockQ8K;
 }
 
 /// The eight vectors of unsigned quants of panel block `p`: vector `g` holds elements
@@ -315,6 +317,48 @@ unsafe fn panel_dot_q6_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f
     store(acc)
 }
 
+/// IQ4_XS panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
+/// `tot = Σ_j sc_j · Σ level·x` over the eight sub-blocks of 32, where `Σ level·x` is taken
+/// as `Σ u·x - 128·Σx` (`u` = the level plus 128, unsigned for `vpdpbusd`); then
+/// `acc = fma(float(tot), d·dx, acc)`.
+#[inline(always)]
+unsafe fn panel_dot_iq4_xs<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::IQ4XS;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let low = _mm512_set1_epi8(0x0F);
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+    let mut acc = [_mm512_setzero_ps(); NR];
+    for b in 0..nb {
+        let p = w.as_ptr().add(b * pbb);
+        let q = p.add(fmt.quants_offset());
+        let mut tot = [_mm512_setzero_si512(); NR];
+        for j in 0..8 {
+            let (k, t) = (j / 2, j % 2);
+            let mut u = [_mm512_setzero_si512(); 8];
+            for (g, v) in u.iter_mut().enumerate() {
+                let c = _mm512_loadu_si512(q.add(64 * (8 * k + g)) as *const _);
+                let c = if t == 0 { c } else { _mm512_srli_epi16(c, 4) };
+                *v = _mm512_shuffle_epi8(table, _mm512_and_si512(c, low));
+            }
+            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(32 + 16 * j) as *const __m128i));
+            for r in 0..NR {
+                let a = x[r].get_unchecked(b);
+                let xsum = i32::from(a.bsums[2 * j]) + i32::from(a.bsums[2 * j + 1]);
+                let s = dot_groups(&u, a.qs.as_ptr().add(32 * j));
+                let s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * xsum));
+                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s, sc));
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        for r in 0..NR {
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].get_unchecked(b).d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
+        }
+    }
+    store(acc)
+}
+
 /// `u[0..4]` against the broadcast bytes at `lo` and `u[4..8]` against those at `hi` (four
 /// groups of four each): the two sums.
 #[inline(always)]
@@ -355,6 +399,7 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
         PanelFormat::IQ4NL => PanelDots::Q8(dot2_iq4_nl, dot2_iq4_nl_many),
         PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
+        PanelFormat::IQ4XS => PanelDots::Q8K(dot2_iq4_xs, dot2_iq4_xs_many),
         PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
     };
     PanelKernels { format, dots }
@@ -371,6 +416,7 @@ panel_kernels! {
     dot2_q4_k, dot2_q4_k_many, dot2_q4_k_avx2, dot2_q4_k_many_avx2, panel_dot_q4_k_avx2 [false,], BlockQ8K;
     dot2_q5_k, dot2_q5_k_many, dot2_q5_k_avx2, dot2_q5_k_many_avx2, panel_dot_q4_k_avx2 [true,], BlockQ8K;
     dot2_q6_k, dot2_q6_k_many, dot2_q6_k_avx2, dot2_q6_k_many_avx2, panel_dot_q6_k_avx2 [], BlockQ8K;
+    dot2_iq4_xs, dot2_iq4_xs_many, dot2_iq4_xs_avx2, dot2_iq4_xs_many_avx2, panel_dot_iq4_xs_avx2 [], BlockQ8K;
 }
 
 /// The eight vectors of unsigned quants of half `h` (rows `8h..8h+8`) of panel block `p`.
@@ -686,6 +732,67 @@ unsafe fn panel_dot_q6_k_avx2<const NR: usize>(
                             _mm256_madd_epi16(s23, sc),
                         );
                         tot[r] = _mm256_add_epi32(tot[r], prod);
+                    }
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+            for r in 0..NR {
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+        }
+    }
+    out
+}
+
+/// [`panel_dot_iq4_xs`] with AVX2, eight rows at a time: the same integer sums, `Σ level·x`
+/// taken directly with signed bytes (`vpmaddubsw` of |level| and x signed like the level:
+/// pairs up to 2 x 127 x 127 < 2^15) and the scale applied by `vpmaddwd`, the same f32 steps.
+#[inline(always)]
+unsafe fn panel_dot_iq4_xs_avx2<const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8K]; NR],
+) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::IQ4XS;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let (low, flip) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(-128));
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+    let mut out = [[0f32; PANEL]; NR];
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset() + 32 * h);
+            let mut tot = [_mm256_setzero_si256(); NR];
+            for j in 0..8 {
+                let (k, t) = (j / 2, j % 2);
+                // The signed levels of the eight groups of sub-block j.
+                let mut lv = [_mm256_setzero_si256(); 8];
+                for (g, v) in lv.iter_mut().enumerate() {
+                    let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
+                    let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
+                    let u = _mm256_shuffle_epi8(table, _mm256_and_si256(c, low));
+                    *v = _mm256_xor_si256(u, flip);
+                }
+                // The scale as i16 in both halves of each row's 32-bit lane.
+                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    p.add(32 + 16 * j + 8 * h) as *const __m128i
+                ));
+                let sc = _mm256_or_si256(
+                    _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
+                    _mm256_slli_epi32(sc, 16),
+                );
+                for r in 0..NR {
+                    let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
+                    for (g, lg) in lv.iter().enumerate() {
+                        let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
+                        let pr =
+                            _mm256_maddubs_epi16(_mm256_abs_epi8(*lg), _mm256_sign_epi8(xb, *lg));
+                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(pr, sc));
                     }
                 }
             }
