@@ -15,8 +15,9 @@
 # teacher-forced greedy tokens on a few prompts; free-running greedy tokens on both
 # backends; the decode/prefill benchmark (with kernels per decode step), the same without
 # CUDA graphs, and a per-kernel profile of a few decode steps; the HTTP worker streaming one
-# request; the no-GPU message; then the experimental paths (matvec, gemm, pdl, attn) checked and
-# benchmarked one at a time and compared all together (reported, never failing the run).
+# request; the no-GPU message; then the experimental paths (matvec, gemm, pdl, attn, types)
+# checked and benchmarked one at a time and compared all together (reported, never failing
+# the run).
 # Each result prints as a RESULT line when known, and the table of them comes last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -113,7 +114,7 @@ if [ $rc -eq 1 ] && echo "$msg" | grep -q "no CUDA device found"; then ok=PASS; 
 row "no device: exit 1, one line" "$ok" ""
 
 step "experimental paths (--cuda-experimental): check-ops and bench one at a time, compare all together (info only)"
-for x in matvec gemm pdl attn all; do
+for x in matvec gemm pdl attn types all; do
     X="$BIN/worker-orcd --cuda-experimental $x"
     if timeout 120 $X check-ops > "$WORK/ops-$x.txt" 2>&1; then xo=pass; else xo=FAIL; fi
     grep -v '\[PASS\]\|\[SKIP\]' "$WORK/ops-$x.txt"

@@ -73,3 +73,11 @@ __device__ __forceinline__ void pdl_start() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// The IQ4_NL level (ggml's kvalues_iq4nl: -127, -104, ..., 113) of 4-bit code q, from the
+// table packed four bytes to a word and picked with byte_perm (no local-memory array).
+__device__ __forceinline__ int iq4_level(u32 q) {
+    u32 lo = q < 8 ? 0xbfad9881u : 0x26190d01u;
+    u32 hi = q < 8 ? 0xf6eaddcfu : 0x71594535u;
+    return (int)(signed char)(__byte_perm(lo, hi, q & 7u) & 0xffu);
+}

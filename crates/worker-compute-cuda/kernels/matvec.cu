@@ -240,6 +240,39 @@ __device__ __forceinline__ float dot32_q6_k(const u8* row, int c, const float* x
     return ldh(b + 208) * ((float)sc[0] * s0 + (float)sc[1] * s1);
 }
 
+// sum_e level(code e) * x[e] for 16 bytes of IQ4 codes in q4_0's nibble order.
+__device__ __forceinline__ float dot_iq4(const u32* q, const float* xs) {
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+        u32 v = byte32(q, e);
+        s += (float)iq4_level(v & 15u) * xs[e] + (float)iq4_level(v >> 4) * xs[e + 16];
+    }
+    return s;
+}
+
+// block_iq4_nl (18 bytes, 2-byte aligned): d, qs[16].
+__device__ __forceinline__ float dot32_iq4_nl(const u8* row, int c, const float* xs, float sx) {
+    const u8* b = row + (size_t)c * 18;
+    const u16* p = (const u16*)(b + 2);
+    u32 q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = (u32)p[2 * i] | ((u32)p[2 * i + 1] << 16);
+    return ldh(b) * dot_iq4(q, xs);
+}
+
+// block_iq4_xs (136 bytes, 8-byte aligned): d, scales_h, scales_l[4], qs[128]; chunk j (0..8)
+// of a super-block is sub-block j: codes qs[16 j .. 16 j + 16], scale ls - 32 (see dq_iq4_xs).
+__device__ __forceinline__ float dot32_iq4_xs(const u8* row, int c, const float* xs, float sx) {
+    const u8* b = row + (size_t)(c >> 3) * 136;
+    int j = c & 7;
+    const uint2* p = (const uint2*)(b + 8 + 16 * j);
+    uint2 v0 = p[0], v1 = p[1];
+    u32 q[4] = {v0.x, v0.y, v1.x, v1.y};
+    int ls = ((b[4 + (j >> 1)] >> (4 * (j & 1))) & 15) | (((*(const u16*)(b + 2) >> (2 * j)) & 3) << 4);
+    return ldh(b) * (float)(ls - 32) * dot_iq4(q, xs);
+}
+
 // Most bytes 32 chunks take (f32: 32 x 32 x 4); a warp stages one such segment at a time.
 #define MV_SEG_MAX 4096
 
@@ -407,6 +440,8 @@ DEFINE_MATVEC(q8_0)
 DEFINE_MATVEC(q4_k)
 DEFINE_MATVEC(q5_k)
 DEFINE_MATVEC(q6_k)
+DEFINE_MATVEC(iq4_nl)
+DEFINE_MATVEC(iq4_xs)
 
 DEFINE_MATVEC_WIDE(f32)
 DEFINE_MATVEC_WIDE(f16)
@@ -419,6 +454,8 @@ DEFINE_MATVEC_WIDE(q8_0)
 DEFINE_MATVEC_WIDE(q4_k)
 DEFINE_MATVEC_WIDE(q5_k)
 DEFINE_MATVEC_WIDE(q6_k)
+DEFINE_MATVEC_WIDE(iq4_nl)
+DEFINE_MATVEC_WIDE(iq4_xs)
 
 DEFINE_MATVEC3(f32)
 DEFINE_MATVEC3(f16)
@@ -431,3 +468,5 @@ DEFINE_MATVEC3(q8_0)
 DEFINE_MATVEC3(q4_k)
 DEFINE_MATVEC3(q5_k)
 DEFINE_MATVEC3(q6_k)
+DEFINE_MATVEC3(iq4_nl)
+DEFINE_MATVEC3(iq4_xs)

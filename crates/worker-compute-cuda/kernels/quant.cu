@@ -96,6 +96,25 @@ __device__ __forceinline__ float dq_q6_k(const u8* row, int i) {
     return ldh(b + 208) * (float)sc[(l >> 4) + 2 * quarter] * (float)v;
 }
 
+// block_iq4_nl: d (f16), qs[16]: 4-bit codes into the IQ4_NL levels, q4_0's nibble order.
+__device__ __forceinline__ float dq_iq4_nl(const u8* row, int i) {
+    const u8* b = row + (i >> 5) * 18;
+    int e = i & 31;
+    u8 q = b[2 + (e & 15)];
+    return ldh(b) * (float)iq4_level(e < 16 ? (q & 15) : (q >> 4));
+}
+
+// block_iq4_xs: d (f16), scales_h (u16), scales_l[4], qs[128]; sub-block j of 32 has the
+// 6-bit scale ls = low nibble j of scales_l | bits 2j..2j+2 of scales_h << 4, value
+// d (ls - 32) level, codes in qs[16 j .. 16 j + 16] in q4_0's nibble order.
+__device__ __forceinline__ float dq_iq4_xs(const u8* row, int i) {
+    const u8* b = row + (i >> 8) * 136;
+    int e = i & 255, j = e >> 5, l = e & 31;
+    int ls = ((b[4 + (j >> 1)] >> (4 * (j & 1))) & 15) | (((*(const u16*)(b + 2) >> (2 * j)) & 3) << 4);
+    u8 q = b[8 + 16 * j + (l & 15)];
+    return ldh(b) * (float)(ls - 32) * (float)iq4_level(l < 16 ? (q & 15) : (q >> 4));
+}
+
 // Activation rows each warp multiplies by one weight row (the weight row is dequantized once
 // for all of them).
 #define MM_ROWS 8
@@ -154,3 +173,5 @@ DEFINE_TYPE(q8_0)
 DEFINE_TYPE(q4_k)
 DEFINE_TYPE(q5_k)
 DEFINE_TYPE(q6_k)
+DEFINE_TYPE(iq4_nl)
+DEFINE_TYPE(iq4_xs)

@@ -46,7 +46,13 @@ pub const WEIGHT_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::Q4_K, "q4_k"),
     (GgmlType::Q5_K, "q5_k"),
     (GgmlType::Q6_K, "q6_k"),
+    (GgmlType::IQ4_NL, "iq4_nl"),
+    (GgmlType::IQ4_XS, "iq4_xs"),
 ];
+
+/// Weight types whose kernels have not run on a device yet: uploaded only with
+/// [`Experimental::types`].
+const EXPERIMENTAL_TYPES: &[GgmlType] = &[GgmlType::IQ4_NL, GgmlType::IQ4_XS];
 
 /// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
 const MAX_HEAD_DIM: usize = 256;
@@ -265,6 +271,13 @@ impl CudaBackend {
             blas,
             gemm_tile: None,
         })
+    }
+
+    /// Whether weights of type `ty` can be uploaded (its kernels exist and, for the types in
+    /// [`EXPERIMENTAL_TYPES`], [`Experimental::types`] is on).
+    pub fn supports(&self, ty: GgmlType) -> bool {
+        WEIGHT_TYPES.iter().any(|(t, _)| *t == ty)
+            && (self.experimental.types || !EXPERIMENTAL_TYPES.contains(&ty))
     }
 
     /// The device's name, e.g. `"NVIDIA H200"`.
@@ -856,7 +869,7 @@ impl ComputeBackend for CudaBackend {
         };
         let suffix = WEIGHT_TYPES
             .iter()
-            .find(|(t, _)| *t == d.ty)
+            .find(|(t, _)| *t == d.ty && self.supports(d.ty))
             .map(|&(_, s)| s)
             .ok_or_else(|| ComputeError::UnsupportedType {
                 backend: "cuda",

@@ -41,6 +41,9 @@ pub struct Experimental {
     /// `attn`: prefill attention in tiles of positions shared by 16 query rows
     /// (`attention_prefill_f16`), for batches in one slot with heads up to 128 wide.
     pub attn: bool,
+    /// `types`: IQ4_NL and IQ4_XS weights (their kernels have not run on a device yet;
+    /// without this they are refused at load, naming the type).
+    pub types: bool,
 }
 
 impl Experimental {
@@ -50,6 +53,7 @@ impl Experimental {
         gemm: true,
         pdl: true,
         attn: true,
+        types: true,
     };
 
     fn names(&self) -> impl Iterator<Item = &'static str> {
@@ -58,6 +62,7 @@ impl Experimental {
             ("gemm", self.gemm),
             ("pdl", self.pdl),
             ("attn", self.attn),
+            ("types", self.types),
         ]
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))
@@ -68,7 +73,7 @@ impl FromStr for Experimental {
     type Err = String;
 
     /// `false`/`none` (nothing), `true`/`all` (everything), or a comma-separated list of
-    /// `matvec`, `gemm`, `pdl`, `attn`.
+    /// `matvec`, `gemm`, `pdl`, `attn`, `types`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "" | "false" | "none" => return Ok(Experimental::default()),
@@ -82,9 +87,10 @@ impl FromStr for Experimental {
                 "gemm" => e.gemm = true,
                 "pdl" => e.pdl = true,
                 "attn" => e.attn = true,
+                "types" => e.types = true,
                 other => {
                     return Err(format!(
-                        "unknown experimental path {other:?} (expected all, none, or a list of matvec, gemm, pdl, attn)"
+                        "unknown experimental path {other:?} (expected all, none, or a list of matvec, gemm, pdl, attn, types)"
                     ))
                 }
             }
@@ -120,6 +126,7 @@ mod tests {
                 gemm: true,
                 pdl: true,
                 attn: false,
+                types: false,
             }
         );
         assert_eq!(e.to_string(), "gemm,pdl");
