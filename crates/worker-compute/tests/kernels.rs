@@ -513,6 +513,19 @@ fn k_panel_sums(ty: GgmlType, b: &[u8], a: &BlockQ8K) -> (i32, i32) {
             }
             (tot, 0)
         }
+        GgmlType::Q2_K => {
+            // Sub-block s = elements 16s..16s+16: scale and min in the nibbles of byte s; the
+            // quant of element e in byte 16 + 32 (e / 128) + e % 32 at bit pair (e % 128) / 32.
+            let (mut tot, mut mins) = (0, 0);
+            for e in 0..256 {
+                let u = (b[16 + 32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+                tot += (b[e / 16] & 0xF) as i32 * u as i32 * x(e);
+            }
+            for (sc, bs) in b[..16].iter().zip(a.bsums) {
+                mins += (sc >> 4) as i32 * bs as i32;
+            }
+            (tot, mins)
+        }
         GgmlType::IQ4_XS => {
             // tot = Σ_j (ls_j - 32) · Σ level·x over the sub-blocks of 32.
             let scales_h = u16::from_le_bytes([b[2], b[3]]);
@@ -596,6 +609,12 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
                 if ty == GgmlType::Q3_K {
                     let acc = (tot as f32).mul_add(f16(108) * a.d, acc);
                     (acc, (tot as f32 * f16(108) * a.d).abs())
+                } else if ty == GgmlType::Q2_K {
+                    let acc = (tot as f32).mul_add(f16(80) * a.d, acc);
+                    let acc = (mins as f32).mul_add(f16(82) * -a.d, acc);
+                    let size =
+                        (tot as f32 * f16(80) * a.d).abs() + (mins as f32 * f16(82) * a.d).abs();
+                    (acc, size)
                 } else if ty == GgmlType::IQ4_XS {
                     let acc = (tot as f32).mul_add(f16(0) * a.d, acc);
                     (acc, (tot as f32 * f16(0) * a.d).abs())

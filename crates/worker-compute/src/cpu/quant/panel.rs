@@ -56,6 +56,9 @@ pub enum PanelFormat {
     /// IQ4_NL: Q4_0's layout (f16 scale, 4-bit codes); the kernels map each code through
     /// the IQ4_NL table plus 128 (one byte shuffle), bias `-128d`.
     IQ4NL,
+    /// Q2_K: 256-element super-blocks, sixteen sub-blocks of 16 with 4-bit scales and mins,
+    /// 2-bit quants (see [`Q2K_QUANTS`]).
+    Q2K,
     /// IQ4_XS: 256-element super-blocks, eight sub-blocks of 32 with signed 6-bit scales,
     /// 4-bit codes into the IQ4_NL table (see [`IQ4XS_QUANTS`]).
     IQ4XS,
@@ -80,6 +83,7 @@ impl PanelFormat {
             GgmlType::Q3_K => Some(Self::Q3K),
             GgmlType::IQ4_NL => Some(Self::IQ4NL),
             GgmlType::IQ4_XS => Some(Self::IQ4XS),
+            GgmlType::Q2_K => Some(Self::Q2K),
             _ => None,
         }
     }
@@ -87,7 +91,7 @@ impl PanelFormat {
     /// Elements of one block.
     pub const fn block_elems(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K | Self::IQ4XS => QK_K,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K | Self::IQ4XS | Self::Q2K => QK_K,
             _ => QK,
         }
     }
@@ -104,6 +108,7 @@ impl PanelFormat {
             Self::Q5K => 176,
             Self::Q3K => 110,
             Self::IQ4XS => 136,
+            Self::Q2K => 84,
             Self::Q6K => 210,
         }
     }
@@ -116,6 +121,7 @@ impl PanelFormat {
             Self::Q5K => Q5K_QUANTS + 2048,
             Self::Q3K => PANEL * 210,
             Self::IQ4XS => IQ4XS_QUANTS + 2048,
+            Self::Q2K => Q2K_QUANTS + 1024,
             _ => PANEL * self.block_bytes(),
         }
     }
@@ -131,6 +137,7 @@ impl PanelFormat {
             Self::Q5K => Q5K_QUANTS,
             Self::Q6K | Self::Q3K => Q6K_QUANTS,
             Self::IQ4XS => IQ4XS_QUANTS,
+            Self::Q2K => Q2K_QUANTS,
         }
     }
 
@@ -187,6 +194,7 @@ impl PanelFormat {
             Self::Q6K => return q6k_to_panel(i, src, dst),
             Self::Q3K => return q3k_to_panel(i, src, dst),
             Self::IQ4XS => return iq4xs_to_panel(i, src, dst),
+            Self::Q2K => return q2k_to_panel(i, src, dst),
             _ => {}
         }
         dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
@@ -245,6 +253,10 @@ impl PanelFormat {
                 }
                 Self::IQ4XS => {
                     iq4xs_from_panel(i, src, dst);
+                    continue;
+                }
+                Self::Q2K => {
+                    q2k_from_panel(i, src, dst);
                     continue;
                 }
                 _ => {}
@@ -546,6 +558,57 @@ fn iq4xs_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
     dst[2..4].copy_from_slice(&scales_h.to_le_bytes());
 }
 
+// Q2_K panel block: d[16] f16 at 0, dmin[16] f16 at 32, scales[16][16] (4-bit, sub-block
+// major) at 64, min pairs[8][16][2] at 320 (mins of sub-blocks 2k and 2k+1 of row i at
+// 32k+2i), then 16 quant chunks: in chunk c, byte 4i+t holds row i's 2-bit quants of element
+// t of groups c, c+16, c+32, c+48 (bits 0-1, 2-3, 4-5, 6-7); group g is elements 4g..4g+4,
+// so sub-block s (elements 16s..16s+16) is chunks 4(s%4)..4(s%4)+4 at bit pair s/4.
+const Q2K_SCALES: usize = 64;
+const Q2K_MINS: usize = 320;
+/// Offset of the quant chunks in a Q2_K panel block.
+pub const Q2K_QUANTS: usize = 576;
+
+/// GGUF Q2_K position of element `e` (block: scales[16], qs[64], d, dmin): (byte of the
+/// block, bit shift).
+fn q2k_position(e: usize) -> (usize, u32) {
+    (16 + 32 * (e / 128) + e % 32, 2 * ((e % 128) / 32) as u32)
+}
+
+/// Where row `i`'s quant of element `e` goes in a Q2_K panel block: (byte, bit shift).
+fn q2k_panel_position(i: usize, e: usize) -> (usize, u32) {
+    let (g, t) = (e / 4, e % 4);
+    (Q2K_QUANTS + 64 * (g % 16) + 4 * i + t, 2 * (g / 16) as u32)
+}
+
+fn q2k_to_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst[2 * i..2 * i + 2].copy_from_slice(&src[80..82]);
+    dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[82..84]);
+    for s in 0..16 {
+        dst[Q2K_SCALES + 16 * s + i] = src[s] & 0xF;
+        dst[Q2K_MINS + 32 * (s / 2) + 2 * i + s % 2] = src[s] >> 4;
+    }
+    for e in 0..QK_K {
+        let (at, shift) = q2k_position(e);
+        let (to, to_shift) = q2k_panel_position(i, e);
+        dst[to] |= ((src[at] >> shift) & 3) << to_shift;
+    }
+}
+
+/// The inverse of [`q2k_to_panel`].
+fn q2k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
+    dst.fill(0);
+    dst[80..82].copy_from_slice(&src[2 * i..2 * i + 2]);
+    dst[82..84].copy_from_slice(&src[32 + 2 * i..34 + 2 * i]);
+    for s in 0..16 {
+        dst[s] = src[Q2K_SCALES + 16 * s + i] | src[Q2K_MINS + 32 * (s / 2) + 2 * i + s % 2] << 4;
+    }
+    for e in 0..QK_K {
+        let (at, shift) = q2k_position(e);
+        let (from, from_shift) = q2k_panel_position(i, e);
+        dst[at] |= ((src[from] >> from_shift) & 3) << shift;
+    }
+}
+
 fn q6k_from_panel(i: usize, src: &[u8], dst: &mut [u8]) {
     let (d, scales, u) = read_q6k_panel(i, src);
     dst[208..210].copy_from_slice(&d);
@@ -582,6 +645,7 @@ mod tests {
             PanelFormat::Q3K,
             PanelFormat::IQ4NL,
             PanelFormat::IQ4XS,
+            PanelFormat::Q2K,
         ] {
             let (rows, cols) = (37, 3 * fmt.block_elems());
             let row_bytes = 3 * fmt.block_bytes();

@@ -25,6 +25,7 @@ pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
         PanelFormat::IQ4XS => PanelDots::Q8K(dot_iq4_xs, dot_iq4_xs_many),
+        PanelFormat::Q2K => PanelDots::Q8K(dot_q2_k, dot_q2_k_many),
         // Q3_K is repacked into the Q6_K layout.
         PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
     };
@@ -95,6 +96,7 @@ panel_kernels! {
     dot_q5_k, dot_q5_k_many, dot_q5_k_avx512, dot_q5_k_many_avx512, panel_dot_q4_k [true,], BlockQ8K;
     dot_q6_k, dot_q6_k_many, dot_q6_k_avx512, dot_q6_k_many_avx512, panel_dot_q6_k [], BlockQ8K;
     dot_iq4_xs, dot_iq4_xs_many, dot_iq4_xs_avx512, dot_iq4_xs_many_avx512, panel_dot_iq4_xs [], BlockQ8K;
+    dot_q2_k, dot_q2_k_many, dot_q2_k_avx512, dot_q2_k_many_avx512, panel_dot_q2_k [], BlockQ8K;
 }
 
 /// The eight vectors of unsigned quants of panel block `p`: vector `g` holds elements
@@ -359,6 +361,65 @@ unsafe fn panel_dot_iq4_xs<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [
     store(acc)
 }
 
+/// Q2_K panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
+/// `tot = Σ_s sc_s · Σ u·x` over the sixteen sub-blocks of 16 and `mins = Σ_s m_s · Σx`;
+/// then `acc = fma(float(tot), d·dx, acc)` and `acc = fma(float(mins), dmin·(-dx), acc)`.
+#[inline(always)]
+unsafe fn panel_dot_q2_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::Q2K;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let three = _mm512_set1_epi8(3);
+    let mut acc = [_mm512_setzero_ps(); NR];
+    for b in 0..nb {
+        let p = w.as_ptr().add(b * pbb);
+        let q = p.add(fmt.quants_offset());
+        let scale =
+            |s: usize| _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(64 + 16 * s) as *const __m128i));
+        let mut tot = [_mm512_setzero_si512(); NR];
+        // Chunks 4c..4c+4 hold the sub-blocks c, c+4, c+8, c+12 (bit pairs 0, 1, 2, 3).
+        for c in 0..4 {
+            let v: [__m512i; 4] =
+                std::array::from_fn(|gi| _mm512_loadu_si512(q.add(64 * (4 * c + gi)) as *const _));
+            for pair in [0, 2] {
+                let (sa, sb) = (4 * pair + c, 4 * (pair + 1) + c);
+                let mut u = [_mm512_setzero_si512(); 8];
+                for gi in 0..4 {
+                    let lo = _mm512_srl_epi16(v[gi], _mm_cvtsi32_si128(2 * pair as i32));
+                    let hi = _mm512_srl_epi16(v[gi], _mm_cvtsi32_si128(2 * pair as i32 + 2));
+                    u[gi] = _mm512_and_si512(lo, three);
+                    u[4 + gi] = _mm512_and_si512(hi, three);
+                }
+                let (sc_a, sc_b) = (scale(sa), scale(sb));
+                for r in 0..NR {
+                    let a = x[r].get_unchecked(b).qs.as_ptr();
+                    let (s_a, s_b) = dot_group_halves(&u, a.add(16 * sa), a.add(16 * sb));
+                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_a, sc_a));
+                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_b, sc_b));
+                }
+            }
+        }
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+        let m: [__m512i; 8] = std::array::from_fn(|k| {
+            _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(320 + 32 * k) as *const __m256i))
+        });
+        for r in 0..NR {
+            let a = x[r].get_unchecked(b);
+            let mut mins = _mm512_setzero_si512();
+            for (k, mk) in m.iter().enumerate() {
+                let bs = std::ptr::read_unaligned(a.bsums.as_ptr().add(2 * k) as *const i32);
+                mins = _mm512_dpwssd_epi32(mins, *mk, _mm512_set1_epi32(bs));
+            }
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
+            let mscale = _mm512_mul_ps(dmin, _mm512_set1_ps(-a.d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), mscale, acc[r]);
+        }
+    }
+    store(acc)
+}
+
 /// `u[0..4]` against the broadcast bytes at `lo` and `u[4..8]` against those at `hi` (four
 /// groups of four each): the two sums.
 #[inline(always)]
@@ -400,6 +461,7 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
         PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
         PanelFormat::IQ4XS => PanelDots::Q8K(dot2_iq4_xs, dot2_iq4_xs_many),
+        PanelFormat::Q2K => PanelDots::Q8K(dot2_q2_k, dot2_q2_k_many),
         PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
     };
     PanelKernels { format, dots }
@@ -417,6 +479,7 @@ panel_kernels! {
     dot2_q5_k, dot2_q5_k_many, dot2_q5_k_avx2, dot2_q5_k_many_avx2, panel_dot_q4_k_avx2 [true,], BlockQ8K;
     dot2_q6_k, dot2_q6_k_many, dot2_q6_k_avx2, dot2_q6_k_many_avx2, panel_dot_q6_k_avx2 [], BlockQ8K;
     dot2_iq4_xs, dot2_iq4_xs_many, dot2_iq4_xs_avx2, dot2_iq4_xs_many_avx2, panel_dot_iq4_xs_avx2 [], BlockQ8K;
+    dot2_q2_k, dot2_q2_k_many, dot2_q2_k_avx2, dot2_q2_k_many_avx2, panel_dot_q2_k_avx2 [], BlockQ8K;
 }
 
 /// The eight vectors of unsigned quants of half `h` (rows `8h..8h+8`) of panel block `p`.
@@ -800,6 +863,80 @@ unsafe fn panel_dot_iq4_xs_avx2<const NR: usize>(
             for r in 0..NR {
                 let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+        }
+    }
+    out
+}
+
+/// [`panel_dot_q2_k`] with AVX2, eight rows at a time: the same integer sums (a sub-block's
+/// four `vpmaddubsw` add up in 16 bits: 4 x 2 x 3 x 127 < 2^15; `vpmaddwd` with the scale
+/// repeated in both halves applies it), the same f32 steps.
+#[inline(always)]
+unsafe fn panel_dot_q2_k_avx2<const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8K]; NR],
+) -> [[f32; PANEL]; NR] {
+    let fmt = PanelFormat::Q2K;
+    let pbb = fmt.panel_block_bytes();
+    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+    let three = _mm256_set1_epi8(3);
+    let mut out = [[0f32; PANEL]; NR];
+    for h in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset() + 32 * h);
+            let scale = |s: usize| {
+                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    p.add(64 + 16 * s + 8 * h) as *const __m128i
+                ));
+                _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16))
+            };
+            let mut tot = [_mm256_setzero_si256(); NR];
+            for c in 0..4 {
+                let v: [__m256i; 4] = std::array::from_fn(|gi| {
+                    _mm256_loadu_si256(q.add(64 * (4 * c + gi)) as *const __m256i)
+                });
+                for level in 0..4 {
+                    let s = 4 * level + c;
+                    let shift = _mm_cvtsi32_si128(2 * level as i32);
+                    let sc = scale(s);
+                    let u: [__m256i; 4] = std::array::from_fn(|gi| {
+                        _mm256_and_si256(_mm256_srl_epi16(v[gi], shift), three)
+                    });
+                    for r in 0..NR {
+                        let a = x[r].get_unchecked(b).qs.as_ptr().add(16 * s) as *const i32;
+                        let mut s16 = _mm256_setzero_si256();
+                        for (gi, ug) in u.iter().enumerate() {
+                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(gi)));
+                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*ug, xb));
+                        }
+                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16, sc));
+                    }
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
+            let m: [__m256i; 8] = std::array::from_fn(|k| {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                    p.add(320 + 32 * k + 16 * h) as *const __m128i
+                ))
+            });
+            for r in 0..NR {
+                let a = x[r].get_unchecked(b);
+                let mut mins = _mm256_setzero_si256();
+                for (k, mk) in m.iter().enumerate() {
+                    let bs = std::ptr::read_unaligned(a.bsums.as_ptr().add(2 * k) as *const i32);
+                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, _mm256_set1_epi32(bs)));
+                }
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+                let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
             }
         }
         for (o, a) in out.iter_mut().zip(acc) {
