@@ -615,9 +615,7 @@ unsafe fn panel_dot_avx2<const F: u8, const NR: usize>(
                 acc[j] = _mm256_fmadd_ps(bias, _mm256_set1_ps(a.s), acc[j]);
             }
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
-        }
+        store_half(&mut out, acc, h);
     }
     out
 }
@@ -638,6 +636,30 @@ unsafe fn repeat_half(pairs: __m256i, t: usize) -> __m256i {
         )
     };
     _mm256_shuffle_epi8(pairs, pattern)
+}
+
+/// `acc[r] = fma(float(tot[r]), d·dx, acc[r])` for each activation row `r` (its block `b`):
+/// the last step of a k-quant block in the AVX2 kernels without mins.
+#[inline(always)]
+unsafe fn add_scaled_avx2<const NR: usize>(
+    acc: &mut [__m256; NR],
+    tot: &[__m256i; NR],
+    d: __m256,
+    x: &[&[BlockQ8K]; NR],
+    b: usize,
+) {
+    for r in 0..NR {
+        let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+    }
+}
+
+/// Stores the accumulators of half `h` (rows `8h..8h+8`) of every activation row's outputs.
+#[inline(always)]
+unsafe fn store_half<const NR: usize>(out: &mut [[f32; PANEL]; NR], acc: [__m256; NR], h: usize) {
+    for (o, a) in out.iter_mut().zip(acc) {
+        _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+    }
 }
 
 /// [`panel_dot_q4_k`] with AVX2, eight rows at a time: the same integer sums (a Q4_K
@@ -717,9 +739,7 @@ unsafe fn panel_dot_q4_k_avx2<const HIGH: bool, const NR: usize>(
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
             }
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
-        }
+        store_half(&mut out, acc, h);
     }
     out
 }
@@ -799,14 +819,9 @@ unsafe fn panel_dot_q6_k_avx2<const NR: usize>(
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-            for r in 0..NR {
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
-            }
+            add_scaled_avx2(&mut acc, &tot, d, &x, b);
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
-        }
+        store_half(&mut out, acc, h);
     }
     out
 }
@@ -860,14 +875,9 @@ unsafe fn panel_dot_iq4_xs_avx2<const NR: usize>(
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-            for r in 0..NR {
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
-            }
+            add_scaled_avx2(&mut acc, &tot, d, &x, b);
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
-        }
+        store_half(&mut out, acc, h);
     }
     out
 }
@@ -939,9 +949,7 @@ unsafe fn panel_dot_q2_k_avx2<const NR: usize>(
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
             }
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
-        }
+        store_half(&mut out, acc, h);
     }
     out
 }
