@@ -74,6 +74,14 @@ __device__ __forceinline__ void pdl_start() {
 #endif
 }
 
+// Q3_K's sub-block scale k (0..16) minus 32: 6 bits, the low nibble in byte k % 8 of the
+// 12 scale bytes (nibble k / 8), the high pair in byte 8 + k % 4 (pair k / 4).
+__device__ __forceinline__ int q3k_scale(const u8* s, int k) {
+    int low = (s[k & 7] >> (4 * (k >> 3))) & 15;
+    int high = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
+    return (low | (high << 4)) - 32;
+}
+
 // The IQ4_NL level (ggml's kvalues_iq4nl: -127, -104, ..., 113) of 4-bit code q, from the
 // table packed four bytes to a word and picked with byte_perm (no local-memory array).
 __device__ __forceinline__ int iq4_level(u32 q) {

@@ -240,6 +240,59 @@ __device__ __forceinline__ float dot32_q6_k(const u8* row, int c, const float* x
     return ldh(b + 208) * ((float)sc[0] * s0 + (float)sc[1] * s1);
 }
 
+// block_q2_K (84 bytes, 4-byte aligned): scales[16], qs[64], d, dmin. Chunk j (0..8) of a
+// super-block is bit pair j % 4 of qs[32 (j / 4) .. + 32], sub-blocks 2j and 2j + 1.
+__device__ __forceinline__ float dot32_q2_k(const u8* row, int c, const float* xs, float sx) {
+    const u8* b = row + (size_t)(c >> 3) * 84;
+    int jc = c & 7, shift = 2 * (jc & 3);
+    const u32* p = (const u32*)(b + 16 + 32 * (jc >> 2));
+    u32 q[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = p[i];
+    float s0 = 0.0f, s1 = 0.0f, x0 = 0.0f, x1 = 0.0f;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        float v = (float)((byte32(q, l) >> shift) & 3u);
+        if (l < 16) {
+            s0 += v * xs[l];
+            x0 += xs[l];
+        } else {
+            s1 += v * xs[l];
+            x1 += xs[l];
+        }
+    }
+    u32 sa = b[2 * jc], sb = b[2 * jc + 1];
+    return ldh(b + 80) * ((float)(sa & 15u) * s0 + (float)(sb & 15u) * s1) -
+           ldh(b + 82) * ((float)(sa >> 4) * x0 + (float)(sb >> 4) * x1);
+}
+
+// block_q3_K (110 bytes, 2-byte aligned): hmask[32], qs[64], scales[12], d. Chunk j (0..8) of
+// a super-block: bit pair j % 4 of qs[32 (j / 4) + l], high bit 4 (j / 4) + j % 4 of
+// hmask[l], sub-blocks 2j and 2j + 1 (see dq_q3_k).
+__device__ __forceinline__ float dot32_q3_k(const u8* row, int c, const float* xs, float sx) {
+    const u8* b = row + (size_t)(c >> 3) * 110;
+    int jc = c & 7, n = jc >> 2, j = jc & 3;
+    const u16* pq = (const u16*)(b + 32 + 32 * n);
+    const u16* ph = (const u16*)b;
+    u16 q[16], h[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        q[i] = pq[i];
+        h[i] = ph[i];
+    }
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        int low = (int)((byte16(q, l) >> (2 * j)) & 3u);
+        int high = (int)((byte16(h, l) >> (4 * n + j)) & 1u);
+        float v = (float)(low - (high ? 0 : 4));
+        if (l < 16) s0 += v * xs[l];
+        else s1 += v * xs[l];
+    }
+    return ldh(b + 108) *
+           ((float)q3k_scale(b + 96, 2 * jc) * s0 + (float)q3k_scale(b + 96, 2 * jc + 1) * s1);
+}
+
 // sum_e level(code e) * x[e] for 16 bytes of IQ4 codes in q4_0's nibble order.
 __device__ __forceinline__ float dot_iq4(const u32* q, const float* xs) {
     float s = 0.0f;
@@ -442,6 +495,8 @@ DEFINE_MATVEC(q5_k)
 DEFINE_MATVEC(q6_k)
 DEFINE_MATVEC(iq4_nl)
 DEFINE_MATVEC(iq4_xs)
+DEFINE_MATVEC(q2_k)
+DEFINE_MATVEC(q3_k)
 
 DEFINE_MATVEC_WIDE(f32)
 DEFINE_MATVEC_WIDE(f16)
@@ -456,6 +511,8 @@ DEFINE_MATVEC_WIDE(q5_k)
 DEFINE_MATVEC_WIDE(q6_k)
 DEFINE_MATVEC_WIDE(iq4_nl)
 DEFINE_MATVEC_WIDE(iq4_xs)
+DEFINE_MATVEC_WIDE(q2_k)
+DEFINE_MATVEC_WIDE(q3_k)
 
 DEFINE_MATVEC3(f32)
 DEFINE_MATVEC3(f16)
@@ -470,3 +527,5 @@ DEFINE_MATVEC3(q5_k)
 DEFINE_MATVEC3(q6_k)
 DEFINE_MATVEC3(iq4_nl)
 DEFINE_MATVEC3(iq4_xs)
+DEFINE_MATVEC3(q2_k)
+DEFINE_MATVEC3(q3_k)

@@ -96,6 +96,27 @@ __device__ __forceinline__ float dq_q6_k(const u8* row, int i) {
     return ldh(b + 208) * (float)sc[(l >> 4) + 2 * quarter] * (float)v;
 }
 
+// block_q2_K: scales[16] (scale in the low nibble, min in the high), qs[64], d, dmin. Element
+// e: bit pair (e % 128) / 32 of qs[32 (e / 128) + e % 32], sub-block e / 16.
+__device__ __forceinline__ float dq_q2_k(const u8* row, int i) {
+    const u8* b = row + (i >> 8) * 84;
+    int e = i & 255;
+    int u = (b[16 + 32 * (e >> 7) + (e & 31)] >> (2 * ((e & 127) >> 5))) & 3;
+    u8 sc = b[e >> 4];
+    return ldh(b + 80) * (float)(sc & 15) * (float)u - ldh(b + 82) * (float)(sc >> 4);
+}
+
+// block_q3_K: hmask[32], qs[64], scales[12], d. Element e (n = e / 128, j = (e % 128) / 32,
+// l = e % 32): bit pair j of qs[32 n + l], minus 4 unless bit 4n + j of hmask[l] is set;
+// scale q3k_scale(e / 16).
+__device__ __forceinline__ float dq_q3_k(const u8* row, int i) {
+    const u8* b = row + (i >> 8) * 110;
+    int e = i & 255, n = e >> 7, j = (e & 127) >> 5, l = e & 31;
+    int low = (b[32 + 32 * n + l] >> (2 * j)) & 3;
+    int high = (b[l] >> (4 * n + j)) & 1;
+    return ldh(b + 108) * (float)q3k_scale(b + 96, e >> 4) * (float)(low - (high ? 0 : 4));
+}
+
 // block_iq4_nl: d (f16), qs[16]: 4-bit codes into the IQ4_NL levels, q4_0's nibble order.
 __device__ __forceinline__ float dq_iq4_nl(const u8* row, int i) {
     const u8* b = row + (i >> 5) * 18;
@@ -175,3 +196,5 @@ DEFINE_TYPE(q5_k)
 DEFINE_TYPE(q6_k)
 DEFINE_TYPE(iq4_nl)
 DEFINE_TYPE(iq4_xs)
+DEFINE_TYPE(q2_k)
+DEFINE_TYPE(q3_k)

@@ -48,11 +48,18 @@ pub const WEIGHT_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::Q6_K, "q6_k"),
     (GgmlType::IQ4_NL, "iq4_nl"),
     (GgmlType::IQ4_XS, "iq4_xs"),
+    (GgmlType::Q2_K, "q2_k"),
+    (GgmlType::Q3_K, "q3_k"),
 ];
 
 /// Weight types whose kernels have not run on a device yet: uploaded only with
 /// [`Experimental::types`].
-const EXPERIMENTAL_TYPES: &[GgmlType] = &[GgmlType::IQ4_NL, GgmlType::IQ4_XS];
+const EXPERIMENTAL_TYPES: &[GgmlType] = &[
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+];
 
 /// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
 const MAX_HEAD_DIM: usize = 256;

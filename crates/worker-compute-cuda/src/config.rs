@@ -41,8 +41,8 @@ pub struct Experimental {
     /// `attn`: prefill attention in tiles of positions shared by 16 query rows
     /// (`attention_prefill_f16`), for batches in one slot with heads up to 128 wide.
     pub attn: bool,
-    /// `types`: IQ4_NL and IQ4_XS weights (their kernels have not run on a device yet;
-    /// without this they are refused at load, naming the type).
+    /// `types`: IQ4_NL, IQ4_XS, Q2_K and Q3_K weights (their kernels have not run on a device
+    /// yet; without this they are refused at load, naming the type).
     pub types: bool,
 }
 
