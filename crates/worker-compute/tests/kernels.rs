@@ -645,3 +645,76 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
         "a VNNI machine must get k-quant panel kernels"
     );
 }
+
+/// The F16 and BF16 panel kernels (f32 activations) against their documented f32 steps
+/// (four accumulators, element `e` into `e % 4` by fma, then `(a0 + a1) + (a2 + a3)`), one
+/// activation row against many, and an f64 dot product of the weights.
+#[test]
+fn half_panel_kernels_match_their_definition() {
+    use worker_compute::cpu::quant::panel::PANEL;
+    let mut rng = Rng::new();
+    let mut checked = 0;
+    for simd in simd_tables() {
+        for ty in [GgmlType::F16, GgmlType::BF16] {
+            let Some(pk) = simd.for_type(ty).and_then(|k| k.panel) else {
+                continue;
+            };
+            let PanelDots::F32(dot, dot_many) = pk.dots else {
+                panic!("{ty}: panel kernels that do not take f32 activations");
+            };
+            let value = |b: &[u8]| match ty {
+                GgmlType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            };
+            for n in [1usize, 6, 96, 577] {
+                let w: Vec<Vec<u8>> = (0..PANEL).map(|_| random_row(&mut rng, ty, n)).collect();
+                let mut panel = vec![0; pk.format.bytes(PANEL, n)];
+                pk.format.repack(n, &w.concat(), &mut panel);
+                let xs: Vec<Vec<f32>> = (0..PANEL_BATCH)
+                    .map(|_| (0..n).map(|_| rng.f32() * 2.0).collect())
+                    .collect();
+                let many = dot_many(&panel, std::array::from_fn(|i| &xs[i][..]));
+                for (x, got_many) in xs.iter().zip(many) {
+                    let got = dot(&panel, x);
+                    for (i, row) in w.iter().enumerate() {
+                        let wf: Vec<f32> = row.chunks_exact(2).map(value).collect();
+                        let mut acc = [0f32; 4];
+                        for (e, (a, b)) in wf.iter().zip(x).enumerate() {
+                            acc[e % 4] = a.mul_add(*b, acc[e % 4]);
+                        }
+                        let want = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+                        let what = format!("{:?} {ty} panel n={n} row {i}", simd.isa);
+                        assert_eq!(
+                            got[i].to_bits(),
+                            want.to_bits(),
+                            "{what}: {} vs {want}",
+                            got[i]
+                        );
+                        assert_eq!(
+                            got_many[i].to_bits(),
+                            got[i].to_bits(),
+                            "{what}: many vs one"
+                        );
+                        let exact: f64 = wf.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let size: f64 = wf
+                            .iter()
+                            .zip(x)
+                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                            .sum();
+                        assert!(
+                            (got[i] as f64 - exact).abs() <= 1e-6 * size + 1e-9,
+                            "{what}: {} vs f64 {exact}",
+                            got[i]
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    let avx2 = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2");
+    assert!(
+        checked > 0 || !avx2,
+        "an AVX2 machine must get F16/BF16 panel kernels"
+    );
+}

@@ -985,6 +985,7 @@ impl CpuBackend {
             let format = |k: &TypeKernels| match (k.panel.map(|p| p.dots), k.vec_dot) {
                 (Some(PanelDots::Q8(..)), _) | (None, VecDot::Q8(_)) => Some(QK),
                 (Some(PanelDots::Q8K(..)), _) | (None, VecDot::Q8K(_)) => Some(QK_K),
+                (Some(PanelDots::F32(..)), _) => None,
                 (None, VecDot::F32(_) | VecDot::Dequantized) => None,
             };
             let needs = |block| {
@@ -1009,7 +1010,7 @@ impl CpuBackend {
                     None => self.matmul_rows(wt, xs, q8, q8k, rows, out)?,
                 }
             }
-            self.matmul_panels(&panels, q8, q8k, rows)
+            self.matmul_panels(&panels, xs, q8, q8k, rows)
         })();
         self.q8 = q8;
         self.q8k = q8k;
@@ -1085,6 +1086,7 @@ impl CpuBackend {
     fn matmul_panels(
         &self,
         jobs: &[PanelJob<'_>],
+        xs: &[f32],
         q8: &[BlockQ8],
         q8k: &[BlockQ8K],
         rows: usize,
@@ -1112,6 +1114,7 @@ impl CpuBackend {
                 match job.pk.dots {
                     PanelDots::Q8(f, f4) => job.run(panels.clone(), (f, f4), q8, rows),
                     PanelDots::Q8K(f, f4) => job.run(panels.clone(), (f, f4), q8k, rows),
+                    PanelDots::F32(f, f4) => job.run(panels.clone(), (f, f4), xs, rows),
                 }
             });
         };

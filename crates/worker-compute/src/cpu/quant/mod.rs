@@ -92,6 +92,8 @@ pub enum PanelDots {
     Q8(PanelDot<BlockQ8>, PanelDotMany<BlockQ8>),
     /// k-quants: activations as [`BlockQ8K`].
     Q8K(PanelDot<BlockQ8K>, PanelDotMany<BlockQ8K>),
+    /// F16 and BF16: activations stay f32.
+    F32(PanelDot<f32>, PanelDotMany<f32>),
 }
 
 /// The kernels of a type whose weights are repacked at load into panels.

@@ -56,6 +56,11 @@ pub enum PanelFormat {
     /// IQ4_NL: Q4_0's layout (f16 scale, 4-bit codes); the kernels map each code through
     /// the IQ4_NL table plus 128 (one byte shuffle), bias `-128d`.
     IQ4NL,
+    /// F16: each element of the sixteen rows as sixteen consecutive halves (32 bytes), for
+    /// f32 multiply-adds against f32 activations.
+    F16,
+    /// BF16: laid out as [`PanelFormat::F16`].
+    BF16,
     /// Q2_K: 256-element super-blocks, sixteen sub-blocks of 16 with 4-bit scales and mins,
     /// 2-bit quants (see [`Q2K_QUANTS`]).
     Q2K,
@@ -84,6 +89,8 @@ impl PanelFormat {
             GgmlType::IQ4_NL => Some(Self::IQ4NL),
             GgmlType::IQ4_XS => Some(Self::IQ4XS),
             GgmlType::Q2_K => Some(Self::Q2K),
+            GgmlType::F16 => Some(Self::F16),
+            GgmlType::BF16 => Some(Self::BF16),
             _ => None,
         }
     }
@@ -92,6 +99,7 @@ impl PanelFormat {
     pub const fn block_elems(self) -> usize {
         match self {
             Self::Q4K | Self::Q5K | Self::Q6K | Self::Q3K | Self::IQ4XS | Self::Q2K => QK_K,
+            Self::F16 | Self::BF16 => 1,
             _ => QK,
         }
     }
@@ -110,6 +118,7 @@ impl PanelFormat {
             Self::IQ4XS => 136,
             Self::Q2K => 84,
             Self::Q6K => 210,
+            Self::F16 | Self::BF16 => 2,
         }
     }
 
@@ -138,6 +147,7 @@ impl PanelFormat {
             Self::Q6K | Self::Q3K => Q6K_QUANTS,
             Self::IQ4XS => IQ4XS_QUANTS,
             Self::Q2K => Q2K_QUANTS,
+            Self::F16 | Self::BF16 => 0,
         }
     }
 
@@ -175,6 +185,17 @@ impl PanelFormat {
     /// Repacks GGUF rows of `cols` elements (`raw`, a whole number of rows) into `out`, which
     /// must be zeroed and [`PanelFormat::bytes`] long.
     pub fn repack(self, cols: usize, raw: &[u8], out: &mut [u8]) {
+        if let Self::F16 | Self::BF16 = self {
+            // Element e of row 16p + i at byte 2i of panel p's 32-byte group e.
+            for (r, row) in raw.chunks_exact(2 * cols).enumerate() {
+                let (p, i) = (r / PANEL, r % PANEL);
+                let panel = &mut out[p * cols * 32..][..cols * 32];
+                for (dst, src) in panel.chunks_exact_mut(32).zip(row.chunks_exact(2)) {
+                    dst[2 * i..2 * i + 2].copy_from_slice(src);
+                }
+            }
+            return;
+        }
         let (bb, pbb) = (self.block_bytes(), self.panel_block_bytes());
         let nb = cols / self.block_elems();
         for (r, row) in raw.chunks_exact(nb * bb).enumerate() {
@@ -233,6 +254,14 @@ impl PanelFormat {
     /// Rebuilds GGUF row `r` (of `cols` elements) from `panels` into `out` (one row of GGUF
     /// bytes): the inverse of [`PanelFormat::repack`], for embedding lookups.
     pub fn gguf_row(self, cols: usize, panels: &[u8], r: usize, out: &mut [u8]) {
+        if let Self::F16 | Self::BF16 = self {
+            let (p, i) = (r / PANEL, r % PANEL);
+            let panel = &panels[p * cols * 32..][..cols * 32];
+            for (dst, src) in out.chunks_exact_mut(2).zip(panel.chunks_exact(32)) {
+                dst.copy_from_slice(&src[2 * i..2 * i + 2]);
+            }
+            return;
+        }
         let (bb, pbb) = (self.block_bytes(), self.panel_block_bytes());
         let nb = cols / self.block_elems();
         let (p, i) = (r / PANEL, r % PANEL);
@@ -646,6 +675,8 @@ mod tests {
             PanelFormat::IQ4NL,
             PanelFormat::IQ4XS,
             PanelFormat::Q2K,
+            PanelFormat::F16,
+            PanelFormat::BF16,
         ] {
             let (rows, cols) = (37, 3 * fmt.block_elems());
             let row_bytes = 3 * fmt.block_bytes();

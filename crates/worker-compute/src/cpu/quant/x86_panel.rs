@@ -26,6 +26,8 @@ pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
         PanelFormat::IQ4XS => PanelDots::Q8K(dot_iq4_xs, dot_iq4_xs_many),
         PanelFormat::Q2K => PanelDots::Q8K(dot_q2_k, dot_q2_k_many),
+        PanelFormat::F16 => PanelDots::F32(dot_f16, dot_f16_many),
+        PanelFormat::BF16 => PanelDots::F32(dot_bf16, dot_bf16_many),
         // Q3_K is repacked into the Q6_K layout.
         PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
     };
@@ -97,6 +99,8 @@ panel_kernels! {
     dot_q6_k, dot_q6_k_many, dot_q6_k_avx512, dot_q6_k_many_avx512, panel_dot_q6_k [], BlockQ8K;
     dot_iq4_xs, dot_iq4_xs_many, dot_iq4_xs_avx512, dot_iq4_xs_many_avx512, panel_dot_iq4_xs [], BlockQ8K;
     dot_q2_k, dot_q2_k_many, dot_q2_k_avx512, dot_q2_k_many_avx512, panel_dot_q2_k [], BlockQ8K;
+    dot_f16, dot_f16_many, dot_f16_avx512, dot_f16_many_avx512, panel_dot_half [false,], f32;
+    dot_bf16, dot_bf16_many, dot_bf16_avx512, dot_bf16_many_avx512, panel_dot_half [true,], f32;
 }
 
 /// The eight vectors of unsigned quants of panel block `p`: vector `g` holds elements
@@ -420,6 +424,49 @@ unsafe fn panel_dot_q2_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f
     store(acc)
 }
 
+/// F16 (with `BF16`: BF16) panels against `NR` f32 activation rows. Per row, four f32
+/// accumulators: element `e` of the sixteen weight rows (as f32) times `x[e]` is added to
+/// accumulator `e % 4` with one fma; the result is `(acc0 + acc1) + (acc2 + acc3)`.
+#[inline(always)]
+unsafe fn panel_dot_half<const BF16: bool, const NR: usize>(
+    w: &[u8],
+    x: [&[f32]; NR],
+) -> [[f32; PANEL]; NR] {
+    let k = x.iter().fold(w.len() / 32, |n, r| n.min(r.len()));
+    let load = |e: usize| {
+        let h = _mm256_loadu_si256(w.as_ptr().add(32 * e) as *const __m256i);
+        if BF16 {
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        } else {
+            _mm512_cvtph_ps(h)
+        }
+    };
+    let mut acc = [[_mm512_setzero_ps(); 4]; NR];
+    let k4 = k / 4 * 4;
+    for e0 in (0..k4).step_by(4) {
+        for (a, e) in (e0..e0 + 4).enumerate() {
+            let wv = load(e);
+            for r in 0..NR {
+                let xv = _mm512_set1_ps(*x[r].get_unchecked(e));
+                acc[r][a] = _mm512_fmadd_ps(wv, xv, acc[r][a]);
+            }
+        }
+    }
+    for e in k4..k {
+        let wv = load(e);
+        for r in 0..NR {
+            let xv = _mm512_set1_ps(*x[r].get_unchecked(e));
+            acc[r][e % 4] = _mm512_fmadd_ps(wv, xv, acc[r][e % 4]);
+        }
+    }
+    let mut out = [[0f32; PANEL]; NR];
+    for (o, a) in out.iter_mut().zip(acc) {
+        let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+        _mm512_storeu_ps(o.as_mut_ptr(), s);
+    }
+    out
+}
+
 /// `u[0..4]` against the broadcast bytes at `lo` and `u[4..8]` against those at `hi` (four
 /// groups of four each): the two sums.
 #[inline(always)]
@@ -462,6 +509,8 @@ pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
         PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
         PanelFormat::IQ4XS => PanelDots::Q8K(dot2_iq4_xs, dot2_iq4_xs_many),
         PanelFormat::Q2K => PanelDots::Q8K(dot2_q2_k, dot2_q2_k_many),
+        PanelFormat::F16 => PanelDots::F32(dot2_f16, dot2_f16_many),
+        PanelFormat::BF16 => PanelDots::F32(dot2_bf16, dot2_bf16_many),
         PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
     };
     PanelKernels { format, dots }
@@ -480,6 +529,8 @@ panel_kernels! {
     dot2_q6_k, dot2_q6_k_many, dot2_q6_k_avx2, dot2_q6_k_many_avx2, panel_dot_q6_k_avx2 [], BlockQ8K;
     dot2_iq4_xs, dot2_iq4_xs_many, dot2_iq4_xs_avx2, dot2_iq4_xs_many_avx2, panel_dot_iq4_xs_avx2 [], BlockQ8K;
     dot2_q2_k, dot2_q2_k_many, dot2_q2_k_avx2, dot2_q2_k_many_avx2, panel_dot_q2_k_avx2 [], BlockQ8K;
+    dot2_f16, dot2_f16_many, dot2_f16_avx2, dot2_f16_many_avx2, panel_dot_half_avx2 [false,], f32;
+    dot2_bf16, dot2_bf16_many, dot2_bf16_avx2, dot2_bf16_many_avx2, panel_dot_half_avx2 [true,], f32;
 }
 
 /// The eight vectors of unsigned quants of half `h` (rows `8h..8h+8`) of panel block `p`.
@@ -950,6 +1001,48 @@ unsafe fn panel_dot_q2_k_avx2<const NR: usize>(
             }
         }
         store_half(&mut out, acc, h);
+    }
+    out
+}
+
+/// [`panel_dot_half`] with AVX2, eight rows at a time: the same per-lane steps, so the same
+/// results.
+#[inline(always)]
+unsafe fn panel_dot_half_avx2<const BF16: bool, const NR: usize>(
+    w: &[u8],
+    x: [&[f32]; NR],
+) -> [[f32; PANEL]; NR] {
+    let k = x.iter().fold(w.len() / 32, |n, r| n.min(r.len()));
+    let mut out = [[0f32; PANEL]; NR];
+    for h in 0..2 {
+        let load = |e: usize| {
+            let v = _mm_loadu_si128(w.as_ptr().add(32 * e + 16 * h) as *const __m128i);
+            if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+            } else {
+                _mm256_cvtph_ps(v)
+            }
+        };
+        let mut acc = [[_mm256_setzero_ps(); 4]; NR];
+        let k4 = k / 4 * 4;
+        for e0 in (0..k4).step_by(4) {
+            for (a, e) in (e0..e0 + 4).enumerate() {
+                let wv = load(e);
+                for r in 0..NR {
+                    let xv = _mm256_set1_ps(*x[r].get_unchecked(e));
+                    acc[r][a] = _mm256_fmadd_ps(wv, xv, acc[r][a]);
+                }
+            }
+        }
+        for e in k4..k {
+            let wv = load(e);
+            for r in 0..NR {
+                let xv = _mm256_set1_ps(*x[r].get_unchecked(e));
+                acc[r][e % 4] = _mm256_fmadd_ps(wv, xv, acc[r][e % 4]);
+            }
+        }
+        let sums = acc.map(|a| _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        store_half(&mut out, sums, h);
     }
     out
 }
