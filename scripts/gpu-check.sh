@@ -3,6 +3,9 @@
 # toolchain and no model files. Run from the repository root:
 #
 #   scripts/gpu-check.sh            # binaries and descriptions in gpu-bin/ (GPU_BIN to change)
+#   scripts/gpu-check.sh main       # only the checks of the default paths
+#   scripts/gpu-check.sh experimental   # only the experimental paths (after a main run was
+#                                       # cut short; the synthesized models are reused)
 #
 # gpu-bin/ (git-ignored) is prepared on the development machine:
 #   cargo build --release --config profile.release.debug=0 -p worker-orcd -p worker-cli
@@ -21,6 +24,8 @@
 # Each result prints as a RESULT line when known, and the table of them comes last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PHASE=${1:-all}
+case "$PHASE" in all | main | experimental) ;; *) echo "usage: $0 [all|main|experimental]" >&2; exit 2 ;; esac
 BIN=${GPU_BIN:-gpu-bin}
 WORK=${GPU_CHECK_DIR:-/tmp/gpu-check}
 mkdir -p "$WORK"
@@ -38,10 +43,13 @@ step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -2
 "$BIN/worker-orcd" --version
 
+if [ "$PHASE" != experimental ]; then
 step "check-ops: every op and weight type, CUDA vs CPU"
 if timeout 120 "$BIN/worker-orcd" check-ops > "$WORK/ops.txt" 2>&1; then ok=PASS; else ok=FAIL; fi
 cat "$WORK/ops.txt"
 row "check-ops ($(grep -c '\[PASS\]' "$WORK/ops.txt") pass, $(grep -c '\[FAIL\]' "$WORK/ops.txt") fail, $(grep -c '\[SKIP\]' "$WORK/ops.txt") skip)" "$ok" ""
+
+fi
 
 step "synthesize random-weight models"
 for m in smollm2 qwen; do
@@ -51,6 +59,7 @@ for m in smollm2 qwen; do
 done
 ls -la "$WORK"/*.gguf
 
+if [ "$PHASE" != experimental ]; then
 for m in smollm2 qwen; do
     f="$WORK/$m.gguf"
     step "compare $m: logits and teacher-forced greedy, CUDA vs CPU"
@@ -112,7 +121,9 @@ rc=$?
 echo "rc=$rc: $msg"
 if [ $rc -eq 1 ] && echo "$msg" | grep -q "no CUDA device found"; then ok=PASS; else ok=FAIL; fi
 row "no device: exit 1, one line" "$ok" ""
+fi
 
+if [ "$PHASE" != main ]; then
 step "experimental paths (--cuda-experimental): check-ops and bench one at a time, compare all together (info only)"
 for x in matvec gemm pdl attn types all; do
     X="$BIN/worker-orcd --cuda-experimental $x"
@@ -133,6 +144,8 @@ for x in matvec gemm pdl attn types all; do
     done
     row "experimental $x: check-ops $xo$xc" info "$xb"
 done
+
+fi
 
 printf '\n=== summary (%ss)\n' "$SECONDS"
 printf '%s\n' "${ROWS[@]}"
