@@ -7,11 +7,9 @@
 #   scripts/gpu-check.sh experimental   # only the experimental paths (after a main run was
 #                                       # cut short; the synthesized models are reused)
 #
-# gpu-bin/ (git-ignored) is prepared on the development machine:
-#   cargo build --release --config profile.release.debug=0 -p worker-orcd -p worker-cli
-#   mkdir -p gpu-bin && cp target/release/worker-{orcd,cli} gpu-bin/ && strip gpu-bin/worker-*
-#   gpu-bin/worker-cli describe fixtures/models/SmolLM2-135M-Instruct.Q4_1.gguf gpu-bin/smollm2.desc.gguf
-#   gpu-bin/worker-cli describe fixtures/models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf gpu-bin/qwen.desc.gguf
+# gpu-bin/ (git-ignored, 22 MB) is prepared on the development machine by
+# scripts/gpu-prepare.sh: stripped release builds of worker-orcd and worker-cli, and the
+# descriptions of both fixtures that `worker-cli synth` expands here.
 #
 # Steps: every op and weight type against the CPU backend (check-ops); random-weight copies
 # of both models (same metadata, types and shapes); CUDA against CPU logits and
