@@ -52,6 +52,10 @@ pub enum EngineError {
     /// A forward pass failed; the sequences in that batch end with this error.
     #[error("forward pass failed: {0}")]
     Forward(String),
+    /// A forward pass could not allocate device memory (a GPU's VRAM); the sequences in that
+    /// batch end with this error, and the engine goes on serving the others.
+    #[error("out of device memory in a forward pass: {0}")]
+    OutOfMemory(String),
     /// The engine shut down before the request finished.
     #[error("the engine shut down before the request finished")]
     ShutDown,

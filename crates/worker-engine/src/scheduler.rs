@@ -7,8 +7,8 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use worker_common::Sampler;
-use worker_compute::ComputeBackend;
-use worker_models::{Batch, Model, SequenceBatch};
+use worker_compute::{ComputeBackend, ComputeError};
+use worker_models::{Batch, Model, ModelError, SequenceBatch};
 use worker_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::request::{CancelHandle, Completion, Event, EventSink, StopReason, Timings, TokenEvent};
@@ -334,7 +334,7 @@ impl<'t> Scheduler<'t> {
             self.model
                 .forward(self.backend.as_mut(), &b.batch(), &mut self.logits[..vocab]);
         let outcome = match result {
-            Err(e) => Some(Outcome::Fail(EngineError::Forward(e.to_string()))),
+            Err(e) => Some(Outcome::Fail(forward_error(&e))),
             Ok(()) => {
                 seq.n_past = end;
                 seq.timings.prompt_tokens = end;
@@ -395,7 +395,7 @@ impl<'t> Scheduler<'t> {
         let forward_time = start.elapsed();
         for (r, &i) in group.iter().enumerate() {
             let outcome = match &result {
-                Err(e) => Some(Outcome::Fail(EngineError::Forward(e.to_string()))),
+                Err(e) => Some(Outcome::Fail(forward_error(e))),
                 Ok(()) => self.slots[i].as_mut().and_then(|seq| {
                     let t = Instant::now();
                     seq.n_past += 1;
@@ -422,5 +422,15 @@ impl<'t> Scheduler<'t> {
         for seq in self.slots.iter_mut().filter_map(Option::take) {
             seq.finish(Outcome::Fail(EngineError::ShutDown));
         }
+    }
+}
+
+/// The engine error of a failed forward pass: an allocation failure is
+/// [`EngineError::OutOfMemory`] (reported as `VRAM_OOM`), anything else
+/// [`EngineError::Forward`].
+fn forward_error(e: &ModelError) -> EngineError {
+    match e {
+        ModelError::Compute(ComputeError::Alloc { .. }) => EngineError::OutOfMemory(e.to_string()),
+        _ => EngineError::Forward(e.to_string()),
     }
 }

@@ -116,6 +116,13 @@ impl ApiError {
             EngineError::ShutDown => {
                 Self::new(ErrorCode::ShuttingDown, "the worker is shutting down")
             }
+            EngineError::OutOfMemory(_) => {
+                tracing::error!(error = %e, "VRAM_OOM: request failed");
+                Self::new(
+                    ErrorCode::VramOom,
+                    "the device ran out of memory for this request; the worker goes on serving",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "engine failure");
                 Self::new(
@@ -176,5 +183,22 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_out_of_memory_is_vram_oom_retriable_503() {
+        let e = ApiError::from_engine(&EngineError::OutOfMemory("kv partials".into()));
+        assert_eq!(e.code, ErrorCode::VramOom);
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.code.retriable());
+        assert_eq!(e.body()["code"], "VRAM_OOM", "{}", e.body());
+        // Other forward failures stay internal errors.
+        let e = ApiError::from_engine(&EngineError::Forward("shape".into()));
+        assert_eq!(e.code, ErrorCode::Internal);
     }
 }
