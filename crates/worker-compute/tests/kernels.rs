@@ -194,7 +194,7 @@ fn attention_kernels_match_scalar_and_f64() {
                 .collect();
             let mut scores = Vec::new();
             let mut reference = vec![0f32; vhd];
-            generic::attend(&q, &keys, &values, n, scale, &mut reference, &mut scores);
+            generic::attend(&q, &keys, &values, n, scale, &mut reference, &mut scores, 1);
             for (c, (r, w)) in reference.iter().zip(&want).enumerate() {
                 assert!(
                     (*r as f64 - w).abs() < 1e-5,
@@ -203,13 +203,40 @@ fn attention_kernels_match_scalar_and_f64() {
             }
             for simd in simd_tables() {
                 let mut got = vec![0f32; vhd];
-                (simd.attend)(&q, &keys, &values, n, scale, &mut got, &mut scores);
+                (simd.attend)(&q, &keys, &values, n, scale, &mut got, &mut scores, 1);
                 for (c, (g, r)) in got.iter().zip(&reference).enumerate() {
                     assert!(
                         (g - r).abs() <= 2e-6,
                         "{:?} attend hd={hd} vhd={vhd} n={n} col {c}: {g} vs scalar {r}",
                         simd.isa
                     );
+                }
+                // A GQA group of heads in one call: each head bit for bit as alone.
+                for heads in [2usize, 3, 4, 5, 7] {
+                    let qs: Vec<f32> = (0..heads * hd).map(|_| rng.f32()).collect();
+                    let mut together = vec![0f32; heads * vhd];
+                    (simd.attend)(
+                        &qs,
+                        &keys,
+                        &values,
+                        n,
+                        scale,
+                        &mut together,
+                        &mut scores,
+                        heads,
+                    );
+                    for h in 0..heads {
+                        let mut alone = vec![0f32; vhd];
+                        let qh = &qs[h * hd..(h + 1) * hd];
+                        (simd.attend)(qh, &keys, &values, n, scale, &mut alone, &mut scores, 1);
+                        let got = &together[h * vhd..(h + 1) * vhd];
+                        assert_eq!(
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{:?} attend hd={hd} vhd={vhd} n={n}: head {h} of {heads} vs alone",
+                            simd.isa
+                        );
+                    }
                 }
             }
         }

@@ -909,19 +909,28 @@ impl ComputeBackend for CpuBackend {
         let next = AtomicUsize::new(0);
         let qs = &qt.data[..];
         let qcols = qt.cols;
+        // A work item is `per` query heads of one row, all of one KV head: the whole GQA group
+        // (its keys and values read once) when there are items enough to keep the pool busy,
+        // else one head. A head's result is the same either way.
+        let per = if rows * p.kv_heads >= 4 * self.pool.n_threads() {
+            group
+        } else {
+            1
+        };
+        let items_per_row = p.heads / per;
         let job = || {
             let mut scores: Vec<f32> = Vec::new();
-            for_chunks(rows * p.heads, 1, &next, |item, _| {
-                let (r, h) = (item / p.heads, item % p.heads);
+            for_chunks(rows * items_per_row, 1, &next, |item, _| {
+                let (r, h) = (item / items_per_row, (item % items_per_row) * per);
                 let (n, sl) = (pos[r] as usize + 1, slot[r] as usize);
                 let region = kv.region(p.layer, sl, h / group);
                 let keys = &kv.k[region * hd..]
                     [..n.div_ceil(generic::KEY_BLOCK) * generic::KEY_BLOCK * hd];
                 let values = &kv.v[region * vhd..][..n * vhd];
-                let qrow = &qs[r * qcols + h * hd..][..hd];
-                // SAFETY: item (r, h) owns output row r, columns h*vhd..(h+1)*vhd.
-                let orow = unsafe { optr.slice(r * ocols + h * vhd, vhd) };
-                attend(qrow, keys, values, n, p.scale, orow, &mut scores);
+                let qrow = &qs[r * qcols + h * hd..][..per * hd];
+                // SAFETY: item (r, h) owns output row r, columns h*vhd..(h+per)*vhd.
+                let orow = unsafe { optr.slice(r * ocols + h * vhd, per * vhd) };
+                attend(qrow, keys, values, n, p.scale, orow, &mut scores, per);
             });
         };
         self.run(OP, &job)?;

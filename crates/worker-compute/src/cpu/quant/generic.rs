@@ -439,13 +439,36 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// Positions per key block of the attention kernels' key layout (see [`attend`]).
 pub const KEY_BLOCK: usize = 16;
 
+/// The attention of `heads` query heads that share one KV head (a GQA group) over `n`
+/// cached positions: for each head `h`, `out[h] = softmax(scale · K q[h]) · V`, with `q` the
+/// heads' queries one after the other and `out` their outputs likewise. Each head's result
+/// is the same as alone ([`attend_head`]); the SIMD kernels read each key and value once for
+/// the whole group.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+    heads: usize,
+) {
+    let heads = heads.max(1);
+    let (hd, vhd) = (q.len() / heads, out.len() / heads);
+    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(vhd)) {
+        attend_head(qh, keys, values, n, scale, oh, scores);
+    }
+}
+
 /// One query head's attention over `n` cached positions: `out = softmax(scale · K q) · V`.
 ///
 /// `keys` holds the keys in blocks of [`KEY_BLOCK`] positions, each block transposed
 /// (`[head_dim][KEY_BLOCK]`), so that a SIMD kernel scores sixteen positions per vector with
 /// no horizontal sums; `values` holds one row of `out.len()` per position. `scores` is
 /// scratch space.
-pub fn attend(
+pub fn attend_head(
     q: &[f32],
     keys: &[f32],
     values: &[f32],

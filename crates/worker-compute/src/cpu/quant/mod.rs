@@ -105,8 +105,8 @@ pub struct PanelKernels {
     pub dots: PanelDots,
 }
 
-/// The signature of [`generic::attend`]: `(q, keys, values, n, scale, out, scores)`.
-pub type Attend = fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], &mut Vec<f32>);
+/// The signature of [`generic::attend`]: `(q, keys, values, n, scale, out, scores, heads)`.
+pub type Attend = fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], &mut Vec<f32>, usize);
 
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]

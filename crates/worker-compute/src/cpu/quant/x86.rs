@@ -80,6 +80,8 @@ fn set_panels(k: &mut Kernels, kernels: fn(PanelFormat) -> PanelKernels) {
 
 macro_rules! wrap {
     ($name:ident, $imp:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+        // The kernel's own parameter list (attention has eight).
+        #[allow(clippy::too_many_arguments)]
         fn $name($($a: $t),*) -> $r {
             // SAFETY: this wrapper is only reachable through a `Kernels` table built by
             // `avx2_kernels`/`avx512_table`, which checked the features `$imp` enables.
@@ -92,7 +94,7 @@ wrap!(quantize_row_q8, quantize_row_q8_avx2, (x: &[f32], out: &mut [BlockQ8]) ->
 wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K]) -> ());
 wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
 wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
-wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>) -> ());
+wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 wrap!(vec_dot_f16, vec_dot_f16_avx2, (w: &[u8], x: &[f32]) -> f32);
 
@@ -279,9 +281,12 @@ unsafe fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
     crate::cpu::ops::swiglu_row(&mut out[i..n], &gate[i..n], &up[i..n]);
 }
 
-/// [`super::generic::attend`] with sixteen positions per pair of vectors: scores four key
-/// blocks at a time (eight FMA chains), a vector exponential, and the weighted sum of
-/// values with 64 output columns held in registers.
+/// [`super::generic::attend`] with sixteen positions per pair of vectors: a vector
+/// exponential, and per group of up to four heads one pass over the keys and one over the
+/// values (each key and value read once for the group). Alone, a head's keys are scored four
+/// blocks at a time (eight FMA chains) and 64 output columns are held in registers. Every
+/// head's sums run in the same order either way, so its result does not depend on the group.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2(
     q: &[f32],
@@ -291,48 +296,163 @@ unsafe fn attend_avx2(
     scale: f32,
     out: &mut [f32],
     scores: &mut Vec<f32>,
+    heads: usize,
 ) {
     use super::generic::KEY_BLOCK as KB;
-    let (hd, vhd) = (q.len(), out.len());
+    let heads = heads.max(1);
+    let (hd, vhd) = (q.len() / heads, out.len() / heads);
     let blocks = n.div_ceil(KB);
-    if !vhd.is_multiple_of(8) || keys.len() < blocks * KB * hd || values.len() < n * vhd {
-        return super::generic::attend(q, keys, values, n, scale, out, scores);
+    if !vhd.is_multiple_of(8)
+        || q.len() != heads * hd
+        || out.len() != heads * vhd
+        || keys.len() < blocks * KB * hd
+        || values.len() < n * vhd
+    {
+        return super::generic::attend(q, keys, values, n, scale, out, scores, heads);
     }
+    // Per head `blocks * KB` scores, then one inverse sum per head.
+    let stride = blocks * KB;
     scores.clear();
-    scores.resize(blocks * KB, 0.0);
+    scores.resize(heads * stride + heads, 0.0);
     let sp = scores.as_mut_ptr();
-    let kp = keys.as_ptr();
+    let (kp, qp) = (keys.as_ptr(), q.as_ptr());
     let vscale = _mm256_set1_ps(scale);
-    // Scores, four blocks at a time; each position's sum runs over d in order either way.
-    let mut b = 0;
-    while b + 4 <= blocks {
-        score_blocks::<4>(q, kp.add(b * hd * KB), vscale, sp.add(b * KB));
-        b += 4;
+    let mut h0 = 0;
+    while h0 < heads {
+        let g = (heads - h0).min(4);
+        let (qh, sh) = (qp.add(h0 * hd), sp.add(h0 * stride));
+        match g {
+            1 => {
+                // Four blocks at a time, for more FMA chains.
+                let mut b = 0;
+                while b + 4 <= blocks {
+                    score_blocks::<4>(
+                        q.get_unchecked(h0 * hd..(h0 + 1) * hd),
+                        kp.add(b * hd * KB),
+                        vscale,
+                        sh.add(b * KB),
+                    );
+                    b += 4;
+                }
+                while b < blocks {
+                    score_blocks::<1>(
+                        q.get_unchecked(h0 * hd..(h0 + 1) * hd),
+                        kp.add(b * hd * KB),
+                        vscale,
+                        sh.add(b * KB),
+                    );
+                    b += 1;
+                }
+            }
+            2 => score_heads::<2>(qh, hd, kp, blocks, vscale, sh, stride),
+            3 => score_heads::<3>(qh, hd, kp, blocks, vscale, sh, stride),
+            _ => score_heads::<4>(qh, hd, kp, blocks, vscale, sh, stride),
+        }
+        h0 += g;
     }
-    while b < blocks {
-        score_blocks::<1>(q, kp.add(b * hd * KB), vscale, sp.add(b * KB));
-        b += 1;
+    for h in 0..heads {
+        let s = std::slice::from_raw_parts_mut(sp.add(h * stride), stride);
+        for v in &mut s[n..] {
+            *v = f32::NEG_INFINITY;
+        }
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        for i in (0..stride).step_by(8) {
+            let e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(i)), vmax));
+            _mm256_storeu_ps(s.as_mut_ptr().add(i), e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        *sp.add(heads * stride + h) = 1.0 / hsum_ps(vsum);
     }
-    for s in &mut scores[n..] {
-        *s = f32::NEG_INFINITY;
-    }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
-    for i in (0..blocks * KB).step_by(8) {
-        let e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(sp.add(i)), vmax));
-        _mm256_storeu_ps(sp.add(i), e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    let inv = _mm256_set1_ps(1.0 / hsum_ps(vsum));
-    // Values: 64 columns per pass over the positions, in registers.
     let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
+    let mut h0 = 0;
+    while h0 < heads {
+        let g = (heads - h0).min(4);
+        let w = |i: usize| sp.add((h0 + i) * stride) as *const f32;
+        let inv = |i: usize| _mm256_set1_ps(*sp.add(heads * stride + h0 + i));
+        let o = |i: usize| op.add((h0 + i) * vhd);
+        match g {
+            1 => values_heads::<1, 8>(&[w(0)], n, vp, vhd, &[inv(0)], &[o(0)]),
+            2 => values_heads::<2, 4>(&[w(0), w(1)], n, vp, vhd, &[inv(0), inv(1)], &[o(0), o(1)]),
+            3 => values_heads::<3, 2>(
+                &[w(0), w(1), w(2)],
+                n,
+                vp,
+                vhd,
+                &[inv(0), inv(1), inv(2)],
+                &[o(0), o(1), o(2)],
+            ),
+            _ => values_heads::<4, 2>(
+                &[w(0), w(1), w(2), w(3)],
+                n,
+                vp,
+                vhd,
+                &[inv(0), inv(1), inv(2), inv(3)],
+                &[o(0), o(1), o(2), o(3)],
+            ),
+        }
+        h0 += g;
+    }
+}
+
+/// Scores of `G` heads (queries at `q`, `hd` apart) against every key block at `k`, each
+/// key vector loaded once for the heads; head `i`'s scores go to `out + i * stride`.
+///
+/// No `target_feature` of its own: inlined into `attend_avx2`.
+#[inline(always)]
+unsafe fn score_heads<const G: usize>(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    blocks: usize,
+    scale: __m256,
+    out: *mut f32,
+    stride: usize,
+) {
+    use super::generic::KEY_BLOCK as KB;
+    for b in 0..blocks {
+        let kb = k.add(b * hd * KB);
+        let mut acc = [[_mm256_setzero_ps(); 2]; G];
+        for d in 0..hd {
+            let (k0, k1) = (
+                _mm256_loadu_ps(kb.add(d * KB)),
+                _mm256_loadu_ps(kb.add(d * KB + 8)),
+            );
+            for (i, a) in acc.iter_mut().enumerate() {
+                let qd = _mm256_set1_ps(*q.add(i * hd + d));
+                a[0] = _mm256_fmadd_ps(qd, k0, a[0]);
+                a[1] = _mm256_fmadd_ps(qd, k1, a[1]);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let o = out.add(i * stride + b * KB);
+            _mm256_storeu_ps(o, _mm256_mul_ps(a[0], scale));
+            _mm256_storeu_ps(o.add(8), _mm256_mul_ps(a[1], scale));
+        }
+    }
+}
+
+/// For `G` heads, `out[i] = inv[i] · Σ_t w[i][t] · v[t]` over `n` positions and all `vhd`
+/// columns (a multiple of 8): `8C` columns per pass over the positions, each value vector
+/// loaded once for the heads.
+///
+/// No `target_feature` of its own: inlined into `attend_avx2`.
+#[inline(always)]
+unsafe fn values_heads<const G: usize, const C: usize>(
+    w: &[*const f32; G],
+    n: usize,
+    v: *const f32,
+    vhd: usize,
+    inv: &[__m256; G],
+    out: &[*mut f32; G],
+) {
     let mut c = 0;
-    while c + 64 <= vhd {
-        weighted_values::<8>(sp, n, vp.add(c), vhd, inv, op.add(c));
-        c += 64;
+    while c + 8 * C <= vhd {
+        weighted_values::<G, C>(w, n, v.add(c), vhd, inv, out, c);
+        c += 8 * C;
     }
     while c < vhd {
-        weighted_values::<1>(sp, n, vp.add(c), vhd, inv, op.add(c));
+        weighted_values::<G, 1>(w, n, v.add(c), vhd, inv, out, c);
         c += 8;
     }
 }
@@ -359,28 +479,35 @@ unsafe fn score_blocks<const N: usize>(q: &[f32], k: *const f32, scale: __m256, 
     }
 }
 
-/// `out[..8C] = inv · Σ_t w[t] · v[t·stride..][..8C]` over `n` positions.
+/// For `G` heads, `out[i][c..c + 8C] = inv[i] · Σ_t w[i][t] · v[t·stride..][..8C]` over `n`
+/// positions (`v` already at column `c`); each head's sum runs over `t` in order.
 ///
 /// No `target_feature` of its own: inlined into `attend_avx2`.
 #[inline(always)]
-unsafe fn weighted_values<const C: usize>(
-    w: *const f32,
+unsafe fn weighted_values<const G: usize, const C: usize>(
+    w: &[*const f32; G],
     n: usize,
     v: *const f32,
     stride: usize,
-    inv: __m256,
-    out: *mut f32,
+    inv: &[__m256; G],
+    out: &[*mut f32; G],
+    c: usize,
 ) {
-    let mut acc = [_mm256_setzero_ps(); C];
+    let mut acc = [[_mm256_setzero_ps(); C]; G];
     for t in 0..n {
-        let wt = _mm256_set1_ps(*w.add(t));
         let vt = v.add(t * stride);
-        for (c, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(wt, _mm256_loadu_ps(vt.add(8 * c)), *a);
+        let vs: [__m256; C] = std::array::from_fn(|j| _mm256_loadu_ps(vt.add(8 * j)));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let wt = _mm256_set1_ps(*w[i].add(t));
+            for (aj, vj) in a.iter_mut().zip(&vs) {
+                *aj = _mm256_fmadd_ps(wt, *vj, *aj);
+            }
         }
     }
-    for (c, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.add(8 * c), _mm256_mul_ps(*a, inv));
+    for (i, a) in acc.iter().enumerate() {
+        for (j, aj) in a.iter().enumerate() {
+            _mm256_storeu_ps(out[i].add(c + 8 * j), _mm256_mul_ps(*aj, inv[i]));
+        }
     }
 }
 
