@@ -73,16 +73,36 @@ fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
     }
 }
 
-fn simd_tables() -> Vec<Kernels> {
-    let mut v = Vec::new();
+/// Whether this is an x86-64 CPU with AVX2 (the SIMD tables' least requirement).
+fn x86_has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
-    {
+    return std::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this is an x86-64 CPU with AVX-512 VNNI (the panel kernels' AVX-512 table).
+fn x86_has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx512vnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Every SIMD table this CPU supports (none off x86-64: the scalar kernels run there).
+fn simd_tables() -> Vec<Kernels> {
+    #[cfg(target_arch = "x86_64")]
+    let v: Vec<Kernels> = {
         use worker_compute::cpu::quant::x86;
-        v.extend(x86::avx2_kernels());
-        v.extend(x86::avx512_kernels());
-    }
+        x86::avx2_kernels()
+            .into_iter()
+            .chain(x86::avx512_kernels())
+            .collect()
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let v: Vec<Kernels> = Vec::new();
     assert!(
-        !v.is_empty() || !cfg!(target_arch = "x86_64") || !std::is_x86_feature_detected!("avx2"),
+        !v.is_empty() || !x86_has_avx2(),
         "an AVX2 machine must get a SIMD table"
     );
     v
@@ -480,7 +500,7 @@ fn panel_kernels_match_their_definition_and_the_scalar_dot() {
             }
         }
     }
-    let vnni = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx512vnni");
+    let vnni = x86_has_vnni();
     assert!(
         checked > 0 || !vnni,
         "a VNNI machine must get panel kernels"
@@ -666,7 +686,7 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
             }
         }
     }
-    let vnni = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx512vnni");
+    let vnni = x86_has_vnni();
     assert!(
         checked > 0 || !vnni,
         "a VNNI machine must get k-quant panel kernels"
@@ -739,7 +759,7 @@ fn half_panel_kernels_match_their_definition() {
             }
         }
     }
-    let avx2 = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2");
+    let avx2 = x86_has_avx2();
     assert!(
         checked > 0 || !avx2,
         "an AVX2 machine must get F16/BF16 panel kernels"

@@ -236,6 +236,7 @@ impl Kernels {
     }
 
     /// Replaces the kernels of `ty` (used by the SIMD tables to override the scalar ones).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn set(&mut self, ty: GgmlType, k: TypeKernels) {
         if let Some(i) = slot(ty) {
             self.types[i] = Some(k);
