@@ -56,16 +56,27 @@ impl Experimental {
         types: true,
     };
 
-    fn names(&self) -> impl Iterator<Item = &'static str> {
+    /// The paths' names, in the order of [`Experimental::flags_mut`].
+    const NAMES: [&'static str; 5] = ["matvec", "gemm", "pdl", "attn", "types"];
+
+    fn flags_mut(&mut self) -> [&mut bool; 5] {
         [
-            ("matvec", self.matvec),
-            ("gemm", self.gemm),
-            ("pdl", self.pdl),
-            ("attn", self.attn),
-            ("types", self.types),
+            &mut self.matvec,
+            &mut self.gemm,
+            &mut self.pdl,
+            &mut self.attn,
+            &mut self.types,
         ]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
+    }
+
+    /// The names of the paths that are on.
+    fn names(&self) -> Vec<&'static str> {
+        let mut e = *self;
+        Self::NAMES
+            .into_iter()
+            .zip(e.flags_mut())
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect()
     }
 }
 
@@ -82,18 +93,13 @@ impl FromStr for Experimental {
         }
         let mut e = Experimental::default();
         for name in s.split(',').map(str::trim) {
-            match name {
-                "matvec" => e.matvec = true,
-                "gemm" => e.gemm = true,
-                "pdl" => e.pdl = true,
-                "attn" => e.attn = true,
-                "types" => e.types = true,
-                other => {
-                    return Err(format!(
-                        "unknown experimental path {other:?} (expected all, none, or a list of matvec, gemm, pdl, attn, types)"
-                    ))
-                }
-            }
+            let Some(i) = Self::NAMES.iter().position(|n| *n == name) else {
+                return Err(format!(
+                    "unknown experimental path {name:?} (expected all, none, or a list of {})",
+                    Self::NAMES.join(", ")
+                ));
+            };
+            *e.flags_mut()[i] = true;
         }
         Ok(e)
     }
@@ -101,7 +107,7 @@ impl FromStr for Experimental {
 
 impl fmt::Display for Experimental {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<_> = self.names().collect();
+        let names = self.names();
         if names.is_empty() {
             f.write_str("none")
         } else {
