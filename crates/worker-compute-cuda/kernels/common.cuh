@@ -82,6 +82,14 @@ __device__ __forceinline__ int q3k_scale(const u8* s, int k) {
     return (low | (high << 4)) - 32;
 }
 
+// IQ4_XS's sub-block scale j (0..8) minus 32: the low nibble j of scales_l (bytes 4..8 of
+// the block), the high pair j of scales_h (the u16 at byte 2).
+__device__ __forceinline__ int iq4xs_scale(const u8* b, int j) {
+    int low = (b[4 + (j >> 1)] >> (4 * (j & 1))) & 15;
+    int high = (*(const u16*)(b + 2) >> (2 * j)) & 3;
+    return (low | (high << 4)) - 32;
+}
+
 // The IQ4_NL level (ggml's kvalues_iq4nl: -127, -104, ..., 113) of 4-bit code q, from the
 // table packed four bytes to a word and picked with byte_perm (no local-memory array).
 __device__ __forceinline__ int iq4_level(u32 q) {

@@ -322,8 +322,8 @@ __device__ __forceinline__ float dot32_iq4_xs(const u8* row, int c, const float*
     const uint2* p = (const uint2*)(b + 8 + 16 * j);
     uint2 v0 = p[0], v1 = p[1];
     u32 q[4] = {v0.x, v0.y, v1.x, v1.y};
-    int ls = ((b[4 + (j >> 1)] >> (4 * (j & 1))) & 15) | (((*(const u16*)(b + 2) >> (2 * j)) & 3) << 4);
-    return ldh(b) * (float)(ls - 32) * dot_iq4(q, xs);
+    float sc = (float)iq4xs_scale(b, j);
+    return ldh(b) * sc * dot_iq4(q, xs);
 }
 
 // Most bytes 32 chunks take (f32: 32 x 32 x 4); a warp stages one such segment at a time.

@@ -131,9 +131,9 @@ __device__ __forceinline__ float dq_iq4_nl(const u8* row, int i) {
 __device__ __forceinline__ float dq_iq4_xs(const u8* row, int i) {
     const u8* b = row + (i >> 8) * 136;
     int e = i & 255, j = e >> 5, l = e & 31;
-    int ls = ((b[4 + (j >> 1)] >> (4 * (j & 1))) & 15) | (((*(const u16*)(b + 2) >> (2 * j)) & 3) << 4);
+    float sc = (float)iq4xs_scale(b, j);
     u8 q = b[8 + 16 * j + (l & 15)];
-    return ldh(b) * (float)(ls - 32) * (float)iq4_level(l < 16 ? (q & 15) : (q >> 4));
+    return ldh(b) * sc * (float)iq4_level(l < 16 ? (q & 15) : (q >> 4));
 }
 
 // Activation rows each warp multiplies by one weight row (the weight row is dequantized once
