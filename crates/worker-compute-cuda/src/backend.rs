@@ -708,6 +708,8 @@ impl CudaBackend {
         }
         let tile = self.gemm_tile.as_ref().map_or(0, |t| t.1);
         let (rows_i, n_i, k_i) = (i32_of(OP, rows)?, i32_of(OP, n)?, i32_of(OP, k)?);
+        // cuBLAS runs on this thread's current context.
+        self.ctx.bind_to_thread().map_err(op_err(OP))?;
         for start in (0..n).step_by(tile_rows) {
             let tn = tile_rows.min(n - start);
             let args = [
@@ -724,7 +726,6 @@ impl CudaBackend {
                     reason: "cuBLAS is not loaded".into(),
                 });
             };
-            self.ctx.bind_to_thread().map_err(op_err(OP))?;
             // SAFETY: `tile` holds tn x k floats, `x` rows x k, `out` rows x n, all live
             // allocations of this backend, used in order on the stream the handle is bound to.
             unsafe {
@@ -876,7 +877,8 @@ impl ComputeBackend for CudaBackend {
         };
         let suffix = WEIGHT_TYPES
             .iter()
-            .find(|(t, _)| *t == d.ty && self.supports(d.ty))
+            .find(|(t, _)| *t == d.ty)
+            .filter(|_| self.supports(d.ty))
             .map(|&(_, s)| s)
             .ok_or_else(|| ComputeError::UnsupportedType {
                 backend: "cuda",

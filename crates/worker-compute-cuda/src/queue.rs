@@ -207,8 +207,25 @@ fn submit(
     unsafe { b.launch(cfg) }.map(|_| ())
 }
 
+/// Submits `launches` in order ([`submit`]); with `pdl`, binds the stream's context once
+/// for the raw `cuLaunchKernelEx` calls.
+fn submit_all(
+    stream: &CudaStream,
+    funcs: &[CudaFunction],
+    launches: &[Launch],
+    pdl: bool,
+) -> Result<(), DriverError> {
+    if pdl {
+        stream.context().bind_to_thread()?;
+    }
+    launches
+        .iter()
+        .try_for_each(|l| submit(stream, funcs, l, pdl))
+}
+
 /// Launches `l` with `cuLaunchKernelEx` and programmatic stream serialization allowed: the
-/// kernel may begin launching before the one before it on the stream has finished.
+/// kernel may begin launching before the one before it on the stream has finished. The
+/// stream's context must be current on this thread ([`submit_all`] makes it so).
 fn submit_programmatic(
     stream: &CudaStream,
     f: &CudaFunction,
@@ -239,7 +256,6 @@ fn submit_programmatic(
         attrs: &mut attr,
         numAttrs: 1,
     };
-    stream.context().bind_to_thread()?;
     // SAFETY: `params` points at one value per kernel parameter, of the C types the kernel
     // declares (the same contract as `submit`), alive for the duration of the call, which
     // copies them.
@@ -372,9 +388,7 @@ impl Queue {
             return self.direct_timed(stream, funcs, launches);
         }
         let pdl = self.programmatic;
-        launches
-            .iter()
-            .try_for_each(|l| submit(stream, funcs, l, pdl))
+        submit_all(stream, funcs, launches, pdl)
     }
 
     /// Profiling (graphs off): an event after every launch, then the stream is drained and
@@ -436,9 +450,7 @@ fn capture(
     pdl: bool,
 ) -> Result<CudaGraph, DriverError> {
     stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    let recorded = launches
-        .iter()
-        .try_for_each(|l| submit(stream, funcs, l, pdl));
+    let recorded = submit_all(stream, funcs, launches, pdl);
     // End the capture whatever happened, so the stream is usable again.
     let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
     recorded?;
