@@ -12,26 +12,84 @@ use worker_gguf::quants::iq::KVALUES_IQ4NL;
 use super::panel::{PanelFormat, PANEL};
 use super::{BlockQ8, BlockQ8K, PanelDots, PanelKernels, PANEL_BATCH};
 
-/// The panel kernels of `format`. The caller must have detected AVX-512 F/BW/VL/DQ, VNNI,
-/// FMA and F16C.
-pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
-    let dots = match format {
-        PanelFormat::Q4_0 => PanelDots::Q8(dot_q4_0, dot_q4_0_many),
-        PanelFormat::Q4_1 => PanelDots::Q8(dot_q4_1, dot_q4_1_many),
-        PanelFormat::Q5_0 => PanelDots::Q8(dot_q5_0, dot_q5_0_many),
-        PanelFormat::Q5_1 => PanelDots::Q8(dot_q5_1, dot_q5_1_many),
-        PanelFormat::Q8_0 => PanelDots::Q8(dot_q8_0, dot_q8_0_many),
-        PanelFormat::IQ4NL => PanelDots::Q8(dot_iq4_nl, dot_iq4_nl_many),
-        PanelFormat::Q4K => PanelDots::Q8K(dot_q4_k, dot_q4_k_many),
-        PanelFormat::Q5K => PanelDots::Q8K(dot_q5_k, dot_q5_k_many),
-        PanelFormat::IQ4XS => PanelDots::Q8K(dot_iq4_xs, dot_iq4_xs_many),
-        PanelFormat::Q2K => PanelDots::Q8K(dot_q2_k, dot_q2_k_many),
-        PanelFormat::F16 => PanelDots::F32(dot_f16, dot_f16_many),
-        PanelFormat::BF16 => PanelDots::F32(dot_bf16, dot_bf16_many),
-        // Q3_K is repacked into the Q6_K layout.
-        PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot_q6_k, dot_q6_k_many),
+/// Defines, for each kernel, a module per instruction set holding its `target_feature`
+/// functions for one and [`PANEL_BATCH`] rows and their safe wrappers `one` and `many`
+/// (only the tables built after detecting the features reach them), and the two table
+/// functions mapping a panel format to its kernels.
+macro_rules! panel_tables {
+    ($($format:pat => $dots:ident, $name:ident: $avx512:ident, $avx2:ident [$($g:tt)*], $a:ty;)*) => {
+        panel_tables!(@isa avx512, "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c";
+            $($name: $avx512 [$($g)*], $a;)*);
+        panel_tables!(@isa avx2, "avx2,fma,f16c"; $($name: $avx2 [$($g)*], $a;)*);
+
+        /// The AVX-512 VNNI panel kernels of `format`. The caller must have detected AVX-512
+        /// F/BW/VL/DQ, VNNI, FMA and F16C.
+        pub(super) fn kernels(format: PanelFormat) -> PanelKernels {
+            let dots = match format {
+                $($format => PanelDots::$dots(avx512::$name::one, avx512::$name::many),)*
+            };
+            PanelKernels { format, dots }
+        }
+
+        /// The AVX2 panel kernels of `format`. The caller must have detected AVX2, FMA and
+        /// F16C.
+        pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
+            let dots = match format {
+                $($format => PanelDots::$dots(avx2::$name::one, avx2::$name::many),)*
+            };
+            PanelKernels { format, dots }
+        }
     };
-    PanelKernels { format, dots }
+    (@isa $isa:ident, $features:literal; $($name:ident: $body:ident [$($g:tt)*], $a:ty;)*) => {
+        mod $isa {$(
+            pub(super) mod $name {
+                use super::super::*;
+
+                #[target_feature(enable = $features)]
+                unsafe fn imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
+                    $body::<$($g)* 1>(w, x)
+                }
+                #[target_feature(enable = $features)]
+                unsafe fn imp_many(
+                    w: &[u8],
+                    x: [&[$a]; PANEL_BATCH],
+                ) -> [[f32; PANEL]; PANEL_BATCH] {
+                    $body::<$($g)* PANEL_BATCH>(w, x)
+                }
+                pub(in super::super) fn one(w: &[u8], x: &[$a]) -> [f32; PANEL] {
+                    // SAFETY: only reachable through a table whose builder detected the
+                    // features.
+                    unsafe { imp(w, [x])[0] }
+                }
+                pub(in super::super) fn many(
+                    w: &[u8],
+                    x: [&[$a]; PANEL_BATCH],
+                ) -> [[f32; PANEL]; PANEL_BATCH] {
+                    // SAFETY: as above.
+                    unsafe { imp_many(w, x) }
+                }
+            }
+        )*}
+    };
+}
+
+// Each panel format's kernel: the activation format, the name of its modules, its AVX-512
+// and AVX2 bodies and their leading const parameters, and the activation block type.
+panel_tables! {
+    PanelFormat::Q4_0 => Q8, q4_0: panel_dot, panel_dot_avx2 [Q4_0,], BlockQ8;
+    PanelFormat::Q4_1 => Q8, q4_1: panel_dot, panel_dot_avx2 [Q4_1,], BlockQ8;
+    PanelFormat::Q5_0 => Q8, q5_0: panel_dot, panel_dot_avx2 [Q5_0,], BlockQ8;
+    PanelFormat::Q5_1 => Q8, q5_1: panel_dot, panel_dot_avx2 [Q5_1,], BlockQ8;
+    PanelFormat::Q8_0 => Q8, q8_0: panel_dot, panel_dot_avx2 [Q8_0,], BlockQ8;
+    PanelFormat::IQ4NL => Q8, iq4_nl: panel_dot, panel_dot_avx2 [IQ4_NL,], BlockQ8;
+    PanelFormat::Q4K => Q8K, q4_k: panel_dot_q4_k, panel_dot_q4_k_avx2 [false,], BlockQ8K;
+    PanelFormat::Q5K => Q8K, q5_k: panel_dot_q4_k, panel_dot_q4_k_avx2 [true,], BlockQ8K;
+    // Q3_K is repacked into the Q6_K layout.
+    PanelFormat::Q6K | PanelFormat::Q3K => Q8K, q6_k: panel_dot_q6_k, panel_dot_q6_k_avx2 [], BlockQ8K;
+    PanelFormat::IQ4XS => Q8K, iq4_xs: panel_dot_iq4_xs, panel_dot_iq4_xs_avx2 [], BlockQ8K;
+    PanelFormat::Q2K => Q8K, q2_k: panel_dot_q2_k, panel_dot_q2_k_avx2 [], BlockQ8K;
+    PanelFormat::F16 => F32, f16: panel_dot_half, panel_dot_half_avx2 [false,], f32;
+    PanelFormat::BF16 => F32, bf16: panel_dot_half, panel_dot_half_avx2 [true,], f32;
 }
 
 const Q4_0: u8 = 0;
@@ -62,46 +120,6 @@ const IQ4_NL_U8: [u8; 16] = {
     }
     t
 };
-
-/// Defines, per kernel body, the `target_feature` functions for one and [`PANEL_BATCH`] rows
-/// and their safe wrappers, which only the tables built after detecting `$features` reach.
-macro_rules! panel_kernels {
-    ($features:literal; $($dot:ident, $dot_many:ident, $imp:ident, $imp_many:ident, $body:ident [$($g:tt)*], $a:ty;)*) => {$(
-        #[target_feature(enable = $features)]
-        unsafe fn $imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
-            $body::<$($g)* 1>(w, x)
-        }
-        #[target_feature(enable = $features)]
-        unsafe fn $imp_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
-            $body::<$($g)* PANEL_BATCH>(w, x)
-        }
-        fn $dot(w: &[u8], x: &[$a]) -> [f32; PANEL] {
-            // SAFETY: only reachable through a table whose builder detected the features.
-            unsafe { $imp(w, [x])[0] }
-        }
-        fn $dot_many(w: &[u8], x: [&[$a]; PANEL_BATCH]) -> [[f32; PANEL]; PANEL_BATCH] {
-            // SAFETY: as above.
-            unsafe { $imp_many(w, x) }
-        }
-    )*};
-}
-
-panel_kernels! {
-    "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c";
-    dot_q4_0, dot_q4_0_many, dot_q4_0_avx512, dot_q4_0_many_avx512, panel_dot [Q4_0,], BlockQ8;
-    dot_q4_1, dot_q4_1_many, dot_q4_1_avx512, dot_q4_1_many_avx512, panel_dot [Q4_1,], BlockQ8;
-    dot_q5_0, dot_q5_0_many, dot_q5_0_avx512, dot_q5_0_many_avx512, panel_dot [Q5_0,], BlockQ8;
-    dot_q5_1, dot_q5_1_many, dot_q5_1_avx512, dot_q5_1_many_avx512, panel_dot [Q5_1,], BlockQ8;
-    dot_q8_0, dot_q8_0_many, dot_q8_0_avx512, dot_q8_0_many_avx512, panel_dot [Q8_0,], BlockQ8;
-    dot_iq4_nl, dot_iq4_nl_many, dot_iq4_nl_avx512, dot_iq4_nl_many_avx512, panel_dot [IQ4_NL,], BlockQ8;
-    dot_q4_k, dot_q4_k_many, dot_q4_k_avx512, dot_q4_k_many_avx512, panel_dot_q4_k [false,], BlockQ8K;
-    dot_q5_k, dot_q5_k_many, dot_q5_k_avx512, dot_q5_k_many_avx512, panel_dot_q4_k [true,], BlockQ8K;
-    dot_q6_k, dot_q6_k_many, dot_q6_k_avx512, dot_q6_k_many_avx512, panel_dot_q6_k [], BlockQ8K;
-    dot_iq4_xs, dot_iq4_xs_many, dot_iq4_xs_avx512, dot_iq4_xs_many_avx512, panel_dot_iq4_xs [], BlockQ8K;
-    dot_q2_k, dot_q2_k_many, dot_q2_k_avx512, dot_q2_k_many_avx512, panel_dot_q2_k [], BlockQ8K;
-    dot_f16, dot_f16_many, dot_f16_avx512, dot_f16_many_avx512, panel_dot_half [false,], f32;
-    dot_bf16, dot_bf16_many, dot_bf16_avx512, dot_bf16_many_avx512, panel_dot_half [true,], f32;
-}
 
 /// The eight vectors of unsigned quants of panel block `p`: vector `g` holds elements
 /// `4g..4g+4` of the sixteen rows, row `i` in lane `i`.
@@ -495,43 +513,6 @@ unsafe fn store<const NR: usize>(acc: [__m512; NR]) -> [[f32; PANEL]; NR] {
 // ---------------------------------------------------------------------------------------
 // AVX2: the same sums, eight rows per 256-bit vector (the panel's two halves one after the
 // other), `vpmaddubsw` + `vpmaddwd` in place of `vpdpbusd`.
-
-/// The AVX2 panel kernels of `format`. The caller must have detected AVX2, FMA and F16C.
-pub(super) fn kernels_avx2(format: PanelFormat) -> PanelKernels {
-    let dots = match format {
-        PanelFormat::Q4_0 => PanelDots::Q8(dot2_q4_0, dot2_q4_0_many),
-        PanelFormat::Q4_1 => PanelDots::Q8(dot2_q4_1, dot2_q4_1_many),
-        PanelFormat::Q5_0 => PanelDots::Q8(dot2_q5_0, dot2_q5_0_many),
-        PanelFormat::Q5_1 => PanelDots::Q8(dot2_q5_1, dot2_q5_1_many),
-        PanelFormat::Q8_0 => PanelDots::Q8(dot2_q8_0, dot2_q8_0_many),
-        PanelFormat::IQ4NL => PanelDots::Q8(dot2_iq4_nl, dot2_iq4_nl_many),
-        PanelFormat::Q4K => PanelDots::Q8K(dot2_q4_k, dot2_q4_k_many),
-        PanelFormat::Q5K => PanelDots::Q8K(dot2_q5_k, dot2_q5_k_many),
-        PanelFormat::IQ4XS => PanelDots::Q8K(dot2_iq4_xs, dot2_iq4_xs_many),
-        PanelFormat::Q2K => PanelDots::Q8K(dot2_q2_k, dot2_q2_k_many),
-        PanelFormat::F16 => PanelDots::F32(dot2_f16, dot2_f16_many),
-        PanelFormat::BF16 => PanelDots::F32(dot2_bf16, dot2_bf16_many),
-        PanelFormat::Q6K | PanelFormat::Q3K => PanelDots::Q8K(dot2_q6_k, dot2_q6_k_many),
-    };
-    PanelKernels { format, dots }
-}
-
-panel_kernels! {
-    "avx2,fma,f16c";
-    dot2_q4_0, dot2_q4_0_many, dot2_q4_0_avx2, dot2_q4_0_many_avx2, panel_dot_avx2 [Q4_0,], BlockQ8;
-    dot2_q4_1, dot2_q4_1_many, dot2_q4_1_avx2, dot2_q4_1_many_avx2, panel_dot_avx2 [Q4_1,], BlockQ8;
-    dot2_q5_0, dot2_q5_0_many, dot2_q5_0_avx2, dot2_q5_0_many_avx2, panel_dot_avx2 [Q5_0,], BlockQ8;
-    dot2_q5_1, dot2_q5_1_many, dot2_q5_1_avx2, dot2_q5_1_many_avx2, panel_dot_avx2 [Q5_1,], BlockQ8;
-    dot2_q8_0, dot2_q8_0_many, dot2_q8_0_avx2, dot2_q8_0_many_avx2, panel_dot_avx2 [Q8_0,], BlockQ8;
-    dot2_iq4_nl, dot2_iq4_nl_many, dot2_iq4_nl_avx2, dot2_iq4_nl_many_avx2, panel_dot_avx2 [IQ4_NL,], BlockQ8;
-    dot2_q4_k, dot2_q4_k_many, dot2_q4_k_avx2, dot2_q4_k_many_avx2, panel_dot_q4_k_avx2 [false,], BlockQ8K;
-    dot2_q5_k, dot2_q5_k_many, dot2_q5_k_avx2, dot2_q5_k_many_avx2, panel_dot_q4_k_avx2 [true,], BlockQ8K;
-    dot2_q6_k, dot2_q6_k_many, dot2_q6_k_avx2, dot2_q6_k_many_avx2, panel_dot_q6_k_avx2 [], BlockQ8K;
-    dot2_iq4_xs, dot2_iq4_xs_many, dot2_iq4_xs_avx2, dot2_iq4_xs_many_avx2, panel_dot_iq4_xs_avx2 [], BlockQ8K;
-    dot2_q2_k, dot2_q2_k_many, dot2_q2_k_avx2, dot2_q2_k_many_avx2, panel_dot_q2_k_avx2 [], BlockQ8K;
-    dot2_f16, dot2_f16_many, dot2_f16_avx2, dot2_f16_many_avx2, panel_dot_half_avx2 [false,], f32;
-    dot2_bf16, dot2_bf16_many, dot2_bf16_avx2, dot2_bf16_many_avx2, panel_dot_half_avx2 [true,], f32;
-}
 
 /// The eight vectors of unsigned quants of half `h` (rows `8h..8h+8`) of panel block `p`.
 ///
