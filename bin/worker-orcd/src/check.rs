@@ -228,8 +228,15 @@ fn attention_case(rng: &mut Rng, pre: usize, chunk: usize, steps: usize) -> Case
     })
 }
 
-/// `rows` rows of `x` times the `n` x `k` weight `w` of type `ty`.
-fn matmul_case(ty: GgmlType, n: usize, k: usize, rows: usize, w: Vec<u8>, x: Vec<f32>) -> Case {
+/// `rows` rows of `x` times the `n` x `k` weight `w` of type `ty`, plus `bias` (an f32
+/// vector of `n`) when given.
+fn matmul_case(
+    ty: GgmlType,
+    (n, k, rows): (usize, usize, usize),
+    w: Vec<u8>,
+    x: Vec<f32>,
+    bias: Option<Vec<f32>>,
+) -> Case {
     Box::new(move |be| {
         let wid = be.upload_weight(WeightDesc {
             name: "w",
@@ -238,9 +245,24 @@ fn matmul_case(ty: GgmlType, n: usize, k: usize, rows: usize, w: Vec<u8>, x: Vec
             cols: k,
             bytes: &w,
         })?;
+        // Uploaded before the matmul: an upload flushes the CUDA launch queue, and the bias
+        // is to fold into the mat-vec still queued.
+        let bid = match &bias {
+            Some(b) => Some(be.upload_weight(WeightDesc {
+                name: "b",
+                ty: GgmlType::F32,
+                rows: 1,
+                cols: n,
+                bytes: &f32_bytes(b),
+            })?),
+            None => None,
+        };
         let (xi, o) = (be.alloc_tensor(rows, k)?, be.alloc_tensor(rows, n)?);
         be.write_rows(xi, &x)?;
         be.matmul(o, xi, wid, rows)?;
+        if let Some(bid) = bid {
+            be.add_bias(o, bid, rows)?;
+        }
         let mut r = vec![0f32; rows * n];
         be.read_rows(o, rows, &mut r)?;
         Ok(r)
@@ -261,7 +283,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
             out.push((
                 format!("matmul {name} rows={rows}"),
                 if rows >= 32 { 1e-6 } else { 1e-8 },
-                matmul_case(ty, n, k, rows, w, x),
+                matmul_case(ty, (n, k, rows), w, x, None),
             ));
         }
         if ty == GgmlType::Q4_0 {
@@ -273,7 +295,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
             out.push((
                 format!("matmul {name} rows={rows} n={n}"),
                 1e-6,
-                matmul_case(ty, n, k, rows, w, x),
+                matmul_case(ty, (n, k, rows), w, x, None),
             ));
         }
         out.push((
@@ -435,29 +457,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
         out.push((
             format!("matvec {name} k={k} + bias"),
             1e-8,
-            Box::new(move |be| {
-                let wid = be.upload_weight(WeightDesc {
-                    name: "w",
-                    ty,
-                    rows: n,
-                    cols: k,
-                    bytes: &w,
-                })?;
-                let bid = be.upload_weight(WeightDesc {
-                    name: "b",
-                    ty: GgmlType::F32,
-                    rows: 1,
-                    cols: n,
-                    bytes: &f32_bytes(&bias),
-                })?;
-                let (xi, o) = (be.alloc_tensor(1, k)?, be.alloc_tensor(1, n)?);
-                be.write_rows(xi, &x)?;
-                be.matmul(o, xi, wid, 1)?;
-                be.add_bias(o, bid, 1)?;
-                let mut r = vec![0f32; n];
-                be.read_rows(o, 1, &mut r)?;
-                Ok(r)
-            }),
+            matmul_case(ty, (n, k, 1), w, x, Some(bias)),
         ));
     }
     // The attention projections at one row: three mat-vecs of one input, each followed by
