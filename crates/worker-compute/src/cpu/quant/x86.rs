@@ -29,7 +29,7 @@ fn has_avx512() -> bool {
 }
 
 /// The AVX2 table, or `None` when the CPU lacks AVX2, FMA or F16C: AVX2 panel kernels for
-/// every type with a panel layout, the scalar row kernels for the others but F32 and F16.
+/// every type with a panel layout, the scalar row kernels for the others but F32.
 pub fn avx2_kernels() -> Option<Kernels> {
     if !has_avx2() {
         return None;
@@ -41,15 +41,12 @@ pub fn avx2_kernels() -> Option<Kernels> {
     k.dot_f32 = dot_f32;
     k.attend = attend;
     k.swiglu = swiglu;
-    for (ty, vec_dot) in [
-        (GgmlType::F32, VecDot::F32(vec_dot_f32)),
-        (GgmlType::F16, VecDot::F32(vec_dot_f16)),
-    ] {
-        if let Some(s) = k.for_type(ty).copied() {
-            k.set(ty, TypeKernels { vec_dot, ..s });
-        }
+    // F32 matrices have no panel layout: a SIMD row kernel. The matmuls of the types with
+    // one (F16 included) run on repacked weights.
+    if let Some(s) = k.for_type(GgmlType::F32).copied() {
+        let vec_dot = VecDot::F32(vec_dot_f32);
+        k.set(GgmlType::F32, TypeKernels { vec_dot, ..s });
     }
-    // The matmuls of the types with a panel layout run on repacked weights.
     set_panels(&mut k, super::x86_panel::kernels_avx2);
     Some(k)
 }
@@ -96,17 +93,9 @@ wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
 wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
 wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
-wrap!(vec_dot_f16, vec_dot_f16_avx2, (w: &[u8], x: &[f32]) -> f32);
 
 // ---------------------------------------------------------------------------------------
 // Helpers.
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = std::ptr::read_unaligned(p as *const u16);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -528,25 +517,6 @@ unsafe fn vec_dot_f32_avx2(w: &[u8], x: &[f32]) -> f32 {
     let mut r = hsum_ps(s);
     while i < n {
         r += std::ptr::read_unaligned(pw.add(i)) * x[i];
-        i += 1;
-    }
-    r
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn vec_dot_f16_avx2(w: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(w.len() / 2);
-    let pw = w.as_ptr();
-    let mut s = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        let h = _mm_loadu_si128(pw.add(2 * i) as *const __m128i);
-        s = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(x.as_ptr().add(i)), s);
-        i += 8;
-    }
-    let mut r = hsum_ps(s);
-    while i < n {
-        r += f16_at(pw.add(2 * i)) * x[i];
         i += 1;
     }
     r
