@@ -96,8 +96,9 @@ fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
         LoadOptions {
             max_batch: args.pp.max(1),
             max_logit_rows: 1,
-            slots: 1,
+            seqs: 1,
             max_positions: args.pp.max(args.tg) + 1,
+            ..LoadOptions::default()
         },
     )?;
     let vocab = m.hparams().vocab_size as usize;

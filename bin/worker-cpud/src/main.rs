@@ -149,11 +149,7 @@ fn generate(args: &GenerateArgs, started: Instant) -> anyhow::Result<()> {
     };
     let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), config)
         .with_context(|| format!("cannot load model {}", args.model.model.display()))?;
-    let info = engine.info();
-    // The CPU backend's KV cache holds f32 keys and values for every slot and position.
-    let kv_cache_bytes = HyperParams::from_metadata(file.metadata())?
-        .kv_cache_entries(info.slots, info.context)
-        .saturating_mul(4);
+    let kv_cache_bytes = engine.info().kv_pool_bytes;
     // The backend holds its own copy of the weights: unmap the file, so its pages do not
     // stay resident beside that copy while generating.
     drop(file);

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use worker_common::MemoryArchitecture;
 use worker_compute::{CpuBackend, CpuConfig};
-use worker_engine::{Engine, EngineConfig};
+use worker_engine::Engine;
 use worker_gguf::GgufFile;
 use worker_http::{ModelCard, ServeArgs, WorkerKind};
 
@@ -47,12 +47,7 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
         ms = start.elapsed().as_millis() as u64,
         "model file mapped; uploading weights"
     );
-    let config = EngineConfig {
-        slots: s.slots,
-        context: s.ctx_size,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), config)
+    let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), s.engine_config())
         .with_context(|| format!("cannot load model {}", s.model.display()))?;
     let card = ModelCard::from_gguf(s.model_id(), &file, &engine.info())?;
     // The backend holds its own copy of the weights and the card everything else the server
@@ -61,6 +56,8 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         ms = start.elapsed().as_millis() as u64,
         memory_bytes = card.memory_bytes,
+        kv_type = engine.info().kv_type.as_str(),
+        kv_pool_bytes = engine.info().kv_pool_bytes,
         quant = card.quant_kind,
         "model loaded"
     );

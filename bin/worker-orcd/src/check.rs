@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 use worker_compute::{
-    AttentionParams, ComputeBackend, ComputeError, KvCacheConfig, KvType, RopeMode, RopeParams,
-    WeightDesc,
+    AttentionParams, ComputeBackend, ComputeError, KvCacheConfig, KvIndex, KvType, RopeMode,
+    RopeParams, WeightDesc, KV_BLOCK,
 };
 use worker_compute_cuda::WEIGHT_TYPES;
 use worker_gguf::GgmlType;
@@ -184,15 +184,21 @@ fn attention_case(rng: &mut Rng, pre: usize, chunk: usize, steps: usize) -> Case
         rng.normals(total * kvh * hd, 1.0),
     );
     Box::new(move |be| {
-        let cache = be.alloc_kv_cache(KvCacheConfig {
+        // Two sequences of whole regions (the layout every backend takes), the second used.
+        let seq_blocks = (total + 4).div_ceil(KV_BLOCK);
+        let cfg = KvCacheConfig {
             layers: 2,
-            slots: 2,
-            max_positions: total + 4,
+            blocks: 2 * seq_blocks,
+            seqs: 2,
+            seq_blocks,
             kv_heads: kvh,
             head_dim: hd,
             value_head_dim: hd,
-            ty: KvType::F32,
-        })?;
+            ty: be.kv_storage(KvType::F16),
+        };
+        let cache = be.alloc_kv_cache(cfg)?;
+        let table = be.alloc_index(cfg.blocks)?;
+        be.write_index(table, &(0..cfg.blocks as u32).collect::<Vec<_>>())?;
         let p = AttentionParams {
             heads,
             kv_heads: kvh,
@@ -219,7 +225,12 @@ fn attention_case(rng: &mut Rng, pre: usize, chunk: usize, steps: usize) -> Case
             be.write_rows(vt, &v[range.start * kvh * hd..range.end * kvh * hd])?;
             be.write_index(pos, &positions)?;
             be.write_index(slot, &vec![1; nr])?;
-            be.attention(o, qt, kt, vt, cache, pos, slot, &p, nr)?;
+            let index = KvIndex {
+                positions: pos,
+                seqs: slot,
+                block_table: table,
+            };
+            be.attention(o, qt, kt, vt, cache, &index, &p, nr)?;
             let mut r = vec![0f32; nr * heads * hd];
             be.read_rows(o, nr, &mut r)?;
             res.extend(r);

@@ -197,7 +197,7 @@ fn open_cuda_for(
     opts: &LoadOptions,
 ) -> anyhow::Result<CudaBackend> {
     let be = open_cuda(device)?;
-    let mut required = required_vram(file, opts)?;
+    let mut required = required_vram(&be, file, opts)?;
     if device.experimental.gemm {
         // At most one dequantized weight tile for the cuBLAS prefill.
         required += worker_compute_cuda::TILE_ELEMENTS as u64 * 4;
@@ -206,12 +206,14 @@ fn open_cuda_for(
     Ok(be)
 }
 
-/// Weights, the f16 KV cache and the activation buffers a model will take on the device.
-fn required_vram(file: &GgufFile, opts: &LoadOptions) -> anyhow::Result<u64> {
+/// Weights, the KV pool (as `be` stores it) and the activation buffers a model will take on
+/// the device.
+fn required_vram(be: &CudaBackend, file: &GgufFile, opts: &LoadOptions) -> anyhow::Result<u64> {
     let hp = worker_gguf::HyperParams::from_metadata(file.metadata())?;
     let weights: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
-    let pos = opts.max_positions.min(hp.context_length as usize);
-    let kv = hp.kv_cache_entries(opts.slots, pos).saturating_mul(2);
+    let kv = opts
+        .kv_cache_config(&hp, be.kv_storage(opts.kv_type), be.kv_layout())
+        .bytes();
     let (d, ff) = (hp.embedding_length as u64, hp.feed_forward_length as u64);
     let q = (hp.head_count * hp.head_dim) as u64;
     let act = opts.max_batch as u64 * (4 * d + 3 * ff + 3 * q) * 4

@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use worker_common::MemoryArchitecture;
-use worker_engine::{Engine, EngineConfig};
+use worker_engine::Engine;
 use worker_gguf::GgufFile;
 use worker_http::{ModelCard, ServeArgs, WorkerKind};
-use worker_models::LoadOptions;
 
 use crate::{open_backend, BackendKind, Device};
 
@@ -28,19 +27,9 @@ pub fn serve(dev: Device, s: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!(model = %s.model.display(), slots = s.slots, device = dev.ordinal, "loading model");
     let file = GgufFile::open(&s.model)
         .with_context(|| format!("cannot load model {}", s.model.display()))?;
-    let config = EngineConfig {
-        slots: s.slots,
-        context: s.ctx_size,
-        ..EngineConfig::default()
-    };
+    let config = s.engine_config();
     // The same sizes the engine asks the model for, so the VRAM check counts what it will use.
-    let opts = LoadOptions {
-        max_batch: config.max_batch,
-        max_logit_rows: config.slots,
-        slots: config.slots,
-        max_positions: config.context,
-    };
-    let backend = open_backend(BackendKind::Cuda, dev, &file, &opts)?;
+    let backend = open_backend(BackendKind::Cuda, dev, &file, &config.load_options())?;
     let engine = Engine::load(&file, backend, config)
         .with_context(|| format!("cannot load model {}", s.model.display()))?;
     let card = ModelCard::from_gguf(s.model_id(), &file, &engine.info())?;

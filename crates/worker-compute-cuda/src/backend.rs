@@ -22,8 +22,8 @@ use cudarc::driver::{
     ValidAsZeroBits,
 };
 use worker_compute::{
-    AttentionParams, ComputeBackend, ComputeError, IndexId, KvCacheConfig, KvCacheId, Result,
-    RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
+    AttentionParams, ComputeBackend, ComputeError, IndexId, KvCacheConfig, KvCacheId, KvIndex,
+    KvLayout, KvType, Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
 };
 use worker_gguf::GgmlType;
 
@@ -996,9 +996,28 @@ impl ComputeBackend for CudaBackend {
         Ok(IndexId::from_raw(self.indices.len() as u32 - 1))
     }
 
+    fn kv_layout(&self) -> KvLayout {
+        KvLayout::Slots
+    }
+
+    fn kv_storage(&self, _requested: KvType) -> KvType {
+        // The attention kernels read f16 entries and nothing else.
+        KvType::F16
+    }
+
     fn alloc_kv_cache(&mut self, cfg: KvCacheConfig) -> Result<KvCacheId> {
+        cfg.validate()?;
+        if cfg.ty != KvType::F16 || cfg.blocks != cfg.seqs.saturating_mul(cfg.seq_blocks) {
+            return Err(ComputeError::Unsupported {
+                op: "alloc_kv_cache",
+                reason: format!(
+                    "{cfg:?}: this backend stores f16 entries in one region of seq_blocks \
+                     blocks per sequence (the paged layout has not run on a GPU yet)"
+                ),
+            });
+        }
         let per = |hd: usize| {
-            [cfg.layers, cfg.slots, cfg.max_positions, cfg.kv_heads, hd]
+            [cfg.layers, cfg.seqs, cfg.max_positions(), cfg.kv_heads, hd]
                 .iter()
                 .try_fold(1usize, |a, &b| a.checked_mul(b))
         };
@@ -1008,8 +1027,6 @@ impl ComputeBackend for CudaBackend {
                 bytes: u128::MAX,
             });
         };
-        // The cache is f16 on this backend whatever `cfg.ty` says: half the bytes, and the
-        // attention kernel converts on load.
         let k = self.alloc::<u16>("kv cache keys", nk)?;
         let v = self.alloc::<u16>("kv cache values", nv)?;
         let (kp, vp) = (self.ptr(&k), self.ptr(&v));
@@ -1486,14 +1503,15 @@ impl ComputeBackend for CudaBackend {
         k: TensorId,
         v: TensorId,
         cache: KvCacheId,
-        positions: IndexId,
-        slots: IndexId,
+        index: &KvIndex,
         p: &AttentionParams,
         rows: usize,
     ) -> Result<()> {
         const OP: &str = "attention";
-        let (pos, pp) = self.index(OP, positions, rows)?;
-        let (slot, sp) = self.index(OP, slots, rows)?;
+        // The cache is laid out by slot (`KvLayout::Slots`): a sequence's table row is its
+        // slot, and the block table is not read.
+        let (pos, pp) = self.index(OP, index.positions, rows)?;
+        let (slot, sp) = self.index(OP, index.seqs, rows)?;
         let kv = self
             .caches
             .get(cache.raw() as usize)
@@ -1503,6 +1521,7 @@ impl ComputeBackend for CudaBackend {
                 id: cache.raw(),
             })?;
         let cfg = kv.cfg;
+        let (slots, max_positions) = (cfg.seqs, cfg.max_positions());
         let (hd, vhd) = (p.head_dim, p.value_head_dim);
         p.validate(&cfg)?;
         if hd > MAX_HEAD_DIM || vhd > MAX_HEAD_DIM || p.heads > 65_535 {
@@ -1515,12 +1534,12 @@ impl ComputeBackend for CudaBackend {
             });
         }
         for (&ps, &sl) in pos.iter().zip(slot) {
-            if ps as usize >= cfg.max_positions || sl as usize >= cfg.slots {
+            if ps as usize >= max_positions || sl as usize >= slots {
                 return Err(ComputeError::BadIndex {
                     op: OP,
                     reason: format!(
                         "position {ps} in slot {sl}; the cache holds {} positions x {} slots",
-                        cfg.max_positions, cfg.slots
+                        max_positions, slots
                     ),
                 });
             }
@@ -1553,7 +1572,7 @@ impl ComputeBackend for CudaBackend {
         if rows == 1 && hd.is_multiple_of(8) && vhd.is_multiple_of(2) {
             // Decode: one kernel stores this row's key/value and attends over splits of the
             // positions, a second merges the splits (attention.cu).
-            let nsplit = cfg.max_positions.div_ceil(AD_SPAN);
+            let nsplit = max_positions.div_ceil(AD_SPAN);
             let need = p.heads * nsplit * (vhd + 2);
             let have = kv.partials.as_ref().map_or(0, |(_, _, n)| *n);
             if have < need {
@@ -1587,15 +1606,15 @@ impl ComputeBackend for CudaBackend {
                 Arg::I(common(vhd)?),
                 Arg::F(p.scale),
                 Arg::I(common(p.layer)?),
-                Arg::I(common(cfg.slots)?),
-                Arg::I(common(cfg.max_positions)?),
+                Arg::I(common(slots)?),
+                Arg::I(common(max_positions)?),
                 Arg::P(part),
                 Arg::I(common(nsplit)?),
             ];
             if nsplit > 65_535 {
                 return Err(shape(
                     OP,
-                    format!("{} positions in the cache", cfg.max_positions),
+                    format!("{} positions in the cache", max_positions),
                 ));
             }
             let dims = grid(p.heads, nsplit, AD_THREADS);
@@ -1619,8 +1638,8 @@ impl ComputeBackend for CudaBackend {
             Arg::P(pp),
             Arg::P(sp),
             Arg::I(common(p.layer)?),
-            Arg::I(common(cfg.slots)?),
-            Arg::I(common(cfg.max_positions)?),
+            Arg::I(common(slots)?),
+            Arg::I(common(max_positions)?),
             Arg::I(common(p.kv_heads)?),
             Arg::I(common(hd)?),
             Arg::I(common(vhd)?),
@@ -1641,8 +1660,8 @@ impl ComputeBackend for CudaBackend {
                 Arg::I(common(vhd)?),
                 Arg::F(p.scale),
                 Arg::I(common(p.layer)?),
-                Arg::I(common(cfg.slots)?),
-                Arg::I(common(cfg.max_positions)?),
+                Arg::I(common(slots)?),
+                Arg::I(common(max_positions)?),
             ];
             let dims = grid(rows.div_ceil(AP_BLOCK_ROWS), p.heads, 128);
             return self.launch(OP, "attention_prefill_f16", dims, &args);
@@ -1660,8 +1679,8 @@ impl ComputeBackend for CudaBackend {
             Arg::I(common(vhd)?),
             Arg::F(p.scale),
             Arg::I(common(p.layer)?),
-            Arg::I(common(cfg.slots)?),
-            Arg::I(common(cfg.max_positions)?),
+            Arg::I(common(slots)?),
+            Arg::I(common(max_positions)?),
         ];
         self.launch(OP, "attention_f16", grid(rows, p.heads, 128), &attend)
     }

@@ -9,7 +9,9 @@
 //!   rows produce logits) is written into small device index tensors *before* the step
 //!   ([`ComputeBackend::write_index`]), so a step with a given row count is a fixed op
 //!   sequence over fixed handles.
-//! - Weights are uploaded once in their GGUF storage type; the KV cache is allocated up front.
+//! - Weights are uploaded once in their GGUF storage type. The KV cache is one pool of blocks
+//!   allocated up front; which block holds which positions of which sequence is the caller's
+//!   choice, passed as a block table ([`KvIndex`]), so blocks can be shared and reused.
 //! - Activations are row-major f32 matrices `[rows, cols]` allocated with a row capacity; each
 //!   op is told how many rows are live.
 
@@ -84,30 +86,152 @@ pub struct WeightDesc<'a> {
     pub bytes: &'a [u8],
 }
 
+/// Positions per KV cache block: the unit in which the cache is allocated, shared between
+/// sequences and looked up by prefix.
+pub const KV_BLOCK: usize = 16;
+
 /// Storage type of KV cache entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvType {
-    /// f32 entries: exact, and on the CPU no conversion in the attention inner loop.
+    /// f32 entries: exact; the reference the other types are measured against.
     F32,
+    /// f16 entries (what llama.cpp stores by default): half the bytes of f32.
+    F16,
+    /// ggml's Q8_0 blocks (32 entries, one f16 scale, 34 bytes) along each head.
+    Q8_0,
 }
 
-/// Shape of a KV cache: `slots` independent sequences of up to `max_positions` each.
+impl KvType {
+    /// Every type, for parsing and tests.
+    pub const ALL: [KvType; 3] = [KvType::F32, KvType::F16, KvType::Q8_0];
+
+    /// The name used on the command line and in reports (`f32`, `f16`, `q8_0`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    /// The type named `name` ([`Self::as_str`]).
+    pub fn parse(name: &str) -> Option<KvType> {
+        KvType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// Bytes of `n` entries (for Q8_0, `n` a multiple of 32).
+    pub fn bytes_for(self, n: u64) -> u64 {
+        match self {
+            KvType::F32 => n.saturating_mul(4),
+            KvType::F16 => n.saturating_mul(2),
+            KvType::Q8_0 => (n / 32).saturating_mul(34),
+        }
+    }
+}
+
+/// How a backend lays out its KV cache, which decides what the engine may do with blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvLayout {
+    /// Any block of the pool may hold any positions of any sequence: attention follows the
+    /// block table, so blocks can be allocated on demand and shared by prefix.
+    Paged,
+    /// Table row `s` always owns blocks `s * seq_blocks .. (s + 1) * seq_blocks`, in order: the
+    /// backend addresses the cache by sequence row and position and ignores the table
+    /// contents, so the engine must allocate exactly that way and cannot share blocks.
+    Slots,
+}
+
+/// Shape of a KV cache: a pool of `blocks` blocks of [`KV_BLOCK`] positions, each holding
+/// the keys and values of every layer and KV head for its positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvCacheConfig {
     /// Transformer layers.
     pub layers: usize,
-    /// Sequences that can be cached at the same time.
-    pub slots: usize,
-    /// Positions per sequence.
-    pub max_positions: usize,
+    /// Blocks in the pool.
+    pub blocks: usize,
+    /// Rows of the block table: the sequences one forward call may name.
+    pub seqs: usize,
+    /// Entries per block-table row: the most blocks one sequence holds.
+    pub seq_blocks: usize,
     /// Key/value heads per layer.
     pub kv_heads: usize,
     /// Width of one key head.
     pub head_dim: usize,
     /// Width of one value head.
     pub value_head_dim: usize,
-    /// Entry type.
+    /// Entry type, as the backend stores it.
     pub ty: KvType,
+}
+
+impl KvCacheConfig {
+    /// Positions one sequence can hold.
+    pub fn max_positions(&self) -> usize {
+        self.seq_blocks.saturating_mul(KV_BLOCK)
+    }
+
+    /// Bytes of one block: keys and values of every layer and KV head for [`KV_BLOCK`]
+    /// positions. Saturates on absurd sizes.
+    pub fn block_bytes(&self) -> u64 {
+        let per_position = |width: usize| {
+            [self.layers, self.kv_heads, width, KV_BLOCK]
+                .iter()
+                .fold(1u64, |a, &b| a.saturating_mul(b as u64))
+        };
+        self.ty
+            .bytes_for(per_position(self.head_dim))
+            .saturating_add(self.ty.bytes_for(per_position(self.value_head_dim)))
+    }
+
+    /// Bytes of the whole pool.
+    pub fn bytes(&self) -> u64 {
+        self.block_bytes().saturating_mul(self.blocks as u64)
+    }
+
+    /// Checks the sizes every backend needs: positive counts, Q8_0 heads a multiple of its
+    /// block, and a table whose rows fit the pool.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(ComputeError::Shape {
+                op: "kv cache",
+                reason,
+            })
+        };
+        if [
+            self.layers,
+            self.blocks,
+            self.seqs,
+            self.seq_blocks,
+            self.kv_heads,
+            self.head_dim,
+        ]
+        .contains(&0)
+            || self.value_head_dim == 0
+        {
+            return bad(format!("{self:?}: every size must be positive"));
+        }
+        if self.ty == KvType::Q8_0
+            && !(self.head_dim.is_multiple_of(32) && self.value_head_dim.is_multiple_of(32))
+        {
+            return bad(format!(
+                "q8_0 needs head widths that are multiples of 32, not {} and {}",
+                self.head_dim, self.value_head_dim
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where the rows of a forward call sit in the KV cache: row `r` is at position
+/// `positions[r]` of the sequence in block-table row `seqs[r]`; position `p` of table row `s`
+/// lives in block `block_table[s * seq_blocks + p / KV_BLOCK]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvIndex {
+    /// Position of each row.
+    pub positions: IndexId,
+    /// Block-table row of each row.
+    pub seqs: IndexId,
+    /// `seqs x seq_blocks` block ids, row-major (see [`KvCacheConfig`]).
+    pub block_table: IndexId,
 }
 
 /// Which pairs of a head rotary embedding rotates.
@@ -215,7 +339,16 @@ pub trait ComputeBackend: Send {
     fn alloc_tensor(&mut self, rows: usize, cols: usize) -> Result<TensorId>;
     /// Allocates an index vector of `len` entries.
     fn alloc_index(&mut self, len: usize) -> Result<IndexId>;
-    /// Allocates a zeroed KV cache.
+    /// How this backend lays out a KV cache (what the engine may do with blocks).
+    fn kv_layout(&self) -> KvLayout {
+        KvLayout::Paged
+    }
+    /// The entry type this backend stores when asked for `requested` (a backend may store
+    /// one type only); the figure every memory report uses.
+    fn kv_storage(&self, requested: KvType) -> KvType {
+        requested
+    }
+    /// Allocates a zeroed KV cache; `config.ty` must be what [`Self::kv_storage`] returns.
     fn alloc_kv_cache(&mut self, config: KvCacheConfig) -> Result<KvCacheId>;
 
     /// Copies host indices into the first `data.len()` entries of `dst`.
@@ -286,9 +419,10 @@ pub trait ComputeBackend: Send {
         params: &RopeParams,
         rows: usize,
     ) -> Result<()>;
-    /// Stores the keys and values of each row in `cache` at (`slots[r]`, `positions[r]`),
-    /// then computes causal attention: row `r` attends to positions `0..=positions[r]` of
-    /// its slot, query head `h` reading key/value head `h / (heads / kv_heads)`.
+    /// Stores the keys and values of each row in `cache` where `index` places it, then
+    /// computes causal attention: row `r` attends to positions `0..=positions[r]` of its
+    /// sequence, query head `h` reading key/value head `h / (heads / kv_heads)`. Rows of one
+    /// sequence in one call are stored before any of them is read.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &mut self,
@@ -297,8 +431,7 @@ pub trait ComputeBackend: Send {
         k: TensorId,
         v: TensorId,
         cache: KvCacheId,
-        positions: IndexId,
-        slots: IndexId,
+        index: &KvIndex,
         params: &AttentionParams,
         rows: usize,
     ) -> Result<()>;

@@ -24,8 +24,8 @@ pub mod cpu;
 mod error;
 
 pub use backend::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvType, Result, RopeMode,
-    RopeParams, TensorId, WeightDesc, WeightId,
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvIndex, KvLayout, KvType,
+    Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId, KV_BLOCK,
 };
 pub use cpu::{Activations, CpuBackend, CpuConfig, KernelChoice};
 pub use error::ComputeError;

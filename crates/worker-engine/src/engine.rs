@@ -2,29 +2,39 @@
 //! them to the loop over a channel.
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use worker_common::Sampler;
-use worker_compute::ComputeBackend;
+use worker_compute::{ComputeBackend, KvLayout, KvType, KV_BLOCK};
 use worker_gguf::GgufFile;
 use worker_models::{LoadOptions, Model};
 use worker_tokenizer::{EncodeOptions, Tokenizer};
 
+use crate::blocks::KvStats;
 use crate::request::{CancelHandle, EventSink, Generation, GenerationRequest, Prompt};
-use crate::scheduler::{Command, Job, Scheduler};
+use crate::scheduler::{Command, Job, LoopConfig, Scheduler};
 use crate::EngineError;
 
 /// Sizes of an engine built by [`Engine::load`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Sequences generated at once, each in its own KV cache slot.
+    /// Sequences generated at once (at most `max_batch`).
     pub slots: usize,
     /// Positions per sequence, prompt and generated tokens together (capped at the model's
     /// context length).
     pub context: usize,
-    /// Most prompt tokens per forward call (the prefill chunk).
+    /// Most tokens per forward call: the prefill chunk of a prompt that runs alone.
     pub max_batch: usize,
+    /// Most prompt tokens in a forward call that also carries generating sequences (chunked
+    /// prefill): bounds their inter-token latency while a long prompt runs.
+    pub prefill_chunk: usize,
+    /// KV entry type asked for (the backend may store another; [`EngineInfo`] says).
+    pub kv_type: KvType,
+    /// Bytes of the KV pool; `None` for every slot at full context.
+    pub kv_cache_bytes: Option<u64>,
+    /// Whether full KV blocks are shared between requests by prefix.
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -33,19 +43,43 @@ impl Default for EngineConfig {
             slots: 1,
             context: 4096,
             max_batch: 512,
+            prefill_chunk: 64,
+            kv_type: KvType::F16,
+            kv_cache_bytes: None,
+            prefix_cache: true,
         }
     }
 }
 
-/// Facts about the loaded model that callers need to validate requests.
+impl EngineConfig {
+    /// The model's load options under this configuration.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            max_batch: self.max_batch,
+            max_logit_rows: self.slots,
+            seqs: self.slots,
+            max_positions: self.context,
+            kv_type: self.kv_type,
+            kv_cache_bytes: self.kv_cache_bytes,
+        }
+    }
+}
+
+/// Facts about the loaded model that callers need to validate requests and report memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineInfo {
     /// Logits per row.
     pub vocab_size: usize,
-    /// Positions per sequence.
+    /// Positions per sequence (at most what the KV pool holds).
     pub context: usize,
     /// Sequences generated at once.
     pub slots: usize,
+    /// KV entry type the backend stores.
+    pub kv_type: KvType,
+    /// Bytes of the whole KV pool (its pages are touched only as blocks are written).
+    pub kv_pool_bytes: u64,
+    /// Whether the prefix cache is on.
+    pub prefix_cache: bool,
     /// Device bytes the backend holds once the model is loaded, where it counts them
     /// ([`ComputeBackend::allocated_bytes`]).
     pub device_bytes: Option<u64>,
@@ -61,6 +95,7 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
     tokenizer: Arc<dyn Tokenizer>,
     info: EngineInfo,
+    stats: Arc<Mutex<KvStats>>,
 }
 
 impl Engine {
@@ -70,53 +105,75 @@ impl Engine {
         mut backend: Box<dyn ComputeBackend>,
         config: EngineConfig,
     ) -> Result<Engine, EngineError> {
-        if config.slots == 0 || config.context == 0 || config.max_batch == 0 {
+        if config.slots == 0
+            || config.context == 0
+            || config.max_batch == 0
+            || config.prefill_chunk == 0
+        {
             return Err(EngineError::Config(format!(
-                "{config:?}: slots, context and max_batch must be positive"
+                "{config:?}: slots, context, max_batch and prefill_chunk must be positive"
+            )));
+        }
+        if config.slots > config.max_batch {
+            return Err(EngineError::Config(format!(
+                "{} slots but batches of {}: every generating slot needs a row of each step",
+                config.slots, config.max_batch
             )));
         }
         let tokenizer: Arc<dyn Tokenizer> = worker_tokenizer::from_gguf(file.metadata())
             .map_err(EngineError::Tokenizer)?
             .into();
-        let model = worker_models::load(
-            file,
-            backend.as_mut(),
-            LoadOptions {
-                max_batch: config.max_batch,
-                max_logit_rows: config.slots,
-                slots: config.slots,
-                max_positions: config.context,
-            },
-        )?;
-        Engine::new(model, backend, tokenizer)
+        let model = worker_models::load(file, backend.as_mut(), config.load_options())?;
+        Engine::new(model, backend, tokenizer, &config)
     }
 
     /// Starts the engine thread on a model already loaded on `backend`. The slot count,
-    /// context and batch sizes are the model's [`LoadOptions`].
+    /// context and batch sizes are the model's [`LoadOptions`]; of `config`, the loop's own
+    /// settings (prefill chunk, prefix cache) are used.
     pub fn new(
         model: Box<dyn Model>,
         backend: Box<dyn ComputeBackend>,
         tokenizer: Arc<dyn Tokenizer>,
+        config: &EngineConfig,
     ) -> Result<Engine, EngineError> {
         let opts = *model.options();
+        let kv = *model.kv_cache();
+        let pool_positions = kv.blocks.saturating_mul(KV_BLOCK);
+        let loop_config = LoopConfig {
+            prefill_chunk: config.prefill_chunk,
+            prefix_cache: config.prefix_cache,
+        };
         let info = EngineInfo {
             vocab_size: model.hparams().vocab_size as usize,
-            context: opts.max_positions,
-            slots: opts.slots,
+            context: opts.max_positions.min(pool_positions),
+            slots: opts.seqs,
+            kv_type: kv.ty,
+            kv_pool_bytes: kv.bytes(),
+            prefix_cache: config.prefix_cache && backend.kv_layout() == KvLayout::Paged,
             device_bytes: backend.allocated_bytes(),
         };
+        let stats = Arc::new(Mutex::new(KvStats::default()));
         let (commands, rx) = mpsc::channel();
         let tok = tokenizer.clone();
+        let loop_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("worker-engine".into())
-            .spawn(move || Scheduler::new(model, backend, tok.as_ref()).run(rx))
+            .spawn(move || {
+                Scheduler::new(model, backend, tok.as_ref(), loop_config, loop_stats).run(rx)
+            })
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             commands,
             thread: Some(thread),
             tokenizer,
             info,
+            stats,
         })
+    }
+
+    /// The KV pool's counters as of the engine's last turn.
+    pub fn kv_stats(&self) -> KvStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
     /// The tokenizer the engine uses.

@@ -56,6 +56,10 @@ pub enum EngineError {
     /// batch end with this error, and the engine goes on serving the others.
     #[error("out of device memory in a forward pass: {0}")]
     OutOfMemory(String),
+    /// The KV pool had no block for a generating sequence's next position (every block held
+    /// by running sequences); that sequence ends with this error, the others go on.
+    #[error("the KV cache pool is full: no block for the next position")]
+    KvCacheFull,
     /// The engine shut down before the request finished.
     #[error("the engine shut down before the request finished")]
     ShutDown,

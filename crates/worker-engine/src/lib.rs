@@ -22,12 +22,14 @@
 //!
 //! # Structure
 //!
-//! [`Engine`] owns one thread that owns the model, the backend and N KV cache slots
-//! (llama.cpp's server slots). Requests arrive over a channel, each carrying its own
-//! [`EventSink`] (mistral.rs's reply channel). Every turn the loop drops cancelled requests,
-//! assigns queued requests to free slots, runs one prompt chunk of each new sequence (a long
-//! prompt never stalls the others for more than a chunk), then runs one decode step in which
-//! the next token of every generating slot goes through the model in a single forward call.
+//! [`Engine`] owns one thread that owns the model, the backend and N slots (llama.cpp's
+//! server slots), each a row of the KV block table. Requests arrive over a channel, each
+//! carrying its own [`EventSink`] (mistral.rs's reply channel). Every turn the loop drops
+//! cancelled requests, admits queued requests into free slots when the KV pool has blocks
+//! for their prompts (taking the longest cached prefix of whole blocks from any earlier or
+//! running request: vLLM's automatic prefix caching), then runs one forward call carrying the
+//! next token of every generating slot plus prompt chunks up to a token budget (chunked
+//! prefill: a long prompt never stalls the others for more than a chunk).
 //!
 //! **Architecture invariants**: this crate does no network IO and knows no wire format (no
 //! serde, no HTTP); it never names a concrete backend. Every request that
@@ -37,12 +39,14 @@
 //! output text are never logged above debug level.
 #![deny(missing_docs)]
 
+mod blocks;
 mod engine;
 mod error;
 mod request;
 mod scheduler;
 pub mod stop;
 
+pub use blocks::KvStats;
 pub use engine::{Engine, EngineConfig, EngineInfo};
 pub use error::EngineError;
 pub use request::{
@@ -50,3 +54,4 @@ pub use request::{
     Timings, TokenEvent,
 };
 pub use worker_common::SamplingConfig;
+pub use worker_compute::{KvType, KV_BLOCK};

@@ -99,6 +99,8 @@ pub struct TokenEvent {
 pub struct Timings {
     /// Prompt tokens run through the model.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead.
+    pub cached_tokens: usize,
     /// Time of the prompt's forward passes.
     pub prefill: Duration,
     /// Decode steps (forward passes of one generated token) this sequence took part in.

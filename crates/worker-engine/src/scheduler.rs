@@ -1,16 +1,20 @@
-//! The engine loop: takes jobs from the channel, assigns them to KV cache slots, runs each
-//! slot's prompt as batched forward passes (one chunk per turn), decodes every generating slot
-//! together in one forward call per turn, samples, checks stop conditions and sends events.
+//! The engine loop: takes jobs from the channel, gives each a slot (a row of the KV block
+//! table) and the blocks its prompt needs (reusing cached prefixes), and every turn runs one
+//! forward call that carries the next token of every generating sequence plus chunks of
+//! waiting prompts under a token budget (chunked prefill); then samples, checks stop
+//! conditions, seals full blocks into the prefix cache and sends events.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use worker_common::Sampler;
 use worker_compute::{ComputeBackend, ComputeError};
-use worker_models::{Batch, Model, ModelError, SequenceBatch};
+use worker_models::{Batch, Model, ModelError};
 use worker_tokenizer::{StreamDecoder, Tokenizer};
 
+use crate::blocks::{BlockManager, KvStats};
 use crate::request::{CancelHandle, Completion, Event, EventSink, StopReason, Timings, TokenEvent};
 use crate::stop::{StopCheck, StopMatcher};
 use crate::EngineError;
@@ -57,6 +61,8 @@ struct Sequence<'t> {
     prompt_len: usize,
     /// Positions written to this slot's KV cache.
     n_past: usize,
+    /// When it was admitted: prompts are prefilled in this order.
+    admitted: u64,
     decoder: StreamDecoder<'t, dyn Tokenizer + 't>,
     matcher: StopMatcher,
     /// Text sent in token events so far.
@@ -65,7 +71,8 @@ struct Sequence<'t> {
 }
 
 impl<'t> Sequence<'t> {
-    fn new(job: Job, tok: &'t dyn Tokenizer) -> Self {
+    /// A sequence whose first `cached` prompt positions are already in its blocks.
+    fn new(job: Job, tok: &'t dyn Tokenizer, cached: usize, admitted: u64) -> Self {
         let tokens = job.prompt_ids.clone();
         Sequence {
             matcher: StopMatcher::new(&job.stop),
@@ -73,10 +80,14 @@ impl<'t> Sequence<'t> {
             tokens,
             job,
             phase: Phase::Prefill,
-            n_past: 0,
+            n_past: cached,
+            admitted,
             decoder: StreamDecoder::new(tok),
             text: String::new(),
-            timings: Timings::default(),
+            timings: Timings {
+                cached_tokens: cached,
+                ..Timings::default()
+            },
         }
     }
 
@@ -202,20 +213,70 @@ fn finish_unstarted(mut job: Job, outcome: Outcome) {
     job.sink.send(event);
 }
 
+/// Sizes and switches of the loop.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoopConfig {
+    /// Most prompt tokens in a turn in which sequences are also generating: what bounds
+    /// their inter-token latency while a long prompt runs. Alone, a prompt runs in chunks
+    /// of the model's whole batch.
+    pub prefill_chunk: usize,
+    /// Whether full blocks are shared by prefix.
+    pub prefix_cache: bool,
+}
+
+/// What a row group of the turn's batch does for its sequence.
+#[derive(Clone, Copy)]
+enum Part {
+    /// One generated token; its logits are row `logits` of the output.
+    Decode { logits: usize },
+    /// Prompt positions `..end`; logits (row `logits`) when `end` completes the prompt.
+    Prefill { end: usize, logits: Option<usize> },
+}
+
+/// The index vectors of one turn's forward call, and what each slot in it does.
+#[derive(Default)]
+struct TurnBatch {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    seqs: Vec<u32>,
+    logit_rows: Vec<u32>,
+    parts: Vec<(usize, Part)>,
+}
+
+impl TurnBatch {
+    /// Adds `tokens` of slot `slot` from position `start`; returns the logits row of the
+    /// last one when `logits`.
+    fn push(&mut self, slot: usize, tokens: &[u32], start: usize, logits: bool) -> Option<usize> {
+        let first = self.tokens.len();
+        self.tokens.extend_from_slice(tokens);
+        self.positions
+            .extend((start..start + tokens.len()).map(|p| p as u32));
+        self.seqs
+            .extend(std::iter::repeat_n(slot as u32, tokens.len()));
+        logits.then(|| {
+            self.logit_rows.push((first + tokens.len() - 1) as u32);
+            self.logit_rows.len() - 1
+        })
+    }
+}
+
 /// The state of the engine thread.
 pub(crate) struct Scheduler<'t> {
     model: Box<dyn Model>,
     backend: Box<dyn ComputeBackend>,
     tok: &'t dyn Tokenizer,
-    /// One entry per KV cache slot; `None` is idle.
+    /// One entry per block-table row; `None` is idle.
     slots: Vec<Option<Sequence<'t>>>,
     queue: VecDeque<Box<Job>>,
+    blocks: BlockManager,
+    /// Where the pool's counters are published after every turn.
+    stats: Arc<Mutex<KvStats>>,
+    admitted: u64,
     logits: Vec<f32>,
     vocab: usize,
     context: usize,
     max_batch: usize,
-    /// Most sequences in one decode forward call.
-    max_rows: usize,
+    prefill_chunk: usize,
 }
 
 impl<'t> Scheduler<'t> {
@@ -223,18 +284,24 @@ impl<'t> Scheduler<'t> {
         model: Box<dyn Model>,
         backend: Box<dyn ComputeBackend>,
         tok: &'t dyn Tokenizer,
+        config: LoopConfig,
+        stats: Arc<Mutex<KvStats>>,
     ) -> Self {
         let opts = *model.options();
         let vocab = model.hparams().vocab_size as usize;
-        let max_rows = opts.max_logit_rows.min(opts.max_batch).max(1);
+        let blocks = BlockManager::new(model.kv_cache(), backend.kv_layout(), config.prefix_cache);
+        let max_batch = opts.max_batch.max(1);
         Scheduler {
-            slots: (0..opts.slots).map(|_| None).collect(),
+            slots: (0..opts.seqs).map(|_| None).collect(),
             queue: VecDeque::new(),
-            logits: vec![0.0; max_rows * vocab],
+            logits: vec![0.0; opts.max_logit_rows.max(1) * vocab],
             vocab,
             context: opts.max_positions,
-            max_batch: opts.max_batch.max(1),
-            max_rows,
+            max_batch,
+            prefill_chunk: config.prefill_chunk.clamp(1, max_batch),
+            blocks,
+            stats,
+            admitted: 0,
             model,
             backend,
             tok,
@@ -243,6 +310,7 @@ impl<'t> Scheduler<'t> {
 
     /// Runs until [`Command::Shutdown`] or until every sender is gone.
     pub(crate) fn run(mut self, commands: Receiver<Command>) {
+        self.publish();
         loop {
             if self.is_idle() {
                 match commands.recv() {
@@ -260,6 +328,7 @@ impl<'t> Scheduler<'t> {
                 }
             }
             self.step();
+            self.publish();
         }
     }
 
@@ -267,17 +336,26 @@ impl<'t> Scheduler<'t> {
         self.queue.is_empty() && self.slots.iter().all(Option::is_none)
     }
 
-    /// One turn: drop cancelled work, admit queued jobs into free slots, run one prompt chunk
-    /// of every prefilling slot, then one decode step for every generating slot.
+    fn publish(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            *s = self.blocks.stats();
+        }
+    }
+
+    /// One turn: drop cancelled work, admit queued jobs into free slots, then one forward
+    /// call for every generating sequence and as much prompt as the budget allows.
     fn step(&mut self) {
         self.drop_cancelled();
         self.admit();
-        for i in 0..self.slots.len() {
-            if matches!(&self.slots[i], Some(s) if s.phase == Phase::Prefill) {
-                self.prefill(i);
-            }
+        self.run_turn();
+    }
+
+    /// Ends the sequence in slot `i` and gives its blocks back.
+    fn finish_slot(&mut self, i: usize, outcome: Outcome) {
+        if let Some(seq) = self.slots[i].take() {
+            self.blocks.release(i);
+            seq.finish(outcome);
         }
-        self.decode();
     }
 
     fn drop_cancelled(&mut self) {
@@ -289,127 +367,151 @@ impl<'t> Scheduler<'t> {
         for job in cancelled {
             finish_unstarted(*job, Outcome::Stop(StopReason::Cancelled));
         }
-        for slot in &mut self.slots {
-            if slot.as_ref().is_some_and(|s| s.job.cancel.is_cancelled()) {
-                if let Some(seq) = slot.take() {
-                    seq.finish(Outcome::Stop(StopReason::Cancelled));
-                }
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .as_ref()
+                .is_some_and(|s| s.job.cancel.is_cancelled())
+            {
+                self.finish_slot(i, Outcome::Stop(StopReason::Cancelled));
             }
         }
     }
 
+    /// Moves queued jobs, in order, into free slots while the pool has blocks for their
+    /// prompts; a job that must wait for blocks keeps the ones behind it waiting too.
     fn admit(&mut self) {
-        for slot in &mut self.slots {
-            if slot.is_some() {
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_some() {
                 continue;
             }
-            let Some(job) = self.queue.pop_front() else {
-                return;
-            };
-            if job.max_tokens == Some(0) {
-                finish_unstarted(*job, Outcome::Stop(StopReason::MaxTokens));
-                continue;
-            }
-            *slot = Some(Sequence::new(*job, self.tok));
-        }
-    }
-
-    /// Runs the next chunk (at most `max_batch` tokens) of the prompt of the sequence in slot
-    /// `i` as one forward call; after the last chunk, samples its first token. One chunk per
-    /// turn keeps a long prompt from stalling the other slots' decoding.
-    fn prefill(&mut self, i: usize) {
-        let Some(seq) = self.slots[i].as_mut() else {
-            return;
-        };
-        let vocab = self.vocab;
-        let start = Instant::now();
-        let end = (seq.n_past + self.max_batch).min(seq.prompt_len);
-        let b = SequenceBatch::new(
-            &seq.tokens[seq.n_past..end],
-            seq.n_past as u32,
-            i as u32,
-            false,
-        );
-        let result =
-            self.model
-                .forward(self.backend.as_mut(), &b.batch(), &mut self.logits[..vocab]);
-        let outcome = match result {
-            Err(e) => Some(Outcome::Fail(forward_error(&e))),
-            Ok(()) => {
-                seq.n_past = end;
-                seq.timings.prompt_tokens = end;
-                seq.timings.prefill += start.elapsed();
-                if end == seq.prompt_len {
-                    seq.sample_and_accept(self.tok, &mut self.logits[..vocab], self.context)
-                } else {
-                    None
+            loop {
+                let Some(job) = self.queue.front() else {
+                    return;
+                };
+                if job.max_tokens == Some(0) {
+                    if let Some(job) = self.queue.pop_front() {
+                        finish_unstarted(*job, Outcome::Stop(StopReason::MaxTokens));
+                    }
+                    continue;
                 }
-            }
-        };
-        if let Some(outcome) = outcome {
-            if let Some(seq) = self.slots[i].take() {
-                seq.finish(outcome);
+                let Some(cached) = self.blocks.start(i, &job.prompt_ids) else {
+                    return;
+                };
+                if let Some(job) = self.queue.pop_front() {
+                    self.admitted += 1;
+                    self.slots[i] = Some(Sequence::new(*job, self.tok, cached, self.admitted));
+                }
+                break;
             }
         }
     }
 
-    /// One decode step: every generating slot's next token goes through the model together
-    /// (in groups of at most `max_rows`), then each slot samples from its row.
-    fn decode(&mut self) {
-        let ready: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| matches!(&self.slots[i], Some(s) if matches!(s.phase, Phase::Generating { .. })))
-            .collect();
-        for group in ready.chunks(self.max_rows) {
-            self.decode_group(group);
-        }
-    }
-
-    fn decode_group(&mut self, group: &[usize]) {
-        let vocab = self.vocab;
-        let n = group.len();
-        let mut tokens = Vec::with_capacity(n);
-        let mut positions = Vec::with_capacity(n);
-        for &i in group {
-            if let Some(Sequence {
+    /// Builds this turn's batch: the next token of every generating sequence (each given a
+    /// block for it first), then prompt chunks in admission order up to the budget.
+    fn plan_turn(&mut self) -> TurnBatch {
+        let mut batch = TurnBatch::default();
+        for i in 0..self.slots.len() {
+            let Some(Sequence {
                 phase: Phase::Generating { next },
                 n_past,
                 ..
-            }) = &self.slots[i]
-            {
-                tokens.push(*next);
-                positions.push(*n_past as u32);
+            }) = self.slots[i]
+            else {
+                continue;
+            };
+            if !self.blocks.reserve(i, n_past + 1) {
+                self.finish_slot(i, Outcome::Fail(EngineError::KvCacheFull));
+                continue;
+            }
+            if let Some(logits) = batch.push(i, &[next], n_past, true) {
+                batch.parts.push((i, Part::Decode { logits }));
             }
         }
-        let slots: Vec<u32> = group.iter().map(|&i| i as u32).collect();
-        let rows: Vec<u32> = (0..n as u32).collect();
-        let batch = Batch {
-            tokens: &tokens,
-            positions: &positions,
-            slots: &slots,
-            logit_rows: &rows,
+        let budget = if batch.tokens.is_empty() {
+            self.max_batch
+        } else {
+            self.prefill_chunk
+        };
+        let mut left = budget.min(self.max_batch.saturating_sub(batch.tokens.len()));
+        let mut prefilling: Vec<(u64, usize)> = (0..self.slots.len())
+            .filter_map(|i| match &self.slots[i] {
+                Some(s) if s.phase == Phase::Prefill => Some((s.admitted, i)),
+                _ => None,
+            })
+            .collect();
+        prefilling.sort_unstable();
+        for (_, i) in prefilling {
+            if left == 0 {
+                break;
+            }
+            let Some(seq) = &self.slots[i] else {
+                continue;
+            };
+            let end = (seq.n_past + left).min(seq.prompt_len);
+            let last = end == seq.prompt_len;
+            let logits = batch.push(i, &seq.tokens[seq.n_past..end], seq.n_past, last);
+            left -= end - seq.n_past;
+            batch.parts.push((i, Part::Prefill { end, logits }));
+        }
+        batch
+    }
+
+    /// Runs this turn's forward call and hands each sequence its result.
+    fn run_turn(&mut self) {
+        let batch = self.plan_turn();
+        if batch.tokens.is_empty() {
+            return;
+        }
+        let vocab = self.vocab;
+        let n_logits = batch.logit_rows.len();
+        let forward = Batch {
+            tokens: &batch.tokens,
+            positions: &batch.positions,
+            seqs: &batch.seqs,
+            block_table: self.blocks.table(),
+            logit_rows: &batch.logit_rows,
         };
         let start = Instant::now();
-        let result =
-            self.model
-                .forward(self.backend.as_mut(), &batch, &mut self.logits[..n * vocab]);
-        let forward_time = start.elapsed();
-        for (r, &i) in group.iter().enumerate() {
-            let outcome = match &result {
-                Err(e) => Some(Outcome::Fail(forward_error(e))),
-                Ok(()) => self.slots[i].as_mut().and_then(|seq| {
-                    let t = Instant::now();
-                    seq.n_past += 1;
-                    let row = &mut self.logits[r * vocab..(r + 1) * vocab];
-                    let outcome = seq.sample_and_accept(self.tok, row, self.context);
-                    seq.timings.decode_steps += 1;
-                    seq.timings.decode += forward_time + t.elapsed();
-                    outcome
-                }),
+        let result = self.model.forward(
+            self.backend.as_mut(),
+            &forward,
+            &mut self.logits[..n_logits * vocab],
+        );
+        let elapsed = start.elapsed();
+        if let Err(e) = result {
+            for &(i, _) in &batch.parts {
+                self.finish_slot(i, Outcome::Fail(forward_error(&e)));
+            }
+            return;
+        }
+        for &(i, part) in &batch.parts {
+            let Some(seq) = self.slots[i].as_mut() else {
+                continue;
             };
-            if let Some(outcome) = outcome {
-                if let Some(seq) = self.slots[i].take() {
-                    seq.finish(outcome);
+            let t = Instant::now();
+            let logits_row = match part {
+                Part::Decode { logits } => {
+                    seq.n_past += 1;
+                    Some(logits)
                 }
+                Part::Prefill { end, logits } => {
+                    seq.timings.prompt_tokens += end - seq.n_past;
+                    seq.n_past = end;
+                    seq.timings.prefill += elapsed;
+                    logits
+                }
+            };
+            let outcome = logits_row.and_then(|r| {
+                let row = &mut self.logits[r * vocab..(r + 1) * vocab];
+                seq.sample_and_accept(self.tok, row, self.context)
+            });
+            if let Part::Decode { .. } = part {
+                seq.timings.decode_steps += 1;
+                seq.timings.decode += elapsed + t.elapsed();
+            }
+            self.blocks.seal(i, &seq.tokens, seq.n_past);
+            if let Some(outcome) = outcome {
+                self.finish_slot(i, outcome);
             }
         }
     }
@@ -419,9 +521,10 @@ impl<'t> Scheduler<'t> {
         for job in self.queue.drain(..) {
             finish_unstarted(*job, Outcome::Fail(EngineError::ShutDown));
         }
-        for seq in self.slots.iter_mut().filter_map(Option::take) {
-            seq.finish(Outcome::Fail(EngineError::ShutDown));
+        for i in 0..self.slots.len() {
+            self.finish_slot(i, Outcome::Fail(EngineError::ShutDown));
         }
+        self.publish();
     }
 }
 

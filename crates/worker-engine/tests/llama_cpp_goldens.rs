@@ -38,6 +38,7 @@ fn check(model: &str) {
             slots: 4,
             context: 512,
             max_batch: 128,
+            ..EngineConfig::default()
         },
     )
     .unwrap();

@@ -5,7 +5,7 @@
 
 use worker_compute::{
     AttentionParams, ComputeBackend, ComputeError, CpuBackend, CpuConfig, IndexId, KvCacheConfig,
-    KvCacheId, Result, RopeParams, TensorId, WeightDesc, WeightId,
+    KvCacheId, KvIndex, Result, RopeParams, TensorId, WeightDesc, WeightId,
 };
 use worker_engine::{Engine, EngineConfig, EngineError, Event, GenerationRequest};
 
@@ -117,13 +117,11 @@ impl ComputeBackend for ScarceMemory {
         k: TensorId,
         v: TensorId,
         cache: KvCacheId,
-        positions: IndexId,
-        slots: IndexId,
+        index: &KvIndex,
         p: &AttentionParams,
         rows: usize,
     ) -> Result<()> {
-        self.inner
-            .attention(out, q, k, v, cache, positions, slots, p, rows)
+        self.inner.attention(out, q, k, v, cache, index, p, rows)
     }
     fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()> {
         self.inner.swiglu(out, gate, up, rows)
@@ -164,6 +162,7 @@ fn an_allocation_failure_ends_only_its_request() {
         slots: 1,
         context: 256,
         max_batch: 64,
+        ..EngineConfig::default()
     };
     let engine = Engine::load(&file, Box::new(backend), config).expect("load SmolLM2");
     let short = "The capital of France is";

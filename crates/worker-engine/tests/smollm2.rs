@@ -30,6 +30,7 @@ fn engine() -> &'static Engine {
             slots: 4,
             context: 512,
             max_batch: 64,
+            ..EngineConfig::default()
         })
     })
 }
@@ -167,6 +168,7 @@ fn same_seed_same_tokens_across_thread_counts() {
             slots: 1,
             context: 128,
             max_batch: 64,
+            ..EngineConfig::default()
         },
     )
     .unwrap();
@@ -250,6 +252,7 @@ fn a_full_context_stops_with_context_full() {
         slots: 1,
         context: 8,
         max_batch: 4,
+        ..EngineConfig::default()
     });
     let mut req = request(PROMPT, 0.0, 0);
     req.max_tokens = None;

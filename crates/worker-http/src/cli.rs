@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use worker_common::{MemoryArchitecture, ReadyCallback};
-use worker_engine::Engine;
+use worker_engine::{Engine, EngineConfig, KvType};
 
 use crate::{send_ready_callback, shutdown_signal, HttpError, ModelCard, Server, ServerConfig};
 
@@ -47,6 +47,19 @@ pub struct ServeArgs {
     /// Positions per sequence, prompt included (capped at the model's context length).
     #[arg(long, env = "WORKER_CTX_SIZE", default_value_t = 4096)]
     pub ctx_size: usize,
+    /// KV cache entry type: f16, q8_0, or f32 (the exact reference).
+    #[arg(long, env = "WORKER_KV_TYPE", default_value = "f16", value_parser = parse_kv_type)]
+    pub kv_type: KvType,
+    /// Bytes of the KV block pool (default: every slot at full context; pages are touched
+    /// only as blocks are written).
+    #[arg(long, env = "WORKER_KV_CACHE_BYTES")]
+    pub kv_cache_bytes: Option<u64>,
+    /// Share full KV blocks between requests by prefix (automatic prefix caching).
+    #[arg(long, env = "WORKER_PREFIX_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefix_cache: bool,
+    /// Most prompt tokens in a step that also decodes other streams (chunked prefill).
+    #[arg(long, env = "WORKER_PREFILL_CHUNK", default_value_t = EngineConfig::default().prefill_chunk)]
+    pub prefill_chunk: usize,
     /// Largest request body in bytes.
     #[arg(long, env = "WORKER_BODY_LIMIT", default_value_t = 1 << 20)]
     pub body_limit: usize,
@@ -55,7 +68,27 @@ pub struct ServeArgs {
     pub model_name: Option<String>,
 }
 
+fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| {
+        let names: Vec<_> = KvType::ALL.iter().map(|t| t.as_str()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
 impl ServeArgs {
+    /// The engine these flags ask for.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            slots: self.slots,
+            context: self.ctx_size,
+            prefill_chunk: self.prefill_chunk,
+            kv_type: self.kv_type,
+            kv_cache_bytes: self.kv_cache_bytes,
+            prefix_cache: self.prefix_cache,
+            ..EngineConfig::default()
+        }
+    }
+
     /// The server limits these flags ask for.
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
@@ -112,7 +145,7 @@ pub async fn run(
     card: ModelCard,
     kind: WorkerKind,
 ) -> Result<(), HttpError> {
-    let memory_bytes = card.memory_bytes;
+    let memory_bytes = card.memory_in_use(&engine.kv_stats());
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     let addr = listener.local_addr()?;
     let uri = format!("http://{addr}");

@@ -123,6 +123,14 @@ impl ApiError {
                     "the device ran out of memory for this request; the worker goes on serving",
                 )
             }
+            EngineError::KvCacheFull => {
+                tracing::warn!("KV cache pool full: a generating request ended");
+                Self::new(
+                    ErrorCode::VramOom,
+                    "the KV cache pool had no room for this request's next token; retry later \
+                     or raise --kv-cache-bytes",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "engine failure");
                 Self::new(

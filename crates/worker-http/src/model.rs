@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use worker_engine::EngineInfo;
+use worker_engine::{EngineInfo, KvStats};
 use worker_gguf::{GgufFile, HyperParams};
 use worker_tokenizer::ChatTemplate;
 
@@ -18,9 +18,12 @@ pub struct ModelCard {
     pub quant_kind: String,
     /// The GGUF tokenizer model (`gpt2`, `llama`).
     pub tokenizer_kind: String,
-    /// Bytes the model takes: what the backend allocated on its device where it counts that
-    /// (VRAM: weights, KV cache, buffers), else the weights plus an f32 KV cache.
+    /// Bytes the model takes once loaded: what the backend allocated on its device where it
+    /// counts that (VRAM: weights, the whole KV pool, buffers), else the weights (a host KV
+    /// pool costs memory only as its blocks are written: see [`Self::memory_in_use`]).
     pub memory_bytes: u64,
+    /// Whether the KV pool is counted in `memory_bytes` already (device accounting).
+    kv_counted: bool,
     /// The chat template in the file, if any.
     pub chat_template: Option<ChatTemplate>,
     /// Text of the BOS token, for templates that print it.
@@ -37,7 +40,7 @@ impl ModelCard {
         info: &EngineInfo,
     ) -> Result<ModelCard, HttpError> {
         let md = file.metadata();
-        let hp = HyperParams::from_metadata(md).map_err(|e| HttpError::Model(e.to_string()))?;
+        HyperParams::from_metadata(md).map_err(|e| HttpError::Model(e.to_string()))?;
         let mut by_type: HashMap<&'static str, u64> = HashMap::new();
         let mut weights = 0u64;
         for t in file.tensors() {
@@ -50,13 +53,7 @@ impl ModelCard {
             .into_iter()
             .max_by_key(|&(name, bytes)| (bytes, name))
             .map_or_else(|| "unknown".to_string(), |(name, _)| name.to_string());
-        // The CPU KV cache holds f32 keys and values for every layer, slot and position.
-        let kv = hp
-            .kv_cache_entries(info.slots, info.context)
-            .saturating_mul(4);
-        let memory_bytes = info
-            .device_bytes
-            .unwrap_or_else(|| weights.saturating_add(kv));
+        let memory_bytes = info.device_bytes.unwrap_or(weights);
         let token_text = |key: &str| -> String {
             let Ok(id) = md.get_u32(key) else {
                 return String::new();
@@ -76,10 +73,25 @@ impl ModelCard {
                 .unwrap_or("unknown")
                 .to_string(),
             memory_bytes,
+            kv_counted: info.device_bytes.is_some(),
             chat_template,
             bos_text: token_text("tokenizer.ggml.bos_token_id"),
             eos_text: token_text("tokenizer.ggml.eos_token_id"),
         })
+    }
+}
+
+impl ModelCard {
+    /// Bytes the model takes now: [`Self::memory_bytes`] plus, where the device does not
+    /// count it, the KV blocks written so far (held by requests or kept for the prefix
+    /// cache). What `/health` and the ready callback report.
+    pub fn memory_in_use(&self, kv: &KvStats) -> u64 {
+        if self.kv_counted {
+            return self.memory_bytes;
+        }
+        let blocks = (kv.blocks_used + kv.blocks_cached) as u64;
+        self.memory_bytes
+            .saturating_add(blocks.saturating_mul(kv.block_bytes))
     }
 }
 
@@ -95,17 +107,27 @@ mod tests {
             vocab_size: 49152,
             context: 256,
             slots: 2,
+            kv_type: worker_engine::KvType::F16,
+            kv_pool_bytes: 1 << 30,
+            prefix_cache: true,
             device_bytes: None,
         };
-        let hp = HyperParams::from_metadata(file.metadata()).unwrap();
+        let kv = KvStats {
+            blocks_used: 3,
+            blocks_cached: 2,
+            block_bytes: 1000,
+            ..KvStats::default()
+        };
         let host = ModelCard::from_gguf("m", &file, &info).unwrap();
+        assert_eq!(host.memory_bytes, weights, "host: the weights once loaded");
         assert_eq!(
-            host.memory_bytes,
-            weights + hp.kv_cache_entries(2, 256) * 4,
-            "host: weights plus an f32 KV cache"
+            host.memory_in_use(&kv),
+            weights + 5000,
+            "host: plus the KV blocks written"
         );
         info.device_bytes = Some(123_456_789);
         let device = ModelCard::from_gguf("m", &file, &info).unwrap();
         assert_eq!(device.memory_bytes, 123_456_789);
+        assert_eq!(device.memory_in_use(&kv), 123_456_789);
     }
 }

@@ -146,6 +146,7 @@ async fn not_found() -> Response {
 /// `GET /health`: 200 while serving, 503 while draining.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let draining = state.is_draining();
+    let kv = state.engine.kv_stats();
     let mut body = json!({
         "status": if draining { "draining" } else { "ok" },
         "model": state.card.id,
@@ -153,7 +154,20 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "tokenizer_kind": state.card.tokenizer_kind,
         "vocab_size": state.info.vocab_size,
         "context_length": state.info.context,
-        "memory_bytes": state.card.memory_bytes,
+        "memory_bytes": state.card.memory_in_use(&kv),
+        "kv_cache": {
+            "type": state.info.kv_type.as_str(),
+            "block_positions": worker_engine::KV_BLOCK,
+            "blocks_total": kv.blocks_total,
+            "blocks_used": kv.blocks_used,
+            "blocks_cached": kv.blocks_cached,
+            "bytes_total": state.info.kv_pool_bytes,
+            "bytes_in_use": (kv.blocks_used + kv.blocks_cached) as u64 * kv.block_bytes,
+            "prefix_cache": state.info.prefix_cache,
+            "prompt_tokens": kv.prompt_tokens,
+            "cached_prompt_tokens": kv.cached_prompt_tokens,
+            "evictions": kv.evictions,
+        },
         "uptime_seconds": state.started.elapsed().as_secs(),
         "slots_busy": state.slots_busy(),
         "slots_total": state.info.slots,

@@ -7,11 +7,12 @@
 //! at load time (see [`crate::weights`]).
 
 use worker_compute::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvType, RopeMode,
-    RopeParams, TensorId, WeightId,
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, RopeMode, RopeParams, TensorId,
+    WeightId,
 };
 use worker_gguf::{GgufFile, HyperParams, RopeScaling};
 
+use crate::kv::KvBinding;
 use crate::weights::{has, upload, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
 
@@ -57,8 +58,6 @@ struct Buffers {
     last: TensorId,
     logits: TensorId,
     tokens: IndexId,
-    positions: IndexId,
-    slots: IndexId,
     logit_rows: IndexId,
 }
 
@@ -70,7 +69,7 @@ pub(crate) struct Decoder {
     output_norm: WeightId,
     output: WeightId,
     layers: Vec<Layer>,
-    cache: KvCacheId,
+    kv: KvBinding,
     buf: Buffers,
     rope_q: RopeParams,
     rope_k: RopeParams,
@@ -106,12 +105,6 @@ impl Decoder {
                 )))
             }
         };
-        if opts.max_batch == 0 || opts.max_logit_rows == 0 || opts.slots == 0 {
-            return Err(ModelError::Unsupported(format!(
-                "load options {opts:?}: batch, logit rows and slots must be positive"
-            )));
-        }
-
         let token_embd = upload(file, backend, "token_embd.weight", d, vocab)?;
         let output_norm = upload(file, backend, "output_norm.weight", d, 1)?;
         let output = if has(file, "output.weight") {
@@ -174,16 +167,8 @@ impl Decoder {
             });
         }
 
+        let kv = KvBinding::alloc(backend, &hp, &opts)?;
         let max_positions = opts.max_positions.min(hp.context_length as usize).max(1);
-        let cache = backend.alloc_kv_cache(KvCacheConfig {
-            layers: layers.len(),
-            slots: opts.slots,
-            max_positions,
-            kv_heads: nkv,
-            head_dim: hd,
-            value_head_dim: vhd,
-            ty: KvType::F32,
-        })?;
         let b = opts.max_batch;
         let buf = Buffers {
             x: backend.alloc_tensor(b, d)?,
@@ -199,8 +184,6 @@ impl Decoder {
             last: backend.alloc_tensor(opts.max_logit_rows, d)?,
             logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
             tokens: backend.alloc_index(b)?,
-            positions: backend.alloc_index(b)?,
-            slots: backend.alloc_index(b)?,
             logit_rows: backend.alloc_index(opts.max_logit_rows)?,
         };
         let rope = |heads| RopeParams {
@@ -232,7 +215,7 @@ impl Decoder {
             output_norm,
             output,
             layers,
-            cache,
+            kv,
             buf,
             rope_q,
             rope_k,
@@ -250,6 +233,10 @@ impl Model for Decoder {
         &self.opts
     }
 
+    fn kv_cache(&self) -> &KvCacheConfig {
+        &self.kv.config
+    }
+
     fn forward(
         &mut self,
         be: &mut dyn ComputeBackend,
@@ -260,8 +247,7 @@ impl Model for Decoder {
         let nl = batch.logit_rows.len();
         let b = &self.buf;
         be.write_index(b.tokens, batch.tokens)?;
-        be.write_index(b.positions, batch.positions)?;
-        be.write_index(b.slots, batch.slots)?;
+        let kv = self.kv.write(be, batch)?;
         be.write_index(b.logit_rows, batch.logit_rows)?;
         be.embed(b.x, self.token_embd, b.tokens, n)?;
         for (i, l) in self.layers.iter().enumerate() {
@@ -272,23 +258,13 @@ impl Model for Decoder {
                     be.add_bias(out, bias, n)?;
                 }
             }
-            be.rope(b.q, b.positions, &self.rope_q, n)?;
-            be.rope(b.k, b.positions, &self.rope_k, n)?;
+            be.rope(b.q, kv.positions, &self.rope_q, n)?;
+            be.rope(b.k, kv.positions, &self.rope_k, n)?;
             let attn = AttentionParams {
                 layer: i,
                 ..self.attn
             };
-            be.attention(
-                b.attn,
-                b.q,
-                b.k,
-                b.v,
-                self.cache,
-                b.positions,
-                b.slots,
-                &attn,
-                n,
-            )?;
+            be.attention(b.attn, b.q, b.k, b.v, self.kv.cache, &kv, &attn, n)?;
             be.matmul(b.o, b.attn, l.wo, n)?;
             be.add(b.x, b.o, n)?;
             be.rms_norm(b.h, b.x, l.ffn_norm, self.eps, n)?;
@@ -298,9 +274,11 @@ impl Model for Decoder {
             be.add(b.x, b.o, n)?;
         }
         be.rms_norm(b.h, b.x, self.output_norm, self.eps, n)?;
-        be.gather_rows(b.last, b.h, b.logit_rows, nl)?;
-        be.matmul(b.logits, b.last, self.output, nl)?;
-        be.read_rows(b.logits, nl, logits)?;
+        if nl > 0 {
+            be.gather_rows(b.last, b.h, b.logit_rows, nl)?;
+            be.matmul(b.logits, b.last, self.output, nl)?;
+            be.read_rows(b.logits, nl, logits)?;
+        }
         Ok(())
     }
 }

@@ -3,11 +3,10 @@
 //! (rows: q, then k, then v; split by rows at load time), no rope, a GELU MLP with biases,
 //! and a final LayerNorm. Without `output.weight` the logits use the token embeddings.
 
-use worker_compute::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvType, TensorId, WeightId,
-};
+use worker_compute::{AttentionParams, ComputeBackend, IndexId, KvCacheConfig, TensorId, WeightId};
 use worker_gguf::{GgufFile, HyperParams};
 
+use crate::kv::KvBinding;
 use crate::weights::{has, upload, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
 
@@ -49,8 +48,6 @@ struct Buffers {
     last: TensorId,
     logits: TensorId,
     tokens: IndexId,
-    positions: IndexId,
-    slots: IndexId,
     logit_rows: IndexId,
 }
 
@@ -63,7 +60,7 @@ struct Gpt2 {
     output_norm: Norm,
     output: WeightId,
     layers: Vec<Layer>,
-    cache: KvCacheId,
+    kv: KvBinding,
     buf: Buffers,
     attn: AttentionParams,
 }
@@ -108,12 +105,6 @@ pub(crate) fn load(
     let eps = hp.layer_norm_epsilon.ok_or_else(|| {
         ModelError::Unsupported("gpt2.attention.layer_norm_epsilon is missing".to_string())
     })?;
-    if opts.max_batch == 0 || opts.max_logit_rows == 0 || opts.slots == 0 {
-        return Err(ModelError::Unsupported(format!(
-            "load options {opts:?}: batch, logit rows and slots must be positive"
-        )));
-    }
-
     let token_embd = upload(file, backend, "token_embd.weight", d, vocab)?;
     // One learned row per trained position: positions are capped at the context length.
     let position_embd = upload(file, backend, "position_embd.weight", d, ctx)?;
@@ -150,16 +141,8 @@ pub(crate) fn load(
         });
     }
 
+    let kv = KvBinding::alloc(backend, &hp, &opts)?;
     let max_positions = opts.max_positions.min(ctx).max(1);
-    let cache = backend.alloc_kv_cache(KvCacheConfig {
-        layers: layers.len(),
-        slots: opts.slots,
-        max_positions,
-        kv_heads: nkv,
-        head_dim: hd,
-        value_head_dim: vhd,
-        ty: KvType::F32,
-    })?;
     let b = opts.max_batch;
     let buf = Buffers {
         x: backend.alloc_tensor(b, d)?,
@@ -173,8 +156,6 @@ pub(crate) fn load(
         last: backend.alloc_tensor(opts.max_logit_rows, d)?,
         logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
         tokens: backend.alloc_index(b)?,
-        positions: backend.alloc_index(b)?,
-        slots: backend.alloc_index(b)?,
         logit_rows: backend.alloc_index(opts.max_logit_rows)?,
     };
     let attn = AttentionParams {
@@ -197,7 +178,7 @@ pub(crate) fn load(
         output_norm,
         output,
         layers,
-        cache,
+        kv,
         buf,
         attn,
     }))
@@ -227,6 +208,10 @@ impl Model for Gpt2 {
         &self.opts
     }
 
+    fn kv_cache(&self) -> &KvCacheConfig {
+        &self.kv.config
+    }
+
     fn forward(
         &mut self,
         be: &mut dyn ComputeBackend,
@@ -237,11 +222,10 @@ impl Model for Gpt2 {
         let nl = batch.logit_rows.len();
         let b = &self.buf;
         be.write_index(b.tokens, batch.tokens)?;
-        be.write_index(b.positions, batch.positions)?;
-        be.write_index(b.slots, batch.slots)?;
+        let kv = self.kv.write(be, batch)?;
         be.write_index(b.logit_rows, batch.logit_rows)?;
         be.embed(b.x, self.token_embd, b.tokens, n)?;
-        be.embed(b.o, self.position_embd, b.positions, n)?;
+        be.embed(b.o, self.position_embd, kv.positions, n)?;
         be.add(b.x, b.o, n)?;
         for (i, l) in self.layers.iter().enumerate() {
             let an = l.attn_norm;
@@ -253,17 +237,7 @@ impl Model for Gpt2 {
                 layer: i,
                 ..self.attn
             };
-            be.attention(
-                b.attn,
-                b.q,
-                b.k,
-                b.v,
-                self.cache,
-                b.positions,
-                b.slots,
-                &attn,
-                n,
-            )?;
+            be.attention(b.attn, b.q, b.k, b.v, self.kv.cache, &kv, &attn, n)?;
             Self::linear(be, b.o, b.attn, l.attn_output, n)?;
             be.add(b.x, b.o, n)?;
             let fnorm = l.ffn_norm;
@@ -275,9 +249,11 @@ impl Model for Gpt2 {
         }
         let on = self.output_norm;
         be.layer_norm(b.h, b.x, on.weight, on.bias, self.eps, n)?;
-        be.gather_rows(b.last, b.h, b.logit_rows, nl)?;
-        be.matmul(b.logits, b.last, self.output, nl)?;
-        be.read_rows(b.logits, nl, logits)?;
+        if nl > 0 {
+            be.gather_rows(b.last, b.h, b.logit_rows, nl)?;
+            be.matmul(b.logits, b.last, self.output, nl)?;
+            be.read_rows(b.logits, nl, logits)?;
+        }
         Ok(())
     }
 }

@@ -23,6 +23,7 @@
 mod decoder;
 mod error;
 mod gpt2;
+mod kv;
 mod llama;
 mod phi3;
 mod qwen2;
@@ -31,7 +32,7 @@ mod weights;
 pub use error::ModelError;
 pub use worker_gguf::HyperParams;
 
-use worker_compute::ComputeBackend;
+use worker_compute::{ComputeBackend, KvCacheConfig, KvType};
 use worker_gguf::GgufFile;
 
 /// The architectures [`load`] supports, by `general.architecture`.
@@ -44,10 +45,14 @@ pub struct LoadOptions {
     pub max_batch: usize,
     /// Most rows one forward call may ask logits for.
     pub max_logit_rows: usize,
-    /// Sequences the KV cache holds at once.
-    pub slots: usize,
+    /// Sequences one forward call may name: the rows of the KV block table.
+    pub seqs: usize,
     /// Positions per sequence (capped at the model's context length).
     pub max_positions: usize,
+    /// KV entry type asked for (the backend may store another: [`Model::kv_cache`] says).
+    pub kv_type: KvType,
+    /// Bytes of the KV pool; `None` for every sequence at full length.
+    pub kv_cache_bytes: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -55,48 +60,56 @@ impl Default for LoadOptions {
         LoadOptions {
             max_batch: 512,
             max_logit_rows: 1,
-            slots: 1,
+            seqs: 1,
             max_positions: 4096,
+            kv_type: KvType::F16,
+            kv_cache_bytes: None,
         }
     }
 }
 
-/// The rows of one forward call: token `tokens[r]` at position `positions[r]` of sequence
-/// slot `slots[r]`; logits are produced for the rows listed in `logit_rows`, in that order.
+/// The rows of one forward call: token `tokens[r]` at position `positions[r]` of the
+/// sequence in block-table row `seqs[r]`; logits are produced for the rows listed in
+/// `logit_rows`, in that order.
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {
     /// Token ids.
     pub tokens: &'a [u32],
     /// Positions, one per token.
     pub positions: &'a [u32],
-    /// KV cache slots, one per token.
-    pub slots: &'a [u32],
-    /// Rows (indices into `tokens`) whose logits are returned.
+    /// Block-table rows, one per token.
+    pub seqs: &'a [u32],
+    /// The KV block table: [`LoadOptions::seqs`] rows of [`KvCacheConfig::seq_blocks`]
+    /// block ids, row-major; empty for the table that gives row `s` blocks
+    /// `s * seq_blocks ..` in order (one sequence per row at full length).
+    pub block_table: &'a [u32],
+    /// Rows (indices into `tokens`) whose logits are returned; none for a prompt chunk
+    /// that only fills the KV cache.
     pub logit_rows: &'a [u32],
 }
 
-/// Owned index vectors for a [`Batch`] of one sequence.
+/// Owned index vectors for a [`Batch`] of one sequence, over the default block table.
 #[derive(Clone, Debug, Default)]
 pub struct SequenceBatch {
     /// Token ids.
     pub tokens: Vec<u32>,
     /// Positions.
     pub positions: Vec<u32>,
-    /// Slots.
-    pub slots: Vec<u32>,
+    /// Block-table rows.
+    pub seqs: Vec<u32>,
     /// Rows whose logits are returned.
     pub logit_rows: Vec<u32>,
 }
 
 impl SequenceBatch {
-    /// `tokens` of the sequence in `slot`, from position `start`; logits for the last row,
-    /// or for every row when `all_logits`.
-    pub fn new(tokens: &[u32], start: u32, slot: u32, all_logits: bool) -> Self {
+    /// `tokens` of the sequence in table row `seq`, from position `start`; logits for the
+    /// last row, or for every row when `all_logits`.
+    pub fn new(tokens: &[u32], start: u32, seq: u32, all_logits: bool) -> Self {
         let n = tokens.len() as u32;
         SequenceBatch {
             tokens: tokens.to_vec(),
             positions: (start..start + n).collect(),
-            slots: vec![slot; tokens.len()],
+            seqs: vec![seq; tokens.len()],
             logit_rows: if all_logits {
                 (0..n).collect()
             } else {
@@ -110,7 +123,8 @@ impl SequenceBatch {
         Batch {
             tokens: &self.tokens,
             positions: &self.positions,
-            slots: &self.slots,
+            seqs: &self.seqs,
+            block_table: &[],
             logit_rows: &self.logit_rows,
         }
     }
@@ -129,17 +143,17 @@ impl Batch<'_> {
         if n == 0 || n > opts.max_batch {
             return bad(format!("{n} tokens; 1..={} allowed", opts.max_batch));
         }
-        if self.positions.len() != n || self.slots.len() != n {
+        if self.positions.len() != n || self.seqs.len() != n {
             return bad(format!(
-                "{n} tokens but {} positions and {} slots",
+                "{n} tokens but {} positions and {} sequence rows",
                 self.positions.len(),
-                self.slots.len()
+                self.seqs.len()
             ));
         }
         let nl = self.logit_rows.len();
-        if nl == 0 || nl > opts.max_logit_rows {
+        if nl > opts.max_logit_rows {
             return bad(format!(
-                "{nl} logit rows; 1..={} allowed",
+                "{nl} logit rows; at most {} allowed",
                 opts.max_logit_rows
             ));
         }
@@ -156,8 +170,8 @@ impl Batch<'_> {
                 opts.max_positions
             ));
         }
-        if let Some(s) = self.slots.iter().find(|&&s| s as usize >= opts.slots) {
-            return bad(format!("slot {s}; the cache has {}", opts.slots));
+        if let Some(s) = self.seqs.iter().find(|&&s| s as usize >= opts.seqs) {
+            return bad(format!("sequence row {s}; the table has {}", opts.seqs));
         }
         if logits_len != nl * vocab {
             return bad(format!(
@@ -174,6 +188,8 @@ pub trait Model: Send {
     fn hparams(&self) -> &HyperParams;
     /// The options it was loaded with (`max_positions` capped at the context length).
     fn options(&self) -> &LoadOptions;
+    /// The KV pool it allocated, as the backend stores it.
+    fn kv_cache(&self) -> &KvCacheConfig;
     /// Runs the batch through the model (all rows at once: prefill is batched matmuls) and
     /// writes `logit_rows.len() x vocab` logits. `backend` must be the one it was loaded on.
     fn forward(

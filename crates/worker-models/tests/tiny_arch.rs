@@ -181,8 +181,10 @@ fn prefill_matches_decode(arch: &str) {
     let opts = LoadOptions {
         max_batch: 8,
         max_logit_rows: 8,
-        slots: 2,
+        seqs: 2,
         max_positions: 16,
+        kv_type: worker_compute::KvType::F32,
+        ..LoadOptions::default()
     };
     let mut m = load(&file, &mut be, opts).unwrap();
     let v = m.hparams().vocab_size as usize;

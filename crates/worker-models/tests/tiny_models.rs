@@ -153,8 +153,10 @@ fn batched_prefill_matches_token_by_token_decode() {
     let opts = LoadOptions {
         max_batch: 8,
         max_logit_rows: 8,
-        slots: 2,
+        seqs: 2,
         max_positions: 16,
+        kv_type: worker_compute::KvType::F32,
+        ..LoadOptions::default()
     };
     let mut m = load(&file, &mut be, opts).unwrap();
     let v = VOCAB as usize;

@@ -1,6 +1,7 @@
 //! The CPU backend: host memory, a persistent thread pool, and kernels picked at start-up
 //! from a table of function pointers (scalar reference, AVX2 or AVX-512).
 
+mod kv;
 pub mod ops;
 pub mod pool;
 pub mod quant;
@@ -9,12 +10,12 @@ use std::cell::{Ref, RefCell, RefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, Result, RopeParams,
-    TensorId, WeightDesc, WeightId,
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvIndex, Result,
+    RopeParams, TensorId, WeightDesc, WeightId,
 };
 use crate::error::ComputeError;
 use pool::ThreadPool;
-use quant::generic;
+
 use quant::panel::PANEL;
 use quant::{
     BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotMany, PanelDots, PanelKernels, TypeKernels,
@@ -99,10 +100,6 @@ impl Weight {
     }
 }
 
-/// The cache of one model: per (layer, slot, kv head) a region of `stride` positions (the
-/// context rounded up to whole key blocks). Keys are stored in blocks of
-/// [`generic::KEY_BLOCK`] positions, each transposed (`[head_dim][KEY_BLOCK]`), as the
-/// attention kernels read them; values one row per position.
 /// The rope angles of the last `rope` call: its positions and parameters, and their
 /// cosines and sines, `n_rot` per position.
 #[derive(Default)]
@@ -115,33 +112,6 @@ struct RopeAngles {
 impl RopeAngles {
     fn holds(&self, positions: &[u32], p: &RopeParams) -> bool {
         self.params == Some((p.base, p.freq_scale, p.n_rot)) && self.positions == positions
-    }
-}
-
-struct KvCache {
-    cfg: KvCacheConfig,
-    stride: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
-}
-
-impl KvCache {
-    /// The region of (`layer`, `slot`, `head`), counted in positions.
-    fn region(&self, layer: usize, slot: usize, head: usize) -> usize {
-        let c = &self.cfg;
-        ((layer * c.slots + slot) * c.kv_heads + head) * self.stride
-    }
-
-    /// Stores the key and value of position `pos` in the region `region`.
-    fn store(&mut self, region: usize, pos: usize, key: &[f32], value: &[f32]) {
-        const KB: usize = generic::KEY_BLOCK;
-        let hd = key.len();
-        let block = (region + pos / KB * KB) * hd;
-        for (d, x) in key.iter().enumerate() {
-            self.k[block + d * KB + pos % KB] = *x;
-        }
-        let vhd = value.len();
-        self.v[(region + pos) * vhd..][..vhd].copy_from_slice(value);
     }
 }
 
@@ -177,7 +147,7 @@ pub struct CpuBackend {
     tensors: Vec<RefCell<Tensor>>,
     indices: Vec<Vec<u32>>,
     weights: Vec<Weight>,
-    caches: Vec<RefCell<KvCache>>,
+    caches: Vec<RefCell<kv::KvPool>>,
     q8: Vec<BlockQ8>,
     q8k: Vec<BlockQ8K>,
     rope_angles: RefCell<RopeAngles>,
@@ -542,26 +512,7 @@ impl ComputeBackend for CpuBackend {
     }
 
     fn alloc_kv_cache(&mut self, cfg: KvCacheConfig) -> Result<KvCacheId> {
-        let stride = cfg.max_positions.div_ceil(generic::KEY_BLOCK) * generic::KEY_BLOCK;
-        let per = |hd: usize| {
-            [cfg.layers, cfg.slots, stride, cfg.kv_heads, hd]
-                .iter()
-                .try_fold(1usize, |a, &b| a.checked_mul(b))
-        };
-        let (nk, nv) = match (per(cfg.head_dim), per(cfg.value_head_dim)) {
-            (Some(a), Some(b)) => (a, b),
-            _ => {
-                return Err(ComputeError::Alloc {
-                    what: "kv cache",
-                    bytes: u128::MAX,
-                })
-            }
-        };
-        let k = alloc_f32("kv cache keys", nk)?;
-        let v = alloc_f32("kv cache values", nv)?;
-        self.caches
-            .push(RefCell::new(KvCache { cfg, stride, k, v }));
-        Ok(KvCacheId(self.caches.len() as u32 - 1))
+        self.alloc_kv_pool(cfg)
     }
 
     fn write_index(&mut self, dst: IndexId, data: &[u32]) -> Result<()> {
@@ -844,98 +795,11 @@ impl ComputeBackend for CpuBackend {
         k: TensorId,
         v: TensorId,
         cache: KvCacheId,
-        positions: IndexId,
-        slots: IndexId,
+        index: &KvIndex,
         p: &AttentionParams,
         rows: usize,
     ) -> Result<()> {
-        const OP: &str = "attention";
-        let pos = self.index(OP, positions, rows)?;
-        let slot = self.index(OP, slots, rows)?;
-        let cid = cache.0 as usize;
-        let cfg = self
-            .caches
-            .get(cid)
-            .ok_or(ComputeError::UnknownHandle {
-                op: OP,
-                kind: "kv cache",
-                id: cache.0,
-            })?
-            .borrow()
-            .cfg;
-        let (hd, vhd) = (p.head_dim, p.value_head_dim);
-        p.validate(&cfg)?;
-        for (&ps, &sl) in pos.iter().zip(slot) {
-            if ps as usize >= cfg.max_positions || sl as usize >= cfg.slots {
-                return Err(ComputeError::BadIndex {
-                    op: OP,
-                    reason: format!(
-                        "position {ps} in slot {sl}; the cache holds {} positions x {} slots",
-                        cfg.max_positions, cfg.slots
-                    ),
-                });
-            }
-        }
-        let qt = self.tensor(OP, q)?;
-        let kt = self.tensor(OP, k)?;
-        let vt = self.tensor(OP, v)?;
-        let mut o = self.tensor_mut(OP, out)?;
-        for (t, what, cols) in [
-            (&*qt, "q", p.heads * hd),
-            (&*kt, "k", p.kv_heads * hd),
-            (&*vt, "v", p.kv_heads * vhd),
-            (&*o, "out", p.heads * vhd),
-        ] {
-            check_rows(OP, t, rows, what)?;
-            check_cols(OP, t.cols, cols, what)?;
-        }
-        // Store this step's keys and values.
-        let mut kv = self.caches[cid].borrow_mut();
-        for r in 0..rows {
-            let (ps, sl) = (pos[r] as usize, slot[r] as usize);
-            for h in 0..p.kv_heads {
-                let region = kv.region(p.layer, sl, h);
-                let key = &kt.data[r * kt.cols + h * hd..][..hd];
-                kv.store(region, ps, key, &vt.data[r * vt.cols + h * vhd..][..vhd]);
-            }
-        }
-        drop(kv);
-        let kv = self.caches[cid].borrow();
-        let kv = &*kv;
-        let group = p.heads / p.kv_heads;
-        let attend = self.kernels.attend;
-        let optr = SharedOut(o.data.as_mut_ptr());
-        let ocols = o.cols;
-        let next = AtomicUsize::new(0);
-        let qs = &qt.data[..];
-        let qcols = qt.cols;
-        // A work item is `per` query heads of one row, all of one KV head: the whole GQA group
-        // (its keys and values read once) when there are items enough to keep the pool busy,
-        // else one head. A head's result is the same either way.
-        let per = if rows * p.kv_heads >= 4 * self.pool.n_threads() {
-            group
-        } else {
-            1
-        };
-        let items_per_row = p.heads / per;
-        let job = || {
-            let mut scores: Vec<f32> = Vec::new();
-            for_chunks(rows * items_per_row, 1, &next, |item, _| {
-                let (r, h) = (item / items_per_row, (item % items_per_row) * per);
-                let (n, sl) = (pos[r] as usize + 1, slot[r] as usize);
-                let region = kv.region(p.layer, sl, h / group);
-                let keys = &kv.k[region * hd..]
-                    [..n.div_ceil(generic::KEY_BLOCK) * generic::KEY_BLOCK * hd];
-                let values = &kv.v[region * vhd..][..n * vhd];
-                let qrow = &qs[r * qcols + h * hd..][..per * hd];
-                // SAFETY: item (r, h) owns output row r, columns h*vhd..(h+per)*vhd.
-                let orow = unsafe { optr.slice(r * ocols + h * vhd, per * vhd) };
-                attend(qrow, keys, values, n, p.scale, orow, &mut scores, per);
-            });
-        };
-        self.run(OP, &job)?;
-        drop(o);
-        Ok(())
+        self.attention_paged(out, q, k, v, cache, index, p, rows)
     }
 
     fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()> {

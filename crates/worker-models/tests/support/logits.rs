@@ -54,8 +54,10 @@ pub fn compare(file: &GgufFile, config: CpuConfig, g: &Value) -> Stats {
     let opts = LoadOptions {
         max_batch: longest,
         max_logit_rows: longest,
-        slots: 1,
+        seqs: 1,
         max_positions: 64,
+        kv_type: worker_compute::KvType::F32,
+        ..LoadOptions::default()
     };
     let mut m = load(file, &mut backend, opts).unwrap();
     let vocab = m.hparams().vocab_size as usize;

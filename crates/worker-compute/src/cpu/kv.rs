@@ -1,0 +1,384 @@
+//! The CPU KV cache: one pool of blocks of [`KV_BLOCK`] positions in the entry type asked
+//! for (f32, f16 or Q8_0 bytes, as in a GGUF file), and the attention op that reads it
+//! through a block table.
+//!
+//! Per (layer, block, KV head) a block holds its keys and its values. Values are rows, one
+//! per position. Keys of f32 and f16 blocks are stored transposed (`[head_dim][KV_BLOCK]`),
+//! the layout the attention kernels score sixteen positions at a time from, so reading a
+//! block is one conversion; Q8_0 keys are rows (its blocks run along the head) and are
+//! transposed when read.
+//!
+//! Attention gathers the blocks a group of rows reads into per-thread f32 scratch, then runs
+//! the kernel from the table over it. A row's result depends only on its query, the cached
+//! entries and its position, never on which other rows or sequences share the call.
+
+use std::cell::RefCell;
+use std::sync::atomic::AtomicUsize;
+
+use half::f16;
+use worker_gguf::quants::legacy::BlockQ8_0;
+use worker_gguf::quants::{BlockFormat, QuantizeBlock};
+use worker_gguf::GgmlType;
+
+use super::quant::generic;
+use super::{alloc_zeroed, check_cols, check_rows, for_chunks, CpuBackend, SharedOut};
+use crate::backend::{
+    AttentionParams, KvCacheConfig, KvCacheId, KvIndex, KvType, Result, TensorId, KV_BLOCK,
+};
+use crate::error::ComputeError;
+
+const _: () = assert!(KV_BLOCK == generic::KEY_BLOCK);
+
+/// Rows of one sequence that share a gather of its blocks.
+const ROW_CHUNK: usize = 16;
+
+/// One KV pool.
+pub(super) struct KvPool {
+    pub(super) cfg: KvCacheConfig,
+    /// Bytes of one block's keys (or values) of one layer and head.
+    key_bytes: usize,
+    value_bytes: usize,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+/// The GGUF type whose bytes a KV entry type stores.
+fn ggml_type(ty: KvType) -> GgmlType {
+    match ty {
+        KvType::F32 => GgmlType::F32,
+        KvType::F16 => GgmlType::F16,
+        KvType::Q8_0 => GgmlType::Q8_0,
+    }
+}
+
+impl KvPool {
+    /// A zeroed pool (untouched pages: memory follows the blocks written).
+    pub(super) fn new(cfg: KvCacheConfig) -> Result<KvPool> {
+        cfg.validate()?;
+        let region = |width: usize| cfg.ty.bytes_for((width * KV_BLOCK) as u64) as usize;
+        let (key_bytes, value_bytes) = (region(cfg.head_dim), region(cfg.value_head_dim));
+        let total = |per: usize| {
+            [cfg.layers, cfg.blocks, cfg.kv_heads, per]
+                .iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .ok_or(ComputeError::Alloc {
+                    what: "kv cache",
+                    bytes: u128::MAX,
+                })
+        };
+        let keys = alloc_zeroed("kv cache keys", total(key_bytes)?)?;
+        let values = alloc_zeroed("kv cache values", total(value_bytes)?)?;
+        Ok(KvPool {
+            cfg,
+            key_bytes,
+            value_bytes,
+            keys,
+            values,
+        })
+    }
+
+    /// Index of the (layer, block, head) region.
+    fn region(&self, layer: usize, block: usize, head: usize) -> usize {
+        (layer * self.cfg.blocks + block) * self.cfg.kv_heads + head
+    }
+
+    /// Stores one position's key and value of one head.
+    fn store(&mut self, region: usize, offset: usize, key: &[f32], value: &[f32]) {
+        let ty = self.cfg.ty;
+        let k = &mut self.keys[region * self.key_bytes..][..self.key_bytes];
+        match ty {
+            KvType::F32 => {
+                for (d, x) in key.iter().enumerate() {
+                    let at = 4 * (d * KV_BLOCK + offset);
+                    k[at..at + 4].copy_from_slice(&x.to_le_bytes());
+                }
+            }
+            KvType::F16 => {
+                for (d, x) in key.iter().enumerate() {
+                    let at = 2 * (d * KV_BLOCK + offset);
+                    k[at..at + 2].copy_from_slice(&f16::from_f32(*x).to_le_bytes());
+                }
+            }
+            KvType::Q8_0 => {
+                let row = ty.bytes_for(key.len() as u64) as usize;
+                write_row(ty, &mut k[offset * row..][..row], key);
+            }
+        }
+        let row = ty.bytes_for(value.len() as u64) as usize;
+        let v = &mut self.values[region * self.value_bytes..][..self.value_bytes];
+        write_row(ty, &mut v[offset * row..][..row], value);
+    }
+}
+
+/// Writes `x` as one row of entries of type `ty`.
+fn write_row(ty: KvType, out: &mut [u8], x: &[f32]) {
+    match ty {
+        KvType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        KvType::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        KvType::Q8_0 => {
+            for (o, v) in out
+                .chunks_exact_mut(BlockQ8_0::TYPE_SIZE)
+                .zip(x.chunks_exact(BlockQ8_0::BLOCK_SIZE))
+            {
+                BlockQ8_0::from_float(v).write(o);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Gathered keys and values, and a row of keys being transposed: kept per thread (the
+    /// pool's threads live as long as the process) so that no op allocates them afresh.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = RefCell::default();
+}
+
+/// The index vectors of an attention call, checked against the pool.
+struct Rows<'a> {
+    positions: &'a [u32],
+    seqs: &'a [u32],
+    table: &'a [u32],
+}
+
+impl Rows<'_> {
+    /// Block holding position `pos` of the sequence of row `r`.
+    fn block(&self, cfg: &KvCacheConfig, r: usize, pos: usize) -> usize {
+        self.table[self.seqs[r] as usize * cfg.seq_blocks + pos / KV_BLOCK] as usize
+    }
+}
+
+impl CpuBackend {
+    pub(super) fn alloc_kv_pool(&mut self, cfg: KvCacheConfig) -> Result<KvCacheId> {
+        self.caches.push(RefCell::new(KvPool::new(cfg)?));
+        Ok(KvCacheId(self.caches.len() as u32 - 1))
+    }
+
+    /// [`crate::ComputeBackend::attention`] on the CPU.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_paged(
+        &mut self,
+        out: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        cache: KvCacheId,
+        index: &KvIndex,
+        p: &AttentionParams,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let cid = cache.0 as usize;
+        let cfg = self
+            .caches
+            .get(cid)
+            .ok_or(ComputeError::UnknownHandle {
+                op: OP,
+                kind: "kv cache",
+                id: cache.0,
+            })?
+            .borrow()
+            .cfg;
+        p.validate(&cfg)?;
+        let idx = Rows {
+            positions: self.index(OP, index.positions, rows)?,
+            seqs: self.index(OP, index.seqs, rows)?,
+            table: self.index(OP, index.block_table, cfg.seqs * cfg.seq_blocks)?,
+        };
+        check_index(&cfg, &idx)?;
+        let (hd, vhd) = (p.head_dim, p.value_head_dim);
+        let qt = self.tensor(OP, q)?;
+        let kt = self.tensor(OP, k)?;
+        let vt = self.tensor(OP, v)?;
+        let mut o = self.tensor_mut(OP, out)?;
+        for (t, what, cols) in [
+            (&*qt, "q", p.heads * hd),
+            (&*kt, "k", p.kv_heads * hd),
+            (&*vt, "v", p.kv_heads * vhd),
+            (&*o, "out", p.heads * vhd),
+        ] {
+            check_rows(OP, t, rows, what)?;
+            check_cols(OP, t.cols, cols, what)?;
+        }
+        // Store this call's keys and values.
+        let mut kv = self.caches[cid].borrow_mut();
+        for r in 0..rows {
+            let pos = idx.positions[r] as usize;
+            let block = idx.block(&cfg, r, pos);
+            for h in 0..p.kv_heads {
+                let region = kv.region(p.layer, block, h);
+                let key = &kt.data[r * kt.cols + h * hd..][..hd];
+                let value = &vt.data[r * vt.cols + h * vhd..][..vhd];
+                kv.store(region, pos % KV_BLOCK, key, value);
+            }
+        }
+        drop(kv);
+        let kv = self.caches[cid].borrow();
+        let kv = &*kv;
+
+        // Work items: chunks of consecutive rows of one sequence, times KV heads (a whole GQA
+        // group, its blocks gathered once) or times query heads when that leaves too few
+        // items to keep the pool busy. A head's result is the same either way.
+        let chunks = row_chunks(idx.seqs);
+        let group = p.heads / p.kv_heads;
+        let per = if chunks.len() * p.kv_heads >= 4 * self.pool.n_threads() {
+            group
+        } else {
+            1
+        };
+        let items_per_chunk = p.heads / per;
+        let attend = self.kernels.attend;
+        let read_keys = self
+            .kernels
+            .for_type(ggml_type(cfg.ty))
+            .map(|t| t.dequantize_row);
+        let Some(read) = read_keys else {
+            return Err(ComputeError::Unsupported {
+                op: OP,
+                reason: format!("kv cache entries of type {}", cfg.ty.as_str()),
+            });
+        };
+        let optr = SharedOut(o.data.as_mut_ptr());
+        let (ocols, qcols, qs) = (o.cols, qt.cols, &qt.data[..]);
+        let next = AtomicUsize::new(0);
+        let job = || {
+            SCRATCH.with_borrow_mut(|(keys, values, row)| {
+                let mut scores: Vec<f32> = Vec::new();
+                for_chunks(chunks.len() * items_per_chunk, 1, &next, |item, _| {
+                    let (c, h) = (item / items_per_chunk, (item % items_per_chunk) * per);
+                    let (r0, r1) = chunks[c];
+                    let n_max = (r0..r1).map(|r| idx.positions[r] as usize + 1).max();
+                    let n_max = n_max.unwrap_or(0);
+                    let ctx = Gather {
+                        kv,
+                        idx: &idx,
+                        read,
+                        layer: p.layer,
+                        head: h / group,
+                    };
+                    ctx.run(r0, n_max, hd, vhd, keys, values, row);
+                    for r in r0..r1 {
+                        let n = idx.positions[r] as usize + 1;
+                        let qrow = &qs[r * qcols + h * hd..][..per * hd];
+                        // SAFETY: item (chunk, h) owns rows r0..r1 of the output, columns
+                        // h*vhd..(h+per)*vhd.
+                        let orow = unsafe { optr.slice(r * ocols + h * vhd, per * vhd) };
+                        attend(qrow, keys, values, n, p.scale, orow, &mut scores, per);
+                    }
+                });
+            })
+        };
+        self.run(OP, &job)?;
+        drop(o);
+        Ok(())
+    }
+}
+
+/// Every row's sequence, position and the blocks it reads must lie inside the pool.
+fn check_index(cfg: &KvCacheConfig, idx: &Rows<'_>) -> Result<()> {
+    let bad = |reason: String| {
+        Err(ComputeError::BadIndex {
+            op: "attention",
+            reason,
+        })
+    };
+    for (r, (&pos, &seq)) in idx.positions.iter().zip(idx.seqs).enumerate() {
+        if seq as usize >= cfg.seqs || pos as usize >= cfg.max_positions() {
+            return bad(format!(
+                "position {pos} of sequence {seq}; the table has {} sequences of {} positions",
+                cfg.seqs,
+                cfg.max_positions()
+            ));
+        }
+        for b in 0..=pos as usize / KV_BLOCK {
+            let block = idx.block(cfg, r, b * KV_BLOCK);
+            if block >= cfg.blocks {
+                return bad(format!("block {block}; the pool has {}", cfg.blocks));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs of consecutive rows of one sequence, cut into pieces of at most [`ROW_CHUNK`].
+fn row_chunks(seqs: &[u32]) -> Vec<(usize, usize)> {
+    let mut chunks = Vec::new();
+    let mut r0 = 0;
+    for r in 1..=seqs.len() {
+        if r == seqs.len() || seqs[r] != seqs[r0] || r - r0 == ROW_CHUNK {
+            chunks.push((r0, r));
+            r0 = r;
+        }
+    }
+    chunks
+}
+
+/// What one work item reads: the pool, the rows' index, how to convert entries to f32, and
+/// which layer and KV head.
+struct Gather<'a> {
+    kv: &'a KvPool,
+    idx: &'a Rows<'a>,
+    read: fn(&[u8], &mut [f32]),
+    layer: usize,
+    head: usize,
+}
+
+impl Gather<'_> {
+    /// Converts positions `0..n` of the sequence of row `r` to f32: keys into `keys` in the
+    /// kernels' transposed blocks, values into `values` one row per position.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        r: usize,
+        n: usize,
+        hd: usize,
+        vhd: usize,
+        keys: &mut Vec<f32>,
+        values: &mut Vec<f32>,
+        row: &mut Vec<f32>,
+    ) {
+        let kv = self.kv;
+        let blocks = n.div_ceil(KV_BLOCK);
+        keys.resize(blocks * KV_BLOCK * hd, 0.0);
+        values.resize(blocks * KV_BLOCK * vhd, 0.0);
+        for b in 0..blocks {
+            let block = self.idx.block(&kv.cfg, r, b * KV_BLOCK);
+            let region = kv.region(self.layer, block, self.head);
+            let kb = &kv.keys[region * kv.key_bytes..][..kv.key_bytes];
+            let kout = &mut keys[b * KV_BLOCK * hd..][..KV_BLOCK * hd];
+            if kv.cfg.ty == KvType::Q8_0 {
+                row.resize(KV_BLOCK * hd, 0.0);
+                (self.read)(kb, row);
+                for (t, key) in row.chunks_exact(hd).enumerate() {
+                    for (d, x) in key.iter().enumerate() {
+                        kout[d * KV_BLOCK + t] = *x;
+                    }
+                }
+            } else {
+                (self.read)(kb, kout);
+            }
+            let vb = &kv.values[region * kv.value_bytes..][..kv.value_bytes];
+            (self.read)(vb, &mut values[b * KV_BLOCK * vhd..][..KV_BLOCK * vhd]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_chunked_by_sequence_and_size() {
+        let seqs = [0, 0, 0, 2, 2, 1];
+        assert_eq!(row_chunks(&seqs), vec![(0, 3), (3, 5), (5, 6)]);
+        let long = [7u32; 40];
+        assert_eq!(row_chunks(&long), vec![(0, 16), (16, 32), (32, 40)]);
+        assert!(row_chunks(&[]).is_empty());
+    }
+}
