@@ -537,3 +537,6 @@ fn forward_error(e: &ModelError) -> EngineError {
         _ => EngineError::Forward(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests;
