@@ -14,7 +14,7 @@ use worker_common::argmax;
 use worker_compute::{CpuBackend, CpuConfig};
 use worker_models::{load, LoadOptions, SequenceBatch};
 
-use crate::fetch;
+use crate::{conversation, fetch};
 
 /// Flags of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -45,6 +45,19 @@ pub struct Args {
     /// One JSON line per engine and test, then one line of ratios.
     #[arg(long)]
     json: bool,
+    /// Run the conversation bench instead (cold and warm chat-turn TTFT, inter-token latency
+    /// beside a long prefill, idle memory), on `worker-cpud serve` and llama-server.
+    #[arg(long)]
+    conversation: bool,
+    /// Slots of both servers in the conversation bench.
+    #[arg(long, default_value_t = 8)]
+    slots: usize,
+    /// Words of the conversation bench's system prompt (about 1,800 tokens on SmolLM2).
+    #[arg(long, default_value_t = 1400)]
+    system_words: usize,
+    /// Words of the prompt prefilled beside a stream (about 3,000 tokens on SmolLM2).
+    #[arg(long, default_value_t = 2300)]
+    prefill_words: usize,
 }
 
 /// One measured throughput.
@@ -62,6 +75,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     if args.build_llama_bench {
         build_llama_bench()?;
+    }
+    if args.conversation {
+        return conversation::run(&conversation::Setup {
+            model: &model,
+            threads: args.threads,
+            slots: args.slots,
+            worker: build_worker()?,
+            llama_server: Some(cached_llama_server()?).filter(|p| p.exists()),
+            system_words: args.system_words,
+            prefill_words: args.prefill_words,
+            json: args.json,
+        });
     }
     let llama_bench = args
         .llama_bench
@@ -255,11 +280,31 @@ fn cached_llama_bench() -> anyhow::Result<PathBuf> {
     Ok(fetch::cache_dir()?.join("llama.cpp-build/bin/llama-bench"))
 }
 
-/// Builds llama-bench (CMake, Release, native CPU) from the sources vendored in the
-/// llama-cpp-python sdist that `cargo xtask fetch` downloads; skipped when already built.
+/// Where `--build-llama-bench` puts llama-server.
+fn cached_llama_server() -> anyhow::Result<PathBuf> {
+    Ok(fetch::cache_dir()?.join("llama.cpp-build/bin/llama-server"))
+}
+
+/// Builds `worker-cpud` (release) and returns its path.
+fn build_worker() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    fetch::run_cmd(Command::new(cargo).args([
+        "build",
+        "--release",
+        "--quiet",
+        "--bin",
+        "worker-cpud",
+    ]))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Ok(root.join("target/release/worker-cpud"))
+}
+
+/// Builds llama-bench and llama-server (CMake, Release, native CPU) from the sources
+/// vendored in the llama-cpp-python sdist that `cargo xtask fetch` downloads; skipped when
+/// both are built.
 fn build_llama_bench() -> anyhow::Result<()> {
     let bin = cached_llama_bench()?;
-    if bin.exists() {
+    if bin.exists() && cached_llama_server()?.exists() {
         return Ok(());
     }
     let cache = fetch::cache_dir()?;
@@ -293,7 +338,7 @@ fn build_llama_bench() -> anyhow::Result<()> {
                 "-DLLAMA_CURL=OFF",
                 "-DLLAMA_BUILD_TESTS=OFF",
                 "-DLLAMA_BUILD_EXAMPLES=OFF",
-                "-DLLAMA_BUILD_SERVER=OFF",
+                "-DLLAMA_BUILD_SERVER=ON",
                 "-DBUILD_SHARED_LIBS=OFF",
             ])
             .env("PATH", path_with(&cmake)),
@@ -302,7 +347,7 @@ fn build_llama_bench() -> anyhow::Result<()> {
         Command::new(&cmake)
             .arg("--build")
             .arg(&build)
-            .args(["--target", "llama-bench", "-j", "2"])
+            .args(["--target", "llama-bench", "llama-server", "-j", "2"])
             .env("PATH", path_with(&cmake)),
     )?;
     if !bin.exists() {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod conversation;
 mod fetch;
 
 #[derive(Parser)]
@@ -22,7 +23,8 @@ enum Task {
     /// Download every fixture (models, vocabularies, tokenizer.json files) into the cache,
     /// verify their sha256, and skip what is already there.
     Fetch(fetch::Args),
-    /// Prefill and decode throughput, ours and llama.cpp's (llama-bench) side by side.
+    /// Prefill and decode throughput, ours and llama.cpp's (llama-bench) side by side; with
+    /// `--conversation`, chat-turn latency beside llama-server.
     Bench(bench::Args),
     /// Fetch the default model (SmolLM2-135M) if missing and run worker-cpud on it.
     Run {

@@ -125,8 +125,8 @@ fn generate_holds_the_weights_once() {
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let bytes = |key: &str| v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"));
-    // 30 layers x 256 positions x 3 KV heads x (64 + 64) widths x 4 bytes.
-    assert_eq!(bytes("kv_cache_bytes"), 30 * 256 * 3 * 128 * 4);
+    // The pool: 30 layers x 256 positions x 3 KV heads x (64 + 64) widths x 2 bytes (f16).
+    assert_eq!(bytes("kv_cache_bytes"), 30 * 256 * 3 * 128 * 2);
     let (peak, rss) = (bytes("peak_rss_bytes"), bytes("rss_bytes"));
     assert!(0 < rss && rss <= peak, "{v}");
     let bound = (file_bytes + bytes("kv_cache_bytes")) * 11 / 10 + ALLOWANCE;

@@ -29,7 +29,8 @@
 //! for their prompts (taking the longest cached prefix of whole blocks from any earlier or
 //! running request: vLLM's automatic prefix caching), then runs one forward call carrying the
 //! next token of every generating slot plus prompt chunks up to a token budget (chunked
-//! prefill: a long prompt never stalls the others for more than a chunk).
+//! prefill: a long prompt never stalls the others for more than a chunk, and the chunk is
+//! sized from measured step times so that their inter-token latency stays bounded).
 //!
 //! **Architecture invariants**: this crate does no network IO and knows no wire format (no
 //! serde, no HTTP); it never names a concrete backend. Every request that
@@ -42,6 +43,7 @@
 mod blocks;
 mod engine;
 mod error;
+mod pace;
 mod request;
 mod scheduler;
 pub mod stop;

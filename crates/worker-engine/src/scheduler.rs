@@ -15,6 +15,7 @@ use worker_models::{Batch, Model, ModelError};
 use worker_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::blocks::{BlockManager, KvStats};
+use crate::pace::Pace;
 use crate::request::{CancelHandle, Completion, Event, EventSink, StopReason, Timings, TokenEvent};
 use crate::stop::{StopCheck, StopMatcher};
 use crate::EngineError;
@@ -216,9 +217,9 @@ fn finish_unstarted(mut job: Job, outcome: Outcome) {
 /// Sizes and switches of the loop.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LoopConfig {
-    /// Most prompt tokens in a turn in which sequences are also generating: what bounds
-    /// their inter-token latency while a long prompt runs. Alone, a prompt runs in chunks
-    /// of the model's whole batch.
+    /// Most prompt tokens in a turn in which sequences are also generating (the pace picks
+    /// fewer when that keeps their inter-token latency bounded). Alone, a prompt runs in
+    /// chunks of the model's whole batch.
     pub prefill_chunk: usize,
     /// Whether full blocks are shared by prefix.
     pub prefix_cache: bool,
@@ -276,7 +277,7 @@ pub(crate) struct Scheduler<'t> {
     vocab: usize,
     context: usize,
     max_batch: usize,
-    prefill_chunk: usize,
+    pace: Pace,
 }
 
 impl<'t> Scheduler<'t> {
@@ -298,7 +299,7 @@ impl<'t> Scheduler<'t> {
             vocab,
             context: opts.max_positions,
             max_batch,
-            prefill_chunk: config.prefill_chunk.clamp(1, max_batch),
+            pace: Pace::new(config.prefill_chunk.clamp(1, max_batch)),
             blocks,
             stats,
             admitted: 0,
@@ -430,7 +431,7 @@ impl<'t> Scheduler<'t> {
         let budget = if batch.tokens.is_empty() {
             self.max_batch
         } else {
-            self.prefill_chunk
+            self.pace.chunk()
         };
         let mut left = budget.min(self.max_batch.saturating_sub(batch.tokens.len()));
         let mut prefilling: Vec<(u64, usize)> = (0..self.slots.len())
@@ -478,6 +479,13 @@ impl<'t> Scheduler<'t> {
             &mut self.logits[..n_logits * vocab],
         );
         let elapsed = start.elapsed();
+        let decode_rows = batch
+            .parts
+            .iter()
+            .filter(|(_, p)| matches!(p, Part::Decode { .. }))
+            .count();
+        self.pace
+            .record(decode_rows, batch.tokens.len() - decode_rows, elapsed);
         if let Err(e) = result {
             for &(i, _) in &batch.parts {
                 self.finish_slot(i, Outcome::Fail(forward_error(&e)));
