@@ -72,7 +72,6 @@ fn params() -> AttentionParams {
 
 /// A pool and its table on `be`.
 struct Pool {
-    cfg: KvCacheConfig,
     cache: worker_compute::KvCacheId,
     index: KvIndex,
 }
@@ -96,7 +95,7 @@ fn pool(be: &mut CpuBackend, ty: KvType, blocks: usize, seqs: usize, table: &[u3
         block_table: be.alloc_index(seqs * seq_blocks).unwrap(),
     };
     be.write_index(index.block_table, table).unwrap();
-    Pool { cfg, cache, index }
+    Pool { cache, index }
 }
 
 /// One call: rows `(table row, position, sequence data)`; returns each row's output.

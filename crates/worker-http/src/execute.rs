@@ -257,6 +257,7 @@ impl ExecuteStream {
         json!({
             "tokens_out": c.ids.len(),
             "prompt_tokens": c.prompt_ids.len(),
+            "cached_prompt_tokens": t.cached_tokens,
             "decode_time_ms": (t.decode.as_secs_f64() * 1e3).round() as u64,
             "prefill_time_ms": (t.prefill.as_secs_f64() * 1e3).round() as u64,
             "stop_reason": c.stop_reason.as_str(),

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use worker_common::ErrorCode;
+use worker_engine::KvStats;
 
 /// The generating routes, as metric labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -143,6 +144,8 @@ pub(crate) struct Gauges {
     pub slots_busy: usize,
     pub slots_total: usize,
     pub uptime_seconds: f64,
+    /// The engine's KV pool and prefix cache.
+    pub kv: KvStats,
 }
 
 impl Metrics {
@@ -184,6 +187,7 @@ impl Metrics {
                 );
             }
         }
+        let kv = &gauges.kv;
         let counters = [
             (
                 "worker_prompt_tokens_total",
@@ -194,6 +198,21 @@ impl Metrics {
                 "worker_generated_tokens_total",
                 "Tokens generated.",
                 self.generated_tokens.load(Ordering::Relaxed),
+            ),
+            (
+                "worker_prefix_cache_queried_tokens_total",
+                "Prompt tokens of started requests, looked up in the prefix cache.",
+                kv.prompt_tokens,
+            ),
+            (
+                "worker_prefix_cache_hit_tokens_total",
+                "Prompt tokens whose KV entries came from the prefix cache.",
+                kv.cached_prompt_tokens,
+            ),
+            (
+                "worker_kv_cache_evictions_total",
+                "Cached KV blocks reclaimed for new ones.",
+                kv.evictions,
             ),
         ];
         for (name, help, v) in counters {
@@ -233,6 +252,26 @@ impl Metrics {
                 "Seconds since the server started.",
                 gauges.uptime_seconds,
             ),
+            (
+                "worker_kv_cache_blocks_total",
+                "Blocks in the KV pool.",
+                kv.blocks_total as f64,
+            ),
+            (
+                "worker_kv_cache_blocks_used",
+                "KV blocks held by requests.",
+                kv.blocks_used as f64,
+            ),
+            (
+                "worker_kv_cache_blocks_cached",
+                "KV blocks nobody holds, kept for the prefix cache.",
+                kv.blocks_cached as f64,
+            ),
+            (
+                "worker_kv_cache_usage_ratio",
+                "Fraction of the KV pool held by requests (0-1).",
+                kv.blocks_used as f64 / kv.blocks_total.max(1) as f64,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -257,7 +296,13 @@ mod tests {
             slots_busy: 1,
             slots_total: 4,
             uptime_seconds: 1.5,
+            kv: KvStats {
+                blocks_total: 10,
+                blocks_used: 4,
+                ..KvStats::default()
+            },
         });
+        assert!(text.contains("worker_kv_cache_usage_ratio 0.4\n"), "{text}");
         assert!(text.contains("worker_time_to_first_token_seconds_bucket{le=\"0.025\"} 1"));
         assert!(text.contains("worker_time_to_first_token_seconds_bucket{le=\"1\"} 2"));
         assert!(text.contains("worker_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));

@@ -229,6 +229,13 @@ struct Usage {
     prompt_tokens: usize,
     completion_tokens: usize,
     total_tokens: usize,
+    prompt_tokens_details: PromptTokensDetails,
+}
+
+/// OpenAI's breakdown of the prompt tokens: those served from the prefix cache.
+#[derive(Debug, Serialize)]
+struct PromptTokensDetails {
+    cached_tokens: usize,
 }
 
 fn usage(c: &Completion) -> Usage {
@@ -236,6 +243,9 @@ fn usage(c: &Completion) -> Usage {
         prompt_tokens: c.prompt_ids.len(),
         completion_tokens: c.ids.len(),
         total_tokens: c.prompt_ids.len() + c.ids.len(),
+        prompt_tokens_details: PromptTokensDetails {
+            cached_tokens: c.timings.cached_tokens,
+        },
     }
 }
 

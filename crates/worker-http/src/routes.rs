@@ -192,6 +192,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         slots_busy: state.slots_busy(),
         slots_total: state.info.slots,
         uptime_seconds: state.started.elapsed().as_secs_f64(),
+        kv: state.engine.kv_stats(),
     });
     (
         [(
