@@ -351,10 +351,12 @@ impl<'t> Scheduler<'t> {
         self.run_turn();
     }
 
-    /// Ends the sequence in slot `i` and gives its blocks back.
+    /// Ends the sequence in slot `i` and gives its blocks back; the counters are published
+    /// before its terminal event, so whoever sees the event sees the blocks released.
     fn finish_slot(&mut self, i: usize, outcome: Outcome) {
         if let Some(seq) = self.slots[i].take() {
             self.blocks.release(i);
+            self.publish();
             seq.finish(outcome);
         }
     }

@@ -1,0 +1,88 @@
+//! End-to-end: a multi-turn chat behind a long system prompt on `worker-cpud serve`, with the
+//! prefix cache on and off: the same text either way, the next turn served mostly from the
+//! cache, and the KV figures of `/health` and `/metrics` following it.
+
+mod http_support;
+
+use http_support::Worker;
+use serde_json::{json, Value};
+
+fn system_prompt() -> String {
+    (0..30)
+        .map(|i| format!("Rule {i}: parcel {i} goes to shelf {}. ", (i * 5) % 11))
+        .collect()
+}
+
+/// Two turns of one conversation; returns each answer and its usage.
+fn conversation(w: &Worker) -> Vec<(String, Value)> {
+    let system = system_prompt();
+    let mut messages = vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": "Where does parcel 12 go?"}),
+    ];
+    let mut out = Vec::new();
+    for next in ["And parcel 13?", "Thanks. And parcel 14?"] {
+        let r = w.post(
+            "/v1/chat/completions",
+            &json!({"messages": messages, "max_tokens": 12, "temperature": 0}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        let text = r.json["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        out.push((text.clone(), r.json["usage"].clone()));
+        messages.push(json!({"role": "assistant", "content": text}));
+        messages.push(json!({"role": "user", "content": next}));
+    }
+    out
+}
+
+#[test]
+fn the_next_turn_comes_from_the_cache_and_says_the_same() {
+    let cached = Worker::start(&["--slots", "2"]);
+    let with = conversation(&cached);
+    let plain = Worker::start(&["--slots", "2", "--prefix-cache", "false"]);
+    let without = conversation(&plain);
+    for ((a, ua), (b, ub)) in with.iter().zip(&without) {
+        assert_eq!(a, b, "the same answer with and without the cache");
+        assert_eq!(ua["prompt_tokens"], ub["prompt_tokens"]);
+        assert_eq!(ub["prompt_tokens_details"]["cached_tokens"], 0);
+    }
+    let (first, second) = (&with[0].1, &with[1].1);
+    assert_eq!(first["prompt_tokens_details"]["cached_tokens"], 0);
+    let hit = second["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = second["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        hit >= first["prompt_tokens"].as_u64().unwrap() / 16 * 16 - 16 && hit < prompt,
+        "turn 2 reuses turn 1's blocks: {hit} of {prompt}"
+    );
+
+    let h = cached.wait_idle();
+    let kv = &h["kv_cache"];
+    assert_eq!(kv["type"], "f16");
+    assert_eq!(kv["prefix_cache"], true);
+    assert_eq!(kv["blocks_used"], 0, "{h}");
+    assert!(kv["blocks_cached"].as_u64().unwrap() > 0, "{h}");
+    assert_eq!(kv["cached_prompt_tokens"].as_u64().unwrap(), hit);
+    let m = cached.metrics();
+    assert!(
+        m.contains(&format!("worker_prefix_cache_hit_tokens_total {hit}\n")),
+        "{m}"
+    );
+    assert!(m.contains("worker_kv_cache_blocks_used 0\n"), "{m}");
+    assert_eq!(plain.wait_idle()["kv_cache"]["blocks_cached"], 0);
+}
+
+#[test]
+fn a_bad_kv_type_is_refused_at_start() {
+    let out = http_support::bin()
+        .args(["serve", "--model", "x.gguf", "--kv-type", "q4_0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("f32, f16, q8_0"), "{err}");
+}
