@@ -5,8 +5,8 @@
 //! - **Cold / warm TTFT**: a turn behind a long system prompt, then the next turn of the same
 //!   conversation (the whole history resent, as chat clients do). TTFT is the latency of a
 //!   request for one token, so it is the prompt's prefill plus one step on both servers.
-//! - **ITL under prefill**: a stream's gaps between tokens while another request's long
-//!   prompt is prefilled beside it: median, p99 and their ratio.
+//! - **ITL under prefill**: the gaps between a stream's tokens (256 of them) while another
+//!   request's long prompt is prefilled beside it: median, p99, max and p99 / median.
 //! - **Idle memory**: resident bytes after loading with the bench's slot count, before any
 //!   request, beside the model file's size.
 
@@ -41,6 +41,8 @@ struct Figures {
     prompt_tokens: u64,
     itl_median_s: f64,
     itl_p99_s: f64,
+    itl_max_s: f64,
+    /// Gaps of the stream that overlapped the long prompt's request.
     itl_tokens: usize,
     prefill_tokens: u64,
     idle_rss_bytes: u64,
@@ -259,7 +261,8 @@ fn measure(server: &Server, s: &Setup<'_>) -> anyhow::Result<Figures> {
     let stream: String = (1..=12).map(|i| format!("{i}, ")).collect();
     let long = json!([{"role": "user", "content": filler(s.prefill_words, 2)}]);
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let arrivals = std::thread::scope(|scope| -> anyhow::Result<Vec<Instant>> {
+    type Window = (Vec<Instant>, Instant, Instant);
+    let window = std::thread::scope(|scope| -> anyhow::Result<Window> {
         let prefill = scope.spawn(move || -> anyhow::Result<(Instant, Instant, u64)> {
             rx.recv().ok();
             let t = Instant::now();
@@ -281,21 +284,24 @@ fn measure(server: &Server, s: &Setup<'_>) -> anyhow::Result<Figures> {
         drop(tx);
         let (start, end, tokens) = prefill.join().expect("prefill thread")?;
         f.prefill_tokens = tokens;
-        // The gaps of the tokens that arrived while the long prompt ran.
-        Ok(arrivals
-            .into_iter()
-            .filter(|&t| t >= start && t <= end + Duration::from_millis(1))
-            .collect())
+        Ok((arrivals, start, end))
     })?;
+    let (arrivals, start, end) = window;
+    // Every gap of the stream; those that overlap the long prompt's request are counted (a
+    // stream that stalls for the whole prefill shows one long gap: the max).
     let mut gaps: Vec<f64> = arrivals
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
+    f.itl_tokens = arrivals
+        .windows(2)
+        .filter(|w| w[1] >= start && w[0] <= end)
+        .count();
     gaps.sort_by(f64::total_cmp);
-    f.itl_tokens = arrivals.len();
     if !gaps.is_empty() {
         f.itl_median_s = gaps[gaps.len() / 2];
         f.itl_p99_s = gaps[((gaps.len() as f64 * 0.99).ceil() as usize).min(gaps.len()) - 1];
+        f.itl_max_s = gaps[gaps.len() - 1];
     }
     Ok(f)
 }
@@ -338,6 +344,7 @@ fn report(s: &Setup<'_>, ours: &Figures, theirs: Option<&Figures>) {
                         "cold_ttft_s": f.cold_ttft_s, "warm_ttft_s": f.warm_ttft_s,
                         "prompt_tokens": f.prompt_tokens,
                         "itl_median_s": f.itl_median_s, "itl_p99_s": f.itl_p99_s,
+                        "itl_max_s": f.itl_max_s,
                         "itl_tokens": f.itl_tokens, "prefill_tokens": f.prefill_tokens,
                         "idle_rss_bytes": f.idle_rss_bytes, "file_bytes": file,
                     })
@@ -366,7 +373,7 @@ fn report(s: &Setup<'_>, ours: &Figures, theirs: Option<&Figures>) {
         );
     }
     println!(
-        "({} and {} tokens of the stream arrived during the long prompt; idle RSS {:.0} MiB ours, \
+        "({} and {} gaps of the stream overlapped the long prompt; idle RSS {:.0} MiB ours, \
          file {:.0} MiB)",
         ours.itl_tokens,
         theirs.map_or(0, |f| f.itl_tokens),
