@@ -7,30 +7,9 @@ use worker_compute::cpu::quant::{
 use worker_gguf::quants::iq::KVALUES_IQ4NL;
 use worker_gguf::GgmlType;
 
-/// xorshift64*: fresh inputs from a seed taken from the clock, printed on failure.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
-        eprintln!("kernel test seed {seed}");
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+mod support;
+
+use support::Rng;
 
 /// Offsets of the f16 scale fields in one block of `ty`.
 fn f16_fields(ty: GgmlType) -> &'static [usize] {

@@ -13,34 +13,9 @@ const KV_HEADS: usize = 2;
 const HD: usize = 64;
 const LEN: usize = 70;
 
-/// xorshift64*, seeded from the clock (printed, so a failure can be replayed).
-struct Rng(u64);
-impl Rng {
-    fn new() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
-        eprintln!("kv cache test seed {seed}");
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn normals(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                (0..4)
-                    .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
-                    .sum::<f32>()
-                    - 2.0
-            })
-            .collect()
-    }
-}
+mod support;
+
+use support::Rng;
 
 /// Queries, keys and values of one sequence of `LEN` positions.
 struct Sequence {
