@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use worker_common::Sampler;
-use worker_compute::{ComputeBackend, ComputeError};
+use worker_compute::{ComputeBackend, ComputeError, KV_BLOCK};
 use worker_models::{Batch, Model, ModelError};
 use worker_tokenizer::{StreamDecoder, Tokenizer};
 
@@ -297,7 +297,10 @@ impl<'t> Scheduler<'t> {
             queue: VecDeque::new(),
             logits: vec![0.0; opts.max_logit_rows.max(1) * vocab],
             vocab,
-            context: opts.max_positions,
+            // A sequence ends with ContextFull where the pool would run out for it alone.
+            context: opts
+                .max_positions
+                .min(model.kv_cache().blocks.saturating_mul(KV_BLOCK)),
             max_batch,
             pace: Pace::new(config.prefill_chunk.clamp(1, max_batch)),
             blocks,

@@ -398,4 +398,9 @@ fn a_prompt_waits_for_blocks_held_by_running_sequences() {
     assert_eq!(finish(b).unwrap().ids.len(), 5);
     let too_long = engine.submit(request(vec![1; 200], 1));
     assert!(matches!(too_long, Err(EngineError::PromptTooLong { .. })));
+    // Alone, a sequence that outgrows the pool ends as at the end of its context.
+    let long = finish(engine.submit(request(vec![1; 100], 100)).unwrap()).unwrap();
+    assert_eq!(long.stop_reason, StopReason::ContextFull);
+    // 28 tokens fill the pool's 128 positions; the 29th is sampled from the last of them.
+    assert_eq!(long.ids.len(), 8 * KV_BLOCK - 100 + 1);
 }
