@@ -293,24 +293,36 @@ fn vec_dots_match_scalar_for_every_type() {
     }
 }
 
-/// Our dequantizers against worker-gguf's independent reference, for every type.
+/// Our dequantizers (scalar and SIMD tables) against worker-gguf's independent reference, for
+/// every type.
 #[test]
 fn dequantizers_match_worker_gguf() {
     let mut rng = Rng::new();
-    let scalar = Kernels::scalar();
-    for ty in SUPPORTED_TYPES {
-        let k = scalar.for_type(ty).unwrap();
-        for n in [256, 1024] {
-            let w = random_row(&mut rng, ty, n);
-            let (mut ours, mut theirs) = (vec![0f32; n], vec![0f32; n]);
-            (k.dequantize_row)(&w, &mut ours);
-            worker_gguf::dequantize(ty, &w, &mut theirs)
-                .unwrap_or_else(|e| panic!("worker-gguf cannot dequantize {ty}: {e}"));
-            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
-                    "{ty} element {i}: {a} vs worker-gguf {b}"
-                );
+    for table in [Kernels::scalar(), Kernels::detect()] {
+        for ty in SUPPORTED_TYPES {
+            let k = table.for_type(ty).unwrap();
+            // F16 rows of any length (the SIMD kernel has a tail); whole blocks otherwise.
+            let lens: &[usize] = if ty == GgmlType::F16 {
+                &[256, 1024, 37, 7]
+            } else {
+                &[256, 1024]
+            };
+            for &n in lens {
+                let w = random_row(&mut rng, ty, n);
+                let (mut ours, mut theirs) = (vec![0f32; n], vec![0f32; n]);
+                (k.dequantize_row)(&w, &mut ours);
+                worker_gguf::dequantize(ty, &w, &mut theirs)
+                    .unwrap_or_else(|e| panic!("worker-gguf cannot dequantize {ty}: {e}"));
+                for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                        "{:?} {ty} element {i}: {a} vs worker-gguf {b}",
+                        table.isa
+                    );
+                    if ty == GgmlType::F16 {
+                        assert_eq!(a.to_bits(), b.to_bits(), "f16 converts exactly");
+                    }
+                }
             }
         }
     }

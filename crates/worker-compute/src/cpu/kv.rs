@@ -222,17 +222,10 @@ impl CpuBackend {
         let kv = self.caches[cid].borrow();
         let kv = &*kv;
 
-        // Work items: chunks of consecutive rows of one sequence, times KV heads (a whole GQA
-        // group, its blocks gathered once) or times query heads when that leaves too few
-        // items to keep the pool busy. A head's result is the same either way.
+        // Work items: chunks of consecutive rows of one sequence, times KV heads: a whole GQA
+        // group, whose blocks are gathered once for all its query heads.
         let chunks = row_chunks(idx.seqs);
         let group = p.heads / p.kv_heads;
-        let per = if chunks.len() * p.kv_heads >= 4 * self.pool.n_threads() {
-            group
-        } else {
-            1
-        };
-        let items_per_chunk = p.heads / per;
         let attend = self.kernels.attend;
         let read_keys = self
             .kernels
@@ -250,8 +243,8 @@ impl CpuBackend {
         let job = || {
             SCRATCH.with_borrow_mut(|(keys, values, row)| {
                 let mut scores: Vec<f32> = Vec::new();
-                for_chunks(chunks.len() * items_per_chunk, 1, &next, |item, _| {
-                    let (c, h) = (item / items_per_chunk, (item % items_per_chunk) * per);
+                for_chunks(chunks.len() * p.kv_heads, 1, &next, |item, _| {
+                    let (c, h) = (item / p.kv_heads, (item % p.kv_heads) * group);
                     let (r0, r1) = chunks[c];
                     let n_max = (r0..r1).map(|r| idx.positions[r] as usize + 1).max();
                     let n_max = n_max.unwrap_or(0);
@@ -265,11 +258,11 @@ impl CpuBackend {
                     ctx.run(r0, n_max, hd, vhd, keys, values, row);
                     for r in r0..r1 {
                         let n = idx.positions[r] as usize + 1;
-                        let qrow = &qs[r * qcols + h * hd..][..per * hd];
+                        let qrow = &qs[r * qcols + h * hd..][..group * hd];
                         // SAFETY: item (chunk, h) owns rows r0..r1 of the output, columns
-                        // h*vhd..(h+per)*vhd.
-                        let orow = unsafe { optr.slice(r * ocols + h * vhd, per * vhd) };
-                        attend(qrow, keys, values, n, p.scale, orow, &mut scores, per);
+                        // h*vhd..(h+group)*vhd.
+                        let orow = unsafe { optr.slice(r * ocols + h * vhd, group * vhd) };
+                        attend(qrow, keys, values, n, p.scale, orow, &mut scores, group);
                     }
                 });
             })

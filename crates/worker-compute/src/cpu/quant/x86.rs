@@ -47,6 +47,17 @@ pub fn avx2_kernels() -> Option<Kernels> {
         let vec_dot = VecDot::F32(vec_dot_f32);
         k.set(GgmlType::F32, TypeKernels { vec_dot, ..s });
     }
+    // F16 rows are converted in hardware: f16 embeddings, and every read of an f16 KV cache.
+    if let Some(s) = k.for_type(GgmlType::F16).copied() {
+        let dequantize_row = dequantize_row_f16;
+        k.set(
+            GgmlType::F16,
+            TypeKernels {
+                dequantize_row,
+                ..s
+            },
+        );
+    }
     set_panels(&mut k, super::x86_panel::kernels_avx2);
     Some(k)
 }
@@ -90,6 +101,7 @@ macro_rules! wrap {
 wrap!(quantize_row_q8, quantize_row_q8_avx2, (x: &[f32], out: &mut [BlockQ8]) -> ());
 wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K]) -> ());
 wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
+wrap!(dequantize_row_f16, dequantize_row_f16_avx2, (w: &[u8], out: &mut [f32]) -> ());
 wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
 wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
@@ -268,6 +280,21 @@ unsafe fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
         i += 8;
     }
     crate::cpu::ops::swiglu_row(&mut out[i..n], &gate[i..n], &up[i..n]);
+}
+
+/// [`super::generic::dequantize_row_f16`] with F16C, eight elements per instruction (the
+/// conversion is exact, so the result is the same bits).
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn dequantize_row_f16_avx2(w: &[u8], out: &mut [f32]) {
+    let n = out.len().min(w.len() / 2);
+    let (wp, op) = (w.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(wp.add(2 * i) as *const __m128i);
+        _mm256_storeu_ps(op.add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    super::generic::dequantize_row_f16(&w[2 * i..2 * n], &mut out[i..n]);
 }
 
 /// [`super::generic::attend`] with sixteen positions per pair of vectors: a vector
