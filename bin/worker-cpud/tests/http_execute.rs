@@ -235,12 +235,28 @@ fn bad_requests_are_4xx_with_field_errors_and_never_echo_the_prompt() {
             400,
             "frequency_penalty",
         ),
+        // An unknown key is request text too: the error names the body, not the key.
         (
-            json!({"job_id": "x", "prompt": secret, "promt": "typo"})
+            json!({"job_id": "x", "prompt": secret, "SECRET-KEY": "typo"})
                 .to_string()
                 .into_bytes(),
             400,
-            "promt",
+            "body",
+        ),
+        // Keys given twice are refused, as on the OpenAI routes.
+        (
+            format!(r#"{{"job_id": "x", "prompt": "{secret}", "max_tokens": 1, "max_tokens": 2}}"#)
+                .into_bytes(),
+            400,
+            "body",
+        ),
+        // One stop-string limit for every route: 256 bytes.
+        (
+            json!({"job_id": "x", "prompt": secret, "stop": ["s".repeat(257)]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "stop",
         ),
         (
             json!({"job_id": "x", "prompt": secret.repeat(200)})

@@ -72,9 +72,16 @@ impl ApiError {
     }
 
     pub fn invalid(errors: Vec<FieldError>) -> Self {
+        // Messages that open with their field name ("top_p must be …") stand alone.
         let message = errors
             .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
+            .map(|e| {
+                if e.message.starts_with(&e.field) {
+                    e.message.clone()
+                } else {
+                    format!("{}: {}", e.field, e.message)
+                }
+            })
             .collect::<Vec<_>>()
             .join("; ");
         ApiError {

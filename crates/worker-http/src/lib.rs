@@ -32,6 +32,7 @@ mod middleware;
 mod model;
 mod openai;
 mod routes;
+mod schema;
 mod state;
 mod time;
 mod validate;

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::metrics::Gauges;
 use crate::model::ModelCard;
 use crate::state::{AppState, ServerConfig};
-use crate::validate::Fields;
+use crate::validate::{Fields, Rules};
 use crate::{execute, json, middleware, openai, HttpError};
 
 /// After a shutdown signal, open streams get this long to end before the server stops
@@ -138,8 +138,7 @@ pub(crate) fn fresh_seed() -> u64 {
 }
 
 async fn not_found() -> Response {
-    let mut e = ApiError::new(worker_common::ErrorCode::InvalidRequest, "no such route");
-    e.message = "no such route".into();
+    let e = ApiError::new(worker_common::ErrorCode::InvalidRequest, "no such route");
     (StatusCode::NOT_FOUND, Json(e.body())).into_response()
 }
 
@@ -194,9 +193,7 @@ async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let parsed = json::body_bytes(body)
-        .and_then(|b| json::object(&b))
-        .and_then(|obj| parse_tokenize(&obj));
+    let parsed = json::body_bytes(body).and_then(|b| parse_tokenize(&b));
     let (text, options) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -214,9 +211,10 @@ async fn tokenize(
     }
 }
 
-fn parse_tokenize(
-    obj: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(String, EncodeOptions), ApiError> {
+/// Parses a `/tokenize` body: the text and how to encode it.
+pub(crate) fn parse_tokenize(bytes: &[u8]) -> Result<(String, EncodeOptions), ApiError> {
+    let obj = json::object(bytes)?;
+    let obj = &obj;
     let mut f = Fields::new(obj);
     f.deny_unknown(&["content", "add_special", "parse_special"]);
     let content = match obj.get("content") {
@@ -243,37 +241,43 @@ fn parse_tokenize(
     Ok((content.unwrap_or_default(), options))
 }
 
+/// Parses a `/detokenize` body: token ids below the vocabulary size.
+pub(crate) fn parse_detokenize(rules: &Rules<'_>, bytes: &[u8]) -> Result<Vec<u32>, ApiError> {
+    let obj = json::object(bytes)?;
+    let mut f = Fields::new(&obj);
+    f.deny_unknown(&["tokens"]);
+    f.finish()?;
+    let vocab = rules.vocab_size as u64;
+    let constraint = format!("an array of token ids < {vocab}");
+    let bad = || {
+        ApiError::field(
+            "tokens",
+            &constraint,
+            format!("tokens must be {constraint}"),
+        )
+    };
+    let Some(serde_json::Value::Array(items)) = obj.get("tokens") else {
+        return Err(bad());
+    };
+    items
+        .iter()
+        .map(|v| v.as_u64().filter(|&id| id < vocab).map(|id| id as u32))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(bad)
+}
+
 /// `POST /detokenize {tokens}` → `{content}`.
 async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let vocab = state.info.vocab_size as u64;
+    let rules = state.rules();
     let result =
         json::body_bytes(body)
-            .and_then(|b| json::object(&b))
-            .and_then(|obj| {
-                let mut f = Fields::new(&obj);
-                f.deny_unknown(&["tokens"]);
-                f.finish()?;
-                let constraint = format!("an array of token ids < {vocab}");
-                let bad = || {
-                    ApiError::field(
-                        "tokens",
-                        &constraint,
-                        format!("tokens must be {constraint}"),
-                    )
-                };
-                let Some(serde_json::Value::Array(items)) = obj.get("tokens") else {
-                    return Err(bad());
-                };
-                let ids: Option<Vec<u32>> = items
-                    .iter()
-                    .map(|v| v.as_u64().filter(|&id| id < vocab).map(|id| id as u32))
-                    .collect();
-                let ids = ids.ok_or_else(bad)?;
+            .and_then(|b| parse_detokenize(&rules, &b))
+            .and_then(|ids| {
                 state.engine.tokenizer().decode(&ids, false).map_err(|_| {
-                    ApiError::field("tokens", &constraint, "the ids could not be decoded")
+                    ApiError::field("tokens", "decodable", "the ids could not be decoded")
                 })
             });
     match result {

@@ -16,6 +16,7 @@ use worker_engine::{
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome, Route};
 use crate::model::ModelCard;
+use crate::validate::Rules;
 use crate::WorkerKind;
 
 /// Limits and options of the server.
@@ -103,6 +104,17 @@ impl AppState {
             jobs: Mutex::new(HashMap::new()),
             inflight: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
+        }
+    }
+
+    /// What the request parsers need to know of this server and its model.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
+            max_tokens_out: self.config.max_tokens_out,
+            vocab_size: self.info.vocab_size,
+            chat_template: self.card.chat_template.as_ref(),
+            bos_text: &self.card.bos_text,
+            eos_text: &self.card.eos_text,
         }
     }
 
