@@ -313,6 +313,10 @@ fn bad_requests_are_4xx_with_field_errors_and_never_echo_the_prompt() {
     let r = w.post("/detokenize", &json!({"tokens": [1_000_000]}));
     assert_eq!(r.status, 400);
     assert_eq!(w.get("/nope").0, 404);
+    // A known route with the wrong method: 405 with a JSON error and `Allow`.
+    let (status, body) = w.get_json("/execute");
+    assert_eq!(status, 405);
+    assert_eq!(body["code"], "INVALID_REQUEST", "{body}");
 }
 
 #[test]
@@ -357,13 +361,20 @@ fn health_metrics_auth_and_correlation_ids() {
     assert_eq!(events[0].json()["correlation_id"], "corr-42");
     check_order(&events);
     assert!(w.logs().contains("corr-42"));
+    // The scheme is case-insensitive (RFC 7235); the key is not.
     let r = w.post_raw(
         "/tokenize",
         b"{\"content\":\"hi\"}",
-        &[("Authorization", "Bearer sekrit")],
+        &[("Authorization", "bearer sekrit")],
     );
     assert_eq!(r.status, 200);
     assert!(r.correlation_id.is_some());
+    let r = w.post_raw(
+        "/tokenize",
+        b"{\"content\":\"hi\"}",
+        &[("Authorization", "BEARER sekrit")],
+    );
+    assert_eq!(r.status, 200);
 }
 
 #[test]

@@ -56,6 +56,7 @@ impl Server {
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/v1/completions", post(openai::completions))
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(state.config.body_limit))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
@@ -140,6 +141,15 @@ pub(crate) fn fresh_seed() -> u64 {
 async fn not_found() -> Response {
     let e = ApiError::new(worker_common::ErrorCode::InvalidRequest, "no such route");
     (StatusCode::NOT_FOUND, Json(e.body())).into_response()
+}
+
+/// A known route asked with another method: 405 with a JSON body (axum adds `Allow`).
+async fn method_not_allowed() -> Response {
+    let e = ApiError::new(
+        worker_common::ErrorCode::InvalidRequest,
+        "this route does not take that method",
+    );
+    (StatusCode::METHOD_NOT_ALLOWED, Json(e.body())).into_response()
 }
 
 /// `GET /health`: 200 while serving, 503 while draining.
