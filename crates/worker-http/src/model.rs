@@ -66,8 +66,8 @@ impl ModelCard {
                 .and_then(|tokens| tokens.get(id as usize).cloned())
                 .unwrap_or_default()
         };
-        let chat_template = ChatTemplate::from_gguf(md)
-            .map_err(|e| HttpError::Model(format!("chat template: {e}")))?;
+        let chat_template =
+            ChatTemplate::from_gguf(md).map_err(|e| HttpError::Model(e.to_string()))?;
         Ok(ModelCard {
             id: id.into(),
             quant_kind,
