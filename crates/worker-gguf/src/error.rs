@@ -100,6 +100,8 @@ pub enum GgufError {
     BadValue { key: String, reason: String },
     #[error("no tensor named {name:?}")]
     MissingTensor { name: String },
+    #[error("tensor {name:?} disagrees with the hyper-parameters: it {reason}")]
+    TensorMismatch { name: String, reason: String },
     #[error("{ty}: {reason}")]
     Quant { ty: GgmlType, reason: String },
     #[error("invalid input for the writer: {0}")]

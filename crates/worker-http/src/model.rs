@@ -37,7 +37,7 @@ impl ModelCard {
         info: &EngineInfo,
     ) -> Result<ModelCard, HttpError> {
         let md = file.metadata();
-        let hp = HyperParams::from_metadata(md).map_err(|e| HttpError::Model(e.to_string()))?;
+        let hp = HyperParams::from_file(file).map_err(|e| HttpError::Model(e.to_string()))?;
         let mut by_type: HashMap<&'static str, u64> = HashMap::new();
         let mut weights = 0u64;
         for t in file.tensors() {
