@@ -11,8 +11,10 @@ use serde_json::{Map, Number, Value};
 use worker_common::ErrorCode;
 
 use crate::error::ApiError;
+use crate::limits::{caused_by, BodyCutByShutdown, BodyTimedOut};
 
-/// The body, or `PAYLOAD_TOO_LARGE` / `INVALID_REQUEST`.
+/// The body, or `PAYLOAD_TOO_LARGE` / `REQUEST_TIMEOUT` / `SHUTTING_DOWN` /
+/// `INVALID_REQUEST`.
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -23,6 +25,16 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
             );
             e.code = ErrorCode::PayloadTooLarge;
             e
+        } else if caused_by::<BodyTimedOut>(&rejection) {
+            let mut e = ApiError::field(
+                "body",
+                "sent at the minimum rate",
+                "the request body did not arrive within the body read timeout",
+            );
+            e.code = ErrorCode::RequestTimeout;
+            e
+        } else if caused_by::<BodyCutByShutdown>(&rejection) {
+            ApiError::new(ErrorCode::ShuttingDown, "the worker is shutting down")
         } else {
             ApiError::field("body", "readable", "the request body could not be read")
         }

@@ -24,9 +24,11 @@
 
 mod callback;
 mod cli;
+mod conn;
 mod error;
 mod execute;
 mod json;
+mod limits;
 mod metrics;
 mod middleware;
 mod model;
@@ -40,6 +42,7 @@ mod validate;
 pub use callback::send_ready_callback;
 pub use cli::{run, run_blocking, ServeArgs, WorkerKind};
 pub use error::HttpError;
+pub use limits::ConnectionLimits;
 pub use model::ModelCard;
 pub use routes::{shutdown_signal, Server};
 pub use state::ServerConfig;

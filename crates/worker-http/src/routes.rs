@@ -1,7 +1,7 @@
 //! The router, the small routes (`/health`, `/metrics`, `/tokenize`, `/detokenize`,
 //! `/v1/models`) and the server's life cycle (serve, drain, stop).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::metrics::Gauges;
 use crate::model::ModelCard;
 use crate::state::{AppState, ServerConfig};
 use crate::validate::{Fields, Rules};
-use crate::{execute, json, middleware, openai, HttpError};
+use crate::{conn, execute, json, middleware, openai, HttpError};
 
 /// After a shutdown signal, open streams get this long to end before the server stops
 /// anyway (the contract allows 5 s in all).
@@ -75,25 +75,24 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HttpError> {
         let state = self.state.clone();
-        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-        let graceful = async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut stopped = stop_rx.clone();
+        tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: no new connections, ending open streams");
             state.begin_drain();
-            let _ = drained_tx.send(());
-        };
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(graceful)
-            .into_future();
+            let _ = stop_tx.send(true);
+        });
+        let server = conn::serve(listener, self.router(), self.state.clone(), stop_rx);
         let deadline = async move {
-            if drained_rx.await.is_ok() {
+            if stopped.wait_for(|s| *s).await.is_ok() {
                 tokio::time::sleep(DRAIN_GRACE).await;
             } else {
                 std::future::pending::<()>().await;
             }
         };
         tokio::select! {
-            result = server => result?,
+            () = server => {}
             () = deadline => tracing::warn!("streams still open after the grace period; stopping"),
         }
         Ok(())

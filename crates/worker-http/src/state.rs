@@ -14,6 +14,7 @@ use worker_engine::{
 };
 
 use crate::error::ApiError;
+use crate::limits::ConnectionLimits;
 use crate::metrics::{Metrics, Outcome, Route};
 use crate::model::ModelCard;
 use crate::validate::Rules;
@@ -36,6 +37,8 @@ pub struct ServerConfig {
     pub metrics_every: usize,
     /// What `/health` says the worker is (type, where its memory lives), when known.
     pub worker: Option<WorkerKind>,
+    /// Timeouts and the connection cap.
+    pub limits: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             body_limit: 1 << 20,
             metrics_every: 16,
             worker: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }
