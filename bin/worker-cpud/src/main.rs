@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and validate a model, print its shape, exit.
+    /// Load and validate a model exactly as `serve` does (weights included), print its
+    /// shape, exit: 0 when `serve` would accept the file, 1 with the reason when not.
     Check(ModelArg),
     /// Generate a continuation of a prompt, streaming the text; then print tokens/s.
     Generate(GenerateArgs),
@@ -113,8 +114,15 @@ fn open(args: &ModelArg) -> anyhow::Result<GgufFile> {
 fn check(args: &ModelArg) -> anyhow::Result<()> {
     let start = Instant::now();
     let file = open(args)?;
-    let hp = HyperParams::from_metadata(file.metadata())
-        .with_context(|| format!("{} is not a usable model", args.model.display()))?;
+    // The smallest engine `serve` could build; the checks are the same at any size.
+    let config = EngineConfig {
+        slots: 1,
+        context: 16,
+        max_batch: 1,
+    };
+    let name = args.model.display().to_string();
+    serve::load(&file, &args.model, CpuConfig::default(), config, name)?;
+    let hp = HyperParams::from_file(&file)?;
     let bytes: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
     println!(
         "loaded {} in {:.0} ms: {} architecture, {} layers, width {}, {} heads ({} kv), \

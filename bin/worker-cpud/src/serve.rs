@@ -1,6 +1,7 @@
 //! `worker-cpud serve`: load the model on the CPU backend, then hand over to
 //! [`worker_http::run`] (bind, ready callback, serve until SIGTERM/SIGINT).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,24 @@ pub struct CpuServeArgs {
     /// CPU threads per op (default: all cores).
     #[arg(long, env = "WORKER_THREADS")]
     threads: Option<usize>,
+}
+
+/// Everything `serve` builds from the file before it binds: the engine (hyper-parameters
+/// checked against the tensors, tokenizer, every weight uploaded after its shape is checked)
+/// and the model card (chat template). `check` runs this same function, so the two accept
+/// and refuse the same files.
+pub fn load(
+    file: &GgufFile,
+    path: &Path,
+    cpu: CpuConfig,
+    config: EngineConfig,
+    model_id: String,
+) -> anyhow::Result<(Engine, ModelCard)> {
+    let context = || format!("cannot load model {}", path.display());
+    let engine =
+        Engine::load(file, Box::new(CpuBackend::new(cpu)), config).with_context(context)?;
+    let card = ModelCard::from_gguf(model_id, file, &engine.info()).with_context(context)?;
+    Ok((engine, card))
 }
 
 pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
@@ -47,9 +66,7 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
         ms = start.elapsed().as_millis() as u64,
         "model file mapped; uploading weights"
     );
-    let engine = Engine::load(&file, Box::new(CpuBackend::new(cpu)), s.engine_config())
-        .with_context(|| format!("cannot load model {}", s.model.display()))?;
-    let card = ModelCard::from_gguf(s.model_id(), &file, &engine.info())?;
+    let (engine, card) = load(&file, &s.model, cpu, s.engine_config(), s.model_id())?;
     // The backend holds its own copy of the weights and the card everything else the server
     // needs: unmap the file, so its pages do not stay resident beside that copy.
     drop(file);

@@ -235,12 +235,28 @@ fn bad_requests_are_4xx_with_field_errors_and_never_echo_the_prompt() {
             400,
             "frequency_penalty",
         ),
+        // An unknown key is request text too: the error names the body, not the key.
         (
-            json!({"job_id": "x", "prompt": secret, "promt": "typo"})
+            json!({"job_id": "x", "prompt": secret, "SECRET-KEY": "typo"})
                 .to_string()
                 .into_bytes(),
             400,
-            "promt",
+            "body",
+        ),
+        // Keys given twice are refused, as on the OpenAI routes.
+        (
+            format!(r#"{{"job_id": "x", "prompt": "{secret}", "max_tokens": 1, "max_tokens": 2}}"#)
+                .into_bytes(),
+            400,
+            "body",
+        ),
+        // One stop-string limit for every route: 256 bytes.
+        (
+            json!({"job_id": "x", "prompt": secret, "stop": ["s".repeat(257)]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "stop",
         ),
         (
             json!({"job_id": "x", "prompt": secret.repeat(200)})
@@ -297,6 +313,10 @@ fn bad_requests_are_4xx_with_field_errors_and_never_echo_the_prompt() {
     let r = w.post("/detokenize", &json!({"tokens": [1_000_000]}));
     assert_eq!(r.status, 400);
     assert_eq!(w.get("/nope").0, 404);
+    // A known route with the wrong method: 405 with a JSON error and `Allow`.
+    let (status, body) = w.get_json("/execute");
+    assert_eq!(status, 405);
+    assert_eq!(body["code"], "INVALID_REQUEST", "{body}");
 }
 
 #[test]
@@ -341,13 +361,20 @@ fn health_metrics_auth_and_correlation_ids() {
     assert_eq!(events[0].json()["correlation_id"], "corr-42");
     check_order(&events);
     assert!(w.logs().contains("corr-42"));
+    // The scheme is case-insensitive (RFC 7235); the key is not.
     let r = w.post_raw(
         "/tokenize",
         b"{\"content\":\"hi\"}",
-        &[("Authorization", "Bearer sekrit")],
+        &[("Authorization", "bearer sekrit")],
     );
     assert_eq!(r.status, 200);
     assert!(r.correlation_id.is_some());
+    let r = w.post_raw(
+        "/tokenize",
+        b"{\"content\":\"hi\"}",
+        &[("Authorization", "BEARER sekrit")],
+    );
+    assert_eq!(r.status, 200);
 }
 
 #[test]

@@ -213,7 +213,34 @@ fn unsupported_and_invalid_options_get_openai_errors() {
         (
             "/v1/chat/completions",
             json!({"messages": msgs, "max_tokens": "ten"}),
+            "max_tokens",
+        ),
+        // Errors name the field and the type expected, never the text given.
+        (
+            "/v1/chat/completions",
+            json!({"messages": "SECRET text"}),
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": ["SECRET text"]}),
+            "messages[0]",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "SECRET-KEY": 1}),
             "body",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logit_bias": {"SECRET": "SECRET"}}),
+            "logit_bias.*",
+        ),
+        // One stop-string limit for every route: 256 bytes.
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "stop": "s".repeat(257)}),
+            "stop",
         ),
         ("/v1/chat/completions", json!({"msgs": msgs}), "body"),
         (
@@ -246,7 +273,16 @@ fn unsupported_and_invalid_options_get_openai_errors() {
         assert_eq!(e["param"], param, "{body}: {}", r.text);
         assert!(!e["message"].as_str().unwrap().is_empty());
         assert!(e["code"].is_string());
+        assert!(!r.text.contains("SECRET"), "{body}: {}", r.text);
     }
+    // Keys given twice are refused, as on /execute.
+    let r = w.post_raw(
+        "/v1/completions",
+        br#"{"prompt": "x", "max_tokens": 1, "max_tokens": 2}"#,
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json["error"]["param"], "body", "{}", r.text);
     let r = w.post_raw("/v1/completions", b"{\"prompt\": ", &[]);
     assert_eq!(r.status, 400);
     assert_eq!(r.json["error"]["type"], "invalid_request_error");

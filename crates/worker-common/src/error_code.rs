@@ -11,6 +11,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The request body is larger than the worker accepts.
     PayloadTooLarge,
+    /// The request body did not arrive in time (at the minimum rate).
+    RequestTimeout,
     /// The job was cancelled (by `/cancel` or by its client going away).
     Cancelled,
     /// Every slot is busy and the wait queue is full.
@@ -29,10 +31,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::Cancelled,
         ErrorCode::QueueFull,
         ErrorCode::ContextFull,
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::QueueFull => "QUEUE_FULL",
             ErrorCode::ContextFull => "CONTEXT_FULL",
@@ -64,6 +68,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest | ErrorCode::ContextFull => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Cancelled => 499,
             ErrorCode::QueueFull | ErrorCode::ShuttingDown | ErrorCode::VramOom => 503,

@@ -9,11 +9,14 @@ use worker_tokenizer::TokenizerError;
 /// The request errors ([`Self::EmptyPrompt`], [`Self::PromptTooLong`], [`Self::TokenOutOfRange`],
 /// [`Self::Sampling`], [`Self::Tokenize`]) are returned by [`crate::Engine::submit`] before
 /// anything is queued; the others arrive as [`crate::Event::Error`] during generation.
+///
+/// Each message carries its cause and none chains it as a `source()` too, so a report that
+/// prints the chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The model could not be built (bad file, unsupported architecture, …).
     #[error("cannot load the model: {0}")]
-    Load(#[from] ModelError),
+    Load(ModelError),
     /// The tokenizer could not be built from the model's metadata.
     #[error("cannot build the tokenizer: {0}")]
     Tokenizer(TokenizerError),
@@ -45,7 +48,7 @@ pub enum EngineError {
     },
     /// The sampling configuration is invalid.
     #[error("invalid sampling configuration: {0}")]
-    Sampling(#[from] SamplingError),
+    Sampling(SamplingError),
     /// The engine configuration is unusable (zero slots, …).
     #[error("invalid engine configuration: {0}")]
     Config(String),
@@ -63,4 +66,16 @@ pub enum EngineError {
     /// The engine shut down before the request finished.
     #[error("the engine shut down before the request finished")]
     ShutDown,
+}
+
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> Self {
+        EngineError::Load(e)
+    }
+}
+
+impl From<SamplingError> for EngineError {
+    fn from(e: SamplingError) -> Self {
+        EngineError::Sampling(e)
+    }
 }

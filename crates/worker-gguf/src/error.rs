@@ -6,17 +6,19 @@ use std::path::PathBuf;
 use crate::types::GgmlType;
 
 /// Everything that can go wrong reading, writing or interpreting a GGUF file.
+///
+/// Each message carries its cause and none chains it as a `source()` too, so a report that
+/// prints the chain (`{:#}` of anyhow) says it once.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)]
 pub enum GgufError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("write failed: {0}")]
-    Write(#[source] std::io::Error),
+    Write(std::io::Error),
     #[error("not a GGUF file: magic at offset 0 is {found:02x?}, expected \"GGUF\"")]
     BadMagic { found: [u8; 4] },
     #[error("unsupported GGUF version {version} at offset 4 (supported: 2, 3)")]
@@ -98,6 +100,8 @@ pub enum GgufError {
     BadValue { key: String, reason: String },
     #[error("no tensor named {name:?}")]
     MissingTensor { name: String },
+    #[error("tensor {name:?} disagrees with the hyper-parameters: it {reason}")]
+    TensorMismatch { name: String, reason: String },
     #[error("{ty}: {reason}")]
     Quant { ty: GgmlType, reason: String },
     #[error("invalid input for the writer: {0}")]

@@ -35,9 +35,9 @@ impl GgufFile {
     /// Maps `path` and parses it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
-        let io_err = |source| GgufError::Io {
+        let io_err = |error| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(io_err)?;
         // SAFETY: the map is read-only and lives as long as `self`. Another process truncating

@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! let file = worker_gguf::GgufFile::open("model.gguf")?;
-//! let hp = worker_gguf::HyperParams::from_metadata(file.metadata())?;
+//! let hp = worker_gguf::HyperParams::from_file(&file)?;
 //! let (info, bytes) = file.tensor("token_embd.weight")?;
 //! let mut row = vec![0f32; info.row_len() as usize];
 //! let row_bytes = info.ty.bytes_for(info.row_len()).unwrap() as usize;
@@ -17,6 +17,7 @@
 //! unchecked count; every failure is a [`GgufError`] naming what and where.
 #![deny(missing_docs)]
 
+mod consistency;
 mod error;
 mod file;
 mod hparams;
@@ -26,6 +27,7 @@ mod types;
 mod value;
 mod writer;
 
+pub use consistency::HPARAM_LIMITS;
 pub use error::GgufError;
 pub use file::GgufFile;
 pub use hparams::{HyperParams, RopeScaling};

@@ -153,9 +153,9 @@ impl GgufWriter {
     /// place only once complete, so a failure never leaves a half-written model behind.
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<u64, GgufError> {
         let path = path.as_ref();
-        let io_err = |source| GgufError::Io {
+        let io_err = |error| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(format!(".tmp-{}", std::process::id()));

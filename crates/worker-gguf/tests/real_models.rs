@@ -10,7 +10,7 @@ use worker_testdata::{model, QWEN25, SMOLLM2};
 #[test]
 fn smollm2_hyper_parameters() {
     let f = GgufFile::open(model(SMOLLM2)).unwrap();
-    let hp = HyperParams::from_metadata(f.metadata()).unwrap();
+    let hp = HyperParams::from_file(&f).unwrap();
     assert_eq!(hp.architecture, "llama");
     assert_eq!(
         (hp.block_count, hp.embedding_length, hp.feed_forward_length),
@@ -36,7 +36,7 @@ fn smollm2_hyper_parameters() {
 #[test]
 fn qwen25_hyper_parameters() {
     let f = GgufFile::open(model(QWEN25)).unwrap();
-    let hp = HyperParams::from_metadata(f.metadata()).unwrap();
+    let hp = HyperParams::from_file(&f).unwrap();
     assert_eq!(hp.architecture, "qwen2");
     assert_eq!(
         (hp.block_count, hp.embedding_length, hp.feed_forward_length),

@@ -8,7 +8,10 @@ use std::time::Duration;
 use worker_common::{MemoryArchitecture, ReadyCallback};
 use worker_engine::{Engine, EngineConfig, KvType};
 
-use crate::{send_ready_callback, shutdown_signal, HttpError, ModelCard, Server, ServerConfig};
+use crate::{
+    send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, ModelCard, Server,
+    ServerConfig,
+};
 
 /// Flags of `serve` (llama-orch's worker contract). Every flag is also read from the
 /// environment variable named beside it.
@@ -66,6 +69,33 @@ pub struct ServeArgs {
     /// The model name clients see (default: the file name without `.gguf`).
     #[arg(long, env = "WORKER_MODEL_NAME")]
     pub model_name: Option<String>,
+    /// Seconds a client has to send a request's headers, from the accept (or, on a kept-alive
+    /// connection, from the request's first byte); then the connection is closed.
+    #[arg(long, env = "WORKER_HEADER_READ_TIMEOUT_SEC",
+          default_value_t = ConnectionLimits::default().header_read_timeout.as_secs())]
+    pub header_read_timeout_sec: u64,
+    /// Seconds a kept-alive connection may wait for its next request; then it is closed.
+    #[arg(long, env = "WORKER_IDLE_TIMEOUT_SEC",
+          default_value_t = ConnectionLimits::default().idle_timeout.as_secs())]
+    pub idle_timeout_sec: u64,
+    /// Seconds a request body may take, plus one for every --body-min-rate bytes received;
+    /// a slower body gets 408.
+    #[arg(long, env = "WORKER_BODY_READ_TIMEOUT_SEC",
+          default_value_t = ConnectionLimits::default().body_read_timeout.as_secs())]
+    pub body_read_timeout_sec: u64,
+    /// The minimum upload rate of a request body, in bytes per second.
+    #[arg(long, env = "WORKER_BODY_MIN_RATE",
+          default_value_t = ConnectionLimits::default().body_min_rate)]
+    pub body_min_rate: u64,
+    /// Most HTTP connections open at once; a connection beyond it is closed on accept.
+    #[arg(long, env = "WORKER_MAX_CONNECTIONS",
+          default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+}
+
+/// A timeout flag: whole seconds, at least one.
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s.max(1))
 }
 
 fn parse_kv_type(s: &str) -> Result<KvType, String> {
@@ -97,6 +127,13 @@ impl ServeArgs {
             inference_timeout: Duration::from_secs(self.inference_timeout_sec.max(1)),
             max_queue: self.max_queue,
             body_limit: self.body_limit,
+            limits: ConnectionLimits {
+                header_read_timeout: secs(self.header_read_timeout_sec),
+                idle_timeout: secs(self.idle_timeout_sec),
+                body_read_timeout: secs(self.body_read_timeout_sec),
+                body_min_rate: self.body_min_rate.max(1),
+                max_connections: self.max_connections.max(1),
+            },
             ..ServerConfig::default()
         }
     }

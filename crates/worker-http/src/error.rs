@@ -6,12 +6,12 @@ use worker_common::ErrorCode;
 use worker_engine::EngineError;
 
 /// What can go wrong setting up or running the server (request errors are responses, not
-/// [`HttpError`]s).
+/// [`HttpError`]s). Messages carry their cause; none chains it as a `source()` too.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// Binding or serving failed.
     #[error("server I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The model's metadata lacks what the server reports about it.
     #[error("model metadata: {0}")]
     Model(String),
@@ -23,6 +23,12 @@ pub enum HttpError {
         /// Why it failed.
         reason: String,
     },
+}
+
+impl From<std::io::Error> for HttpError {
+    fn from(e: std::io::Error) -> Self {
+        HttpError::Io(e)
+    }
 }
 
 /// One field that failed validation.
@@ -72,9 +78,16 @@ impl ApiError {
     }
 
     pub fn invalid(errors: Vec<FieldError>) -> Self {
+        // Messages that open with their field name ("top_p must be …") stand alone.
         let message = errors
             .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
+            .map(|e| {
+                if e.message.starts_with(&e.field) {
+                    e.message.clone()
+                } else {
+                    format!("{}: {}", e.field, e.message)
+                }
+            })
             .collect::<Vec<_>>()
             .join("; ");
         ApiError {

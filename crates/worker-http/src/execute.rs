@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::metrics::{Outcome, Route};
 use crate::middleware::CorrelationId;
 use crate::state::{AppState, Running, Step};
-use crate::validate::Fields;
+use crate::validate::{Fields, Rules};
 use crate::{json, time};
 
 /// The fields `/execute` accepts.
@@ -50,18 +50,19 @@ const EXECUTE_FIELDS: &[&str] = &[
 pub(crate) const MAX_PROMPT_CHARS: usize = 4 << 20;
 
 /// A validated `/execute` body.
-struct ExecuteRequest {
+pub(crate) struct ExecuteRequest {
     job_id: String,
     request: GenerationRequest,
 }
 
-fn parse_execute(state: &AppState, bytes: &[u8]) -> Result<ExecuteRequest, ApiError> {
+/// Parses and validates an `/execute` body.
+pub(crate) fn parse_execute(rules: &Rules<'_>, bytes: &[u8]) -> Result<ExecuteRequest, ApiError> {
     let obj = json::object(bytes)?;
     let mut f = Fields::new(&obj);
     f.deny_unknown(EXECUTE_FIELDS);
     let job_id = f.required_string("job_id", 256);
     let prompt = f.required_string("prompt", MAX_PROMPT_CHARS);
-    let max_out = state.config.max_tokens_out as u64;
+    let max_out = rules.max_tokens_out as u64;
     let max_tokens = f.uint("max_tokens", 1, max_out).unwrap_or(max_out);
     let d = SamplingConfig::default();
     let sampling = SamplingConfig {
@@ -99,7 +100,7 @@ fn parse_execute(state: &AppState, bytes: &[u8]) -> Result<ExecuteRequest, ApiEr
             .unwrap_or_else(crate::routes::fresh_seed),
         ..d
     };
-    let stop = f.stop("stop", 4);
+    let stop = f.stop("stop");
     f.finish()?;
     let (Some(job_id), Some(prompt)) = (job_id, prompt) else {
         return Err(ApiError::new(
@@ -124,7 +125,7 @@ pub(crate) async fn execute(
     Extension(correlation): Extension<CorrelationId>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let parsed = json::body_bytes(body).and_then(|b| parse_execute(&state, &b));
+    let parsed = json::body_bytes(body).and_then(|b| parse_execute(&state.rules(), &b));
     let ExecuteRequest { job_id, request } = match parsed {
         Ok(p) => p,
         Err(e) => {
@@ -275,20 +276,21 @@ fn rate(n: usize, ms: f64) -> f64 {
     }
 }
 
+/// Parses a `/cancel` body: the job id.
+pub(crate) fn parse_cancel(bytes: &[u8]) -> Result<String, ApiError> {
+    let obj = json::object(bytes)?;
+    let mut f = Fields::new(&obj);
+    f.deny_unknown(&["job_id"]);
+    let id = f.required_string("job_id", 256);
+    f.finish().map(|()| id.unwrap_or_default())
+}
+
 /// `POST /cancel {job_id}`: 202 whether or not the job still runs.
 pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let job_id = json::body_bytes(body)
-        .and_then(|b| json::object(&b))
-        .and_then(|obj| {
-            let mut f = Fields::new(&obj);
-            f.deny_unknown(&["job_id"]);
-            let id = f.required_string("job_id", 256);
-            f.finish().map(|()| id.unwrap_or_default())
-        });
-    match job_id {
+    match json::body_bytes(body).and_then(|b| parse_cancel(&b)) {
         Err(e) => e.into_response(),
         Ok(job_id) => {
             let running = state.cancel(&job_id);

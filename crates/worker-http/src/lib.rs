@@ -24,14 +24,17 @@
 
 mod callback;
 mod cli;
+mod conn;
 mod error;
 mod execute;
 mod json;
+mod limits;
 mod metrics;
 mod middleware;
 mod model;
 mod openai;
 mod routes;
+mod schema;
 mod state;
 mod time;
 mod validate;
@@ -39,6 +42,7 @@ mod validate;
 pub use callback::send_ready_callback;
 pub use cli::{run, run_blocking, ServeArgs, WorkerKind};
 pub use error::HttpError;
+pub use limits::ConnectionLimits;
 pub use model::ModelCard;
 pub use routes::{shutdown_signal, Server};
 pub use state::ServerConfig;

@@ -55,9 +55,10 @@ impl Outcome {
         match code {
             ErrorCode::Cancelled => Outcome::Cancelled,
             ErrorCode::Timeout => Outcome::Timeout,
-            ErrorCode::InvalidRequest | ErrorCode::ContextFull | ErrorCode::PayloadTooLarge => {
-                Outcome::Invalid
-            }
+            ErrorCode::InvalidRequest
+            | ErrorCode::ContextFull
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::RequestTimeout => Outcome::Invalid,
             ErrorCode::QueueFull | ErrorCode::ShuttingDown | ErrorCode::Unauthorized => {
                 Outcome::Rejected
             }
@@ -124,6 +125,9 @@ pub(crate) struct Metrics {
     generated_tokens: AtomicU64,
     ttft: Histogram,
     itl: Histogram,
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_timed_out: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -134,6 +138,9 @@ impl Default for Metrics {
             generated_tokens: AtomicU64::new(0),
             ttft: Histogram::new(&TTFT_BOUNDS),
             itl: Histogram::new(&ITL_BOUNDS),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_timed_out: AtomicU64::new(0),
         }
     }
 }
@@ -160,6 +167,24 @@ impl Metrics {
             .fetch_add(prompt as u64, Ordering::Relaxed);
         self.generated_tokens
             .fetch_add(generated as u64, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed as it was accepted: the cap was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed for waiting too long for a request or its headers.
+    pub fn connection_timed_out(&self) {
+        self.connections_timed_out.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn observe_ttft(&self, d: Duration) {
@@ -213,6 +238,16 @@ impl Metrics {
                 "worker_kv_cache_evictions_total",
                 "Cached KV blocks reclaimed for new ones.",
                 kv.evictions,
+            ),
+            (
+                "worker_connections_refused_total",
+                "Connections closed on accept because the connection cap was reached.",
+                self.connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "worker_connections_timed_out_total",
+                "Connections closed for waiting past the header read or idle timeout.",
+                self.connections_timed_out.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in counters {
@@ -271,6 +306,11 @@ impl Metrics {
                 "worker_kv_cache_usage_ratio",
                 "Fraction of the KV pool held by requests (0-1).",
                 kv.blocks_used as f64 / kv.blocks_total.max(1) as f64,
+            ),
+            (
+                "worker_connections_open",
+                "HTTP connections open.",
+                self.connections_open.load(Ordering::Relaxed) as f64,
             ),
         ];
         for (name, help, v) in gauges {

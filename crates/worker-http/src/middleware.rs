@@ -65,6 +65,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive and
+/// may be followed by several spaces (RFC 7235 section 2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 /// Requires `Authorization: Bearer <api key>` on every route but `/health`, when a key is set.
 pub(crate) async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(key) = state.config.api_key.as_deref() else {
@@ -77,7 +86,7 @@ pub(crate) async fn auth(State(state): State<Arc<AppState>>, req: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         return next.run(req).await;
@@ -107,6 +116,17 @@ mod tests {
         assert!(!eq(b"", b"x"));
         assert!(eq(b"", b""));
         assert!(super::usable("abc-123"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        use super::bearer_token as token;
+        for v in ["Bearer k", "bearer k", "BEARER k", "bEaReR   k"] {
+            assert_eq!(token(v), Some("k"), "{v}");
+        }
+        assert_eq!(token("Basic k"), None);
+        assert_eq!(token("Bearerk"), None);
+        assert_eq!(token("Bearer"), None);
         assert!(!super::usable("a b"));
     }
 }

@@ -40,7 +40,7 @@ impl ModelCard {
         info: &EngineInfo,
     ) -> Result<ModelCard, HttpError> {
         let md = file.metadata();
-        HyperParams::from_metadata(md).map_err(|e| HttpError::Model(e.to_string()))?;
+        HyperParams::from_file(file).map_err(|e| HttpError::Model(e.to_string()))?;
         let mut by_type: HashMap<&'static str, u64> = HashMap::new();
         let mut weights = 0u64;
         for t in file.tensors() {
@@ -63,8 +63,8 @@ impl ModelCard {
                 .and_then(|tokens| tokens.get(id as usize).cloned())
                 .unwrap_or_default()
         };
-        let chat_template = ChatTemplate::from_gguf(md)
-            .map_err(|e| HttpError::Model(format!("chat template: {e}")))?;
+        let chat_template =
+            ChatTemplate::from_gguf(md).map_err(|e| HttpError::Model(e.to_string()))?;
         Ok(ModelCard {
             id: id.into(),
             quant_kind,

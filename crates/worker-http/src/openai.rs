@@ -1,11 +1,8 @@
 //! The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
 //!
-//! Requests are typed serde structs that refuse unknown fields; options we do not implement
-//! (`n` > 1, tools, `response_format` other than text, `echo`, `best_of`, `suffix`) are refused
-//! with OpenAI's error shape rather than ignored. Streaming answers are `data: {chunk}` lines
-//! ending with `data: [DONE]`.
+//! Requests are parsed and validated in [`request`]; this module runs them and answers.
+//! Streaming answers are `data: {chunk}` lines ending with `data: [DONE]`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -16,11 +13,10 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{self, Stream};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
-use worker_common::{ErrorCode, SamplingConfig};
-use worker_engine::{Completion, GenerationRequest, StopReason, TokenEvent};
-use worker_tokenizer::{ChatContext, ChatMessage};
+use worker_common::ErrorCode;
+use worker_engine::{Completion, StopReason, TokenEvent};
 
 use crate::error::ApiError;
 use crate::metrics::{Outcome, Route};
@@ -28,201 +24,9 @@ use crate::middleware::CorrelationId;
 use crate::state::{AppState, Running, Step};
 use crate::{json, time};
 
-/// `stop`: one string or several.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StopField {
-    One(String),
-    Many(Vec<String>),
-}
+mod request;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
-}
-
-/// A content part of a chat message; only text is supported.
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct MessageIn {
-    role: String,
-    #[serde(default)]
-    content: Option<Content>,
-    #[serde(default)]
-    name: Option<String>,
-}
-
-/// Sampling and limits both routes share.
-#[derive(Debug)]
-struct Common {
-    model: Option<String>,
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    min_p: Option<f32>,
-    repetition_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    stop: Option<StopField>,
-    seed: Option<u64>,
-    n: Option<u32>,
-    logit_bias: Option<HashMap<String, f32>>,
-    user: Option<String>,
-}
-
-/// `POST /v1/chat/completions` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChatRequest {
-    messages: Vec<MessageIn>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    logprobs: Option<bool>,
-    #[serde(default)]
-    top_logprobs: Option<u32>,
-    #[serde(default)]
-    tools: Option<Value>,
-    #[serde(default)]
-    tool_choice: Option<Value>,
-    #[serde(default)]
-    functions: Option<Value>,
-    #[serde(default)]
-    function_call: Option<Value>,
-    #[serde(default)]
-    parallel_tool_calls: Option<Value>,
-    #[serde(default)]
-    response_format: Option<Value>,
-    // serde's `flatten` cannot be combined with `deny_unknown_fields`, so the shared fields
-    // are repeated here and copied into `Common` by hand.
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    top_k: Option<u32>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repetition_penalty: Option<f32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    stop: Option<StopField>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    n: Option<u32>,
-    #[serde(default)]
-    logit_bias: Option<HashMap<String, f32>>,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-/// `prompt` of `/v1/completions`: a string or a one-element array of strings.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PromptField {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// `POST /v1/completions` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompletionRequest {
-    prompt: PromptField,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    logprobs: Option<u32>,
-    #[serde(default)]
-    echo: Option<bool>,
-    #[serde(default)]
-    best_of: Option<u32>,
-    #[serde(default)]
-    suffix: Option<String>,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    top_k: Option<u32>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repetition_penalty: Option<f32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    stop: Option<StopField>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    n: Option<u32>,
-    #[serde(default)]
-    logit_bias: Option<HashMap<String, f32>>,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-macro_rules! common_of {
-    ($r:expr) => {
-        Common {
-            model: $r.model.take(),
-            stream: $r.stream,
-            stream_options: $r.stream_options.take(),
-            temperature: $r.temperature,
-            top_p: $r.top_p,
-            top_k: $r.top_k,
-            min_p: $r.min_p,
-            repetition_penalty: $r.repetition_penalty,
-            presence_penalty: $r.presence_penalty,
-            frequency_penalty: $r.frequency_penalty,
-            stop: $r.stop.take(),
-            seed: $r.seed,
-            n: $r.n,
-            logit_bias: $r.logit_bias.take(),
-            user: $r.user.take(),
-        }
-    };
-}
+use request::Prepared;
 
 #[derive(Debug, Serialize)]
 struct Usage {
@@ -247,113 +51,6 @@ fn usage(c: &Completion) -> Usage {
             cached_tokens: c.timings.cached_tokens,
         },
     }
-}
-
-fn invalid(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::field(param, "supported value", message).openai()
-}
-
-fn unsupported(param: &str) -> ApiError {
-    invalid(param, format!("{param} is not supported by this worker"))
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
-    json::object(bytes).map_err(ApiError::openai)?;
-    serde_json::from_slice(bytes).map_err(|e| {
-        let message = e.to_string();
-        // serde names the field in its message; keep the message, drop line/column noise.
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_string();
-        ApiError::field("body", "OpenAI request schema", message).openai()
-    })
-}
-
-/// What the two routes share once the prompt is known.
-struct Prepared {
-    request: GenerationRequest,
-    stream: bool,
-    include_usage: bool,
-}
-
-fn prepare(
-    state: &AppState,
-    common: Common,
-    prompt: String,
-    max_tokens: Option<u64>,
-    logprobs: Option<usize>,
-) -> Result<Prepared, ApiError> {
-    if common.n.is_some_and(|n| n != 1) {
-        return Err(invalid("n", "only n = 1 is supported"));
-    }
-    let _ = (&common.model, &common.user);
-    let max_out = state.config.max_tokens_out as u64;
-    let max_tokens = match max_tokens {
-        Some(0) => return Err(invalid("max_tokens", "max_tokens must be at least 1")),
-        Some(m) if m > max_out => {
-            return Err(invalid(
-                "max_tokens",
-                format!("max_tokens must be at most {max_out}"),
-            ))
-        }
-        Some(m) => m,
-        None => max_out,
-    };
-    let stop = match common.stop {
-        None => Vec::new(),
-        Some(StopField::One(s)) => vec![s],
-        Some(StopField::Many(v)) => v,
-    };
-    if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(invalid("stop", "stop takes at most 4 non-empty strings"));
-    }
-    let mut logit_bias = Vec::new();
-    for (k, v) in common.logit_bias.unwrap_or_default() {
-        let id: u32 = k
-            .parse()
-            .map_err(|_| invalid("logit_bias", "logit_bias keys must be token ids"))?;
-        if !(-100.0..=100.0).contains(&v) {
-            return Err(invalid(
-                "logit_bias",
-                "logit_bias values must be in [-100, 100]",
-            ));
-        }
-        logit_bias.push((id, v));
-    }
-    let d = SamplingConfig::default();
-    // OpenAI's defaults: temperature 1, top_p 1, no top-k or min-p cut unless asked.
-    let sampling = SamplingConfig {
-        temperature: common.temperature.unwrap_or(1.0),
-        top_p: common.top_p.unwrap_or(1.0),
-        top_k: common.top_k.unwrap_or(0),
-        min_p: common.min_p.unwrap_or(0.0),
-        repetition_penalty: common.repetition_penalty.unwrap_or(d.repetition_penalty),
-        presence_penalty: common.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: common.frequency_penalty.unwrap_or(0.0),
-        logit_bias,
-        seed: common.seed.unwrap_or_else(crate::routes::fresh_seed),
-        ..d
-    };
-    if sampling.temperature > 2.0 {
-        return Err(invalid("temperature", "temperature must be in [0, 2]"));
-    }
-    if let Err(e) = sampling.validate() {
-        return Err(invalid(e.field().unwrap_or("sampling"), e.to_string()));
-    }
-    let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
-    Ok(Prepared {
-        request: GenerationRequest {
-            sampling,
-            max_tokens: Some(max_tokens as usize),
-            stop,
-            logprobs,
-            ..GenerationRequest::new(prompt)
-        },
-        stream: common.stream,
-        include_usage,
-    })
 }
 
 fn finish_reason(c: &Completion) -> &'static str {
@@ -386,108 +83,12 @@ pub(crate) async fn chat_completions(
     let route = Route::ChatCompletions;
     let prepared = json::body_bytes(body)
         .map_err(ApiError::openai)
-        .and_then(|b| parse::<ChatRequest>(&b))
-        .and_then(|mut r| {
-            for (name, given) in [
-                ("tools", r.tools.is_some()),
-                ("tool_choice", r.tool_choice.is_some()),
-                ("functions", r.functions.is_some()),
-                ("function_call", r.function_call.is_some()),
-                ("parallel_tool_calls", r.parallel_tool_calls.is_some()),
-            ] {
-                if given {
-                    return Err(unsupported(name));
-                }
-            }
-            if let Some(f) = &r.response_format {
-                if f.get("type").and_then(Value::as_str) != Some("text") {
-                    return Err(invalid(
-                        "response_format",
-                        "only response_format {\"type\": \"text\"} is supported",
-                    ));
-                }
-            }
-            if r.max_tokens.is_some() && r.max_completion_tokens.is_some() {
-                return Err(invalid(
-                    "max_tokens",
-                    "give max_tokens or max_completion_tokens, not both",
-                ));
-            }
-            let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
-                (_, Some(n)) if n > 20 => {
-                    return Err(invalid("top_logprobs", "top_logprobs must be in [0, 20]"))
-                }
-                (false, Some(_)) => {
-                    return Err(invalid("top_logprobs", "top_logprobs needs logprobs: true"))
-                }
-                (true, n) => Some(n.unwrap_or(0) as usize),
-                (false, None) => None,
-            };
-            let prompt = render_chat(&state, &r.messages)?;
-            let max = r.max_completion_tokens.or(r.max_tokens);
-            prepare(&state, common_of!(r), prompt, max, logprobs)
-        });
+        .and_then(|b| request::parse_chat(&state.rules(), &b));
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return reject(&state, route, e),
     };
     run(state, route, Kind::Chat, correlation, prepared).await
-}
-
-fn render_chat(state: &AppState, messages: &[MessageIn]) -> Result<String, ApiError> {
-    if messages.is_empty() {
-        return Err(invalid("messages", "messages must not be empty"));
-    }
-    let Some(template) = &state.card.chat_template else {
-        return Err(invalid(
-            "messages",
-            "the model has no chat template; use /v1/completions",
-        ));
-    };
-    let mut out = Vec::with_capacity(messages.len());
-    for m in messages {
-        if !matches!(
-            m.role.as_str(),
-            "system" | "developer" | "user" | "assistant" | "tool"
-        ) {
-            return Err(invalid(
-                "messages",
-                "role must be system, developer, user, assistant or tool",
-            ));
-        }
-        let _ = &m.name;
-        let content = match &m.content {
-            None => String::new(),
-            Some(Content::Text(s)) => s.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut s = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => s.push_str(t),
-                        _ => {
-                            return Err(invalid(
-                                "messages",
-                                "only text content parts are supported",
-                            ))
-                        }
-                    }
-                }
-                s
-            }
-        };
-        out.push(ChatMessage::new(m.role.clone(), content));
-    }
-    let ctx = ChatContext {
-        add_generation_prompt: true,
-        bos_token: state.card.bos_text.clone(),
-        eos_token: state.card.eos_text.clone(),
-    };
-    template.render(&out, &ctx).map_err(|e| {
-        invalid(
-            "messages",
-            format!("the chat template refused the messages: {e}"),
-        )
-    })
 }
 
 /// `POST /v1/completions`.
@@ -499,29 +100,7 @@ pub(crate) async fn completions(
     let route = Route::Completions;
     let prepared = json::body_bytes(body)
         .map_err(ApiError::openai)
-        .and_then(|b| parse::<CompletionRequest>(&b))
-        .and_then(|mut r| {
-            if r.echo == Some(true) {
-                return Err(unsupported("echo"));
-            }
-            if r.best_of.is_some_and(|b| b != 1) {
-                return Err(unsupported("best_of"));
-            }
-            if r.suffix.is_some() {
-                return Err(unsupported("suffix"));
-            }
-            if r.logprobs.is_some_and(|n| n > 5) {
-                return Err(invalid("logprobs", "logprobs must be in [0, 5]"));
-            }
-            let prompt = match std::mem::replace(&mut r.prompt, PromptField::Many(Vec::new())) {
-                PromptField::One(p) => p,
-                PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
-                PromptField::Many(_) => return Err(invalid("prompt", "prompt must be one string")),
-            };
-            let logprobs = r.logprobs.map(|n| n as usize);
-            let max = r.max_tokens.or(Some(16));
-            prepare(&state, common_of!(r), prompt, max, logprobs)
-        });
+        .and_then(|b| request::parse_completion(&state.rules(), &b));
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return reject(&state, route, e),

@@ -1,7 +1,7 @@
 //! The router, the small routes (`/health`, `/metrics`, `/tokenize`, `/detokenize`,
 //! `/v1/models`) and the server's life cycle (serve, drain, stop).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,8 +22,8 @@ use crate::error::ApiError;
 use crate::metrics::Gauges;
 use crate::model::ModelCard;
 use crate::state::{AppState, ServerConfig};
-use crate::validate::Fields;
-use crate::{execute, json, middleware, openai, HttpError};
+use crate::validate::{Fields, Rules};
+use crate::{conn, execute, json, middleware, openai, HttpError};
 
 /// After a shutdown signal, open streams get this long to end before the server stops
 /// anyway (the contract allows 5 s in all).
@@ -56,6 +56,7 @@ impl Server {
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/v1/completions", post(openai::completions))
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(state.config.body_limit))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
@@ -74,25 +75,24 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HttpError> {
         let state = self.state.clone();
-        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-        let graceful = async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut stopped = stop_rx.clone();
+        tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutdown requested: no new connections, ending open streams");
             state.begin_drain();
-            let _ = drained_tx.send(());
-        };
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(graceful)
-            .into_future();
+            let _ = stop_tx.send(true);
+        });
+        let server = conn::serve(listener, self.router(), self.state.clone(), stop_rx);
         let deadline = async move {
-            if drained_rx.await.is_ok() {
+            if stopped.wait_for(|s| *s).await.is_ok() {
                 tokio::time::sleep(DRAIN_GRACE).await;
             } else {
                 std::future::pending::<()>().await;
             }
         };
         tokio::select! {
-            result = server => result?,
+            () = server => {}
             () = deadline => tracing::warn!("streams still open after the grace period; stopping"),
         }
         Ok(())
@@ -138,9 +138,17 @@ pub(crate) fn fresh_seed() -> u64 {
 }
 
 async fn not_found() -> Response {
-    let mut e = ApiError::new(worker_common::ErrorCode::InvalidRequest, "no such route");
-    e.message = "no such route".into();
+    let e = ApiError::new(worker_common::ErrorCode::InvalidRequest, "no such route");
     (StatusCode::NOT_FOUND, Json(e.body())).into_response()
+}
+
+/// A known route asked with another method: 405 with a JSON body (axum adds `Allow`).
+async fn method_not_allowed() -> Response {
+    let e = ApiError::new(
+        worker_common::ErrorCode::InvalidRequest,
+        "this route does not take that method",
+    );
+    (StatusCode::METHOD_NOT_ALLOWED, Json(e.body())).into_response()
 }
 
 /// `GET /health`: 200 while serving, 503 while draining.
@@ -209,9 +217,7 @@ async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let parsed = json::body_bytes(body)
-        .and_then(|b| json::object(&b))
-        .and_then(|obj| parse_tokenize(&obj));
+    let parsed = json::body_bytes(body).and_then(|b| parse_tokenize(&b));
     let (text, options) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -229,9 +235,10 @@ async fn tokenize(
     }
 }
 
-fn parse_tokenize(
-    obj: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(String, EncodeOptions), ApiError> {
+/// Parses a `/tokenize` body: the text and how to encode it.
+pub(crate) fn parse_tokenize(bytes: &[u8]) -> Result<(String, EncodeOptions), ApiError> {
+    let obj = json::object(bytes)?;
+    let obj = &obj;
     let mut f = Fields::new(obj);
     f.deny_unknown(&["content", "add_special", "parse_special"]);
     let content = match obj.get("content") {
@@ -258,37 +265,43 @@ fn parse_tokenize(
     Ok((content.unwrap_or_default(), options))
 }
 
+/// Parses a `/detokenize` body: token ids below the vocabulary size.
+pub(crate) fn parse_detokenize(rules: &Rules<'_>, bytes: &[u8]) -> Result<Vec<u32>, ApiError> {
+    let obj = json::object(bytes)?;
+    let mut f = Fields::new(&obj);
+    f.deny_unknown(&["tokens"]);
+    f.finish()?;
+    let vocab = rules.vocab_size as u64;
+    let constraint = format!("an array of token ids < {vocab}");
+    let bad = || {
+        ApiError::field(
+            "tokens",
+            &constraint,
+            format!("tokens must be {constraint}"),
+        )
+    };
+    let Some(serde_json::Value::Array(items)) = obj.get("tokens") else {
+        return Err(bad());
+    };
+    items
+        .iter()
+        .map(|v| v.as_u64().filter(|&id| id < vocab).map(|id| id as u32))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(bad)
+}
+
 /// `POST /detokenize {tokens}` → `{content}`.
 async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let vocab = state.info.vocab_size as u64;
+    let rules = state.rules();
     let result =
         json::body_bytes(body)
-            .and_then(|b| json::object(&b))
-            .and_then(|obj| {
-                let mut f = Fields::new(&obj);
-                f.deny_unknown(&["tokens"]);
-                f.finish()?;
-                let constraint = format!("an array of token ids < {vocab}");
-                let bad = || {
-                    ApiError::field(
-                        "tokens",
-                        &constraint,
-                        format!("tokens must be {constraint}"),
-                    )
-                };
-                let Some(serde_json::Value::Array(items)) = obj.get("tokens") else {
-                    return Err(bad());
-                };
-                let ids: Option<Vec<u32>> = items
-                    .iter()
-                    .map(|v| v.as_u64().filter(|&id| id < vocab).map(|id| id as u32))
-                    .collect();
-                let ids = ids.ok_or_else(bad)?;
+            .and_then(|b| parse_detokenize(&rules, &b))
+            .and_then(|ids| {
                 state.engine.tokenizer().decode(&ids, false).map_err(|_| {
-                    ApiError::field("tokens", &constraint, "the ids could not be decoded")
+                    ApiError::field("tokens", "decodable", "the ids could not be decoded")
                 })
             });
     match result {

@@ -14,8 +14,10 @@ use worker_engine::{
 };
 
 use crate::error::ApiError;
+use crate::limits::ConnectionLimits;
 use crate::metrics::{Metrics, Outcome, Route};
 use crate::model::ModelCard;
+use crate::validate::Rules;
 use crate::WorkerKind;
 
 /// Limits and options of the server.
@@ -35,6 +37,8 @@ pub struct ServerConfig {
     pub metrics_every: usize,
     /// What `/health` says the worker is (type, where its memory lives), when known.
     pub worker: Option<WorkerKind>,
+    /// Timeouts and the connection cap.
+    pub limits: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +51,7 @@ impl Default for ServerConfig {
             body_limit: 1 << 20,
             metrics_every: 16,
             worker: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -103,6 +108,17 @@ impl AppState {
             jobs: Mutex::new(HashMap::new()),
             inflight: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
+        }
+    }
+
+    /// What the request parsers need to know of this server and its model.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
+            max_tokens_out: self.config.max_tokens_out,
+            vocab_size: self.info.vocab_size,
+            chat_template: self.card.chat_template.as_ref(),
+            bos_text: &self.card.bos_text,
+            eos_text: &self.card.eos_text,
         }
     }
 

@@ -1,9 +1,55 @@
-//! Field-by-field validation of a JSON object, collecting every error. Messages name the
-//! field and its constraint and never repeat the value given (a value may be prompt text).
+//! Field-by-field validation of a JSON object, collecting every error, and the limits every
+//! route shares. Messages name the field and its constraint and never repeat the value
+//! given (a value may be prompt text), nor a key the request made up.
 
 use serde_json::{Map, Value};
+use worker_tokenizer::ChatTemplate;
 
 use crate::error::{ApiError, FieldError};
+
+/// Most stop strings one request may give, on every route.
+pub(crate) const MAX_STOPS: usize = 4;
+/// Longest stop string, in bytes, on every route.
+pub(crate) const MAX_STOP_BYTES: usize = 256;
+/// The stop rule in words.
+pub(crate) const STOP_CONSTRAINT: &str =
+    "a string or an array of at most 4 non-empty strings of at most 256 bytes each";
+
+/// Whether `stops` keep to [`MAX_STOPS`] and [`MAX_STOP_BYTES`] (and none is empty).
+pub(crate) fn stops_ok(stops: &[String]) -> bool {
+    stops.len() <= MAX_STOPS
+        && stops
+            .iter()
+            .all(|s| !s.is_empty() && s.len() <= MAX_STOP_BYTES)
+}
+
+/// Whether `text` (an error message about to go out) quotes a run of at least 8 bytes of one
+/// of `inputs` (request text).
+pub(crate) fn echoes<'a>(text: &str, inputs: impl Iterator<Item = &'a str> + Clone) -> bool {
+    const RUN: usize = 8;
+    text.char_indices().any(|(i, _)| {
+        let Some(window) = text.get(i..i + RUN) else {
+            return false;
+        };
+        inputs.clone().any(|input| input.contains(window))
+    })
+}
+
+/// What validating a request needs to know of the server and its model; the parsers take
+/// this rather than the whole server state, so tests and fuzz targets can run them alone.
+#[derive(Clone, Copy)]
+pub(crate) struct Rules<'a> {
+    /// Most tokens one request may generate (and the default).
+    pub max_tokens_out: usize,
+    /// Token ids below this are valid (`/detokenize`).
+    pub vocab_size: usize,
+    /// The model's chat template, if it has one.
+    pub chat_template: Option<&'a ChatTemplate>,
+    /// Text of the BOS token, for templates that print it.
+    pub bos_text: &'a str,
+    /// Text of the EOS token, for templates that print it.
+    pub eos_text: &'a str,
+}
 
 /// A JSON object being read into a typed request.
 pub(crate) struct Fields<'a> {
@@ -54,21 +100,27 @@ impl<'a> Fields<'a> {
         );
     }
 
-    /// Refuses fields not in `known`.
+    /// Refuses fields not in `known`, with one error naming how many there are and the
+    /// fields accepted; the unknown keys themselves are request text and are not repeated.
     pub fn deny_unknown(&mut self, known: &[&str]) {
-        let unknown: Vec<String> = self
+        let unknown = self
             .obj
             .keys()
             .filter(|k| !known.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        for k in unknown {
-            // The key is client text but not prompt text; cap it anyway.
-            let shown: String = k.chars().take(64).collect();
+            .count();
+        if unknown > 0 {
+            let what = if unknown == 1 {
+                "an unknown field".to_string()
+            } else {
+                format!("{unknown} unknown fields")
+            };
             self.fail(
-                &shown,
-                "known field",
-                format!("unknown field; expected one of {}", known.join(", ")),
+                "body",
+                "known fields",
+                format!(
+                    "the body has {what}; the accepted fields are {}",
+                    known.join(", ")
+                ),
             );
         }
     }
@@ -142,9 +194,10 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A string or an array of at most `max` non-empty strings.
-    pub fn stop(&mut self, name: &str, max: usize) -> Vec<String> {
-        let constraint = format!("a string or an array of at most {max} non-empty strings");
+    /// A string or an array of at most [`MAX_STOPS`] non-empty strings of at most
+    /// [`MAX_STOP_BYTES`] bytes.
+    pub fn stop(&mut self, name: &str) -> Vec<String> {
+        let (max, constraint) = (MAX_STOPS, STOP_CONSTRAINT);
         let Some(v) = self.get(name) else {
             return Vec::new();
         };
@@ -152,14 +205,14 @@ impl<'a> Fields<'a> {
             Value::String(_) => vec![v],
             Value::Array(a) => a.iter().collect(),
             _ => {
-                self.wrong_type(name, &constraint, v);
+                self.wrong_type(name, constraint, v);
                 return Vec::new();
             }
         };
         if items.len() > max {
             self.fail(
                 name,
-                &constraint,
+                constraint,
                 format!(
                     "{name} has {} entries, at most {max} are allowed",
                     items.len()
@@ -170,13 +223,14 @@ impl<'a> Fields<'a> {
         let mut out = Vec::new();
         for item in items {
             match item.as_str() {
-                Some(s) if !s.is_empty() && s.len() <= 256 => out.push(s.to_string()),
+                Some(s) if !s.is_empty() && s.len() <= MAX_STOP_BYTES => out.push(s.to_string()),
                 _ => {
                     self.fail(
                         name,
-                        &constraint,
+                        constraint,
                         format!(
-                            "every {name} entry must be a non-empty string of at most 256 bytes"
+                            "every {name} entry must be a non-empty string of at most \
+                             {MAX_STOP_BYTES} bytes"
                         ),
                     );
                     return Vec::new();
@@ -256,12 +310,26 @@ mod tests {
         check(
             r#"{"s": ["a","b","c","d","e"]}"#,
             |f| {
-                let _ = f.stop("s", 4);
+                let _ = f.stop("s");
             },
             &["s"],
         );
-        check(r#"{"s": "a"}"#, |f| assert_eq!(f.stop("s", 4), ["a"]), &[]);
-        check(r#"{"x": 1, "y": 2}"#, |f| f.deny_unknown(&["x"]), &["y"]);
+        check(r#"{"s": "a"}"#, |f| assert_eq!(f.stop("s"), ["a"]), &[]);
+        let long = format!(r#"{{"s": ["{}"]}}"#, "x".repeat(MAX_STOP_BYTES + 1));
+        check(&long, |f| assert!(f.stop("s").is_empty()), &["s"]);
+        check(r#"{"x": 1, "y": 2}"#, |f| f.deny_unknown(&["x"]), &["body"]);
+        let Value::Object(obj) = serde_json::from_str(r#"{"SECRET": 1, "x": 2}"#).unwrap() else {
+            panic!()
+        };
+        let mut f = Fields::new(&obj);
+        f.deny_unknown(&["y"]);
+        assert_eq!(f.errors.len(), 1);
+        assert!(!f.errors[0].message.contains("SECRET"), "{:?}", f.errors);
+        assert!(
+            f.errors[0].message.contains("2 unknown fields"),
+            "{:?}",
+            f.errors
+        );
         let Value::Object(obj) = serde_json::from_str(r#"{"p": ["secret prompt"]}"#).unwrap()
         else {
             panic!()
@@ -269,5 +337,23 @@ mod tests {
         let mut f = Fields::new(&obj);
         f.string("p", 10);
         assert!(!f.errors[0].message.contains("secret"));
+    }
+
+    #[test]
+    fn echoes_finds_quoted_runs() {
+        let inputs = ["my secret prompt", "x"];
+        assert!(echoes("refused: my secret prompt", inputs.iter().copied()));
+        assert!(echoes("refused: secret p…", inputs.iter().copied()));
+        assert!(!echoes("roles must alternate", inputs.iter().copied()));
+        assert!(!echoes("short", inputs.iter().copied()));
+        assert!(echoes("ünïcödé text", ["ïcödé"].iter().copied()));
+        assert!(!echoes("ünïcödé text", ["ïcö"].iter().copied()));
+    }
+
+    #[test]
+    fn the_stop_rule_in_words_is_the_rule() {
+        let words =
+            format!("at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_BYTES} bytes");
+        assert!(STOP_CONSTRAINT.contains(&words), "{STOP_CONSTRAINT}");
     }
 }

@@ -201,12 +201,14 @@ pub trait Model: Send {
 }
 
 /// Builds the adapter that `general.architecture` names, uploading its weights to `backend`.
+/// The hyper-parameters are checked against the file's tensors and sane bounds
+/// ([`HyperParams::from_file`]) before anything is allocated from them.
 pub fn load(
     file: &GgufFile,
     backend: &mut dyn ComputeBackend,
     opts: LoadOptions,
 ) -> Result<Box<dyn Model>, ModelError> {
-    let hp = HyperParams::from_metadata(file.metadata())?;
+    let hp = HyperParams::from_file(file)?;
     match hp.architecture.as_str() {
         "llama" => llama::load(file, hp, backend, opts),
         "qwen2" => qwen2::load(file, hp, backend, opts),

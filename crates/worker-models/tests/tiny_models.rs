@@ -124,7 +124,13 @@ fn wrong_shape_is_named() {
         skip: None,
         reshape: Some(("blk.0.attn_k.weight", vec![D, D])),
     });
-    assert!(matches!(e, ModelError::WrongShape { ref name, .. } if name == "blk.0.attn_k.weight"));
+    // Caught before the upload, where the attention sizes are checked against the tensors.
+    assert!(e.to_string().contains("blk.0.attn_k.weight"), "{e}");
+    assert!(matches!(
+        e,
+        ModelError::Gguf(worker_gguf::GgufError::TensorMismatch { ref name, .. })
+            if name == "blk.0.attn_k.weight"
+    ));
 }
 
 #[test]

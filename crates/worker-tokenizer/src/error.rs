@@ -2,11 +2,14 @@
 
 /// Everything that can go wrong while loading a tokenizer, encoding, decoding or rendering a
 /// chat template. Nothing in this crate panics on bad input; it returns one of these.
+///
+/// Each message carries its cause and none chains it as a `source()` too, so a report that
+/// prints the chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     /// A GGUF metadata key is missing or has the wrong type.
     #[error("tokenizer metadata: {0}")]
-    Gguf(#[from] worker_gguf::GgufError),
+    Gguf(worker_gguf::GgufError),
     /// `tokenizer.ggml.model` names a tokenizer we do not implement.
     #[error("unsupported tokenizer model {0:?} (supported: \"gpt2\", \"llama\")")]
     UnsupportedModel(String),
@@ -37,16 +40,22 @@ pub enum TokenizerError {
     #[error("tokenizer.json: {0}")]
     Hf(String),
     /// Reading a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// The IO error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A chat template failed to parse or render.
     #[error("chat template: {0}")]
     Template(String),
+}
+
+impl From<worker_gguf::GgufError> for TokenizerError {
+    fn from(e: worker_gguf::GgufError) -> Self {
+        TokenizerError::Gguf(e)
+    }
 }
 
 impl TokenizerError {

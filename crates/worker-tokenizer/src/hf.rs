@@ -40,9 +40,9 @@ impl HfTokenizer {
     /// Loads `tokenizer.json` at `path`, and `tokenizer_config.json` beside it if it exists.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+        let bytes = std::fs::read(path).map_err(|error| TokenizerError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let cfg_path = path.with_file_name("tokenizer_config.json");
         let config = match std::fs::read(&cfg_path) {

@@ -244,6 +244,15 @@ impl Worker {
         text
     }
 
+    /// The value of an unlabelled metric.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -383,4 +392,62 @@ pub fn generate_text(prompt: &str, max_tokens: usize) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON line")
+}
+
+/// Raw connections to the worker, for clients that misbehave on purpose.
+impl Worker {
+    /// The `host:port` the worker listens on.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// A new TCP connection that has sent `bytes` (possibly nothing, or half a request).
+    pub fn raw(&self, bytes: &[u8]) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(self.addr()).expect("connect");
+        s.write_all(bytes).expect("write");
+        s
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+    }
+}
+
+/// Reads what the server sends until it closes the connection or `timeout` passes; returns
+/// the bytes and whether it was closed.
+pub fn read_until_closed(s: &mut std::net::TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (out, false);
+        }
+        let _ = s.set_read_timeout(Some(left.min(Duration::from_millis(200))));
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// The status and JSON body of a raw HTTP/1.1 response (`Content-Length` framed).
+pub fn parse_response(bytes: &[u8]) -> Option<(u16, Value)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
