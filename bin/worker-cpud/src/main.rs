@@ -119,6 +119,7 @@ fn check(args: &ModelArg) -> anyhow::Result<()> {
         slots: 1,
         context: 16,
         max_batch: 1,
+        ..EngineConfig::default()
     };
     let name = args.model.display().to_string();
     serve::load(&file, &args.model, CpuConfig::default(), config, name)?;

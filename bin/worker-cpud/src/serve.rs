@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use worker_common::MemoryArchitecture;
 use worker_compute::{CpuBackend, CpuConfig};
-use worker_engine::Engine;
+use worker_engine::{Engine, EngineConfig};
 use worker_gguf::GgufFile;
 use worker_http::{ModelCard, ServeArgs, WorkerKind};
 
