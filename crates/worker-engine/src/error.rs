@@ -11,9 +11,11 @@ use worker_tokenizer::TokenizerError;
 /// anything is queued; the others arrive as [`crate::Event::Error`] during generation.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The model could not be built (bad file, unsupported architecture, …).
+    /// The model could not be built (bad file, unsupported architecture, …). The cause is
+    /// in the message and deliberately not also a `source()`: a report that prints the
+    /// chain (`{:#}`) would say it twice.
     #[error("cannot load the model: {0}")]
-    Load(#[from] ModelError),
+    Load(ModelError),
     /// The tokenizer could not be built from the model's metadata.
     #[error("cannot build the tokenizer: {0}")]
     Tokenizer(TokenizerError),
@@ -45,7 +47,7 @@ pub enum EngineError {
     },
     /// The sampling configuration is invalid.
     #[error("invalid sampling configuration: {0}")]
-    Sampling(#[from] SamplingError),
+    Sampling(SamplingError),
     /// The engine configuration is unusable (zero slots, …).
     #[error("invalid engine configuration: {0}")]
     Config(String),
@@ -63,4 +65,33 @@ pub enum EngineError {
     /// The engine shut down before the request finished.
     #[error("the engine shut down before the request finished")]
     ShutDown,
+}
+
+impl From<ModelError> for EngineError {
+    fn from(e: ModelError) -> Self {
+        EngineError::Load(e)
+    }
+}
+
+impl From<SamplingError> for EngineError {
+    fn from(e: SamplingError) -> Self {
+        EngineError::Sampling(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `worker-cpud` prints errors with their chain; a cause both in the message and as the
+    /// source printed `unsupported architecture "gemma3" …` twice.
+    #[test]
+    fn causes_are_said_once() {
+        let e = EngineError::from(ModelError::UnsupportedArchitecture {
+            arch: "mamba".into(),
+            supported: "llama".into(),
+        });
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.to_string().matches("\"mamba\"").count(), 1, "{e}");
+    }
 }
