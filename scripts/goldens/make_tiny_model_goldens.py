@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Reference logits for the tiny random-weight phi3 and gpt2 models, from llama.cpp.
+"""Reference logits for the tiny random-weight phi3, gpt2 and qwen3 models, from llama.cpp.
 
 What it does:
 1. Writes the tiny models with the worker's own GGUF writer
    (`cargo run -p worker-models --example write_tiny_models -- DIR`; the same bytes the Rust
    tests build in memory, from `crates/worker-models/tests/support/tiny_arch.rs`), on
-   llama.cpp's real gpt-2 and phi-3 vocabularies. Or reads them from `--models-dir`.
+   llama.cpp's real gpt-2, phi-3 and qwen2 vocabularies. Or reads them from `--models-dir`.
 2. Runs each through llama.cpp (llama-cpp-python 0.3.36, CPU, `logits_all=True`, f32 KV
    cache) on a few fixed token-id prompts.
 3. Also runs an independent numpy float64 forward pass over gguf-py's dequantized weights
@@ -41,7 +41,7 @@ GGUF_VERSION = "0.19.0"
 LLAMA_CPP_VERSION = "0.3.36"
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "tests" / "golden" / "tiny"
-ARCHS = ["phi3", "gpt2"]
+ARCHS = ["phi3", "gpt2", "qwen3"]
 TOP_K = 10
 N_SUBSAMPLE = 256
 
@@ -50,10 +50,13 @@ N_SUBSAMPLE = 256
 PROMPT_PIECES = {
     "gpt2": ["Hello", "Ġworld", ",", "Ġthis", "Ġis", "Ġa", "Ġtest", "."],
     "phi3": ["<s>", "▁Hello", "▁world", ",", "▁this", "▁is", "▁a", "▁test", "."],
+    "qwen3": ["<|im_start|>", "user", "Ċ", "Hello", "Ġworld", ",", "Ġthis", "Ġis", "Ġa",
+              "Ġtest", "."],
 }
 RAW_PROMPTS = {
     "gpt2": [50256, 0, 1, 50000, 31337, 42, 198, 50255],
     "phi3": [1, 32000, 32010, 0, 2, 31999, 12345, 13],
+    "qwen3": [151643, 0, 1, 151000, 31337, 42, 198, 100000],
 }
 N_LONG = 24
 
@@ -123,7 +126,7 @@ def numpy_forward(path: Path):
     n_kv = int(field(f"{arch}.attention.head_count_kv", n_head))
     d = int(field(f"{arch}.embedding_length"))
     ff = int(field(f"{arch}.feed_forward_length"))
-    hd = d // n_head
+    hd = int(field(f"{arch}.attention.key_length", d // n_head))
     emb = w("token_embd.weight")
     out_w = w("output.weight") if "output.weight" in tensors else emb
 
@@ -200,6 +203,41 @@ def numpy_forward(path: Path):
                 h = gelu(lin(ln(x, p + "ffn_norm"), p + "ffn_up"))
                 x = x + lin(h, p + "ffn_down")
             return ln(x, "output_norm") @ out_w.T
+    elif arch == "qwen3":
+        eps = float(field("qwen3.attention.layer_norm_rms_epsilon"))
+        base = float(field("qwen3.rope.freq_base", 10000.0))
+        n_rot = hd
+
+        def rms(x, g):
+            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+
+        def rope_neox(x, pos):
+            inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+            ang = pos[:, None] * inv[None, :]
+            c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+            a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
+            return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+
+        def forward(ids):
+            T = len(ids)
+            pos = np.arange(T, dtype=np.float64)
+            x = emb[ids]
+            for i in range(n_layer):
+                p = f"blk.{i}."
+                h = rms(x, w(p + "attn_norm.weight"))
+                # q/k: an RMS norm over each head, then rope (llama.cpp's qwen3 graph).
+                q = rms((h @ w(p + "attn_q.weight").T).reshape(T, n_head, hd),
+                        w(p + "attn_q_norm.weight"))
+                k = rms((h @ w(p + "attn_k.weight").T).reshape(T, n_kv, hd),
+                        w(p + "attn_k_norm.weight"))
+                v = (h @ w(p + "attn_v.weight").T).reshape(T, n_kv, hd)
+                o = attention(rope_neox(q, pos), rope_neox(k, pos), v, T)
+                x = x + o @ w(p + "attn_output.weight").T
+                h = rms(x, w(p + "ffn_norm.weight"))
+                g = h @ w(p + "ffn_gate.weight").T
+                u = h @ w(p + "ffn_up.weight").T
+                x = x + ((g / (1.0 + np.exp(-g))) * u) @ w(p + "ffn_down.weight").T
+            return rms(x, w("output_norm.weight")) @ out_w.T
     else:
         raise SystemExit(f"no numpy reference for {arch}")
 

@@ -1281,6 +1281,40 @@ impl ComputeBackend for CudaBackend {
         self.launch(OP, "rms_norm_f32", grid(rows, 1, 256), &args)
     }
 
+    fn rms_norm_heads(
+        &mut self,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        heads: usize,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm_heads";
+        let t = self.tensor(OP, x)?;
+        check_rows(OP, t.rows, rows, "input")?;
+        if heads == 0 || !t.cols.is_multiple_of(heads) {
+            return Err(shape(
+                OP,
+                format!("{} columns are not {heads} whole heads", t.cols),
+            ));
+        }
+        let (xp, hd) = (t.ptr, t.cols / heads);
+        let wp = self.vector(OP, weight, hd)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        // The row kernel over `rows * heads` rows of one head each, in place: every thread
+        // reads back only the elements it writes.
+        let args = [
+            Arg::P(xp),
+            Arg::P(xp),
+            Arg::P(wp),
+            Arg::F(eps),
+            Arg::I(i32_of(OP, hd)?),
+        ];
+        self.launch(OP, "rms_norm_f32", grid(rows * heads, 1, 256), &args)
+    }
+
     fn layer_norm(
         &mut self,
         out: TensorId,

@@ -378,6 +378,24 @@ pub trait ComputeBackend: Send {
         eps: f32,
         rows: usize,
     ) -> Result<()>;
+    /// In place, each of the `heads` heads of each row (`cols / heads` wide) divided by its
+    /// own RMS and multiplied by `weight` (a vector of one head's width): the per-head q/k
+    /// norms of qwen3 and gemma3. A backend without it says so
+    /// ([`ComputeError::Unsupported`] naming the op) rather than skip it.
+    fn rms_norm_heads(
+        &mut self,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        heads: usize,
+        rows: usize,
+    ) -> Result<()> {
+        let _ = (x, weight, eps, heads, rows);
+        Err(ComputeError::Unsupported {
+            op: "rms_norm_heads",
+            reason: format!("the {} backend has no per-head RMS norm", self.name()),
+        })
+    }
     /// `out[r] = (x[r] - mean) / std * weight + bias`.
     fn layer_norm(
         &mut self,

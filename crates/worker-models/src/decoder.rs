@@ -1,5 +1,5 @@
 //! The pre-norm decoder of the llama family (RMS norm, rotary attention with GQA, SwiGLU
-//! MLP), written once against [`ComputeBackend`]. The `llama`, `qwen2` and `phi3` adapters
+//! MLP), written once against [`ComputeBackend`]. The `llama`, `qwen2`, `qwen3` and `phi3` adapters
 //! differ only in the [`DecoderSpec`] they pass.
 //!
 //! The attention projections are read either as `attn_q`/`attn_k`/`attn_v` or, as llama.cpp
@@ -26,6 +26,9 @@ pub(crate) struct DecoderSpec {
     /// The MLP's gate and up projections are one `blk.N.ffn_up.weight` of `2 * ff` rows,
     /// gate first (phi3; ggml's `swiglu` applies silu to the first half).
     pub fused_gate_up: bool,
+    /// `blk.N.attn_{q,k}_norm.weight` (one head wide) normalize each q and k head by RMS
+    /// before rope (qwen3).
+    pub qk_norm: bool,
 }
 
 struct Layer {
@@ -36,6 +39,8 @@ struct Layer {
     bq: Option<WeightId>,
     bk: Option<WeightId>,
     bv: Option<WeightId>,
+    q_norm: Option<WeightId>,
+    k_norm: Option<WeightId>,
     wo: WeightId,
     ffn_norm: WeightId,
     gate: WeightId,
@@ -142,6 +147,14 @@ impl Decoder {
             } else {
                 (None, None, None)
             };
+            let (q_norm, k_norm) = if spec.qk_norm {
+                (
+                    Some(upload(file, backend, &t("attn_q_norm.weight"), hd, 1)?),
+                    Some(upload(file, backend, &t("attn_k_norm.weight"), hd, 1)?),
+                )
+            } else {
+                (None, None)
+            };
             let (gate, up) = if spec.fused_gate_up {
                 let [g, u] = upload_row_split(file, backend, &t("ffn_up.weight"), d, [ff, ff])?;
                 (g, u)
@@ -159,6 +172,8 @@ impl Decoder {
                 bq,
                 bk,
                 bv,
+                q_norm,
+                k_norm,
                 wo: upload(file, backend, &t("attn_output.weight"), nh * vhd, d)?,
                 ffn_norm: upload(file, backend, &t("ffn_norm.weight"), d, 1)?,
                 gate,
@@ -256,6 +271,14 @@ impl Model for Decoder {
             for (out, bias) in [(b.q, l.bq), (b.k, l.bk), (b.v, l.bv)] {
                 if let Some(bias) = bias {
                     be.add_bias(out, bias, n)?;
+                }
+            }
+            for (x, norm, heads) in [
+                (b.q, l.q_norm, self.rope_q.heads),
+                (b.k, l.k_norm, self.rope_k.heads),
+            ] {
+                if let Some(norm) = norm {
+                    be.rms_norm_heads(x, norm, self.eps, heads, n)?;
                 }
             }
             be.rope(b.q, kv.positions, &self.rope_q, n)?;

@@ -17,6 +17,7 @@ pub(crate) fn load(
         rope_mode: RopeMode::Neox,
         qkv_bias: true,
         fused_gate_up: false,
+        qk_norm: false,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

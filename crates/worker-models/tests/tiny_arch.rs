@@ -1,5 +1,6 @@
-//! The `phi3` and `gpt2` adapters on tiny random-weight models written with our GGUF writer
-//! on llama.cpp's real phi-3 and gpt-2 vocabularies (`tests/support/tiny_arch.rs`):
+//! The `phi3`, `gpt2` and `qwen3` adapters on tiny random-weight models written with our
+//! GGUF writer on llama.cpp's real phi-3, gpt-2 and qwen2 vocabularies
+//! (`tests/support/tiny_arch.rs`):
 //! logits against llama.cpp's and against a numpy float64 reference (goldens in
 //! `tests/golden/tiny/`, made by `scripts/goldens/make_tiny_model_goldens.py`), batched
 //! prefill against token-by-token decode, and load errors that name the tensor.
@@ -23,7 +24,12 @@ fn vocab(arch: &str) -> GgufFile {
 fn model_bytes(arch: &str) -> Vec<u8> {
     static PHI3: OnceLock<Vec<u8>> = OnceLock::new();
     static GPT2: OnceLock<Vec<u8>> = OnceLock::new();
-    let cell = if arch == "phi3" { &PHI3 } else { &GPT2 };
+    static QWEN3: OnceLock<Vec<u8>> = OnceLock::new();
+    let cell = match arch {
+        "phi3" => &PHI3,
+        "gpt2" => &GPT2,
+        _ => &QWEN3,
+    };
     cell.get_or_init(|| tiny_model(arch, &vocab(arch), &Edit::default()))
         .clone()
 }
@@ -169,6 +175,20 @@ fn gpt2_logits_match_llama_cpp_with_q8_activations() {
     );
 }
 
+#[test]
+fn qwen3_logits_match_numpy_reference_with_f32_activations() {
+    check(
+        "qwen3",
+        "qwen3-numpy",
+        Activations::F32,
+        Bound {
+            max_abs: 1e-3,
+            min_cos: 0.999_999,
+            min_top1: 43,
+        },
+    );
+}
+
 /// Prefill of a prompt in one batch gives the logits of feeding it one token at a time
 /// through the KV cache, at every position, in another slot.
 fn prefill_matches_decode(arch: &str) {
@@ -223,6 +243,11 @@ fn gpt2_prefill_matches_token_by_token_decode() {
     prefill_matches_decode("gpt2");
 }
 
+#[test]
+fn qwen3_prefill_matches_token_by_token_decode() {
+    prefill_matches_decode("qwen3");
+}
+
 /// gpt2's positions come from `position_embd`: the cache is capped at its rows.
 #[test]
 fn gpt2_positions_are_capped_at_the_context_length() {
@@ -249,6 +274,8 @@ fn missing_tensors_are_named() {
         ("gpt2", "position_embd.weight"),
         ("gpt2", "blk.0.attn_qkv.bias"),
         ("gpt2", "blk.1.ffn_down.bias"),
+        ("qwen3", "blk.0.attn_q_norm.weight"),
+        ("qwen3", "blk.1.attn_k_norm.weight"),
     ] {
         let e = load_err(
             arch,
@@ -273,6 +300,9 @@ fn wrong_shapes_are_named() {
         ("gpt2", "blk.0.attn_qkv.weight", vec![D, 2 * D]),
         ("gpt2", "blk.1.attn_qkv.bias", vec![2 * D]),
         ("gpt2", "position_embd.weight", vec![D, 16]),
+        // A q norm as wide as embedding / heads, not the key_length head.
+        ("qwen3", "blk.1.attn_q_norm.weight", vec![16]),
+        ("qwen3", "blk.0.attn_q.weight", vec![D, D]),
     ] {
         let e = load_err(
             arch,

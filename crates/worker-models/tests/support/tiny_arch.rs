@@ -1,5 +1,5 @@
-//! Deterministic tiny random-weight `phi3` and `gpt2` models on llama.cpp's real gpt-2 and
-//! phi-3 vocabularies, written with our GGUF writer.
+//! Deterministic tiny random-weight `phi3`, `gpt2` and `qwen3` models on llama.cpp's real
+//! gpt-2, phi-3 and qwen2 vocabularies, written with our GGUF writer.
 //!
 //! Shared by the tests (which build the models in memory) and by the example
 //! `write_tiny_models` (which writes the same bytes to files for
@@ -37,6 +37,7 @@ pub fn vocab_name(arch: &str) -> &'static str {
     match arch {
         "phi3" => "phi-3",
         "gpt2" => "gpt-2",
+        "qwen3" => "qwen2",
         other => panic!("no tiny model for {other}"),
     }
 }
@@ -66,7 +67,10 @@ enum Kind {
     Matrix,
 }
 
-/// The GGUF bytes of the tiny `arch` model (`phi3` or `gpt2`) on `vocab`'s tokenizer.
+/// The architectures with a tiny model.
+pub const ARCHS: [&str; 3] = ["phi3", "gpt2", "qwen3"];
+
+/// The GGUF bytes of the tiny `arch` model (one of [`ARCHS`]) on `vocab`'s tokenizer.
 pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
     let n_vocab = vocab
         .metadata()
@@ -169,6 +173,66 @@ pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
             }
             t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
             t("output_norm.bias".into(), vec![D], F32, Kind::Bias);
+        }
+        "qwen3" => {
+            // Heads wider than embedding / heads (key_length set), as the real Qwen3 models
+            // (128-wide heads on a 1024 residual with 16 heads); no q/k/v biases; one head
+            // wide q/k norms; tied output.
+            let (kv_heads, hd, ff) = (2u64, 32u64, 128u64);
+            for (k, v) in [
+                ("context_length", CTX),
+                ("embedding_length", D as u32),
+                ("block_count", 2),
+                ("feed_forward_length", ff as u32),
+                ("attention.head_count", HEADS as u32),
+                ("attention.head_count_kv", kv_heads as u32),
+                ("attention.key_length", hd as u32),
+                ("attention.value_length", hd as u32),
+            ] {
+                w.set(&format!("qwen3.{k}"), Value::U32(v));
+            }
+            w.set("qwen3.attention.layer_norm_rms_epsilon", Value::F32(1e-6));
+            w.set("qwen3.rope.freq_base", Value::F32(1_000_000.0));
+            t(
+                "token_embd.weight".into(),
+                vec![D, n_vocab],
+                Q8_0,
+                Kind::Embedding(2.0),
+            );
+            for (i, (q_ty, kv_ty, o_ty, mlp_ty)) in
+                [(F16, Q8_0, Q4_0, Q8_0), (Q4_0, F16, Q8_0, F16)]
+                    .into_iter()
+                    .enumerate()
+            {
+                let b = |n: &str| format!("blk.{i}.{n}");
+                t(b("attn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("attn_q.weight"), vec![D, HEADS * hd], q_ty, Kind::Matrix);
+                t(
+                    b("attn_k.weight"),
+                    vec![D, kv_heads * hd],
+                    kv_ty,
+                    Kind::Matrix,
+                );
+                t(
+                    b("attn_v.weight"),
+                    vec![D, kv_heads * hd],
+                    kv_ty,
+                    Kind::Matrix,
+                );
+                t(b("attn_q_norm.weight"), vec![hd], F32, Kind::NormWeight);
+                t(b("attn_k_norm.weight"), vec![hd], F32, Kind::NormWeight);
+                t(
+                    b("attn_output.weight"),
+                    vec![HEADS * hd, D],
+                    o_ty,
+                    Kind::Matrix,
+                );
+                t(b("ffn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("ffn_gate.weight"), vec![D, ff], mlp_ty, Kind::Matrix);
+                t(b("ffn_up.weight"), vec![D, ff], mlp_ty, Kind::Matrix);
+                t(b("ffn_down.weight"), vec![ff, D], Q8_0, Kind::Matrix);
+            }
+            t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
         }
         other => panic!("no tiny model for {other}"),
     }
