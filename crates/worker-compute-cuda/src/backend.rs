@@ -1558,6 +1558,13 @@ impl ComputeBackend for CudaBackend {
         let (slots, max_positions) = (cfg.seqs, cfg.max_positions());
         let (hd, vhd) = (p.head_dim, p.value_head_dim);
         p.validate(&cfg)?;
+        if let Some(w) = p.window {
+            // No kernel masks a window yet: refuse rather than attend to every position.
+            return Err(ComputeError::Unsupported {
+                op: OP,
+                reason: format!("a sliding window ({w} positions)"),
+            });
+        }
         if hd > MAX_HEAD_DIM || vhd > MAX_HEAD_DIM || p.heads > 65_535 {
             return Err(ComputeError::Unsupported {
                 op: OP,
@@ -1751,6 +1758,14 @@ impl ComputeBackend for CudaBackend {
         }
         let args = vec![Arg::P(op), Arg::P(gp), Arg::P(up_)];
         self.elementwise(OP, "swiglu_f32", rows * cols, args)
+    }
+
+    fn scale(&mut self, x: TensorId, factor: f32, rows: usize) -> Result<()> {
+        const OP: &str = "scale";
+        let t = self.tensor(OP, x)?;
+        check_rows(OP, t.rows, rows, "input")?;
+        let args = vec![Arg::P(t.ptr), Arg::F(factor)];
+        self.elementwise(OP, "scale_f32", rows * t.cols, args)
     }
 
     fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()> {

@@ -165,6 +165,7 @@ pub(crate) fn load(
         value_head_dim: vhd,
         scale: 1.0 / (hd as f32).sqrt(),
         layer: 0,
+        window: None,
     };
     Ok(Box::new(Gpt2 {
         hp,

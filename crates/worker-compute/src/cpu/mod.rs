@@ -778,6 +778,17 @@ impl ComputeBackend for CpuBackend {
         Ok(())
     }
 
+    fn scale(&mut self, x: TensorId, factor: f32, rows: usize) -> Result<()> {
+        const OP: &str = "scale";
+        let mut t = self.tensor_mut(OP, x)?;
+        check_rows(OP, &t, rows, "input")?;
+        let n = rows * t.cols;
+        for v in &mut t.data[..n] {
+            *v *= factor;
+        }
+        Ok(())
+    }
+
     fn rope(&mut self, x: TensorId, positions: IndexId, p: &RopeParams, rows: usize) -> Result<()> {
         const OP: &str = "rope";
         let pos = self.index(OP, positions, rows)?;
