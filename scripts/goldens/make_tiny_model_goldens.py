@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Reference logits for the tiny random-weight phi3, gpt2 and qwen3 models, from llama.cpp.
+"""Reference logits for the tiny random-weight phi3, gpt2, qwen3 and gemma3 models, from llama.cpp.
 
 What it does:
 1. Writes the tiny models with the worker's own GGUF writer
    (`cargo run -p worker-models --example write_tiny_models -- DIR`; the same bytes the Rust
    tests build in memory, from `crates/worker-models/tests/support/tiny_arch.rs`), on
-   llama.cpp's real gpt-2, phi-3 and qwen2 vocabularies. Or reads them from `--models-dir`.
+   llama.cpp's real gpt-2, phi-3, qwen2 and llama-spm vocabularies. Or reads them from `--models-dir`.
 2. Runs each through llama.cpp (llama-cpp-python 0.3.36, CPU, `logits_all=True`, f32 KV
    cache) on a few fixed token-id prompts.
 3. Also runs an independent numpy float64 forward pass over gguf-py's dequantized weights
@@ -41,7 +41,7 @@ GGUF_VERSION = "0.19.0"
 LLAMA_CPP_VERSION = "0.3.36"
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "tests" / "golden" / "tiny"
-ARCHS = ["phi3", "gpt2", "qwen3"]
+ARCHS = ["phi3", "gpt2", "qwen3", "gemma3"]
 TOP_K = 10
 N_SUBSAMPLE = 256
 
@@ -52,11 +52,13 @@ PROMPT_PIECES = {
     "phi3": ["<s>", "▁Hello", "▁world", ",", "▁this", "▁is", "▁a", "▁test", "."],
     "qwen3": ["<|im_start|>", "user", "Ċ", "Hello", "Ġworld", ",", "Ġthis", "Ġis", "Ġa",
               "Ġtest", "."],
+    "gemma3": ["<s>", "▁Hello", "▁world", ",", "▁this", "▁is", "▁a", "▁test", "."],
 }
 RAW_PROMPTS = {
     "gpt2": [50256, 0, 1, 50000, 31337, 42, 198, 50255],
     "phi3": [1, 32000, 32010, 0, 2, 31999, 12345, 13],
     "qwen3": [151643, 0, 1, 151000, 31337, 42, 198, 100000],
+    "gemma3": [1, 0, 2, 31999, 12345, 13, 29871, 100, 7, 8, 9, 10],
 }
 N_LONG = 24
 
@@ -130,8 +132,11 @@ def numpy_forward(path: Path):
     emb = w("token_embd.weight")
     out_w = w("output.weight") if "output.weight" in tensors else emb
 
-    def attention(q, k, v, T):
+    def attention(q, k, v, T, window=None):
         mask = np.triu(np.full((T, T), -np.inf), 1)
+        if window is not None:
+            # Row p attends to p - window + 1 ..= p (llama.cpp's standard sliding window).
+            mask += np.tril(np.full((T, T), -np.inf), -window)
         o = np.empty((T, n_head, hd))
         for h in range(n_head):
             kv = h // (n_head // n_kv)
@@ -237,6 +242,48 @@ def numpy_forward(path: Path):
                 g = h @ w(p + "ffn_gate.weight").T
                 u = h @ w(p + "ffn_up.weight").T
                 x = x + ((g / (1.0 + np.exp(-g))) * u) @ w(p + "ffn_down.weight").T
+            return rms(x, w("output_norm.weight")) @ out_w.T
+    elif arch == "gemma3":
+        eps = float(field("gemma3.attention.layer_norm_rms_epsilon"))
+        base = float(field("gemma3.rope.freq_base", 10000.0))
+        base_swa = float(field("gemma3.rope.freq_base_swa", 10000.0))
+        window = int(field("gemma3.attention.sliding_window"))
+        pattern = int(field("gemma3.attention.sliding_window_pattern", 6))
+        n_rot = hd
+
+        def rms(x, g):
+            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+
+        def rope_neox(x, pos, b):
+            inv = b ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+            ang = pos[:, None] * inv[None, :]
+            c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+            a, bb = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
+            return np.concatenate([a * c - bb * s, a * s + bb * c], axis=-1)
+
+        def gelu(x):
+            return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+        def forward(ids):
+            T = len(ids)
+            pos = np.arange(T, dtype=np.float64)
+            x = emb[ids] * np.sqrt(d)
+            for i in range(n_layer):
+                p = f"blk.{i}."
+                local = i % pattern < pattern - 1
+                b = base_swa if local else base
+                h = rms(x, w(p + "attn_norm.weight"))
+                q = rms((h @ w(p + "attn_q.weight").T).reshape(T, n_head, hd),
+                        w(p + "attn_q_norm.weight"))
+                k = rms((h @ w(p + "attn_k.weight").T).reshape(T, n_kv, hd),
+                        w(p + "attn_k_norm.weight"))
+                v = (h @ w(p + "attn_v.weight").T).reshape(T, n_kv, hd)
+                o = attention(rope_neox(q, pos, b), rope_neox(k, pos, b), v, T,
+                              window if local else None)
+                x = x + rms(o @ w(p + "attn_output.weight").T, w(p + "post_attention_norm.weight"))
+                h = rms(x, w(p + "ffn_norm.weight"))
+                g = gelu(h @ w(p + "ffn_gate.weight").T) * (h @ w(p + "ffn_up.weight").T)
+                x = x + rms(g @ w(p + "ffn_down.weight").T, w(p + "post_ffw_norm.weight"))
             return rms(x, w("output_norm.weight")) @ out_w.T
     else:
         raise SystemExit(f"no numpy reference for {arch}")

@@ -1,4 +1,4 @@
-//! Model adapters (llama, qwen2, qwen3, phi3, gpt2) written once against the
+//! Model adapters (llama, qwen2, qwen3, phi3, gpt2, gemma3) written once against the
 //! [`worker_compute::ComputeBackend`] ops, and the factory [`load`] that picks one from
 //! `general.architecture`.
 //!
@@ -22,6 +22,7 @@
 
 mod decoder;
 mod error;
+mod gemma3;
 mod gpt2;
 mod kv;
 mod llama;
@@ -37,7 +38,7 @@ use worker_compute::{ComputeBackend, KvCacheConfig, KvType};
 use worker_gguf::GgufFile;
 
 /// The architectures [`load`] supports, by `general.architecture`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gpt2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gpt2", "gemma3"];
 
 /// Sizes a loaded model preallocates on the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +215,7 @@ pub fn load(
         "qwen3" => qwen3::load(file, hp, backend, opts),
         "phi3" => phi3::load(file, hp, backend, opts),
         "gpt2" => gpt2::load(file, hp, backend, opts),
+        "gemma3" => gemma3::load(file, hp, backend, opts),
         other => Err(ModelError::UnsupportedArchitecture {
             arch: other.to_string(),
             supported: SUPPORTED_ARCHITECTURES.join(", "),

@@ -19,6 +19,9 @@ pub(crate) fn load(
         qkv_bias: false,
         fused_gate_up: false,
         qk_norm: false,
+        gemma: false,
+        attn_scale: None,
+        swa: None,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

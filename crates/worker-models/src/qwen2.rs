@@ -18,6 +18,9 @@ pub(crate) fn load(
         qkv_bias: true,
         fused_gate_up: false,
         qk_norm: false,
+        gemma: false,
+        attn_scale: None,
+        swa: None,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

@@ -28,6 +28,9 @@ pub(crate) fn load(
         qkv_bias: false,
         fused_gate_up: false,
         qk_norm: true,
+        gemma: false,
+        attn_scale: None,
+        swa: None,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

@@ -1,5 +1,5 @@
-//! The `phi3`, `gpt2` and `qwen3` adapters on tiny random-weight models written with our
-//! GGUF writer on llama.cpp's real phi-3, gpt-2 and qwen2 vocabularies
+//! The `phi3`, `gpt2`, `qwen3` and `gemma3` adapters on tiny random-weight models written
+//! with our GGUF writer on llama.cpp's real phi-3, gpt-2, qwen2 and llama-spm vocabularies
 //! (`tests/support/tiny_arch.rs`):
 //! logits against llama.cpp's and against a numpy float64 reference (goldens in
 //! `tests/golden/tiny/`, made by `scripts/goldens/make_tiny_model_goldens.py`), batched
@@ -25,10 +25,12 @@ fn model_bytes(arch: &str) -> Vec<u8> {
     static PHI3: OnceLock<Vec<u8>> = OnceLock::new();
     static GPT2: OnceLock<Vec<u8>> = OnceLock::new();
     static QWEN3: OnceLock<Vec<u8>> = OnceLock::new();
+    static GEMMA3: OnceLock<Vec<u8>> = OnceLock::new();
     let cell = match arch {
         "phi3" => &PHI3,
         "gpt2" => &GPT2,
-        _ => &QWEN3,
+        "qwen3" => &QWEN3,
+        _ => &GEMMA3,
     };
     cell.get_or_init(|| tiny_model(arch, &vocab(arch), &Edit::default()))
         .clone()
@@ -189,6 +191,22 @@ fn qwen3_logits_match_numpy_reference_with_f32_activations() {
     );
 }
 
+/// The gemma3 goldens' prompts (9, 12 and 24 tokens) are longer than its window of 8, so
+/// the five local layers' windows move.
+#[test]
+fn gemma3_logits_match_numpy_reference_with_f32_activations() {
+    check(
+        "gemma3",
+        "gemma3-numpy",
+        Activations::F32,
+        Bound {
+            max_abs: 1e-3,
+            min_cos: 0.999_999,
+            min_top1: 45,
+        },
+    );
+}
+
 /// Prefill of a prompt in one batch gives the logits of feeding it one token at a time
 /// through the KV cache, at every position, in another slot.
 fn prefill_matches_decode(arch: &str) {
@@ -199,8 +217,8 @@ fn prefill_matches_decode(arch: &str) {
         ..CpuConfig::default()
     });
     let opts = LoadOptions {
-        max_batch: 8,
-        max_logit_rows: 8,
+        max_batch: 14,
+        max_logit_rows: 14,
         seqs: 2,
         max_positions: 16,
         kv_type: worker_compute::KvType::F32,
@@ -208,7 +226,8 @@ fn prefill_matches_decode(arch: &str) {
     };
     let mut m = load(&file, &mut be, opts).unwrap();
     let v = m.hparams().vocab_size as usize;
-    let prompt = [3u32, 1000, 4, 1, 5, 9000, 2, 6];
+    // Longer than the tiny gemma3's window of 8.
+    let prompt = [3u32, 1000, 4, 1, 5, 9000, 2, 6, 17, 300, 29000, 11, 5, 5];
     let mut all = vec![0f32; prompt.len() * v];
     let batch = SequenceBatch::new(&prompt, 0, 0, true);
     m.forward(&mut be, &batch.batch(), &mut all).unwrap();
@@ -248,6 +267,11 @@ fn qwen3_prefill_matches_token_by_token_decode() {
     prefill_matches_decode("qwen3");
 }
 
+#[test]
+fn gemma3_prefill_matches_token_by_token_decode() {
+    prefill_matches_decode("gemma3");
+}
+
 /// gpt2's positions come from `position_embd`: the cache is capped at its rows.
 #[test]
 fn gpt2_positions_are_capped_at_the_context_length() {
@@ -276,6 +300,8 @@ fn missing_tensors_are_named() {
         ("gpt2", "blk.1.ffn_down.bias"),
         ("qwen3", "blk.0.attn_q_norm.weight"),
         ("qwen3", "blk.1.attn_k_norm.weight"),
+        ("gemma3", "blk.5.post_ffw_norm.weight"),
+        ("gemma3", "blk.0.post_attention_norm.weight"),
     ] {
         let e = load_err(
             arch,
