@@ -358,7 +358,7 @@ fn report(s: &Setup<'_>, ours: &Figures, theirs: Option<&Figures>) {
     println!("| figure | ours | llama-server | ours / theirs |");
     println!("| --- | ---: | ---: | ---: |");
     for (name, get) in &rows {
-        let (o, t) = (get(ours), theirs.map(|f| get(f)));
+        let (o, t) = (get(ours), theirs.map(get));
         println!(
             "| {name} | {o:.3} | {} | {} |",
             t.map_or("-".into(), |t| format!("{t:.3}")),
