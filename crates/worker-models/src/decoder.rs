@@ -148,7 +148,7 @@ impl Decoder {
             freq_scale,
             mode: spec.rope_mode,
         };
-        let mut layers = Vec::with_capacity(hp.block_count as usize);
+        let mut layers = Vec::with_capacity(crate::weights::layer_capacity(file, &hp));
         for i in 0..hp.block_count as usize {
             let sliding = spec
                 .swa

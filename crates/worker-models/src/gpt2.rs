@@ -114,7 +114,7 @@ pub(crate) fn load(
     } else {
         token_embd
     };
-    let mut layers = Vec::with_capacity(hp.block_count as usize);
+    let mut layers = Vec::with_capacity(crate::weights::layer_capacity(file, &hp));
     for i in 0..hp.block_count as usize {
         let t = |n: &str| format!("blk.{i}.{n}");
         let parts = [nh * hd, nkv * hd, nkv * vhd];

@@ -388,6 +388,33 @@ fn wrong_shapes_are_named() {
     }
 }
 
+/// Sizes from the file are checked before anything is allocated from them, and bad keys are
+/// errors naming the key.
+#[test]
+fn bad_keys_are_errors_not_aborts() {
+    let key = |arch: &str, k: &str, v: u32| {
+        load_err(
+            arch,
+            Edit {
+                key: Some((k, v)),
+                ..Edit::default()
+            },
+        )
+        .to_string()
+    };
+    for arch in ["qwen3", "gpt2"] {
+        let e = key(arch, &format!("{arch}.block_count"), u32::MAX);
+        assert!(e.contains("blk.2."), "{arch}: {e}");
+    }
+    let e = key("gemma3", "gemma3.attention.sliding_window", 1 << 20);
+    assert!(
+        e.contains("gemma3.attention.sliding_window") && e.contains("context_length"),
+        "{e}"
+    );
+    let e = key("qwen3", "qwen3.attention.head_count_kv", 3);
+    assert!(e.contains("qwen3.attention.head_count_kv"), "{e}");
+}
+
 #[test]
 fn phi3_long_context_rope_factors_are_refused_by_name() {
     let e = load_err(

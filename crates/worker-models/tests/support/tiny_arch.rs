@@ -30,6 +30,8 @@ pub struct Edit<'a> {
     pub reshape: Option<(&'a str, Vec<u64>)>,
     /// An extra F32 tensor.
     pub extra: Option<(&'a str, Vec<u64>)>,
+    /// A metadata key set to another u32 (after the model's own keys).
+    pub key: Option<(&'a str, u32)>,
 }
 
 /// Which vocabulary file (`worker_testdata::vocab(name)`) each architecture uses.
@@ -307,6 +309,9 @@ pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
     }
     if let Some((name, shape)) = &edit.extra {
         t(name.to_string(), shape.clone(), F32, Kind::Bias);
+    }
+    if let Some((key, v)) = edit.key {
+        w.set(key, Value::U32(v));
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for (name, mut shape, ty, kind) in tensors {
