@@ -152,20 +152,31 @@ def numpy_forward(path: Path):
         v = qkv[:, d + n_kv * hd:].reshape(T, n_kv, hd)
         return q, k, v
 
-    if arch == "phi3":
-        eps = float(field("phi3.attention.layer_norm_rms_epsilon"))
-        n_rot = int(field("phi3.rope.dimension_count", hd))
-        base = float(field("phi3.rope.freq_base", 10000.0))
+    def rms_with(eps):
+        return lambda x, g: x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
 
-        def rms(x, g):
-            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
-
-        def rope_neox(x, pos):
+    def rope_neox_with(n_rot):
+        """Rotates the halves of the first n_rot dims of each head (ggml "neox")."""
+        def rope(x, pos, base):
             inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
             ang = pos[:, None] * inv[None, :]
             c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
             a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
             return np.concatenate([a * c - b * s, a * s + b * c, x[..., n_rot:]], axis=-1)
+        return rope
+
+    def gelu(x):
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    if arch == "phi3":
+        eps = float(field("phi3.attention.layer_norm_rms_epsilon"))
+        n_rot = int(field("phi3.rope.dimension_count", hd))
+        base = float(field("phi3.rope.freq_base", 10000.0))
+
+        rms, rope = rms_with(eps), rope_neox_with(n_rot)
+
+        def rope_neox(x, pos):
+            return rope(x, pos, base)
 
         def forward(ids):
             T = len(ids)
@@ -192,9 +203,6 @@ def numpy_forward(path: Path):
             var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
             return (x - mu) / np.sqrt(var + eps) * w(prefix + ".weight") + w(prefix + ".bias")
 
-        def gelu(x):
-            return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
-
         def lin(x, prefix):
             return x @ w(prefix + ".weight").T + w(prefix + ".bias")
 
@@ -213,15 +221,10 @@ def numpy_forward(path: Path):
         base = float(field("qwen3.rope.freq_base", 10000.0))
         n_rot = hd
 
-        def rms(x, g):
-            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+        rms, rope = rms_with(eps), rope_neox_with(n_rot)
 
         def rope_neox(x, pos):
-            inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
-            ang = pos[:, None] * inv[None, :]
-            c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-            a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
-            return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+            return rope(x, pos, base)
 
         def forward(ids):
             T = len(ids)
@@ -251,18 +254,7 @@ def numpy_forward(path: Path):
         pattern = int(field("gemma3.attention.sliding_window_pattern", 6))
         n_rot = hd
 
-        def rms(x, g):
-            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
-
-        def rope_neox(x, pos, b):
-            inv = b ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
-            ang = pos[:, None] * inv[None, :]
-            c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-            a, bb = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
-            return np.concatenate([a * c - bb * s, a * s + bb * c], axis=-1)
-
-        def gelu(x):
-            return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+        rms, rope_neox = rms_with(eps), rope_neox_with(n_rot)
 
         def forward(ids):
             T = len(ids)
