@@ -1,4 +1,4 @@
-"""Makes tests/golden/inspect/<model>.json from gguf-py's own view of the two fixture models:
+"""Makes tests/golden/inspect/<model>.json from gguf-py's own view of the fixture models:
 `gguf-dump --json` (the package's script) for every metadata key, its type and scalar value,
 and gguf-py's GGUFReader for array lengths/ends and each tensor's type, shape, data offset and
 size. `crates/worker-gguf/../bin/worker-cli/tests/inspect_goldens.rs` checks that
@@ -18,7 +18,11 @@ import sys
 import gguf
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"]
+MODELS = [
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+    "gemma-3-270m-q4_k_m.gguf",
+]
 ENDS = 3  # elements kept from each end of an array
 
 

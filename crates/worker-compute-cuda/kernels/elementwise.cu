@@ -12,6 +12,12 @@ extern "C" __global__ void mul_f32(float* dst, const float* src, long long n) {
     if (i < n) dst[i] *= src[i];
 }
 
+extern "C" __global__ void scale_f32(float* x, float s, long long n) {
+    pdl_start();
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+
 extern "C" __global__ void add_bias_f32(float* dst, const float* bias, long long n, int cols) {
     pdl_start();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -1281,6 +1281,40 @@ impl ComputeBackend for CudaBackend {
         self.launch(OP, "rms_norm_f32", grid(rows, 1, 256), &args)
     }
 
+    fn rms_norm_heads(
+        &mut self,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        heads: usize,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm_heads";
+        let t = self.tensor(OP, x)?;
+        check_rows(OP, t.rows, rows, "input")?;
+        if heads == 0 || !t.cols.is_multiple_of(heads) {
+            return Err(shape(
+                OP,
+                format!("{} columns are not {heads} whole heads", t.cols),
+            ));
+        }
+        let (xp, hd) = (t.ptr, t.cols / heads);
+        let wp = self.vector(OP, weight, hd)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        // The row kernel over `rows * heads` rows of one head each, in place: every thread
+        // reads back only the elements it writes.
+        let args = [
+            Arg::P(xp),
+            Arg::P(xp),
+            Arg::P(wp),
+            Arg::F(eps),
+            Arg::I(i32_of(OP, hd)?),
+        ];
+        self.launch(OP, "rms_norm_f32", grid(rows * heads, 1, 256), &args)
+    }
+
     fn layer_norm(
         &mut self,
         out: TensorId,
@@ -1524,6 +1558,13 @@ impl ComputeBackend for CudaBackend {
         let (slots, max_positions) = (cfg.seqs, cfg.max_positions());
         let (hd, vhd) = (p.head_dim, p.value_head_dim);
         p.validate(&cfg)?;
+        if let Some(w) = p.window {
+            // No kernel masks a window yet: refuse rather than attend to every position.
+            return Err(ComputeError::Unsupported {
+                op: OP,
+                reason: format!("a sliding window ({w} positions)"),
+            });
+        }
         if hd > MAX_HEAD_DIM || vhd > MAX_HEAD_DIM || p.heads > 65_535 {
             return Err(ComputeError::Unsupported {
                 op: OP,
@@ -1717,6 +1758,14 @@ impl ComputeBackend for CudaBackend {
         }
         let args = vec![Arg::P(op), Arg::P(gp), Arg::P(up_)];
         self.elementwise(OP, "swiglu_f32", rows * cols, args)
+    }
+
+    fn scale(&mut self, x: TensorId, factor: f32, rows: usize) -> Result<()> {
+        const OP: &str = "scale";
+        let t = self.tensor(OP, x)?;
+        check_rows(OP, t.rows, rows, "input")?;
+        let args = vec![Arg::P(t.ptr), Arg::F(factor)];
+        self.elementwise(OP, "scale_f32", rows * t.cols, args)
     }
 
     fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()> {

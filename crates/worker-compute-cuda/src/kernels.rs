@@ -20,6 +20,7 @@ pub const FILES: &[(&str, &str)] = &[
 const OTHER_KERNELS: &[&str] = &[
     "add_f32",
     "mul_f32",
+    "scale_f32",
     "add_bias_f32",
     "swiglu_f32",
     "gelu_f32",

@@ -275,6 +275,9 @@ pub struct AttentionParams {
     pub scale: f32,
     /// Layer of the cache to read and write.
     pub layer: usize,
+    /// Sliding window: the row at position `p` attends to positions
+    /// `max(0, p + 1 - w)..=p` only; `None` for all of `0..=p`.
+    pub window: Option<usize>,
 }
 
 impl RopeParams {
@@ -305,6 +308,9 @@ impl AttentionParams {
                 "{} heads over {} kv heads",
                 self.heads, self.kv_heads
             )));
+        }
+        if self.window == Some(0) {
+            return Err(shape("a sliding window of 0 positions".into()));
         }
         if cache.kv_heads != self.kv_heads
             || cache.head_dim != self.head_dim
@@ -378,6 +384,24 @@ pub trait ComputeBackend: Send {
         eps: f32,
         rows: usize,
     ) -> Result<()>;
+    /// In place, each of the `heads` heads of each row (`cols / heads` wide) divided by its
+    /// own RMS and multiplied by `weight` (a vector of one head's width): the per-head q/k
+    /// norms of qwen3 and gemma3. A backend without it says so
+    /// ([`ComputeError::Unsupported`] naming the op) rather than skip it.
+    fn rms_norm_heads(
+        &mut self,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        heads: usize,
+        rows: usize,
+    ) -> Result<()> {
+        let _ = (x, weight, eps, heads, rows);
+        Err(ComputeError::Unsupported {
+            op: "rms_norm_heads",
+            reason: format!("the {} backend has no per-head RMS norm", self.name()),
+        })
+    }
     /// `out[r] = (x[r] - mean) / std * weight + bias`.
     fn layer_norm(
         &mut self,
@@ -409,6 +433,15 @@ pub trait ComputeBackend: Send {
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()>;
     /// `dst[r] += bias` for a bias vector of `cols` elements.
     fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()>;
+    /// `x[r] *= factor` in place (gemma's embedding scale). A backend without it says so
+    /// ([`ComputeError::Unsupported`] naming the op).
+    fn scale(&mut self, x: TensorId, factor: f32, rows: usize) -> Result<()> {
+        let _ = (x, factor, rows);
+        Err(ComputeError::Unsupported {
+            op: "scale",
+            reason: format!("the {} backend has no scale", self.name()),
+        })
+    }
     /// `dst[r] *= src[r]`, element-wise.
     fn mul(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()>;
     /// Rotary embedding in place; row `r` is at position `positions[r]`.
@@ -421,7 +454,8 @@ pub trait ComputeBackend: Send {
     ) -> Result<()>;
     /// Stores the keys and values of each row in `cache` where `index` places it, then
     /// computes causal attention: row `r` attends to positions `0..=positions[r]` of its
-    /// sequence, query head `h` reading key/value head `h / (heads / kv_heads)`. Rows of one
+    /// sequence (the last [`AttentionParams::window`] of them, when set), query head `h`
+    /// reading key/value head `h / (heads / kv_heads)`. Rows of one
     /// sequence in one call are stored before any of them is read.
     #[allow(clippy::too_many_arguments)]
     fn attention(

@@ -158,7 +158,18 @@ fn attention_kernels_match_scalar_and_f64() {
     use generic::KEY_BLOCK as KB;
     let mut rng = Rng::new();
     for (hd, vhd) in [(64, 64), (128, 128), (64, 72), (40, 8)] {
-        for n in [1usize, 5, 16, 17, 64, 200] {
+        for (first, n) in [
+            (0usize, 1usize),
+            (0, 5),
+            (0, 16),
+            (0, 17),
+            (0, 64),
+            (0, 200),
+            (3, 17),
+            (16, 64),
+            (37, 200),
+            (199, 200),
+        ] {
             let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
             let plain: Vec<f32> = (0..n * hd).map(|_| rng.f32() * 3.0).collect();
             let values: Vec<f32> = (0..n * vhd).map(|_| rng.f32()).collect();
@@ -172,7 +183,8 @@ fn attention_kernels_match_scalar_and_f64() {
                 }
             }
             let scale = 1.0 / (hd as f32).sqrt();
-            let s: Vec<f64> = (0..n)
+            // The window first..n only: the keys and values before it must not matter.
+            let s: Vec<f64> = (first..n)
                 .map(|t| {
                     let dot: f64 = (0..hd)
                         .map(|d| q[d] as f64 * plain[t * hd + d] as f64)
@@ -185,28 +197,49 @@ fn attention_kernels_match_scalar_and_f64() {
             let sum: f64 = e.iter().sum();
             let want: Vec<f64> = (0..vhd)
                 .map(|c| {
-                    (0..n)
-                        .map(|t| e[t] * values[t * vhd + c] as f64)
+                    (first..n)
+                        .map(|t| e[t - first] * values[t * vhd + c] as f64)
                         .sum::<f64>()
                         / sum
                 })
                 .collect();
             let mut scores = Vec::new();
             let mut reference = vec![0f32; vhd];
-            generic::attend(&q, &keys, &values, n, scale, &mut reference, &mut scores, 1);
+            generic::attend(
+                &q,
+                &keys,
+                &values,
+                first,
+                n,
+                scale,
+                &mut reference,
+                &mut scores,
+                1,
+            );
             for (c, (r, w)) in reference.iter().zip(&want).enumerate() {
                 assert!(
                     (*r as f64 - w).abs() < 1e-5,
-                    "scalar attend hd={hd} n={n} col {c}: {r} vs {w}"
+                    "scalar attend hd={hd} first={first} n={n} col {c}: {r} vs {w}"
                 );
             }
             for simd in simd_tables() {
                 let mut got = vec![0f32; vhd];
-                (simd.attend)(&q, &keys, &values, n, scale, &mut got, &mut scores, 1);
+                (simd.attend)(
+                    &q,
+                    &keys,
+                    &values,
+                    first,
+                    n,
+                    scale,
+                    &mut got,
+                    &mut scores,
+                    1,
+                );
                 for (c, (g, r)) in got.iter().zip(&reference).enumerate() {
                     assert!(
                         (g - r).abs() <= 2e-6,
-                        "{:?} attend hd={hd} vhd={vhd} n={n} col {c}: {g} vs scalar {r}",
+                        "{:?} attend hd={hd} vhd={vhd} first={first} n={n} col {c}: {g} vs \
+                         scalar {r}",
                         simd.isa
                     );
                 }
@@ -218,6 +251,7 @@ fn attention_kernels_match_scalar_and_f64() {
                         &qs,
                         &keys,
                         &values,
+                        first,
                         n,
                         scale,
                         &mut together,
@@ -227,7 +261,17 @@ fn attention_kernels_match_scalar_and_f64() {
                     for h in 0..heads {
                         let mut alone = vec![0f32; vhd];
                         let qh = &qs[h * hd..(h + 1) * hd];
-                        (simd.attend)(qh, &keys, &values, n, scale, &mut alone, &mut scores, 1);
+                        (simd.attend)(
+                            qh,
+                            &keys,
+                            &values,
+                            first,
+                            n,
+                            scale,
+                            &mut alone,
+                            &mut scores,
+                            1,
+                        );
                         let got = &together[h * vhd..(h + 1) * vhd];
                         assert_eq!(
                             got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -42,6 +42,7 @@ fn params() -> AttentionParams {
         value_head_dim: HD,
         scale: 1.0 / (HD as f32).sqrt(),
         layer: 1,
+        window: None,
     }
 }
 
@@ -75,6 +76,16 @@ fn pool(be: &mut CpuBackend, ty: KvType, blocks: usize, seqs: usize, table: &[u3
 
 /// One call: rows `(table row, position, sequence data)`; returns each row's output.
 fn call(be: &mut CpuBackend, p: &Pool, rows: &[(u32, usize, &Sequence)]) -> Vec<Vec<f32>> {
+    call_with(be, p, rows, &params())
+}
+
+/// [`call`] with other attention parameters.
+fn call_with(
+    be: &mut CpuBackend,
+    p: &Pool,
+    rows: &[(u32, usize, &Sequence)],
+    params: &AttentionParams,
+) -> Vec<Vec<f32>> {
     let n = rows.len();
     let pick = |f: &dyn Fn(&Sequence) -> &[f32], w: usize| -> Vec<f32> {
         rows.iter()
@@ -94,7 +105,7 @@ fn call(be: &mut CpuBackend, p: &Pool, rows: &[(u32, usize, &Sequence)]) -> Vec<
     let seqs: Vec<u32> = rows.iter().map(|r| r.0).collect();
     be.write_index(p.index.positions, &positions).unwrap();
     be.write_index(p.index.seqs, &seqs).unwrap();
-    be.attention(out, q, k, v, p.cache, &p.index, &params(), n)
+    be.attention(out, q, k, v, p.cache, &p.index, params, n)
         .unwrap();
     let mut o = vec![0f32; n * HEADS * HD];
     be.read_rows(out, n, &mut o).unwrap();
@@ -121,12 +132,18 @@ fn run_chunked(
 
 /// softmax(q·K/sqrt(d))·V in f64 over the entries as given.
 fn reference(s: &Sequence, pos: usize) -> Vec<f64> {
+    reference_window(s, pos, None)
+}
+
+/// [`reference`] over the last `window` positions up to `pos`.
+fn reference_window(s: &Sequence, pos: usize, window: Option<usize>) -> Vec<f64> {
+    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
     let group = HEADS / KV_HEADS;
     let mut out = vec![0f64; HEADS * HD];
     for h in 0..HEADS {
         let kh = h / group;
         let q = &s.q[pos * HEADS * HD + h * HD..][..HD];
-        let scores: Vec<f64> = (0..=pos)
+        let scores: Vec<f64> = (first..=pos)
             .map(|t| {
                 let k = &s.k[t * KV_HEADS * HD + kh * HD..][..HD];
                 q.iter()
@@ -139,7 +156,7 @@ fn reference(s: &Sequence, pos: usize) -> Vec<f64> {
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
         let sum: f64 = w.iter().sum();
-        for (t, wt) in w.iter().enumerate() {
+        for (t, wt) in (first..=pos).zip(&w) {
             let v = &s.v[t * KV_HEADS * HD + kh * HD..][..HD];
             for d in 0..HD {
                 out[h * HD + d] += wt / sum * v[d] as f64;
@@ -242,6 +259,67 @@ fn entries_match_the_reference_within_their_rounding() {
             worst < tol,
             "{ty:?} {kernels:?}: max error {worst:e} over {tol:e}"
         );
+    }
+}
+
+/// A sliding window (20 positions: windows that start inside a block and span two or three)
+/// reads exactly the window, the same bits whatever the other rows of the call, and a window
+/// of 0 is an error.
+#[test]
+fn a_sliding_window_attends_to_its_positions_only() {
+    let mut rng = Rng::new();
+    let s = Sequence::random(&mut rng);
+    let nb = LEN.div_ceil(KV_BLOCK);
+    let table: Vec<u32> = (0..nb as u32).collect();
+    let windowed = AttentionParams {
+        window: Some(20),
+        ..params()
+    };
+    for kernels in [KernelChoice::Scalar, KernelChoice::Detect] {
+        let mut be = CpuBackend::new(CpuConfig {
+            threads: 2,
+            kernels,
+            ..CpuConfig::default()
+        });
+        let p = pool(&mut be, KvType::F32, nb, 1, &table);
+        let mut by_chunk = Vec::new();
+        for chunk in [1, 16, 33] {
+            let mut got = Vec::new();
+            for start in (0..LEN).step_by(chunk) {
+                let rows: Vec<_> = (start..(start + chunk).min(LEN))
+                    .map(|pos| (0, pos, &s))
+                    .collect();
+                got.extend(call_with(&mut be, &p, &rows, &windowed));
+            }
+            let mut worst = 0f64;
+            for (pos, row) in got.iter().enumerate() {
+                let want = reference_window(&s, pos, Some(20));
+                for (g, w) in row.iter().zip(&want) {
+                    worst = worst.max((*g as f64 - w).abs());
+                }
+            }
+            assert!(worst < 1e-6, "{kernels:?} chunks of {chunk}: {worst:e}");
+            by_chunk.push(got);
+        }
+        assert_eq!(by_chunk[0], by_chunk[1], "{kernels:?}");
+        assert_eq!(by_chunk[0], by_chunk[2], "{kernels:?}");
+        // Past the window the output differs from full attention.
+        let full = run_chunked(&mut be, &p, 0, &s, 16);
+        assert_ne!(full[LEN - 1], by_chunk[0][LEN - 1]);
+        assert_eq!(
+            full[10], by_chunk[0][10],
+            "inside the window: the same bits"
+        );
+        let q = be.alloc_tensor(1, HEADS * HD).unwrap();
+        let kv = be.alloc_tensor(1, KV_HEADS * HD).unwrap();
+        let zero = AttentionParams {
+            window: Some(0),
+            ..params()
+        };
+        let e = be
+            .attention(q, q, kv, kv, p.cache, &p.index, &zero, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("window"), "{e}");
     }
 }
 

@@ -79,3 +79,20 @@ impl From<SamplingError> for EngineError {
         EngineError::Sampling(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `worker-cpud` prints errors with their chain; a cause both in the message and as the
+    /// source printed `unsupported architecture "gemma3" …` twice.
+    #[test]
+    fn causes_are_said_once() {
+        let e = EngineError::from(ModelError::UnsupportedArchitecture {
+            arch: "mamba".into(),
+            supported: "llama".into(),
+        });
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.to_string().matches("\"mamba\"").count(), 1, "{e}");
+    }
+}

@@ -1,4 +1,4 @@
-//! Greedy generation of both fixture models against llama.cpp's (goldens made through
+//! Greedy generation of the fixture models against llama.cpp's (goldens made through
 //! llama-cpp-python by `scripts/goldens/make_greedy_goldens.py`).
 //!
 //! For every prompt the prompt ids must equal llama.cpp's (the tokenizer agrees), and the 64
@@ -20,7 +20,16 @@ use worker_engine::{Engine, EngineConfig, GenerationRequest, SamplingConfig, Sto
 /// llama.cpp's gap is at most 0.19 (median about 0.06).
 const NEAR_TIE: f64 = 0.25;
 
-fn check(model: &str) {
+/// Gemma-3-270M's bound. Measured (2026-12-04, 12 prompts x 64 tokens): 6/12 identical;
+/// first differences at llama.cpp gaps 0.035, 0.046, 0.114, 0.162, 0.202 and one at 0.444
+/// ("The three primary colors are", step 2). Its logits differ from llama.cpp's more than the
+/// other models' do (max abs 1.24 with our f32 activations, `logits_goldens.rs`): llama.cpp
+/// takes GeGLU's GELU from an f16 table and quantizes activations to 8 bits, while our graph
+/// matches a float64 reference to 5e-5 (`tiny_arch.rs`). So the bound is 0.5, not 0.25; the
+/// 0.444 flip is open (issue 15's closing note), a bug would show as a far larger gap.
+const GEMMA3_NEAR_TIE: f64 = 0.5;
+
+fn check(model: &str, near_tie: f64) {
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/golden/greedy")
         .join(model.replace(".gguf", ".json"));
@@ -108,7 +117,7 @@ fn check(model: &str) {
                 let step = first.unwrap_or(got.len().min(want.len()));
                 let gap = case["top2_gaps"][step].as_f64().unwrap_or(f64::INFINITY);
                 assert!(
-                    gap < NEAR_TIE,
+                    gap < near_tie,
                     "{model} {prompt:?}: step {step} differs (ours {:?}, llama.cpp {:?}) and \
                      llama.cpp's top-2 gap there is {gap}, not a near-tie",
                     got.get(step),
@@ -128,10 +137,15 @@ fn check(model: &str) {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    check(worker_testdata::SMOLLM2);
+    check(worker_testdata::SMOLLM2, NEAR_TIE);
 }
 
 #[test]
 fn qwen25_greedy_matches_llama_cpp() {
-    check(worker_testdata::QWEN25);
+    check(worker_testdata::QWEN25, NEAR_TIE);
+}
+
+#[test]
+fn gemma3_greedy_matches_llama_cpp() {
+    check(worker_testdata::GEMMA3, GEMMA3_NEAR_TIE);
 }

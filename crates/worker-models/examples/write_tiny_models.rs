@@ -1,5 +1,5 @@
-//! Writes the tiny random-weight `phi3` and `gpt2` models that the tests build in memory to
-//! `DIR/tiny-phi3.gguf` and `DIR/tiny-gpt2.gguf`, for
+//! Writes the tiny random-weight models that the tests build in memory (`phi3`, `gpt2`,
+//! `qwen3`) to `DIR/tiny-<arch>.gguf`, for
 //! `scripts/goldens/make_tiny_model_goldens.py` to run through llama.cpp.
 //!
 //! ```text
@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .ok_or("usage: write_tiny_models DIR")?;
     std::fs::create_dir_all(&dir)?;
-    for arch in ["phi3", "gpt2"] {
+    for arch in tiny_arch::ARCHS {
         let vocab = GgufFile::open(worker_testdata::vocab(tiny_arch::vocab_name(arch)))?;
         let bytes = tiny_arch::tiny_model(arch, &vocab, &tiny_arch::Edit::default());
         let path = std::path::Path::new(&dir).join(format!("tiny-{arch}.gguf"));

@@ -1,6 +1,6 @@
 //! The pre-norm decoder of the llama family (RMS norm, rotary attention with GQA, SwiGLU
-//! MLP), written once against [`ComputeBackend`]. The `llama`, `qwen2` and `phi3` adapters
-//! differ only in the [`DecoderSpec`] they pass.
+//! MLP), written once against [`ComputeBackend`]. The `llama`, `qwen2`, `qwen3`, `phi3` and
+//! `gemma3` adapters differ only in the [`DecoderSpec`] they pass.
 //!
 //! The attention projections are read either as `attn_q`/`attn_k`/`attn_v` or, as llama.cpp
 //! also accepts, as one fused `attn_qkv` (rows: q, then k, then v), which is split by rows
@@ -26,6 +26,27 @@ pub(crate) struct DecoderSpec {
     /// The MLP's gate and up projections are one `blk.N.ffn_up.weight` of `2 * ff` rows,
     /// gate first (phi3; ggml's `swiglu` applies silu to the first half).
     pub fused_gate_up: bool,
+    /// `blk.N.attn_{q,k}_norm.weight` (one head wide) normalize each q and k head by RMS
+    /// before rope (qwen3, gemma3).
+    pub qk_norm: bool,
+    /// Gemma: the embeddings are scaled by `sqrt(d)`, the attention and MLP outputs pass
+    /// through RMS norms of their own (`post_attention_norm`, `post_ffw_norm`) before each
+    /// residual add, and the MLP is GeGLU (`gelu_tanh(gate) * up`).
+    pub gemma: bool,
+    /// Multiplier of the attention scores; `None` for `1/sqrt(head_dim)`.
+    pub attn_scale: Option<f32>,
+    /// Sliding-window layers, when the model interleaves them with global ones.
+    pub swa: Option<Swa>,
+}
+
+/// Interleaved sliding-window attention: layer `i` attends to the last `window` positions
+/// with rope base `base` when `pattern == 0 || i % pattern < pattern - 1`, else to every
+/// position with the model's own rope base (llama.cpp's `set_swa_pattern`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Swa {
+    pub window: usize,
+    pub pattern: usize,
+    pub base: f32,
 }
 
 struct Layer {
@@ -36,11 +57,18 @@ struct Layer {
     bq: Option<WeightId>,
     bk: Option<WeightId>,
     bv: Option<WeightId>,
+    q_norm: Option<WeightId>,
+    k_norm: Option<WeightId>,
     wo: WeightId,
+    post_attn_norm: Option<WeightId>,
+    post_ffn_norm: Option<WeightId>,
     ffn_norm: WeightId,
     gate: WeightId,
     up: WeightId,
     down: WeightId,
+    rope_q: RopeParams,
+    rope_k: RopeParams,
+    window: Option<usize>,
 }
 
 /// Activation buffers, allocated once for `max_batch` rows.
@@ -71,9 +99,9 @@ pub(crate) struct Decoder {
     layers: Vec<Layer>,
     kv: KvBinding,
     buf: Buffers,
-    rope_q: RopeParams,
-    rope_k: RopeParams,
     attn: AttentionParams,
+    embed_scale: Option<f32>,
+    gelu_gate: bool,
 }
 
 impl Decoder {
@@ -112,8 +140,25 @@ impl Decoder {
         } else {
             token_embd // tied embeddings (SmolLM2)
         };
-        let mut layers = Vec::with_capacity(hp.block_count as usize);
+        let rope = |heads, base| RopeParams {
+            heads,
+            head_dim: hd,
+            n_rot: hp.rope_dimension_count as usize,
+            base,
+            freq_scale,
+            mode: spec.rope_mode,
+        };
+        let mut layers = Vec::with_capacity(crate::weights::layer_capacity(file, &hp));
         for i in 0..hp.block_count as usize {
+            let sliding = spec
+                .swa
+                .filter(|s| s.pattern == 0 || i % s.pattern < s.pattern - 1);
+            let base = sliding.map_or(hp.rope_freq_base, |s| s.base);
+            // Sliding layers keep llama.cpp's default position scale of 1.
+            let scaled = |heads| RopeParams {
+                freq_scale: if sliding.is_some() { 1.0 } else { freq_scale },
+                ..rope(heads, base)
+            };
             let t = |n: &str| format!("blk.{i}.{n}");
             let attn_norm = upload(file, backend, &t("attn_norm.weight"), d, 1)?;
             let qkv = t("attn_qkv.weight");
@@ -142,6 +187,14 @@ impl Decoder {
             } else {
                 (None, None, None)
             };
+            let (q_norm, k_norm) = if spec.qk_norm {
+                (
+                    Some(upload(file, backend, &t("attn_q_norm.weight"), hd, 1)?),
+                    Some(upload(file, backend, &t("attn_k_norm.weight"), hd, 1)?),
+                )
+            } else {
+                (None, None)
+            };
             let (gate, up) = if spec.fused_gate_up {
                 let [g, u] = upload_row_split(file, backend, &t("ffn_up.weight"), d, [ff, ff])?;
                 (g, u)
@@ -151,6 +204,20 @@ impl Decoder {
                     upload(file, backend, &t("ffn_up.weight"), d, ff)?,
                 )
             };
+            let (post_attn_norm, post_ffn_norm) = if spec.gemma {
+                (
+                    Some(upload(
+                        file,
+                        backend,
+                        &t("post_attention_norm.weight"),
+                        d,
+                        1,
+                    )?),
+                    Some(upload(file, backend, &t("post_ffw_norm.weight"), d, 1)?),
+                )
+            } else {
+                (None, None)
+            };
             layers.push(Layer {
                 attn_norm,
                 wq,
@@ -159,11 +226,18 @@ impl Decoder {
                 bq,
                 bk,
                 bv,
+                q_norm,
+                k_norm,
                 wo: upload(file, backend, &t("attn_output.weight"), nh * vhd, d)?,
                 ffn_norm: upload(file, backend, &t("ffn_norm.weight"), d, 1)?,
                 gate,
                 up,
                 down: upload(file, backend, &t("ffn_down.weight"), ff, d)?,
+                post_attn_norm,
+                post_ffn_norm,
+                rope_q: scaled(nh),
+                rope_k: scaled(nkv),
+                window: sliding.map(|s| s.window),
             });
         }
 
@@ -186,22 +260,14 @@ impl Decoder {
             tokens: backend.alloc_index(b)?,
             logit_rows: backend.alloc_index(opts.max_logit_rows)?,
         };
-        let rope = |heads| RopeParams {
-            heads,
-            head_dim: hd,
-            n_rot: hp.rope_dimension_count as usize,
-            base: hp.rope_freq_base,
-            freq_scale,
-            mode: spec.rope_mode,
-        };
-        let (rope_q, rope_k) = (rope(nh), rope(nkv));
         let attn = AttentionParams {
             heads: nh,
             kv_heads: nkv,
             head_dim: hd,
             value_head_dim: vhd,
-            scale: 1.0 / (hd as f32).sqrt(),
+            scale: spec.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt()),
             layer: 0,
+            window: None,
         };
         let opts = LoadOptions {
             max_positions,
@@ -217,10 +283,30 @@ impl Decoder {
             layers,
             kv,
             buf,
-            rope_q,
-            rope_k,
             attn,
+            embed_scale: spec.gemma.then(|| (d as f32).sqrt()),
+            gelu_gate: spec.gemma,
         })
+    }
+}
+
+impl Decoder {
+    /// `x += o`, or `x += rms_norm(o) * post_norm` where the block has a post-norm.
+    fn residual(
+        &self,
+        be: &mut dyn ComputeBackend,
+        post_norm: Option<WeightId>,
+        n: usize,
+    ) -> Result<(), ModelError> {
+        let b = &self.buf;
+        match post_norm {
+            Some(w) => {
+                be.rms_norm(b.h, b.o, w, self.eps, n)?;
+                be.add(b.x, b.h, n)?;
+            }
+            None => be.add(b.x, b.o, n)?,
+        }
+        Ok(())
     }
 }
 
@@ -250,6 +336,9 @@ impl Model for Decoder {
         let kv = self.kv.write(be, batch)?;
         be.write_index(b.logit_rows, batch.logit_rows)?;
         be.embed(b.x, self.token_embd, b.tokens, n)?;
+        if let Some(s) = self.embed_scale {
+            be.scale(b.x, s, n)?;
+        }
         for (i, l) in self.layers.iter().enumerate() {
             be.rms_norm(b.h, b.x, l.attn_norm, self.eps, n)?;
             be.matmul_group(b.h, &[(b.q, l.wq), (b.k, l.wk), (b.v, l.wv)], n)?;
@@ -258,20 +347,36 @@ impl Model for Decoder {
                     be.add_bias(out, bias, n)?;
                 }
             }
-            be.rope(b.q, kv.positions, &self.rope_q, n)?;
-            be.rope(b.k, kv.positions, &self.rope_k, n)?;
+            for (x, norm, heads) in [
+                (b.q, l.q_norm, l.rope_q.heads),
+                (b.k, l.k_norm, l.rope_k.heads),
+            ] {
+                if let Some(norm) = norm {
+                    be.rms_norm_heads(x, norm, self.eps, heads, n)?;
+                }
+            }
+            be.rope(b.q, kv.positions, &l.rope_q, n)?;
+            be.rope(b.k, kv.positions, &l.rope_k, n)?;
             let attn = AttentionParams {
                 layer: i,
+                window: l.window,
                 ..self.attn
             };
             be.attention(b.attn, b.q, b.k, b.v, self.kv.cache, &kv, &attn, n)?;
             be.matmul(b.o, b.attn, l.wo, n)?;
-            be.add(b.x, b.o, n)?;
+            self.residual(be, l.post_attn_norm, n)?;
             be.rms_norm(b.h, b.x, l.ffn_norm, self.eps, n)?;
             be.matmul_group(b.h, &[(b.gate, l.gate), (b.up, l.up)], n)?;
-            be.swiglu(b.act, b.gate, b.up, n)?;
-            be.matmul(b.o, b.act, l.down, n)?;
-            be.add(b.x, b.o, n)?;
+            let act = if self.gelu_gate {
+                be.gelu(b.gate, n)?;
+                be.mul(b.gate, b.up, n)?;
+                b.gate
+            } else {
+                be.swiglu(b.act, b.gate, b.up, n)?;
+                b.act
+            };
+            be.matmul(b.o, act, l.down, n)?;
+            self.residual(be, l.post_ffn_norm, n)?;
         }
         be.rms_norm(b.h, b.x, self.output_norm, self.eps, n)?;
         if nl > 0 {

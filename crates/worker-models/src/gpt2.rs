@@ -114,7 +114,7 @@ pub(crate) fn load(
     } else {
         token_embd
     };
-    let mut layers = Vec::with_capacity(hp.block_count as usize);
+    let mut layers = Vec::with_capacity(crate::weights::layer_capacity(file, &hp));
     for i in 0..hp.block_count as usize {
         let t = |n: &str| format!("blk.{i}.{n}");
         let parts = [nh * hd, nkv * hd, nkv * vhd];
@@ -165,6 +165,7 @@ pub(crate) fn load(
         value_head_dim: vhd,
         scale: 1.0 / (hd as f32).sqrt(),
         layer: 0,
+        window: None,
     };
     Ok(Box::new(Gpt2 {
         hp,

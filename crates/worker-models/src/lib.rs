@@ -1,4 +1,4 @@
-//! Model adapters (llama, qwen2, phi3, gpt2) written once against the
+//! Model adapters (llama, qwen2, qwen3, phi3, gpt2, gemma3) written once against the
 //! [`worker_compute::ComputeBackend`] ops, and the factory [`load`] that picks one from
 //! `general.architecture`.
 //!
@@ -22,11 +22,13 @@
 
 mod decoder;
 mod error;
+mod gemma3;
 mod gpt2;
 mod kv;
 mod llama;
 mod phi3;
 mod qwen2;
+mod qwen3;
 mod weights;
 
 pub use error::ModelError;
@@ -36,7 +38,7 @@ use worker_compute::{ComputeBackend, KvCacheConfig, KvType};
 use worker_gguf::GgufFile;
 
 /// The architectures [`load`] supports, by `general.architecture`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "phi3", "gpt2"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gpt2", "gemma3"];
 
 /// Sizes a loaded model preallocates on the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,8 +214,10 @@ pub fn load(
     match hp.architecture.as_str() {
         "llama" => llama::load(file, hp, backend, opts),
         "qwen2" => qwen2::load(file, hp, backend, opts),
+        "qwen3" => qwen3::load(file, hp, backend, opts),
         "phi3" => phi3::load(file, hp, backend, opts),
         "gpt2" => gpt2::load(file, hp, backend, opts),
+        "gemma3" => gemma3::load(file, hp, backend, opts),
         other => Err(ModelError::UnsupportedArchitecture {
             arch: other.to_string(),
             supported: SUPPORTED_ARCHITECTURES.join(", "),

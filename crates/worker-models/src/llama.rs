@@ -18,6 +18,10 @@ pub(crate) fn load(
         rope_mode: RopeMode::Normal,
         qkv_bias: false,
         fused_gate_up: false,
+        qk_norm: false,
+        gemma: false,
+        attn_scale: None,
+        swa: None,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

@@ -31,6 +31,10 @@ pub(crate) fn load(
         rope_mode: RopeMode::Neox,
         qkv_bias: false,
         fused_gate_up: true,
+        qk_norm: false,
+        gemma: false,
+        attn_scale: None,
+        swa: None,
     };
     Ok(Box::new(Decoder::load(file, hp, spec, backend, opts)?))
 }

@@ -15,6 +15,12 @@ use worker_gguf::{GgufFile, TensorInfo};
 
 use crate::ModelError;
 
+/// Room to reserve for the layers: `block_count`, but never more than the file has tensors
+/// (a `block_count` of 2^32-1 must fail at its first missing tensor, not abort allocating).
+pub(crate) fn layer_capacity(file: &GgufFile, hp: &worker_gguf::HyperParams) -> usize {
+    (hp.block_count as usize).min(file.tensors().len())
+}
+
 /// Whether the file has a tensor called `name`.
 pub(crate) fn has(file: &GgufFile, name: &str) -> bool {
     file.tensors().iter().any(|t| t.name == name)

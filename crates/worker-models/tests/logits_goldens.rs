@@ -108,6 +108,56 @@ fn qwen25_logits_match_reference_with_f32_activations() {
     );
 }
 
+/// Gemma-3-270M against llama.cpp's own logits (`gemma3-llama-cpp.json`, from
+/// `scripts/goldens/make_greedy_goldens.py`, f32 KV cache) on the first five greedy prompts
+/// as llama.cpp tokenized them. llama.cpp quantizes activations to 8 bits for the quantized
+/// weights, so both our paths differ from it by rounding. Measured over the 42 positions
+/// (2-core AVX2 machine, 2 threads):
+///
+/// | activations | kernels  | max abs err | min cosine | top-1 |
+/// |-------------|----------|-------------|------------|-------|
+/// | f32         | both     | 1.2363      | 0.996251   | 42/42 |
+/// | Q8          | detected | 1.4310      | 0.995421   | 42/42 |
+/// | Q8          | scalar   | 1.2569      | 0.993848   | 41/42 |
+///
+/// Gemma's logits on these prompts span -28.7..27.6 (std about 4.6), so the worst errors are
+/// about 2% of the range. Bounds:
+/// about 1.4x the worst error and 2x its cosine gap. The tiny gemma3 in `tiny_arch.rs`
+/// checks the graph to 5e-5 against numpy float64.
+/// (max abs, min cosine, top-1) bounds; see [`check_gemma3`].
+const GEMMA3_Q8: (f32, f64, usize) = (2.0, 0.985, 39);
+const GEMMA3_F32: (f32, f64, usize) = (1.8, 0.99, 40);
+
+fn check_gemma3(activations: Activations, b: Bound) {
+    logits::check_bounds("gemma3 vs llama.cpp", activations, &b, |config| {
+        compare(worker_testdata::GEMMA3, "gemma3-llama-cpp", config)
+    });
+}
+
+#[test]
+fn gemma3_logits_match_llama_cpp_with_q8_activations() {
+    check_gemma3(
+        Activations::Q8,
+        Bound {
+            max_abs: GEMMA3_Q8.0,
+            min_cos: GEMMA3_Q8.1,
+            min_top1: GEMMA3_Q8.2,
+        },
+    );
+}
+
+#[test]
+fn gemma3_logits_match_llama_cpp_with_f32_activations() {
+    check_gemma3(
+        Activations::F32,
+        Bound {
+            max_abs: GEMMA3_F32.0,
+            min_cos: GEMMA3_F32.1,
+            min_top1: GEMMA3_F32.2,
+        },
+    );
+}
+
 /// SmolLM2 on "The capital of France is" predicts " Paris". The ids are the vocabulary
 /// pieces `The`, `Ġcapital`, `Ġof`, `ĠFrance`, `Ġis` (checked against the file's own token
 /// list below, so no tokenizer is involved).

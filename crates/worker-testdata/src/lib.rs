@@ -14,6 +14,8 @@ pub const FIXTURES_ENV: &str = "WORKER_FIXTURES_DIR";
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// File name of the Qwen2.5-Coder-0.5B-Instruct Q4_K_M model in `models/`.
 pub const QWEN25: &str = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf";
+/// File name of the Gemma-3-270M Q4_K_M model in `models/`.
+pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 
 /// The fixture cache folder (it may not exist yet).
 pub fn fixtures_dir() -> PathBuf {
@@ -38,7 +40,7 @@ pub fn fixture(relative: &str) -> PathBuf {
     path
 }
 
-/// The path of model file `name` (one of [`SMOLLM2`], [`QWEN25`]).
+/// The path of model file `name` (one of [`SMOLLM2`], [`QWEN25`], [`GEMMA3`]).
 pub fn model(name: &str) -> PathBuf {
     fixture(&format!("models/{name}"))
 }

@@ -9,8 +9,10 @@
 //! transposed when read.
 //!
 //! Attention gathers the blocks a group of rows reads into per-thread f32 scratch, then runs
-//! the kernel from the table over it. A row's result depends only on its query, the cached
-//! entries and its position, never on which other rows or sequences share the call.
+//! the kernel from the table over it. With a sliding window only the blocks that hold some
+//! row's window are gathered, and the kernel skips the positions before each row's window.
+//! A row's result depends only on its query, the cached entries and its position, never on
+//! which other rows or sequences share the call.
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicUsize;
@@ -248,6 +250,13 @@ impl CpuBackend {
                     let (r0, r1) = chunks[c];
                     let n_max = (r0..r1).map(|r| idx.positions[r] as usize + 1).max();
                     let n_max = n_max.unwrap_or(0);
+                    // The first position each row reads, and the first block any does.
+                    let first = |r: usize| {
+                        let n = idx.positions[r] as usize + 1;
+                        p.window.map_or(0, |w| n.saturating_sub(w))
+                    };
+                    let b0 = (r0..r1).map(first).min().unwrap_or(0) / KV_BLOCK;
+                    let skip = b0 * KV_BLOCK;
                     let ctx = Gather {
                         kv,
                         idx: &idx,
@@ -255,14 +264,14 @@ impl CpuBackend {
                         layer: p.layer,
                         head: h / group,
                     };
-                    ctx.run(r0, n_max, hd, vhd, keys, values, row);
+                    ctx.run(r0, b0, n_max, hd, vhd, keys, values, row);
                     for r in r0..r1 {
-                        let n = idx.positions[r] as usize + 1;
+                        let (f, n) = (first(r) - skip, idx.positions[r] as usize + 1 - skip);
                         let qrow = &qs[r * qcols + h * hd..][..group * hd];
                         // SAFETY: item (chunk, h) owns rows r0..r1 of the output, columns
                         // h*vhd..(h+group)*vhd.
                         let orow = unsafe { optr.slice(r * ocols + h * vhd, group * vhd) };
-                        attend(qrow, keys, values, n, p.scale, orow, &mut scores, group);
+                        attend(qrow, keys, values, f, n, p.scale, orow, &mut scores, group);
                     }
                 });
             })
@@ -323,12 +332,14 @@ struct Gather<'a> {
 }
 
 impl Gather<'_> {
-    /// Converts positions `0..n` of the sequence of row `r` to f32: keys into `keys` in the
-    /// kernels' transposed blocks, values into `values` one row per position.
+    /// Converts the blocks from `b0` holding positions up to `n` of the sequence of row `r`
+    /// to f32: keys into `keys` in the kernels' transposed blocks, values into `values` one
+    /// row per position (block `b0` first).
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         r: usize,
+        b0: usize,
         n: usize,
         hd: usize,
         vhd: usize,
@@ -337,11 +348,11 @@ impl Gather<'_> {
         row: &mut Vec<f32>,
     ) {
         let kv = self.kv;
-        let blocks = n.div_ceil(KV_BLOCK);
+        let blocks = n.div_ceil(KV_BLOCK).saturating_sub(b0);
         keys.resize(blocks * KV_BLOCK * hd, 0.0);
         values.resize(blocks * KV_BLOCK * vhd, 0.0);
         for b in 0..blocks {
-            let block = self.idx.block(&kv.cfg, r, b * KV_BLOCK);
+            let block = self.idx.block(&kv.cfg, r, (b0 + b) * KV_BLOCK);
             let region = kv.region(self.layer, block, self.head);
             let kb = &kv.keys[region * kv.key_bytes..][..kv.key_bytes];
             let kout = &mut keys[b * KV_BLOCK * hd..][..KV_BLOCK * hd];

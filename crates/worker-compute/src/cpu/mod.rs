@@ -640,6 +640,33 @@ impl ComputeBackend for CpuBackend {
         })
     }
 
+    fn rms_norm_heads(
+        &mut self,
+        x: TensorId,
+        weight: WeightId,
+        eps: f32,
+        heads: usize,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm_heads";
+        let mut t = self.tensor_mut(OP, x)?;
+        check_rows(OP, &t, rows, "input")?;
+        let c = t.cols;
+        if heads == 0 || !c.is_multiple_of(heads) {
+            return Err(ComputeError::Shape {
+                op: OP,
+                reason: format!("{c} columns are not {heads} whole heads"),
+            });
+        }
+        let w = self.vector(OP, weight, c / heads)?;
+        let tptr = SharedOut(t.data.as_mut_ptr());
+        self.for_rows(OP, rows, |r0, r1| {
+            // SAFETY: rows r0..r1 belong to this range only, within the tensor's rows.
+            let rs = unsafe { tptr.slice(r0 * c, (r1 - r0) * c) };
+            ops::rms_norm_heads_row(rs, w, eps);
+        })
+    }
+
     fn layer_norm(
         &mut self,
         out: TensorId,
@@ -747,6 +774,17 @@ impl ComputeBackend for CpuBackend {
         let n = rows * d.cols;
         for (a, b) in d.data[..n].iter_mut().zip(&s.data[..n]) {
             *a *= b;
+        }
+        Ok(())
+    }
+
+    fn scale(&mut self, x: TensorId, factor: f32, rows: usize) -> Result<()> {
+        const OP: &str = "scale";
+        let mut t = self.tensor_mut(OP, x)?;
+        check_rows(OP, &t, rows, "input")?;
+        let n = rows * t.cols;
+        for v in &mut t.data[..n] {
+            *v *= factor;
         }
         Ok(())
     }

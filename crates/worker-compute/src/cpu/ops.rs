@@ -4,12 +4,27 @@
 
 use crate::backend::{RopeMode, RopeParams};
 
+/// `1 / sqrt(mean(x^2) + eps)`.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ss + eps).sqrt()
+}
+
 /// `out = x / sqrt(mean(x^2) + eps) * w`.
 pub fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ss + eps).sqrt();
+    let r = inv_rms(x, eps);
     for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
         *o = v * r * g;
+    }
+}
+
+/// [`rms_norm_row`] in place on each `w.len()`-wide head of `x`.
+pub fn rms_norm_heads_row(x: &mut [f32], w: &[f32], eps: f32) {
+    for head in x.chunks_exact_mut(w.len()) {
+        let r = inv_rms(head, eps);
+        for (v, g) in head.iter_mut().zip(w) {
+            *v = *v * r * g;
+        }
     }
 }
 

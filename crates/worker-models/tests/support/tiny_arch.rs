@@ -1,5 +1,5 @@
-//! Deterministic tiny random-weight `phi3` and `gpt2` models on llama.cpp's real gpt-2 and
-//! phi-3 vocabularies, written with our GGUF writer.
+//! Deterministic tiny random-weight `phi3`, `gpt2`, `qwen3` and `gemma3` models on llama.cpp's
+//! real gpt-2, phi-3, qwen2 and llama-spm vocabularies, written with our GGUF writer.
 //!
 //! Shared by the tests (which build the models in memory) and by the example
 //! `write_tiny_models` (which writes the same bytes to files for
@@ -30,6 +30,8 @@ pub struct Edit<'a> {
     pub reshape: Option<(&'a str, Vec<u64>)>,
     /// An extra F32 tensor.
     pub extra: Option<(&'a str, Vec<u64>)>,
+    /// A metadata key set to another u32 (after the model's own keys).
+    pub key: Option<(&'a str, u32)>,
 }
 
 /// Which vocabulary file (`worker_testdata::vocab(name)`) each architecture uses.
@@ -37,6 +39,8 @@ pub fn vocab_name(arch: &str) -> &'static str {
     match arch {
         "phi3" => "phi-3",
         "gpt2" => "gpt-2",
+        "qwen3" => "qwen2",
+        "gemma3" => "llama-spm",
         other => panic!("no tiny model for {other}"),
     }
 }
@@ -66,7 +70,14 @@ enum Kind {
     Matrix,
 }
 
-/// The GGUF bytes of the tiny `arch` model (`phi3` or `gpt2`) on `vocab`'s tokenizer.
+/// The architectures with a tiny model.
+pub const ARCHS: [&str; 4] = ["phi3", "gpt2", "qwen3", "gemma3"];
+
+/// The tiny gemma3's sliding window: shorter than the golden prompts, so that the five local
+/// layers of its six (llama.cpp's default pattern) see a window that moves.
+pub const GEMMA3_WINDOW: u32 = 8;
+
+/// The GGUF bytes of the tiny `arch` model (one of [`ARCHS`]) on `vocab`'s tokenizer.
 pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
     let n_vocab = vocab
         .metadata()
@@ -170,10 +181,137 @@ pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
             t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
             t("output_norm.bias".into(), vec![D], F32, Kind::Bias);
         }
+        "qwen3" => {
+            // Heads wider than embedding / heads (key_length set), as the real Qwen3 models
+            // (128-wide heads on a 1024 residual with 16 heads); no q/k/v biases; one head
+            // wide q/k norms; tied output.
+            let (kv_heads, hd, ff) = (2u64, 32u64, 128u64);
+            for (k, v) in [
+                ("context_length", CTX),
+                ("embedding_length", D as u32),
+                ("block_count", 2),
+                ("feed_forward_length", ff as u32),
+                ("attention.head_count", HEADS as u32),
+                ("attention.head_count_kv", kv_heads as u32),
+                ("attention.key_length", hd as u32),
+                ("attention.value_length", hd as u32),
+            ] {
+                w.set(&format!("qwen3.{k}"), Value::U32(v));
+            }
+            w.set("qwen3.attention.layer_norm_rms_epsilon", Value::F32(1e-6));
+            w.set("qwen3.rope.freq_base", Value::F32(1_000_000.0));
+            t(
+                "token_embd.weight".into(),
+                vec![D, n_vocab],
+                Q8_0,
+                Kind::Embedding(2.0),
+            );
+            for (i, (q_ty, kv_ty, o_ty, mlp_ty)) in
+                [(F16, Q8_0, Q4_0, Q8_0), (Q4_0, F16, Q8_0, F16)]
+                    .into_iter()
+                    .enumerate()
+            {
+                let b = |n: &str| format!("blk.{i}.{n}");
+                t(b("attn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("attn_q.weight"), vec![D, HEADS * hd], q_ty, Kind::Matrix);
+                t(
+                    b("attn_k.weight"),
+                    vec![D, kv_heads * hd],
+                    kv_ty,
+                    Kind::Matrix,
+                );
+                t(
+                    b("attn_v.weight"),
+                    vec![D, kv_heads * hd],
+                    kv_ty,
+                    Kind::Matrix,
+                );
+                t(b("attn_q_norm.weight"), vec![hd], F32, Kind::NormWeight);
+                t(b("attn_k_norm.weight"), vec![hd], F32, Kind::NormWeight);
+                t(
+                    b("attn_output.weight"),
+                    vec![HEADS * hd, D],
+                    o_ty,
+                    Kind::Matrix,
+                );
+                t(b("ffn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("ffn_gate.weight"), vec![D, ff], mlp_ty, Kind::Matrix);
+                t(b("ffn_up.weight"), vec![D, ff], mlp_ty, Kind::Matrix);
+                t(b("ffn_down.weight"), vec![ff, D], Q8_0, Kind::Matrix);
+            }
+            t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
+        }
+        "gemma3" => {
+            // Six layers: five local (window GEMMA3_WINDOW, rope base 10000 by default), one
+            // global (rope base 1e6); heads wider than d / heads; tied output.
+            let (kv_heads, hd, ff) = (2u64, 32u64, 128u64);
+            for (k, v) in [
+                ("context_length", CTX),
+                ("embedding_length", D as u32),
+                ("block_count", 6),
+                ("feed_forward_length", ff as u32),
+                ("attention.head_count", HEADS as u32),
+                ("attention.head_count_kv", kv_heads as u32),
+                ("attention.key_length", hd as u32),
+                ("attention.value_length", hd as u32),
+                ("attention.sliding_window", GEMMA3_WINDOW),
+            ] {
+                w.set(&format!("gemma3.{k}"), Value::U32(v));
+            }
+            w.set("gemma3.attention.layer_norm_rms_epsilon", Value::F32(1e-6));
+            w.set("gemma3.rope.freq_base", Value::F32(1_000_000.0));
+            t(
+                "token_embd.weight".into(),
+                vec![D, n_vocab],
+                Q8_0,
+                Kind::Embedding(0.25),
+            );
+            for i in 0..6 {
+                let (q_ty, o_ty, mlp_ty) = [(F16, Q4_0, Q8_0), (Q8_0, F16, Q4_0)][i % 2];
+                let b = |n: &str| format!("blk.{i}.{n}");
+                t(b("attn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("attn_q.weight"), vec![D, HEADS * hd], q_ty, Kind::Matrix);
+                t(
+                    b("attn_k.weight"),
+                    vec![D, kv_heads * hd],
+                    q_ty,
+                    Kind::Matrix,
+                );
+                t(
+                    b("attn_v.weight"),
+                    vec![D, kv_heads * hd],
+                    Q8_0,
+                    Kind::Matrix,
+                );
+                t(b("attn_q_norm.weight"), vec![hd], F32, Kind::NormWeight);
+                t(b("attn_k_norm.weight"), vec![hd], F32, Kind::NormWeight);
+                t(
+                    b("attn_output.weight"),
+                    vec![HEADS * hd, D],
+                    o_ty,
+                    Kind::Matrix,
+                );
+                t(
+                    b("post_attention_norm.weight"),
+                    vec![D],
+                    F32,
+                    Kind::NormWeight,
+                );
+                t(b("ffn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("ffn_gate.weight"), vec![D, ff], mlp_ty, Kind::Matrix);
+                t(b("ffn_up.weight"), vec![D, ff], mlp_ty, Kind::Matrix);
+                t(b("ffn_down.weight"), vec![ff, D], Q8_0, Kind::Matrix);
+                t(b("post_ffw_norm.weight"), vec![D], F32, Kind::NormWeight);
+            }
+            t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
+        }
         other => panic!("no tiny model for {other}"),
     }
     if let Some((name, shape)) = &edit.extra {
         t(name.to_string(), shape.clone(), F32, Kind::Bias);
+    }
+    if let Some((key, v)) = edit.key {
+        w.set(key, Value::U32(v));
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for (name, mut shape, ty, kind) in tensors {

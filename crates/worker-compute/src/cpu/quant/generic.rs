@@ -439,8 +439,9 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// Positions per key block of the attention kernels' key layout (see [`attend`]).
 pub const KEY_BLOCK: usize = 16;
 
-/// The attention of `heads` query heads that share one KV head (a GQA group) over `n`
-/// cached positions: for each head `h`, `out[h] = softmax(scale · K q[h]) · V`, with `q` the
+/// The attention of `heads` query heads that share one KV head (a GQA group) over cached
+/// positions `first..n` (a sliding window starts past 0; the positions before `first` in the
+/// buffers are ignored): for each head `h`, `out[h] = softmax(scale · K q[h]) · V`, with `q` the
 /// heads' queries one after the other and `out` their outputs likewise. Each head's result
 /// is the same as alone ([`attend_head`]); the SIMD kernels read each key and value once for
 /// the whole group.
@@ -449,6 +450,7 @@ pub fn attend(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
+    first: usize,
     n: usize,
     scale: f32,
     out: &mut [f32],
@@ -458,20 +460,23 @@ pub fn attend(
     let heads = heads.max(1);
     let (hd, vhd) = (q.len() / heads, out.len() / heads);
     for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(vhd)) {
-        attend_head(qh, keys, values, n, scale, oh, scores);
+        attend_head(qh, keys, values, first, n, scale, oh, scores);
     }
 }
 
-/// One query head's attention over `n` cached positions: `out = softmax(scale · K q) · V`.
+/// One query head's attention over cached positions `first..n`:
+/// `out = softmax(scale · K q) · V`.
 ///
 /// `keys` holds the keys in blocks of [`KEY_BLOCK`] positions, each block transposed
 /// (`[head_dim][KEY_BLOCK]`), so that a SIMD kernel scores sixteen positions per vector with
 /// no horizontal sums; `values` holds one row of `out.len()` per position. `scores` is
 /// scratch space.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_head(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
+    first: usize,
     n: usize,
     scale: f32,
     out: &mut [f32],
@@ -480,7 +485,7 @@ pub fn attend_head(
     let (hd, vhd) = (q.len(), out.len());
     scores.clear();
     let mut max = f32::NEG_INFINITY;
-    for t in 0..n {
+    for t in first..n {
         let block = &keys[(t / KEY_BLOCK) * hd * KEY_BLOCK..][..hd * KEY_BLOCK];
         let mut s = 0f32;
         for (d, qd) in q.iter().enumerate() {
@@ -496,7 +501,7 @@ pub fn attend_head(
         sum += *s;
     }
     out.fill(0.0);
-    for (t, w) in scores.iter().enumerate() {
+    for (t, w) in (first..n).zip(scores.iter()) {
         for (o, v) in out.iter_mut().zip(&values[t * vhd..][..vhd]) {
             *o = w.mul_add(*v, *o);
         }

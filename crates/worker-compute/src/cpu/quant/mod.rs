@@ -105,8 +105,9 @@ pub struct PanelKernels {
     pub dots: PanelDots,
 }
 
-/// The signature of [`generic::attend`]: `(q, keys, values, n, scale, out, scores, heads)`.
-pub type Attend = fn(&[f32], &[f32], &[f32], usize, f32, &mut [f32], &mut Vec<f32>, usize);
+/// The signature of [`generic::attend`]:
+/// `(q, keys, values, first, n, scale, out, scores, heads)`.
+pub type Attend = fn(&[f32], &[f32], &[f32], usize, usize, f32, &mut [f32], &mut Vec<f32>, usize);
 
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]

@@ -103,7 +103,7 @@ wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K])
 wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
 wrap!(dequantize_row_f16, dequantize_row_f16_avx2, (w: &[u8], out: &mut [f32]) -> ());
 wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
-wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
+wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], first: usize, n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 
 // ---------------------------------------------------------------------------------------
@@ -302,12 +302,14 @@ unsafe fn dequantize_row_f16_avx2(w: &[u8], out: &mut [f32]) {
 /// values (each key and value read once for the group). Alone, a head's keys are scored four
 /// blocks at a time (eight FMA chains) and 64 output columns are held in registers. Every
 /// head's sums run in the same order either way, so its result does not depend on the group.
+/// Positions before `first` (a sliding window) get the weight 0, exactly, as those past `n`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
+    first: usize,
     n: usize,
     scale: f32,
     out: &mut [f32],
@@ -323,8 +325,9 @@ unsafe fn attend_avx2(
         || out.len() != heads * vhd
         || keys.len() < blocks * KB * hd
         || values.len() < n * vhd
+        || first >= n
     {
-        return super::generic::attend(q, keys, values, n, scale, out, scores, heads);
+        return super::generic::attend(q, keys, values, first, n, scale, out, scores, heads);
     }
     // Per head `blocks * KB` scores, then one inverse sum per head.
     let stride = blocks * KB;
@@ -368,9 +371,8 @@ unsafe fn attend_avx2(
     }
     for h in 0..heads {
         let s = std::slice::from_raw_parts_mut(sp.add(h * stride), stride);
-        for v in &mut s[n..] {
-            *v = f32::NEG_INFINITY;
-        }
+        s[..first].fill(f32::NEG_INFINITY);
+        s[n..].fill(f32::NEG_INFINITY);
         let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
         for i in (0..stride).step_by(8) {
