@@ -76,7 +76,11 @@ fn chat_completions_streaming_and_not_agree() {
     let n = chunks.len();
     assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], reason);
     assert_eq!(chunks[n - 1]["choices"], json!([]));
-    assert_eq!(chunks[n - 1]["usage"], v["usage"]);
+    // The same counts; the streamed request may find the first one's prompt blocks in the
+    // prefix cache, so `cached_tokens` may differ.
+    for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(chunks[n - 1]["usage"][key], v["usage"][key], "{key}");
+    }
     assert!(chunks[..n - 1].iter().all(|c| c["usage"].is_null()));
 
     // Log-probabilities, and max_completion_tokens as the limit.
@@ -162,11 +166,11 @@ fn unsupported_and_invalid_options_get_openai_errors() {
         (
             "/v1/chat/completions",
             json!({"messages": msgs, "tools": [{"type": "function"}]}),
-            "tools",
+            "tools[0]",
         ),
         (
             "/v1/chat/completions",
-            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            json!({"messages": msgs, "response_format": {"type": "yaml"}}),
             "response_format",
         ),
         (

@@ -199,6 +199,12 @@ impl Engine {
             .map_err(EngineError::Tokenize)
     }
 
+    /// Compiles `constraint` as [`Self::submit`] would, without generating: a caller that
+    /// leaves its output free can still refuse schemas that do not compile.
+    pub fn check_constraint(&self, constraint: &crate::Constraint) -> Result<(), EngineError> {
+        self.grammars.compile(constraint).map(|_| ())
+    }
+
     /// Validates and queues `request`; its events arrive on the returned [`Generation`].
     ///
     /// Bad requests (empty prompt, prompt too long for the context, invalid sampling values,

@@ -24,6 +24,7 @@
 
 mod callback;
 mod cli;
+mod constrain;
 mod error;
 mod execute;
 mod json;
@@ -34,6 +35,7 @@ mod openai;
 mod routes;
 mod state;
 mod time;
+mod tools;
 mod validate;
 
 pub use callback::send_ready_callback;

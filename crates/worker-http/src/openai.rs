@@ -1,8 +1,10 @@
 //! The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
 //!
 //! Requests are typed serde structs that refuse unknown fields; options we do not implement
-//! (`n` > 1, tools, `response_format` other than text, `echo`, `best_of`, `suffix`) are refused
-//! with OpenAI's error shape rather than ignored. Streaming answers are `data: {chunk}` lines
+//! (`n` > 1, `functions`, `echo`, `best_of`, `suffix`) are refused with OpenAI's error shape rather
+//! than ignored. `response_format` (`json_object`, `json_schema`) and the `grammar` extension
+//! constrain the output (see the `constrain` module); `tools` are handled by the `tools`
+//! module. Streaming answers are `data: {chunk}` lines
 //! ending with `data: [DONE]`.
 
 use std::collections::HashMap;
@@ -22,10 +24,12 @@ use worker_common::{ErrorCode, SamplingConfig};
 use worker_engine::{Completion, GenerationRequest, StopReason, TokenEvent};
 use worker_tokenizer::{ChatContext, ChatMessage};
 
+use crate::constrain;
 use crate::error::ApiError;
 use crate::metrics::{Outcome, Route};
 use crate::middleware::CorrelationId;
 use crate::state::{AppState, Running, Step};
+use crate::tools::{self, Tools};
 use crate::{json, time};
 
 /// `stop`: one string or several.
@@ -66,6 +70,10 @@ struct MessageIn {
     content: Option<Content>,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
 /// Sampling and limits both routes share.
@@ -113,6 +121,9 @@ struct ChatRequest {
     parallel_tool_calls: Option<Value>,
     #[serde(default)]
     response_format: Option<Value>,
+    /// Extension: `{"lark": "…"}` or `{"regex": "…"}`.
+    #[serde(default)]
+    grammar: Option<Value>,
     // serde's `flatten` cannot be combined with `deny_unknown_fields`, so the shared fields
     // are repeated here and copied into `Common` by hand.
     #[serde(default)]
@@ -170,6 +181,11 @@ struct CompletionRequest {
     best_of: Option<u32>,
     #[serde(default)]
     suffix: Option<String>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    /// Extension: `{"lark": "…"}` or `{"regex": "…"}`.
+    #[serde(default)]
+    grammar: Option<Value>,
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
@@ -276,6 +292,27 @@ struct Prepared {
     request: GenerationRequest,
     stream: bool,
     include_usage: bool,
+    /// The field the request's constraint came from.
+    constraint_field: Option<&'static str>,
+    /// The request's tools, unless `tool_choice` is `none`.
+    tools: Option<Tools>,
+}
+
+impl Prepared {
+    /// Constrains the output as `response_format` / `grammar` ask.
+    fn constrain(
+        mut self,
+        response_format: Option<&Value>,
+        grammar: Option<&Value>,
+    ) -> Result<Self, ApiError> {
+        let requested = constrain::from_fields(response_format, grammar)
+            .map_err(|e| ApiError::invalid(vec![e]).openai())?;
+        if let Some(r) = requested {
+            self.request.constraint = Some(r.constraint);
+            self.constraint_field = Some(r.field);
+        }
+        Ok(self)
+    }
 }
 
 fn prepare(
@@ -353,6 +390,8 @@ fn prepare(
         },
         stream: common.stream,
         include_usage,
+        constraint_field: None,
+        tools: None,
     })
 }
 
@@ -389,22 +428,11 @@ pub(crate) async fn chat_completions(
         .and_then(|b| parse::<ChatRequest>(&b))
         .and_then(|mut r| {
             for (name, given) in [
-                ("tools", r.tools.is_some()),
-                ("tool_choice", r.tool_choice.is_some()),
                 ("functions", r.functions.is_some()),
                 ("function_call", r.function_call.is_some()),
-                ("parallel_tool_calls", r.parallel_tool_calls.is_some()),
             ] {
                 if given {
                     return Err(unsupported(name));
-                }
-            }
-            if let Some(f) = &r.response_format {
-                if f.get("type").and_then(Value::as_str) != Some("text") {
-                    return Err(invalid(
-                        "response_format",
-                        "only response_format {\"type\": \"text\"} is supported",
-                    ));
                 }
             }
             if r.max_tokens.is_some() && r.max_completion_tokens.is_some() {
@@ -423,9 +451,23 @@ pub(crate) async fn chat_completions(
                 (true, n) => Some(n.unwrap_or(0) as usize),
                 (false, None) => None,
             };
-            let prompt = render_chat(&state, &r.messages)?;
+            let hermes = state
+                .card
+                .chat_template
+                .as_ref()
+                .is_some_and(|t| t.supports_tools() && t.uses_hermes_tool_calls());
+            let tools = tools::parse(
+                r.tools.as_ref(),
+                r.tool_choice.as_ref(),
+                r.parallel_tool_calls.as_ref(),
+                hermes,
+            )
+            .map_err(|e| ApiError::invalid(vec![e]).openai())?;
+            let prompt = render_chat(&state, &r.messages, tools.as_ref())?;
             let max = r.max_completion_tokens.or(r.max_tokens);
-            prepare(&state, common_of!(r), prompt, max, logprobs)
+            let prepared = prepare(&state, common_of!(r), prompt, max, logprobs)?
+                .constrain(r.response_format.as_ref(), r.grammar.as_ref())?;
+            with_tools(&state, prepared, tools)
         });
     let prepared = match prepared {
         Ok(p) => p,
@@ -434,7 +476,27 @@ pub(crate) async fn chat_completions(
     run(state, route, Kind::Chat, correlation, prepared).await
 }
 
-fn render_chat(state: &AppState, messages: &[MessageIn]) -> Result<String, ApiError> {
+/// Adds the tools' constraint (see [`tools::constraint_of`]).
+fn with_tools(
+    state: &AppState,
+    mut prepared: Prepared,
+    tools: Option<Tools>,
+) -> Result<Prepared, ApiError> {
+    let Some(tools) = tools.filter(|t| t.choice != tools::Choice::None) else {
+        return Ok(prepared);
+    };
+    let given = prepared.request.constraint.is_some();
+    prepared.request.constraint = tools::constraint_of(&state.engine, &tools, given)?;
+    prepared.constraint_field = Some("tools");
+    prepared.tools = Some(tools);
+    Ok(prepared)
+}
+
+fn render_chat(
+    state: &AppState,
+    messages: &[MessageIn],
+    tools: Option<&Tools>,
+) -> Result<String, ApiError> {
     if messages.is_empty() {
         return Err(invalid("messages", "messages must not be empty"));
     }
@@ -445,7 +507,12 @@ fn render_chat(state: &AppState, messages: &[MessageIn]) -> Result<String, ApiEr
         ));
     };
     let mut out = Vec::with_capacity(messages.len());
-    for m in messages {
+    let mut json_messages = Vec::with_capacity(messages.len());
+    let tool_turns = tools.is_some()
+        || messages
+            .iter()
+            .any(|m| m.role == "tool" || m.tool_calls.is_some());
+    for (i, m) in messages.iter().enumerate() {
         if !matches!(
             m.role.as_str(),
             "system" | "developer" | "user" | "assistant" | "tool"
@@ -475,14 +542,37 @@ fn render_chat(state: &AppState, messages: &[MessageIn]) -> Result<String, ApiEr
                 s
             }
         };
-        out.push(ChatMessage::new(m.role.clone(), content));
+        if tool_turns {
+            let j = tools::message_json(
+                &m.role,
+                content,
+                m.tool_calls.as_ref(),
+                m.tool_call_id.as_deref(),
+                i,
+            )
+            .map_err(|e| ApiError::invalid(vec![e]).openai())?;
+            json_messages.push(j);
+        } else {
+            out.push(ChatMessage::new(m.role.clone(), content));
+        }
     }
     let ctx = ChatContext {
         add_generation_prompt: true,
         bos_token: state.card.bos_text.clone(),
         eos_token: state.card.eos_text.clone(),
     };
-    template.render(&out, &ctx).map_err(|e| {
+    let rendered = if !tool_turns {
+        template.render(&out, &ctx)
+    } else if template.supports_tools() {
+        let list = tools
+            .filter(|t| t.choice != tools::Choice::None)
+            .map(|t| &t.list);
+        template.render_json(&Value::Array(json_messages), list, &ctx)
+    } else {
+        let generic = tools::generic_messages(json_messages, tools);
+        template.render_json(&Value::Array(generic), None, &ctx)
+    };
+    rendered.map_err(|e| {
         invalid(
             "messages",
             format!("the chat template refused the messages: {e}"),
@@ -520,7 +610,8 @@ pub(crate) async fn completions(
             };
             let logprobs = r.logprobs.map(|n| n as usize);
             let max = r.max_tokens.or(Some(16));
-            prepare(&state, common_of!(r), prompt, max, logprobs)
+            prepare(&state, common_of!(r), prompt, max, logprobs)?
+                .constrain(r.response_format.as_ref(), r.grammar.as_ref())
         });
     let prepared = match prepared {
         Ok(p) => p,
@@ -549,7 +640,13 @@ async fn run(
         .await;
     let running = match started {
         Ok(r) => r,
-        Err(e) => return reject(&state, route, e),
+        Err(e) => {
+            let e = match prepared.constraint_field {
+                Some(field) => constrain::attribute(e, field),
+                None => e,
+            };
+            return reject(&state, route, e);
+        }
     };
     let ctx = ChunkCtx {
         id,
@@ -558,6 +655,7 @@ async fn run(
         kind,
         logprobs,
         state: state.clone(),
+        tools: prepared.tools,
     };
     if prepared.stream {
         Sse::new(chunk_stream(ctx, running, prepared.include_usage)).into_response()
@@ -574,6 +672,7 @@ struct ChunkCtx {
     kind: Kind,
     logprobs: bool,
     state: Arc<AppState>,
+    tools: Option<Tools>,
 }
 
 impl ChunkCtx {
@@ -663,9 +762,13 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
             let logprobs = ctx.logprobs.then(|| {
                 json!({"content": tokens.iter().map(|t| ctx.chat_logprob(t)).collect::<Vec<_>>()})
             });
+            let (message, reason) = match &ctx.tools {
+                Some(t) => t.message(&text, reason),
+                None => (json!({"role": "assistant", "content": text}), reason),
+            };
             json!({
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": logprobs,
                 "finish_reason": reason,
             })
@@ -690,6 +793,8 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
 }
 
 struct ChunkStream {
+    /// With tools: the output so far, held back until the end.
+    held: String,
     ctx: ChunkCtx,
     running: Running,
     include_usage: bool,
@@ -739,8 +844,34 @@ impl ChunkStream {
         self.chunk(json!([choice]), None)
     }
 
+    /// The end of an answer with tools: its content and calls as deltas.
+    fn push_tool_end(&mut self, t: &Tools, tail: &str, reason: &'static str) {
+        let text = std::mem::take(&mut self.held) + tail;
+        let (deltas, reason) = t.stream_end(&text, reason);
+        for delta in deltas {
+            let c = json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]);
+            let chunk = self.chunk(c, None);
+            self.pending.push_back(chunk);
+        }
+        let c = json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]);
+        let last = self.chunk(c, None);
+        self.pending.push_back(last);
+    }
+
     fn push(&mut self, step: Step) {
         match step {
+            Step::Token(t) if self.ctx.tools.is_some() => self.held.push_str(&t.text),
+            Step::End(c) if self.ctx.tools.is_some() => {
+                if let Some(t) = self.ctx.tools.take() {
+                    self.push_tool_end(&t, &c.tail, finish_reason(&c));
+                }
+                if self.include_usage {
+                    let u = usage(&c);
+                    let chunk = self.chunk(json!([]), Some(&u));
+                    self.pending.push_back(chunk);
+                }
+                self.ended = true;
+            }
             Step::Token(t) => {
                 if !t.text.is_empty() || self.ctx.logprobs {
                     let c = self.delta(&t.text, Some(&t), None);
@@ -771,6 +902,7 @@ fn chunk_stream(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut st = ChunkStream {
+        held: String::new(),
         ctx,
         running,
         include_usage,
