@@ -208,6 +208,12 @@ pub(crate) fn parse(
 }
 
 impl Tools {
+    /// Whether one answer may hold several calls: with `parallel_tool_calls`, unless the
+    /// choice names the one function to call.
+    fn several_calls(&self) -> bool {
+        self.parallel && !matches!(self.choice, Choice::Named(_))
+    }
+
     /// The schema of one call object `{name, arguments}` of the functions the choice allows.
     fn call_schema(&self) -> Value {
         let calls: Vec<Value> = self
@@ -255,7 +261,7 @@ impl Tools {
                 let mut calls = json!({
                     "type": "array", "items": self.call_schema(), "minItems": 1,
                 });
-                if !self.parallel {
+                if !self.several_calls() {
                     calls["maxItems"] = json!(1);
                 }
                 let with_calls = json!({
@@ -303,7 +309,7 @@ impl Tools {
             marker("<tool_call>"),
             marker("</tool_call>")
         );
-        let start = if self.parallel {
+        let start = if self.several_calls() {
             "start: call (\"\\n\" call)*"
         } else {
             "start: call"
