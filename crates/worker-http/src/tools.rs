@@ -208,10 +208,14 @@ pub(crate) fn parse(
 }
 
 impl Tools {
-    /// Whether one answer may hold several calls: with `parallel_tool_calls`, unless the
-    /// choice names the one function to call.
-    fn several_calls(&self) -> bool {
-        self.parallel && !matches!(self.choice, Choice::Named(_))
+    /// Most calls in one answer: one without `parallel_tool_calls` or with a named choice,
+    /// else one per tool (small models otherwise repeat calls until `max_tokens`).
+    fn most_calls(&self) -> usize {
+        if self.parallel && !matches!(self.choice, Choice::Named(_)) {
+            self.names.len()
+        } else {
+            1
+        }
     }
 
     /// The schema of one call object `{name, arguments}` of the functions the choice allows.
@@ -261,9 +265,7 @@ impl Tools {
                 let mut calls = json!({
                     "type": "array", "items": self.call_schema(), "minItems": 1,
                 });
-                if !self.several_calls() {
-                    calls["maxItems"] = json!(1);
-                }
+                calls["maxItems"] = json!(self.most_calls());
                 let with_calls = json!({
                     "type": "object",
                     "properties": {"tool_calls": calls},
@@ -309,12 +311,12 @@ impl Tools {
             marker("<tool_call>"),
             marker("</tool_call>")
         );
-        let start = if self.several_calls() {
-            "start: call (\"\\n\" call)*"
-        } else {
-            "start: call"
-        };
-        format!("{start}\n{call}\n")
+        // `call ("\n" call ("\n" call)?)?` for at most three calls.
+        let mut start = String::from("call");
+        for _ in 1..self.most_calls() {
+            start = format!("call (\"\\n\" {start})?");
+        }
+        format!("start: {start}\n{call}\n")
     }
 
     /// The system message text that describes the tools in the generic format.
