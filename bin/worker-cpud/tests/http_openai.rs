@@ -169,11 +169,11 @@ fn unsupported_and_invalid_options_get_openai_errors() {
         (
             "/v1/chat/completions",
             json!({"messages": msgs, "tools": [{"type": "function"}]}),
-            "tools",
+            "tools[0]",
         ),
         (
             "/v1/chat/completions",
-            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            json!({"messages": msgs, "response_format": {"type": "yaml"}}),
             "response_format",
         ),
         (

@@ -192,6 +192,47 @@ impl Sampler {
     ) -> Result<Sampled, SamplingError> {
         self.prepare(logits, history)?;
         let id = self.choose(logits);
+        Ok(self.logprobs(logits, id, n_top))
+    }
+
+    /// Like [`Self::sample`], choosing only among the ids that `allowed` lets through
+    /// (constrained decoding): bit `id % 32` of word `id / 32`, ids past its end banned.
+    ///
+    /// The mask is applied after steps 1 to 3 (a banned logit becomes `-inf`), so bias,
+    /// penalties, greedy, top-k, temperature, top-p and min-p all work on the masked logits,
+    /// and `logits` holds those on return. The result is always an allowed id when `allowed`
+    /// allows any id of the vocabulary (even if every allowed logit is `-inf`: then the
+    /// lowest allowed id); when it allows none, the lowest id.
+    pub fn sample_masked(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        allowed: &[u32],
+    ) -> Result<u32, SamplingError> {
+        self.prepare(logits, history)?;
+        let first = apply_mask(logits, allowed);
+        let id = self.choose(logits);
+        Ok(keep_allowed(id, allowed, first))
+    }
+
+    /// [`Self::sample_masked`] with the log-probabilities of [`Self::sample_with_logprobs`],
+    /// taken from the masked distribution (banned ids have `-inf`).
+    pub fn sample_with_logprobs_masked(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        n_top: usize,
+        allowed: &[u32],
+    ) -> Result<Sampled, SamplingError> {
+        self.prepare(logits, history)?;
+        let first = apply_mask(logits, allowed);
+        let id = keep_allowed(self.choose(logits), allowed, first);
+        Ok(self.logprobs(logits, id, n_top))
+    }
+
+    /// The log-probabilities of `id` and the `n_top` most likely tokens under the
+    /// distribution the module documentation describes, for cleaned `logits`.
+    fn logprobs(&self, logits: &[f32], id: u32, n_top: usize) -> Sampled {
         let scale_by = self.inv_temperature;
         let max = logits
             .iter()
@@ -228,11 +269,11 @@ impl Sampler {
         for entry in &mut top {
             entry.1 = logprob(entry.1);
         }
-        Ok(Sampled {
+        Sampled {
             id,
             logprob: logprob(logits[id as usize]),
             top,
-        })
+        }
     }
 
     /// Steps 1 to 3: bias, penalties, clean-up, in place.
@@ -352,6 +393,42 @@ impl Sampler {
         }
         // Unreachable: `target < total`, and the loop sums the same terms in the same order.
         cands[cands.len() - 1].id
+    }
+}
+
+/// Whether bit `id` of the mask words is set.
+fn is_allowed(allowed: &[u32], id: u32) -> bool {
+    allowed
+        .get((id / 32) as usize)
+        .is_some_and(|w| w >> (id % 32) & 1 == 1)
+}
+
+/// Sets every logit the mask bans to `-inf`; returns the lowest allowed id, if any.
+fn apply_mask(logits: &mut [f32], allowed: &[u32]) -> Option<u32> {
+    let mut first = None;
+    for (w, chunk) in logits.chunks_mut(32).enumerate() {
+        let word = allowed.get(w).copied().unwrap_or(0);
+        if word == u32::MAX && chunk.len() == 32 {
+            first = first.or(Some(w as u32 * 32));
+            continue;
+        }
+        for (b, x) in chunk.iter_mut().enumerate() {
+            if word >> b & 1 == 1 {
+                first = first.or(Some((w * 32 + b) as u32));
+            } else {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    first
+}
+
+/// `id` if the mask allows it, else the lowest allowed id (every allowed logit was `-inf`).
+fn keep_allowed(id: u32, allowed: &[u32], first: Option<u32>) -> u32 {
+    if is_allowed(allowed, id) {
+        id
+    } else {
+        first.unwrap_or(id)
     }
 }
 

@@ -12,6 +12,7 @@ use worker_models::{LoadOptions, Model};
 use worker_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::blocks::KvStats;
+use crate::constraint::Grammars;
 use crate::request::{CancelHandle, EventSink, Generation, GenerationRequest, Prompt};
 use crate::scheduler::{Command, Job, LoopConfig, Scheduler};
 use crate::EngineError;
@@ -97,6 +98,7 @@ pub struct Engine {
     tokenizer: Arc<dyn Tokenizer>,
     info: EngineInfo,
     stats: Arc<Mutex<KvStats>>,
+    grammars: Grammars,
 }
 
 impl Engine {
@@ -153,6 +155,7 @@ impl Engine {
             prefix_cache: config.prefix_cache && backend.kv_layout() == KvLayout::Paged,
             device_bytes: backend.allocated_bytes(),
         };
+        let grammars = Grammars::new(tokenizer.clone(), info.vocab_size)?;
         let stats = Arc::new(Mutex::new(KvStats::default()));
         let (commands, rx) = mpsc::channel();
         let tok = tokenizer.clone();
@@ -169,6 +172,7 @@ impl Engine {
             tokenizer,
             info,
             stats,
+            grammars,
         })
     }
 
@@ -195,10 +199,18 @@ impl Engine {
             .map_err(EngineError::Tokenize)
     }
 
+    /// Compiles `constraint` as [`Self::submit`] would, without generating: a caller that
+    /// leaves its output free can still refuse schemas that do not compile.
+    pub fn check_constraint(&self, constraint: &crate::Constraint) -> Result<(), EngineError> {
+        self.grammars.compile(constraint).map(|_| ())
+    }
+
     /// Validates and queues `request`; its events arrive on the returned [`Generation`].
     ///
     /// Bad requests (empty prompt, prompt too long for the context, invalid sampling values,
-    /// token ids outside the vocabulary) fail here, before anything is queued.
+    /// token ids outside the vocabulary, a constraint that does not compile) fail here,
+    /// before anything is queued. A constraint is compiled on the caller's thread, within
+    /// llguidance's limits, so a large schema never stalls the engine loop.
     pub fn submit(&self, request: GenerationRequest) -> Result<Generation, EngineError> {
         let (tx, events) = mpsc::channel();
         let cancel = self.submit_to(request, Box::new(tx))?;
@@ -239,6 +251,10 @@ impl Engine {
             });
         }
         let sampler = Sampler::new(request.sampling.clone(), self.info.vocab_size)?;
+        let grammar = match &request.constraint {
+            Some(c) => Some(self.grammars.compile(c)?),
+            None => None,
+        };
         let cancel = CancelHandle::default();
         let job = Job {
             prompt_ids,
@@ -246,6 +262,7 @@ impl Engine {
             max_tokens: request.max_tokens,
             stop: request.stop,
             logprobs: request.logprobs,
+            grammar,
             sink,
             cancel: cancel.clone(),
         };

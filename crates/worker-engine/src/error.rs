@@ -7,7 +7,7 @@ use worker_tokenizer::TokenizerError;
 /// Everything that can go wrong loading the engine, accepting a request or generating.
 ///
 /// The request errors ([`Self::EmptyPrompt`], [`Self::PromptTooLong`], [`Self::TokenOutOfRange`],
-/// [`Self::Sampling`], [`Self::Tokenize`]) are returned by [`crate::Engine::submit`] before
+/// [`Self::Sampling`], [`Self::Tokenize`], [`Self::Constraint`]) are returned by [`crate::Engine::submit`] before
 /// anything is queued; the others arrive as [`crate::Event::Error`] during generation.
 ///
 /// Each message carries its cause and none chains it as a `source()` too, so a report that
@@ -63,6 +63,12 @@ pub enum EngineError {
     /// by running sequences); that sequence ends with this error, the others go on.
     #[error("the KV cache pool is full: no block for the next position")]
     KvCacheFull,
+    /// A constraint (JSON schema, grammar, regular expression) does not compile, is too
+    /// large or exceeds the compile limits (from [`crate::Engine::submit`]), or failed during
+    /// generation (a mask beyond the limits). The message names the keyword or limit, never
+    /// the request's text beyond that.
+    #[error("invalid constraint: {0}")]
+    Constraint(String),
     /// The engine shut down before the request finished.
     #[error("the engine shut down before the request finished")]
     ShutDown,

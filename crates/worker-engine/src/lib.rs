@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 mod blocks;
+mod constraint;
 mod engine;
 mod error;
 mod pace;
@@ -49,6 +50,7 @@ mod scheduler;
 pub mod stop;
 
 pub use blocks::KvStats;
+pub use constraint::{Constraint, MAX_CONSTRAINT_BYTES};
 pub use engine::{Engine, EngineConfig, EngineInfo};
 pub use error::EngineError;
 pub use request::{

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use worker_common::SamplingConfig;
 
-use crate::EngineError;
+use crate::{Constraint, EngineError};
 
 /// The prompt of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +36,10 @@ pub struct GenerationRequest {
     /// When set, each token event carries its log-probability and this many most likely
     /// alternatives.
     pub logprobs: Option<usize>,
+    /// When set, every generated token keeps the output inside this constraint's language;
+    /// generation stops ([`StopReason::Eos`]) when the output is complete, and only then may
+    /// an end-of-generation token be chosen.
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerationRequest {
@@ -47,6 +51,7 @@ impl GenerationRequest {
             max_tokens: None,
             stop: Vec::new(),
             logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -54,7 +59,8 @@ impl GenerationRequest {
 /// Why a generation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
-    /// The model produced an end-of-generation token (EOS, EOT, …).
+    /// The model produced an end-of-generation token (EOS, EOT, …), or a constrained output
+    /// is complete.
     Eos,
     /// The generated text contained this stop string.
     StopSequence(String),

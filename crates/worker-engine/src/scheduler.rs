@@ -15,6 +15,7 @@ use worker_models::{Batch, Model, ModelError};
 use worker_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::blocks::{BlockManager, KvStats};
+use crate::constraint::MaskWorker;
 use crate::pace::Pace;
 use crate::request::{CancelHandle, Completion, Event, EventSink, StopReason, Timings, TokenEvent};
 use crate::stop::{StopCheck, StopMatcher};
@@ -33,6 +34,8 @@ pub(crate) struct Job {
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     pub logprobs: Option<usize>,
+    /// The compiled constraint, at its start state.
+    pub grammar: Option<llguidance::Matcher>,
     pub sink: Box<dyn EventSink>,
     pub cancel: CancelHandle,
 }
@@ -69,13 +72,22 @@ struct Sequence<'t> {
     /// Text sent in token events so far.
     text: String,
     timings: Timings,
+    /// The constraint's mask thread, for a constrained sequence.
+    grammar: Option<MaskWorker>,
 }
 
 impl<'t> Sequence<'t> {
     /// A sequence whose first `cached` prompt positions are already in its blocks.
-    fn new(job: Job, tok: &'t dyn Tokenizer, cached: usize, admitted: u64) -> Self {
+    fn new(
+        job: Job,
+        tok: &'t dyn Tokenizer,
+        cached: usize,
+        admitted: u64,
+        grammar: Option<MaskWorker>,
+    ) -> Self {
         let tokens = job.prompt_ids.clone();
         Sequence {
+            grammar,
             matcher: StopMatcher::new(&job.stop),
             prompt_len: tokens.len(),
             tokens,
@@ -104,16 +116,23 @@ impl<'t> Sequence<'t> {
         logits: &mut [f32],
         context: usize,
     ) -> Option<Outcome> {
-        let sampled = match self.job.logprobs {
-            Some(n) => self
-                .job
-                .sampler
+        let mask = match self.grammar.as_mut().map(MaskWorker::mask).transpose() {
+            Ok(mask) => mask,
+            Err(e) => return Some(Outcome::Fail(e)),
+        };
+        let sampler = &mut self.job.sampler;
+        let sampled = match (self.job.logprobs, &mask) {
+            (Some(n), None) => sampler
                 .sample_with_logprobs(logits, &self.tokens, n)
                 .map(|s| (s.id, Some(s.logprob), s.top)),
-            None => self
-                .job
-                .sampler
+            (Some(n), Some(mask)) => sampler
+                .sample_with_logprobs_masked(logits, &self.tokens, n, mask.as_slice())
+                .map(|s| (s.id, Some(s.logprob), s.top)),
+            (None, None) => sampler
                 .sample(logits, &self.tokens)
+                .map(|id| (id, None, Vec::new())),
+            (None, Some(mask)) => sampler
+                .sample_masked(logits, &self.tokens, mask.as_slice())
                 .map(|id| (id, None, Vec::new())),
         };
         let (id, logprob, top_logprobs) = match sampled {
@@ -124,6 +143,12 @@ impl<'t> Sequence<'t> {
             return Some(Outcome::Stop(StopReason::Eos));
         }
         self.tokens.push(id);
+        // The grammar advances now and computes its next mask during the next forward pass.
+        let complete = match self.grammar.as_mut().map(|g| g.accept(id)) {
+            None | Some(Ok(false)) => false,
+            Some(Ok(true)) => true,
+            Some(Err(e)) => return Some(Outcome::Fail(e)),
+        };
         let piece = match self.decoder.push(id) {
             Ok(p) => p,
             Err(e) => return Some(Outcome::Fail(EngineError::Tokenize(e))),
@@ -144,6 +169,10 @@ impl<'t> Sequence<'t> {
         }
         if let Some(stop) = stopped {
             return Some(Outcome::Stop(StopReason::StopSequence(stop)));
+        }
+        if complete {
+            // The constrained output is whole and nothing may follow it: as if at EOS.
+            return Some(Outcome::Stop(StopReason::Eos));
         }
         if self.job.max_tokens.is_some_and(|m| self.generated() >= m) {
             return Some(Outcome::Stop(StopReason::MaxTokens));
@@ -403,9 +432,23 @@ impl<'t> Scheduler<'t> {
                 let Some(cached) = self.blocks.start(i, &job.prompt_ids) else {
                     return;
                 };
-                if let Some(job) = self.queue.pop_front() {
+                if let Some(mut job) = self.queue.pop_front() {
+                    let grammar = match job.grammar.take().map(MaskWorker::start).transpose() {
+                        Ok(g) => g,
+                        Err(e) => {
+                            self.blocks.release(i);
+                            finish_unstarted(*job, Outcome::Fail(e));
+                            continue;
+                        }
+                    };
                     self.admitted += 1;
-                    self.slots[i] = Some(Sequence::new(*job, self.tok, cached, self.admitted));
+                    self.slots[i] = Some(Sequence::new(
+                        *job,
+                        self.tok,
+                        cached,
+                        self.admitted,
+                        grammar,
+                    ));
                 }
                 break;
             }

@@ -126,6 +126,14 @@ impl ApiError {
                 let field = s.field().unwrap_or("sampling");
                 Self::field(field, "in range", s.to_string())
             }
+            EngineError::Constraint(msg) => {
+                // The route renames `constraint` to the field the constraint came from.
+                Self::field(
+                    "constraint",
+                    "an enforceable schema or grammar",
+                    msg.clone(),
+                )
+            }
             EngineError::ShutDown => {
                 Self::new(ErrorCode::ShuttingDown, "the worker is shutting down")
             }

@@ -23,6 +23,7 @@ use serde_json::json;
 use worker_common::SamplingConfig;
 use worker_engine::{Completion, GenerationRequest, StopReason};
 
+use crate::constrain;
 use crate::error::ApiError;
 use crate::metrics::{Outcome, Route};
 use crate::middleware::CorrelationId;
@@ -44,6 +45,8 @@ const EXECUTE_FIELDS: &[&str] = &[
     "frequency_penalty",
     "stop",
     "seed",
+    "response_format",
+    "grammar",
 ];
 
 /// Most prompt characters accepted (the body limit bounds it first in practice).
@@ -53,6 +56,8 @@ pub(crate) const MAX_PROMPT_CHARS: usize = 4 << 20;
 pub(crate) struct ExecuteRequest {
     job_id: String,
     request: GenerationRequest,
+    /// The field the request's constraint came from.
+    constraint_field: Option<&'static str>,
 }
 
 /// Parses and validates an `/execute` body.
@@ -101,6 +106,14 @@ pub(crate) fn parse_execute(rules: &Rules<'_>, bytes: &[u8]) -> Result<ExecuteRe
         ..d
     };
     let stop = f.stop("stop");
+    let requested = constrain::from_fields(obj.get("response_format"), obj.get("grammar"));
+    let requested = match requested {
+        Ok(r) => r,
+        Err(e) => {
+            f.errors.push(e);
+            None
+        }
+    };
     f.finish()?;
     let (Some(job_id), Some(prompt)) = (job_id, prompt) else {
         return Err(ApiError::new(
@@ -108,14 +121,17 @@ pub(crate) fn parse_execute(rules: &Rules<'_>, bytes: &[u8]) -> Result<ExecuteRe
             "job_id and prompt are required",
         ));
     };
+    let constraint_field = requested.as_ref().map(|r| r.field);
     Ok(ExecuteRequest {
         job_id,
         request: GenerationRequest {
             sampling,
             max_tokens: Some(max_tokens as usize),
             stop,
+            constraint: requested.map(|r| r.constraint),
             ..GenerationRequest::new(prompt)
         },
+        constraint_field,
     })
 }
 
@@ -126,7 +142,11 @@ pub(crate) async fn execute(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let parsed = json::body_bytes(body).and_then(|b| parse_execute(&state.rules(), &b));
-    let ExecuteRequest { job_id, request } = match parsed {
+    let ExecuteRequest {
+        job_id,
+        request,
+        constraint_field,
+    } = match parsed {
         Ok(p) => p,
         Err(e) => {
             state
@@ -142,6 +162,10 @@ pub(crate) async fn execute(
     let running = match started {
         Ok(r) => r,
         Err(e) => {
+            let e = match constraint_field {
+                Some(field) => constrain::attribute(e, field),
+                None => e,
+            };
             state
                 .metrics
                 .count_request(Route::Execute, Outcome::from_code(e.code));

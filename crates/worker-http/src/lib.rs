@@ -25,6 +25,7 @@
 mod callback;
 mod cli;
 mod conn;
+mod constrain;
 mod error;
 mod execute;
 mod json;
@@ -37,6 +38,7 @@ mod routes;
 mod schema;
 mod state;
 mod time;
+mod tools;
 mod validate;
 
 pub use callback::send_ready_callback;

@@ -22,7 +22,8 @@ use crate::error::ApiError;
 use crate::metrics::{Outcome, Route};
 use crate::middleware::CorrelationId;
 use crate::state::{AppState, Running, Step};
-use crate::{json, time};
+use crate::tools::{self, Tools};
+use crate::{constrain, json, time};
 
 mod request;
 
@@ -83,12 +84,29 @@ pub(crate) async fn chat_completions(
     let route = Route::ChatCompletions;
     let prepared = json::body_bytes(body)
         .map_err(ApiError::openai)
-        .and_then(|b| request::parse_chat(&state.rules(), &b));
+        .and_then(|b| request::parse_chat(&state.rules(), &b))
+        .and_then(|p| with_tools(&state, p));
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return reject(&state, route, e),
     };
     run(state, route, Kind::Chat, correlation, prepared).await
+}
+
+/// Adds the tools' constraint (see [`tools::constraint_of`]).
+fn with_tools(state: &AppState, mut prepared: Prepared) -> Result<Prepared, ApiError> {
+    let Some(tools) = prepared
+        .tools
+        .take()
+        .filter(|t| t.choice != tools::Choice::None)
+    else {
+        return Ok(prepared);
+    };
+    let given = prepared.request.constraint.is_some();
+    prepared.request.constraint = tools::constraint_of(&state.engine, &tools, given)?;
+    prepared.constraint_field = Some("tools");
+    prepared.tools = Some(tools);
+    Ok(prepared)
 }
 
 /// `POST /v1/completions`.
@@ -128,7 +146,13 @@ async fn run(
         .await;
     let running = match started {
         Ok(r) => r,
-        Err(e) => return reject(&state, route, e),
+        Err(e) => {
+            let e = match prepared.constraint_field {
+                Some(field) => constrain::attribute(e, field),
+                None => e,
+            };
+            return reject(&state, route, e);
+        }
     };
     let ctx = ChunkCtx {
         id,
@@ -137,6 +161,7 @@ async fn run(
         kind,
         logprobs,
         state: state.clone(),
+        tools: prepared.tools,
     };
     if prepared.stream {
         Sse::new(chunk_stream(ctx, running, prepared.include_usage)).into_response()
@@ -153,6 +178,7 @@ struct ChunkCtx {
     kind: Kind,
     logprobs: bool,
     state: Arc<AppState>,
+    tools: Option<Tools>,
 }
 
 impl ChunkCtx {
@@ -242,9 +268,13 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
             let logprobs = ctx.logprobs.then(|| {
                 json!({"content": tokens.iter().map(|t| ctx.chat_logprob(t)).collect::<Vec<_>>()})
             });
+            let (message, reason) = match &ctx.tools {
+                Some(t) => t.message(&text, reason),
+                None => (json!({"role": "assistant", "content": text}), reason),
+            };
             json!({
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": logprobs,
                 "finish_reason": reason,
             })
@@ -269,6 +299,8 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
 }
 
 struct ChunkStream {
+    /// With tools: the output so far, held back until the end.
+    held: String,
     ctx: ChunkCtx,
     running: Running,
     include_usage: bool,
@@ -318,8 +350,34 @@ impl ChunkStream {
         self.chunk(json!([choice]), None)
     }
 
+    /// The end of an answer with tools: its content and calls as deltas.
+    fn push_tool_end(&mut self, t: &Tools, tail: &str, reason: &'static str) {
+        let text = std::mem::take(&mut self.held) + tail;
+        let (deltas, reason) = t.stream_end(&text, reason);
+        for delta in deltas {
+            let c = json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]);
+            let chunk = self.chunk(c, None);
+            self.pending.push_back(chunk);
+        }
+        let c = json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]);
+        let last = self.chunk(c, None);
+        self.pending.push_back(last);
+    }
+
     fn push(&mut self, step: Step) {
         match step {
+            Step::Token(t) if self.ctx.tools.is_some() => self.held.push_str(&t.text),
+            Step::End(c) if self.ctx.tools.is_some() => {
+                if let Some(t) = self.ctx.tools.take() {
+                    self.push_tool_end(&t, &c.tail, finish_reason(&c));
+                }
+                if self.include_usage {
+                    let u = usage(&c);
+                    let chunk = self.chunk(json!([]), Some(&u));
+                    self.pending.push_back(chunk);
+                }
+                self.ended = true;
+            }
             Step::Token(t) => {
                 if !t.text.is_empty() || self.ctx.logprobs {
                     let c = self.delta(&t.text, Some(&t), None);
@@ -350,6 +408,7 @@ fn chunk_stream(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut st = ChunkStream {
+        held: String::new(),
         ctx,
         running,
         include_usage,

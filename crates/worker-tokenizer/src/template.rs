@@ -42,6 +42,8 @@ pub struct ChatContext {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    tools: bool,
+    hermes_tool_calls: bool,
 }
 
 const NAME: &str = "chat_template";
@@ -79,7 +81,11 @@ impl ChatTemplate {
         );
         env.add_template_owned(NAME, source.to_string())
             .map_err(template_err)?;
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            tools: source.contains("tools"),
+            hermes_tool_calls: source.contains("<tool_call>"),
+        })
     }
 
     /// The template in GGUF key `tokenizer.chat_template`, if the file has one.
@@ -88,6 +94,37 @@ impl ChatTemplate {
             None => Ok(None),
             Some(_) => Self::new(md.get_str("tokenizer.chat_template")?).map(Some),
         }
+    }
+
+    /// Whether the template reads a `tools` variable (renders a tool list itself).
+    pub fn supports_tools(&self) -> bool {
+        self.tools
+    }
+
+    /// Whether the template writes tool calls as Hermes/Qwen `<tool_call>{…}</tool_call>`.
+    pub fn uses_hermes_tool_calls(&self) -> bool {
+        self.hermes_tool_calls
+    }
+
+    /// Renders messages given as JSON objects, as OpenAI clients send them (`role`,
+    /// `content`, and on earlier turns `tool_calls` or `tool_call_id`), with `tools` (the
+    /// request's tool list, absent when `None`) as the template's `tools` variable.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        ctx: &ChatContext,
+    ) -> Result<String> {
+        let tmpl = self.env.get_template(NAME).map_err(template_err)?;
+        let tools = tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t)));
+        tmpl.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            tools => tools,
+            add_generation_prompt => ctx.add_generation_prompt,
+            bos_token => &ctx.bos_token,
+            eos_token => &ctx.eos_token,
+        })
+        .map_err(template_err)
     }
 
     /// Renders `messages`.

@@ -591,3 +591,86 @@ fn random_configs_and_logits_always_give_a_valid_id() {
         }
     }
 }
+
+/// A mask allowing exactly `ids` in a vocabulary of `n`.
+fn mask_of(ids: &[u32], n: usize) -> Vec<u32> {
+    let mut words = vec![0u32; n.div_ceil(32)];
+    for &id in ids {
+        words[(id / 32) as usize] |= 1 << (id % 32);
+    }
+    words
+}
+
+#[test]
+fn masked_sampling_only_draws_allowed_ids() {
+    let mut rng = Xoshiro256::seed_from_u64(7);
+    let n = 100;
+    let allowed = [3u32, 40, 41, 77, 99];
+    let mask = mask_of(&allowed, n);
+    let configs = [
+        SamplingConfig::default(),
+        plain(0.0),
+        plain(1.5),
+        SamplingConfig {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 0.5,
+            min_p: 0.05,
+            repetition_penalty: 1.3,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.5,
+            ..SamplingConfig::default()
+        },
+    ];
+    for config in configs {
+        let mut s = sampler(config, n);
+        for _ in 0..200 {
+            let mut logits = random_logits(&mut rng, n);
+            let id = s.sample_masked(&mut logits, &[40, 40, 3], &mask).unwrap();
+            assert!(allowed.contains(&id), "{id} is not allowed");
+            assert!(logits[5].is_infinite() && logits[5] < 0.0);
+            let mut logits = random_logits(&mut rng, n);
+            let got = s
+                .sample_with_logprobs_masked(&mut logits, &[], 3, &mask)
+                .unwrap();
+            assert!(allowed.contains(&got.id));
+            assert!(got.top.iter().all(|(id, _)| allowed.contains(id)));
+        }
+    }
+}
+
+#[test]
+fn masked_greedy_takes_the_best_allowed_logit() {
+    let logits = [5.0f32, 1.0, 4.0, 2.0, 9.0];
+    let mut s = sampler(plain(0.0), logits.len());
+    let got = s
+        .sample_masked(&mut logits.to_vec(), &[], &mask_of(&[1, 2, 3], 5))
+        .unwrap();
+    assert_eq!(got, 2);
+}
+
+#[test]
+fn masked_sampling_keeps_an_allowed_id_when_its_logits_are_all_banned() {
+    let mut s = sampler(plain(1.0), 40);
+    let mut logits = vec![f32::NEG_INFINITY; 40];
+    logits[0] = 3.0;
+    let got = s
+        .sample_masked(&mut logits, &[], &mask_of(&[33, 35], 40))
+        .unwrap();
+    assert_eq!(got, 33);
+}
+
+#[test]
+fn a_full_mask_changes_nothing() {
+    let mut rng = Xoshiro256::seed_from_u64(11);
+    let n: usize = 70;
+    let full = vec![u32::MAX; n.div_ceil(32)];
+    let mut a = sampler(SamplingConfig::default(), n);
+    let mut b = sampler(SamplingConfig::default(), n);
+    for _ in 0..100 {
+        let logits = random_logits(&mut rng, n);
+        let x = a.sample(&mut logits.clone(), &[]).unwrap();
+        let y = b.sample_masked(&mut logits.clone(), &[], &full).unwrap();
+        assert_eq!(x, y);
+    }
+}

@@ -2,8 +2,10 @@
 //! the routes so that tests and fuzz targets can run them on any bytes without a server.
 //!
 //! Requests are typed serde structs that refuse unknown fields; options we do not implement
-//! (`n` > 1, tools, `response_format` other than text, `echo`, `best_of`, `suffix`) are refused
-//! with OpenAI's error shape rather than ignored.
+//! (`n` > 1, `functions`, `echo`, `best_of`, `suffix`) are refused with OpenAI's error shape
+//! rather than ignored. `response_format` (`json_object`, `json_schema`) and the `grammar`
+//! extension constrain the output (see the `constrain` module); `tools` are parsed and
+//! rendered by the `tools` module.
 
 use std::collections::HashMap;
 
@@ -14,8 +16,9 @@ use worker_engine::GenerationRequest;
 use worker_tokenizer::{ChatContext, ChatMessage};
 
 use crate::error::ApiError;
+use crate::tools::{self, Tools};
 use crate::validate::{self, Rules};
-use crate::{json, schema};
+use crate::{constrain, json, schema};
 
 /// `stop`: one string or several.
 #[derive(Debug, Deserialize)]
@@ -58,6 +61,10 @@ struct MessageIn {
     content: Option<Content>,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
 /// Sampling and limits both routes share.
@@ -105,6 +112,9 @@ struct ChatRequest {
     parallel_tool_calls: Option<Value>,
     #[serde(default)]
     response_format: Option<Value>,
+    /// Extension: `{"lark": "…"}` or `{"regex": "…"}`.
+    #[serde(default)]
+    grammar: Option<Value>,
     // serde's `flatten` cannot be combined with `deny_unknown_fields`, so the shared fields
     // are repeated here and copied into `Common` by hand.
     #[serde(default)]
@@ -162,6 +172,11 @@ struct CompletionRequest {
     best_of: Option<u32>,
     #[serde(default)]
     suffix: Option<String>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    /// Extension: `{"lark": "…"}` or `{"regex": "…"}`.
+    #[serde(default)]
+    grammar: Option<Value>,
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
@@ -237,6 +252,27 @@ pub(crate) struct Prepared {
     pub request: GenerationRequest,
     pub stream: bool,
     pub include_usage: bool,
+    /// The field the request's constraint came from.
+    pub constraint_field: Option<&'static str>,
+    /// The request's tools, unless `tool_choice` is `none`.
+    pub tools: Option<Tools>,
+}
+
+impl Prepared {
+    /// Constrains the output as `response_format` / `grammar` ask.
+    fn constrain(
+        mut self,
+        response_format: Option<&Value>,
+        grammar: Option<&Value>,
+    ) -> Result<Self, ApiError> {
+        let requested = constrain::from_fields(response_format, grammar)
+            .map_err(|e| ApiError::invalid(vec![e]).openai())?;
+        if let Some(r) = requested {
+            self.request.constraint = Some(r.constraint);
+            self.constraint_field = Some(r.field);
+        }
+        Ok(self)
+    }
 }
 
 /// A sampling refusal, without the value given.
@@ -327,6 +363,8 @@ fn prepare(
         },
         stream: common.stream,
         include_usage,
+        constraint_field: None,
+        tools: None,
     })
 }
 
@@ -335,22 +373,11 @@ fn prepare(
 pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, ApiError> {
     let mut r: ChatRequest = parse(bytes)?;
     for (name, given) in [
-        ("tools", r.tools.is_some()),
-        ("tool_choice", r.tool_choice.is_some()),
         ("functions", r.functions.is_some()),
         ("function_call", r.function_call.is_some()),
-        ("parallel_tool_calls", r.parallel_tool_calls.is_some()),
     ] {
         if given {
             return Err(unsupported(name));
-        }
-    }
-    if let Some(f) = &r.response_format {
-        if f.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(invalid(
-                "response_format",
-                "only response_format {\"type\": \"text\"} is supported",
-            ));
         }
     }
     if r.max_tokens.is_some() && r.max_completion_tokens.is_some() {
@@ -369,12 +396,29 @@ pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, Ap
         (true, n) => Some(n.unwrap_or(0) as usize),
         (false, None) => None,
     };
-    let prompt = render_chat(rules, &r.messages)?;
+    let hermes = rules
+        .chat_template
+        .is_some_and(|t| t.supports_tools() && t.uses_hermes_tool_calls());
+    let tools = tools::parse(
+        r.tools.as_ref(),
+        r.tool_choice.as_ref(),
+        r.parallel_tool_calls.as_ref(),
+        hermes,
+    )
+    .map_err(|e| ApiError::invalid(vec![e]).openai())?;
+    let prompt = render_chat(rules, &r.messages, tools.as_ref())?;
     let max = r.max_completion_tokens.or(r.max_tokens);
-    prepare(rules, common_of!(r), prompt, max, logprobs)
+    let mut prepared = prepare(rules, common_of!(r), prompt, max, logprobs)?
+        .constrain(r.response_format.as_ref(), r.grammar.as_ref())?;
+    prepared.tools = tools;
+    Ok(prepared)
 }
 
-fn render_chat(rules: &Rules<'_>, messages: &[MessageIn]) -> Result<String, ApiError> {
+fn render_chat(
+    rules: &Rules<'_>,
+    messages: &[MessageIn],
+    tools: Option<&Tools>,
+) -> Result<String, ApiError> {
     if messages.is_empty() {
         return Err(invalid("messages", "messages must not be empty"));
     }
@@ -385,7 +429,12 @@ fn render_chat(rules: &Rules<'_>, messages: &[MessageIn]) -> Result<String, ApiE
         ));
     };
     let mut out = Vec::with_capacity(messages.len());
-    for m in messages {
+    let mut json_messages = Vec::with_capacity(messages.len());
+    let tool_turns = tools.is_some()
+        || messages
+            .iter()
+            .any(|m| m.role == "tool" || m.tool_calls.is_some());
+    for (i, m) in messages.iter().enumerate() {
         if !matches!(
             m.role.as_str(),
             "system" | "developer" | "user" | "assistant" | "tool"
@@ -415,14 +464,37 @@ fn render_chat(rules: &Rules<'_>, messages: &[MessageIn]) -> Result<String, ApiE
                 s
             }
         };
-        out.push(ChatMessage::new(m.role.clone(), content));
+        if tool_turns {
+            let j = tools::message_json(
+                &m.role,
+                content,
+                m.tool_calls.as_ref(),
+                m.tool_call_id.as_deref(),
+                i,
+            )
+            .map_err(|e| ApiError::invalid(vec![e]).openai())?;
+            json_messages.push(j);
+        } else {
+            out.push(ChatMessage::new(m.role.clone(), content));
+        }
     }
     let ctx = ChatContext {
         add_generation_prompt: true,
         bos_token: rules.bos_text.to_string(),
         eos_token: rules.eos_text.to_string(),
     };
-    template.render(&out, &ctx).map_err(|e| {
+    let rendered = if !tool_turns {
+        template.render(&out, &ctx)
+    } else if template.supports_tools() {
+        let list = tools
+            .filter(|t| t.choice != tools::Choice::None)
+            .map(|t| &t.list);
+        template.render_json(&Value::Array(json_messages), list, &ctx)
+    } else {
+        let generic = tools::generic_messages(json_messages, tools);
+        template.render_json(&Value::Array(generic), None, &ctx)
+    };
+    rendered.map_err(|e| {
         let reason = e.to_string();
         // The template's own words (`raise_exception('roles must alternate')`) help the
         // client; a template that quotes a message back does not get to echo it.
@@ -460,5 +532,6 @@ pub(crate) fn parse_completion(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepar
     };
     let logprobs = r.logprobs.map(|n| n as usize);
     let max = r.max_tokens.or(Some(16));
-    prepare(rules, common_of!(r), prompt, max, logprobs)
+    prepare(rules, common_of!(r), prompt, max, logprobs)?
+        .constrain(r.response_format.as_ref(), r.grammar.as_ref())
 }

@@ -1,0 +1,596 @@
+//! Tool calling on `/v1/chat/completions`: `tools`, `tool_choice` and `parallel_tool_calls`
+//! checked, the tools rendered into the prompt, the output constrained where the choice
+//! demands a call, and the model's calls parsed into OpenAI's `tool_calls`.
+//!
+//! Two formats:
+//!
+//! - **Hermes** (the model's template renders `tools` and writes `<tool_call>`, as
+//!   Qwen2.5's does): the template renders the tools and earlier calls; a call is
+//!   `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`. With `required` or a named
+//!   choice the output is constrained to one call (or several, with `parallel_tool_calls`)
+//!   whose arguments validate against the function's `parameters`. With `auto` the output is
+//!   free and calls are parsed out of it (llguidance's lazy grammars are not used yet).
+//! - **Generic** (any other template, as llama-server does): the tool list and the answer
+//!   format are put in a system message, and the answer is JSON, always constrained:
+//!   `{"tool_calls": [{"name": …, "arguments": {…}}]}`, or with `auto`
+//!   `{"content": "…"}` for a plain answer.
+//!
+//! Tool-call markup never reaches `content`; a streamed answer with tools is held back to
+//! the end and then sent as OpenAI's chunks (content, then per call its index, id and name,
+//! then its arguments).
+
+use serde_json::{json, Map, Value};
+use worker_engine::{Constraint, Engine};
+use worker_tokenizer::Tokenizer;
+
+use crate::error::{ApiError, FieldError};
+
+/// How the request lets the model call tools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Choice {
+    /// The model picks text or calls.
+    Auto,
+    /// No call: the tools are not shown to the model.
+    None,
+    /// At least one call.
+    Required,
+    /// A call of this function.
+    Named(String),
+}
+
+/// How tools reach the model and calls come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// `<tool_call>{…}</tool_call>`, rendered by the model's own template.
+    Hermes,
+    /// JSON answers described in a system message.
+    Generic,
+}
+
+/// A request's validated tools.
+#[derive(Clone, Debug)]
+pub(crate) struct Tools {
+    /// The `tools` array as given (each `{type: "function", function: {…}}`).
+    pub list: Value,
+    names: Vec<String>,
+    params: Vec<Value>,
+    pub choice: Choice,
+    parallel: bool,
+    pub format: Format,
+}
+
+/// One parsed call.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Call {
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
+}
+
+fn bad(field: &str, constraint: &str, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, constraint, message)
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Checks `tools`, `tool_choice` and `parallel_tool_calls`; `None` when no tools are given.
+/// `hermes` says whether the model's template renders tools and writes `<tool_call>`.
+pub(crate) fn parse(
+    tools: Option<&Value>,
+    tool_choice: Option<&Value>,
+    parallel: Option<&Value>,
+    hermes: bool,
+) -> Result<Option<Tools>, FieldError> {
+    let parallel = match parallel.filter(|v| !v.is_null()) {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                "parallel_tool_calls",
+                "a boolean",
+                "parallel_tool_calls must be a boolean",
+            ))
+        }
+    };
+    let Some(list) = tools.filter(|v| !v.is_null()) else {
+        if tool_choice.is_some_and(|c| !c.is_null() && c != "none" && c != "auto") {
+            return Err(bad("tool_choice", "tools given", "tool_choice needs tools"));
+        }
+        return Ok(None);
+    };
+    let Some(items) = list.as_array().filter(|a| !a.is_empty()) else {
+        return Err(bad(
+            "tools",
+            "a non-empty array",
+            "tools must be a non-empty array",
+        ));
+    };
+    let mut names = Vec::new();
+    let mut params = Vec::new();
+    for (i, t) in items.iter().enumerate() {
+        let field = format!("tools[{i}]");
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(bad(
+                &field,
+                "type function",
+                "every tool must have type \"function\"",
+            ));
+        }
+        let Some(f) = t.get("function").and_then(Value::as_object) else {
+            return Err(bad(
+                &field,
+                "a function object",
+                "the tool has no function object",
+            ));
+        };
+        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+        if !valid_name(name) {
+            return Err(bad(
+                &format!("{field}.function.name"),
+                "[A-Za-z0-9_.-]{1,64}",
+                "a function name must be 1 to 64 letters, digits, _ . or -",
+            ));
+        }
+        if names.iter().any(|n| n == name) {
+            return Err(bad(
+                &format!("{field}.function.name"),
+                "unique",
+                "duplicate tool name",
+            ));
+        }
+        let Some(p) = f.get("parameters").filter(|p| p.is_object()) else {
+            return Err(bad(
+                &format!("{field}.function.parameters"),
+                "a JSON schema object",
+                "every function needs a parameters schema (an object)",
+            ));
+        };
+        names.push(name.to_string());
+        params.push(p.clone());
+    }
+    let choice = match tool_choice.filter(|v| !v.is_null()) {
+        None => Choice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Choice::Auto,
+            "none" => Choice::None,
+            "required" => Choice::Required,
+            _ => {
+                return Err(bad(
+                    "tool_choice",
+                    "auto | none | required | {type, function: {name}}",
+                    "tool_choice must be auto, none, required or a named function",
+                ))
+            }
+        },
+        Some(v) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
+            match name {
+                Some(n) if v.get("type").and_then(Value::as_str) == Some("function") => {
+                    if !names.iter().any(|x| x == n) {
+                        return Err(bad(
+                            "tool_choice",
+                            "a function in tools",
+                            "tool_choice names a function that is not in tools",
+                        ));
+                    }
+                    Choice::Named(n.to_string())
+                }
+                _ => {
+                    return Err(bad(
+                        "tool_choice",
+                        "{\"type\": \"function\", \"function\": {\"name\": …}}",
+                        "a named tool_choice is {type: function, function: {name}}",
+                    ))
+                }
+            }
+        }
+    };
+    Ok(Some(Tools {
+        list: list.clone(),
+        names,
+        params,
+        choice,
+        parallel,
+        format: if hermes {
+            Format::Hermes
+        } else {
+            Format::Generic
+        },
+    }))
+}
+
+impl Tools {
+    /// Most calls in one answer: one without `parallel_tool_calls` or with a named choice,
+    /// else one per tool (small models otherwise repeat calls until `max_tokens`).
+    fn most_calls(&self) -> usize {
+        if self.parallel && !matches!(self.choice, Choice::Named(_)) {
+            self.names.len()
+        } else {
+            1
+        }
+    }
+
+    /// The schema of one call object `{name, arguments}` of the functions the choice allows.
+    fn call_schema(&self) -> Value {
+        let calls: Vec<Value> = self
+            .names
+            .iter()
+            .zip(&self.params)
+            .filter(|(n, _)| match &self.choice {
+                Choice::Named(want) => *n == want,
+                _ => true,
+            })
+            .map(|(n, p)| {
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": n}, "arguments": p},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        if calls.len() == 1 {
+            calls.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            json!({"anyOf": calls})
+        }
+    }
+
+    fn with_compact_json(mut schema: Value) -> Value {
+        if let Some(m) = schema.as_object_mut() {
+            m.insert(
+                "x-guidance".into(),
+                json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+            );
+        }
+        schema
+    }
+
+    /// The constraint that makes the output a well-formed call (or, for the generic format
+    /// with `auto`, a call or a plain answer); `None` when the output stays free.
+    pub fn constraint(&self, tok: &dyn Tokenizer) -> Option<Constraint> {
+        match (self.format, &self.choice) {
+            (_, Choice::None) => None,
+            (Format::Hermes, Choice::Auto) => None,
+            (Format::Hermes, _) => Some(Constraint::Lark(self.hermes_grammar(tok))),
+            (Format::Generic, choice) => {
+                let mut calls = json!({
+                    "type": "array", "items": self.call_schema(), "minItems": 1,
+                });
+                calls["maxItems"] = json!(self.most_calls());
+                let with_calls = json!({
+                    "type": "object",
+                    "properties": {"tool_calls": calls},
+                    "required": ["tool_calls"],
+                    "additionalProperties": false,
+                });
+                let schema = if *choice == Choice::Auto {
+                    json!({"anyOf": [with_calls, {
+                        "type": "object",
+                        "properties": {"content": {"type": "string"}},
+                        "required": ["content"],
+                        "additionalProperties": false,
+                    }]})
+                } else {
+                    with_calls
+                };
+                Some(Constraint::JsonSchema(
+                    Self::with_compact_json(schema).to_string(),
+                ))
+            }
+        }
+    }
+
+    /// The grammar that checks the schemas of a Hermes-format `auto` request at submit,
+    /// though its output is not constrained.
+    pub fn check_constraint(&self, tok: &dyn Tokenizer) -> Option<Constraint> {
+        match (self.format, &self.choice) {
+            (Format::Hermes, Choice::Auto) => Some(Constraint::Lark(self.hermes_grammar(tok))),
+            _ => None,
+        }
+    }
+
+    fn hermes_grammar(&self, tok: &dyn Tokenizer) -> String {
+        // A marker that is one token of the vocabulary is written as that token, so the
+        // model can produce it as it was trained to.
+        let marker = |text: &str| match tok.token_id(text) {
+            Some(id) if tok.is_special(id) => format!("<[{id}]>"),
+            _ => format!("{text:?}"),
+        };
+        let schema = Self::with_compact_json(self.call_schema());
+        let call = format!(
+            "call: {} \"\\n\" %json {schema} \"\\n\" {}",
+            marker("<tool_call>"),
+            marker("</tool_call>")
+        );
+        // `call ("\n" call ("\n" call)?)?` for at most three calls.
+        let mut start = String::from("call");
+        for _ in 1..self.most_calls() {
+            start = format!("call (\"\\n\" {start})?");
+        }
+        format!("start: {start}\n{call}\n")
+    }
+
+    /// The system message text that describes the tools in the generic format.
+    pub fn generic_system_text(&self) -> String {
+        let mut text =
+            String::from("You can call these tools (JSON schemas of their arguments follow):\n");
+        for (n, p) in self.names.iter().zip(&self.params) {
+            text.push_str(&format!("- {n}: {p}\n"));
+        }
+        text.push_str(
+            "To call tools, answer with JSON only: {\"tool_calls\": [{\"name\": <tool name>, \
+             \"arguments\": <arguments object>}]}.",
+        );
+        if self.choice == Choice::Auto {
+            text.push_str(" To answer without a tool: {\"content\": <your answer>}.");
+        }
+        text
+    }
+
+    /// Splits a finished output into content and calls.
+    pub fn parse_output(&self, text: &str) -> (String, Vec<Call>) {
+        match self.format {
+            Format::Hermes => parse_hermes(text),
+            Format::Generic => parse_generic(text),
+        }
+    }
+}
+
+fn call_of(v: &Value) -> Option<Call> {
+    let name = v.get("name")?.as_str()?.to_string();
+    let arguments = match v.get("arguments") {
+        Some(Value::String(s)) => s.clone(),
+        Some(a) => a.to_string(),
+        None => "{}".into(),
+    };
+    Some(Call { name, arguments })
+}
+
+fn parse_hermes(text: &str) -> (String, Vec<Call>) {
+    const OPEN: &str = "<tool_call>";
+    const CLOSE: &str = "</tool_call>";
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        content.push_str(&rest[..at]);
+        let body = &rest[at + OPEN.len()..];
+        let (inner, after) = match body.find(CLOSE) {
+            Some(end) => (&body[..end], &body[end + CLOSE.len()..]),
+            None => (body, ""),
+        };
+        if let Some(call) = serde_json::from_str::<Value>(inner.trim())
+            .ok()
+            .as_ref()
+            .and_then(call_of)
+        {
+            calls.push(call);
+        }
+        rest = after;
+    }
+    content.push_str(rest);
+    (content.trim().to_string(), calls)
+}
+
+fn parse_generic(text: &str) -> (String, Vec<Call>) {
+    let Ok(v) = serde_json::from_str::<Value>(text.trim()) else {
+        // Cut short (max_tokens): no call can be trusted and no JSON markup is content.
+        return (String::new(), Vec::new());
+    };
+    if let Some(c) = v.get("content").and_then(Value::as_str) {
+        return (c.to_string(), Vec::new());
+    }
+    let calls = v
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(call_of).collect())
+        .unwrap_or_default();
+    (String::new(), calls)
+}
+
+impl Tools {
+    /// The assistant message answering a request with tools, and its finish reason
+    /// (`tool_calls` when a complete output holds calls).
+    pub fn message(&self, text: &str, reason: &'static str) -> (Value, &'static str) {
+        let (content, calls) = self.parse_output(text);
+        if calls.is_empty() {
+            return (json!({"role": "assistant", "content": content}), reason);
+        }
+        let content = (!content.is_empty()).then_some(content);
+        let message = json!({"role": "assistant", "content": content,
+                             "tool_calls": tool_calls_json(&calls)});
+        (message, calls_reason(reason))
+    }
+
+    /// The deltas that end a held-back streamed answer, and its finish reason.
+    pub fn stream_end(&self, text: &str, reason: &'static str) -> (Vec<Value>, &'static str) {
+        let (content, calls) = self.parse_output(text);
+        let reason = if calls.is_empty() {
+            reason
+        } else {
+            calls_reason(reason)
+        };
+        (stream_deltas(&content, &calls), reason)
+    }
+}
+
+/// A complete output with calls finishes with `tool_calls`; a cut one stays `length`.
+fn calls_reason(reason: &'static str) -> &'static str {
+    if reason == "stop" {
+        "tool_calls"
+    } else {
+        reason
+    }
+}
+
+/// The constraint of a request with `tools` (a call where the choice demands one). Refuses
+/// tools beside another constraint (`given`), and schemas that do not compile even where the
+/// output stays free, naming `tools`.
+pub(crate) fn constraint_of(
+    engine: &Engine,
+    tools: &Tools,
+    given: bool,
+) -> Result<Option<Constraint>, ApiError> {
+    if given {
+        return Err(ApiError::field(
+            "tools",
+            "one constraint",
+            "tools cannot be combined with response_format or grammar",
+        )
+        .openai());
+    }
+    let tok = engine.tokenizer().as_ref();
+    let to_api = |e| crate::constrain::attribute(ApiError::from_engine(&e), "tools").openai();
+    if let Some(check) = tools.check_constraint(tok) {
+        engine.check_constraint(&check).map_err(to_api)?;
+    }
+    let constraint = tools.constraint(tok);
+    if let Some(c) = &constraint {
+        engine.check_constraint(c).map_err(to_api)?;
+    }
+    Ok(constraint)
+}
+
+/// OpenAI's `tool_calls` array for `calls`, each given a fresh id.
+pub(crate) fn tool_calls_json(calls: &[Call]) -> Vec<Value> {
+    calls
+        .iter()
+        .map(|c| {
+            json!({
+                "id": format!("call_{:016x}", crate::routes::fresh_seed()),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            })
+        })
+        .collect()
+}
+
+/// The streamed deltas of a held-back answer: its content, then per call one delta with
+/// index, id, type and name (empty arguments) and one with the arguments.
+pub(crate) fn stream_deltas(content: &str, calls: &[Call]) -> Vec<Value> {
+    let mut out = Vec::new();
+    if !content.is_empty() {
+        out.push(json!({"content": content}));
+    }
+    for (i, c) in tool_calls_json(calls).into_iter().enumerate() {
+        out.push(json!({"tool_calls": [{
+            "index": i, "id": c["id"], "type": "function",
+            "function": {"name": c["function"]["name"], "arguments": ""},
+        }]}));
+        out.push(json!({"tool_calls": [{
+            "index": i, "function": {"arguments": c["function"]["arguments"]},
+        }]}));
+    }
+    out
+}
+
+/// Checks the tool-related fields of one message and returns it as the JSON object the
+/// template sees (`tool_calls` arguments as objects, as HF templates expect).
+pub(crate) fn message_json(
+    role: &str,
+    content: String,
+    tool_calls: Option<&Value>,
+    tool_call_id: Option<&str>,
+    index: usize,
+) -> Result<Value, FieldError> {
+    let field = format!("messages[{index}]");
+    let mut m = Map::new();
+    m.insert("role".into(), json!(role));
+    m.insert("content".into(), json!(content));
+    if role == "tool" {
+        let Some(id) = tool_call_id.filter(|s| !s.is_empty()) else {
+            return Err(bad(
+                &format!("{field}.tool_call_id"),
+                "required",
+                "a tool message needs tool_call_id",
+            ));
+        };
+        m.insert("tool_call_id".into(), json!(id));
+    }
+    if let Some(calls) = tool_calls.filter(|v| !v.is_null()) {
+        let bad_calls = || {
+            bad(
+                &format!("{field}.tool_calls"),
+                "[{id, type: function, function: {name, arguments}}]",
+                "tool_calls must be an array of function calls",
+            )
+        };
+        if role != "assistant" {
+            return Err(bad_calls());
+        }
+        let items = calls.as_array().ok_or_else(bad_calls)?;
+        let mut out = Vec::new();
+        for c in items {
+            let f = c.get("function").ok_or_else(bad_calls)?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(bad_calls)?;
+            let args = match f.get("arguments") {
+                Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(json!(s)),
+                Some(v) => v.clone(),
+                None => json!({}),
+            };
+            out.push(json!({
+                "id": c.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {"name": name, "arguments": args},
+            }));
+        }
+        m.insert("tool_calls".into(), Value::Array(out));
+    }
+    Ok(Value::Object(m))
+}
+
+/// Rewrites messages for a template without tool support: the tool list joins (or becomes)
+/// the system message, earlier calls become the assistant's JSON answers, and tool results
+/// become user messages that say which call they answer.
+pub(crate) fn generic_messages(messages: Vec<Value>, tools: Option<&Tools>) -> Vec<Value> {
+    let mut out: Vec<Value> = messages
+        .into_iter()
+        .map(|mut m| {
+            let role = m["role"].as_str().unwrap_or("").to_string();
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .map(|c| json!({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}))
+                    .collect();
+                return json!({"role": "assistant",
+                              "content": json!({"tool_calls": calls}).to_string()});
+            }
+            if role == "tool" {
+                let id = m["tool_call_id"].as_str().unwrap_or("").to_string();
+                let content = m["content"].as_str().unwrap_or("").to_string();
+                return json!({"role": "user",
+                              "content": format!("Result of tool call {id}: {content}")});
+            }
+            if let Some(obj) = m.as_object_mut() {
+                obj.remove("tool_call_id");
+            }
+            m
+        })
+        .collect();
+    if let Some(t) = tools.filter(|t| t.choice != Choice::None) {
+        let text = t.generic_system_text();
+        match out.first_mut() {
+            Some(first) if first["role"] == "system" => {
+                let joined = format!("{}\n\n{text}", first["content"].as_str().unwrap_or(""));
+                first["content"] = json!(joined);
+            }
+            _ => out.insert(0, json!({"role": "system", "content": text})),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
