@@ -293,7 +293,8 @@ pub(crate) async fn cancel(
         Err(e) => e.into_response(),
         Ok(job_id) => {
             let running = state.cancel(&job_id);
-            tracing::info!(job_id, running, "cancel requested");
+            let id = crate::middleware::loggable(&job_id);
+            tracing::info!(job_id = %id, running, "cancel requested");
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({"job_id": job_id, "cancelled": running})),
