@@ -31,7 +31,7 @@ use crate::validate::{Fields, Rules};
 use crate::{json, time};
 
 /// The fields `/execute` accepts.
-const EXECUTE_FIELDS: &[&str] = &[
+pub(crate) const EXECUTE_FIELDS: &[&str] = &[
     "job_id",
     "prompt",
     "max_tokens",
@@ -51,8 +51,8 @@ pub(crate) const MAX_PROMPT_CHARS: usize = 4 << 20;
 
 /// A validated `/execute` body.
 pub(crate) struct ExecuteRequest {
-    job_id: String,
-    request: GenerationRequest,
+    pub job_id: String,
+    pub request: GenerationRequest,
 }
 
 /// Parses and validates an `/execute` body.

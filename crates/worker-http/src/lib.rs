@@ -27,6 +27,7 @@ mod cli;
 mod conn;
 mod error;
 mod execute;
+pub mod fuzzing;
 mod json;
 mod limits;
 mod metrics;

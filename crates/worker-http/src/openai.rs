@@ -24,7 +24,7 @@ use crate::middleware::CorrelationId;
 use crate::state::{AppState, Running, Step};
 use crate::{json, time};
 
-mod request;
+pub(crate) mod request;
 
 use request::Prepared;
 
