@@ -527,6 +527,11 @@ fn fault_campaign() {
         (h["slots_busy"].as_u64(), h["queue_depth"].as_u64()),
         (Some(0), Some(0))
     );
+    // Where /health reports a paged KV pool, no block is held by a request any more (blocks
+    // kept for the prefix cache are not held).
+    if let Some(used) = h["kv_cache"]["blocks_used"].as_u64() {
+        assert_eq!(used, 0, "{h}");
+    }
     let (polls, worst) = health.finish();
     let logs = w.logs();
     assert!(!logs.contains("panicked"), "{logs}");
