@@ -229,8 +229,8 @@ fn stalled_connections(w: &Worker) -> usize {
     socks.len()
 }
 
-/// An `/execute` stream's events, or the error that refused it.
-fn execute(base: &str, body: &Value, read_events: Option<usize>) -> Result<Vec<Sse>, (u16, Value)> {
+/// Opens an `/execute` stream; a refusal comes back as its status and JSON error.
+fn open_execute(base: &str, body: &Value) -> Result<SseReader, (u16, Value)> {
     let agent = agent();
     let r = agent
         .post(&format!("{base}/execute"))
@@ -241,21 +241,32 @@ fn execute(base: &str, body: &Value, read_events: Option<usize>) -> Result<Vec<S
     if status != 200 {
         let text = r.into_body().read_to_string().unwrap_or_default();
         let Answer::Error(s, v) = judge("/execute", status, None, &text) else {
-            unreachable!()
+            unreachable!("a non-200 answer judged complete")
         };
         return Err((s, v));
     }
-    let mut reader = SseReader::new(Box::new(r.into_body().into_reader()), agent);
+    Ok(SseReader::new(Box::new(r.into_body().into_reader()), agent))
+}
+
+/// Reads a stream to its end and checks it has one terminal event.
+fn read_stream(mut reader: SseReader) -> Vec<Sse> {
     let mut events = Vec::new();
     while let Some(e) = reader.next_event() {
         events.push(e);
-        if read_events.is_some_and(|n| events.len() >= n) {
-            // The client goes away mid-stream.
-            return Ok(events);
-        }
     }
     check_stream("/execute", &events);
-    Ok(events)
+    events
+}
+
+/// An `/execute` stream's events (the first `read_events` only, if given: the client then
+/// goes away), or the error that refused it.
+fn execute(base: &str, body: &Value, read_events: Option<usize>) -> Result<Vec<Sse>, (u16, Value)> {
+    let mut reader = open_execute(base, body)?;
+    let Some(n) = read_events else {
+        return Ok(read_stream(reader));
+    };
+    // The client goes away mid-stream (or at its end, if it is shorter).
+    Ok(std::iter::from_fn(|| reader.next_event()).take(n).collect())
 }
 
 /// Runs `n` copies of `job` on their own threads and collects the results.
@@ -306,24 +317,14 @@ fn cancel_storm(w: &Worker) -> (usize, usize) {
         cancel(&format!("nobody-{i}"));
         let id = format!("c{i}");
         let body = json!({"job_id": id, "prompt": long_prompt(), "max_tokens": 8});
-        let agent = agent();
-        let r = agent
-            .post(&format!("{base}/execute"))
-            .header("Content-Type", "application/json")
-            .send(body.to_string().as_bytes())
-            .expect("POST /execute");
-        let status = r.status().as_u16();
-        if status != 200 {
-            let text = r.into_body().read_to_string().unwrap_or_default();
-            return judge("/execute", status, None, &text);
-        }
-        let mut reader = SseReader::new(Box::new(r.into_body().into_reader()), agent);
-        let mut events = vec![reader.next_event().expect("started")];
+        let mut reader = match open_execute(&base, &body) {
+            Ok(r) => r,
+            Err((status, v)) => return Answer::Error(status, v),
+        };
+        let started = reader.next_event().expect("started");
+        assert_eq!(started.name, "started");
         cancel(&id);
-        while let Some(e) = reader.next_event() {
-            events.push(e);
-        }
-        check_stream("/execute", &events);
+        let events = read_stream(reader);
         let last = events.last().expect("terminal").json();
         if last["code"] == "CANCELLED" {
             Answer::Error(499, last)
@@ -368,16 +369,9 @@ fn sigterm_under_load(mut w: Worker) -> usize {
             let handle = std::thread::spawn(move || {
                 let body =
                     json!({"job_id": format!("t{i}"), "prompt": long_prompt(), "max_tokens": 8});
-                let agent = agent();
-                let r = agent
-                    .post(&format!("{base}/execute"))
-                    .header("Content-Type", "application/json")
-                    .send(body.to_string().as_bytes())
-                    .expect("POST /execute");
-                let status = r.status().as_u16();
+                let opened = open_execute(&base, &body);
                 *flag.lock().unwrap() = true;
-                let text = r.into_body().read_to_string().unwrap_or_default();
-                judge("/execute", status, Some("text/event-stream"), &text)
+                opened.map(read_stream)
             });
             (started, handle)
         })
@@ -400,7 +394,11 @@ fn sigterm_under_load(mut w: Worker) -> usize {
     }
     w.sigterm();
     for (_, h) in streams {
-        h.join().expect("stream thread");
+        let events = h
+            .join()
+            .expect("stream thread")
+            .expect("the stream was accepted");
+        assert!(!events.is_empty());
     }
     let status = loop {
         if let Some(status) = w.child.try_wait().expect("wait") {
@@ -450,41 +448,23 @@ fn corrupted_files() -> (usize, usize) {
         }
         let path = dir.path(&format!("bad-{i}.gguf"));
         std::fs::write(&path, &b).expect("write");
-        let mut cmd = http_support::bin();
-        cmd.args(["serve", "--port", "0", "--threads", "1", "--ctx-size", "64"])
-            .arg("--model")
-            .arg(&path)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let uri = std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
-            let _ = tx.send(uri);
-        });
-        match rx.recv_timeout(Duration::from_secs(60)).ok().flatten() {
-            Some(base) => {
+        match tiny_model::serve_model(&path) {
+            tiny_model::Served::Listening { mut child, base } => {
                 served += 1;
                 let body = json!({"job_id": "x", "prompt": "Hello", "max_tokens": 4});
                 let _ = execute(&base, &body, None);
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            None => {
+            tiny_model::Served::Exited { code, stderr } => {
                 refused += 1;
-                let out = child.wait_with_output().expect("wait");
-                let err = String::from_utf8_lossy(&out.stderr);
-                assert_eq!(out.status.code(), Some(1), "{err}");
-                assert!(!err.contains("panicked"), "{err}");
+                assert_eq!(code, Some(1), "{stderr}");
+                assert!(!stderr.contains("panicked"), "{stderr}");
                 assert!(
-                    err.lines()
+                    stderr
+                        .lines()
                         .any(|l| l.starts_with("worker-cpud: cannot load model")),
-                    "{err}"
+                    "{stderr}"
                 );
             }
         }
