@@ -3,12 +3,11 @@
 
 mod tiny_model;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
-use tiny_model::{tiny_llama, Parts, TempDir};
+use tiny_model::{serve_model, tiny_llama, Parts, Served, TempDir};
 use worker_gguf::{Array, Value};
 
 fn worker() -> Command {
@@ -35,39 +34,17 @@ fn check(path: &Path) -> Verdict {
 
 /// `serve` until it listens (accepted; then stopped) or exits (refused).
 fn serve(path: &Path) -> Verdict {
-    let mut child = worker()
-        .args(["serve", "--port", "0", "--threads", "1", "--ctx-size", "64"])
-        .arg("--model")
-        .arg(path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let listening = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.starts_with("listening on "));
-        let _ = tx.send(listening);
-    });
-    let listening = rx.recv_timeout(Duration::from_secs(60)).unwrap_or(false);
-    if listening {
-        let _ = child.kill();
-        let _ = child.wait();
-        return None;
+    match serve_model(path) {
+        Served::Listening { mut child, .. } => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+        Served::Exited { code, stderr } => {
+            assert_eq!(code, Some(1), "serve: {stderr}");
+            Some(stderr)
+        }
     }
-    let status = child.wait().expect("wait serve");
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr);
-    assert_eq!(status.code(), Some(1), "serve: {stderr}");
-    Some(stderr)
 }
 
 /// The refusal line: starts with the binary's name, says its cause once, no panic.

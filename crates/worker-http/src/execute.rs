@@ -32,7 +32,7 @@ use crate::validate::{Fields, Rules};
 use crate::{json, time};
 
 /// The fields `/execute` accepts.
-const EXECUTE_FIELDS: &[&str] = &[
+pub(crate) const EXECUTE_FIELDS: &[&str] = &[
     "job_id",
     "prompt",
     "max_tokens",
@@ -54,10 +54,10 @@ pub(crate) const MAX_PROMPT_CHARS: usize = 4 << 20;
 
 /// A validated `/execute` body.
 pub(crate) struct ExecuteRequest {
-    job_id: String,
-    request: GenerationRequest,
+    pub job_id: String,
+    pub request: GenerationRequest,
     /// The field the request's constraint came from.
-    constraint_field: Option<&'static str>,
+    pub constraint_field: Option<&'static str>,
 }
 
 /// Parses and validates an `/execute` body.
@@ -318,7 +318,8 @@ pub(crate) async fn cancel(
         Err(e) => e.into_response(),
         Ok(job_id) => {
             let running = state.cancel(&job_id);
-            tracing::info!(job_id, running, "cancel requested");
+            let id = crate::middleware::loggable(&job_id);
+            tracing::info!(job_id = %id, running, "cancel requested");
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({"job_id": job_id, "cancelled": running})),

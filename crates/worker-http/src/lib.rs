@@ -28,6 +28,7 @@ mod conn;
 mod constrain;
 mod error;
 mod execute;
+pub mod fuzzing;
 mod json;
 mod limits;
 mod metrics;

@@ -20,7 +20,9 @@ pub(crate) const CORRELATION_HEADER: &str = "x-correlation-id";
 #[derive(Clone, Debug)]
 pub(crate) struct CorrelationId(pub String);
 
-fn usable(id: &str) -> bool {
+/// Whether `id` looks like an identifier (at most 128 of `[A-Za-z0-9-_.:]`): only such ids,
+/// never free text, go into logs.
+pub(crate) fn usable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -51,6 +53,16 @@ pub(crate) async fn correlation(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(CORRELATION_HEADER, v);
     }
     response
+}
+
+/// A client-given id as logs show it: itself if it looks like an identifier, else only its
+/// length (it may be any text, even a prompt).
+pub(crate) fn loggable(id: &str) -> std::borrow::Cow<'_, str> {
+    if usable(id) {
+        id.into()
+    } else {
+        format!("<{} bytes, not an identifier>", id.len()).into()
+    }
 }
 
 /// Compares in time that depends only on the lengths, not on where the bytes differ.
@@ -128,5 +140,10 @@ mod tests {
         assert_eq!(token("Bearerk"), None);
         assert_eq!(token("Bearer"), None);
         assert!(!super::usable("a b"));
+        assert_eq!(super::loggable("job-7"), "job-7");
+        assert_eq!(
+            super::loggable("my secret prompt"),
+            "<16 bytes, not an identifier>"
+        );
     }
 }

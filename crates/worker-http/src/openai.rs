@@ -25,7 +25,7 @@ use crate::state::{AppState, Running, Step};
 use crate::tools::{self, Tools};
 use crate::{constrain, json, time};
 
-mod request;
+pub(crate) mod request;
 
 use request::Prepared;
 

@@ -225,7 +225,7 @@ impl AppState {
             *slot = Some(cancel.clone());
         }
         tracing::info!(
-            job_id,
+            job_id = %crate::middleware::loggable(&job_id),
             correlation_id,
             route = route.as_str(),
             "job accepted"

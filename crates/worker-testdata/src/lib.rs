@@ -55,3 +55,60 @@ pub fn vocab(name: &str) -> PathBuf {
 pub fn hf_tokenizer(name: &str) -> PathBuf {
     fixture(&format!("tokenizers/{name}/tokenizer.json"))
 }
+
+/// `count` pseudo-random byte strings of `0..=max_len` bytes from `seed` (xorshift64*): the
+/// inputs of the seeded tests that run each fuzz target's entry function in a normal
+/// `cargo test`, so a failure reproduces from the seed alone.
+pub fn seeded_inputs(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    (0..count)
+        .map(|_| {
+            let len = (next() % (max_len as u64 + 1)) as usize;
+            (0..len).map(|_| (next() >> 56) as u8).collect()
+        })
+        .collect()
+}
+
+/// The tokenizer files the tokenizer fuzz target and its seeded test use, one per tokenizer
+/// code path: GGUF byte-level BPE with each pre-tokenizer we implement, GGUF SentencePiece,
+/// and HF `tokenizer.json`.
+pub fn fuzz_tokenizer_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = [
+        "gpt-2",
+        "llama-bpe",
+        "qwen2",
+        "qwen35",
+        "deepseek-llm",
+        "deepseek-coder",
+        "falcon",
+        "mpt",
+        "starcoder",
+        "refact",
+        "command-r",
+        "llama-spm",
+        "phi-3",
+    ]
+    .into_iter()
+    .map(vocab)
+    .collect();
+    files.push(model(SMOLLM2));
+    files.extend(["qwen3", "llama3"].map(hf_tokenizer));
+    files
+}
+
+/// The files whose chat templates the template fuzz target and its seeded test render: GGUF
+/// models and vocabularies (`tokenizer.chat_template`) and HF `tokenizer_config.json`.
+pub fn chat_template_files() -> Vec<PathBuf> {
+    let mut files = vec![model(SMOLLM2), model(QWEN25)];
+    files.extend(["command-r", "gemma-4", "phi-3", "qwen2", "qwen35"].map(vocab));
+    files.extend(
+        ["qwen3", "llama3"].map(|n| fixture(&format!("tokenizers/{n}/tokenizer_config.json"))),
+    );
+    files
+}

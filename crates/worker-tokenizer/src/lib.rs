@@ -27,6 +27,7 @@ use std::borrow::Cow;
 
 mod bpe;
 mod error;
+pub mod fuzzing;
 mod hf;
 mod pretok;
 mod spm;

@@ -308,6 +308,14 @@ pub struct SseReader {
 }
 
 impl SseReader {
+    /// Events read from `reader`, a response body of `agent` (kept alive with it).
+    pub fn new(reader: Box<dyn Read + Send>, agent: ureq::Agent) -> SseReader {
+        SseReader {
+            reader: BufReader::new(reader),
+            _agent: agent,
+        }
+    }
+
     /// The next event, or `None` at the end of the stream.
     pub fn next_event(&mut self) -> Option<Sse> {
         let mut name = String::new();

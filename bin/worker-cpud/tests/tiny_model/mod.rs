@@ -3,7 +3,10 @@
 //! refuse with a clear error, in milliseconds, where a real model would take seconds to copy.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use worker_gguf::{quantize, GgmlType, GgufFile, Value};
 
@@ -128,5 +131,46 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `worker-cpud serve` made of a model file.
+pub enum Served {
+    /// It listens at `base` (`http://…`); kill `child` when done.
+    Listening { child: Child, base: String },
+    /// It exited: its status code and stderr.
+    Exited { code: Option<i32>, stderr: String },
+}
+
+/// Starts `serve` on `path` (port 0, one thread, 64 positions) and waits until it listens
+/// or exits.
+pub fn serve_model(path: &Path) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_worker-cpud"))
+        .args(["serve", "--port", "0", "--threads", "1", "--ctx-size", "64"])
+        .arg("--model")
+        .arg(path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let uri = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening on ").map(str::to_string));
+        let _ = tx.send(uri);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)).ok().flatten() {
+        Some(base) => Served::Listening { child, base },
+        None => {
+            let out = child.wait_with_output().expect("wait serve");
+            Served::Exited {
+                code: out.status.code(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
     }
 }
