@@ -381,8 +381,11 @@ fn wrong_shapes_are_named() {
                 ..Edit::default()
             },
         );
+        // Named by the load (a wrong shape) or, before anything is allocated, by the check
+        // of the tensors against the hyper-parameters.
         assert!(
-            matches!(e, ModelError::WrongShape { name: ref n, .. } if n == name),
+            matches!(e, ModelError::WrongShape { name: ref n, .. } if n == name)
+                || e.to_string().contains(&format!("{name:?}")),
             "{arch} with a reshaped {name}: {e}"
         );
     }
@@ -404,7 +407,7 @@ fn bad_keys_are_errors_not_aborts() {
     };
     for arch in ["qwen3", "gpt2"] {
         let e = key(arch, &format!("{arch}.block_count"), u32::MAX);
-        assert!(e.contains("blk.2."), "{arch}: {e}");
+        assert!(e.contains(&format!("{arch}.block_count")), "{arch}: {e}");
     }
     let e = key("gemma3", "gemma3.attention.sliding_window", 1 << 20);
     assert!(

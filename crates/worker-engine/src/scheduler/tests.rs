@@ -356,13 +356,15 @@ fn cancelled_and_abandoned_requests_give_back_exactly_their_blocks() {
 fn an_exhausted_pool_ends_only_the_sequence_that_found_no_block() {
     // 8 blocks of 16 positions: two 60-token prompts (4 blocks each) fit, their 5th block
     // does not.
-    let (engine, _calls) = fake_engine(EngineConfig {
+    // Gated, so that a cannot finish before b is admitted.
+    let (engine, _calls, gate) = gated_engine(EngineConfig {
         kv_cache_bytes: Some(8 * 2 * 8 * 4 * KV_BLOCK as u64),
         prefix_cache: false,
         ..config()
     });
     let a = engine.submit(request((0..60).collect(), 20)).unwrap();
     let b = engine.submit(request((1..61).collect(), 20)).unwrap();
+    permit(&gate, 200);
     let results = [finish(a), finish(b)];
     let failed = results
         .iter()
