@@ -6,12 +6,20 @@ closing count per model; exits non-zero when any check fails.
 
     python scripts/openai_structured_check.py --worker target/debug/worker-cpud --model M.gguf
 
+With `--llama-server PATH` the same checks run against llama.cpp's `llama-server --jinja` on
+the same models instead, for the side-by-side pass counts in the README (exit status 0: the
+counts are the result there).
+
 Needs `pip install openai jsonschema` (CI's venv at ~/.cache/llama-orch-worker/openai-venv).
 """
 
 import argparse
 import json
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 
 try:
     import jsonschema
@@ -234,15 +242,43 @@ def check_tools(client, max_tokens):
     return passed, total
 
 
+def start_llama_server(binary, model, api_key):
+    """Starts llama-server with its Jinja templates on a free port and waits until /health
+    answers 200; returns the process and its `/v1` base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [binary, "-m", model, "--port", str(port), "--host", "127.0.0.1", "--jinja",
+           "-c", "2048", "-np", "2", "--api-key", api_key]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    sys.exit("openai_structured_check: llama-server did not start")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worker", required=True)
+    ap.add_argument("--worker", help="our worker binary")
+    ap.add_argument("--llama-server", help="run the checks against llama-server instead")
     ap.add_argument("--model", action="append", required=True, help="repeat for several")
     ap.add_argument("--max-tokens", type=int, default=160)
     args = ap.parse_args()
+    if bool(args.worker) == bool(args.llama_server):
+        ap.error("give one of --worker and --llama-server")
     failed = 0
     for model in args.model:
-        proc, base_url = start_worker(args.worker, model, "check-key")
+        if args.worker:
+            proc, base_url = start_worker(args.worker, model, "check-key")
+        else:
+            proc, base_url = start_llama_server(args.llama_server, model, "check-key")
         try:
             client = openai.OpenAI(base_url=base_url, api_key="check-key", max_retries=0)
             passed = total = 0
@@ -260,12 +296,12 @@ def main():
                     except Exception as e:  # noqa: BLE001 - every failure is reported
                         print(f"FAIL {label}: {type(e).__name__}: {str(e)[:200]}")
             total += 1
-            r = client.chat.completions.create(
-                model="m", messages=[{"role": "user",
-                                 "content": "A JSON object with one short key, please."}],
-                response_format={"type": "json_object"}, max_tokens=args.max_tokens, seed=3)
-            c = r.choices[0]
             try:
+                c = client.chat.completions.create(
+                    model="m", messages=[{"role": "user",
+                                          "content": "A JSON object with one short key, please."}],
+                    response_format={"type": "json_object"}, max_tokens=args.max_tokens,
+                    seed=3).choices[0]
                 if c.finish_reason != "stop" or not isinstance(json.loads(c.message.content), dict):
                     raise ValueError(c.finish_reason)
                 passed += 1
@@ -280,7 +316,7 @@ def main():
         finally:
             proc.kill()
             proc.wait()
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed and args.worker else 0)
 
 
 if __name__ == "__main__":

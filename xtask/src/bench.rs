@@ -14,7 +14,7 @@ use worker_common::argmax;
 use worker_compute::{CpuBackend, CpuConfig};
 use worker_models::{load, LoadOptions, SequenceBatch};
 
-use crate::{conversation, fetch};
+use crate::{constrained, conversation, fetch};
 
 /// Flags of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -49,7 +49,11 @@ pub struct Args {
     /// beside a long prefill, idle memory), on `worker-cpud serve` and llama-server.
     #[arg(long)]
     conversation: bool,
-    /// Slots of both servers in the conversation bench.
+    /// Run the structured-output bench instead: decode tokens/s of JSON-constrained streams
+    /// beside free ones, at 1 and `--slots` streams, `--tg` tokens each.
+    #[arg(long, conflicts_with = "conversation")]
+    constrained: bool,
+    /// Slots of both servers in the conversation bench; streams of the constrained bench.
     #[arg(long, default_value_t = 8)]
     slots: usize,
     /// Words of the conversation bench's system prompt (about 1,800 tokens on SmolLM2).
@@ -87,6 +91,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             prefill_words: args.prefill_words,
             json: args.json,
         });
+    }
+    if args.constrained {
+        return constrained::run(
+            &model,
+            args.threads,
+            args.slots,
+            args.tg,
+            args.reps,
+            args.json,
+        );
     }
     let llama_bench = args
         .llama_bench

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod constrained;
 mod conversation;
 mod fetch;
 
@@ -24,7 +25,8 @@ enum Task {
     /// verify their sha256, and skip what is already there.
     Fetch(fetch::Args),
     /// Prefill and decode throughput, ours and llama.cpp's (llama-bench) side by side; with
-    /// `--conversation`, chat-turn latency beside llama-server.
+    /// `--conversation`, chat-turn latency beside llama-server; with `--constrained`,
+    /// JSON-constrained decode beside free decode.
     Bench(bench::Args),
     /// Fetch the default model (SmolLM2-135M) if missing and run worker-cpud on it.
     Run {
