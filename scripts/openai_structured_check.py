@@ -162,9 +162,9 @@ TIME = {
 }
 
 
-def tool_call(client, choice, stream, max_tokens):
+def tool_call(client, choice, stream, max_tokens, temperature=0.5, seed=11):
     kw = dict(model="m", tools=[WEATHER, TIME], tool_choice=choice, max_tokens=max_tokens,
-              temperature=0.5, seed=11,
+              temperature=temperature, seed=seed,
               messages=[{"role": "user", "content": "What is the weather in Paris?"}])
     if not stream:
         c = client.chat.completions.create(**kw).choices[0]
@@ -186,8 +186,9 @@ def tool_call(client, choice, stream, max_tokens):
 
 
 def check_tools(client, max_tokens):
-    """Tool calls with required and named choices, streamed and not, then a second turn
-    with the tool's result. Returns (passed, total)."""
+    """Tool calls with required and named choices, streamed and not; `auto` at a high
+    temperature (text or valid calls, never markup); then a second turn with the tool's
+    result. Returns (passed, total)."""
     passed = total = 0
     params = {"get_weather": WEATHER["function"]["parameters"],
               "get_time": TIME["function"]["parameters"]}
@@ -212,6 +213,28 @@ def check_tools(client, max_tokens):
                 print(f"PASS {name}: {calls}")
             except Exception as e:  # noqa: BLE001
                 print(f"FAIL {name}: {type(e).__name__}: {str(e)[:200]}")
+    # `auto`: the model chooses; whatever it chooses must be clean text or valid calls.
+    for seed in range(4):
+        total += 1
+        stream = seed % 2 == 1
+        name = f"tool_choice auto seed {seed} {'streamed' if stream else 'plain'}"
+        try:
+            content, calls, reason = tool_call(client, "auto", stream, min(max_tokens, 64),
+                                               temperature=1.0, seed=seed)
+            if "<tool_call>" in (content or "") or "</tool_call>" in (content or ""):
+                raise ValueError("markup in content")
+            if calls and reason != "tool_calls":
+                raise ValueError(f"{len(calls)} calls but finish_reason {reason!r}")
+            if not calls and reason not in ("stop", "length"):
+                raise ValueError(f"finish_reason {reason!r} without calls")
+            for cid, fname, args in calls:
+                if not cid or fname not in params:
+                    raise ValueError(f"bad call {cid!r} {fname!r}")
+                jsonschema.validate(json.loads(args), params[fname])
+            passed += 1
+            print(f"PASS {name}: {len(calls)} calls, content {(content or '')[:60]!r}")
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL {name}: {type(e).__name__}: {str(e)[:200]}")
     total += 1
     try:
         first = client.chat.completions.create(

@@ -419,4 +419,86 @@ mod tests {
         };
         assert!(msg.contains("uniqueItems"), "{msg}");
     }
+
+    /// Feeds `text`'s tokens to a matcher of `grammar`: `Ok(stopped)` when every token was
+    /// allowed (whether the grammar is then complete), `Err(prefix)` with the text accepted
+    /// before the first refused token.
+    fn feed(
+        grammars: &Grammars,
+        tok: &Arc<dyn Tokenizer>,
+        grammar: &str,
+        text: &str,
+    ) -> Result<bool, String> {
+        let mut m = grammars.compile(&Constraint::Lark(grammar.into())).unwrap();
+        let options = EncodeOptions {
+            add_special: false,
+            parse_special: true,
+        };
+        let mut accepted = String::new();
+        for id in tok.encode(text, options).unwrap() {
+            if m.is_stopped() || !m.compute_mask().unwrap().is_allowed(id) {
+                return Err(accepted);
+            }
+            m.consume_token(id).unwrap();
+            accepted.push_str(&tok.decode(&[id], true).unwrap());
+        }
+        Ok(m.is_stopped())
+    }
+
+    #[test]
+    fn lazy_grammars_leave_text_free_until_a_marker_then_constrain() {
+        // The shapes of worker-http's `auto` tool-call grammars on Qwen2.5's vocabulary, where
+        // `<tool_call>` and `</tool_call>` are special tokens, and with a plain-text marker.
+        let tok = tokenizer(&worker_testdata::model(worker_testdata::QWEN25));
+        let open = tok.token_id("<tool_call>").unwrap();
+        let close = tok.token_id("</tool_call>").unwrap();
+        assert!(tok.is_special(open) && tok.is_special(close));
+        let grammars = Grammars::new(tok.clone(), tok.vocab_size()).unwrap();
+        let schema = r#"{"type":"object","properties":{"name":{"const":"f"},"arguments":{"type":"object"}},"required":["name","arguments"],"additionalProperties":false}"#;
+        let special = format!(
+            "start: TEXT? (<[{open}]> body)?\nTEXT: /(?s:.+)/\nbody: \"\\n\" %json {schema} \"\\n\" <[{close}]>\n"
+        );
+        let plain = format!(
+            "start: TEXT? | prefix body\nTEXT: /(?s:.+)/ & ~/(?s:.*)<call>(?s:.*)/\n\
+             prefix[lazy]: /(?s:.*)/ \"<call>\"\nbody: \"\\n\" %json {schema} \"\\n\" \"</call>\"\n"
+        );
+        let call = "\n{\"name\": \"f\", \"arguments\": {}}\n";
+        for (grammar, o, c) in [
+            (&special, "<tool_call>", "</tool_call>"),
+            (&plain, "<call>", "</call>"),
+        ] {
+            assert_eq!(
+                feed(&grammars, &tok, grammar, "Just text, no call."),
+                Ok(false)
+            );
+            assert_eq!(
+                feed(
+                    &grammars,
+                    &tok,
+                    grammar,
+                    &format!("Let me look.\n{o}{call}{c}")
+                ),
+                Ok(true)
+            );
+            assert_eq!(
+                feed(&grammars, &tok, grammar, &format!("{o}{call}{c}")),
+                Ok(true)
+            );
+            let bad = feed(
+                &grammars,
+                &tok,
+                grammar,
+                &format!("{o}\n{{\"name\": \"g\"}}"),
+            );
+            assert_eq!(
+                bad,
+                Err(format!("{o}\n{{\"name\": \"")),
+                "a call of an unknown function"
+            );
+            assert_eq!(
+                feed(&grammars, &tok, grammar, &format!("{o}\nnot json")),
+                Err(format!("{o}\n"))
+            );
+        }
+    }
 }

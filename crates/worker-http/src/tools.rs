@@ -9,7 +9,8 @@
 //!   `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`. With `required` or a named
 //!   choice the output is constrained to one call (or several, with `parallel_tool_calls`)
 //!   whose arguments validate against the function's `parameters`. With `auto` the output is
-//!   free and calls are parsed out of it (llguidance's lazy grammars are not used yet).
+//!   free text until the model writes the opening marker, and from there a well-formed call
+//!   (a lazy grammar, as llama.cpp's grammar triggers): text, calls, or text then calls.
 //! - **Generic** (any other template, as llama-server does): the tool list and the answer
 //!   format are put in a system message, and the answer is JSON, always constrained:
 //!   `{"tool_calls": [{"name": …, "arguments": {…}}]}`, or with `auto`
@@ -254,12 +255,11 @@ impl Tools {
         schema
     }
 
-    /// The constraint that makes the output a well-formed call (or, for the generic format
-    /// with `auto`, a call or a plain answer); `None` when the output stays free.
+    /// The constraint that makes the output a well-formed call (or, with `auto`, text or
+    /// well-formed calls); `None` when the output stays free (`none`).
     pub fn constraint(&self, tok: &dyn Tokenizer) -> Option<Constraint> {
         match (self.format, &self.choice) {
             (_, Choice::None) => None,
-            (Format::Hermes, Choice::Auto) => None,
             (Format::Hermes, _) => Some(Constraint::Lark(self.hermes_grammar(tok))),
             (Format::Generic, choice) => {
                 let mut calls = json!({
@@ -289,34 +289,42 @@ impl Tools {
         }
     }
 
-    /// The grammar that checks the schemas of a Hermes-format `auto` request at submit,
-    /// though its output is not constrained.
-    pub fn check_constraint(&self, tok: &dyn Tokenizer) -> Option<Constraint> {
-        match (self.format, &self.choice) {
-            (Format::Hermes, Choice::Auto) => Some(Constraint::Lark(self.hermes_grammar(tok))),
-            _ => None,
-        }
-    }
-
+    /// The Lark grammar of a Hermes-format answer: one or more calls
+    /// `<tool_call>\n{json}\n</tool_call>` separated by newlines (at most
+    /// [`Self::most_calls`]); with `auto`, optionally preceded by free text, or free text alone.
     fn hermes_grammar(&self, tok: &dyn Tokenizer) -> String {
-        // A marker that is one token of the vocabulary is written as that token, so the
-        // model can produce it as it was trained to.
-        let marker = |text: &str| match tok.token_id(text) {
-            Some(id) if tok.is_special(id) => format!("<[{id}]>"),
-            _ => format!("{text:?}"),
+        const OPEN: &str = "<tool_call>";
+        const CLOSE: &str = "</tool_call>";
+        // A marker that is one special token of the vocabulary is written as that token, so
+        // the model can produce it as it was trained to (and free text never can).
+        let special = |text: &str| tok.token_id(text).filter(|&id| tok.is_special(id));
+        let marker = |text: &str| match special(text) {
+            Some(id) => format!("<[{id}]>"),
+            None => format!("{text:?}"),
         };
+        let open = marker(OPEN);
         let schema = Self::with_compact_json(self.call_schema());
-        let call = format!(
-            "call: {} \"\\n\" %json {schema} \"\\n\" {}",
-            marker("<tool_call>"),
-            marker("</tool_call>")
-        );
-        // `call ("\n" call ("\n" call)?)?` for at most three calls.
-        let mut start = String::from("call");
+        let body = format!("body: \"\\n\" %json {schema} \"\\n\" {}", marker(CLOSE));
+        // What follows the first opening marker: `body ("\n" OPEN body (…)?)?`.
+        let mut after_open = String::from("body");
         for _ in 1..self.most_calls() {
-            start = format!("call (\"\\n\" {start})?");
+            after_open = format!("body (\"\\n\" {open} {after_open})?");
         }
-        format!("start: {start}\n{call}\n")
+        let rules = format!("after_open: {after_open}\n{body}\n");
+        if self.choice != Choice::Auto {
+            return format!("start: {open} after_open\n{rules}");
+        }
+        if special(OPEN).is_some() {
+            // Free text cannot produce the special token: it ends where the marker comes.
+            return format!("start: TEXT? ({open} after_open)?\nTEXT: /(?s:.+)/\n{rules}");
+        }
+        // A plain-text marker: the text alone never contains it, and the text before a call
+        // ends (lazily) at its first occurrence.
+        format!(
+            "start: TEXT? | prefix after_open\n\
+             TEXT: /(?s:.+)/ & ~/(?s:.*){OPEN}(?s:.*)/\n\
+             prefix[lazy]: /(?s:.*)/ {open}\n{rules}"
+        )
     }
 
     /// The system message text that describes the tools in the generic format.
@@ -432,9 +440,9 @@ fn calls_reason(reason: &'static str) -> &'static str {
     }
 }
 
-/// The constraint of a request with `tools` (a call where the choice demands one). Refuses
-/// tools beside another constraint (`given`), and schemas that do not compile even where the
-/// output stays free, naming `tools`.
+/// The constraint of a request with `tools` (a call where the choice demands one, text or
+/// well-formed calls with `auto`). Refuses tools beside another constraint (`given`), and
+/// schemas that do not compile, naming `tools`.
 pub(crate) fn constraint_of(
     engine: &Engine,
     tools: &Tools,
@@ -450,9 +458,6 @@ pub(crate) fn constraint_of(
     }
     let tok = engine.tokenizer().as_ref();
     let to_api = |e| crate::constrain::attribute(ApiError::from_engine(&e), "tools").openai();
-    if let Some(check) = tools.check_constraint(tok) {
-        engine.check_constraint(&check).map_err(to_api)?;
-    }
     let constraint = tools.constraint(tok);
     if let Some(c) = &constraint {
         engine.check_constraint(c).map_err(to_api)?;
