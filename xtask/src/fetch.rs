@@ -214,7 +214,7 @@ fn ensure_split_model(
 
 fn ensure_vocab(cache: &Path) -> anyhow::Result<()> {
     let dest = cache.join("vocab");
-    if dest.join(".complete").exists() {
+    if dest.join(".complete").exists() && dest.join("templates").is_dir() {
         return Ok(());
     }
     let sdist = llama_cpp_sdist(cache)?;
@@ -229,7 +229,9 @@ fn ensure_vocab(cache: &Path) -> anyhow::Result<()> {
             .arg(&tmp)
             .arg("--strip-components=4")
             .arg("--wildcards")
-            .arg(format!("{VOCAB_PREFIX}ggml-vocab-*")),
+            .arg(format!("{VOCAB_PREFIX}ggml-vocab-*"))
+            // llama.cpp's reference chat templates, for the tool-call format tests.
+            .arg(format!("{VOCAB_PREFIX}templates/*.jinja")),
     )?;
     fs::write(tmp.join(".complete"), LLAMA_CPP_SDIST.2)?;
     let _ = fs::remove_dir_all(&dest);

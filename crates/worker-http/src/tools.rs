@@ -2,7 +2,7 @@
 //! checked, the tools rendered into the prompt, the output constrained where the choice
 //! demands a call, and the model's calls parsed into OpenAI's `tool_calls`.
 //!
-//! Two formats:
+//! The format follows the model's template ([`ToolCallStyle`]), else the generic one:
 //!
 //! - **Hermes** (the model's template renders `tools` and writes `<tool_call>`, as
 //!   Qwen2.5's does): the template renders the tools and earlier calls; a call is
@@ -11,6 +11,12 @@
 //!   whose arguments validate against the function's `parameters`. With `auto` the output is
 //!   free text until the model writes the opening marker, and from there a well-formed call
 //!   (a lazy grammar, as llama.cpp's grammar triggers): text, calls, or text then calls.
+//! - **Llama 3** (the template renders earlier calls as `{"name": …, "parameters": …}`):
+//!   the whole answer is one such JSON object (one call: Llama 3.1's template refuses
+//!   more); with `auto`, an answer that does not start with `{` is text.
+//! - **Mistral** (the template writes `[TOOL_CALLS]`): the marker, then a JSON array of
+//!   `{"name", "arguments"}` objects; with `auto`, optionally after free text. Call ids are
+//!   9 alphanumeric characters, as Mistral's templates demand of earlier turns.
 //! - **Generic** (any other template, as llama-server does): the tool list and the answer
 //!   format are put in a system message, and the answer is JSON, always constrained:
 //!   `{"tool_calls": [{"name": …, "arguments": {…}}]}`, or with `auto`
@@ -22,7 +28,7 @@
 
 use serde_json::{json, Map, Value};
 use worker_engine::{Constraint, Engine};
-use worker_tokenizer::Tokenizer;
+use worker_tokenizer::{ChatTemplate, Tokenizer, ToolCallStyle};
 
 use crate::error::{ApiError, FieldError};
 
@@ -44,6 +50,10 @@ pub(crate) enum Choice {
 pub(crate) enum Format {
     /// `<tool_call>{…}</tool_call>`, rendered by the model's own template.
     Hermes,
+    /// One `{"name", "parameters"}` object as the whole answer (Llama 3.1+).
+    Llama3,
+    /// `[TOOL_CALLS][{"name", "arguments"}, …]` (Mistral).
+    Mistral,
     /// JSON answers described in a system message.
     Generic,
 }
@@ -80,12 +90,12 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Checks `tools`, `tool_choice` and `parallel_tool_calls`; `None` when no tools are given.
-/// `hermes` says whether the model's template renders tools and writes `<tool_call>`.
+/// The format follows the tool-call style of the model's `template`, if it has one.
 pub(crate) fn parse(
     tools: Option<&Value>,
     tool_choice: Option<&Value>,
     parallel: Option<&Value>,
-    hermes: bool,
+    template: Option<&ChatTemplate>,
 ) -> Result<Option<Tools>, FieldError> {
     let parallel = match parallel.filter(|v| !v.is_null()) {
         None => true,
@@ -200,10 +210,11 @@ pub(crate) fn parse(
         params,
         choice,
         parallel,
-        format: if hermes {
-            Format::Hermes
-        } else {
-            Format::Generic
+        format: match template.and_then(ChatTemplate::tool_call_style) {
+            Some(ToolCallStyle::Hermes) => Format::Hermes,
+            Some(ToolCallStyle::Llama3Json) => Format::Llama3,
+            Some(ToolCallStyle::Mistral) => Format::Mistral,
+            None => Format::Generic,
         },
     }))
 }
@@ -212,15 +223,24 @@ impl Tools {
     /// Most calls in one answer: one without `parallel_tool_calls` or with a named choice,
     /// else one per tool (small models otherwise repeat calls until `max_tokens`).
     fn most_calls(&self) -> usize {
-        if self.parallel && !matches!(self.choice, Choice::Named(_)) {
+        if self.parallel
+            && !matches!(self.choice, Choice::Named(_))
+            && self.format != Format::Llama3
+        {
             self.names.len()
         } else {
             1
         }
     }
 
-    /// The schema of one call object `{name, arguments}` of the functions the choice allows.
+    /// The schema of one call object `{name, arguments}` (`parameters` in the Llama 3
+    /// format) of the functions the choice allows.
     fn call_schema(&self) -> Value {
+        let args_key = if self.format == Format::Llama3 {
+            "parameters"
+        } else {
+            "arguments"
+        };
         let calls: Vec<Value> = self
             .names
             .iter()
@@ -232,8 +252,8 @@ impl Tools {
             .map(|(n, p)| {
                 json!({
                     "type": "object",
-                    "properties": {"name": {"const": n}, "arguments": p},
-                    "required": ["name", "arguments"],
+                    "properties": {"name": {"const": n}, args_key: p},
+                    "required": ["name", args_key],
                     "additionalProperties": false,
                 })
             })
@@ -261,6 +281,16 @@ impl Tools {
         match (self.format, &self.choice) {
             (_, Choice::None) => None,
             (Format::Hermes, _) => Some(Constraint::Lark(self.hermes_grammar(tok))),
+            (Format::Mistral, _) => Some(Constraint::Lark(self.mistral_grammar(tok))),
+            (Format::Llama3, choice) => {
+                let call = Self::with_compact_json(self.call_schema());
+                Some(Constraint::Lark(if *choice == Choice::Auto {
+                    // Text is anything that does not open a JSON object.
+                    format!("start: TEXT? | %json {call}\nTEXT: /[^{{](?s:.*)/\n")
+                } else {
+                    format!("start: %json {call}\n")
+                }))
+            }
             (Format::Generic, choice) => {
                 let mut calls = json!({
                     "type": "array", "items": self.call_schema(), "minItems": 1,
@@ -293,37 +323,51 @@ impl Tools {
     /// `<tool_call>\n{json}\n</tool_call>` separated by newlines (at most
     /// [`Self::most_calls`]); with `auto`, optionally preceded by free text, or free text alone.
     fn hermes_grammar(&self, tok: &dyn Tokenizer) -> String {
-        const OPEN: &str = "<tool_call>";
-        const CLOSE: &str = "</tool_call>";
-        // A marker that is one special token of the vocabulary is written as that token, so
-        // the model can produce it as it was trained to (and free text never can).
-        let special = |text: &str| tok.token_id(text).filter(|&id| tok.is_special(id));
-        let marker = |text: &str| match special(text) {
-            Some(id) => format!("<[{id}]>"),
-            None => format!("{text:?}"),
-        };
-        let open = marker(OPEN);
         let schema = Self::with_compact_json(self.call_schema());
-        let body = format!("body: \"\\n\" %json {schema} \"\\n\" {}", marker(CLOSE));
+        let close = marker(tok, "</tool_call>");
+        let open = marker(tok, "<tool_call>");
+        let body = format!("body: \"\\n\" %json {schema} \"\\n\" {close}");
         // What follows the first opening marker: `body ("\n" OPEN body (…)?)?`.
         let mut after_open = String::from("body");
         for _ in 1..self.most_calls() {
             after_open = format!("body (\"\\n\" {open} {after_open})?");
         }
-        let rules = format!("after_open: {after_open}\n{body}\n");
+        self.marked_grammar(
+            tok,
+            "<tool_call>",
+            &format!("after_open: {after_open}\n{body}\n"),
+        )
+    }
+
+    /// The Lark grammar of a Mistral-format answer: `[TOOL_CALLS]` and a JSON array of calls;
+    /// with `auto`, optionally preceded by free text, or free text alone.
+    fn mistral_grammar(&self, tok: &dyn Tokenizer) -> String {
+        let calls = Self::with_compact_json(json!({
+            "type": "array", "items": self.call_schema(),
+            "minItems": 1, "maxItems": self.most_calls(),
+        }));
+        self.marked_grammar(tok, "[TOOL_CALLS]", &format!("after_open: %json {calls}\n"))
+    }
+
+    /// A grammar whose calls start with the marker `open` and continue with the rule
+    /// `after_open` (defined in `rules`). With `auto` the calls may follow free text or be
+    /// absent; the free text never contains the marker.
+    fn marked_grammar(&self, tok: &dyn Tokenizer, open: &str, rules: &str) -> String {
+        let token = marker(tok, open);
         if self.choice != Choice::Auto {
-            return format!("start: {open} after_open\n{rules}");
+            return format!("start: {token} after_open\n{rules}");
         }
-        if special(OPEN).is_some() {
+        if special_token(tok, open).is_some() {
             // Free text cannot produce the special token: it ends where the marker comes.
-            return format!("start: TEXT? ({open} after_open)?\nTEXT: /(?s:.+)/\n{rules}");
+            return format!("start: TEXT? ({token} after_open)?\nTEXT: /(?s:.+)/\n{rules}");
         }
         // A plain-text marker: the text alone never contains it, and the text before a call
         // ends (lazily) at its first occurrence.
+        let escaped = regex_escape(open);
         format!(
             "start: TEXT? | prefix after_open\n\
-             TEXT: /(?s:.+)/ & ~/(?s:.*){OPEN}(?s:.*)/\n\
-             prefix[lazy]: /(?s:.*)/ {open}\n{rules}"
+             TEXT: /(?s:.+)/ & ~/(?s:.*){escaped}(?s:.*)/\n\
+             prefix[lazy]: /(?s:.*)/ {token}\n{rules}"
         )
     }
 
@@ -348,14 +392,42 @@ impl Tools {
     pub fn parse_output(&self, text: &str) -> (String, Vec<Call>) {
         match self.format {
             Format::Hermes => parse_hermes(text),
+            Format::Llama3 => parse_llama3(text),
+            Format::Mistral => parse_mistral(text),
             Format::Generic => parse_generic(text),
         }
     }
 }
 
+/// The id of `text` if it is one special token of the vocabulary.
+fn special_token(tok: &dyn Tokenizer, text: &str) -> Option<u32> {
+    tok.token_id(text).filter(|&id| tok.is_special(id))
+}
+
+/// A marker as a Lark item: its special token where the vocabulary has one, so the model can
+/// produce it as it was trained to (and free text never can), else the literal text.
+fn marker(tok: &dyn Tokenizer, text: &str) -> String {
+    match special_token(tok, text) {
+        Some(id) => format!("<[{id}]>"),
+        None => format!("{text:?}"),
+    }
+}
+
+/// `text` with the characters that mean something in a regular expression escaped.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn call_of(v: &Value) -> Option<Call> {
     let name = v.get("name")?.as_str()?.to_string();
-    let arguments = match v.get("arguments") {
+    let arguments = match v.get("arguments").or_else(|| v.get("parameters")) {
         Some(Value::String(s)) => s.clone(),
         Some(a) => a.to_string(),
         None => "{}".into(),
@@ -389,6 +461,36 @@ fn parse_hermes(text: &str) -> (String, Vec<Call>) {
     (content.trim().to_string(), calls)
 }
 
+/// A Llama 3 answer is a call when it is one JSON object with a name; anything else is text.
+fn parse_llama3(text: &str) -> (String, Vec<Call>) {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        if let Some(call) = serde_json::from_str::<Value>(trimmed)
+            .ok()
+            .as_ref()
+            .and_then(call_of)
+        {
+            return (String::new(), vec![call]);
+        }
+        // Cut short (max_tokens): a half-written call is not content either.
+        return (String::new(), Vec::new());
+    }
+    (trimmed.to_string(), Vec::new())
+}
+
+/// Text before `[TOOL_CALLS]` is content; the JSON array after it holds the calls.
+fn parse_mistral(text: &str) -> (String, Vec<Call>) {
+    const OPEN: &str = "[TOOL_CALLS]";
+    let Some(at) = text.find(OPEN) else {
+        return (text.trim().to_string(), Vec::new());
+    };
+    let calls = serde_json::from_str::<Value>(text[at + OPEN.len()..].trim())
+        .ok()
+        .and_then(|v| v.as_array().map(|a| a.iter().filter_map(call_of).collect()))
+        .unwrap_or_default();
+    (text[..at].trim().to_string(), calls)
+}
+
 fn parse_generic(text: &str) -> (String, Vec<Call>) {
     let Ok(v) = serde_json::from_str::<Value>(text.trim()) else {
         // Cut short (max_tokens): no call can be trusted and no JSON markup is content.
@@ -415,7 +517,7 @@ impl Tools {
         }
         let content = (!content.is_empty()).then_some(content);
         let message = json!({"role": "assistant", "content": content,
-                             "tool_calls": tool_calls_json(&calls)});
+                             "tool_calls": tool_calls_json(&calls, self.format)});
         (message, calls_reason(reason))
     }
 
@@ -427,7 +529,7 @@ impl Tools {
         } else {
             calls_reason(reason)
         };
-        (stream_deltas(&content, &calls), reason)
+        (stream_deltas(&content, &calls, self.format), reason)
     }
 }
 
@@ -465,13 +567,30 @@ pub(crate) fn constraint_of(
     Ok(constraint)
 }
 
+/// A fresh call id: `call_` and 16 hex digits, or in the Mistral format the 9 alphanumeric
+/// characters its templates demand when the call comes back in a later turn.
+fn call_id(format: Format) -> String {
+    let mut n = crate::routes::fresh_seed();
+    if format != Format::Mistral {
+        return format!("call_{n:016x}");
+    }
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    (0..9)
+        .map(|_| {
+            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
+            n /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
 /// OpenAI's `tool_calls` array for `calls`, each given a fresh id.
-pub(crate) fn tool_calls_json(calls: &[Call]) -> Vec<Value> {
+pub(crate) fn tool_calls_json(calls: &[Call], format: Format) -> Vec<Value> {
     calls
         .iter()
         .map(|c| {
             json!({
-                "id": format!("call_{:016x}", crate::routes::fresh_seed()),
+                "id": call_id(format),
                 "type": "function",
                 "function": {"name": c.name, "arguments": c.arguments},
             })
@@ -481,12 +600,12 @@ pub(crate) fn tool_calls_json(calls: &[Call]) -> Vec<Value> {
 
 /// The streamed deltas of a held-back answer: its content, then per call one delta with
 /// index, id, type and name (empty arguments) and one with the arguments.
-pub(crate) fn stream_deltas(content: &str, calls: &[Call]) -> Vec<Value> {
+pub(crate) fn stream_deltas(content: &str, calls: &[Call], format: Format) -> Vec<Value> {
     let mut out = Vec::new();
     if !content.is_empty() {
         out.push(json!({"content": content}));
     }
-    for (i, c) in tool_calls_json(calls).into_iter().enumerate() {
+    for (i, c) in tool_calls_json(calls, format).into_iter().enumerate() {
         out.push(json!({"tool_calls": [{
             "index": i, "id": c["id"], "type": "function",
             "function": {"name": c["function"]["name"], "arguments": ""},

@@ -51,6 +51,12 @@ pub fn vocab(name: &str) -> PathBuf {
     fixture(&format!("vocab/ggml-vocab-{name}.gguf"))
 }
 
+/// The path of one of llama.cpp's reference chat templates, `models/templates/{name}.jinja`
+/// of the same sdist (fetched beside the vocabularies).
+pub fn chat_template(name: &str) -> PathBuf {
+    fixture(&format!("vocab/templates/{name}.jinja"))
+}
+
 /// The path of the HF `tokenizer.json` named `name` (`qwen3`, `llama3`).
 pub fn hf_tokenizer(name: &str) -> PathBuf {
     fixture(&format!("tokenizers/{name}/tokenizer.json"))

@@ -38,15 +38,43 @@ pub struct ChatContext {
     pub eos_token: String,
 }
 
+/// How a template's model writes tool calls, recognised from the markup the template itself
+/// renders for earlier calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolCallStyle {
+    /// Hermes/Qwen: `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`, one per call.
+    Hermes,
+    /// Llama 3.1+: the whole answer is one JSON object `{"name": …, "parameters": {…}}`.
+    Llama3Json,
+    /// Mistral: `[TOOL_CALLS]` followed by a JSON array of `{"name", "arguments"}` objects;
+    /// call ids are 9 alphanumeric characters.
+    Mistral,
+}
+
 /// A compiled chat template.
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     tools: bool,
-    hermes_tool_calls: bool,
+    tool_call_style: Option<ToolCallStyle>,
 }
 
 const NAME: &str = "chat_template";
+
+/// The style of the markup `source` renders for earlier tool calls.
+fn tool_call_style(source: &str) -> Option<ToolCallStyle> {
+    if source.contains("<tool_call>") {
+        Some(ToolCallStyle::Hermes)
+    } else if source.contains("[TOOL_CALLS]") {
+        Some(ToolCallStyle::Mistral)
+    } else if source.contains("<|python_tag|>") || source.contains("ipython") {
+        // Llama 3.1's template writes earlier calls as `{"name": …, "parameters": …}` and
+        // tool results under the `ipython` role.
+        Some(ToolCallStyle::Llama3Json)
+    } else {
+        None
+    }
+}
 
 fn template_err(e: minijinja::Error) -> TokenizerError {
     let mut msg = e.to_string();
@@ -84,7 +112,7 @@ impl ChatTemplate {
         Ok(Self {
             env,
             tools: source.contains("tools"),
-            hermes_tool_calls: source.contains("<tool_call>"),
+            tool_call_style: tool_call_style(source),
         })
     }
 
@@ -101,9 +129,10 @@ impl ChatTemplate {
         self.tools
     }
 
-    /// Whether the template writes tool calls as Hermes/Qwen `<tool_call>{…}</tool_call>`.
-    pub fn uses_hermes_tool_calls(&self) -> bool {
-        self.hermes_tool_calls
+    /// How the model writes tool calls, where the template renders tools and earlier calls
+    /// in a known style; `None` for a template without (recognised) tool support.
+    pub fn tool_call_style(&self) -> Option<ToolCallStyle> {
+        self.tool_call_style.filter(|_| self.tools)
     }
 
     /// Renders messages given as JSON objects, as OpenAI clients send them (`role`,

@@ -396,14 +396,11 @@ pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, Ap
         (true, n) => Some(n.unwrap_or(0) as usize),
         (false, None) => None,
     };
-    let hermes = rules
-        .chat_template
-        .is_some_and(|t| t.supports_tools() && t.uses_hermes_tool_calls());
     let tools = tools::parse(
         r.tools.as_ref(),
         r.tool_choice.as_ref(),
         r.parallel_tool_calls.as_ref(),
-        hermes,
+        rules.chat_template,
     )
     .map_err(|e| ApiError::invalid(vec![e]).openai())?;
     let prompt = render_chat(rules, &r.messages, tools.as_ref())?;

@@ -9,8 +9,21 @@ fn weather() -> Value {
     }}])
 }
 
+/// A template that renders tools and writes Hermes calls.
+fn hermes() -> ChatTemplate {
+    ChatTemplate::new("{% if tools %}<tool_call>{% endif %}{{ messages[0].content }}").unwrap()
+}
+
+/// llama.cpp's copy of a real model's chat template.
+fn real_template(name: &str) -> ChatTemplate {
+    let path = worker_testdata::chat_template(name);
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{} (run `cargo xtask fetch`): {e}", path.display()));
+    ChatTemplate::new(&source).unwrap()
+}
+
 fn field_of(tools: Value, choice: Value) -> String {
-    parse(Some(&tools), Some(&choice), None, true)
+    parse(Some(&tools), Some(&choice), None, Some(&hermes()))
         .map(|_| String::new())
         .unwrap_or_else(|e| e.field)
 }
@@ -26,12 +39,12 @@ fn choices_parse() {
             Choice::Named("get_weather".into()),
         ),
     ] {
-        let t = parse(Some(&weather()), Some(&choice), None, true)
+        let t = parse(Some(&weather()), Some(&choice), None, Some(&hermes()))
             .unwrap()
             .unwrap();
         assert_eq!(t.choice, want);
     }
-    assert!(parse(None, None, None, true).unwrap().is_none());
+    assert!(parse(None, None, None, Some(&hermes())).unwrap().is_none());
 }
 
 #[test]
@@ -100,7 +113,7 @@ fn stream_deltas_send_index_id_and_name_first() {
         name: "f".into(),
         arguments: "{}".into(),
     }];
-    let d = stream_deltas("", &calls);
+    let d = stream_deltas("", &calls, Format::Hermes);
     assert_eq!(d.len(), 2);
     assert_eq!(d[0]["tool_calls"][0]["index"], 0);
     assert_eq!(d[0]["tool_calls"][0]["function"]["name"], "f");
@@ -113,7 +126,7 @@ fn stream_deltas_send_index_id_and_name_first() {
 
 #[test]
 fn generic_messages_carry_the_tool_list_and_earlier_turns() {
-    let t = parse(Some(&weather()), Some(&json!("required")), None, false)
+    let t = parse(Some(&weather()), Some(&json!("required")), None, None)
         .unwrap()
         .unwrap();
     let msgs = vec![
@@ -135,4 +148,146 @@ fn generic_messages_carry_the_tool_list_and_earlier_turns() {
     assert!(out[2]["content"].as_str().unwrap().contains("Paris"));
     assert_eq!(out[3]["role"], "user");
     assert!(out[3]["content"].as_str().unwrap().contains("sunny"));
+}
+
+#[test]
+fn real_templates_choose_their_models_formats() {
+    for (name, want) in [
+        ("Qwen-Qwen2.5-7B-Instruct", Format::Hermes),
+        (
+            "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+            Format::Hermes,
+        ),
+        ("meta-llama-Llama-3.1-8B-Instruct", Format::Llama3),
+        ("meta-llama-Llama-3.3-70B-Instruct", Format::Llama3),
+        ("mistralai-Mistral-Nemo-Instruct-2407", Format::Mistral),
+        ("google-gemma-2-2b-it", Format::Generic),
+    ] {
+        let t = parse(Some(&weather()), None, None, Some(&real_template(name)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.format, want, "{name}");
+    }
+}
+
+#[test]
+fn llama3_and_mistral_calls_parse_and_markup_stays_out_of_content() {
+    let (content, calls) =
+        parse_llama3(r#" {"name": "get_weather", "parameters": {"city": "Paris"}}"#);
+    assert_eq!(content, "");
+    assert_eq!(
+        calls,
+        [Call {
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into()
+        }]
+    );
+    assert_eq!(
+        parse_llama3("It is sunny."),
+        ("It is sunny.".into(), vec![])
+    );
+    assert_eq!(
+        parse_llama3(r#"{"name": "get_we"#),
+        (String::new(), vec![]),
+        "cut short"
+    );
+
+    let text = r#"Checking. [TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]"#;
+    let (content, calls) = parse_mistral(text);
+    assert_eq!(content, "Checking.");
+    assert_eq!(
+        calls.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(calls[1].arguments, r#"{"x":1}"#);
+    assert_eq!(
+        parse_mistral("[TOOL_CALLS][{\"name"),
+        (String::new(), vec![])
+    );
+}
+
+#[test]
+fn mistral_call_ids_come_back_through_its_template() {
+    // Mistral's template refuses earlier calls whose ids are not 9 alphanumerics: the ids
+    // we hand out must render when the client sends the call and its result back.
+    let template = real_template("mistralai-Mistral-Nemo-Instruct-2407");
+    let t = parse(
+        Some(&weather()),
+        Some(&json!("required")),
+        None,
+        Some(&template),
+    )
+    .unwrap()
+    .unwrap();
+    let (message, reason) = t.message(
+        r#"[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]"#,
+        "stop",
+    );
+    assert_eq!(reason, "tool_calls");
+    let call = &message["tool_calls"][0];
+    let id = call["id"].as_str().unwrap();
+    assert!(
+        id.len() == 9 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
+    let messages = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        message_json("assistant", String::new(), Some(&message["tool_calls"]), None, 1).unwrap(),
+        message_json("tool", "sunny".into(), None, Some(id), 2).unwrap(),
+    ]);
+    let ctx = worker_tokenizer::ChatContext {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    let text = template
+        .render_json(&messages, Some(&weather()), &ctx)
+        .unwrap();
+    assert!(text.contains(&format!("\"id\": \"{id}\"")), "{text}");
+    assert!(
+        text.contains("[TOOL_CALLS]") && text.contains("sunny"),
+        "{text}"
+    );
+    // And an OpenAI-style id is refused by that template, which is why we do not use one.
+    let mut bad = messages.clone();
+    bad[1]["tool_calls"][0]["id"] = json!("call_0123456789abcdef");
+    assert!(template.render_json(&bad, Some(&weather()), &ctx).is_err());
+}
+
+#[test]
+fn every_format_and_choice_compiles_on_both_vocabularies() {
+    // SmolLM2 has none of the markers as special tokens (the plain-text, lazy-prefix
+    // grammars); Qwen2.5 has `<tool_call>` and `</tool_call>` as special tokens.
+    for model in [worker_testdata::SMOLLM2, worker_testdata::QWEN25] {
+        let file = worker_gguf::GgufFile::open(worker_testdata::model(model)).unwrap();
+        let backend = Box::new(worker_compute::CpuBackend::new(Default::default()));
+        let config = worker_engine::EngineConfig {
+            context: 64,
+            max_batch: 16,
+            ..Default::default()
+        };
+        let engine = Engine::load(&file, backend, config).unwrap();
+        let two = json!([weather()[0], {"type": "function", "function": {
+            "name": "get_time", "parameters": {"type": "object"}}}]);
+        for format in [
+            Format::Hermes,
+            Format::Llama3,
+            Format::Mistral,
+            Format::Generic,
+        ] {
+            for choice in [
+                json!("auto"),
+                json!("required"),
+                json!({"type": "function", "function": {"name": "get_time"}}),
+            ] {
+                let mut t = parse(Some(&two), Some(&choice), None, None)
+                    .unwrap()
+                    .unwrap();
+                t.format = format;
+                let c = t.constraint(engine.tokenizer().as_ref()).unwrap();
+                engine
+                    .check_constraint(&c)
+                    .unwrap_or_else(|e| panic!("{model} {format:?} {choice}: {e}: {c:?}"));
+            }
+        }
+    }
 }
