@@ -214,11 +214,6 @@ fn unsupported_and_invalid_options_get_openai_errors() {
         ),
         (
             "/v1/chat/completions",
-            json!({"messages": msgs, "frobnicate": 1}),
-            "body",
-        ),
-        (
-            "/v1/chat/completions",
             json!({"messages": msgs, "max_tokens": "ten"}),
             "max_tokens",
         ),
@@ -234,11 +229,6 @@ fn unsupported_and_invalid_options_get_openai_errors() {
             "messages[0]",
         ),
         (
-            "/v1/chat/completions",
-            json!({"messages": msgs, "SECRET-KEY": 1}),
-            "body",
-        ),
-        (
             "/v1/completions",
             json!({"prompt": "x", "logit_bias": {"SECRET": "SECRET"}}),
             "logit_bias.*",
@@ -249,7 +239,7 @@ fn unsupported_and_invalid_options_get_openai_errors() {
             json!({"prompt": "x", "stop": "s".repeat(257)}),
             "stop",
         ),
-        ("/v1/chat/completions", json!({"msgs": msgs}), "body"),
+        ("/v1/chat/completions", json!({"msgs": msgs}), "messages"),
         (
             "/v1/completions",
             json!({"prompt": "x", "echo": true}),
@@ -266,6 +256,31 @@ fn unsupported_and_invalid_options_get_openai_errors() {
             "suffix",
         ),
         ("/v1/completions", json!({"prompt": ["x", "y"]}), "prompt"),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 4, "min_tokens": 5}),
+            "min_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "stop_token_ids": [49152]}),
+            "stop_token_ids",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "repetition_penalty": 0}),
+            "repetition_penalty",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "continue_final_message": true}),
+            "continue_final_message",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msgs, "ignore_eos": "yes"}),
+            "ignore_eos",
+        ),
         (
             "/v1/completions",
             json!({"prompt": "x", "logprobs": 6}),
@@ -294,4 +309,107 @@ fn unsupported_and_invalid_options_get_openai_errors() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json["error"]["type"], "invalid_request_error");
     assert_eq!(w.wait_idle()["status"], "ok");
+}
+
+/// What a router in front of us adds to every body (vllm-router 0.1.17 sends these): vLLM's
+/// extension fields are honoured, and keys nobody here knows are ignored and counted.
+#[test]
+fn router_extension_fields_are_honoured_and_unknown_ones_counted() {
+    let w = Worker::start(&["--slots", "1"]);
+    let extensions = json!({
+        "logprobs": false, "no_stop_trim": false, "ignore_eos": false,
+        "continue_final_message": false, "skip_special_tokens": true,
+        "separate_reasoning": true, "stream_reasoning": true,
+        "return_hidden_states": false, "include_reasoning": true,
+    });
+    let mut chat = json!({
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 8, "temperature": 0,
+    });
+    let plain = w.post("/v1/chat/completions", &chat);
+    assert_eq!(plain.status, 200, "{}", plain.text);
+    for (k, v) in extensions.as_object().unwrap() {
+        chat[k] = v.clone();
+    }
+    let routed = w.post("/v1/chat/completions", &chat);
+    assert_eq!(routed.status, 200, "{}", routed.text);
+    assert_eq!(
+        routed.json["choices"][0]["message"]["content"],
+        plain.json["choices"][0]["message"]["content"]
+    );
+    // separate_reasoning, stream_reasoning, return_hidden_states and include_reasoning are
+    // SGLang's; this worker has no reasoning parser, so they are ignored (and counted).
+    assert_eq!(w.metric("worker_ignored_request_fields_total"), 4.0);
+    assert!(!w.logs().contains("separate_reasoning"), "{}", w.logs());
+    // The gauges routers and the Gateway API Inference Extension read, under vLLM's names.
+    let metrics = w.metrics();
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+    ] {
+        let line = format!("{name}{{model_name=\"SmolLM2-135M-Instruct.Q4_1\"}} ");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+
+    // ignore_eos + min_tokens: exactly max_tokens tokens, finish_reason length.
+    let body = json!({
+        "prompt": "The capital of France is", "max_tokens": 24, "temperature": 0,
+        "ignore_eos": true,
+    });
+    let r = w.post("/v1/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["usage"]["completion_tokens"], 24, "{}", r.text);
+    assert_eq!(r.json["choices"][0]["finish_reason"], "length");
+
+    // A stop string kept in the text with include_stop_str_in_output.
+    let base = json!({"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0});
+    let free = w.post("/v1/completions", &base).json["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stop = free.split_whitespace().nth(1).unwrap().to_owned();
+    let mut kept = base.clone();
+    kept["stop"] = json!([stop]);
+    kept["include_stop_str_in_output"] = json!(true);
+    let r = w.post("/v1/completions", &kept);
+    let text = r.json["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(r.json["choices"][0]["finish_reason"], "stop", "{}", r.text);
+    assert!(
+        text.ends_with(&stop) && free.starts_with(text),
+        "{text:?} {free:?}"
+    );
+    kept["include_stop_str_in_output"] = json!(false);
+    let r = w.post("/v1/completions", &kept);
+    let trimmed = r.json["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(format!("{trimmed}{stop}"), text);
+    assert_eq!(w.wait_idle()["status"], "ok");
+}
+
+/// `continue_final_message` continues the assistant's last text instead of opening a new
+/// turn (vLLM's semantics), and cannot be combined with `add_generation_prompt`.
+#[test]
+fn continue_final_message_continues_the_assistant_text() {
+    let w = Worker::start(&["--slots", "1"]);
+    let messages = json!([
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is"},
+    ]);
+    let body = json!({
+        "messages": messages, "max_tokens": 6, "temperature": 0,
+        "continue_final_message": true, "add_generation_prompt": false,
+    });
+    let r = w.post("/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let text = r.json["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+    let mut both = body.clone();
+    both["add_generation_prompt"] = json!(true);
+    let r = w.post("/v1/chat/completions", &both);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.json["error"]["param"], "continue_final_message",
+        "{}",
+        r.text
+    );
 }

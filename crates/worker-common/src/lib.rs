@@ -2,7 +2,7 @@
 //! into a typed [`SamplingError`]) and the [`Sampler`] that turns logits into a token id, with
 //! log-probabilities when asked ([`Sampled`]); the stable error codes clients see
 //! ([`ErrorCode`], each with its HTTP status); and the ready-callback payload
-//! ([`ReadyCallback`]). The order the sampler's steps run in is documented in the [`sampler`]
+//! ([`ReadyCallback`]); and the bounds every route puts on request fields ([`limits`]). The order the sampler's steps run in is documented in the [`sampler`]
 //! module.
 //!
 //! It must not depend on a backend or on HTTP, and knows no wire format: `worker-http` turns
@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod error_code;
+pub mod limits;
 mod ready;
 mod rng;
 pub mod sampler;

@@ -14,7 +14,7 @@ use worker_tokenizer::{EncodeOptions, Tokenizer};
 use crate::blocks::KvStats;
 use crate::constraint::Grammars;
 use crate::request::{CancelHandle, EventSink, Generation, GenerationRequest, Prompt};
-use crate::scheduler::{Command, Job, LoopConfig, Scheduler};
+use crate::scheduler::{Command, EndRules, Job, LoopConfig, Scheduler};
 use crate::EngineError;
 
 /// Sizes of an engine built by [`Engine::load`].
@@ -263,6 +263,13 @@ impl Engine {
             stop: request.stop,
             logprobs: request.logprobs,
             grammar,
+            ends: EndRules {
+                min_tokens: request.min_tokens,
+                ignore_eos: request.ignore_eos,
+                stop_token_ids: request.stop_token_ids,
+                include_stop: request.include_stop,
+                render_special: request.render_special,
+            },
             sink,
             cancel: cancel.clone(),
         };

@@ -40,6 +40,22 @@ pub struct GenerationRequest {
     /// generation stops ([`StopReason::Eos`]) when the output is complete, and only then may
     /// an end-of-generation token be chosen.
     pub constraint: Option<Constraint>,
+    /// End-of-generation tokens (and [`Self::stop_token_ids`]) cannot be chosen before this
+    /// many tokens are generated (vLLM's `min_tokens`).
+    pub min_tokens: usize,
+    /// End-of-generation tokens are never chosen: generation runs to another stop condition
+    /// (vLLM's and llama.cpp's `ignore_eos`; banned as llama.cpp does, so the output never
+    /// holds one).
+    pub ignore_eos: bool,
+    /// More tokens that end generation as an end-of-generation token does, and like it are
+    /// not part of the output (vLLM's `stop_token_ids`).
+    pub stop_token_ids: Vec<u32>,
+    /// A stop string that ends generation stays at the end of the output (vLLM's
+    /// `include_stop_str_in_output`, SGLang's `no_stop_trim`).
+    pub include_stop: bool,
+    /// Special tokens (other than the end of generation) are written into the output text
+    /// instead of skipped (vLLM's `skip_special_tokens: false`).
+    pub render_special: bool,
 }
 
 impl GenerationRequest {
@@ -52,6 +68,11 @@ impl GenerationRequest {
             stop: Vec::new(),
             logprobs: None,
             constraint: None,
+            min_tokens: 0,
+            ignore_eos: false,
+            stop_token_ids: Vec::new(),
+            include_stop: false,
+            render_special: false,
         }
     }
 }

@@ -36,8 +36,26 @@ pub(crate) struct Job {
     pub logprobs: Option<usize>,
     /// The compiled constraint, at its start state.
     pub grammar: Option<llguidance::Matcher>,
+    pub ends: EndRules,
     pub sink: Box<dyn EventSink>,
     pub cancel: CancelHandle,
+}
+
+/// The request's own rules for ending, beyond `max_tokens` and stop strings.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EndRules {
+    pub min_tokens: usize,
+    pub ignore_eos: bool,
+    pub stop_token_ids: Vec<u32>,
+    pub include_stop: bool,
+    pub render_special: bool,
+}
+
+impl EndRules {
+    /// Whether any rule needs the sampler to skip ending tokens at some step.
+    fn bans_ends(&self) -> bool {
+        self.ignore_eos || self.min_tokens > 0
+    }
 }
 
 /// Where a slot's sequence stands (llama.cpp's slot states, minus idle: an idle slot holds
@@ -74,6 +92,8 @@ struct Sequence<'t> {
     timings: Timings,
     /// The constraint's mask thread, for a constrained sequence.
     grammar: Option<MaskWorker>,
+    /// The model's end-of-generation ids, when the request's rules ban them at some step.
+    eog_ids: Vec<u32>,
 }
 
 impl<'t> Sequence<'t> {
@@ -86,8 +106,17 @@ impl<'t> Sequence<'t> {
         grammar: Option<MaskWorker>,
     ) -> Self {
         let tokens = job.prompt_ids.clone();
+        let eog_ids = if job.ends.bans_ends() {
+            (0..tok.vocab_size() as u32)
+                .filter(|&id| tok.is_eog(id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let decoder = StreamDecoder::new(tok).render_special(job.ends.render_special);
         Sequence {
             grammar,
+            eog_ids,
             matcher: StopMatcher::new(&job.stop),
             prompt_len: tokens.len(),
             tokens,
@@ -95,7 +124,7 @@ impl<'t> Sequence<'t> {
             phase: Phase::Prefill,
             n_past: cached,
             admitted,
-            decoder: StreamDecoder::new(tok),
+            decoder,
             text: String::new(),
             timings: Timings {
                 cached_tokens: cached,
@@ -108,6 +137,26 @@ impl<'t> Sequence<'t> {
         self.tokens.len() - self.prompt_len
     }
 
+    /// The tokens that may not be chosen this step: end-of-generation ones under
+    /// `ignore_eos`, those and the request's stop tokens before `min_tokens`.
+    fn banned_now(&self) -> Vec<u32> {
+        let ends = &self.job.ends;
+        let early = self.generated() < ends.min_tokens;
+        let mut banned = Vec::new();
+        if ends.ignore_eos || early {
+            banned.extend_from_slice(&self.eog_ids);
+        }
+        if early {
+            banned.extend_from_slice(&ends.stop_token_ids);
+        }
+        banned
+    }
+
+    /// Whether `id` ends the sequence as the end of generation does.
+    fn is_end(&self, tok: &dyn Tokenizer, id: u32) -> bool {
+        (tok.is_eog(id) && !self.job.ends.ignore_eos) || self.job.ends.stop_token_ids.contains(&id)
+    }
+
     /// Samples from `logits` (this sequence's row) and handles the token. Returns how the
     /// sequence ends, or `None` when it goes on.
     fn sample_and_accept(
@@ -116,10 +165,27 @@ impl<'t> Sequence<'t> {
         logits: &mut [f32],
         context: usize,
     ) -> Option<Outcome> {
-        let mask = match self.grammar.as_mut().map(MaskWorker::mask).transpose() {
+        let mut mask = match self.grammar.as_mut().map(MaskWorker::mask).transpose() {
             Ok(mask) => mask,
             Err(e) => return Some(Outcome::Fail(e)),
         };
+        let banned = self.banned_now();
+        match mask.as_mut() {
+            // A grammar that allows only ending tokens has the last word: the output is whole.
+            Some(m) => {
+                let allowed_banned = banned.iter().filter(|&&id| m.is_allowed(id)).count();
+                if m.num_set() > allowed_banned {
+                    banned.iter().for_each(|&id| m.disallow_token(id));
+                }
+            }
+            None => {
+                for &id in &banned {
+                    if let Some(l) = logits.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
         let sampler = &mut self.job.sampler;
         let sampled = match (self.job.logprobs, &mask) {
             (Some(n), None) => sampler
@@ -139,7 +205,7 @@ impl<'t> Sequence<'t> {
             Ok(s) => s,
             Err(e) => return Some(Outcome::Fail(e.into())),
         };
-        if tok.is_eog(id) {
+        if self.is_end(tok, id) {
             return Some(Outcome::Stop(StopReason::Eos));
         }
         self.tokens.push(id);
@@ -189,7 +255,8 @@ impl<'t> Sequence<'t> {
         let event = match outcome {
             Outcome::Fail(e) => Event::Error(e),
             Outcome::Stop(mut reason) => {
-                let tail = match reason {
+                let tail = match &reason {
+                    StopReason::StopSequence(stop) if self.job.ends.include_stop => stop.clone(),
                     StopReason::StopSequence(_) => String::new(),
                     _ => {
                         let rest = self.decoder.flush();
@@ -198,7 +265,10 @@ impl<'t> Sequence<'t> {
                                 emit.push_str(&self.matcher.finish());
                                 emit
                             }
-                            StopCheck::Stopped { emit, stop } => {
+                            StopCheck::Stopped { mut emit, stop } => {
+                                if self.job.ends.include_stop {
+                                    emit.push_str(&stop);
+                                }
                                 reason = StopReason::StopSequence(stop);
                                 emit
                             }

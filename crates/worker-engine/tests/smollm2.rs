@@ -247,6 +247,60 @@ fn eos_ends_a_chat_turn() {
 }
 
 #[test]
+fn ignore_eos_and_min_tokens_keep_a_finished_turn_going() {
+    let prompt = "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n";
+    let (_, natural) = run(engine(), request(prompt, 0.0, 64));
+    assert_eq!(natural.stop_reason, StopReason::Eos);
+    let n = natural.ids.len();
+    // Until min_tokens the end of the turn cannot be chosen; the first n tokens are the
+    // same (the ban changes nothing before the model wanted to stop).
+    let mut req = request(prompt, 0.0, 64);
+    req.min_tokens = n + 3;
+    let (_, longer) = run(engine(), req);
+    assert!(
+        longer.ids.len() >= n + 3,
+        "{} < {}",
+        longer.ids.len(),
+        n + 3
+    );
+    assert_eq!(longer.ids[..n], natural.ids[..]);
+    // ignore_eos runs to max_tokens, and no end-of-generation token is in the output.
+    let mut req = request(prompt, 0.0, n + 5);
+    req.ignore_eos = true;
+    let (_, ignored) = run(engine(), req);
+    assert_eq!(ignored.stop_reason, StopReason::MaxTokens);
+    assert_eq!(ignored.ids.len(), n + 5);
+    let tok = engine().tokenizer();
+    assert!(ignored.ids.iter().all(|&id| !tok.is_eog(id)));
+}
+
+#[test]
+fn a_stop_token_id_ends_like_eos_and_a_kept_stop_string_ends_the_text() {
+    // Greedy gives " Paris.\n\nThe …": stop at the id of its second token.
+    let (_, free) = run(engine(), request(PROMPT, 0.0, 6));
+    let mut req = request(PROMPT, 0.0, 6);
+    req.stop_token_ids = vec![free.ids[1]];
+    let (text, end) = run(engine(), req);
+    assert_eq!(end.stop_reason, StopReason::Eos);
+    assert_eq!(end.ids, free.ids[..1]);
+    assert_eq!(text, " Paris");
+    // min_tokens holds the stop token back too: the output then differs from the free one.
+    let mut req = request(PROMPT, 0.0, 6);
+    req.stop_token_ids = vec![free.ids[1]];
+    req.min_tokens = 2;
+    let (_, held) = run(engine(), req);
+    assert_ne!(held.ids[1], free.ids[1]);
+    // include_stop keeps the stop string that ended the output, streamed and final.
+    let mut req = request(PROMPT, 0.0, 24);
+    req.stop = vec!["ris.".into()];
+    req.include_stop = true;
+    let (text, end) = run(engine(), req);
+    assert_eq!(end.stop_reason, StopReason::StopSequence("ris.".into()));
+    assert_eq!(text, " Paris.");
+    assert_eq!(end.text, text);
+}
+
+#[test]
 fn a_full_context_stops_with_context_full() {
     let engine = load(EngineConfig {
         slots: 1,

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::stream::{self, Stream};
 use serde_json::json;
-use worker_common::SamplingConfig;
+use worker_common::{limits, SamplingConfig};
 use worker_engine::{Completion, GenerationRequest, StopReason};
 
 use crate::constrain;
@@ -71,34 +71,20 @@ pub(crate) fn parse_execute(rules: &Rules<'_>, bytes: &[u8]) -> Result<ExecuteRe
     let max_tokens = f.uint("max_tokens", 1, max_out).unwrap_or(max_out);
     let d = SamplingConfig::default();
     let sampling = SamplingConfig {
-        temperature: f
-            .number("temperature", "a number in [0, 2]", |x| {
-                (0.0..=2.0).contains(&x)
-            })
-            .unwrap_or(d.temperature),
-        top_p: f
-            .number("top_p", "a number in (0, 1]", |x| x > 0.0 && x <= 1.0)
-            .unwrap_or(d.top_p),
+        temperature: f.bounded(&limits::TEMPERATURE).unwrap_or(d.temperature),
+        top_p: f.bounded(&limits::TOP_P).unwrap_or(d.top_p),
         top_k: f
             .uint("top_k", 0, u64::from(u32::MAX))
             .map_or(d.top_k, |k| k as u32),
-        min_p: f
-            .number("min_p", "a number in [0, 1]", |x| (0.0..=1.0).contains(&x))
-            .unwrap_or(d.min_p),
+        min_p: f.bounded(&limits::MIN_P).unwrap_or(d.min_p),
         repetition_penalty: f
-            .number("repetition_penalty", "a number in (0, 10]", |x| {
-                x > 0.0 && x <= 10.0
-            })
+            .bounded(&limits::REPETITION_PENALTY)
             .unwrap_or(d.repetition_penalty),
         presence_penalty: f
-            .number("presence_penalty", "a number in [-2, 2]", |x| {
-                (-2.0..=2.0).contains(&x)
-            })
+            .bounded(&limits::PRESENCE_PENALTY)
             .unwrap_or(d.presence_penalty),
         frequency_penalty: f
-            .number("frequency_penalty", "a number in [-2, 2]", |x| {
-                (-2.0..=2.0).contains(&x)
-            })
+            .bounded(&limits::FREQUENCY_PENALTY)
             .unwrap_or(d.frequency_penalty),
         seed: f
             .uint("seed", 0, u64::MAX)

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use worker_tokenizer::ChatTemplate;
 
 use crate::error::ApiError;
-use crate::validate::{self, Rules};
+use crate::validate::Rules;
 use crate::{execute, openai, routes};
 
 /// The marker every generated string and made-up key carries; no error text may contain it.
@@ -366,7 +366,11 @@ pub fn check_request(route: FuzzRoute, body: &[u8]) {
             assert!(!r.job_id.is_empty() && r.job_id.chars().count() <= 256);
             let m = r.request.max_tokens.expect("max_tokens is always set");
             assert!((1..=max).contains(&m), "max_tokens {m}");
-            assert!(validate::stops_ok(&r.request.stop), "{:?}", r.request.stop);
+            assert!(
+                worker_common::limits::stops_ok(&r.request.stop),
+                "{:?}",
+                r.request.stop
+            );
         }),
         FuzzRoute::Cancel => execute::parse_cancel(body).map(|id| {
             assert!(!id.is_empty() && id.chars().count() <= 256);
@@ -390,7 +394,11 @@ pub fn check_request(route: FuzzRoute, body: &[u8]) {
 fn check_prepared(p: &openai::request::Prepared, max: usize) {
     let m = p.request.max_tokens.expect("max_tokens is always set");
     assert!((1..=max).contains(&m), "max_tokens {m}");
-    assert!(validate::stops_ok(&p.request.stop), "{:?}", p.request.stop);
+    assert!(
+        worker_common::limits::stops_ok(&p.request.stop),
+        "{:?}",
+        p.request.stop
+    );
     assert!(
         p.request.sampling.validate().is_ok(),
         "{:?}",

@@ -128,6 +128,7 @@ pub(crate) struct Metrics {
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
     connections_timed_out: AtomicU64,
+    ignored_fields: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -141,12 +142,15 @@ impl Default for Metrics {
             connections_open: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
+            ignored_fields: AtomicU64::new(0),
         }
     }
 }
 
 /// Gauges read from the server state when rendering.
-pub(crate) struct Gauges {
+pub(crate) struct Gauges<'a> {
+    /// The served model's id, the `model_name` label of the vLLM-named series.
+    pub model: &'a str,
     pub queue_depth: usize,
     pub slots_busy: usize,
     pub slots_total: usize,
@@ -187,6 +191,11 @@ impl Metrics {
         self.connections_timed_out.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Request body fields no schema reads, ignored.
+    pub fn ignored_fields(&self, n: usize) {
+        self.ignored_fields.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub fn observe_ttft(&self, d: Duration) {
         self.ttft.observe(d);
     }
@@ -196,7 +205,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, gauges: &Gauges) -> String {
+    pub fn render(&self, gauges: &Gauges<'_>) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP worker_requests_total Generation requests by route and outcome.\n\
@@ -249,6 +258,11 @@ impl Metrics {
                 "Connections closed for waiting past the header read or idle timeout.",
                 self.connections_timed_out.load(Ordering::Relaxed),
             ),
+            (
+                "worker_ignored_request_fields_total",
+                "Request body fields this worker does not know, ignored.",
+                self.ignored_fields.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
@@ -266,7 +280,7 @@ impl Metrics {
             "worker_inter_token_latency_seconds",
             "Time between consecutive tokens of a request.",
         );
-        let gauges = [
+        let series = [
             (
                 "worker_queue_depth",
                 "Requests waiting for a slot.",
@@ -313,11 +327,65 @@ impl Metrics {
                 self.connections_open.load(Ordering::Relaxed) as f64,
             ),
         ];
-        for (name, help, v) in gauges {
+        for (name, help, v) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        render_vllm_names(&mut out, gauges);
         out
     }
+}
+
+/// The series under the names vLLM exports, which routers and the Gateway API Inference
+/// Extension's model-server protocol read (`vllm:num_requests_waiting`, …), labelled with
+/// the model as vLLM labels them.
+fn render_vllm_names(out: &mut String, g: &Gauges<'_>) {
+    let label = format!("{{model_name=\"{}\"}}", label_value(g.model));
+    let kv = &g.kv;
+    let series = [
+        (
+            "vllm:num_requests_running",
+            "gauge",
+            "Requests in a slot, generating (vLLM's name).",
+            g.slots_busy as f64,
+        ),
+        (
+            "vllm:num_requests_waiting",
+            "gauge",
+            "Requests waiting for a slot (vLLM's name).",
+            g.queue_depth as f64,
+        ),
+        (
+            "vllm:kv_cache_usage_perc",
+            "gauge",
+            "Fraction of the KV pool held by requests, 0-1 (vLLM's name).",
+            kv.blocks_used as f64 / kv.blocks_total.max(1) as f64,
+        ),
+        (
+            "vllm:prefix_cache_queries_total",
+            "counter",
+            "Prompt tokens looked up in the prefix cache (vLLM's name).",
+            kv.prompt_tokens as f64,
+        ),
+        (
+            "vllm:prefix_cache_hits_total",
+            "counter",
+            "Prompt tokens found in the prefix cache (vLLM's name).",
+            kv.cached_prompt_tokens as f64,
+        ),
+    ];
+    for (name, kind, help, v) in series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{label} {v}"
+        );
+    }
+}
+
+/// `s` escaped for a Prometheus label value.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -331,7 +399,9 @@ mod tests {
         m.observe_ttft(Duration::from_millis(700));
         m.observe_ttft(Duration::from_secs(100));
         m.count_request(Route::Execute, Outcome::Ok);
+        m.ignored_fields(3);
         let text = m.render(&Gauges {
+            model: "smol\"lm",
             queue_depth: 0,
             slots_busy: 1,
             slots_total: 4,
@@ -348,5 +418,27 @@ mod tests {
         assert!(text.contains("worker_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("worker_requests_total{route=\"execute\",outcome=\"ok\"} 1"));
         assert!(text.contains("worker_slots_total 4"));
+        assert!(
+            text.contains("worker_ignored_request_fields_total 3\n"),
+            "{text}"
+        );
+        // The names routers read, labelled as vLLM labels them.
+        let label = "{model_name=\"smol\\\"lm\"}";
+        assert!(
+            text.contains(&format!("vllm:num_requests_running{label} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("vllm:num_requests_waiting{label} 0\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("vllm:kv_cache_usage_perc{label} 0.4\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE vllm:prefix_cache_hits_total counter\n"),
+            "{text}"
+        );
     }
 }

@@ -134,6 +134,7 @@ async fn run(
     correlation: CorrelationId,
     prepared: Prepared,
 ) -> Response {
+    state.metrics.ignored_fields(prepared.ignored_fields);
     let prefix = if kind == Kind::Chat {
         "chatcmpl"
     } else {

@@ -196,6 +196,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /metrics`: Prometheus text.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.render(&Gauges {
+        model: &state.card.id,
         queue_depth: state.queue_depth(),
         slots_busy: state.slots_busy(),
         slots_total: state.info.slots,

@@ -202,6 +202,42 @@ pub(crate) fn from_value<T: de::DeserializeOwned>(value: &Value) -> Result<T, Sc
     })
 }
 
+/// The JSON field names of struct `T` as its `Deserialize` impl knows them (renames
+/// applied), so a route can tell which keys of a body it does not read.
+pub(crate) fn struct_fields<T: de::DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldProbe(&mut fields));
+    fields
+}
+
+/// A deserializer that records the field list serde passes to `deserialize_struct` and
+/// then fails.
+struct FieldProbe<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for FieldProbe<'_> {
+    type Error = SchemaError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, SchemaError> {
+        Err(SchemaError::new("a struct", "is not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, SchemaError> {
+        *self.0 = fields;
+        Err(SchemaError::new("a struct", "probed"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
 /// A JSON value at a path, as a serde deserializer.
 struct ValueDe<'de, 'p> {
     value: &'de Value,

@@ -3,25 +3,10 @@
 //! given (a value may be prompt text), nor a key the request made up.
 
 use serde_json::{Map, Value};
+use worker_common::limits::{Bound, MAX_STOPS, MAX_STOP_BYTES, STOP_RULE};
 use worker_tokenizer::ChatTemplate;
 
 use crate::error::{ApiError, FieldError};
-
-/// Most stop strings one request may give, on every route.
-pub(crate) const MAX_STOPS: usize = 4;
-/// Longest stop string, in bytes, on every route.
-pub(crate) const MAX_STOP_BYTES: usize = 256;
-/// The stop rule in words.
-pub(crate) const STOP_CONSTRAINT: &str =
-    "a string or an array of at most 4 non-empty strings of at most 256 bytes each";
-
-/// Whether `stops` keep to [`MAX_STOPS`] and [`MAX_STOP_BYTES`] (and none is empty).
-pub(crate) fn stops_ok(stops: &[String]) -> bool {
-    stops.len() <= MAX_STOPS
-        && stops
-            .iter()
-            .all(|s| !s.is_empty() && s.len() <= MAX_STOP_BYTES)
-}
 
 /// Whether `text` (an error message about to go out) quotes a run of at least 8 bytes of one
 /// of `inputs` (request text).
@@ -178,17 +163,18 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A finite number for which `ok` holds; `constraint` says which in words.
-    pub fn number(&mut self, name: &str, constraint: &str, ok: fn(f64) -> bool) -> Option<f32> {
+    /// A number inside `bound`, the rule every route shares.
+    pub fn bounded(&mut self, bound: &Bound) -> Option<f32> {
+        let (name, rule) = (bound.field, bound.rule);
         let v = self.get(name)?;
         match v.as_f64() {
-            Some(x) if x.is_finite() && ok(x) => Some(x as f32),
+            Some(x) if bound.accepts(x) => Some(x as f32),
             Some(_) => {
-                self.fail(name, constraint, format!("{name} must be {constraint}"));
+                self.fail(name, rule, format!("{name} must be {rule}"));
                 None
             }
             None => {
-                self.wrong_type(name, constraint, v);
+                self.wrong_type(name, rule, v);
                 None
             }
         }
@@ -197,7 +183,7 @@ impl<'a> Fields<'a> {
     /// A string or an array of at most [`MAX_STOPS`] non-empty strings of at most
     /// [`MAX_STOP_BYTES`] bytes.
     pub fn stop(&mut self, name: &str) -> Vec<String> {
-        let (max, constraint) = (MAX_STOPS, STOP_CONSTRAINT);
+        let (max, constraint) = (MAX_STOPS, STOP_RULE);
         let Some(v) = self.get(name) else {
             return Vec::new();
         };
@@ -252,6 +238,7 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use worker_common::limits;
 
     fn check(body: &str, read: impl FnOnce(&mut Fields), fields: &[&str]) {
         let Value::Object(obj) = serde_json::from_str(body).unwrap() else {
@@ -301,11 +288,18 @@ mod tests {
             &[],
         );
         check(
-            r#"{"t": "hot"}"#,
+            r#"{"temperature": "hot"}"#,
             |f| {
-                let _ = f.number("t", ">= 0", |x| x >= 0.0);
+                let _ = f.bounded(&limits::TEMPERATURE);
             },
-            &["t"],
+            &["temperature"],
+        );
+        check(
+            r#"{"temperature": 2.5}"#,
+            |f| {
+                let _ = f.bounded(&limits::TEMPERATURE);
+            },
+            &["temperature"],
         );
         check(
             r#"{"s": ["a","b","c","d","e"]}"#,
@@ -348,12 +342,5 @@ mod tests {
         assert!(!echoes("short", inputs.iter().copied()));
         assert!(echoes("ünïcödé text", ["ïcödé"].iter().copied()));
         assert!(!echoes("ünïcödé text", ["ïcö"].iter().copied()));
-    }
-
-    #[test]
-    fn the_stop_rule_in_words_is_the_rule() {
-        let words =
-            format!("at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_BYTES} bytes");
-        assert!(STOP_CONSTRAINT.contains(&words), "{STOP_CONSTRAINT}");
     }
 }

@@ -1,16 +1,19 @@
 //! The OpenAI request bodies and their validation into a [`GenerationRequest`], apart from
 //! the routes so that tests and fuzz targets can run them on any bytes without a server.
 //!
-//! Requests are typed serde structs that refuse unknown fields; options we do not implement
-//! (`n` > 1, `functions`, `echo`, `best_of`, `suffix`) are refused with OpenAI's error shape
-//! rather than ignored. `response_format` (`json_object`, `json_schema`) and the `grammar`
-//! extension constrain the output (see the `constrain` module); `tools` are parsed and
-//! rendered by the `tools` module.
+//! Requests are typed serde structs: the fields both routes share ([`Common`], with the
+//! vLLM / SGLang sampling extensions) and each route's own. Keys neither names are ignored
+//! and counted, as vLLM and llama-server do (routers add fields of their own); options we
+//! know but do not implement (`n` > 1, `functions`, `echo`, `best_of`, `suffix`) are refused
+//! with OpenAI's error shape rather than ignored. `response_format` (`json_object`,
+//! `json_schema`) and the `grammar` extension constrain the output (see the `constrain`
+//! module); `tools` are parsed and rendered by the `tools` module.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+use worker_common::limits::{self, Bound};
 use worker_common::{SamplingConfig, SamplingError};
 use worker_engine::GenerationRequest;
 use worker_tokenizer::{ChatContext, ChatMessage};
@@ -67,8 +70,12 @@ struct MessageIn {
     tool_call_id: Option<String>,
 }
 
-/// Sampling and limits both routes share.
-#[derive(Debug)]
+/// The fields chat and completions share: sampling, stops, streaming, constraints, and the
+/// vLLM / SGLang extensions that map onto what the engine does. Read from the same body as
+/// the route's own struct; a key neither struct names is ignored (and counted), as vLLM and
+/// llama-server do, so routers that add their own fields are served.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct Common {
     model: Option<String>,
     stream: bool,
@@ -85,11 +92,25 @@ struct Common {
     n: Option<u32>,
     logit_bias: Option<HashMap<String, f32>>,
     user: Option<String>,
+    response_format: Option<Value>,
+    /// Extension: `{"lark": "…"}` or `{"regex": "…"}`.
+    grammar: Option<Value>,
+    /// vLLM: end-of-generation tokens are never chosen.
+    ignore_eos: bool,
+    /// vLLM: no end-of-generation or stop token before this many tokens.
+    min_tokens: Option<u64>,
+    /// vLLM: token ids that end generation.
+    stop_token_ids: Option<Vec<u32>>,
+    /// vLLM: special tokens are left out of the text (the default).
+    skip_special_tokens: Option<bool>,
+    /// vLLM: the stop string that ended generation stays in the text.
+    include_stop_str_in_output: bool,
+    /// SGLang's name for `include_stop_str_in_output`.
+    no_stop_trim: bool,
 }
 
-/// `POST /v1/chat/completions` body.
+/// `POST /v1/chat/completions` body, beside [`Common`].
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ChatRequest {
     messages: Vec<MessageIn>,
     #[serde(default)]
@@ -110,43 +131,12 @@ struct ChatRequest {
     function_call: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<Value>,
+    /// vLLM: end the prompt with the template's assistant header (the default).
     #[serde(default)]
-    response_format: Option<Value>,
-    /// Extension: `{"lark": "…"}` or `{"regex": "…"}`.
+    add_generation_prompt: Option<bool>,
+    /// vLLM: the last (assistant) message is left open and continued.
     #[serde(default)]
-    grammar: Option<Value>,
-    // serde's `flatten` cannot be combined with `deny_unknown_fields`, so the shared fields
-    // are repeated here and copied into `Common` by hand.
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    top_k: Option<u32>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repetition_penalty: Option<f32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    stop: Option<StopField>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    n: Option<u32>,
-    #[serde(default)]
-    logit_bias: Option<HashMap<String, f32>>,
-    #[serde(default)]
-    user: Option<String>,
+    continue_final_message: bool,
 }
 
 /// `prompt` of `/v1/completions`: a string or a one-element array of strings.
@@ -157,9 +147,8 @@ enum PromptField {
     Many(Vec<String>),
 }
 
-/// `POST /v1/completions` body.
+/// `POST /v1/completions` body, beside [`Common`].
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CompletionRequest {
     prompt: PromptField,
     #[serde(default)]
@@ -172,63 +161,6 @@ struct CompletionRequest {
     best_of: Option<u32>,
     #[serde(default)]
     suffix: Option<String>,
-    #[serde(default)]
-    response_format: Option<Value>,
-    /// Extension: `{"lark": "…"}` or `{"regex": "…"}`.
-    #[serde(default)]
-    grammar: Option<Value>,
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    top_k: Option<u32>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repetition_penalty: Option<f32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    stop: Option<StopField>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    n: Option<u32>,
-    #[serde(default)]
-    logit_bias: Option<HashMap<String, f32>>,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-macro_rules! common_of {
-    ($r:expr) => {
-        Common {
-            model: $r.model.take(),
-            stream: $r.stream,
-            stream_options: $r.stream_options.take(),
-            temperature: $r.temperature,
-            top_p: $r.top_p,
-            top_k: $r.top_k,
-            min_p: $r.min_p,
-            repetition_penalty: $r.repetition_penalty,
-            presence_penalty: $r.presence_penalty,
-            frequency_penalty: $r.frequency_penalty,
-            stop: $r.stop.take(),
-            seed: $r.seed,
-            n: $r.n,
-            logit_bias: $r.logit_bias.take(),
-            user: $r.user.take(),
-        }
-    };
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
@@ -239,12 +171,31 @@ fn unsupported(param: &str) -> ApiError {
     invalid(param, format!("{param} is not supported by this worker"))
 }
 
-/// Reads `bytes` as `T`: one JSON object with unique keys (the rule of every route), then
-/// the schema, with errors that name the field and never the value.
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let object = Value::Object(json::object(bytes).map_err(ApiError::openai)?);
-    schema::from_value(&object)
-        .map_err(|e| ApiError::field(e.field(), &e.expected, e.message()).openai())
+/// Reads `bytes` as the shared fields and the route's `T`: one JSON object with unique keys
+/// (the rule of every route), then the schemas, with errors that name the field and never
+/// the value. Returns how many keys neither schema reads; their names go to the debug log
+/// only (they are request text).
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(Common, T, usize), ApiError> {
+    let object = json::object(bytes).map_err(ApiError::openai)?;
+    let known = [
+        schema::struct_fields::<Common>(),
+        schema::struct_fields::<T>(),
+    ];
+    let unknown: Vec<&str> = object
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.iter().any(|fields| fields.contains(k)))
+        .collect();
+    if !unknown.is_empty() {
+        tracing::debug!(fields = ?unknown, "ignoring request fields this worker does not know");
+    }
+    let ignored = unknown.len();
+    let object = Value::Object(object);
+    let schema_error =
+        |e: schema::SchemaError| ApiError::field(e.field(), &e.expected, e.message()).openai();
+    let common = schema::from_value(&object).map_err(schema_error)?;
+    let route = schema::from_value(&object).map_err(schema_error)?;
+    Ok((common, route, ignored))
 }
 
 /// A validated OpenAI request: the generation and how to answer it.
@@ -256,23 +207,8 @@ pub(crate) struct Prepared {
     pub constraint_field: Option<&'static str>,
     /// The request's tools, unless `tool_choice` is `none`.
     pub tools: Option<Tools>,
-}
-
-impl Prepared {
-    /// Constrains the output as `response_format` / `grammar` ask.
-    fn constrain(
-        mut self,
-        response_format: Option<&Value>,
-        grammar: Option<&Value>,
-    ) -> Result<Self, ApiError> {
-        let requested = constrain::from_fields(response_format, grammar)
-            .map_err(|e| ApiError::invalid(vec![e]).openai())?;
-        if let Some(r) = requested {
-            self.request.constraint = Some(r.constraint);
-            self.constraint_field = Some(r.field);
-        }
-        Ok(self)
-    }
+    /// Body keys no schema reads, ignored.
+    pub ignored_fields: usize,
 }
 
 /// A sampling refusal, without the value given.
@@ -285,6 +221,17 @@ fn sampling_error(e: &SamplingError) -> ApiError {
         other => other.to_string(),
     };
     invalid(field, message)
+}
+
+/// `value` if it keeps to `bound`, the rule `/execute` applies too.
+fn bounded(bound: &Bound, value: Option<f32>) -> Result<Option<f32>, ApiError> {
+    match value {
+        Some(x) if !bound.accepts(f64::from(x)) => Err(invalid(
+            bound.field,
+            format!("{} must be {}", bound.field, bound.rule),
+        )),
+        v => Ok(v),
+    }
 }
 
 fn prepare(
@@ -310,15 +257,35 @@ fn prepare(
         Some(m) => m,
         None => max_out,
     };
+    let min_tokens = common.min_tokens.unwrap_or(0);
+    if min_tokens > max_tokens {
+        return Err(invalid(
+            "min_tokens",
+            "min_tokens must be at most max_tokens",
+        ));
+    }
     let stop = match common.stop {
         None => Vec::new(),
         Some(StopField::One(s)) => vec![s],
         Some(StopField::Many(v)) => v,
     };
-    if !validate::stops_ok(&stop) {
+    if !limits::stops_ok(&stop) {
         return Err(invalid(
             "stop",
-            format!("stop must be {}", validate::STOP_CONSTRAINT),
+            format!("stop must be {}", limits::STOP_RULE),
+        ));
+    }
+    let stop_token_ids = common.stop_token_ids.unwrap_or_default();
+    let vocab = rules.vocab_size;
+    if stop_token_ids.len() > limits::MAX_STOP_TOKEN_IDS
+        || stop_token_ids.iter().any(|&id| id as usize >= vocab)
+    {
+        return Err(invalid(
+            "stop_token_ids",
+            format!(
+                "stop_token_ids must be at most {} token ids below {vocab}",
+                limits::MAX_STOP_TOKEN_IDS
+            ),
         ));
     }
     let mut logit_bias = Vec::new();
@@ -326,10 +293,10 @@ fn prepare(
         let id: u32 = k
             .parse()
             .map_err(|_| invalid("logit_bias", "logit_bias keys must be token ids"))?;
-        if !(-100.0..=100.0).contains(&v) {
+        if !limits::LOGIT_BIAS.accepts(f64::from(v)) {
             return Err(invalid(
                 "logit_bias",
-                "logit_bias values must be in [-100, 100]",
+                format!("logit_bias must be {}", limits::LOGIT_BIAS.rule),
             ));
         }
         logit_bias.push((id, v));
@@ -337,21 +304,28 @@ fn prepare(
     let d = SamplingConfig::default();
     // OpenAI's defaults: temperature 1, top_p 1, no top-k or min-p cut unless asked.
     let sampling = SamplingConfig {
-        temperature: common.temperature.unwrap_or(1.0),
-        top_p: common.top_p.unwrap_or(1.0),
+        temperature: bounded(&limits::TEMPERATURE, common.temperature)?.unwrap_or(1.0),
+        top_p: bounded(&limits::TOP_P, common.top_p)?.unwrap_or(1.0),
         top_k: common.top_k.unwrap_or(0),
-        min_p: common.min_p.unwrap_or(0.0),
-        repetition_penalty: common.repetition_penalty.unwrap_or(d.repetition_penalty),
-        presence_penalty: common.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: common.frequency_penalty.unwrap_or(0.0),
+        min_p: bounded(&limits::MIN_P, common.min_p)?.unwrap_or(0.0),
+        repetition_penalty: bounded(&limits::REPETITION_PENALTY, common.repetition_penalty)?
+            .unwrap_or(d.repetition_penalty),
+        presence_penalty: bounded(&limits::PRESENCE_PENALTY, common.presence_penalty)?
+            .unwrap_or(0.0),
+        frequency_penalty: bounded(&limits::FREQUENCY_PENALTY, common.frequency_penalty)?
+            .unwrap_or(0.0),
         logit_bias,
         seed: common.seed.unwrap_or_else(crate::routes::fresh_seed),
         ..d
     };
-    if sampling.temperature > 2.0 {
-        return Err(invalid("temperature", "temperature must be in [0, 2]"));
-    }
     sampling.validate().map_err(|e| sampling_error(&e))?;
+    let requested =
+        constrain::from_fields(common.response_format.as_ref(), common.grammar.as_ref())
+            .map_err(|e| ApiError::invalid(vec![e]).openai())?;
+    let (constraint, constraint_field) = match requested {
+        Some(r) => (Some(r.constraint), Some(r.field)),
+        None => (None, None),
+    };
     let include_usage = common.stream_options.is_some_and(|o| o.include_usage);
     Ok(Prepared {
         request: GenerationRequest {
@@ -359,19 +333,39 @@ fn prepare(
             max_tokens: Some(max_tokens as usize),
             stop,
             logprobs,
+            constraint,
+            min_tokens: min_tokens as usize,
+            ignore_eos: common.ignore_eos,
+            stop_token_ids,
+            include_stop: common.include_stop_str_in_output || common.no_stop_trim,
+            render_special: !common.skip_special_tokens.unwrap_or(true),
             ..GenerationRequest::new(prompt)
         },
         stream: common.stream,
         include_usage,
-        constraint_field: None,
+        constraint_field,
         tools: None,
+        ignored_fields: 0,
     })
+}
+
+/// How a rendered chat prompt ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpenEnd {
+    /// With the template's assistant header: the model answers (the default).
+    AssistantHeader,
+    /// With the last message as the template closes it (vLLM's `add_generation_prompt:
+    /// false`).
+    Nothing,
+    /// Inside the last (assistant) message, whose text the model continues (vLLM's
+    /// `continue_final_message`).
+    ContinueLast,
 }
 
 /// Parses and validates a `/v1/chat/completions` body, rendering its messages with the
 /// model's chat template.
 pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, ApiError> {
-    let mut r: ChatRequest = parse(bytes)?;
+    let (common, r, ignored) = parse::<ChatRequest>(bytes)?;
     for (name, given) in [
         ("functions", r.functions.is_some()),
         ("function_call", r.function_call.is_some()),
@@ -403,11 +397,22 @@ pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, Ap
         rules.chat_template,
     )
     .map_err(|e| ApiError::invalid(vec![e]).openai())?;
-    let prompt = render_chat(rules, &r.messages, tools.as_ref())?;
+    let open_end = match (r.add_generation_prompt, r.continue_final_message) {
+        (Some(true), true) => {
+            return Err(invalid(
+                "continue_final_message",
+                "continue_final_message needs add_generation_prompt: false",
+            ))
+        }
+        (_, true) => OpenEnd::ContinueLast,
+        (Some(false), false) => OpenEnd::Nothing,
+        (None | Some(true), false) => OpenEnd::AssistantHeader,
+    };
+    let prompt = render_chat(rules, &r.messages, tools.as_ref(), open_end)?;
     let max = r.max_completion_tokens.or(r.max_tokens);
-    let mut prepared = prepare(rules, common_of!(r), prompt, max, logprobs)?
-        .constrain(r.response_format.as_ref(), r.grammar.as_ref())?;
+    let mut prepared = prepare(rules, common, prompt, max, logprobs)?;
     prepared.tools = tools;
+    prepared.ignored_fields = ignored;
     Ok(prepared)
 }
 
@@ -415,6 +420,7 @@ fn render_chat(
     rules: &Rules<'_>,
     messages: &[MessageIn],
     tools: Option<&Tools>,
+    open_end: OpenEnd,
 ) -> Result<String, ApiError> {
     if messages.is_empty() {
         return Err(invalid("messages", "messages must not be empty"));
@@ -476,7 +482,7 @@ fn render_chat(
         }
     }
     let ctx = ChatContext {
-        add_generation_prompt: true,
+        add_generation_prompt: open_end == OpenEnd::AssistantHeader,
         bos_token: rules.bos_text.to_string(),
         eos_token: rules.eos_text.to_string(),
     };
@@ -491,7 +497,7 @@ fn render_chat(
         let generic = tools::generic_messages(json_messages, tools);
         template.render_json(&Value::Array(generic), None, &ctx)
     };
-    rendered.map_err(|e| {
+    let rendered = rendered.map_err(|e| {
         let reason = e.to_string();
         // The template's own words (`raise_exception('roles must alternate')`) help the
         // client; a template that quotes a message back does not get to echo it.
@@ -504,12 +510,42 @@ fn render_chat(
                 format!("the chat template refused the messages: {reason}"),
             )
         }
-    })
+    })?;
+    match open_end {
+        OpenEnd::ContinueLast => continue_last(rendered, messages),
+        OpenEnd::AssistantHeader | OpenEnd::Nothing => Ok(rendered),
+    }
+}
+
+/// `rendered` cut just after the text of the last message, which must be the assistant's,
+/// so that the model continues it (what vLLM does for `continue_final_message`).
+fn continue_last(mut rendered: String, messages: &[MessageIn]) -> Result<String, ApiError> {
+    let last = messages.last().filter(|m| m.role == "assistant");
+    let text = match last.map(|m| &m.content) {
+        Some(Some(Content::Text(t))) => t.as_str(),
+        Some(_) => "",
+        None => {
+            return Err(invalid(
+                "continue_final_message",
+                "continue_final_message needs an assistant message last",
+            ))
+        }
+    };
+    match rendered.rfind(text) {
+        Some(at) if !text.is_empty() => {
+            rendered.truncate(at + text.len());
+            Ok(rendered)
+        }
+        _ => Err(invalid(
+            "continue_final_message",
+            "continue_final_message needs the last message's text in the rendered prompt",
+        )),
+    }
 }
 
 /// Parses and validates a `/v1/completions` body.
 pub(crate) fn parse_completion(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, ApiError> {
-    let mut r: CompletionRequest = parse(bytes)?;
+    let (common, mut r, ignored) = parse::<CompletionRequest>(bytes)?;
     if r.echo == Some(true) {
         return Err(unsupported("echo"));
     }
@@ -529,6 +565,7 @@ pub(crate) fn parse_completion(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepar
     };
     let logprobs = r.logprobs.map(|n| n as usize);
     let max = r.max_tokens.or(Some(16));
-    prepare(rules, common_of!(r), prompt, max, logprobs)?
-        .constrain(r.response_format.as_ref(), r.grammar.as_ref())
+    let mut prepared = prepare(rules, common, prompt, max, logprobs)?;
+    prepared.ignored_fields = ignored;
+    Ok(prepared)
 }
