@@ -111,7 +111,8 @@ fn a_failed_callback_exits_1_with_a_clear_line() {
 
 #[test]
 fn sigterm_ends_open_streams_and_exits_0_within_5_s() {
-    let mut w = Worker::start(&["--slots", "2"]);
+    // The longest drain allowed: a 400-token stream outlives it and ends with SHUTTING_DOWN.
+    let mut w = Worker::start(&["--slots", "2", "--drain-timeout-sec", "3"]);
     let mut stream = w.execute_stream(&json!({
         "job_id": "open", "prompt": "Once upon a time", "max_tokens": 400,
     }));
@@ -146,5 +147,60 @@ fn sigterm_ends_open_streams_and_exits_0_within_5_s() {
         "exited {status} {:.0} ms after SIGTERM",
         t0.elapsed().as_secs_f64() * 1e3
     );
+    assert!(status.success(), "{status}: {}", w.logs());
+}
+
+/// During the drain after SIGTERM, /health says "draining" (503) and new requests get 503
+/// with Retry-After, while open streams run to their own end; the worker exits 0 as soon as
+/// they have, before the drain timeout.
+#[test]
+fn sigterm_drains_open_streams_then_exits_0() {
+    let mut w = Worker::start(&["--slots", "2", "--drain-timeout-sec", "3"]);
+    assert_eq!(w.get("/health").0, 200);
+    let mut stream = w.execute_stream(&json!({
+        "job_id": "short", "prompt": "Once upon a time", "max_tokens": 48,
+        "temperature": 0,
+    }));
+    assert_eq!(stream.next_event().unwrap().name, "started");
+    let t0 = Instant::now();
+    w.sigterm();
+    let draining = loop {
+        let (status, health) = w.get_json("/health");
+        if status == 503 {
+            break health;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "/health still {status}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(draining["status"], "draining", "{draining}");
+    for (path, body) in [
+        (
+            "/execute",
+            json!({"job_id": "late", "prompt": "Hi", "max_tokens": 2}),
+        ),
+        ("/v1/completions", json!({"prompt": "Hi", "max_tokens": 2})),
+    ] {
+        let r = w.post(path, &body);
+        assert_eq!(r.status, 503, "{path}: {}", r.text);
+        assert_eq!(r.retry_after.as_deref(), Some("1"), "{path}");
+    }
+    let mut names = Vec::new();
+    while let Some(e) = stream.next_event() {
+        names.push(e.name);
+    }
+    assert_eq!(names.last().map(String::as_str), Some("end"), "{names:?}");
+    let status = loop {
+        if let Some(status) = w.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still running after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.success(), "{status}: {}", w.logs());
 }

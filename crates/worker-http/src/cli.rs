@@ -91,6 +91,20 @@ pub struct ServeArgs {
     #[arg(long, env = "WORKER_MAX_CONNECTIONS",
           default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
+    /// Seconds that open generations get to finish after SIGTERM, while /health says
+    /// "draining" and new requests get 503; then the rest end with SHUTTING_DOWN. The
+    /// llama-orch contract gives a worker 5 s from SIGTERM to exit, so at most 3.
+    #[arg(long, env = "WORKER_DRAIN_TIMEOUT_SEC", default_value_t = 3.0,
+          value_parser = parse_drain_timeout)]
+    pub drain_timeout_sec: f64,
+}
+
+/// `--drain-timeout-sec`: a number of seconds in [0, 3].
+fn parse_drain_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=3.0).contains(&v) => Ok(v),
+        _ => Err("expected seconds between 0 and 3".into()),
+    }
 }
 
 /// A timeout flag: whole seconds, at least one.
@@ -134,6 +148,7 @@ impl ServeArgs {
                 body_min_rate: self.body_min_rate.max(1),
                 max_connections: self.max_connections.max(1),
             },
+            drain_timeout: Duration::from_secs_f64(self.drain_timeout_sec),
             ..ServerConfig::default()
         }
     }

@@ -25,9 +25,13 @@ use crate::state::{AppState, ServerConfig};
 use crate::validate::{Fields, Rules};
 use crate::{conn, execute, json, middleware, openai, HttpError};
 
-/// After a shutdown signal, open streams get this long to end before the server stops
-/// anyway (the contract allows 5 s in all).
-const DRAIN_GRACE: Duration = Duration::from_millis(4000);
+/// Once the open jobs have been told to end, their streams get this long to close before the
+/// server stops anyway (the contract allows 5 s from SIGTERM in all; the drain takes at most
+/// 3 of them).
+const CLOSE_GRACE: Duration = Duration::from_millis(1000);
+
+/// How often the drain looks whether the open jobs have finished.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// The HTTP server of one worker.
 pub struct Server {
@@ -66,9 +70,11 @@ impl Server {
             .with_state(state)
     }
 
-    /// Serves on `listener` until `shutdown` completes; then stops accepting, ends every open
-    /// stream with a terminal `SHUTTING_DOWN` event and returns once they are closed (at most
-    /// a few seconds later).
+    /// Serves on `listener` until `shutdown` completes; then drains: `/health` says
+    /// "draining" (503) and new generations get 503 with `Retry-After` while the open ones
+    /// run on for up to the configured drain timeout; then every stream still open ends with
+    /// a terminal `SHUTTING_DOWN` event, the listener closes, and this returns once the
+    /// connections are closed (at most [`CLOSE_GRACE`] later).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -79,14 +85,28 @@ impl Server {
         let mut stopped = stop_rx.clone();
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutdown requested: no new connections, ending open streams");
+            let timeout = state.config.drain_timeout;
+            tracing::info!(
+                open_jobs = state.open_jobs(),
+                timeout_ms = timeout.as_millis() as u64,
+                "shutdown requested: draining"
+            );
             state.begin_drain();
+            let idle = async {
+                while state.open_jobs() > 0 {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+            };
+            if tokio::time::timeout(timeout, idle).await.is_err() {
+                tracing::info!("drain timeout reached");
+            }
+            state.end_open_jobs();
             let _ = stop_tx.send(true);
         });
         let server = conn::serve(listener, self.router(), self.state.clone(), stop_rx);
         let deadline = async move {
             if stopped.wait_for(|s| *s).await.is_ok() {
-                tokio::time::sleep(DRAIN_GRACE).await;
+                tokio::time::sleep(CLOSE_GRACE).await;
             } else {
                 std::future::pending::<()>().await;
             }

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub worker: Option<WorkerKind>,
     /// Timeouts and the connection cap.
     pub limits: ConnectionLimits,
+    /// After a shutdown signal, open generations get this long to finish before they are
+    /// ended with `SHUTTING_DOWN`.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             metrics_every: 16,
             worker: None,
             limits: ConnectionLimits::default(),
+            drain_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -139,14 +143,27 @@ impl AppState {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Stops taking work and ends every running job with `SHUTTING_DOWN`.
+    /// Stops taking work: `/health` says "draining" and new generations get 503 with
+    /// `Retry-After`, while the running ones go on.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Generations running or waiting for a slot.
+    pub fn open_jobs(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Ends every open job with `SHUTTING_DOWN` (after [`Self::begin_drain`]).
+    pub fn end_open_jobs(&self) {
         let jobs: Vec<_> = match self.jobs.lock() {
             Ok(jobs) => jobs.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        tracing::info!(open_jobs = jobs.len(), "draining: ending open jobs");
+        tracing::info!(
+            open_jobs = jobs.len(),
+            "ending open jobs with SHUTTING_DOWN"
+        );
         for job in jobs {
             job.fire(SIGNAL_SHUTDOWN);
         }
