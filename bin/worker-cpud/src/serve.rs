@@ -1,5 +1,5 @@
-//! `worker-cpud serve`: load the model on the CPU backend, then hand over to
-//! [`worker_http::run`] (bind, ready callback, serve until SIGTERM/SIGINT).
+//! `worker-cpud serve`: bind (answering "loading"), load the model on the CPU backend, then
+//! hand over to [`worker_http::run`] (ready callback, serve until SIGTERM/SIGINT).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,6 +57,9 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(threads > 0, "--threads must be at least 1");
         cpu.threads = threads;
     }
+    // Bound before the load, answering 503 "loading", so probes can tell loading from dead.
+    let port = worker_http::LoadingPort::bind(&s.host, s.port)
+        .with_context(|| format!("cannot listen on {}:{}", s.host, s.port))?;
     let start = Instant::now();
     tracing::info!(model = %s.model.display(), slots = s.slots, "loading model");
     let file = GgufFile::open(&s.model)
@@ -82,7 +85,7 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
         worker_type: "cpu".into(),
         memory_architecture: MemoryArchitecture::Host,
     };
-    worker_http::run_blocking(s, Arc::new(engine), card, kind)?;
+    worker_http::run_blocking(s, port, Arc::new(engine), card, kind)?;
     tracing::info!("stopped");
     Ok(())
 }

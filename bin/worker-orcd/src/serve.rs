@@ -23,6 +23,9 @@ pub fn serve(dev: Device, s: &ServeArgs) -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     anyhow::ensure!(s.slots > 0, "--slots must be at least 1");
+    // Bound before the load, answering 503 "loading", so probes can tell loading from dead.
+    let port = worker_http::LoadingPort::bind(&s.host, s.port)
+        .with_context(|| format!("cannot listen on {}:{}", s.host, s.port))?;
     let start = Instant::now();
     tracing::info!(model = %s.model.display(), slots = s.slots, device = dev.ordinal, "loading model");
     let file = GgufFile::open(&s.model)
@@ -46,7 +49,7 @@ pub fn serve(dev: Device, s: &ServeArgs) -> anyhow::Result<()> {
         worker_type: "cuda".into(),
         memory_architecture: MemoryArchitecture::VramOnly,
     };
-    worker_http::run_blocking(s, Arc::new(engine), card, kind)?;
+    worker_http::run_blocking(s, port, Arc::new(engine), card, kind)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -25,13 +25,15 @@ pub enum ErrorCode {
     VramOom,
     /// The worker is shutting down and takes no more work.
     ShuttingDown,
+    /// The worker is still loading its model and takes no work yet.
+    Loading,
     /// Anything else: a bug or a failed forward pass.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::PayloadTooLarge,
@@ -42,6 +44,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::VramOom,
         ErrorCode::ShuttingDown,
+        ErrorCode::Loading,
         ErrorCode::Internal,
     ];
 
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::VramOom => "VRAM_OOM",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::Loading => "LOADING",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -71,7 +75,10 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Cancelled => 499,
-            ErrorCode::QueueFull | ErrorCode::ShuttingDown | ErrorCode::VramOom => 503,
+            ErrorCode::QueueFull
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Loading
+            | ErrorCode::VramOom => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
         }
@@ -85,6 +92,7 @@ impl ErrorCode {
                 | ErrorCode::Timeout
                 | ErrorCode::VramOom
                 | ErrorCode::ShuttingDown
+                | ErrorCode::Loading
         )
     }
 }

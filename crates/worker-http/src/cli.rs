@@ -1,5 +1,6 @@
-//! The `serve` flags every worker binary shares, and the start-up sequence after the model is
-//! loaded: bind, announce, call back, serve until SIGTERM/SIGINT.
+//! The `serve` flags every worker binary shares, and the start-up sequence: bind (answering
+//! "loading" while the binary loads the model), then announce, call back, serve until
+//! SIGTERM/SIGINT.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use worker_common::{MemoryArchitecture, ReadyCallback};
 use worker_engine::{Engine, EngineConfig, KvType};
 
 use crate::{
-    send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, ModelCard, Server,
-    ServerConfig,
+    send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, LoadingPort, ModelCard,
+    Server, ServerConfig,
 };
 
 /// Flags of `serve` (llama-orch's worker contract). Every flag is also read from the
@@ -176,6 +177,7 @@ pub struct WorkerKind {
 /// when the server has stopped, after giving open connections half a second to close.
 pub fn run_blocking(
     args: &ServeArgs,
+    port: LoadingPort,
     engine: Arc<Engine>,
     card: ModelCard,
     kind: WorkerKind,
@@ -184,21 +186,23 @@ pub fn run_blocking(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(run(args, engine, card, kind));
+    let result = runtime.block_on(run(args, port, engine, card, kind));
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
 }
 
-/// Binds, prints `listening on http://ADDR` on stdout, sends the ready callback (if asked),
-/// then serves until SIGTERM/SIGINT. A failed callback stops the server and is returned.
+/// Takes the socket over from `port` (bound before the model loaded, answering "loading"),
+/// prints `listening on http://ADDR` on stdout, sends the ready callback (if asked), then
+/// serves until SIGTERM/SIGINT. A failed callback stops the server and is returned.
 pub async fn run(
     args: &ServeArgs,
+    port: LoadingPort,
     engine: Arc<Engine>,
     card: ModelCard,
     kind: WorkerKind,
 ) -> Result<(), HttpError> {
     let memory_bytes = card.memory_in_use(&engine.kv_stats());
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let listener = tokio::net::TcpListener::from_std(port.into_listener()?)?;
     let addr = listener.local_addr()?;
     let uri = format!("http://{addr}");
     let config = ServerConfig {

@@ -59,9 +59,10 @@ impl Outcome {
             | ErrorCode::ContextFull
             | ErrorCode::PayloadTooLarge
             | ErrorCode::RequestTimeout => Outcome::Invalid,
-            ErrorCode::QueueFull | ErrorCode::ShuttingDown | ErrorCode::Unauthorized => {
-                Outcome::Rejected
-            }
+            ErrorCode::QueueFull
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Loading
+            | ErrorCode::Unauthorized => Outcome::Rejected,
             ErrorCode::VramOom | ErrorCode::Internal => Outcome::Error,
         }
     }
