@@ -170,9 +170,9 @@ fn driver(what: &'static str) -> impl FnOnce(DriverError) -> CudaError {
 
 /// A failed launch or copy, as the trait's error.
 fn op_err(op: &'static str) -> impl FnOnce(DriverError) -> ComputeError {
-    move |e| ComputeError::Unsupported {
+    move |e| ComputeError::Device {
         op,
-        reason: format!("CUDA error: {e}"),
+        source: Box::new(e),
     }
 }
 
@@ -741,9 +741,9 @@ impl CudaBackend {
                     },
                 )
             }
-            .map_err(|e| ComputeError::Unsupported {
+            .map_err(|e| ComputeError::Device {
                 op: OP,
-                reason: format!("cuBLAS error: {e}"),
+                source: Box::new(e),
             })?;
         }
         Ok(())

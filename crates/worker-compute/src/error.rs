@@ -32,4 +32,20 @@ pub enum ComputeError {
     Alloc { what: &'static str, bytes: u128 },
     #[error("a compute thread panicked during {op}")]
     WorkerPanicked { op: &'static str },
+    /// A call into the device's driver or a vendor library (a launch, copy, synchronize,
+    /// GEMM) failed; `source` is that library's error.
+    #[error("{op}: device call failed")]
+    Device {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ComputeError {
+    /// Whether this is a failed allocation (out of memory, or a size that overflows): the
+    /// one failure after which the backend still serves requests that need less.
+    pub fn is_oom(&self) -> bool {
+        matches!(self, ComputeError::Alloc { .. })
+    }
 }

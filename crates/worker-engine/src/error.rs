@@ -1,5 +1,8 @@
 //! The one error type of this crate.
 
+use std::fmt;
+use std::sync::Arc;
+
 use worker_common::SamplingError;
 use worker_models::ModelError;
 use worker_tokenizer::TokenizerError;
@@ -10,12 +13,14 @@ use worker_tokenizer::TokenizerError;
 /// [`Self::Sampling`], [`Self::Tokenize`], [`Self::Constraint`]) are returned by [`crate::Engine::submit`] before
 /// anything is queued; the others arrive as [`crate::Event::Error`] during generation.
 ///
-/// Each message carries its cause and none chains it as a `source()` too, so a report that
-/// prints the chain says it once.
+/// A report that prints the chain says each cause once: [`Self::Forward`] and
+/// [`Self::OutOfMemory`] chain the model's error as their `source()` and leave it out of
+/// their message; every other variant carries its cause (with that cause's own chain) in the
+/// message and chains nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The model could not be built (bad file, unsupported architecture, …).
-    #[error("cannot load the model: {0}")]
+    #[error("cannot load the model: {}", WithCauses(.0))]
     Load(ModelError),
     /// The tokenizer could not be built from the model's metadata.
     #[error("cannot build the tokenizer: {0}")]
@@ -53,12 +58,16 @@ pub enum EngineError {
     #[error("invalid engine configuration: {0}")]
     Config(String),
     /// A forward pass failed; the sequences in that batch end with this error.
-    #[error("forward pass failed: {0}")]
-    Forward(String),
+    ///
+    /// The error is shared by every sequence of the batch, hence the [`Arc`].
+    #[error("forward pass failed")]
+    Forward(#[source] Arc<ModelError>),
     /// A forward pass could not allocate device memory (a GPU's VRAM); the sequences in that
     /// batch end with this error, and the engine goes on serving the others.
-    #[error("out of device memory in a forward pass: {0}")]
-    OutOfMemory(String),
+    /// The error (shared like [`Self::Forward`]'s) is one for which [`ModelError::is_oom`]
+    /// holds.
+    #[error("out of device memory in a forward pass")]
+    OutOfMemory(#[source] Arc<ModelError>),
     /// The KV pool had no block for a generating sequence's next position (every block held
     /// by running sequences); that sequence ends with this error, the others go on.
     #[error("the KV cache pool is full: no block for the next position")]
@@ -72,6 +81,23 @@ pub enum EngineError {
     /// The engine shut down before the request finished.
     #[error("the engine shut down before the request finished")]
     ShutDown,
+}
+
+/// An error followed by its `source()` chain, `: `-separated, for a variant that says its
+/// cause in its message instead of chaining it (a device error keeps the driver's message
+/// as its source).
+struct WithCauses<'a>(&'a dyn std::error::Error);
+
+impl fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl From<ModelError> for EngineError {
@@ -100,5 +126,39 @@ mod tests {
         });
         assert!(std::error::Error::source(&e).is_none());
         assert_eq!(e.to_string().matches("\"mamba\"").count(), 1, "{e}");
+    }
+
+    /// A driver's message reaches the report once: chained by a failed forward pass, said in
+    /// the message of a failed load.
+    #[test]
+    fn a_device_error_keeps_the_driver_message() {
+        let device = || {
+            ModelError::from(worker_compute::ComputeError::Device {
+                op: "upload_weight",
+                source: "CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+            })
+        };
+        let forward = EngineError::Forward(Arc::new(device()));
+        let mut chain = vec![forward.to_string()];
+        let mut cause = std::error::Error::source(&forward);
+        while let Some(e) = cause {
+            chain.push(e.to_string());
+            cause = e.source();
+        }
+        let report = chain.join(": ");
+        assert_eq!(
+            report.matches("CUDA_ERROR_ILLEGAL_ADDRESS").count(),
+            1,
+            "{report}"
+        );
+        let load = EngineError::from(device());
+        assert!(std::error::Error::source(&load).is_none());
+        assert_eq!(
+            load.to_string()
+                .matches("CUDA_ERROR_ILLEGAL_ADDRESS")
+                .count(),
+            1,
+            "{load}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use worker_common::Sampler;
-use worker_compute::{ComputeBackend, ComputeError, KV_BLOCK};
+use worker_compute::{ComputeBackend, KV_BLOCK};
 use worker_models::{Batch, Model, ModelError};
 use worker_tokenizer::{StreamDecoder, Tokenizer};
 
@@ -605,6 +605,7 @@ impl<'t> Scheduler<'t> {
         self.pace
             .record(decode_rows, batch.tokens.len() - decode_rows, elapsed);
         if let Err(e) = result {
+            let e = Arc::new(e);
             for &(i, _) in &batch.parts {
                 self.finish_slot(i, Outcome::Fail(forward_error(&e)));
             }
@@ -657,10 +658,11 @@ impl<'t> Scheduler<'t> {
 /// The engine error of a failed forward pass: an allocation failure is
 /// [`EngineError::OutOfMemory`] (reported as `VRAM_OOM`), anything else
 /// [`EngineError::Forward`].
-fn forward_error(e: &ModelError) -> EngineError {
-    match e {
-        ModelError::Compute(ComputeError::Alloc { .. }) => EngineError::OutOfMemory(e.to_string()),
-        _ => EngineError::Forward(e.to_string()),
+fn forward_error(e: &Arc<ModelError>) -> EngineError {
+    if e.is_oom() {
+        EngineError::OutOfMemory(Arc::clone(e))
+    } else {
+        EngineError::Forward(Arc::clone(e))
     }
 }
 

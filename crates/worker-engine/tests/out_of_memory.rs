@@ -170,7 +170,10 @@ fn an_allocation_failure_ends_only_its_request() {
     // 40 tokens prefill in one batch of 40 rows: more than the backend can allocate for.
     let long = "one two three four five six seven eight nine ten ".repeat(4);
     match generate(&engine, &long) {
-        Err(EngineError::OutOfMemory(msg)) => assert!(msg.contains("matmul scratch"), "{msg}"),
+        Err(EngineError::OutOfMemory(cause)) => {
+            assert!(cause.is_oom(), "{cause:?}");
+            assert!(cause.to_string().contains("matmul scratch"), "{cause}");
+        }
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
     // The engine (one slot) serves the next request as before.

@@ -138,7 +138,10 @@ impl ApiError {
                 Self::new(ErrorCode::ShuttingDown, "the worker is shutting down")
             }
             EngineError::OutOfMemory(_) => {
-                tracing::error!(error = %e, "VRAM_OOM: request failed");
+                tracing::error!(
+                    error = e as &(dyn std::error::Error + 'static),
+                    "VRAM_OOM: request failed"
+                );
                 Self::new(
                     ErrorCode::VramOom,
                     "the device ran out of memory for this request; the worker goes on serving",
@@ -153,7 +156,10 @@ impl ApiError {
                 )
             }
             other => {
-                tracing::error!(error = %other, "engine failure");
+                tracing::error!(
+                    error = other as &(dyn std::error::Error + 'static),
+                    "engine failure"
+                );
                 Self::new(
                     ErrorCode::Internal,
                     "internal error in the inference engine",
@@ -217,17 +223,29 @@ impl IntoResponse for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use worker_compute::ComputeError;
+
     use super::*;
 
     #[test]
     fn an_engine_out_of_memory_is_vram_oom_retriable_503() {
-        let e = ApiError::from_engine(&EngineError::OutOfMemory("kv partials".into()));
+        let alloc = ComputeError::Alloc {
+            what: "kv partials",
+            bytes: 1 << 40,
+        };
+        let e = ApiError::from_engine(&EngineError::OutOfMemory(Arc::new(alloc.into())));
         assert_eq!(e.code, ErrorCode::VramOom);
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(e.code.retriable());
         assert_eq!(e.body()["code"], "VRAM_OOM", "{}", e.body());
         // Other forward failures stay internal errors.
-        let e = ApiError::from_engine(&EngineError::Forward("shape".into()));
+        let shape = ComputeError::Shape {
+            op: "matmul",
+            reason: "shape".into(),
+        };
+        let e = ApiError::from_engine(&EngineError::Forward(Arc::new(shape.into())));
         assert_eq!(e.code, ErrorCode::Internal);
     }
 }

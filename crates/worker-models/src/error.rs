@@ -27,3 +27,11 @@ pub enum ModelError {
     #[error(transparent)]
     Compute(#[from] ComputeError),
 }
+
+impl ModelError {
+    /// Whether a backend allocation failed ([`ComputeError::is_oom`]): the batch that hit it
+    /// fails, and smaller ones can still run.
+    pub fn is_oom(&self) -> bool {
+        matches!(self, ModelError::Compute(e) if e.is_oom())
+    }
+}
