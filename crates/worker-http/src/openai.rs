@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use worker_common::ErrorCode;
 use worker_engine::{Completion, StopReason, TokenEvent};
 
@@ -26,22 +26,13 @@ use crate::tools::{self, Tools};
 use crate::{constrain, json, time};
 
 pub(crate) mod request;
+pub(crate) mod response;
 
 use request::Prepared;
-
-#[derive(Debug, Serialize)]
-struct Usage {
-    prompt_tokens: usize,
-    completion_tokens: usize,
-    total_tokens: usize,
-    prompt_tokens_details: PromptTokensDetails,
-}
-
-/// OpenAI's breakdown of the prompt tokens: those served from the prefix cache.
-#[derive(Debug, Serialize)]
-struct PromptTokensDetails {
-    cached_tokens: usize,
-}
+use response::{
+    ChatChoice, ChatChunkChoice, ChatLogprobs, Delta, Message, ModelList, ModelObject,
+    PromptTokensDetails, TextChoice, TextLogprobs, TokenLogprob, TopLogprob, Usage,
+};
 
 fn usage(c: &Completion) -> Usage {
     Usage {
@@ -200,45 +191,85 @@ impl ChunkCtx {
         (String::from_utf8_lossy(&bytes).into_owned(), bytes)
     }
 
-    /// One token's entry in a chat `logprobs.content` array.
-    fn chat_logprob(&self, t: &TokenEvent) -> Value {
-        let (token, bytes) = self.piece(t.id);
-        let top: Vec<Value> = t
-            .top_logprobs
-            .iter()
-            .map(|&(id, lp)| {
-                let (token, bytes) = self.piece(id);
-                json!({"token": token, "logprob": lp, "bytes": bytes})
+    /// Chat-style logprobs of `tokens`.
+    fn chat_logprobs<'t>(&self, tokens: impl IntoIterator<Item = &'t TokenEvent>) -> ChatLogprobs {
+        let content = tokens
+            .into_iter()
+            .map(|t| {
+                let (token, bytes) = self.piece(t.id);
+                let top_logprobs = t
+                    .top_logprobs
+                    .iter()
+                    .map(|&(id, logprob)| {
+                        let (token, bytes) = self.piece(id);
+                        TopLogprob {
+                            token,
+                            logprob,
+                            bytes,
+                        }
+                    })
+                    .collect();
+                TokenLogprob {
+                    token,
+                    logprob: t.logprob,
+                    bytes,
+                    top_logprobs,
+                }
             })
             .collect();
-        json!({"token": token, "logprob": t.logprob, "bytes": bytes, "top_logprobs": top})
+        ChatLogprobs { content }
     }
 
     /// Completion-style logprobs for a run of tokens, `offset` bytes into the text.
-    fn text_logprobs(&self, tokens: &[TokenEvent], mut offset: usize) -> Value {
-        let mut toks = Vec::new();
-        let mut lps = Vec::new();
-        let mut tops = Vec::new();
-        let mut offsets = Vec::new();
+    fn text_logprobs(&self, tokens: &[TokenEvent], mut offset: usize) -> TextLogprobs {
+        let mut out = TextLogprobs {
+            tokens: Vec::new(),
+            token_logprobs: Vec::new(),
+            top_logprobs: Vec::new(),
+            text_offset: Vec::new(),
+        };
         for t in tokens {
             let (token, _) = self.piece(t.id);
-            offsets.push(offset);
+            out.text_offset.push(offset);
             offset += token.len();
-            toks.push(token);
-            lps.push(t.logprob);
-            let top: serde_json::Map<String, Value> = t
+            out.tokens.push(token);
+            out.token_logprobs.push(t.logprob);
+            let top = t
                 .top_logprobs
                 .iter()
-                .map(|&(id, lp)| (self.piece(id).0, json!(lp)))
+                .map(|&(id, lp)| (self.piece(id).0, Value::from(lp)))
                 .collect();
-            tops.push(Value::Object(top));
+            out.top_logprobs.push(top);
         }
-        json!({"tokens": toks, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+        out
+    }
+
+    /// The object every answer and chunk is, around `choices`.
+    fn completion<'a, C>(
+        &'a self,
+        streaming: bool,
+        choices: Vec<C>,
+        usage: Option<Option<&'a Usage>>,
+    ) -> response::Completion<'a, C> {
+        response::Completion {
+            id: &self.id,
+            object: self.object(streaming),
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        }
     }
 }
 
-fn error_body(e: &ApiError) -> Value {
-    e.clone().openai().body()
+/// `value` as JSON text (these types always serialize).
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn error_body(e: &ApiError) -> String {
+    e.clone().openai().body().to_string()
 }
 
 /// Non-streaming: waits for the end and answers with one object.
@@ -264,39 +295,32 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
     };
     text.push_str(&end.tail);
     let reason = finish_reason(&end);
-    let choice = match ctx.kind {
+    let usage = usage(&end);
+    match ctx.kind {
         Kind::Chat => {
-            let logprobs = ctx.logprobs.then(|| {
-                json!({"content": tokens.iter().map(|t| ctx.chat_logprob(t)).collect::<Vec<_>>()})
-            });
-            let (message, reason) = match &ctx.tools {
+            let logprobs = ctx.logprobs.then(|| ctx.chat_logprobs(&tokens));
+            let (message, finish_reason) = match &ctx.tools {
                 Some(t) => t.message(&text, reason),
-                None => (json!({"role": "assistant", "content": text}), reason),
+                None => (Message::text(text), reason),
             };
-            json!({
-                "index": 0,
-                "message": message,
-                "logprobs": logprobs,
-                "finish_reason": reason,
-            })
+            let choice = ChatChoice {
+                index: 0,
+                message,
+                logprobs,
+                finish_reason,
+            };
+            Json(ctx.completion(false, vec![choice], Some(Some(&usage)))).into_response()
         }
-        Kind::Text => json!({
-            "index": 0,
-            "text": text,
-            "logprobs": ctx.logprobs.then(|| ctx.text_logprobs(&tokens, 0)),
-            "finish_reason": reason,
-        }),
-    };
-    Json(json!({
-        "id": ctx.id,
-        "object": ctx.object(false),
-        "created": ctx.created,
-        "model": ctx.model,
-        "system_fingerprint": null,
-        "choices": [choice],
-        "usage": usage(&end),
-    }))
-    .into_response()
+        Kind::Text => {
+            let choice = TextChoice {
+                index: 0,
+                logprobs: ctx.logprobs.then(|| ctx.text_logprobs(&tokens, 0)),
+                text,
+                finish_reason: Some(reason),
+            };
+            Json(ctx.completion(false, vec![choice], Some(Some(&usage)))).into_response()
+        }
+    }
 }
 
 struct ChunkStream {
@@ -305,50 +329,66 @@ struct ChunkStream {
     ctx: ChunkCtx,
     running: Running,
     include_usage: bool,
-    pending: std::collections::VecDeque<Value>,
+    /// Chunks (JSON text) ready to be sent.
+    pending: std::collections::VecDeque<String>,
     text_offset: usize,
     ended: bool,
 }
 
 impl ChunkStream {
-    fn chunk(&self, choices: Value, usage: Option<&Usage>) -> Value {
-        let mut v = json!({
-            "id": self.ctx.id,
-            "object": self.ctx.object(true),
-            "created": self.ctx.created,
-            "model": self.ctx.model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = json!(usage);
-        }
-        v
+    /// A chunk around `choices`, as JSON text.
+    fn chunk<C: Serialize>(&self, choices: Vec<C>, usage: Option<&Usage>) -> String {
+        let usage = self.include_usage.then_some(usage);
+        to_json(&self.ctx.completion(true, choices, usage))
     }
 
-    fn delta(&mut self, text: &str, token: Option<&TokenEvent>, reason: Option<&str>) -> Value {
-        let choice = match self.ctx.kind {
+    /// A chat chunk of one delta.
+    fn chat_chunk(
+        &self,
+        delta: Delta,
+        logprobs: Option<ChatLogprobs>,
+        finish_reason: Option<&'static str>,
+    ) -> String {
+        let choice = ChatChunkChoice {
+            index: 0,
+            delta,
+            logprobs,
+            finish_reason,
+        };
+        self.chunk(vec![choice], None)
+    }
+
+    fn delta(
+        &mut self,
+        text: &str,
+        token: Option<&TokenEvent>,
+        reason: Option<&'static str>,
+    ) -> String {
+        let token = token.filter(|_| self.ctx.logprobs);
+        let chunk = match self.ctx.kind {
             Kind::Chat => {
-                let delta = if reason.is_some() && text.is_empty() {
-                    json!({})
-                } else {
-                    json!({"content": text})
+                let delta = Delta {
+                    content: (reason.is_none() || !text.is_empty()).then(|| text.to_owned()),
+                    ..Delta::default()
                 };
-                let logprobs = token
-                    .filter(|_| self.ctx.logprobs)
-                    .map(|t| json!({"content": [self.ctx.chat_logprob(t)]}));
-                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+                let logprobs = token.map(|t| self.ctx.chat_logprobs([t]));
+                self.chat_chunk(delta, logprobs, reason)
             }
             Kind::Text => {
-                let logprobs = token.filter(|_| self.ctx.logprobs).map(|t| {
-                    self.ctx
-                        .text_logprobs(std::slice::from_ref(t), self.text_offset)
-                });
-                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason})
+                let choice = TextChoice {
+                    index: 0,
+                    text: text.to_owned(),
+                    logprobs: token.map(|t| {
+                        self.ctx
+                            .text_logprobs(std::slice::from_ref(t), self.text_offset)
+                    }),
+                    finish_reason: reason,
+                };
+                self.chunk(vec![choice], None)
             }
         };
         self.text_offset += text.len();
-        self.chunk(json!([choice]), None)
+        chunk
     }
 
     /// The end of an answer with tools: its content and calls as deltas.
@@ -356,13 +396,19 @@ impl ChunkStream {
         let text = std::mem::take(&mut self.held) + tail;
         let (deltas, reason) = t.stream_end(&text, reason);
         for delta in deltas {
-            let c = json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]);
-            let chunk = self.chunk(c, None);
+            let chunk = self.chat_chunk(delta, None, None);
             self.pending.push_back(chunk);
         }
-        let c = json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]);
-        let last = self.chunk(c, None);
+        let last = self.chat_chunk(Delta::default(), None, Some(reason));
         self.pending.push_back(last);
+    }
+
+    /// With `include_usage`: the last chunk, usage and no choices.
+    fn push_usage(&mut self, c: &Completion) {
+        if self.include_usage {
+            let chunk = self.chunk::<TextChoice>(Vec::new(), Some(&usage(c)));
+            self.pending.push_back(chunk);
+        }
     }
 
     fn push(&mut self, step: Step) {
@@ -372,11 +418,7 @@ impl ChunkStream {
                 if let Some(t) = self.ctx.tools.take() {
                     self.push_tool_end(&t, &c.tail, finish_reason(&c));
                 }
-                if self.include_usage {
-                    let u = usage(&c);
-                    let chunk = self.chunk(json!([]), Some(&u));
-                    self.pending.push_back(chunk);
-                }
+                self.push_usage(&c);
                 self.ended = true;
             }
             Step::Token(t) => {
@@ -388,11 +430,7 @@ impl ChunkStream {
             Step::End(c) => {
                 let last = self.delta(&c.tail, None, Some(finish_reason(&c)));
                 self.pending.push_back(last);
-                if self.include_usage {
-                    let u = usage(&c);
-                    let chunk = self.chunk(json!([]), Some(&u));
-                    self.pending.push_back(chunk);
-                }
+                self.push_usage(&c);
                 self.ended = true;
             }
             Step::Failed(e) => {
@@ -418,11 +456,12 @@ fn chunk_stream(
         ended: false,
     };
     if st.ctx.kind == Kind::Chat {
-        let first = st.chunk(
-            json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                    "logprobs": null, "finish_reason": null}]),
-            None,
-        );
+        let role = Delta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+            ..Delta::default()
+        };
+        let first = st.chat_chunk(role, None, None);
         st.pending.push_back(first);
     }
     stream::unfold((st, false), |(mut st, done)| async move {
@@ -431,7 +470,7 @@ fn chunk_stream(
         }
         loop {
             if let Some(v) = st.pending.pop_front() {
-                return Some((Ok(SseEvent::default().data(v.to_string())), (st, false)));
+                return Some((Ok(SseEvent::default().data(v)), (st, false)));
             }
             if st.ended {
                 return Some((Ok(SseEvent::default().data("[DONE]")), (st, true)));
@@ -446,14 +485,14 @@ fn chunk_stream(
 
 /// `GET /v1/models`.
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Response {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.card.id,
-            "object": "model",
-            "created": time::unix_seconds().saturating_sub(state.started.elapsed().as_secs()),
-            "owned_by": "llama-orch",
+    Json(ModelList {
+        object: "list",
+        data: [ModelObject {
+            id: &state.card.id,
+            object: "model",
+            created: time::unix_seconds().saturating_sub(state.started.elapsed().as_secs()),
+            owned_by: "llama-orch",
         }],
-    }))
+    })
     .into_response()
 }

@@ -31,6 +31,9 @@ use worker_engine::{Constraint, Engine};
 use worker_tokenizer::{ChatTemplate, Tokenizer, ToolCallStyle};
 
 use crate::error::{ApiError, FieldError};
+use crate::openai::response::{
+    Delta, FunctionCall, FunctionDelta, Message, ToolCall, ToolCallDelta,
+};
 
 /// How the request lets the model call tools.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -510,19 +513,21 @@ fn parse_generic(text: &str) -> (String, Vec<Call>) {
 impl Tools {
     /// The assistant message answering a request with tools, and its finish reason
     /// (`tool_calls` when a complete output holds calls).
-    pub fn message(&self, text: &str, reason: &'static str) -> (Value, &'static str) {
+    pub fn message(&self, text: &str, reason: &'static str) -> (Message, &'static str) {
         let (content, calls) = self.parse_output(text);
         if calls.is_empty() {
-            return (json!({"role": "assistant", "content": content}), reason);
+            return (Message::text(content), reason);
         }
-        let content = (!content.is_empty()).then_some(content);
-        let message = json!({"role": "assistant", "content": content,
-                             "tool_calls": tool_calls_json(&calls, self.format)});
+        let message = Message {
+            role: "assistant",
+            content: (!content.is_empty()).then_some(content),
+            tool_calls: tool_calls(&calls, self.format),
+        };
         (message, calls_reason(reason))
     }
 
     /// The deltas that end a held-back streamed answer, and its finish reason.
-    pub fn stream_end(&self, text: &str, reason: &'static str) -> (Vec<Value>, &'static str) {
+    pub fn stream_end(&self, text: &str, reason: &'static str) -> (Vec<Delta>, &'static str) {
         let (content, calls) = self.parse_output(text);
         let reason = if calls.is_empty() {
             reason
@@ -585,34 +590,56 @@ fn call_id(format: Format) -> String {
 }
 
 /// OpenAI's `tool_calls` array for `calls`, each given a fresh id.
-pub(crate) fn tool_calls_json(calls: &[Call], format: Format) -> Vec<Value> {
+pub(crate) fn tool_calls(calls: &[Call], format: Format) -> Vec<ToolCall> {
     calls
         .iter()
-        .map(|c| {
-            json!({
-                "id": call_id(format),
-                "type": "function",
-                "function": {"name": c.name, "arguments": c.arguments},
-            })
+        .map(|c| ToolCall {
+            id: call_id(format),
+            kind: "function",
+            function: FunctionCall {
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            },
         })
         .collect()
 }
 
 /// The streamed deltas of a held-back answer: its content, then per call one delta with
 /// index, id, type and name (empty arguments) and one with the arguments.
-pub(crate) fn stream_deltas(content: &str, calls: &[Call], format: Format) -> Vec<Value> {
+pub(crate) fn stream_deltas(content: &str, calls: &[Call], format: Format) -> Vec<Delta> {
     let mut out = Vec::new();
     if !content.is_empty() {
-        out.push(json!({"content": content}));
+        out.push(Delta {
+            content: Some(content.to_owned()),
+            ..Delta::default()
+        });
     }
-    for (i, c) in tool_calls_json(calls, format).into_iter().enumerate() {
-        out.push(json!({"tool_calls": [{
-            "index": i, "id": c["id"], "type": "function",
-            "function": {"name": c["function"]["name"], "arguments": ""},
-        }]}));
-        out.push(json!({"tool_calls": [{
-            "index": i, "function": {"arguments": c["function"]["arguments"]},
-        }]}));
+    for (index, c) in tool_calls(calls, format).into_iter().enumerate() {
+        let ToolCall { id, kind, function } = c;
+        out.push(Delta {
+            tool_calls: vec![ToolCallDelta {
+                index,
+                id: Some(id),
+                kind: Some(kind),
+                function: FunctionDelta {
+                    name: Some(function.name),
+                    arguments: String::new(),
+                },
+            }],
+            ..Delta::default()
+        });
+        out.push(Delta {
+            tool_calls: vec![ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionDelta {
+                    name: None,
+                    arguments: function.arguments,
+                },
+            }],
+            ..Delta::default()
+        });
     }
     out
 }

@@ -113,7 +113,8 @@ fn stream_deltas_send_index_id_and_name_first() {
         name: "f".into(),
         arguments: "{}".into(),
     }];
-    let d = stream_deltas("", &calls, Format::Hermes);
+    let d = serde_json::to_value(stream_deltas("", &calls, Format::Hermes)).unwrap();
+    let d = d.as_array().unwrap();
     assert_eq!(d.len(), 2);
     assert_eq!(d[0]["tool_calls"][0]["index"], 0);
     assert_eq!(d[0]["tool_calls"][0]["function"]["name"], "f");
@@ -224,6 +225,7 @@ fn mistral_call_ids_come_back_through_its_template() {
         "stop",
     );
     assert_eq!(reason, "tool_calls");
+    let message = serde_json::to_value(message).unwrap();
     let call = &message["tool_calls"][0];
     let id = call["id"].as_str().unwrap();
     assert!(
