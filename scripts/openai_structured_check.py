@@ -162,7 +162,9 @@ TIME = {
 }
 
 
-def tool_call(client, choice, stream, max_tokens, temperature=0.5, seed=11):
+def tool_call(client, choice, stream, max_tokens, temperature=0.5, seed=11, pieces=None):
+    """One request with the two tools; returns (content, [(id, name, arguments)], finish
+    reason). Streamed, the content deltas are also appended to `pieces` if given."""
     kw = dict(model="m", tools=[WEATHER, TIME], tool_choice=choice, max_tokens=max_tokens,
               temperature=temperature, seed=seed,
               messages=[{"role": "user", "content": "What is the weather in Paris?"}])
@@ -176,6 +178,8 @@ def tool_call(client, choice, stream, max_tokens, temperature=0.5, seed=11):
             continue
         d = chunk.choices[0].delta
         content += d.content or ""
+        if d.content and pieces is not None:
+            pieces.append(d.content)
         for t in d.tool_calls or []:
             entry = calls.setdefault(t.index, ["", "", ""])
             entry[0] = t.id or entry[0]
@@ -233,6 +237,25 @@ def check_tools(client, max_tokens):
                 jsonschema.validate(json.loads(args), params[fname])
             passed += 1
             print(f"PASS {name}: {len(calls)} calls, content {(content or '')[:60]!r}")
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL {name}: {type(e).__name__}: {str(e)[:200]}")
+    # `auto` streamed says what it says unstreamed, and its text arrives as it is written.
+    for seed in range(4):
+        total += 1
+        name = f"tool_choice auto seed {seed}: streamed equals plain"
+        try:
+            kw = dict(max_tokens=min(max_tokens, 64), temperature=1.0, seed=seed)
+            plain_content, plain_calls, plain_reason = tool_call(client, "auto", False, **kw)
+            pieces = []
+            content, calls, reason = tool_call(client, "auto", True, pieces=pieces, **kw)
+            if (content or "") != (plain_content or "") or reason != plain_reason:
+                raise ValueError(f"{content!r} {reason} vs {plain_content!r} {plain_reason}")
+            if [c[1:] for c in calls] != [c[1:] for c in plain_calls]:
+                raise ValueError(f"calls {calls} vs {plain_calls}")
+            if len(content or "") > 20 and len(pieces) < 2:
+                raise ValueError(f"{len(content)} characters of content in one chunk")
+            passed += 1
+            print(f"PASS {name}: {len(calls)} calls, content in {len(pieces)} chunks")
         except Exception as e:  # noqa: BLE001
             print(f"FAIL {name}: {type(e).__name__}: {str(e)[:200]}")
     total += 1

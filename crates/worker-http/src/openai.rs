@@ -326,6 +326,8 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
 struct ChunkStream {
     /// With tools: the output so far, held back until the end.
     held: String,
+    /// With tools and `auto`: the content released before the end.
+    content: Option<tools::ContentStream>,
     ctx: ChunkCtx,
     running: Running,
     include_usage: bool,
@@ -394,7 +396,8 @@ impl ChunkStream {
     /// The end of an answer with tools: its content and calls as deltas.
     fn push_tool_end(&mut self, t: &Tools, tail: &str, reason: &'static str) {
         let text = std::mem::take(&mut self.held) + tail;
-        let (deltas, reason) = t.stream_end(&text, reason);
+        let sent = self.content.as_ref().map_or("", |c| c.sent());
+        let (deltas, reason) = t.stream_end(&text, sent, reason);
         for delta in deltas {
             let chunk = self.chat_chunk(delta, None, None);
             self.pending.push_back(chunk);
@@ -413,7 +416,18 @@ impl ChunkStream {
 
     fn push(&mut self, step: Step) {
         match step {
-            Step::Token(t) if self.ctx.tools.is_some() => self.held.push_str(&t.text),
+            Step::Token(t) if self.ctx.tools.is_some() => {
+                self.held.push_str(&t.text);
+                let piece = self.content.as_mut().and_then(|c| c.advance(&self.held));
+                if let Some(text) = piece {
+                    let delta = Delta {
+                        content: Some(text),
+                        ..Delta::default()
+                    };
+                    let chunk = self.chat_chunk(delta, None, None);
+                    self.pending.push_back(chunk);
+                }
+            }
             Step::End(c) if self.ctx.tools.is_some() => {
                 if let Some(t) = self.ctx.tools.take() {
                     self.push_tool_end(&t, &c.tail, finish_reason(&c));
@@ -448,6 +462,7 @@ fn chunk_stream(
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut st = ChunkStream {
         held: String::new(),
+        content: ctx.tools.as_ref().and_then(Tools::content_stream),
         ctx,
         running,
         include_usage,

@@ -22,9 +22,11 @@
 //!   `{"tool_calls": [{"name": …, "arguments": {…}}]}`, or with `auto`
 //!   `{"content": "…"}` for a plain answer.
 //!
-//! Tool-call markup never reaches `content`; a streamed answer with tools is held back to
-//! the end and then sent as OpenAI's chunks (content, then per call its index, id and name,
-//! then its arguments).
+//! Tool-call markup never reaches `content`. Streamed with `auto`, the text before a call
+//! goes out as it is generated ([`ContentStream`]: in the Hermes and Mistral formats up to
+//! the opening marker, in the Llama 3 format unless the answer opens with `{`); the calls
+//! (and anything else held back) are sent at the end as OpenAI's chunks: per call its
+//! index, id and name, then its arguments.
 
 use serde_json::{json, Map, Value};
 use worker_engine::{Constraint, Engine};
@@ -526,16 +528,118 @@ impl Tools {
         (message, calls_reason(reason))
     }
 
-    /// The deltas that end a held-back streamed answer, and its finish reason.
-    pub fn stream_end(&self, text: &str, reason: &'static str) -> (Vec<Delta>, &'static str) {
+    /// The deltas that end a streamed answer whose whole text is `text`, of which `sent`
+    /// went out as content already, and its finish reason.
+    pub fn stream_end(
+        &self,
+        text: &str,
+        sent: &str,
+        reason: &'static str,
+    ) -> (Vec<Delta>, &'static str) {
         let (content, calls) = self.parse_output(text);
         let reason = if calls.is_empty() {
             reason
         } else {
             calls_reason(reason)
         };
-        (stream_deltas(&content, &calls, self.format), reason)
+        let rest = content.strip_prefix(sent).unwrap_or_default();
+        (stream_deltas(rest, &calls, self.format), reason)
     }
+
+    /// The streamer of this answer's leading content, where the format lets content come
+    /// before calls and the choice lets the model write text.
+    pub fn content_stream(&self) -> Option<ContentStream> {
+        if self.choice != Choice::Auto {
+            return None;
+        }
+        let marker = match self.format {
+            Format::Hermes => Some("<tool_call>"),
+            Format::Mistral => Some("[TOOL_CALLS]"),
+            Format::Llama3 => None,
+            Format::Generic => return None,
+        };
+        Some(ContentStream {
+            marker,
+            sent: String::new(),
+            sent_to: 0,
+            decided: marker.is_some(),
+            done: false,
+        })
+    }
+}
+
+/// The content of a streamed `auto` answer, released as it is generated: what comes before
+/// the call marker (or, with no marker, all of an answer that does not open with `{`),
+/// trimmed as the parsed content is: leading whitespace dropped, trailing whitespace and
+/// anything that may be the start of the marker held back until more text decides it. So
+/// what it releases is always a prefix of the content [`Tools::parse_output`] finds in the
+/// whole answer.
+#[derive(Debug)]
+pub(crate) struct ContentStream {
+    marker: Option<&'static str>,
+    /// The content released so far.
+    sent: String,
+    /// Where in the answer the released content ends.
+    sent_to: usize,
+    /// Whether the answer is known to be text (always, with a marker).
+    decided: bool,
+    /// The marker (or a leading `{`) was seen: nothing more is released.
+    done: bool,
+}
+
+impl ContentStream {
+    /// The content released so far.
+    pub fn sent(&self) -> &str {
+        &self.sent
+    }
+
+    /// The content that `text`, the answer so far, releases beyond what was released.
+    pub fn advance(&mut self, text: &str) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        if !self.decided {
+            match text.trim_start().chars().next() {
+                None => return None,
+                Some('{') => {
+                    self.done = true;
+                    return None;
+                }
+                Some(_) => self.decided = true,
+            }
+        }
+        let end = match self.marker {
+            Some(m) => match text.find(m) {
+                Some(at) => {
+                    self.done = true;
+                    at
+                }
+                None => text.len() - partial_suffix(text, m),
+            },
+            None => text.len(),
+        };
+        let visible = &text[..end];
+        let mut begin = self.sent_to;
+        if self.sent.is_empty() {
+            begin = visible.len() - visible.trim_start().len();
+        }
+        let stop = visible.trim_end().len();
+        if stop <= begin {
+            return None;
+        }
+        let piece = &visible[begin..stop];
+        self.sent.push_str(piece);
+        self.sent_to = stop;
+        Some(piece.to_string())
+    }
+}
+
+/// The length of the longest proper prefix of `marker` that `text` ends with.
+fn partial_suffix(text: &str, marker: &str) -> usize {
+    (1..marker.len())
+        .rev()
+        .find(|&k| text.ends_with(&marker[..k]))
+        .unwrap_or(0)
 }
 
 /// A complete output with calls finishes with `tool_calls`; a cut one stays `length`.

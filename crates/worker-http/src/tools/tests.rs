@@ -293,3 +293,86 @@ fn every_format_and_choice_compiles_on_both_vocabularies() {
         }
     }
 }
+
+/// Feeds `answer` to a fresh content streamer in pieces of `step` bytes (at char
+/// boundaries); returns what it released and what the end adds as content.
+fn stream_content(t: &Tools, answer: &str, step: usize) -> (String, String) {
+    let mut stream = t.content_stream().expect("auto streams content");
+    let mut released = String::new();
+    let mut upto = 0;
+    while upto < answer.len() {
+        upto = (upto + step).min(answer.len());
+        while !answer.is_char_boundary(upto) {
+            upto += 1;
+        }
+        if let Some(piece) = stream.advance(&answer[..upto]) {
+            released.push_str(&piece);
+        }
+    }
+    assert_eq!(released, stream.sent());
+    let (deltas, _) = t.stream_end(answer, stream.sent(), "stop");
+    let rest: String = deltas.iter().filter_map(|d| d.content.clone()).collect();
+    (released, rest)
+}
+
+#[test]
+fn auto_content_streams_before_the_call_and_never_the_markup() {
+    let t = parse(
+        Some(&weather()),
+        Some(&json!("auto")),
+        None,
+        Some(&hermes()),
+    )
+    .unwrap()
+    .unwrap();
+    let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    for step in [1, 2, 3, 7, 1000] {
+        // Text, then a call: the text goes out before the call, trimmed as parsed.
+        let answer = format!("\n Let me check the weather, café.  \n{call}");
+        let (released, rest) = stream_content(&t, &answer, step);
+        assert_eq!(released, "Let me check the weather, café.", "step {step}");
+        assert_eq!(rest, "");
+        assert_eq!(t.parse_output(&answer).0, released);
+        // A plain answer streams whole; a '<' that is not the marker goes out once decided.
+        let answer = "1 < 2, and <tool is not a call. ";
+        let (released, rest) = stream_content(&t, answer, step);
+        assert_eq!(
+            released + &rest,
+            "1 < 2, and <tool is not a call.",
+            "step {step}"
+        );
+        // Text after a call is content too: it comes at the end.
+        let answer = format!("Checking. {call} Done.");
+        let (released, rest) = stream_content(&t, &answer, step);
+        assert_eq!(released, "Checking.");
+        assert_eq!(released + &rest, t.parse_output(&answer).0);
+    }
+    // Required and named choices write calls only: nothing to stream.
+    let required = parse(
+        Some(&weather()),
+        Some(&json!("required")),
+        None,
+        Some(&hermes()),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(required.content_stream().is_none());
+}
+
+#[test]
+fn llama3_auto_streams_text_but_holds_an_answer_that_opens_with_a_brace() {
+    let mut t = parse(
+        Some(&weather()),
+        Some(&json!("auto")),
+        None,
+        Some(&hermes()),
+    )
+    .unwrap()
+    .unwrap();
+    t.format = Format::Llama3;
+    let (released, _) = stream_content(&t, "  It is sunny in Paris.", 2);
+    assert_eq!(released, "It is sunny in Paris.");
+    let call = r#" {"name": "get_weather", "parameters": {"city": "Paris"}}"#;
+    let (released, rest) = stream_content(&t, call, 2);
+    assert_eq!((released.as_str(), rest.as_str()), ("", ""));
+}
