@@ -88,7 +88,7 @@ pub(crate) fn parse_execute(rules: &Rules<'_>, bytes: &[u8]) -> Result<ExecuteRe
             .unwrap_or(d.frequency_penalty),
         seed: f
             .uint("seed", 0, u64::MAX)
-            .unwrap_or_else(crate::routes::fresh_seed),
+            .unwrap_or_else(crate::seed::fresh_seed),
         ..d
     };
     let stop = f.stop("stop");

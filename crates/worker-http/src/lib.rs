@@ -38,6 +38,7 @@ mod model;
 mod openai;
 mod routes;
 mod schema;
+mod seed;
 mod state;
 mod time;
 mod tools;

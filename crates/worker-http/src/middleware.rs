@@ -38,7 +38,7 @@ pub(crate) async fn correlation(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| usable(v))
         .map_or_else(
-            || format!("{:016x}", crate::routes::fresh_seed()),
+            || format!("{:016x}", crate::seed::fresh_seed()),
             str::to_string,
         );
     req.extensions_mut().insert(CorrelationId(id.clone()));

@@ -131,7 +131,7 @@ async fn run(
     } else {
         "cmpl"
     };
-    let id = format!("{prefix}-{:016x}", crate::routes::fresh_seed());
+    let id = format!("{prefix}-{:016x}", crate::seed::fresh_seed());
     let logprobs = prepared.request.logprobs.is_some();
     let started = state
         .start(id.clone(), route, correlation.0, prepared.request)

@@ -679,7 +679,7 @@ pub(crate) fn constraint_of(
 /// A fresh call id: `call_` and 16 hex digits, or in the Mistral format the 9 alphanumeric
 /// characters its templates demand when the call comes back in a later turn.
 fn call_id(format: Format) -> String {
-    let mut n = crate::routes::fresh_seed();
+    let mut n = crate::seed::fresh_seed();
     if format != Format::Mistral {
         return format!("call_{n:016x}");
     }

@@ -315,7 +315,7 @@ fn prepare(
         frequency_penalty: bounded(&limits::FREQUENCY_PENALTY, common.frequency_penalty)?
             .unwrap_or(0.0),
         logit_bias,
-        seed: common.seed.unwrap_or_else(crate::routes::fresh_seed),
+        seed: common.seed.unwrap_or_else(crate::seed::fresh_seed),
         ..d
     };
     sampling.validate().map_err(|e| sampling_error(&e))?;
