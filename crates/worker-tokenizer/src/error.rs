@@ -36,7 +36,8 @@ pub enum TokenizerError {
     /// A pre-tokenizer regular expression failed (bad pattern or backtracking limit).
     #[error("pre-tokenizer regex: {0}")]
     Regex(String),
-    /// The HF `tokenizers` crate reported an error.
+    /// The HF `tokenizers` crate reported an error, `tokenizer_config.json` is not valid
+    /// JSON, or HF support is not built in (the `hf` feature).
     #[error("tokenizer.json: {0}")]
     Hf(String),
     /// Reading a file failed.

@@ -6,17 +6,31 @@
 use std::path::Path;
 
 use crate::error::{Result, TokenizerError};
-use crate::{from_gguf, ChatContext, ChatMessage, ChatTemplate, EncodeOptions, HfTokenizer};
+use crate::{from_gguf, ChatContext, ChatMessage, ChatTemplate, EncodeOptions};
 use crate::{StreamDecoder, TokenId, Tokenizer};
 
-/// The tokenizer in `path`: a GGUF file's vocabulary, or an HF `tokenizer.json`.
+/// The tokenizer in `path`: a GGUF file's vocabulary, or an HF `tokenizer.json` (which
+/// needs the `hf` feature; without it that is an error).
 pub fn load_tokenizer(path: &Path) -> Result<Box<dyn Tokenizer>> {
     if path.extension().is_some_and(|e| e == "gguf") {
         let file = worker_gguf::GgufFile::open(path)?;
         from_gguf(file.metadata())
     } else {
-        Ok(Box::new(HfTokenizer::from_file(path)?))
+        load_hf(path)
     }
+}
+
+#[cfg(feature = "hf")]
+fn load_hf(path: &Path) -> Result<Box<dyn Tokenizer>> {
+    Ok(Box::new(crate::HfTokenizer::from_file(path)?))
+}
+
+#[cfg(not(feature = "hf"))]
+fn load_hf(path: &Path) -> Result<Box<dyn Tokenizer>> {
+    Err(TokenizerError::Hf(format!(
+        "{}: worker-tokenizer was built without the `hf` feature",
+        path.display()
+    )))
 }
 
 /// The chat template of `path`: a GGUF file's `tokenizer.chat_template`, or the

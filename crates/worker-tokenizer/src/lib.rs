@@ -1,5 +1,6 @@
 //! Tokenization for the worker: GGUF byte-level BPE (`gpt2`) and SentencePiece (`llama`)
-//! vocabularies, HF `tokenizer.json`, a streaming UTF-8 decoder, and chat templates.
+//! vocabularies, HF `tokenizer.json` (`HfTokenizer`, with the `hf` feature), a streaming
+//! UTF-8 decoder, and chat templates.
 //!
 //! For GGUF vocabularies llama.cpp is the reference: the same text must give the same ids as
 //! `llama_tokenize` (checked against the test vectors that ship with llama.cpp's vocab
@@ -28,6 +29,7 @@ use std::borrow::Cow;
 mod bpe;
 mod error;
 pub mod fuzzing;
+#[cfg(feature = "hf")]
 mod hf;
 mod pretok;
 mod spm;
@@ -38,6 +40,7 @@ mod vocab;
 
 pub use bpe::GgufBpe;
 pub use error::{Result, TokenizerError};
+#[cfg(feature = "hf")]
 pub use hf::HfTokenizer;
 pub use spm::GgufSpm;
 pub use stream::StreamDecoder;
