@@ -34,11 +34,13 @@ const _: () = assert!(KV_BLOCK == generic::KEY_BLOCK);
 /// Rows of one sequence that share a gather of its blocks.
 const ROW_CHUNK: usize = 16;
 
-/// One KV pool.
+/// One KV cache (one `alloc_kv_cache`): the keys and the values of every (layer, block, KV
+/// head) region, regions in that order, each laid out as the module doc says.
 pub(super) struct KvPool {
     pub(super) cfg: KvCacheConfig,
-    /// Bytes of one block's keys (or values) of one layer and head.
+    /// Bytes of one region's keys.
     key_bytes: usize,
+    /// Bytes of one region's values.
     value_bytes: usize,
     keys: Vec<u8>,
     values: Vec<u8>,
