@@ -1,5 +1,12 @@
-//! `worker-cli`: the worker's device-free tools. `inspect` prints a GGUF file's metadata and
-//! tensor table.
+//! `worker-cli`: the worker's device-free tools, one subcommand each:
+//!
+//! - `inspect` prints a GGUF file's metadata (long arrays summarized) and tensor table;
+//! - `tokenize` encodes stdin with a model's tokenizer (GGUF or HF `tokenizer.json`) and prints
+//!   the ids as JSON, and `detokenize` decodes a JSON array of ids read from stdin;
+//! - `template` renders a conversation with a GGUF model's chat template;
+//! - `describe` writes a model's metadata and tensor table without the tensor data, and
+//!   `synth` writes a random-weight model of the same types and shapes from such a
+//!   description.
 
 use std::process::ExitCode;
 
