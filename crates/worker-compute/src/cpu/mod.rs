@@ -154,7 +154,8 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend with its thread pool started and its kernel table filled.
+    /// A backend with its thread pool started and its kernel table filled. A compute thread
+    /// the OS refuses to start is logged and left out: the pool runs on the threads it got.
     pub fn new(config: CpuConfig) -> Self {
         let kernels = match config.kernels {
             KernelChoice::Detect => Kernels::detect(),

@@ -64,9 +64,24 @@ pub struct ThreadPool {
 
 impl ThreadPool {
     /// A pool running jobs on up to `n_threads` threads in all: the caller plus
-    /// `n_threads - 1` workers (at least one thread).
+    /// `n_threads - 1` workers (at least one thread). When the OS refuses to start a worker
+    /// the pool keeps the ones it has, with a warning: jobs share their work out dynamically,
+    /// so fewer threads give the same results, only slower.
     pub fn new(n_threads: usize) -> Self {
-        let n_threads = n_threads.max(1);
+        Self::start(n_threads, |idx, shared| {
+            std::thread::Builder::new()
+                .name(format!("compute-{idx}"))
+                .spawn(move || worker(shared))
+        })
+    }
+
+    /// [`ThreadPool::new`] with the spawning of worker `idx` (from 1) passed in, so that a
+    /// test can make it fail.
+    fn start(
+        n_threads: usize,
+        mut spawn: impl FnMut(usize, Arc<Shared>) -> std::io::Result<JoinHandle<()>>,
+    ) -> Self {
+        let asked = n_threads.max(1);
         let shared = Arc::new(Shared {
             state: AtomicU64::new(CLOSED),
             finished: AtomicUsize::new(0),
@@ -80,24 +95,31 @@ impl ThreadPool {
             sleepers: AtomicUsize::new(0),
             caller_sleeping: AtomicBool::new(false),
         });
-        let workers = (1..n_threads)
-            .map(|idx| {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("compute-{idx}"))
-                    .spawn(move || worker(shared))
-                    .unwrap_or_else(|e| panic!("cannot start compute thread: {e}"))
-            })
-            .collect();
+        let mut workers = Vec::with_capacity(asked - 1);
+        for idx in 1..asked {
+            match spawn(idx, Arc::clone(&shared)) {
+                Ok(handle) => workers.push(handle),
+                Err(error) => {
+                    tracing::warn!(
+                        threads = asked,
+                        started = idx,
+                        %error,
+                        "cannot start compute thread {idx}: running on {idx} threads instead"
+                    );
+                    break;
+                }
+            }
+        }
         ThreadPool {
+            n_threads: workers.len() + 1,
             shared,
             workers,
-            n_threads,
             jobs: AtomicU64::new(0),
         }
     }
 
-    /// Threads that may run each job, the caller included.
+    /// Threads that may run each job, the caller included: fewer than asked for when some
+    /// could not be started.
     pub fn n_threads(&self) -> usize {
         self.n_threads
     }
@@ -272,6 +294,28 @@ mod tests {
             }
         }));
         assert_eq!(threads.load(Ordering::SeqCst), 2);
+    }
+
+    /// A worker that cannot be started leaves a smaller pool that still does all the work.
+    #[test]
+    fn a_thread_that_cannot_start_leaves_a_smaller_pool() {
+        let pool = ThreadPool::start(4, |idx, shared| {
+            if idx == 2 {
+                return Err(std::io::Error::other("no more threads"));
+            }
+            std::thread::Builder::new()
+                .name(format!("compute-{idx}"))
+                .spawn(move || worker(shared))
+        });
+        assert_eq!(pool.n_threads(), 2);
+        let next = AtomicUsize::new(0);
+        let done: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        assert!(pool.run(&|| loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            let Some(d) = done.get(c) else { break };
+            d.fetch_add(1, Ordering::Relaxed);
+        }));
+        assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 1));
     }
 
     #[test]
