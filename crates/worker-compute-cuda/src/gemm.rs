@@ -68,26 +68,32 @@ impl Blas {
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Column-major view: out^T (n x rows, leading dim ldo) = w (stored k x n, transposed)
         // times x^T (k x rows).
-        cublas::gemm_ex(
-            *self.0.handle(),
-            sys::cublasOperation_t::CUBLAS_OP_T,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            n,
-            rows,
-            k,
-            (&alpha as *const f32).cast(),
-            w as *const std::ffi::c_void,
-            sys::cudaDataType::CUDA_R_32F,
-            k,
-            x as *const std::ffi::c_void,
-            sys::cudaDataType::CUDA_R_32F,
-            k,
-            (&beta as *const f32).cast(),
-            out as *mut std::ffi::c_void,
-            sys::cudaDataType::CUDA_R_32F,
-            ldo,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
+        // SAFETY: the caller guarantees that the three addresses are live device allocations
+        // of the sizes above, which are the sizes these dimensions and leading dimensions make
+        // cuBLAS read and write; `alpha` and `beta` are host f32s that outlive the call, as
+        // the handle's default host pointer mode expects.
+        unsafe {
+            cublas::gemm_ex(
+                *self.0.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                n,
+                rows,
+                k,
+                (&alpha as *const f32).cast(),
+                w as *const std::ffi::c_void,
+                sys::cudaDataType::CUDA_R_32F,
+                k,
+                x as *const std::ffi::c_void,
+                sys::cudaDataType::CUDA_R_32F,
+                k,
+                (&beta as *const f32).cast(),
+                out as *mut std::ffi::c_void,
+                sys::cudaDataType::CUDA_R_32F,
+                ldo,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
     }
 }

@@ -135,7 +135,10 @@ impl<T> SharedOut<T> {
     /// `off + len` must lie inside the buffer and no other thread may touch that range.
     #[allow(clippy::mut_from_ref)]
     unsafe fn slice(&self, off: usize, len: usize) -> &mut [T] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
+        // SAFETY: the caller guarantees that `off..off + len` lies inside the buffer `self.0`
+        // points into (so the offset pointer and the slice stay in it) and that no other
+        // reference to that range exists while the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) }
     }
 }
 

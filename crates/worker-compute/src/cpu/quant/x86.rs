@@ -109,6 +109,8 @@ wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum_ps(v: __m256) -> f32 {
@@ -122,21 +124,32 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 // Activation quantization.
 
 /// Rounds 32 floats times `id` to nearest-even i8, as `generic::quantize_row_q8`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. `x` must be valid for reading 32 `f32`s and `out` for writing
+/// 32 bytes; neither needs any alignment (the loads and the store are unaligned).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_32(x: *const f32, id: f32, out: *mut i8) {
-    let m = _mm256_set1_ps(id);
-    let i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), m));
-    let i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(8)), m));
-    let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(16)), m));
-    let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(24)), m));
-    let s01 = _mm256_packs_epi32(clamp127(i0), clamp127(i1));
-    let s23 = _mm256_packs_epi32(clamp127(i2), clamp127(i3));
-    let b = _mm256_packs_epi16(s01, s23);
-    let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(out as *mut __m256i, b);
+    // SAFETY: the caller guarantees the features and that `x[..32]` and `out[..32]` are valid; the
+    // four loads read `x[0..8]`, `x[8..16]`, `x[16..24]`, `x[24..32]` and the one store writes
+    // `out[0..32]`.
+    unsafe {
+        let m = _mm256_set1_ps(id);
+        let i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), m));
+        let i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(8)), m));
+        let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(16)), m));
+        let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(24)), m));
+        let s01 = _mm256_packs_epi32(clamp127(i0), clamp127(i1));
+        let s23 = _mm256_packs_epi32(clamp127(i2), clamp127(i3));
+        let b = _mm256_packs_epi16(s01, s23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(out as *mut __m256i, b);
+    }
 }
 
+/// # Safety
+/// The CPU must support AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn clamp127(v: __m256i) -> __m256i {
@@ -146,88 +159,120 @@ unsafe fn clamp127(v: __m256i) -> __m256i {
     )
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA. Any length of `x` is fine.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn amax(x: &[f32]) -> f32 {
-    let sign = _mm256_set1_ps(-0.0);
-    let mut m = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= x.len() {
-        m = _mm256_max_ps(
-            m,
-            _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(i))),
-        );
-        i += 8;
+    // SAFETY: the caller guarantees the features; each load reads `x[i..i + 8]` with
+    // `i + 8 <= x.len()`, and the tail goes through safe indexing.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= x.len() {
+            m = _mm256_max_ps(
+                m,
+                _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(i))),
+            );
+            i += 8;
+        }
+        let s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+        let mut r = _mm_cvtss_f32(s);
+        for v in &x[i..] {
+            r = r.max(v.abs());
+        }
+        r
     }
-    let s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
-    let mut r = _mm_cvtss_f32(s);
-    for v in &x[i..] {
-        r = r.max(v.abs());
-    }
-    r
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA. Any lengths are fine: the whole blocks of `x` are quantized
+/// into as many blocks of `out` as both hold.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_q8_avx2(x: &[f32], out: &mut [BlockQ8]) {
-    for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let d = amax(xb) / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        quantize_32(xb.as_ptr(), id, ob.qs.as_mut_ptr());
-        let sum: i32 = ob.qs.iter().map(|&q| q as i32).sum();
-        ob.d = d;
-        ob.s = d * sum as f32;
+    // SAFETY: the caller guarantees the features; `xb` is a chunk of exactly `QK` = 32 floats and
+    // `ob.qs` is 32 bytes, the ranges `quantize_32` reads and writes.
+    unsafe {
+        for (xb, ob) in x.chunks_exact(QK).zip(out.iter_mut()) {
+            let d = amax(xb) / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            quantize_32(xb.as_ptr(), id, ob.qs.as_mut_ptr());
+            let sum: i32 = ob.qs.iter().map(|&q| q as i32).sum();
+            ob.d = d;
+            ob.s = d * sum as f32;
+        }
     }
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA. Any lengths are fine: the whole super-blocks of `x` are
+/// quantized into as many blocks of `out` as both hold.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_q8k_avx2(x: &[f32], out: &mut [BlockQ8K]) {
-    for (xb, ob) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-        let d = amax(xb) / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for j in 0..QK_K / 32 {
-            quantize_32(xb.as_ptr().add(32 * j), id, ob.qs.as_mut_ptr().add(32 * j));
+    // SAFETY: the caller guarantees the features; `xb` is a chunk of exactly `QK_K` floats and
+    // `ob.qs` is `QK_K` bytes, so for `j < QK_K / 32` both `32 * j..32 * j + 32` ranges that
+    // `quantize_32` reads and writes lie inside them.
+    unsafe {
+        for (xb, ob) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+            let d = amax(xb) / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for j in 0..QK_K / 32 {
+                quantize_32(xb.as_ptr().add(32 * j), id, ob.qs.as_mut_ptr().add(32 * j));
+            }
+            for (s, g) in ob.bsums.iter_mut().zip(ob.qs.chunks_exact(16)) {
+                *s = g.iter().map(|&q| q as i16).sum();
+            }
+            ob.d = d;
         }
-        for (s, g) in ob.bsums.iter_mut().zip(ob.qs.chunks_exact(16)) {
-            *s = g.iter().map(|&q| q as i16).sum();
-        }
-        ob.d = d;
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // f32 helpers.
 
+/// # Safety
+/// The CPU must support AVX2 and FMA. Any lengths are fine: the dot product runs over the first
+/// `min(a.len(), b.len())` elements.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i + 16 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        s1 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pa.add(i + 8)),
-            _mm256_loadu_ps(pb.add(i + 8)),
-            s1,
-        );
-        i += 16;
+    // SAFETY: the caller guarantees the features; every load reads `[i, i + 8)` or
+    // `[i + 8, i + 16)` of `a` and of `b` with that end at most `n`, the shorter length, and the
+    // tail goes through safe indexing.
+    unsafe {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                s1,
+            );
+            i += 16;
+        }
+        while i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            i += 8;
+        }
+        let mut r = hsum_ps(_mm256_add_ps(s0, s1));
+        while i < n {
+            r += a[i] * b[i];
+            i += 1;
+        }
+        r
     }
-    while i + 8 <= n {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-        i += 8;
-    }
-    let mut r = hsum_ps(_mm256_add_ps(s0, s1));
-    while i < n {
-        r += a[i] * b[i];
-        i += 1;
-    }
-    r
 }
 
 /// `exp(x)` for `x <= 0` (Cephes' polynomial, within 2 ulp); exactly 0 below -87.3, where
 /// the result would leave the normal range (and for `-inf`, the masked scores).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_nonpositive_avx2(x: __m256) -> __m256 {
@@ -264,37 +309,55 @@ unsafe fn exp_nonpositive_avx2(x: __m256) -> __m256 {
 
 /// `out = silu(gate) * up` ([`crate::cpu::ops::swiglu_row`]), eight lanes at a time, with
 /// `sigmoid(g) = 1 / (1 + e)` for `g >= 0` and `e / (1 + e)` below, `e = exp(-|g|)`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. Any lengths are fine: the first
+/// `min(out.len(), gate.len(), up.len())` elements are computed.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    let n = out.len().min(gate.len()).min(up.len());
-    let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
-    let mut i = 0;
-    while i + 8 <= n {
-        let g = _mm256_loadu_ps(gate.as_ptr().add(i));
-        let e = exp_nonpositive_avx2(_mm256_or_ps(g, sign));
-        let neg = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
-        let num = _mm256_blendv_ps(one, e, neg);
-        let sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
-        let r = _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up.as_ptr().add(i)));
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
-        i += 8;
+    // SAFETY: the caller guarantees the features; the loads of `gate` and `up` and the store to
+    // `out` touch `[i, i + 8)` with `i + 8 <= n`, the shortest of the three lengths, and the tail
+    // goes through safe slices.
+    unsafe {
+        let n = out.len().min(gate.len()).min(up.len());
+        let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+        let mut i = 0;
+        while i + 8 <= n {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let e = exp_nonpositive_avx2(_mm256_or_ps(g, sign));
+            let neg = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
+            let num = _mm256_blendv_ps(one, e, neg);
+            let sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
+            let r = _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up.as_ptr().add(i)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+            i += 8;
+        }
+        crate::cpu::ops::swiglu_row(&mut out[i..n], &gate[i..n], &up[i..n]);
     }
-    crate::cpu::ops::swiglu_row(&mut out[i..n], &gate[i..n], &up[i..n]);
 }
 
 /// [`super::generic::dequantize_row_f16`] with F16C, eight elements per instruction (the
 /// conversion is exact, so the result is the same bits).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C. Any lengths are fine: `min(out.len(), w.len() / 2)` elements
+/// are converted; `w` needs no alignment.
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn dequantize_row_f16_avx2(w: &[u8], out: &mut [f32]) {
-    let n = out.len().min(w.len() / 2);
-    let (wp, op) = (w.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 8 <= n {
-        let h = _mm_loadu_si128(wp.add(2 * i) as *const __m128i);
-        _mm256_storeu_ps(op.add(i), _mm256_cvtph_ps(h));
-        i += 8;
+    // SAFETY: the caller guarantees the features; with `i + 8 <= n` each load reads bytes
+    // `[2i, 2i + 16)` of `w` (`2n <= w.len()`) and each store writes `out[i..i + 8]`
+    // (`n <= out.len()`).
+    unsafe {
+        let n = out.len().min(w.len() / 2);
+        let (wp, op) = (w.as_ptr(), out.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(wp.add(2 * i) as *const __m128i);
+            _mm256_storeu_ps(op.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        super::generic::dequantize_row_f16(&w[2 * i..2 * n], &mut out[i..n]);
     }
-    super::generic::dequantize_row_f16(&w[2 * i..2 * n], &mut out[i..n]);
 }
 
 /// [`super::generic::attend`] with sixteen positions per pair of vectors: a vector
@@ -303,6 +366,11 @@ unsafe fn dequantize_row_f16_avx2(w: &[u8], out: &mut [f32]) {
 /// blocks at a time (eight FMA chains) and 64 output columns are held in registers. Every
 /// head's sums run in the same order either way, so its result does not depend on the group.
 /// Positions before `first` (a sliding window) get the weight 0, exactly, as those past `n`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. The shapes are checked here: any the vector path cannot take
+/// (a value head not a multiple of 8 wide, `q` or `out` not `heads` whole heads, too few keys or
+/// values, `first >= n`) go to the scalar kernel.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2(
@@ -316,100 +384,119 @@ unsafe fn attend_avx2(
     scores: &mut Vec<f32>,
     heads: usize,
 ) {
-    use super::generic::KEY_BLOCK as KB;
-    let heads = heads.max(1);
-    let (hd, vhd) = (q.len() / heads, out.len() / heads);
-    let blocks = n.div_ceil(KB);
-    if !vhd.is_multiple_of(8)
-        || q.len() != heads * hd
-        || out.len() != heads * vhd
-        || keys.len() < blocks * KB * hd
-        || values.len() < n * vhd
-        || first >= n
-    {
-        return super::generic::attend(q, keys, values, first, n, scale, out, scores, heads);
-    }
-    // Per head `blocks * KB` scores, then one inverse sum per head.
-    let stride = blocks * KB;
-    scores.clear();
-    scores.resize(heads * stride + heads, 0.0);
-    let sp = scores.as_mut_ptr();
-    let (kp, qp) = (keys.as_ptr(), q.as_ptr());
-    let vscale = _mm256_set1_ps(scale);
-    let mut h0 = 0;
-    while h0 < heads {
-        let g = (heads - h0).min(4);
-        let (qh, sh) = (qp.add(h0 * hd), sp.add(h0 * stride));
-        match g {
-            1 => {
-                // Four blocks at a time, for more FMA chains.
-                let mut b = 0;
-                while b + 4 <= blocks {
-                    score_blocks::<4>(
-                        q.get_unchecked(h0 * hd..(h0 + 1) * hd),
-                        kp.add(b * hd * KB),
-                        vscale,
-                        sh.add(b * KB),
-                    );
-                    b += 4;
+    // SAFETY: the caller guarantees the features. Past the check, `q.len() == heads * hd`,
+    // `out.len() == heads * vhd` with `vhd` a multiple of 8, `keys.len() >= blocks * KB * hd`,
+    // `values.len() >= n * vhd` and `first < n <= stride`, and `scores` holds
+    // `heads * stride + heads` floats. So scoring reads the query rows `h0..h0 + g` of `q` and key
+    // blocks below `blocks` and writes `KB` scores per head and block inside that head's `stride`;
+    // the softmax reads and writes `[i, i + 8)` of each head's `stride` scores (`stride` is a
+    // multiple of `KB` = 16) and one inverse sum at `heads * stride + h`; the value pass reads `n`
+    // weights per head and `n * vhd` values and writes each head's `vhd` outputs: the ranges
+    // `score_blocks`, `score_heads` and `values_heads` require.
+    unsafe {
+        use super::generic::KEY_BLOCK as KB;
+        let heads = heads.max(1);
+        let (hd, vhd) = (q.len() / heads, out.len() / heads);
+        let blocks = n.div_ceil(KB);
+        if !vhd.is_multiple_of(8)
+            || q.len() != heads * hd
+            || out.len() != heads * vhd
+            || keys.len() < blocks * KB * hd
+            || values.len() < n * vhd
+            || first >= n
+        {
+            return super::generic::attend(q, keys, values, first, n, scale, out, scores, heads);
+        }
+        // Per head `blocks * KB` scores, then one inverse sum per head.
+        let stride = blocks * KB;
+        scores.clear();
+        scores.resize(heads * stride + heads, 0.0);
+        let sp = scores.as_mut_ptr();
+        let (kp, qp) = (keys.as_ptr(), q.as_ptr());
+        let vscale = _mm256_set1_ps(scale);
+        let mut h0 = 0;
+        while h0 < heads {
+            let g = (heads - h0).min(4);
+            let (qh, sh) = (qp.add(h0 * hd), sp.add(h0 * stride));
+            match g {
+                1 => {
+                    // Four blocks at a time, for more FMA chains.
+                    let mut b = 0;
+                    while b + 4 <= blocks {
+                        score_blocks::<4>(
+                            q.get_unchecked(h0 * hd..(h0 + 1) * hd),
+                            kp.add(b * hd * KB),
+                            vscale,
+                            sh.add(b * KB),
+                        );
+                        b += 4;
+                    }
+                    while b < blocks {
+                        score_blocks::<1>(
+                            q.get_unchecked(h0 * hd..(h0 + 1) * hd),
+                            kp.add(b * hd * KB),
+                            vscale,
+                            sh.add(b * KB),
+                        );
+                        b += 1;
+                    }
                 }
-                while b < blocks {
-                    score_blocks::<1>(
-                        q.get_unchecked(h0 * hd..(h0 + 1) * hd),
-                        kp.add(b * hd * KB),
-                        vscale,
-                        sh.add(b * KB),
-                    );
-                    b += 1;
-                }
+                2 => score_heads::<2>(qh, hd, kp, blocks, vscale, sh, stride),
+                3 => score_heads::<3>(qh, hd, kp, blocks, vscale, sh, stride),
+                _ => score_heads::<4>(qh, hd, kp, blocks, vscale, sh, stride),
             }
-            2 => score_heads::<2>(qh, hd, kp, blocks, vscale, sh, stride),
-            3 => score_heads::<3>(qh, hd, kp, blocks, vscale, sh, stride),
-            _ => score_heads::<4>(qh, hd, kp, blocks, vscale, sh, stride),
+            h0 += g;
         }
-        h0 += g;
-    }
-    for h in 0..heads {
-        let s = std::slice::from_raw_parts_mut(sp.add(h * stride), stride);
-        s[..first].fill(f32::NEG_INFINITY);
-        s[n..].fill(f32::NEG_INFINITY);
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
-        for i in (0..stride).step_by(8) {
-            let e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(i)), vmax));
-            _mm256_storeu_ps(s.as_mut_ptr().add(i), e);
-            vsum = _mm256_add_ps(vsum, e);
+        for h in 0..heads {
+            let s = std::slice::from_raw_parts_mut(sp.add(h * stride), stride);
+            s[..first].fill(f32::NEG_INFINITY);
+            s[n..].fill(f32::NEG_INFINITY);
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+            for i in (0..stride).step_by(8) {
+                let e =
+                    exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(i)), vmax));
+                _mm256_storeu_ps(s.as_mut_ptr().add(i), e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+            *sp.add(heads * stride + h) = 1.0 / hsum_ps(vsum);
         }
-        *sp.add(heads * stride + h) = 1.0 / hsum_ps(vsum);
-    }
-    let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
-    let mut h0 = 0;
-    while h0 < heads {
-        let g = (heads - h0).min(4);
-        let w = |i: usize| sp.add((h0 + i) * stride) as *const f32;
-        let inv = |i: usize| _mm256_set1_ps(*sp.add(heads * stride + h0 + i));
-        let o = |i: usize| op.add((h0 + i) * vhd);
-        match g {
-            1 => values_heads::<1, 8>(&[w(0)], n, vp, vhd, &[inv(0)], &[o(0)]),
-            2 => values_heads::<2, 4>(&[w(0), w(1)], n, vp, vhd, &[inv(0), inv(1)], &[o(0), o(1)]),
-            3 => values_heads::<3, 2>(
-                &[w(0), w(1), w(2)],
-                n,
-                vp,
-                vhd,
-                &[inv(0), inv(1), inv(2)],
-                &[o(0), o(1), o(2)],
-            ),
-            _ => values_heads::<4, 2>(
-                &[w(0), w(1), w(2), w(3)],
-                n,
-                vp,
-                vhd,
-                &[inv(0), inv(1), inv(2), inv(3)],
-                &[o(0), o(1), o(2), o(3)],
-            ),
+        let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
+        let mut h0 = 0;
+        while h0 < heads {
+            let g = (heads - h0).min(4);
+            let w = |i: usize| sp.add((h0 + i) * stride) as *const f32;
+            let inv = |i: usize| _mm256_set1_ps(*sp.add(heads * stride + h0 + i));
+            let o = |i: usize| op.add((h0 + i) * vhd);
+            match g {
+                1 => values_heads::<1, 8>(&[w(0)], n, vp, vhd, &[inv(0)], &[o(0)]),
+                2 => values_heads::<2, 4>(
+                    &[w(0), w(1)],
+                    n,
+                    vp,
+                    vhd,
+                    &[inv(0), inv(1)],
+                    &[o(0), o(1)],
+                ),
+                3 => values_heads::<3, 2>(
+                    &[w(0), w(1), w(2)],
+                    n,
+                    vp,
+                    vhd,
+                    &[inv(0), inv(1), inv(2)],
+                    &[o(0), o(1), o(2)],
+                ),
+                _ => values_heads::<4, 2>(
+                    &[w(0), w(1), w(2), w(3)],
+                    n,
+                    vp,
+                    vhd,
+                    &[inv(0), inv(1), inv(2), inv(3)],
+                    &[o(0), o(1), o(2), o(3)],
+                ),
+            }
+            h0 += g;
         }
-        h0 += g;
     }
 }
 
@@ -417,6 +504,12 @@ unsafe fn attend_avx2(
 /// key vector loaded once for the heads; head `i`'s scores go to `out + i * stride`.
 ///
 /// No `target_feature` of its own: inlined into `attend_avx2`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. For every head `i < G`, element `d < hd` and block
+/// `b < blocks`: `q` must be valid for reading `q[i * hd + d]`, `k` for reading
+/// `blocks * hd * KEY_BLOCK` floats (transposed key blocks), and `out` for writing `KEY_BLOCK`
+/// floats at `i * stride + b * KEY_BLOCK`. No alignment is needed.
 #[inline(always)]
 unsafe fn score_heads<const G: usize>(
     q: *const f32,
@@ -427,25 +520,30 @@ unsafe fn score_heads<const G: usize>(
     out: *mut f32,
     stride: usize,
 ) {
-    use super::generic::KEY_BLOCK as KB;
-    for b in 0..blocks {
-        let kb = k.add(b * hd * KB);
-        let mut acc = [[_mm256_setzero_ps(); 2]; G];
-        for d in 0..hd {
-            let (k0, k1) = (
-                _mm256_loadu_ps(kb.add(d * KB)),
-                _mm256_loadu_ps(kb.add(d * KB + 8)),
-            );
-            for (i, a) in acc.iter_mut().enumerate() {
-                let qd = _mm256_set1_ps(*q.add(i * hd + d));
-                a[0] = _mm256_fmadd_ps(qd, k0, a[0]);
-                a[1] = _mm256_fmadd_ps(qd, k1, a[1]);
+    // SAFETY: the caller guarantees the features and the ranges; the reads are `k` at
+    // `b * hd * KB + d * KB` plus `0..16` and `q` at `i * hd + d`, the writes `out` at
+    // `i * stride + b * KB` plus `0..16`, all inside them.
+    unsafe {
+        use super::generic::KEY_BLOCK as KB;
+        for b in 0..blocks {
+            let kb = k.add(b * hd * KB);
+            let mut acc = [[_mm256_setzero_ps(); 2]; G];
+            for d in 0..hd {
+                let (k0, k1) = (
+                    _mm256_loadu_ps(kb.add(d * KB)),
+                    _mm256_loadu_ps(kb.add(d * KB + 8)),
+                );
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let qd = _mm256_set1_ps(*q.add(i * hd + d));
+                    a[0] = _mm256_fmadd_ps(qd, k0, a[0]);
+                    a[1] = _mm256_fmadd_ps(qd, k1, a[1]);
+                }
             }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            let o = out.add(i * stride + b * KB);
-            _mm256_storeu_ps(o, _mm256_mul_ps(a[0], scale));
-            _mm256_storeu_ps(o.add(8), _mm256_mul_ps(a[1], scale));
+            for (i, a) in acc.iter().enumerate() {
+                let o = out.add(i * stride + b * KB);
+                _mm256_storeu_ps(o, _mm256_mul_ps(a[0], scale));
+                _mm256_storeu_ps(o.add(8), _mm256_mul_ps(a[1], scale));
+            }
         }
     }
 }
@@ -455,6 +553,11 @@ unsafe fn score_heads<const G: usize>(
 /// loaded once for the heads.
 ///
 /// No `target_feature` of its own: inlined into `attend_avx2`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and `vhd` must be a multiple of 8. For each head `i < G`,
+/// `w[i]` must be valid for reading `n` floats and `out[i]` for writing `vhd`; `v` must be valid
+/// for reading `n * vhd` floats (position `t`'s values at `t * vhd`).
 #[inline(always)]
 unsafe fn values_heads<const G: usize, const C: usize>(
     w: &[*const f32; G],
@@ -464,36 +567,51 @@ unsafe fn values_heads<const G: usize, const C: usize>(
     inv: &[__m256; G],
     out: &[*mut f32; G],
 ) {
-    let mut c = 0;
-    while c + 8 * C <= vhd {
-        weighted_values::<G, C>(w, n, v.add(c), vhd, inv, out, c);
-        c += 8 * C;
-    }
-    while c < vhd {
-        weighted_values::<G, 1>(w, n, v.add(c), vhd, inv, out, c);
-        c += 8;
+    // SAFETY: the caller guarantees the features and the ranges; each call covers columns
+    // `c..c + 8 * C` (then `c..c + 8`) with that end at most `vhd`, since `vhd` is a multiple of 8,
+    // which is what `weighted_values` needs of `v.add(c)` and of `out` at column `c`.
+    unsafe {
+        let mut c = 0;
+        while c + 8 * C <= vhd {
+            weighted_values::<G, C>(w, n, v.add(c), vhd, inv, out, c);
+            c += 8 * C;
+        }
+        while c < vhd {
+            weighted_values::<G, 1>(w, n, v.add(c), vhd, inv, out, c);
+            c += 8;
+        }
     }
 }
 
 /// Scores of `N` consecutive key blocks at `k` against `q`, times `scale`, into `out`.
 ///
 /// No `target_feature` of its own: inlined into `attend_avx2`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. `k` must be valid for reading `N * q.len() * KEY_BLOCK`
+/// floats (`N` transposed key blocks) and `out` for writing `N * KEY_BLOCK` floats. No alignment is
+/// needed.
 #[inline(always)]
 unsafe fn score_blocks<const N: usize>(q: &[f32], k: *const f32, scale: __m256, out: *mut f32) {
-    use super::generic::KEY_BLOCK as KB;
-    let hd = q.len();
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
-    for (d, &qd) in q.iter().enumerate() {
-        let qd = _mm256_set1_ps(qd);
-        for (i, a) in acc.iter_mut().enumerate() {
-            let k = k.add((i * hd + d) * KB);
-            a[0] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k), a[0]);
-            a[1] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k.add(8)), a[1]);
+    // SAFETY: the caller guarantees the features and the ranges; the loads read
+    // `k[(i * hd + d) * KB..][..16]` for `i < N`, `d < hd`, inside `N * hd * KB`, and the stores
+    // write `out[i * KB..][..16]`, inside `N * KB`.
+    unsafe {
+        use super::generic::KEY_BLOCK as KB;
+        let hd = q.len();
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for (d, &qd) in q.iter().enumerate() {
+            let qd = _mm256_set1_ps(qd);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let k = k.add((i * hd + d) * KB);
+                a[0] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k), a[0]);
+                a[1] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k.add(8)), a[1]);
+            }
         }
-    }
-    for (i, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.add(i * KB), _mm256_mul_ps(a[0], scale));
-        _mm256_storeu_ps(out.add(i * KB + 8), _mm256_mul_ps(a[1], scale));
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(i * KB), _mm256_mul_ps(a[0], scale));
+            _mm256_storeu_ps(out.add(i * KB + 8), _mm256_mul_ps(a[1], scale));
+        }
     }
 }
 
@@ -501,6 +619,11 @@ unsafe fn score_blocks<const N: usize>(q: &[f32], k: *const f32, scale: __m256, 
 /// positions (`v` already at column `c`); each head's sum runs over `t` in order.
 ///
 /// No `target_feature` of its own: inlined into `attend_avx2`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. For every `t < n`, `v` must be valid for reading `8 * C`
+/// floats at `t * stride`; for each head `i < G`, `w[i]` must be valid for reading `n` floats and
+/// `out[i]` for writing `8 * C` floats at `c`. No alignment is needed.
 #[inline(always)]
 unsafe fn weighted_values<const G: usize, const C: usize>(
     w: &[*const f32; G],
@@ -511,42 +634,55 @@ unsafe fn weighted_values<const G: usize, const C: usize>(
     out: &[*mut f32; G],
     c: usize,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); C]; G];
-    for t in 0..n {
-        let vt = v.add(t * stride);
-        let vs: [__m256; C] = std::array::from_fn(|j| _mm256_loadu_ps(vt.add(8 * j)));
-        for (i, a) in acc.iter_mut().enumerate() {
-            let wt = _mm256_set1_ps(*w[i].add(t));
-            for (aj, vj) in a.iter_mut().zip(&vs) {
-                *aj = _mm256_fmadd_ps(wt, *vj, *aj);
+    // SAFETY: the caller guarantees the features and the ranges; the loads read
+    // `v[t * stride + 8 * j..][..8]` for `j < C` and `w[i][t]`, the stores write
+    // `out[i][c + 8 * j..][..8]`, all inside them.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); C]; G];
+        for t in 0..n {
+            let vt = v.add(t * stride);
+            let vs: [__m256; C] = std::array::from_fn(|j| _mm256_loadu_ps(vt.add(8 * j)));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let wt = _mm256_set1_ps(*w[i].add(t));
+                for (aj, vj) in a.iter_mut().zip(&vs) {
+                    *aj = _mm256_fmadd_ps(wt, *vj, *aj);
+                }
             }
         }
-    }
-    for (i, a) in acc.iter().enumerate() {
-        for (j, aj) in a.iter().enumerate() {
-            _mm256_storeu_ps(out[i].add(c + 8 * j), _mm256_mul_ps(*aj, inv[i]));
+        for (i, a) in acc.iter().enumerate() {
+            for (j, aj) in a.iter().enumerate() {
+                _mm256_storeu_ps(out[i].add(c + 8 * j), _mm256_mul_ps(*aj, inv[i]));
+            }
         }
     }
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA. Any lengths are fine: the dot product runs over the first
+/// `min(x.len(), w.len() / 4)` elements, `w` holding `f32`s in native byte order at any alignment.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn vec_dot_f32_avx2(w: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(w.len() / 4);
-    let pw = w.as_ptr() as *const f32;
-    let mut s = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        s = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pw.add(i)),
-            _mm256_loadu_ps(x.as_ptr().add(i)),
-            s,
-        );
-        i += 8;
+    // SAFETY: the caller guarantees the features; with `i + 8 <= n` each load reads `x[i..i + 8]`
+    // and bytes `[4i, 4i + 32)` of `w`, and the tail reads the `f32` at byte `4i` of `w`, `i < n`,
+    // unaligned; `n` fits both slices.
+    unsafe {
+        let n = x.len().min(w.len() / 4);
+        let pw = w.as_ptr() as *const f32;
+        let mut s = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            s = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pw.add(i)),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                s,
+            );
+            i += 8;
+        }
+        let mut r = hsum_ps(s);
+        while i < n {
+            r += std::ptr::read_unaligned(pw.add(i)) * x[i];
+            i += 1;
+        }
+        r
     }
-    let mut r = hsum_ps(s);
-    while i < n {
-        r += std::ptr::read_unaligned(pw.add(i)) * x[i];
-        i += 1;
-    }
-    r
 }

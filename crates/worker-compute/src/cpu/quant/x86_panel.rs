@@ -45,16 +45,25 @@ macro_rules! panel_tables {
             pub(super) mod $name {
                 use super::super::*;
 
+                /// # Safety
+                /// The CPU must support every feature this function enables. Any lengths
+                /// are fine.
                 #[target_feature(enable = $features)]
                 unsafe fn imp(w: &[u8], x: [&[$a]; 1]) -> [[f32; PANEL]; 1] {
-                    $body::<$($g)* 1>(w, x)
+                    // SAFETY: the caller guarantees the features, which are those of the
+                    // body's table (enabled here, so the body inlines with them); the body
+                    // bounds its reads by `w.len()` and the lengths of `x`.
+                    unsafe { $body::<$($g)* 1>(w, x) }
                 }
+                /// # Safety
+                /// As for `imp`.
                 #[target_feature(enable = $features)]
                 unsafe fn imp_many(
                     w: &[u8],
                     x: [&[$a]; PANEL_BATCH],
                 ) -> [[f32; PANEL]; PANEL_BATCH] {
-                    $body::<$($g)* PANEL_BATCH>(w, x)
+                    // SAFETY: as in `imp`.
+                    unsafe { $body::<$($g)* PANEL_BATCH>(w, x) }
                 }
                 pub(in super::super) fn one(w: &[u8], x: &[$a]) -> [f32; PANEL] {
                     // SAFETY: only reachable through a table whose builder detected the
@@ -125,389 +134,517 @@ const IQ4_NL_U8: [u8; 16] = {
 /// `4g..4g+4` of the sixteen rows, row `i` in lane `i`.
 ///
 /// No `target_feature` of its own: inlined into kernels that enable AVX-512 and VNNI.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C). `p` must be valid for reading one panel block of format `F`
+/// (`format(F).panel_block_bytes()` bytes), at any alignment.
 #[inline(always)]
 unsafe fn unpack<const F: u8>(p: *const u8) -> [__m512i; 8] {
-    let q = p.add(format(F).quants_offset());
-    let mut u = [_mm512_setzero_si512(); 8];
-    if F == Q8_0 {
-        for (g, v) in u.iter_mut().enumerate() {
-            *v = _mm512_loadu_si512(q.add(64 * g) as *const _);
+    // SAFETY: the caller guarantees the AVX-512 table's features and the block;
+    // the 64-byte chunk loads read chunks `0..8` (Q8_0) or `0..4` past `quants_offset`, which end
+    // at the block's end, the masks `8 * g..8 * g + 8` past `high_offset` (Q5_0, Q5_1) lie before
+    // the quants, and the IQ4_NL table is a 16-byte array.
+    unsafe {
+        let q = p.add(format(F).quants_offset());
+        let mut u = [_mm512_setzero_si512(); 8];
+        if F == Q8_0 {
+            for (g, v) in u.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(q.add(64 * g) as *const _);
+            }
+            return u;
         }
-        return u;
-    }
-    let low = _mm512_set1_epi8(0x0F);
-    for c in 0..4 {
-        let v = _mm512_loadu_si512(q.add(64 * c) as *const _);
-        u[c] = _mm512_and_si512(v, low);
-        u[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-    }
-    if F == IQ4_NL {
-        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
-        for v in u.iter_mut() {
-            *v = _mm512_shuffle_epi8(table, *v);
+        let low = _mm512_set1_epi8(0x0F);
+        for c in 0..4 {
+            let v = _mm512_loadu_si512(q.add(64 * c) as *const _);
+            u[c] = _mm512_and_si512(v, low);
+            u[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
         }
-    }
-    if F == Q5_0 || F == Q5_1 {
-        let (sixteen, high) = (_mm512_set1_epi8(16), p.add(format(F).high_offset()));
-        for (g, v) in u.iter_mut().enumerate() {
-            let bits = std::ptr::read_unaligned(high.add(8 * g) as *const u64);
-            *v = _mm512_mask_add_epi8(*v, bits, *v, sixteen);
+        if F == IQ4_NL {
+            let table =
+                _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+            for v in u.iter_mut() {
+                *v = _mm512_shuffle_epi8(table, *v);
+            }
         }
+        if F == Q5_0 || F == Q5_1 {
+            let (sixteen, high) = (_mm512_set1_epi8(16), p.add(format(F).high_offset()));
+            for (g, v) in u.iter_mut().enumerate() {
+                let bits = std::ptr::read_unaligned(high.add(8 * g) as *const u64);
+                *v = _mm512_mask_add_epi8(*v, bits, *v, sixteen);
+            }
+        }
+        u
     }
-    u
 }
 
 /// Sixteen rows of `w` (a panel: a whole number of panel blocks) against `NR` activation
 /// rows: see the module documentation of [`super::panel`] for the sums.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. Any lengths are fine: the kernel runs over the panel blocks of `w` for which
+/// every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot<const F: u8, const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let pbb = format(F).panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let mut acc = [_mm512_setzero_ps(); NR];
-    for b in 0..nb {
-        let p = w.as_ptr().add(b * pbb);
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        let bias = match F {
-            Q4_1 | Q5_1 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
-            Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
-            Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
-            // Q8_0, IQ4_NL.
-            _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
-        };
-        let u = unpack::<F>(p);
-        for j in 0..NR {
-            let a = x[j].get_unchecked(b);
-            let s = _mm512_cvtepi32_ps(dot_groups(&u, a.qs.as_ptr()));
-            let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
-            acc[j] = _mm512_fmadd_ps(s, scale, acc[j]);
-            acc[j] = _mm512_fmadd_ps(bias, _mm512_set1_ps(a.s), acc[j]);
+    // SAFETY: the caller guarantees the AVX-512 table's features. `b < nb <= w.len() / pbb` puts
+    // the panel block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. From `p` it reads `d` at 0..32, `m` at 32..64 (Q4_1, Q5_1) and
+    // what `unpack` reads, all inside the block (the layout table in panel.rs); `dot_groups` reads
+    // the 32 bytes of `a.qs`.
+    unsafe {
+        let pbb = format(F).panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let mut acc = [_mm512_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+            let bias = match F {
+                Q4_1 | Q5_1 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
+                Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                Q5_0 => _mm512_mul_ps(d, _mm512_set1_ps(-16.0)),
+                // Q8_0, IQ4_NL.
+                _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
+            };
+            let u = unpack::<F>(p);
+            for j in 0..NR {
+                let a = x[j].get_unchecked(b);
+                let s = _mm512_cvtepi32_ps(dot_groups(&u, a.qs.as_ptr()));
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+                acc[j] = _mm512_fmadd_ps(s, scale, acc[j]);
+                acc[j] = _mm512_fmadd_ps(bias, _mm512_set1_ps(a.s), acc[j]);
+            }
         }
+        store(acc)
     }
-    store(acc)
 }
 
 /// Eight `vpdpbusd` of `u[g]` against the broadcast activation bytes `q[4g..4g+4]`, in two
 /// chains (the integer sum is exact in any order).
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. `q` must be valid for reading 32 bytes, at any alignment.
 #[inline(always)]
 unsafe fn dot_groups(u: &[__m512i; 8], q: *const i8) -> __m512i {
-    let q = q as *const i32;
-    let bcast = |g: usize| _mm512_set1_epi32(std::ptr::read_unaligned(q.add(g)));
-    let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
-    let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[1], bcast(1));
-    for g in (2..8).step_by(2) {
-        s0 = _mm512_dpbusd_epi32(s0, u[g], bcast(g));
-        s1 = _mm512_dpbusd_epi32(s1, u[g + 1], bcast(g + 1));
+    // SAFETY: the caller guarantees the AVX-512 table's features. The reads are the unaligned
+    // `i32`s at bytes `4 * g`, `g < 8`: bytes 0..32 of `q`.
+    unsafe {
+        let q = q as *const i32;
+        let bcast = |g: usize| _mm512_set1_epi32(std::ptr::read_unaligned(q.add(g)));
+        let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+        let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[1], bcast(1));
+        for g in (2..8).step_by(2) {
+            s0 = _mm512_dpbusd_epi32(s0, u[g], bcast(g));
+            s1 = _mm512_dpbusd_epi32(s1, u[g + 1], bcast(g + 1));
+        }
+        _mm512_add_epi32(s0, s1)
     }
-    _mm512_add_epi32(s0, s1)
 }
 
 /// Q4_K (or, with `HIGH`, Q5_K: 16 added to each quant whose high bit is set) panels against
 /// `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers: `tot = Σ_j sc_j · Σ u·x`
 /// over the eight sub-blocks and `mins = Σ_j m_j · Σ x`; then
 /// `acc = fma(float(tot), d·dx, acc)` and `acc = fma(float(mins), dmin·(-dx), acc)`.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. Any lengths are fine: the kernel runs over the panel blocks of `w` for which
+/// every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_q4_k<const HIGH: bool, const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let fmt = if HIGH {
-        PanelFormat::Q5K
-    } else {
-        PanelFormat::Q4K
-    };
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let low = _mm512_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); NR];
-    for b in 0..nb {
-        let p = w.as_ptr().add(b * pbb);
-        let q = p.add(fmt.quants_offset());
-        let mut tot = [_mm512_setzero_si512(); NR];
-        for j in 0..8 {
-            let (k, t) = (j / 2, j % 2);
-            let mut u = [_mm512_setzero_si512(); 8];
-            for (g, v) in u.iter_mut().enumerate() {
-                let c = _mm512_loadu_si512(q.add(64 * (8 * k + g)) as *const _);
-                let c = if t == 0 { c } else { _mm512_srli_epi16(c, 4) };
-                *v = _mm512_and_si512(c, low);
-                if HIGH {
-                    let bits = std::ptr::read_unaligned(p.add(320 + 8 * (8 * j + g)) as *const u64);
-                    *v = _mm512_mask_add_epi8(*v, bits, *v, _mm512_set1_epi8(16));
+    // SAFETY: the caller guarantees the AVX-512 table's features. `b < nb <= w.len() / pbb` puts
+    // the panel block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. From `p` it reads `d` at 0..32, `dmin` at 32..64, the scales at
+    // `64 + 16 * j` (64..192), the mins at `192 + 32 * k` (192..320), Q5_K's masks at
+    // `320 + 8 * (8 * j + g)` (320..832) and the 64-byte chunks `8 * k + g < 32` past
+    // `quants_offset`, which end at `pbb`; `dot_groups` reads `qs[32 * j..][..32]` of the
+    // activation block, `j < 8`.
+    unsafe {
+        let fmt = if HIGH {
+            PanelFormat::Q5K
+        } else {
+            PanelFormat::Q4K
+        };
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset());
+            let mut tot = [_mm512_setzero_si512(); NR];
+            for j in 0..8 {
+                let (k, t) = (j / 2, j % 2);
+                let mut u = [_mm512_setzero_si512(); 8];
+                for (g, v) in u.iter_mut().enumerate() {
+                    let c = _mm512_loadu_si512(q.add(64 * (8 * k + g)) as *const _);
+                    let c = if t == 0 { c } else { _mm512_srli_epi16(c, 4) };
+                    *v = _mm512_and_si512(c, low);
+                    if HIGH {
+                        let bits =
+                            std::ptr::read_unaligned(p.add(320 + 8 * (8 * j + g)) as *const u64);
+                        *v = _mm512_mask_add_epi8(*v, bits, *v, _mm512_set1_epi8(16));
+                    }
+                }
+                let sc =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(64 + 16 * j) as *const __m128i));
+                for r in 0..NR {
+                    let s = dot_groups(&u, x[r].get_unchecked(b).qs.as_ptr().add(32 * j));
+                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s, sc));
                 }
             }
-            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(64 + 16 * j) as *const __m128i));
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+            let m: [__m512i; 4] = std::array::from_fn(|k| {
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(192 + 32 * k) as *const __m256i))
+            });
             for r in 0..NR {
-                let s = dot_groups(&u, x[r].get_unchecked(b).qs.as_ptr().add(32 * j));
-                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s, sc));
+                let a = x[r].get_unchecked(b);
+                let mut mins = _mm512_setzero_si512();
+                for (k, mk) in m.iter().enumerate() {
+                    let bs = &a.bsums[4 * k..4 * k + 4];
+                    let pair =
+                        (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
+                    mins = _mm512_dpwssd_epi32(mins, *mk, _mm512_set1_epi32(pair as i32));
+                }
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
+                let mscale = _mm512_mul_ps(dmin, _mm512_set1_ps(-a.d));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), mscale, acc[r]);
             }
         }
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
-        let m: [__m512i; 4] = std::array::from_fn(|k| {
-            _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(192 + 32 * k) as *const __m256i))
-        });
-        for r in 0..NR {
-            let a = x[r].get_unchecked(b);
-            let mut mins = _mm512_setzero_si512();
-            for (k, mk) in m.iter().enumerate() {
-                let bs = &a.bsums[4 * k..4 * k + 4];
-                let pair = (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
-                mins = _mm512_dpwssd_epi32(mins, *mk, _mm512_set1_epi32(pair as i32));
-            }
-            let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
-            let mscale = _mm512_mul_ps(dmin, _mm512_set1_ps(-a.d));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), mscale, acc[r]);
-        }
+        store(acc)
     }
-    store(acc)
 }
 
 /// Q6_K panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
 /// `tot = Σ_s sc_s · Σ u·x - 32 · Σ_s sc_s · Σ x` over the sixteen sub-blocks (`u` = the
 /// 6-bit quant, unsigned); then `acc = fma(float(tot), d·dx, acc)`.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. Any lengths are fine: the kernel runs over the panel blocks of `w` for which
+/// every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_q6_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::Q6K;
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let (low, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
-    let mut acc = [_mm512_setzero_ps(); NR];
-    for b in 0..nb {
-        let p = w.as_ptr().add(b * pbb);
-        let q = p.add(fmt.quants_offset());
-        let high = q.add(2048);
-        // The scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
-        let pair = |k: usize| {
-            _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(32 + 32 * k) as *const __m256i))
-        };
-        let scale = |s: usize| {
-            let v = pair(s / 2);
-            if s.is_multiple_of(2) {
-                _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16)
-            } else {
-                _mm512_srai_epi32(v, 16)
-            }
-        };
-        // Σ_s sc_s · Σx, from the activation's sums per 16.
-        let mut tot = [_mm512_setzero_si512(); NR];
-        for k in 0..8 {
-            let v = pair(k);
-            for r in 0..NR {
-                let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
-                let bs = _mm512_set1_epi32(std::ptr::read_unaligned(bs));
-                tot[r] = _mm512_dpwssd_epi32(tot[r], v, bs);
-            }
-        }
-        for t in tot.iter_mut() {
-            *t = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(*t, 5));
-        }
-        // Sub-block s (elements 16s..16s+16: the low nibbles of chunks 4s..4s+4) and s + 8
-        // (elements 128+16s..: their high nibbles).
-        for s in 0..8 {
-            let mut u = [_mm512_setzero_si512(); 8];
-            for gi in 0..4 {
-                let c = 4 * s + gi;
-                let v = _mm512_loadu_si512(q.add(64 * c) as *const _);
-                let h = _mm512_loadu_si512(high.add(64 * (c % 16)) as *const _);
-                // Bit pairs of group c at bits 2(c/16), of group c+32 at 2(c/16)+4, moved to
-                // bits 4-5.
-                let (h_lo, h_hi) = if c < 16 {
-                    (_mm512_slli_epi16(h, 4), h)
+    // SAFETY: the caller guarantees the AVX-512 table's features. `b < nb <= w.len() / pbb` puts
+    // the panel block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. From `p` it reads `d` at 0..32, the scale pairs at
+    // `32 + 32 * k`, `k < 8` (32..288 = `quants_offset`), the 64-byte low chunks `c < 32` (2048
+    // bytes) and high chunks `c % 16` (1024 bytes) after it, which end at `pbb`; from the
+    // activation block the `i32` (two sums) at `bsums[2 * k]`, `k < 8`, and through
+    // `dot_group_halves` `qs[16 * s..][..16]` and `qs[128 + 16 * s..][..16]`, `s < 8`.
+    unsafe {
+        let fmt = PanelFormat::Q6K;
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let (low, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+        let mut acc = [_mm512_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset());
+            let high = q.add(2048);
+            // The scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
+            let pair = |k: usize| {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(32 + 32 * k) as *const __m256i))
+            };
+            let scale = |s: usize| {
+                let v = pair(s / 2);
+                if s.is_multiple_of(2) {
+                    _mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16)
                 } else {
-                    (_mm512_slli_epi16(h, 2), _mm512_srli_epi16(h, 2))
-                };
-                u[gi] = _mm512_or_si512(_mm512_and_si512(v, low), _mm512_and_si512(h_lo, two));
-                let v_hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                u[4 + gi] = _mm512_or_si512(v_hi, _mm512_and_si512(h_hi, two));
+                    _mm512_srai_epi32(v, 16)
+                }
+            };
+            // Σ_s sc_s · Σx, from the activation's sums per 16.
+            let mut tot = [_mm512_setzero_si512(); NR];
+            for k in 0..8 {
+                let v = pair(k);
+                for r in 0..NR {
+                    let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
+                    let bs = _mm512_set1_epi32(std::ptr::read_unaligned(bs));
+                    tot[r] = _mm512_dpwssd_epi32(tot[r], v, bs);
+                }
             }
-            let (sc_lo, sc_hi) = (scale(s), scale(s + 8));
+            for t in tot.iter_mut() {
+                *t = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(*t, 5));
+            }
+            // Sub-block s (elements 16s..16s+16: the low nibbles of chunks 4s..4s+4) and s + 8
+            // (elements 128+16s..: their high nibbles).
+            for s in 0..8 {
+                let mut u = [_mm512_setzero_si512(); 8];
+                for gi in 0..4 {
+                    let c = 4 * s + gi;
+                    let v = _mm512_loadu_si512(q.add(64 * c) as *const _);
+                    let h = _mm512_loadu_si512(high.add(64 * (c % 16)) as *const _);
+                    // Bit pairs of group c at bits 2(c/16), of group c+32 at 2(c/16)+4, moved to
+                    // bits 4-5.
+                    let (h_lo, h_hi) = if c < 16 {
+                        (_mm512_slli_epi16(h, 4), h)
+                    } else {
+                        (_mm512_slli_epi16(h, 2), _mm512_srli_epi16(h, 2))
+                    };
+                    u[gi] = _mm512_or_si512(_mm512_and_si512(v, low), _mm512_and_si512(h_lo, two));
+                    let v_hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    u[4 + gi] = _mm512_or_si512(v_hi, _mm512_and_si512(h_hi, two));
+                }
+                let (sc_lo, sc_hi) = (scale(s), scale(s + 8));
+                for r in 0..NR {
+                    let a = x[r].get_unchecked(b).qs.as_ptr();
+                    let (s_lo, s_hi) = dot_group_halves(&u, a.add(16 * s), a.add(128 + 16 * s));
+                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_lo, sc_lo));
+                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_hi, sc_hi));
+                }
+            }
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
             for r in 0..NR {
-                let a = x[r].get_unchecked(b).qs.as_ptr();
-                let (s_lo, s_hi) = dot_group_halves(&u, a.add(16 * s), a.add(128 + 16 * s));
-                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_lo, sc_lo));
-                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_hi, sc_hi));
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].get_unchecked(b).d));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
             }
         }
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        for r in 0..NR {
-            let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].get_unchecked(b).d));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
-        }
+        store(acc)
     }
-    store(acc)
 }
 
 /// IQ4_XS panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
 /// `tot = Σ_j sc_j · Σ level·x` over the eight sub-blocks of 32, where `Σ level·x` is taken
 /// as `Σ u·x - 128·Σx` (`u` = the level plus 128, unsigned for `vpdpbusd`); then
 /// `acc = fma(float(tot), d·dx, acc)`.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. Any lengths are fine: the kernel runs over the panel blocks of `w` for which
+/// every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_iq4_xs<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::IQ4XS;
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let low = _mm512_set1_epi8(0x0F);
-    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
-    let mut acc = [_mm512_setzero_ps(); NR];
-    for b in 0..nb {
-        let p = w.as_ptr().add(b * pbb);
-        let q = p.add(fmt.quants_offset());
-        let mut tot = [_mm512_setzero_si512(); NR];
-        for j in 0..8 {
-            let (k, t) = (j / 2, j % 2);
-            let mut u = [_mm512_setzero_si512(); 8];
-            for (g, v) in u.iter_mut().enumerate() {
-                let c = _mm512_loadu_si512(q.add(64 * (8 * k + g)) as *const _);
-                let c = if t == 0 { c } else { _mm512_srli_epi16(c, 4) };
-                *v = _mm512_shuffle_epi8(table, _mm512_and_si512(c, low));
+    // SAFETY: the caller guarantees the AVX-512 table's features. `b < nb <= w.len() / pbb` puts
+    // the panel block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. From `p` it reads `d` at 0..32, the scales at `32 + 16 * j`
+    // (32..160 = `quants_offset`) and the 64-byte chunks `8 * k + g < 32` after it, which end at
+    // `pbb`; `dot_groups` reads `qs[32 * j..][..32]` of the activation block, `j < 8`; the IQ4_NL
+    // table is a 16-byte array.
+    unsafe {
+        let fmt = PanelFormat::IQ4XS;
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let low = _mm512_set1_epi8(0x0F);
+        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+        let mut acc = [_mm512_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset());
+            let mut tot = [_mm512_setzero_si512(); NR];
+            for j in 0..8 {
+                let (k, t) = (j / 2, j % 2);
+                let mut u = [_mm512_setzero_si512(); 8];
+                for (g, v) in u.iter_mut().enumerate() {
+                    let c = _mm512_loadu_si512(q.add(64 * (8 * k + g)) as *const _);
+                    let c = if t == 0 { c } else { _mm512_srli_epi16(c, 4) };
+                    *v = _mm512_shuffle_epi8(table, _mm512_and_si512(c, low));
+                }
+                let sc =
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(32 + 16 * j) as *const __m128i));
+                for r in 0..NR {
+                    let a = x[r].get_unchecked(b);
+                    let xsum = i32::from(a.bsums[2 * j]) + i32::from(a.bsums[2 * j + 1]);
+                    let s = dot_groups(&u, a.qs.as_ptr().add(32 * j));
+                    let s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * xsum));
+                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s, sc));
+                }
             }
-            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(32 + 16 * j) as *const __m128i));
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
             for r in 0..NR {
-                let a = x[r].get_unchecked(b);
-                let xsum = i32::from(a.bsums[2 * j]) + i32::from(a.bsums[2 * j + 1]);
-                let s = dot_groups(&u, a.qs.as_ptr().add(32 * j));
-                let s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * xsum));
-                tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s, sc));
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].get_unchecked(b).d));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
             }
         }
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        for r in 0..NR {
-            let scale = _mm512_mul_ps(d, _mm512_set1_ps(x[r].get_unchecked(b).d));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
-        }
+        store(acc)
     }
-    store(acc)
 }
 
 /// Q2_K panels against `NR` rows of [`BlockQ8K`]. Per row and super-block, in integers:
 /// `tot = Σ_s sc_s · Σ u·x` over the sixteen sub-blocks of 16 and `mins = Σ_s m_s · Σx`;
 /// then `acc = fma(float(tot), d·dx, acc)` and `acc = fma(float(mins), dmin·(-dx), acc)`.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. Any lengths are fine: the kernel runs over the panel blocks of `w` for which
+/// every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_q2_k<const NR: usize>(w: &[u8], x: [&[BlockQ8K]; NR]) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::Q2K;
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let three = _mm512_set1_epi8(3);
-    let mut acc = [_mm512_setzero_ps(); NR];
-    for b in 0..nb {
-        let p = w.as_ptr().add(b * pbb);
-        let q = p.add(fmt.quants_offset());
-        let scale =
-            |s: usize| _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(64 + 16 * s) as *const __m128i));
-        let mut tot = [_mm512_setzero_si512(); NR];
-        // Chunks 4c..4c+4 hold the sub-blocks c, c+4, c+8, c+12 (bit pairs 0, 1, 2, 3).
-        for c in 0..4 {
-            let v: [__m512i; 4] =
-                std::array::from_fn(|gi| _mm512_loadu_si512(q.add(64 * (4 * c + gi)) as *const _));
-            for pair in [0, 2] {
-                let (sa, sb) = (4 * pair + c, 4 * (pair + 1) + c);
-                let mut u = [_mm512_setzero_si512(); 8];
-                for gi in 0..4 {
-                    let lo = _mm512_srl_epi16(v[gi], _mm_cvtsi32_si128(2 * pair as i32));
-                    let hi = _mm512_srl_epi16(v[gi], _mm_cvtsi32_si128(2 * pair as i32 + 2));
-                    u[gi] = _mm512_and_si512(lo, three);
-                    u[4 + gi] = _mm512_and_si512(hi, three);
-                }
-                let (sc_a, sc_b) = (scale(sa), scale(sb));
-                for r in 0..NR {
-                    let a = x[r].get_unchecked(b).qs.as_ptr();
-                    let (s_a, s_b) = dot_group_halves(&u, a.add(16 * sa), a.add(16 * sb));
-                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_a, sc_a));
-                    tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_b, sc_b));
+    // SAFETY: the caller guarantees the AVX-512 table's features. `b < nb <= w.len() / pbb` puts
+    // the panel block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. From `p` it reads `d` at 0..32, `dmin` at 32..64, the scales at
+    // `64 + 16 * s`, `s < 16` (64..320), the mins at `320 + 32 * k`, `k < 8` (320..576 =
+    // `quants_offset`) and the 64-byte chunks `4 * c + gi < 16` after it, which end at `pbb`; from
+    // the activation block the `i32` at `bsums[2 * k]`, `k < 8`, and through `dot_group_halves`
+    // `qs[16 * s..][..16]`, `s < 16`.
+    unsafe {
+        let fmt = PanelFormat::Q2K;
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let three = _mm512_set1_epi8(3);
+        let mut acc = [_mm512_setzero_ps(); NR];
+        for b in 0..nb {
+            let p = w.as_ptr().add(b * pbb);
+            let q = p.add(fmt.quants_offset());
+            let scale = |s: usize| {
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(64 + 16 * s) as *const __m128i))
+            };
+            let mut tot = [_mm512_setzero_si512(); NR];
+            // Chunks 4c..4c+4 hold the sub-blocks c, c+4, c+8, c+12 (bit pairs 0, 1, 2, 3).
+            for c in 0..4 {
+                let v: [__m512i; 4] = std::array::from_fn(|gi| {
+                    _mm512_loadu_si512(q.add(64 * (4 * c + gi)) as *const _)
+                });
+                for pair in [0, 2] {
+                    let (sa, sb) = (4 * pair + c, 4 * (pair + 1) + c);
+                    let mut u = [_mm512_setzero_si512(); 8];
+                    for gi in 0..4 {
+                        let lo = _mm512_srl_epi16(v[gi], _mm_cvtsi32_si128(2 * pair as i32));
+                        let hi = _mm512_srl_epi16(v[gi], _mm_cvtsi32_si128(2 * pair as i32 + 2));
+                        u[gi] = _mm512_and_si512(lo, three);
+                        u[4 + gi] = _mm512_and_si512(hi, three);
+                    }
+                    let (sc_a, sc_b) = (scale(sa), scale(sb));
+                    for r in 0..NR {
+                        let a = x[r].get_unchecked(b).qs.as_ptr();
+                        let (s_a, s_b) = dot_group_halves(&u, a.add(16 * sa), a.add(16 * sb));
+                        tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_a, sc_a));
+                        tot[r] = _mm512_add_epi32(tot[r], _mm512_mullo_epi32(s_b, sc_b));
+                    }
                 }
             }
-        }
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
-        let m: [__m512i; 8] = std::array::from_fn(|k| {
-            _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(320 + 32 * k) as *const __m256i))
-        });
-        for r in 0..NR {
-            let a = x[r].get_unchecked(b);
-            let mut mins = _mm512_setzero_si512();
-            for (k, mk) in m.iter().enumerate() {
-                let bs = std::ptr::read_unaligned(a.bsums.as_ptr().add(2 * k) as *const i32);
-                mins = _mm512_dpwssd_epi32(mins, *mk, _mm512_set1_epi32(bs));
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+            let m: [__m512i; 8] = std::array::from_fn(|k| {
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(320 + 32 * k) as *const __m256i))
+            });
+            for r in 0..NR {
+                let a = x[r].get_unchecked(b);
+                let mut mins = _mm512_setzero_si512();
+                for (k, mk) in m.iter().enumerate() {
+                    let bs = std::ptr::read_unaligned(a.bsums.as_ptr().add(2 * k) as *const i32);
+                    mins = _mm512_dpwssd_epi32(mins, *mk, _mm512_set1_epi32(bs));
+                }
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
+                let mscale = _mm512_mul_ps(dmin, _mm512_set1_ps(-a.d));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), mscale, acc[r]);
             }
-            let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[r]), scale, acc[r]);
-            let mscale = _mm512_mul_ps(dmin, _mm512_set1_ps(-a.d));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), mscale, acc[r]);
         }
+        store(acc)
     }
-    store(acc)
 }
 
 /// F16 (with `BF16`: BF16) panels against `NR` f32 activation rows. Per row, four f32
 /// accumulators: element `e` of the sixteen weight rows (as f32) times `x[e]` is added to
 /// accumulator `e % 4` with one fma; the result is `(acc0 + acc1) + (acc2 + acc3)`.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. Any lengths are fine: the kernel runs over the first
+/// `min(w.len() / 32, x[r].len())` elements of every row.
 #[inline(always)]
 unsafe fn panel_dot_half<const BF16: bool, const NR: usize>(
     w: &[u8],
     x: [&[f32]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let k = x.iter().fold(w.len() / 32, |n, r| n.min(r.len()));
-    let load = |e: usize| {
-        let h = _mm256_loadu_si256(w.as_ptr().add(32 * e) as *const __m256i);
-        if BF16 {
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-        } else {
-            _mm512_cvtph_ps(h)
+    // SAFETY: the caller guarantees the AVX-512 table's features. `e < k <= w.len() / 32` makes the
+    // 32-byte load at `32 * e` lie inside `w`, and `k <= x[r].len()` makes `get_unchecked(e)` in
+    // bounds; the stores go to the local `out`.
+    unsafe {
+        let k = x.iter().fold(w.len() / 32, |n, r| n.min(r.len()));
+        let load = |e: usize| {
+            let h = _mm256_loadu_si256(w.as_ptr().add(32 * e) as *const __m256i);
+            if BF16 {
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            } else {
+                _mm512_cvtph_ps(h)
+            }
+        };
+        let mut acc = [[_mm512_setzero_ps(); 4]; NR];
+        let k4 = k / 4 * 4;
+        for e0 in (0..k4).step_by(4) {
+            for (a, e) in (e0..e0 + 4).enumerate() {
+                let wv = load(e);
+                for r in 0..NR {
+                    let xv = _mm512_set1_ps(*x[r].get_unchecked(e));
+                    acc[r][a] = _mm512_fmadd_ps(wv, xv, acc[r][a]);
+                }
+            }
         }
-    };
-    let mut acc = [[_mm512_setzero_ps(); 4]; NR];
-    let k4 = k / 4 * 4;
-    for e0 in (0..k4).step_by(4) {
-        for (a, e) in (e0..e0 + 4).enumerate() {
+        for e in k4..k {
             let wv = load(e);
             for r in 0..NR {
                 let xv = _mm512_set1_ps(*x[r].get_unchecked(e));
-                acc[r][a] = _mm512_fmadd_ps(wv, xv, acc[r][a]);
+                acc[r][e % 4] = _mm512_fmadd_ps(wv, xv, acc[r][e % 4]);
             }
         }
-    }
-    for e in k4..k {
-        let wv = load(e);
-        for r in 0..NR {
-            let xv = _mm512_set1_ps(*x[r].get_unchecked(e));
-            acc[r][e % 4] = _mm512_fmadd_ps(wv, xv, acc[r][e % 4]);
+        let mut out = [[0f32; PANEL]; NR];
+        for (o, a) in out.iter_mut().zip(acc) {
+            let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            _mm512_storeu_ps(o.as_mut_ptr(), s);
         }
+        out
     }
-    let mut out = [[0f32; PANEL]; NR];
-    for (o, a) in out.iter_mut().zip(acc) {
-        let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-        _mm512_storeu_ps(o.as_mut_ptr(), s);
-    }
-    out
 }
 
 /// `u[0..4]` against the broadcast bytes at `lo` and `u[4..8]` against those at `hi` (four
 /// groups of four each): the two sums.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them. `lo` and `hi` must each be valid for reading 16 bytes, at any alignment.
 #[inline(always)]
 unsafe fn dot_group_halves(u: &[__m512i; 8], lo: *const i8, hi: *const i8) -> (__m512i, __m512i) {
-    let (lo, hi) = (lo as *const i32, hi as *const i32);
-    let bcast = |p: *const i32, g: usize| _mm512_set1_epi32(std::ptr::read_unaligned(p.add(g)));
-    let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(lo, 0));
-    let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[4], bcast(hi, 0));
-    for g in 1..4 {
-        s0 = _mm512_dpbusd_epi32(s0, u[g], bcast(lo, g));
-        s1 = _mm512_dpbusd_epi32(s1, u[4 + g], bcast(hi, g));
+    // SAFETY: the caller guarantees the AVX-512 table's features. The reads are the unaligned
+    // `i32`s at bytes `4 * g`, `g < 4`, of `lo` and of `hi`: their bytes 0..16.
+    unsafe {
+        let (lo, hi) = (lo as *const i32, hi as *const i32);
+        let bcast = |p: *const i32, g: usize| _mm512_set1_epi32(std::ptr::read_unaligned(p.add(g)));
+        let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(lo, 0));
+        let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[4], bcast(hi, 0));
+        for g in 1..4 {
+            s0 = _mm512_dpbusd_epi32(s0, u[g], bcast(lo, g));
+            s1 = _mm512_dpbusd_epi32(s1, u[4 + g], bcast(hi, g));
+        }
+        (s0, s1)
     }
-    (s0, s1)
 }
 
 /// The accumulators as arrays.
+///
+/// # Safety
+/// The CPU must support the features the AVX-512 panel table is built for (AVX-512 F/BW/VL/DQ and
+/// VNNI, AVX2, FMA, F16C): this function has no `target_feature` of its own and is inlined into one
+/// that enables them.
 #[inline(always)]
 unsafe fn store<const NR: usize>(acc: [__m512; NR]) -> [[f32; PANEL]; NR] {
-    let mut out = [[0f32; PANEL]; NR];
-    for (o, a) in out.iter_mut().zip(acc) {
-        _mm512_storeu_ps(o.as_mut_ptr(), a);
+    // SAFETY: the caller guarantees the AVX-512 table's features. Each store writes the sixteen
+    // floats of one local `[f32; PANEL]` row.
+    unsafe {
+        let mut out = [[0f32; PANEL]; NR];
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), a);
+        }
+        out
     }
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -517,161 +654,212 @@ unsafe fn store<const NR: usize>(acc: [__m512; NR]) -> [[f32; PANEL]; NR] {
 /// The eight vectors of unsigned quants of half `h` (rows `8h..8h+8`) of panel block `p`.
 ///
 /// No `target_feature` of its own: inlined into kernels that enable AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features). `p` must be valid
+/// for reading one panel block of format `F` (`format(F).panel_block_bytes()` bytes), at any
+/// alignment, and `h` must be 0 or 1.
 #[inline(always)]
 unsafe fn unpack_avx2<const F: u8>(p: *const u8, h: usize) -> [__m256i; 8] {
-    let q = p.add(format(F).quants_offset() + 32 * h);
-    let mut u = [_mm256_setzero_si256(); 8];
-    if F == Q8_0 {
-        for (g, v) in u.iter_mut().enumerate() {
-            *v = _mm256_loadu_si256(q.add(64 * g) as *const __m256i);
+    // SAFETY: the caller guarantees AVX2, FMA, F16C, the block and `h < 2`: the 32-byte loads
+    // read half `h` of the 64-byte chunks `0..8` (Q8_0) or `0..4` past `quants_offset`, which
+    // end at the block's end; the 4-byte mask reads at `high_offset + 8 * g + 4 * h` (Q5_0,
+    // Q5_1) lie before the quants; the IQ4_NL table is a 16-byte array.
+    unsafe {
+        let q = p.add(format(F).quants_offset() + 32 * h);
+        let mut u = [_mm256_setzero_si256(); 8];
+        if F == Q8_0 {
+            for (g, v) in u.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(q.add(64 * g) as *const __m256i);
+            }
+            return u;
         }
-        return u;
-    }
-    let low = _mm256_set1_epi8(0x0F);
-    for c in 0..4 {
-        let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
-        u[c] = _mm256_and_si256(v, low);
-        u[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    }
-    if F == IQ4_NL {
-        let table =
-            _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
-        for v in u.iter_mut() {
-            *v = _mm256_shuffle_epi8(table, *v);
+        let low = _mm256_set1_epi8(0x0F);
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
+            u[c] = _mm256_and_si256(v, low);
+            u[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         }
-    }
-    if F == Q5_0 || F == Q5_1 {
-        let (bit4, high) = (_mm256_set1_epi8(0x10), p.add(format(F).high_offset()));
-        for (g, v) in u.iter_mut().enumerate() {
-            // Half h of mask g: rows 8h..8h+8, four bits each.
-            let bits = std::ptr::read_unaligned(high.add(8 * g + 4 * h) as *const u32);
-            *v = _mm256_or_si256(*v, _mm256_and_si256(bytes_from_bits(bits), bit4));
+        if F == IQ4_NL {
+            let table =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+            for v in u.iter_mut() {
+                *v = _mm256_shuffle_epi8(table, *v);
+            }
         }
+        if F == Q5_0 || F == Q5_1 {
+            let (bit4, high) = (_mm256_set1_epi8(0x10), p.add(format(F).high_offset()));
+            for (g, v) in u.iter_mut().enumerate() {
+                // Half h of mask g: rows 8h..8h+8, four bits each.
+                let bits = std::ptr::read_unaligned(high.add(8 * g + 4 * h) as *const u32);
+                *v = _mm256_or_si256(*v, _mm256_and_si256(bytes_from_bits(bits), bit4));
+            }
+        }
+        u
     }
-    u
 }
 
 /// 0xFF in byte `i` where bit `i` of `bits` is set.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them.
 #[inline(always)]
 unsafe fn bytes_from_bits(bits: u32) -> __m256i {
-    let v = _mm256_set1_epi32(bits as i32);
-    let shuf = _mm256_setr_epi8(
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
-        3, 3,
-    );
-    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    let v = _mm256_and_si256(_mm256_shuffle_epi8(v, shuf), mask);
-    _mm256_cmpeq_epi8(v, mask)
+    // SAFETY: register-only AVX2 intrinsics, and the caller guarantees the CPU has AVX2.
+    unsafe {
+        let v = _mm256_set1_epi32(bits as i32);
+        let shuf = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let v = _mm256_and_si256(_mm256_shuffle_epi8(v, shuf), mask);
+        _mm256_cmpeq_epi8(v, mask)
+    }
 }
 
 /// `Σ u·x` per lane over the eight groups, exact: `vpmaddubsw` pairs are summed in 16 bits only
 /// as far as they cannot overflow (eight groups of 4-bit quants, four of 5-bit ones); Q8_0's
 /// and IQ4_NL's values (plus 128) would overflow a pair, so they are multiplied signed and
 /// `128·Σx` added.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. `q` must be valid for
+/// reading 32 bytes, at any alignment.
 #[inline(always)]
 unsafe fn dot_groups_avx2<const F: u8>(u: &[__m256i; 8], q: *const i8) -> __m256i {
-    let ones = _mm256_set1_epi16(1);
-    let qi = q as *const i32;
-    let bcast = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(qi.add(g)));
-    match F {
-        Q8_0 | IQ4_NL => {
-            let flip = _mm256_set1_epi8(-128);
-            let mut s = _mm256_setzero_si256();
-            for (g, ug) in u.iter().enumerate() {
-                let w = _mm256_xor_si256(*ug, flip);
-                let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(bcast(g), w));
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. The reads are the unaligned `i32`s at bytes
+    // `4 * g`, `g < 8`, and (Q8_0, IQ4_NL) one unaligned 32-byte load: bytes 0..32 of `q`.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let qi = q as *const i32;
+        let bcast = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(qi.add(g)));
+        match F {
+            Q8_0 | IQ4_NL => {
+                let flip = _mm256_set1_epi8(-128);
+                let mut s = _mm256_setzero_si256();
+                for (g, ug) in u.iter().enumerate() {
+                    let w = _mm256_xor_si256(*ug, flip);
+                    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(bcast(g), w));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                }
+                // Σx over the block, times 128, in every lane.
+                let xs = _mm256_loadu_si256(q as *const __m256i);
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), xs), ones);
+                let sums = _mm_add_epi32(
+                    _mm256_castsi256_si128(sums),
+                    _mm256_extracti128_si256(sums, 1),
+                );
+                let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b01_00_11_10));
+                let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b10_11_00_01));
+                let total = _mm256_broadcastd_epi32(_mm_slli_epi32(sums, 7));
+                _mm256_add_epi32(s, total)
             }
-            // Σx over the block, times 128, in every lane.
-            let xs = _mm256_loadu_si256(q as *const __m256i);
-            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), xs), ones);
-            let sums = _mm_add_epi32(
-                _mm256_castsi256_si128(sums),
-                _mm256_extracti128_si256(sums, 1),
-            );
-            let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b01_00_11_10));
-            let sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0b10_11_00_01));
-            let total = _mm256_broadcastd_epi32(_mm_slli_epi32(sums, 7));
-            _mm256_add_epi32(s, total)
-        }
-        Q5_0 | Q5_1 => {
-            let mut half = [_mm256_setzero_si256(); 2];
-            for (g, ug) in u.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(*ug, bcast(g));
-                half[g / 4] = _mm256_add_epi16(half[g / 4], p);
+            Q5_0 | Q5_1 => {
+                let mut half = [_mm256_setzero_si256(); 2];
+                for (g, ug) in u.iter().enumerate() {
+                    let p = _mm256_maddubs_epi16(*ug, bcast(g));
+                    half[g / 4] = _mm256_add_epi16(half[g / 4], p);
+                }
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(half[0], ones),
+                    _mm256_madd_epi16(half[1], ones),
+                )
             }
-            _mm256_add_epi32(
-                _mm256_madd_epi16(half[0], ones),
-                _mm256_madd_epi16(half[1], ones),
-            )
-        }
-        _ => {
-            let mut s = _mm256_setzero_si256();
-            for (g, ug) in u.iter().enumerate() {
-                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*ug, bcast(g)));
+            _ => {
+                let mut s = _mm256_setzero_si256();
+                for (g, ug) in u.iter().enumerate() {
+                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*ug, bcast(g)));
+                }
+                _mm256_madd_epi16(s, ones)
             }
-            _mm256_madd_epi16(s, ones)
         }
     }
 }
 
 /// [`panel_dot`] with AVX2: the same per-block steps for each row, so the same results.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. Any lengths are fine: the
+/// kernel runs over the panel blocks of `w` for which every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_avx2<const F: u8, const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let pbb = format(F).panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let mut out = [[0f32; PANEL]; NR];
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); NR];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * pbb);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-            let bias = match F {
-                Q4_1 | Q5_1 => {
-                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i))
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
+    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. From `p` it reads `d` at `16 * h..` and `m` at `32 + 16 * h..`
+    // (16 bytes each, `h < 2`) and, through `unpack_avx2`, half `h` of the quants;
+    // `dot_groups_avx2` reads the 32 bytes of `a.qs`; `store_half` gets `h < 2`.
+    unsafe {
+        let pbb = format(F).panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let mut out = [[0f32; PANEL]; NR];
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); NR];
+            for b in 0..nb {
+                let p = w.as_ptr().add(b * pbb);
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+                let bias = match F {
+                    Q4_1 | Q5_1 => {
+                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i))
+                    }
+                    Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                    Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+                    // Q8_0, IQ4_NL.
+                    _ => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
+                };
+                let u = unpack_avx2::<F>(p, h);
+                for j in 0..NR {
+                    let a = x[j].get_unchecked(b);
+                    let s = _mm256_cvtepi32_ps(dot_groups_avx2::<F>(&u, a.qs.as_ptr()));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                    acc[j] = _mm256_fmadd_ps(s, scale, acc[j]);
+                    acc[j] = _mm256_fmadd_ps(bias, _mm256_set1_ps(a.s), acc[j]);
                 }
-                Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
-                Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
-                // Q8_0, IQ4_NL.
-                _ => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
-            };
-            let u = unpack_avx2::<F>(p, h);
-            for j in 0..NR {
-                let a = x[j].get_unchecked(b);
-                let s = _mm256_cvtepi32_ps(dot_groups_avx2::<F>(&u, a.qs.as_ptr()));
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                acc[j] = _mm256_fmadd_ps(s, scale, acc[j]);
-                acc[j] = _mm256_fmadd_ps(bias, _mm256_set1_ps(a.s), acc[j]);
             }
+            store_half(&mut out, acc, h);
         }
-        store_half(&mut out, acc, h);
+        out
     }
-    out
 }
 
 /// A vector whose 32-bit lanes hold 16-bit lane `t` (0 or 1) of `pairs` twice, so that
 /// `vpmaddwd` with it multiplies both halves of another lane by that one value.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them.
 #[inline(always)]
 unsafe fn repeat_half(pairs: __m256i, t: usize) -> __m256i {
-    let pattern = if t == 0 {
-        _mm256_setr_epi8(
-            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9,
-            12, 13, 12, 13,
-        )
-    } else {
-        _mm256_setr_epi8(
-            2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10, 11,
-            10, 11, 14, 15, 14, 15,
-        )
-    };
-    _mm256_shuffle_epi8(pairs, pattern)
+    // SAFETY: register-only AVX2 intrinsics, and the caller guarantees the CPU has AVX2.
+    unsafe {
+        let pattern = if t == 0 {
+            _mm256_setr_epi8(
+                0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9,
+                8, 9, 12, 13, 12, 13,
+            )
+        } else {
+            _mm256_setr_epi8(
+                2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15, 2, 3, 2, 3, 6, 7, 6, 7, 10,
+                11, 10, 11, 14, 15, 14, 15,
+            )
+        };
+        _mm256_shuffle_epi8(pairs, pattern)
+    }
 }
 
 /// `acc[r] = fma(float(tot[r]), d·dx, acc[r])` for each activation row `r` (its block `b`):
 /// the last step of a k-quant block in the AVX2 kernels without mins.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. `b` must be less than
+/// `x[r].len()` for every row `r`.
 #[inline(always)]
 unsafe fn add_scaled_avx2<const NR: usize>(
     acc: &mut [__m256; NR],
@@ -680,350 +868,442 @@ unsafe fn add_scaled_avx2<const NR: usize>(
     x: &[&[BlockQ8K]; NR],
     b: usize,
 ) {
-    for r in 0..NR {
-        let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. The caller guarantees `b < x[r].len()`, so
+    // `get_unchecked(b)` is in bounds.
+    unsafe {
+        for r in 0..NR {
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[r].get_unchecked(b).d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+        }
     }
 }
 
 /// Stores the accumulators of half `h` (rows `8h..8h+8`) of every activation row's outputs.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. `h` must be 0 or 1.
 #[inline(always)]
 unsafe fn store_half<const NR: usize>(out: &mut [[f32; PANEL]; NR], acc: [__m256; NR], h: usize) {
-    for (o, a) in out.iter_mut().zip(acc) {
-        _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. The caller guarantees `h < 2`, so each
+    // store writes `o[8 * h..8 * h + 8]`, inside the sixteen floats of one row of `out`.
+    unsafe {
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), a);
+        }
     }
 }
 
 /// [`panel_dot_q4_k`] with AVX2, eight rows at a time: the same integer sums (a Q4_K
 /// sub-block's eight `vpmaddubsw` add up in 16 bits, 8 x 15 x 127 x 2 < 2^15, Q5_K's in two
 /// fours; `vpmaddwd` with the scale repeated in both halves applies it), the same f32 steps.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. Any lengths are fine: the
+/// kernel runs over the panel blocks of `w` for which every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_q4_k_avx2<const HIGH: bool, const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let fmt = if HIGH {
-        PanelFormat::Q5K
-    } else {
-        PanelFormat::Q4K
-    };
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let low = _mm256_set1_epi8(0x0F);
-    let mut out = [[0f32; PANEL]; NR];
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); NR];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * pbb);
-            let q = p.add(fmt.quants_offset() + 32 * h);
-            let mut tot = [_mm256_setzero_si256(); NR];
-            for j in 0..8 {
-                let (k, t) = (j / 2, j % 2);
-                let mut u = [_mm256_setzero_si256(); 8];
-                for (g, v) in u.iter_mut().enumerate() {
-                    let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
-                    let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
-                    *v = _mm256_and_si256(c, low);
-                    if HIGH {
-                        let at = p.add(320 + 8 * (8 * j + g) + 4 * h) as *const u32;
-                        let hb = bytes_from_bits(std::ptr::read_unaligned(at));
-                        *v = _mm256_or_si256(*v, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
+    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. the offsets below are those of half `h < 2`, and each lies
+    // inside the full-width part. From `p` it reads `d` at `16 * h` and `dmin` at `32 + 16 * h` (16
+    // bytes each), 8 scale bytes at `64 + 16 * j + 8 * h` (below 192), 16 min bytes at
+    // `192 + 32 * k + 16 * h` (below 320), Q5_K's 4 mask bytes at `320 + 8 * (8 * j + g) + 4 * h`
+    // (below 832) and 32 bytes of each 64-byte chunk `8 * k + g < 32` past `quants_offset`, which
+    // end at `pbb`; from the activation block the unaligned `i32`s of `qs[32 * j..][..32]`,
+    // `j < 8`, and `bsums` through safe indexing; `store_half` gets `h < 2`.
+    unsafe {
+        let fmt = if HIGH {
+            PanelFormat::Q5K
+        } else {
+            PanelFormat::Q4K
+        };
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let low = _mm256_set1_epi8(0x0F);
+        let mut out = [[0f32; PANEL]; NR];
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); NR];
+            for b in 0..nb {
+                let p = w.as_ptr().add(b * pbb);
+                let q = p.add(fmt.quants_offset() + 32 * h);
+                let mut tot = [_mm256_setzero_si256(); NR];
+                for j in 0..8 {
+                    let (k, t) = (j / 2, j % 2);
+                    let mut u = [_mm256_setzero_si256(); 8];
+                    for (g, v) in u.iter_mut().enumerate() {
+                        let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
+                        let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
+                        *v = _mm256_and_si256(c, low);
+                        if HIGH {
+                            let at = p.add(320 + 8 * (8 * j + g) + 4 * h) as *const u32;
+                            let hb = bytes_from_bits(std::ptr::read_unaligned(at));
+                            *v = _mm256_or_si256(*v, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
+                        }
+                    }
+                    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        p.add(64 + 16 * j + 8 * h) as *const __m128i
+                    ));
+                    let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+                    for r in 0..NR {
+                        let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
+                        let mut s16 = [_mm256_setzero_si256(); 2];
+                        for (g, ug) in u.iter().enumerate() {
+                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
+                            let half = if HIGH { g / 4 } else { 0 };
+                            s16[half] = _mm256_add_epi16(s16[half], _mm256_maddubs_epi16(*ug, xb));
+                        }
+                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[0], sc));
+                        if HIGH {
+                            tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[1], sc));
+                        }
                     }
                 }
-                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    p.add(64 + 16 * j + 8 * h) as *const __m128i
-                ));
-                let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
+                let m: [__m256i; 4] = std::array::from_fn(|k| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                        p.add(192 + 32 * k + 16 * h) as *const __m128i
+                    ))
+                });
                 for r in 0..NR {
-                    let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
-                    let mut s16 = [_mm256_setzero_si256(); 2];
-                    for (g, ug) in u.iter().enumerate() {
-                        let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
-                        let half = if HIGH { g / 4 } else { 0 };
-                        s16[half] = _mm256_add_epi16(s16[half], _mm256_maddubs_epi16(*ug, xb));
+                    let a = x[r].get_unchecked(b);
+                    let mut mins = _mm256_setzero_si256();
+                    for (k, mk) in m.iter().enumerate() {
+                        let bs = &a.bsums[4 * k..4 * k + 4];
+                        let pair =
+                            (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
+                        let pr = _mm256_set1_epi32(pair as i32);
+                        mins = _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, pr));
                     }
-                    tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[0], sc));
-                    if HIGH {
-                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[1], sc));
-                    }
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+                    let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
-            let m: [__m256i; 4] = std::array::from_fn(|k| {
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                    p.add(192 + 32 * k + 16 * h) as *const __m128i
-                ))
-            });
-            for r in 0..NR {
-                let a = x[r].get_unchecked(b);
-                let mut mins = _mm256_setzero_si256();
-                for (k, mk) in m.iter().enumerate() {
-                    let bs = &a.bsums[4 * k..4 * k + 4];
-                    let pair =
-                        (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
-                    let pr = _mm256_set1_epi32(pair as i32);
-                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, pr));
-                }
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
-                let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
-            }
+            store_half(&mut out, acc, h);
         }
-        store_half(&mut out, acc, h);
+        out
     }
-    out
 }
 
 /// [`panel_dot_q6_k`] with AVX2, eight rows at a time: the same integer sums (two groups'
 /// `vpmaddubsw` add up in 16 bits: 2 x 63 x 127 x 2 < 2^15), the same f32 steps.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. Any lengths are fine: the
+/// kernel runs over the panel blocks of `w` for which every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_q6_k_avx2<const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::Q6K;
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
-    let mut out = [[0f32; PANEL]; NR];
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); NR];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * pbb);
-            let q = p.add(fmt.quants_offset() + 32 * h);
-            let high = p.add(fmt.quants_offset() + 2048 + 32 * h);
-            // Scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
-            let pair = |k: usize| {
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                    p.add(32 + 32 * k + 16 * h) as *const __m128i
-                ))
-            };
-            let mut tot = [_mm256_setzero_si256(); NR];
-            for k in 0..8 {
-                let v = pair(k);
-                for r in 0..NR {
-                    let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
-                    let bs = _mm256_set1_epi32(std::ptr::read_unaligned(bs));
-                    tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(v, bs));
-                }
-            }
-            for t in tot.iter_mut() {
-                *t = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(*t, 5));
-            }
-            for s in 0..8 {
-                let mut u = [_mm256_setzero_si256(); 8];
-                for gi in 0..4 {
-                    let c = 4 * s + gi;
-                    let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
-                    let hb = _mm256_loadu_si256(high.add(64 * (c % 16)) as *const __m256i);
-                    let (h_lo, h_hi) = if c < 16 {
-                        (_mm256_slli_epi16(hb, 4), hb)
-                    } else {
-                        (_mm256_slli_epi16(hb, 2), _mm256_srli_epi16(hb, 2))
-                    };
-                    u[gi] = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(h_lo, two));
-                    let v_hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                    u[4 + gi] = _mm256_or_si256(v_hi, _mm256_and_si256(h_hi, two));
-                }
-                let sc_lo = repeat_half(pair(s / 2), s % 2);
-                let sc_hi = repeat_half(pair((s + 8) / 2), s % 2);
-                for r in 0..NR {
-                    let a = x[r].get_unchecked(b).qs.as_ptr();
-                    for (half, (base, sc)) in [(16 * s, sc_lo), (128 + 16 * s, sc_hi)]
-                        .into_iter()
-                        .enumerate()
-                    {
-                        let ai = a.add(base) as *const i32;
-                        let m = |gi: usize| {
-                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(ai.add(gi)));
-                            _mm256_maddubs_epi16(u[4 * half + gi], xb)
-                        };
-                        let s01 = _mm256_add_epi16(m(0), m(1));
-                        let s23 = _mm256_add_epi16(m(2), m(3));
-                        let prod = _mm256_add_epi32(
-                            _mm256_madd_epi16(s01, sc),
-                            _mm256_madd_epi16(s23, sc),
-                        );
-                        tot[r] = _mm256_add_epi32(tot[r], prod);
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
+    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. the offsets below are those of half `h < 2`, and each lies
+    // inside the full-width part. From `p` it reads `d` at `16 * h` (16 bytes), 16 scale bytes at
+    // `32 + 32 * k + 16 * h`, `k < 8` (below 288 = `quants_offset`), and 32 bytes of each 64-byte
+    // low chunk `c < 32` and high chunk `c % 16` after it, which end at `pbb`; from the activation
+    // block the `i32` at `bsums[2 * k]`, `k < 8`, and the unaligned `i32`s of `qs[16 * s..][..16]`
+    // and `qs[128 + 16 * s..][..16]`, `s < 8`; `add_scaled_avx2` gets `b < nb` and `store_half`
+    // `h < 2`.
+    unsafe {
+        let fmt = PanelFormat::Q6K;
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
+        let mut out = [[0f32; PANEL]; NR];
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); NR];
+            for b in 0..nb {
+                let p = w.as_ptr().add(b * pbb);
+                let q = p.add(fmt.quants_offset() + 32 * h);
+                let high = p.add(fmt.quants_offset() + 2048 + 32 * h);
+                // Scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
+                let pair = |k: usize| {
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                        p.add(32 + 32 * k + 16 * h) as *const __m128i
+                    ))
+                };
+                let mut tot = [_mm256_setzero_si256(); NR];
+                for k in 0..8 {
+                    let v = pair(k);
+                    for r in 0..NR {
+                        let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
+                        let bs = _mm256_set1_epi32(std::ptr::read_unaligned(bs));
+                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(v, bs));
                     }
                 }
+                for t in tot.iter_mut() {
+                    *t = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(*t, 5));
+                }
+                for s in 0..8 {
+                    let mut u = [_mm256_setzero_si256(); 8];
+                    for gi in 0..4 {
+                        let c = 4 * s + gi;
+                        let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
+                        let hb = _mm256_loadu_si256(high.add(64 * (c % 16)) as *const __m256i);
+                        let (h_lo, h_hi) = if c < 16 {
+                            (_mm256_slli_epi16(hb, 4), hb)
+                        } else {
+                            (_mm256_slli_epi16(hb, 2), _mm256_srli_epi16(hb, 2))
+                        };
+                        u[gi] =
+                            _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(h_lo, two));
+                        let v_hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        u[4 + gi] = _mm256_or_si256(v_hi, _mm256_and_si256(h_hi, two));
+                    }
+                    let sc_lo = repeat_half(pair(s / 2), s % 2);
+                    let sc_hi = repeat_half(pair((s + 8) / 2), s % 2);
+                    for r in 0..NR {
+                        let a = x[r].get_unchecked(b).qs.as_ptr();
+                        for (half, (base, sc)) in [(16 * s, sc_lo), (128 + 16 * s, sc_hi)]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            let ai = a.add(base) as *const i32;
+                            let m = |gi: usize| {
+                                let xb = _mm256_set1_epi32(std::ptr::read_unaligned(ai.add(gi)));
+                                _mm256_maddubs_epi16(u[4 * half + gi], xb)
+                            };
+                            let s01 = _mm256_add_epi16(m(0), m(1));
+                            let s23 = _mm256_add_epi16(m(2), m(3));
+                            let prod = _mm256_add_epi32(
+                                _mm256_madd_epi16(s01, sc),
+                                _mm256_madd_epi16(s23, sc),
+                            );
+                            tot[r] = _mm256_add_epi32(tot[r], prod);
+                        }
+                    }
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+                add_scaled_avx2(&mut acc, &tot, d, &x, b);
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-            add_scaled_avx2(&mut acc, &tot, d, &x, b);
+            store_half(&mut out, acc, h);
         }
-        store_half(&mut out, acc, h);
+        out
     }
-    out
 }
 
 /// [`panel_dot_iq4_xs`] with AVX2, eight rows at a time: the same integer sums, `Σ level·x`
 /// taken directly with signed bytes (`vpmaddubsw` of |level| and x signed like the level:
 /// pairs up to 2 x 127 x 127 < 2^15) and the scale applied by `vpmaddwd`, the same f32 steps.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. Any lengths are fine: the
+/// kernel runs over the panel blocks of `w` for which every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_iq4_xs_avx2<const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::IQ4XS;
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let (low, flip) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(-128));
-    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
-    let mut out = [[0f32; PANEL]; NR];
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); NR];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * pbb);
-            let q = p.add(fmt.quants_offset() + 32 * h);
-            let mut tot = [_mm256_setzero_si256(); NR];
-            for j in 0..8 {
-                let (k, t) = (j / 2, j % 2);
-                // The signed levels of the eight groups of sub-block j.
-                let mut lv = [_mm256_setzero_si256(); 8];
-                for (g, v) in lv.iter_mut().enumerate() {
-                    let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
-                    let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
-                    let u = _mm256_shuffle_epi8(table, _mm256_and_si256(c, low));
-                    *v = _mm256_xor_si256(u, flip);
-                }
-                // The scale as i16 in both halves of each row's 32-bit lane.
-                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                    p.add(32 + 16 * j + 8 * h) as *const __m128i
-                ));
-                let sc = _mm256_or_si256(
-                    _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
-                    _mm256_slli_epi32(sc, 16),
-                );
-                for r in 0..NR {
-                    let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
-                    for (g, lg) in lv.iter().enumerate() {
-                        let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
-                        let pr =
-                            _mm256_maddubs_epi16(_mm256_abs_epi8(*lg), _mm256_sign_epi8(xb, *lg));
-                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(pr, sc));
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
+    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. the offsets below are those of half `h < 2`, and each lies
+    // inside the full-width part. From `p` it reads `d` at `16 * h` (16 bytes), 8 scale bytes at
+    // `32 + 16 * j + 8 * h` (below 160 = `quants_offset`) and 32 bytes of each 64-byte chunk
+    // `8 * k + g < 32` after it, which end at `pbb`; from the activation block the unaligned `i32`s
+    // of `qs[32 * j..][..32]`, `j < 8`; the IQ4_NL table is a 16-byte array; `add_scaled_avx2` gets
+    // `b < nb` and `store_half` `h < 2`.
+    unsafe {
+        let fmt = PanelFormat::IQ4XS;
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let (low, flip) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(-128));
+        let table =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_NL_U8.as_ptr() as *const __m128i));
+        let mut out = [[0f32; PANEL]; NR];
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); NR];
+            for b in 0..nb {
+                let p = w.as_ptr().add(b * pbb);
+                let q = p.add(fmt.quants_offset() + 32 * h);
+                let mut tot = [_mm256_setzero_si256(); NR];
+                for j in 0..8 {
+                    let (k, t) = (j / 2, j % 2);
+                    // The signed levels of the eight groups of sub-block j.
+                    let mut lv = [_mm256_setzero_si256(); 8];
+                    for (g, v) in lv.iter_mut().enumerate() {
+                        let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
+                        let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
+                        let u = _mm256_shuffle_epi8(table, _mm256_and_si256(c, low));
+                        *v = _mm256_xor_si256(u, flip);
+                    }
+                    // The scale as i16 in both halves of each row's 32-bit lane.
+                    let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        p.add(32 + 16 * j + 8 * h) as *const __m128i
+                    ));
+                    let sc = _mm256_or_si256(
+                        _mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)),
+                        _mm256_slli_epi32(sc, 16),
+                    );
+                    for r in 0..NR {
+                        let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
+                        for (g, lg) in lv.iter().enumerate() {
+                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
+                            let pr = _mm256_maddubs_epi16(
+                                _mm256_abs_epi8(*lg),
+                                _mm256_sign_epi8(xb, *lg),
+                            );
+                            tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(pr, sc));
+                        }
                     }
                 }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+                add_scaled_avx2(&mut acc, &tot, d, &x, b);
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-            add_scaled_avx2(&mut acc, &tot, d, &x, b);
+            store_half(&mut out, acc, h);
         }
-        store_half(&mut out, acc, h);
+        out
     }
-    out
 }
 
 /// [`panel_dot_q2_k`] with AVX2, eight rows at a time: the same integer sums (a sub-block's
 /// four `vpmaddubsw` add up in 16 bits: 4 x 2 x 3 x 127 < 2^15; `vpmaddwd` with the scale
 /// repeated in both halves applies it), the same f32 steps.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. Any lengths are fine: the
+/// kernel runs over the panel blocks of `w` for which every row of `x` has a block.
 #[inline(always)]
 unsafe fn panel_dot_q2_k_avx2<const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let fmt = PanelFormat::Q2K;
-    let pbb = fmt.panel_block_bytes();
-    let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-    let three = _mm256_set1_epi8(3);
-    let mut out = [[0f32; PANEL]; NR];
-    for h in 0..2 {
-        let mut acc = [_mm256_setzero_ps(); NR];
-        for b in 0..nb {
-            let p = w.as_ptr().add(b * pbb);
-            let q = p.add(fmt.quants_offset() + 32 * h);
-            let scale = |s: usize| {
-                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                    p.add(64 + 16 * s + 8 * h) as *const __m128i
-                ));
-                _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16))
-            };
-            let mut tot = [_mm256_setzero_si256(); NR];
-            for c in 0..4 {
-                let v: [__m256i; 4] = std::array::from_fn(|gi| {
-                    _mm256_loadu_si256(q.add(64 * (4 * c + gi)) as *const __m256i)
-                });
-                for level in 0..4 {
-                    let s = 4 * level + c;
-                    let shift = _mm_cvtsi32_si128(2 * level as i32);
-                    let sc = scale(s);
-                    let u: [__m256i; 4] = std::array::from_fn(|gi| {
-                        _mm256_and_si256(_mm256_srl_epi16(v[gi], shift), three)
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
+    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. the offsets below are those of half `h < 2`, and each lies
+    // inside the full-width part. From `p` it reads `d` at `16 * h` and `dmin` at `32 + 16 * h` (16
+    // bytes each), 8 scale bytes at `64 + 16 * s + 8 * h`, `s < 16` (below 320), 16 min bytes at
+    // `320 + 32 * k + 16 * h`, `k < 8` (below 576 = `quants_offset`) and 32 bytes of each 64-byte
+    // chunk `4 * c + gi < 16` after it, which end at `pbb`; from the activation block the unaligned
+    // `i32`s of `qs[16 * s..][..16]` and the `i32` at `bsums[2 * k]`, `k < 8`; `store_half` gets
+    // `h < 2`.
+    unsafe {
+        let fmt = PanelFormat::Q2K;
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let three = _mm256_set1_epi8(3);
+        let mut out = [[0f32; PANEL]; NR];
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); NR];
+            for b in 0..nb {
+                let p = w.as_ptr().add(b * pbb);
+                let q = p.add(fmt.quants_offset() + 32 * h);
+                let scale = |s: usize| {
+                    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        p.add(64 + 16 * s + 8 * h) as *const __m128i
+                    ));
+                    _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16))
+                };
+                let mut tot = [_mm256_setzero_si256(); NR];
+                for c in 0..4 {
+                    let v: [__m256i; 4] = std::array::from_fn(|gi| {
+                        _mm256_loadu_si256(q.add(64 * (4 * c + gi)) as *const __m256i)
                     });
-                    for r in 0..NR {
-                        let a = x[r].get_unchecked(b).qs.as_ptr().add(16 * s) as *const i32;
-                        let mut s16 = _mm256_setzero_si256();
-                        for (gi, ug) in u.iter().enumerate() {
-                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(gi)));
-                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*ug, xb));
+                    for level in 0..4 {
+                        let s = 4 * level + c;
+                        let shift = _mm_cvtsi32_si128(2 * level as i32);
+                        let sc = scale(s);
+                        let u: [__m256i; 4] = std::array::from_fn(|gi| {
+                            _mm256_and_si256(_mm256_srl_epi16(v[gi], shift), three)
+                        });
+                        for r in 0..NR {
+                            let a = x[r].get_unchecked(b).qs.as_ptr().add(16 * s) as *const i32;
+                            let mut s16 = _mm256_setzero_si256();
+                            for (gi, ug) in u.iter().enumerate() {
+                                let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(gi)));
+                                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*ug, xb));
+                            }
+                            tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16, sc));
                         }
-                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16, sc));
                     }
                 }
-            }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
-            let m: [__m256i; 8] = std::array::from_fn(|k| {
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                    p.add(320 + 32 * k + 16 * h) as *const __m128i
-                ))
-            });
-            for r in 0..NR {
-                let a = x[r].get_unchecked(b);
-                let mut mins = _mm256_setzero_si256();
-                for (k, mk) in m.iter().enumerate() {
-                    let bs = std::ptr::read_unaligned(a.bsums.as_ptr().add(2 * k) as *const i32);
-                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, _mm256_set1_epi32(bs)));
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
+                let m: [__m256i; 8] = std::array::from_fn(|k| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                        p.add(320 + 32 * k + 16 * h) as *const __m128i
+                    ))
+                });
+                for r in 0..NR {
+                    let a = x[r].get_unchecked(b);
+                    let mut mins = _mm256_setzero_si256();
+                    for (k, mk) in m.iter().enumerate() {
+                        let bs =
+                            std::ptr::read_unaligned(a.bsums.as_ptr().add(2 * k) as *const i32);
+                        mins =
+                            _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, _mm256_set1_epi32(bs)));
+                    }
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+                    let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
                 }
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
-                let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
             }
+            store_half(&mut out, acc, h);
         }
-        store_half(&mut out, acc, h);
+        out
     }
-    out
 }
 
 /// [`panel_dot_half`] with AVX2, eight rows at a time: the same per-lane steps, so the same
 /// results.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. Any lengths are fine: the
+/// kernel runs over the first `min(w.len() / 32, x[r].len())` elements of every row.
 #[inline(always)]
 unsafe fn panel_dot_half_avx2<const BF16: bool, const NR: usize>(
     w: &[u8],
     x: [&[f32]; NR],
 ) -> [[f32; PANEL]; NR] {
-    let k = x.iter().fold(w.len() / 32, |n, r| n.min(r.len()));
-    let mut out = [[0f32; PANEL]; NR];
-    for h in 0..2 {
-        let load = |e: usize| {
-            let v = _mm_loadu_si128(w.as_ptr().add(32 * e + 16 * h) as *const __m128i);
-            if BF16 {
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
-            } else {
-                _mm256_cvtph_ps(v)
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `e < k <= w.len() / 32` makes the 16-byte
+    // load at `32 * e + 16 * h`, `h < 2`, lie inside `w`, `k <= x[r].len()` makes
+    // `get_unchecked(e)` in bounds, and `store_half` gets `h < 2`.
+    unsafe {
+        let k = x.iter().fold(w.len() / 32, |n, r| n.min(r.len()));
+        let mut out = [[0f32; PANEL]; NR];
+        for h in 0..2 {
+            let load = |e: usize| {
+                let v = _mm_loadu_si128(w.as_ptr().add(32 * e + 16 * h) as *const __m128i);
+                if BF16 {
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+                } else {
+                    _mm256_cvtph_ps(v)
+                }
+            };
+            let mut acc = [[_mm256_setzero_ps(); 4]; NR];
+            let k4 = k / 4 * 4;
+            for e0 in (0..k4).step_by(4) {
+                for (a, e) in (e0..e0 + 4).enumerate() {
+                    let wv = load(e);
+                    for r in 0..NR {
+                        let xv = _mm256_set1_ps(*x[r].get_unchecked(e));
+                        acc[r][a] = _mm256_fmadd_ps(wv, xv, acc[r][a]);
+                    }
+                }
             }
-        };
-        let mut acc = [[_mm256_setzero_ps(); 4]; NR];
-        let k4 = k / 4 * 4;
-        for e0 in (0..k4).step_by(4) {
-            for (a, e) in (e0..e0 + 4).enumerate() {
+            for e in k4..k {
                 let wv = load(e);
                 for r in 0..NR {
                     let xv = _mm256_set1_ps(*x[r].get_unchecked(e));
-                    acc[r][a] = _mm256_fmadd_ps(wv, xv, acc[r][a]);
+                    acc[r][e % 4] = _mm256_fmadd_ps(wv, xv, acc[r][e % 4]);
                 }
             }
+            let sums =
+                acc.map(|a| _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+            store_half(&mut out, sums, h);
         }
-        for e in k4..k {
-            let wv = load(e);
-            for r in 0..NR {
-                let xv = _mm256_set1_ps(*x[r].get_unchecked(e));
-                acc[r][e % 4] = _mm256_fmadd_ps(wv, xv, acc[r][e % 4]);
-            }
-        }
-        let sums = acc.map(|a| _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-        store_half(&mut out, sums, h);
+        out
     }
-    out
 }
