@@ -111,10 +111,12 @@ fn a_failed_callback_exits_1_with_a_clear_line() {
 
 #[test]
 fn sigterm_ends_open_streams_and_exits_0_within_5_s() {
-    // The longest drain allowed: a 400-token stream outlives it and ends with SHUTTING_DOWN.
-    let mut w = Worker::start(&["--slots", "2", "--drain-timeout-sec", "3"]);
+    // A short drain that a 2000-token greedy stream (no end-of-text before its limit)
+    // outlives on any machine slower than 4000 tokens/s: it ends with SHUTTING_DOWN.
+    let mut w = Worker::start(&["--slots", "2", "--drain-timeout-sec", "0.5"]);
     let mut stream = w.execute_stream(&json!({
-        "job_id": "open", "prompt": "Once upon a time", "max_tokens": 400,
+        "job_id": "open", "prompt": "Once upon a time", "max_tokens": 2000,
+        "temperature": 0,
     }));
     for _ in 0..3 {
         stream.next_event().unwrap();
