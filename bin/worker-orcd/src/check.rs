@@ -207,6 +207,7 @@ fn attention_case(rng: &mut Rng, pre: usize, chunk: usize, steps: usize) -> Case
             scale: 0.125,
             layer: 1,
             window: None,
+            sinks: None,
         };
         let (qt, kt, vt, o) = (
             be.alloc_tensor(pre, heads * hd)?,
@@ -435,6 +436,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
                     base: 10000.0,
                     freq_scale: 1.0,
                     mode,
+                    yarn: None,
                 };
                 be.rope(t, pos, &p, rows)?;
                 let mut r = vec![0f32; rows * heads * hd];
@@ -621,6 +623,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
                     base: 1_000_000.0,
                     freq_scale: 1.0,
                     mode,
+                    yarn: None,
                 };
                 be.rope(q, pos, &p(hq), rows)?;
                 be.rope(k, pos, &p(hk), rows)?;

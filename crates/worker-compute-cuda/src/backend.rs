@@ -1486,6 +1486,12 @@ impl ComputeBackend for CudaBackend {
         check_rows(OP, t.rows, rows, "input")?;
         check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
         p.validate()?;
+        if p.yarn.is_some() {
+            return Err(ComputeError::Unsupported {
+                op: OP,
+                reason: "YaRN rope scaling has no CUDA kernel yet".into(),
+            });
+        }
         if rows == 0 || p.n_rot == 0 || p.heads == 0 {
             return Ok(());
         }
@@ -1542,6 +1548,12 @@ impl ComputeBackend for CudaBackend {
         rows: usize,
     ) -> Result<()> {
         const OP: &str = "attention";
+        if p.sinks.is_some() {
+            return Err(ComputeError::Unsupported {
+                op: OP,
+                reason: "attention sinks have no CUDA kernel yet".into(),
+            });
+        }
         // The cache is laid out by slot (`KvLayout::Slots`): a sequence's table row is its
         // slot, and the block table is not read.
         let (pos, pp) = self.index(OP, index.positions, rows)?;

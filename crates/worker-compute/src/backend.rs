@@ -258,6 +258,41 @@ pub struct RopeParams {
     pub freq_scale: f32,
     /// Pair layout.
     pub mode: RopeMode,
+    /// YaRN context extension (gpt-oss); `None` for plain rope.
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN rotary scaling (ggml's `rope_yarn`): dimension pair `i` rotates by
+/// `theta = interp·(1 - ramp_i) + extrap·ramp_i`, where `extrap = pos·base^(-2i/n_rot)`,
+/// `interp = freq_scale·extrap` and `ramp_i` falls from `ext_factor` to 0 between the
+/// correction dimensions of `beta_fast` and `beta_slow` rotations over `original_context`;
+/// cosines and sines are multiplied by `attn_factor·(1 + 0.1·ln(1/freq_scale))`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    /// The context the model was trained with (`rope.scaling.original_context_length`).
+    pub original_context: u32,
+    /// Rotations per original context at which extrapolation stops (32 by default).
+    pub beta_fast: f32,
+    /// Rotations per original context at which interpolation starts (1 by default).
+    pub beta_slow: f32,
+    /// Weight of extrapolation in the mix (1 for YaRN).
+    pub ext_factor: f32,
+    /// Extra magnitude factor (`rope.scaling.attn_factor`, 1 by default).
+    pub attn_factor: f32,
+}
+
+impl Yarn {
+    /// The first and last dimension pair of the ramp, as ggml's `ggml_rope_yarn_corr_dims`.
+    pub fn correction_dims(&self, n_rot: usize, base: f32) -> [f32; 2] {
+        let dim = |rotations: f32| {
+            n_rot as f32
+                * (self.original_context as f32 / (rotations * 2.0 * std::f32::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let start = dim(self.beta_fast).floor().max(0.0);
+        let end = dim(self.beta_slow).ceil().min(n_rot as f32 - 1.0);
+        [start, end]
+    }
 }
 
 /// Parameters of [`ComputeBackend::attention`].
@@ -278,6 +313,52 @@ pub struct AttentionParams {
     /// Sliding window: the row at position `p` attends to positions
     /// `max(0, p + 1 - w)..=p` only; `None` for all of `0..=p`.
     pub window: Option<usize>,
+    /// Attention sinks (gpt-oss): a vector of one logit per query head that joins each
+    /// head's softmax (its denominator only: a sink has no value).
+    pub sinks: Option<WeightId>,
+}
+
+/// One expert of a mixture-of-experts MLP: gate, up and down projections (each a weight of
+/// its own, usually cut from the GGUF's stacked expert tensors) and their optional biases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertWeights {
+    /// `[ff, d]` gate projection.
+    pub gate: WeightId,
+    /// `[ff, d]` up projection.
+    pub up: WeightId,
+    /// `[d, ff]` down projection.
+    pub down: WeightId,
+    /// `ff` bias of the gate projection.
+    pub gate_bias: Option<WeightId>,
+    /// `ff` bias of the up projection.
+    pub up_bias: Option<WeightId>,
+    /// `d` bias of the down projection.
+    pub down_bias: Option<WeightId>,
+}
+
+/// The gated activation between an expert's up and down projections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExpertActivation {
+    /// `silu(gate) * up`.
+    Swiglu,
+    /// gpt-oss's clamped variant (ggml `swiglu_oai`): `g = min(gate, limit)`,
+    /// `u = clamp(up, -limit, limit)`, `out = g·sigmoid(alpha·g)·(u + 1)`.
+    SwigluOai {
+        /// Slope inside the sigmoid (1.702).
+        alpha: f32,
+        /// Clamp bound (7).
+        limit: f32,
+    },
+}
+
+/// Parameters of [`ComputeBackend::moe`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoeParams {
+    /// Experts each row uses: the `used` largest router logits (ties to the lower index).
+    /// Their weights are the softmax of those logits (llama.cpp's `SOFTMAX_WEIGHT` gating).
+    pub used: usize,
+    /// The experts' activation.
+    pub activation: ExpertActivation,
 }
 
 impl RopeParams {
@@ -469,6 +550,28 @@ pub trait ComputeBackend: Send {
         params: &AttentionParams,
         rows: usize,
     ) -> Result<()>;
+    /// The mixture-of-experts MLP of `rows` rows of `x`: for each row, the
+    /// [`MoeParams::used`] experts with the largest `router_logits` (one column per entry of
+    /// `experts`), each applied to the row as `down(act(gate(x) + bg, up(x) + bu)) + bd`,
+    /// summed into `out` with the softmax of the chosen logits as weights, in order of rank.
+    /// A backend computes each chosen expert once for all the rows that chose it. A backend
+    /// without it says so ([`ComputeError::Unsupported`] naming the op).
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        router_logits: TensorId,
+        experts: &[ExpertWeights],
+        params: &MoeParams,
+        rows: usize,
+    ) -> Result<()> {
+        let _ = (out, x, router_logits, experts, params, rows);
+        Err(ComputeError::Unsupported {
+            op: "moe",
+            reason: format!("the {} backend has no mixture-of-experts op", self.name()),
+        })
+    }
     /// `out = silu(gate) * up`.
     fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()>;
     /// `x = gelu(x)` in place (tanh approximation, as ggml and GPT-2).

@@ -24,8 +24,9 @@ pub mod cpu;
 mod error;
 
 pub use backend::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvIndex, KvLayout, KvType,
-    Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId, KV_BLOCK,
+    AttentionParams, ComputeBackend, ExpertActivation, ExpertWeights, IndexId, KvCacheConfig,
+    KvCacheId, KvIndex, KvLayout, KvType, MoeParams, Result, RopeMode, RopeParams, TensorId,
+    WeightDesc, WeightId, Yarn, KV_BLOCK,
 };
 pub use cpu::{Activations, CpuBackend, CpuConfig, KernelChoice};
 pub use error::ComputeError;

@@ -183,102 +183,122 @@ fn attention_kernels_match_scalar_and_f64() {
                 }
             }
             let scale = 1.0 / (hd as f32).sqrt();
-            // The window first..n only: the keys and values before it must not matter.
-            let s: Vec<f64> = (first..n)
-                .map(|t| {
-                    let dot: f64 = (0..hd)
-                        .map(|d| q[d] as f64 * plain[t * hd + d] as f64)
-                        .sum();
-                    dot * scale as f64
-                })
-                .collect();
-            let max = s.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            let want: Vec<f64> = (0..vhd)
-                .map(|c| {
-                    (first..n)
-                        .map(|t| e[t - first] * values[t * vhd + c] as f64)
-                        .sum::<f64>()
-                        / sum
-                })
-                .collect();
-            let mut scores = Vec::new();
-            let mut reference = vec![0f32; vhd];
-            generic::attend(
-                &q,
-                &keys,
-                &values,
-                first,
-                n,
-                scale,
-                &mut reference,
-                &mut scores,
-                1,
-            );
-            for (c, (r, w)) in reference.iter().zip(&want).enumerate() {
-                assert!(
-                    (*r as f64 - w).abs() < 1e-5,
-                    "scalar attend hd={hd} first={first} n={n} col {c}: {r} vs {w}"
-                );
-            }
-            for simd in simd_tables() {
-                let mut got = vec![0f32; vhd];
-                (simd.attend)(
+            // Without a sink, and with one (gpt-oss): a logit that joins the softmax's
+            // maximum and denominator only; one above every score checks the maximum.
+            for sink in [None, Some(rng.f32()), Some(40.0)] {
+                let sinks: Vec<f32> = sink.into_iter().collect();
+                // The window first..n only: the keys and values before it must not matter.
+                let s: Vec<f64> = (first..n)
+                    .map(|t| {
+                        let dot: f64 = (0..hd)
+                            .map(|d| q[d] as f64 * plain[t * hd + d] as f64)
+                            .sum();
+                        dot * scale as f64
+                    })
+                    .collect();
+                let max = s
+                    .iter()
+                    .cloned()
+                    .chain(sink.map(f64::from))
+                    .fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum::<f64>() + sink.map_or(0.0, |k| (k as f64 - max).exp());
+                let want: Vec<f64> = (0..vhd)
+                    .map(|c| {
+                        (first..n)
+                            .map(|t| e[t - first] * values[t * vhd + c] as f64)
+                            .sum::<f64>()
+                            / sum
+                    })
+                    .collect();
+                let mut scores = Vec::new();
+                let mut reference = vec![0f32; vhd];
+                generic::attend(
                     &q,
                     &keys,
                     &values,
                     first,
                     n,
                     scale,
-                    &mut got,
+                    &sinks,
+                    &mut reference,
                     &mut scores,
                     1,
                 );
-                for (c, (g, r)) in got.iter().zip(&reference).enumerate() {
+                for (c, (r, w)) in reference.iter().zip(&want).enumerate() {
                     assert!(
-                        (g - r).abs() <= 2e-6,
-                        "{:?} attend hd={hd} vhd={vhd} first={first} n={n} col {c}: {g} vs \
-                         scalar {r}",
-                        simd.isa
+                        (*r as f64 - w).abs() < 1e-5,
+                        "scalar attend hd={hd} first={first} n={n} sink={sink:?} col {c}: \
+                         {r} vs {w}"
                     );
                 }
-                // A GQA group of heads in one call: each head bit for bit as alone.
-                for heads in [2usize, 3, 4, 5, 7] {
-                    let qs: Vec<f32> = (0..heads * hd).map(|_| rng.f32()).collect();
-                    let mut together = vec![0f32; heads * vhd];
+                for simd in simd_tables() {
+                    let mut got = vec![0f32; vhd];
                     (simd.attend)(
-                        &qs,
+                        &q,
                         &keys,
                         &values,
                         first,
                         n,
                         scale,
-                        &mut together,
+                        &sinks,
+                        &mut got,
                         &mut scores,
-                        heads,
+                        1,
                     );
-                    for h in 0..heads {
-                        let mut alone = vec![0f32; vhd];
-                        let qh = &qs[h * hd..(h + 1) * hd];
+                    for (c, (g, r)) in got.iter().zip(&reference).enumerate() {
+                        assert!(
+                            (g - r).abs() <= 2e-6,
+                            "{:?} attend hd={hd} vhd={vhd} first={first} n={n} sink={sink:?} \
+                             col {c}: {g} vs scalar {r}",
+                            simd.isa
+                        );
+                    }
+                    // A GQA group of heads in one call: each head bit for bit as alone
+                    // (with its own sink).
+                    for heads in [2usize, 3, 4, 5, 7] {
+                        let qs: Vec<f32> = (0..heads * hd).map(|_| rng.f32()).collect();
+                        let group_sinks: Vec<f32> = match sink {
+                            Some(_) => (0..heads).map(|_| rng.f32() * 2.0).collect(),
+                            None => Vec::new(),
+                        };
+                        let mut together = vec![0f32; heads * vhd];
                         (simd.attend)(
-                            qh,
+                            &qs,
                             &keys,
                             &values,
                             first,
                             n,
                             scale,
-                            &mut alone,
+                            &group_sinks,
+                            &mut together,
                             &mut scores,
-                            1,
+                            heads,
                         );
-                        let got = &together[h * vhd..(h + 1) * vhd];
-                        assert_eq!(
-                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            "{:?} attend hd={hd} vhd={vhd} n={n}: head {h} of {heads} vs alone",
-                            simd.isa
-                        );
+                        for h in 0..heads {
+                            let mut alone = vec![0f32; vhd];
+                            let qh = &qs[h * hd..(h + 1) * hd];
+                            (simd.attend)(
+                                qh,
+                                &keys,
+                                &values,
+                                first,
+                                n,
+                                scale,
+                                group_sinks.get(h..h + 1).unwrap_or_default(),
+                                &mut alone,
+                                &mut scores,
+                                1,
+                            );
+                            let got = &together[h * vhd..(h + 1) * vhd];
+                            assert_eq!(
+                                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                "{:?} attend hd={hd} vhd={vhd} n={n}: head {h} of {heads} vs \
+                                 alone",
+                                simd.isa
+                            );
+                        }
                     }
                 }
             }

@@ -43,6 +43,7 @@ fn params() -> AttentionParams {
         scale: 1.0 / (HD as f32).sqrt(),
         layer: 1,
         window: None,
+        sinks: None,
     }
 }
 

@@ -147,6 +147,7 @@ impl Decoder {
             base,
             freq_scale,
             mode: spec.rope_mode,
+            yarn: None,
         };
         let mut layers = Vec::with_capacity(crate::weights::layer_capacity(file, &hp));
         for i in 0..hp.block_count as usize {
@@ -268,6 +269,7 @@ impl Decoder {
             scale: spec.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt()),
             layer: 0,
             window: None,
+            sinks: None,
         };
         let opts = LoadOptions {
             max_positions,

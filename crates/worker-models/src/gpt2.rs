@@ -166,6 +166,7 @@ pub(crate) fn load(
         scale: 1.0 / (hd as f32).sqrt(),
         layer: 0,
         window: None,
+        sinks: None,
     };
     Ok(Box::new(Gpt2 {
         hp,

@@ -241,6 +241,10 @@ impl CpuBackend {
                 reason: format!("kv cache entries of type {}", cfg.ty.as_str()),
             });
         };
+        let sinks = match p.sinks {
+            Some(w) => self.vector(OP, w, p.heads)?,
+            None => &[],
+        };
         let optr = SharedOut(o.data.as_mut_ptr());
         let (ocols, qcols, qs) = (o.cols, qt.cols, &qt.data[..]);
         let next = AtomicUsize::new(0);
@@ -273,7 +277,19 @@ impl CpuBackend {
                         // SAFETY: item (chunk, h) owns rows r0..r1 of the output, columns
                         // h*vhd..(h+group)*vhd.
                         let orow = unsafe { optr.slice(r * ocols + h * vhd, group * vhd) };
-                        attend(qrow, keys, values, f, n, p.scale, orow, &mut scores, group);
+                        let sinks = sinks.get(h..h + group).unwrap_or_default();
+                        attend(
+                            qrow,
+                            keys,
+                            values,
+                            f,
+                            n,
+                            p.scale,
+                            sinks,
+                            orow,
+                            &mut scores,
+                            group,
+                        );
                     }
                 });
             })

@@ -2,6 +2,7 @@
 //! from a table of function pointers (scalar reference, AVX2 or AVX-512).
 
 mod kv;
+mod moe;
 pub mod ops;
 pub mod pool;
 pub mod quant;
@@ -10,8 +11,8 @@ use std::cell::{Ref, RefCell, RefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, KvCacheId, KvIndex, Result,
-    RopeParams, TensorId, WeightDesc, WeightId,
+    AttentionParams, ComputeBackend, ExpertWeights, IndexId, KvCacheConfig, KvCacheId, KvIndex,
+    MoeParams, Result, RopeParams, TensorId, WeightDesc, WeightId, Yarn,
 };
 use crate::error::ComputeError;
 use pool::ThreadPool;
@@ -105,13 +106,20 @@ impl Weight {
 #[derive(Default)]
 struct RopeAngles {
     positions: Vec<u32>,
-    params: Option<(f32, f32, usize)>,
+    params: Option<AngleParams>,
     cos_sin: Vec<f32>,
+}
+
+/// What the angles of a position depend on: base, position scale, rotated width, YaRN.
+type AngleParams = (f32, f32, usize, Option<Yarn>);
+
+fn angle_params(p: &RopeParams) -> AngleParams {
+    (p.base, p.freq_scale, p.n_rot, p.yarn)
 }
 
 impl RopeAngles {
     fn holds(&self, positions: &[u32], p: &RopeParams) -> bool {
-        self.params == Some((p.base, p.freq_scale, p.n_rot)) && self.positions == positions
+        self.params == Some(angle_params(p)) && self.positions == positions
     }
 }
 
@@ -154,6 +162,7 @@ pub struct CpuBackend {
     q8: Vec<BlockQ8>,
     q8k: Vec<BlockQ8K>,
     rope_angles: RefCell<RopeAngles>,
+    moe_scratch: moe::MoeScratch,
 }
 
 impl CpuBackend {
@@ -175,6 +184,7 @@ impl CpuBackend {
             q8: Vec::new(),
             q8k: Vec::new(),
             rope_angles: RefCell::default(),
+            moe_scratch: moe::MoeScratch::default(),
         }
     }
 
@@ -726,18 +736,23 @@ impl ComputeBackend for CpuBackend {
                     e => e,
                 })?;
         }
-        if self.config.activations == Activations::F32 {
+        let mut q8 = std::mem::take(&mut self.q8);
+        let mut q8k = std::mem::take(&mut self.q8k);
+        let result = (|| {
+            let xt = self.tensor(OP, x)?;
+            let mut targets = Vec::with_capacity(outs.len());
             for &(out, w) in outs {
-                match self.weight(OP, w)?.kernels.vec_dot {
-                    VecDot::F32(_) | VecDot::Dequantized => {
-                        self.matmul_quantized(x, &[(out, w)], rows)?
-                    }
-                    _ => self.matmul_f32_reference(out, x, w, rows)?,
-                }
+                targets.push((self.weight(OP, w)?, self.tensor_mut(OP, out)?));
             }
-            return Ok(());
-        }
-        self.matmul_quantized(x, outs, rows)
+            let jobs: Vec<_> = targets
+                .iter_mut()
+                .map(|(w, o)| (*w, SharedOut(o.data.as_mut_ptr())))
+                .collect();
+            self.matmul_slices(&xt.data[..rows * xt.cols], &jobs, rows, &mut q8, &mut q8k)
+        })();
+        self.q8 = q8;
+        self.q8k = q8k;
+        result
     }
 
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
@@ -817,7 +832,7 @@ impl ComputeBackend for CpuBackend {
                     ops::rope_angles(ps, p, &freqs, unsafe { aptr.slice(r * n, n) });
                 }
             })?;
-            angles.params = Some((p.base, p.freq_scale, n));
+            angles.params = Some(angle_params(p));
         }
         let tptr = SharedOut(t.data.as_mut_ptr());
         let cos_sin = &angles.cos_sin;
@@ -842,6 +857,18 @@ impl ComputeBackend for CpuBackend {
         rows: usize,
     ) -> Result<()> {
         self.attention_paged(out, q, k, v, cache, index, p, rows)
+    }
+
+    fn moe(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        router_logits: TensorId,
+        experts: &[ExpertWeights],
+        params: &MoeParams,
+        rows: usize,
+    ) -> Result<()> {
+        self.moe_ffn(out, x, router_logits, experts, params, rows)
     }
 
     fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()> {
@@ -877,59 +904,68 @@ impl ComputeBackend for CpuBackend {
 }
 
 impl CpuBackend {
-    /// The matmuls of `outs` (shapes checked) with the activations quantized once per format
-    /// the weights need: the weights in panels as one pool job, the others one job each.
-    fn matmul_quantized(
-        &mut self,
-        x: TensorId,
-        outs: &[(TensorId, WeightId)],
+    /// The matmuls of `jobs` (shapes checked: each weight's columns are the width of the rows
+    /// of `xs`, its output holds `rows` rows of its rows) on the `rows` rows of `xs`. With
+    /// [`Activations::Q8`] the activations are quantized once per format the weights need,
+    /// the weights in panels run as one pool job and the others one job each; with
+    /// [`Activations::F32`] weights with an integer dot product take the f32 reference.
+    fn matmul_slices(
+        &self,
+        xs: &[f32],
+        jobs: &[(&Weight, SharedOut)],
         rows: usize,
+        q8: &mut Vec<BlockQ8>,
+        q8k: &mut Vec<BlockQ8K>,
     ) -> Result<()> {
-        const OP: &str = "matmul";
-        let mut q8 = std::mem::take(&mut self.q8);
-        let mut q8k = std::mem::take(&mut self.q8k);
-        let result = (|| {
-            let xt = self.tensor(OP, x)?;
-            let xs = &xt.data[..rows * xt.cols];
-            let mut weights = Vec::with_capacity(outs.len());
-            for &(out, w) in outs {
-                weights.push((self.weight(OP, w)?, self.tensor_mut(OP, out)?));
-            }
-            // The activation format each weight's kernel reads: its panel kernel's if it has
-            // one (Q3_K's row kernel takes f32, its panel kernel Q8_K), else its row kernel's.
-            let format = |k: &TypeKernels| match (k.panel.map(|p| p.dots), k.vec_dot) {
-                (Some(PanelDots::Q8(..)), _) | (None, VecDot::Q8(_)) => Some(QK),
-                (Some(PanelDots::Q8K(..)), _) | (None, VecDot::Q8K(_)) => Some(QK_K),
-                (Some(PanelDots::F32(..)), _) => None,
-                (None, VecDot::F32(_) | VecDot::Dequantized) => None,
-            };
-            let needs = |block| {
-                weights
-                    .iter()
-                    .any(|(w, _)| format(&w.kernels) == Some(block))
-            };
-            if needs(QK) {
-                let quantize = self.kernels.quantize_row_q8;
-                self.quantize_rows(xs, rows, QK, &mut q8, quantize)?;
-            }
-            if needs(QK_K) {
-                let quantize = self.kernels.quantize_row_q8k;
-                self.quantize_rows(xs, rows, QK_K, &mut q8k, quantize)?;
-            }
-            let (q8, q8k) = (&q8[..], &q8k[..]);
-            let mut panels = Vec::new();
-            for (wt, o) in weights.iter_mut() {
-                let out = SharedOut(o.data.as_mut_ptr());
-                match wt.kernels.panel {
-                    Some(pk) => panels.push(PanelJob { wt, pk, out }),
-                    None => self.matmul_rows(wt, xs, q8, q8k, rows, out)?,
+        if self.config.activations == Activations::F32 {
+            for &(wt, out) in jobs {
+                match wt.kernels.vec_dot {
+                    VecDot::F32(_) | VecDot::Dequantized => {
+                        self.matmul_slices_q8(xs, &[(wt, out)], rows, q8, q8k)?
+                    }
+                    _ => self.matmul_f32_reference(xs, wt, out, rows)?,
                 }
             }
-            self.matmul_panels(&panels, xs, q8, q8k, rows)
-        })();
-        self.q8 = q8;
-        self.q8k = q8k;
-        result
+            return Ok(());
+        }
+        self.matmul_slices_q8(xs, jobs, rows, q8, q8k)
+    }
+
+    /// [`Self::matmul_slices`] with 8-bit activations.
+    fn matmul_slices_q8(
+        &self,
+        xs: &[f32],
+        jobs: &[(&Weight, SharedOut)],
+        rows: usize,
+        q8: &mut Vec<BlockQ8>,
+        q8k: &mut Vec<BlockQ8K>,
+    ) -> Result<()> {
+        // The activation format each weight's kernel reads: its panel kernel's if it has
+        // one (Q3_K's row kernel takes f32, its panel kernel Q8_K), else its row kernel's.
+        let format = |k: &TypeKernels| match (k.panel.map(|p| p.dots), k.vec_dot) {
+            (Some(PanelDots::Q8(..)), _) | (None, VecDot::Q8(_)) => Some(QK),
+            (Some(PanelDots::Q8K(..)), _) | (None, VecDot::Q8K(_)) => Some(QK_K),
+            (Some(PanelDots::F32(..)), _) => None,
+            (None, VecDot::F32(_) | VecDot::Dequantized) => None,
+        };
+        let needs = |block| jobs.iter().any(|(w, _)| format(&w.kernels) == Some(block));
+        if needs(QK) {
+            let quantize = self.kernels.quantize_row_q8;
+            self.quantize_rows(xs, rows, QK, q8, quantize)?;
+        }
+        if needs(QK_K) {
+            let quantize = self.kernels.quantize_row_q8k;
+            self.quantize_rows(xs, rows, QK_K, q8k, quantize)?;
+        }
+        let (q8, q8k) = (&q8[..], &q8k[..]);
+        let mut panels = Vec::new();
+        for &(wt, out) in jobs {
+            match wt.kernels.panel {
+                Some(pk) => panels.push(PanelJob { wt, pk, out }),
+                None => self.matmul_rows(wt, xs, q8, q8k, rows, out)?,
+            }
+        }
+        self.matmul_panels(&panels, xs, q8, q8k, rows)
     }
 
     /// Quantizes the `rows` rows of `xs` into `q` (resized) by blocks of `block` elements,
@@ -1039,18 +1075,13 @@ impl CpuBackend {
     /// The f32-activation matmul: each weight row dequantized, then an f32 dot product.
     fn matmul_f32_reference(
         &self,
-        out: TensorId,
-        x: TensorId,
-        w: WeightId,
+        xs: &[f32],
+        wt: &Weight,
+        optr: SharedOut,
         rows: usize,
     ) -> Result<()> {
-        const OP: &str = "matmul";
-        let wt = self.weight(OP, w)?;
-        let xt = self.tensor(OP, x)?;
-        let mut o = self.tensor_mut(OP, out)?;
         let (k, n) = (wt.cols, wt.rows);
-        let xs = &xt.data[..rows * k];
-        let optr = SharedOut(o.data.as_mut_ptr());
+        let xs = &xs[..rows * k];
         let next = AtomicUsize::new(0);
         let dot = self.kernels.dot_f32;
         let job = || {
@@ -1067,8 +1098,6 @@ impl CpuBackend {
                 }
             });
         };
-        self.run(OP, &job)?;
-        drop(o);
-        Ok(())
+        self.run("matmul", &job)
     }
 }

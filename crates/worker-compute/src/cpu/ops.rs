@@ -63,13 +63,40 @@ pub fn rope_frequencies(p: &RopeParams) -> Vec<f64> {
 }
 
 /// The cosines and sines (interleaved, `n_rot` floats) of the rotation at position `pos`;
-/// `freqs` from [`rope_frequencies`].
+/// `freqs` from [`rope_frequencies`]. With [`RopeParams::yarn`], ggml's `rope_yarn`.
 pub fn rope_angles(pos: u32, p: &RopeParams, freqs: &[f64], cos_sin: &mut [f32]) {
-    let t = pos as f64 * p.freq_scale as f64;
-    for (f, cs) in freqs.iter().zip(cos_sin.chunks_exact_mut(2)) {
-        let (s, c) = (t * f).sin_cos();
-        cs[0] = c as f32;
-        cs[1] = s as f32;
+    let Some(yarn) = p.yarn.filter(|y| y.ext_factor != 0.0) else {
+        let (t, m) = (
+            pos as f64 * p.freq_scale as f64,
+            p.yarn.map_or(1.0, |y| y.attn_factor),
+        );
+        for (f, cs) in freqs.iter().zip(cos_sin.chunks_exact_mut(2)) {
+            let (s, c) = (t * f).sin_cos();
+            cs[0] = c as f32 * m;
+            cs[1] = s as f32 * m;
+        }
+        return;
+    };
+    let [low, high] = yarn.correction_dims(p.n_rot, p.base);
+    let mscale = (yarn.attn_factor * (1.0 + 0.1 * (1.0 / p.freq_scale).ln())) as f64;
+    for (i, (f, cs)) in freqs.iter().zip(cos_sin.chunks_exact_mut(2)).enumerate() {
+        let extrap = pos as f64 * f;
+        let interp = p.freq_scale as f64 * extrap;
+        let y = (i as f32 - low) / (high - low).max(0.001);
+        let ramp = ((1.0 - y.clamp(0.0, 1.0)) * yarn.ext_factor) as f64;
+        let (s, c) = (interp * (1.0 - ramp) + extrap * ramp).sin_cos();
+        cs[0] = (c * mscale) as f32;
+        cs[1] = (s * mscale) as f32;
+    }
+}
+
+/// gpt-oss's clamped SwiGLU (ggml `swiglu_oai`), in place in `g`:
+/// `x = min(g, limit)`, `y = clamp(u, -limit, limit)`, `g = x·sigmoid(alpha·x)·(y + 1)`.
+pub fn swiglu_oai_row(g: &mut [f32], u: &[f32], alpha: f32, limit: f32) {
+    for (a, b) in g.iter_mut().zip(u) {
+        let x = a.min(limit);
+        let y = b.clamp(-limit, limit);
+        *a = x / (1.0 + (alpha * -x).exp()) * (y + 1.0);
     }
 }
 

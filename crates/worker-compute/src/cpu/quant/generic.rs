@@ -444,7 +444,7 @@ pub const KEY_BLOCK: usize = 16;
 /// buffers are ignored): for each head `h`, `out[h] = softmax(scale · K q[h]) · V`, with `q` the
 /// heads' queries one after the other and `out` their outputs likewise. Each head's result
 /// is the same as alone ([`attend_head`]); the SIMD kernels read each key and value once for
-/// the whole group.
+/// the whole group. `sinks` is empty, or one sink logit per head (see [`attend_head`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
@@ -453,14 +453,20 @@ pub fn attend(
     first: usize,
     n: usize,
     scale: f32,
+    sinks: &[f32],
     out: &mut [f32],
     scores: &mut Vec<f32>,
     heads: usize,
 ) {
     let heads = heads.max(1);
     let (hd, vhd) = (q.len() / heads, out.len() / heads);
-    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(vhd)) {
-        attend_head(qh, keys, values, first, n, scale, oh, scores);
+    for (h, (qh, oh)) in q
+        .chunks_exact(hd)
+        .zip(out.chunks_exact_mut(vhd))
+        .enumerate()
+    {
+        let sink = sinks.get(h).copied();
+        attend_head(qh, keys, values, first, n, scale, sink, oh, scores);
     }
 }
 
@@ -470,7 +476,8 @@ pub fn attend(
 /// `keys` holds the keys in blocks of [`KEY_BLOCK`] positions, each block transposed
 /// (`[head_dim][KEY_BLOCK]`), so that a SIMD kernel scores sixteen positions per vector with
 /// no horizontal sums; `values` holds one row of `out.len()` per position. `scores` is
-/// scratch space.
+/// scratch space. A `sink` logit joins the softmax's maximum and denominator, not its sum of
+/// values (gpt-oss's attention sinks).
 #[allow(clippy::too_many_arguments)]
 pub fn attend_head(
     q: &[f32],
@@ -479,6 +486,7 @@ pub fn attend_head(
     first: usize,
     n: usize,
     scale: f32,
+    sink: Option<f32>,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
@@ -495,10 +503,16 @@ pub fn attend_head(
         max = max.max(s);
         scores.push(s);
     }
+    if let Some(sink) = sink {
+        max = max.max(sink);
+    }
     let mut sum = 0f32;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
         sum += *s;
+    }
+    if let Some(sink) = sink {
+        sum += (sink - max).exp();
     }
     out.fill(0.0);
     for (t, w) in (first..n).zip(scores.iter()) {

@@ -106,8 +106,9 @@ pub struct PanelKernels {
 }
 
 /// The signature of [`generic::attend`]:
-/// `(q, keys, values, first, n, scale, out, scores, heads)`.
-pub type Attend = fn(&[f32], &[f32], &[f32], usize, usize, f32, &mut [f32], &mut Vec<f32>, usize);
+/// `(q, keys, values, first, n, scale, sinks, out, scores, heads)`.
+pub type Attend =
+    fn(&[f32], &[f32], &[f32], usize, usize, f32, &[f32], &mut [f32], &mut Vec<f32>, usize);
 
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]

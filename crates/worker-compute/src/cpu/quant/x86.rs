@@ -103,7 +103,7 @@ wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K])
 wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
 wrap!(dequantize_row_f16, dequantize_row_f16_avx2, (w: &[u8], out: &mut [f32]) -> ());
 wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
-wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], first: usize, n: usize, scale: f32, out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
+wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], first: usize, n: usize, scale: f32, sinks: &[f32], out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 
 // ---------------------------------------------------------------------------------------
@@ -380,6 +380,7 @@ unsafe fn attend_avx2(
     first: usize,
     n: usize,
     scale: f32,
+    sinks: &[f32],
     out: &mut [f32],
     scores: &mut Vec<f32>,
     heads: usize,
@@ -404,8 +405,11 @@ unsafe fn attend_avx2(
             || keys.len() < blocks * KB * hd
             || values.len() < n * vhd
             || first >= n
+            || !(sinks.is_empty() || sinks.len() == heads)
         {
-            return super::generic::attend(q, keys, values, first, n, scale, out, scores, heads);
+            return super::generic::attend(
+                q, keys, values, first, n, scale, sinks, out, scores, heads,
+            );
         }
         // Per head `blocks * KB` scores, then one inverse sum per head.
         let stride = blocks * KB;
@@ -451,7 +455,9 @@ unsafe fn attend_avx2(
             let s = std::slice::from_raw_parts_mut(sp.add(h * stride), stride);
             s[..first].fill(f32::NEG_INFINITY);
             s[n..].fill(f32::NEG_INFINITY);
+            let sink = sinks.get(h).copied();
             let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let max = sink.map_or(max, |k| max.max(k));
             let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
             for i in (0..stride).step_by(8) {
                 let e =
@@ -459,7 +465,8 @@ unsafe fn attend_avx2(
                 _mm256_storeu_ps(s.as_mut_ptr().add(i), e);
                 vsum = _mm256_add_ps(vsum, e);
             }
-            *sp.add(heads * stride + h) = 1.0 / hsum_ps(vsum);
+            let sink_term = sink.map_or(0.0, |k| (k - max).exp());
+            *sp.add(heads * stride + h) = 1.0 / (hsum_ps(vsum) + sink_term);
         }
         let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
         let mut h0 = 0;
