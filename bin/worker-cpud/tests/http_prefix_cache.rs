@@ -1,7 +1,8 @@
 //! End-to-end: a multi-turn chat behind a long system prompt on `worker-cpud serve`, with the
 //! prefix cache on and off: the same text either way, the next turn served mostly from the
-//! cache, and the KV figures of `/health` and `/metrics` following it; the render routes
-//! that KV-aware routers read give the token ids a request runs.
+//! cache, and the KV figures of `/health` and `/metrics` following it. What KV-aware routers
+//! use: the render routes' token ids, and the KV events flag (its wire format is checked in
+//! worker-http and, against vllm-router and pyzmq, by scripts/router_check.py).
 
 mod http_support;
 
@@ -146,4 +147,25 @@ fn the_render_routes_give_the_token_ids_a_request_runs() {
         "refused as the generation route refuses it"
     );
     assert_eq!(bad.json["error"]["param"], "n", "{}", bad.text);
+}
+
+#[test]
+fn kv_events_start_with_the_prefix_cache_and_are_refused_without_it() {
+    let w = Worker::start(&["--kv-events-endpoint", "tcp://127.0.0.1:0"]);
+    let log = w.logs();
+    assert!(log.contains("publishing KV events"), "{log}");
+
+    let out = http_support::bin()
+        .args(["serve", "--model"])
+        .arg(worker_testdata::model(worker_testdata::SMOLLM2))
+        .args(["--port", "0", "--prefix-cache", "false"])
+        .args(["--kv-events-endpoint", "tcp://127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KV events") && err.contains("prefix cache"),
+        "{err}"
+    );
 }
