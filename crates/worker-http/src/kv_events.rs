@@ -43,7 +43,7 @@ use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage
 use crate::HttpError;
 
 /// Batches kept for replay (vLLM keeps as many).
-pub const REPLAY_BATCHES: usize = 10_000;
+const REPLAY_BATCHES: usize = 10_000;
 
 /// Engine turns that may wait for the socket before the engine drops one.
 const QUEUED_TURNS: usize = 1024;
