@@ -352,7 +352,7 @@ def kv_aware_checks(args, workers, check, logdir):
         # hold every full block of the prompt the worker rendered.
         for g in range(count):
             live = []
-            while subs[g].poll(1000):
+            while subs[g].poll(300):
                 topic, seq, payload = subs[g].recv_multipart()
                 assert topic == b"", topic
                 live.append((int.from_bytes(seq, "big"), payload))
