@@ -38,7 +38,7 @@ enum Command {
     /// Generate a continuation of a prompt, streaming the text; then print tokens/s.
     Generate(GenerateArgs),
     /// Serve the model over HTTP (llama-orch /execute, OpenAI-compatible routes).
-    Serve(serve::CpuServeArgs),
+    Serve(Box<serve::CpuServeArgs>),
 }
 
 #[derive(Args)]

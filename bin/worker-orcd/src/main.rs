@@ -58,7 +58,7 @@ enum Command {
     /// Every op and weight type of the CUDA backend against the CPU backend.
     CheckOps,
     /// Serve the model over HTTP from VRAM (llama-orch /execute, OpenAI-compatible routes).
-    Serve(worker_http::ServeArgs),
+    Serve(Box<worker_http::ServeArgs>),
 }
 
 /// Which backend runs the model.

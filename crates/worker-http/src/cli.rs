@@ -10,8 +10,8 @@ use worker_common::{MemoryArchitecture, ReadyCallback};
 use worker_engine::{Engine, EngineConfig, KvType};
 
 use crate::{
-    send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, LoadingPort, ModelCard,
-    Server, ServerConfig,
+    send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, KvEventPublisher,
+    KvEventsConfig, LoadingPort, ModelCard, Server, ServerConfig,
 };
 
 /// Flags of `serve` (llama-orch's worker contract). Every flag is also read from the
@@ -98,6 +98,19 @@ pub struct ServeArgs {
     #[arg(long, env = "WORKER_DRAIN_TIMEOUT_SEC", default_value_t = 3.0,
           value_parser = parse_drain_timeout)]
     pub drain_timeout_sec: f64,
+    /// Publish the prefix cache's changes as vLLM KV events on a ZeroMQ PUB socket bound
+    /// here, e.g. `tcp://*:5557`, for vllm-router's `kv_aware` policy
+    /// (`--kv-event-source WORKER_URL=tcp://HOST:5557`). Needs the prefix cache.
+    #[arg(long, env = "WORKER_KV_EVENTS_ENDPOINT")]
+    pub kv_events_endpoint: Option<String>,
+    /// Also answer replay requests (the last 10000 batches of KV events) on a ZeroMQ ROUTER
+    /// socket bound here, e.g. `tcp://*:5558` (the router's `--kv-event-replay-source`).
+    #[arg(
+        long,
+        env = "WORKER_KV_EVENTS_REPLAY_ENDPOINT",
+        requires = "kv_events_endpoint"
+    )]
+    pub kv_events_replay_endpoint: Option<String>,
 }
 
 /// `--drain-timeout-sec`: a number of seconds in [0, 3].
@@ -154,6 +167,16 @@ impl ServeArgs {
         }
     }
 
+    /// Where to publish KV events, if anywhere.
+    pub fn kv_events(&self) -> Option<KvEventsConfig> {
+        self.kv_events_endpoint
+            .as_ref()
+            .map(|endpoint| KvEventsConfig {
+                endpoint: endpoint.clone(),
+                replay_endpoint: self.kv_events_replay_endpoint.clone(),
+            })
+    }
+
     /// The model id clients see.
     pub fn model_id(&self) -> String {
         self.model_name.clone().unwrap_or_else(|| {
@@ -192,8 +215,10 @@ pub fn run_blocking(
 }
 
 /// Takes the socket over from `port` (bound before the model loaded, answering "loading"),
-/// prints `listening on http://ADDR` on stdout, sends the ready callback (if asked), then
-/// serves until SIGTERM/SIGINT. A failed callback stops the server and is returned.
+/// starts publishing KV events (if asked; before any request, so that the subscribers see
+/// every cached block), prints `listening on http://ADDR` on stdout, sends the ready
+/// callback (if asked), then serves until SIGTERM/SIGINT. A failed callback stops the server
+/// and is returned.
 pub async fn run(
     args: &ServeArgs,
     port: LoadingPort,
@@ -202,6 +227,9 @@ pub async fn run(
     kind: WorkerKind,
 ) -> Result<(), HttpError> {
     let memory_bytes = card.memory_in_use(&engine.kv_stats());
+    if let Some(kv_events) = args.kv_events() {
+        KvEventPublisher::bind(&kv_events).await?.start(&engine)?;
+    }
     let listener = tokio::net::TcpListener::from_std(port.into_listener()?)?;
     let addr = listener.local_addr()?;
     let uri = format!("http://{addr}");

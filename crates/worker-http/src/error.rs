@@ -15,6 +15,9 @@ pub enum HttpError {
     /// The model's metadata lacks what the server reports about it.
     #[error("model metadata: {0}")]
     Model(String),
+    /// KV events cannot be published (a socket that does not bind, no prefix cache).
+    #[error("KV events: {0}")]
+    KvEvents(String),
     /// The ready callback could not be delivered.
     #[error("ready callback to {url} failed: {reason}")]
     Callback {
