@@ -5,6 +5,21 @@
 //! versions under the same names. Activations are quantized once per row to the weight
 //! type's "vec-dot type" ([`BlockQ8`] or [`BlockQ8K`]), as llama.cpp does.
 
+/// Defines `$name`, a safe wrapper of the `#[target_feature]` kernel `$imp` with the same
+/// parameters, for a table whose builder checked those features at run time.
+#[cfg(target_arch = "x86_64")]
+macro_rules! wrap {
+    ($name:ident, $imp:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+        // The kernel's own parameter list (attention has ten).
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($a: $t),*) -> $r {
+            // SAFETY: this wrapper is only reachable through a `Kernels` table whose builder
+            // detected the features `$imp` enables.
+            unsafe { $imp($($a),*) }
+        }
+    };
+}
+
 pub mod generic;
 pub mod panel;
 #[cfg(target_arch = "x86_64")]
@@ -133,6 +148,20 @@ pub enum Isa {
     Avx512,
 }
 
+/// The kernels a SIMD table replaces beside the panel kernels: activation quantization,
+/// f32 helpers, attention, SwiGLU, the F32 row dot product and the F16 row conversion (f16
+/// embeddings, and every read of an f16 KV cache).
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct RowKernels {
+    pub(crate) quantize_row_q8: fn(&[f32], &mut [BlockQ8]),
+    pub(crate) quantize_row_q8k: fn(&[f32], &mut [BlockQ8K]),
+    pub(crate) dot_f32: fn(&[f32], &[f32]) -> f32,
+    pub(crate) attend: Attend,
+    pub(crate) swiglu: fn(&mut [f32], &[f32], &[f32]),
+    pub(crate) vec_dot_f32: fn(&[u8], &[f32]) -> f32,
+    pub(crate) dequantize_row_f16: fn(&[u8], &mut [f32]),
+}
+
 /// The table of kernels the CPU backend calls, filled once after feature detection.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -230,6 +259,49 @@ impl Kernels {
             }
         }
         Self::scalar()
+    }
+
+    /// The scalar table with `row`'s kernels in place, for instruction set `isa` (whose
+    /// features the caller detected).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn with_row_kernels(isa: Isa, row: RowKernels) -> Self {
+        let mut k = Kernels::scalar();
+        k.isa = isa;
+        k.quantize_row_q8 = row.quantize_row_q8;
+        k.quantize_row_q8k = row.quantize_row_q8k;
+        k.dot_f32 = row.dot_f32;
+        k.attend = row.attend;
+        k.swiglu = row.swiglu;
+        // F32 matrices have no panel layout: a SIMD row kernel. The matmuls of the types with
+        // one (F16 included) run on repacked weights.
+        if let Some(s) = k.for_type(GgmlType::F32).copied() {
+            let vec_dot = VecDot::F32(row.vec_dot_f32);
+            k.set(GgmlType::F32, TypeKernels { vec_dot, ..s });
+        }
+        if let Some(s) = k.for_type(GgmlType::F16).copied() {
+            let dequantize_row = row.dequantize_row_f16;
+            k.set(
+                GgmlType::F16,
+                TypeKernels {
+                    dequantize_row,
+                    ..s
+                },
+            );
+        }
+        k
+    }
+
+    /// Gives every type with a panel layout the panel kernels `kernels` makes for it.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn set_panels(&mut self, kernels: fn(panel::PanelFormat) -> PanelKernels) {
+        for ty in SUPPORTED_TYPES {
+            if let (Some(s), Some(format)) =
+                (self.for_type(ty).copied(), panel::PanelFormat::of(ty))
+            {
+                let panel = Some(kernels(format));
+                self.set(ty, TypeKernels { panel, ..s });
+            }
+        }
     }
 
     /// The kernels of `ty`, or `None` when it has none.

@@ -325,6 +325,46 @@ impl PanelFormat {
     }
 }
 
+/// The 32-element panel formats as const-generic parameters of the SIMD kernels (a
+/// [`PanelFormat`] cannot be one on stable Rust), and what those kernels share about them.
+#[cfg(target_arch = "x86_64")]
+pub(super) mod kernel_ids {
+    use worker_gguf::quants::iq::KVALUES_IQ4NL;
+
+    use super::PanelFormat;
+
+    pub(in super::super) const Q4_0: u8 = 0;
+    pub(in super::super) const Q4_1: u8 = 1;
+    pub(in super::super) const Q5_0: u8 = 2;
+    pub(in super::super) const Q8_0: u8 = 3;
+    pub(in super::super) const Q5_1: u8 = 4;
+    pub(in super::super) const IQ4_NL: u8 = 5;
+
+    /// The format of id `f`.
+    pub(in super::super) const fn format(f: u8) -> PanelFormat {
+        match f {
+            Q4_0 => PanelFormat::Q4_0,
+            Q4_1 => PanelFormat::Q4_1,
+            Q5_0 => PanelFormat::Q5_0,
+            Q5_1 => PanelFormat::Q5_1,
+            IQ4_NL => PanelFormat::IQ4NL,
+            _ => PanelFormat::Q8_0,
+        }
+    }
+
+    /// The IQ4_NL levels plus 128, as unsigned bytes: a byte-shuffle table indexed by the
+    /// 4-bit code.
+    pub(in super::super) const IQ4_NL_U8: [u8; 16] = {
+        let mut t = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            t[i] = (KVALUES_IQ4NL[i] as i16 + 128) as u8;
+            i += 1;
+        }
+        t
+    };
+}
+
 // Q4_K panel block: d[16] f16 at 0, dmin[16] f16 at 32, scales[8][16] at 64 (sub-block
 // major), min pairs[4][16][2] at 192 (mins of sub-blocks 2k and 2k+1 of row i at 32k+2i), then
 // 32 quant chunks: chunk 8k+g holds each row's GGUF quant bytes 32k+4g..32k+4g+4 (low nibbles:

@@ -8,11 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::panel::PanelFormat;
-use super::{
-    BlockQ8, BlockQ8K, Isa, Kernels, PanelKernels, TypeKernels, VecDot, QK, QK_K, SUPPORTED_TYPES,
-};
-use worker_gguf::GgmlType;
+use super::{BlockQ8, BlockQ8K, Isa, Kernels, RowKernels, QK, QK_K};
 
 fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
@@ -34,31 +30,19 @@ pub fn avx2_kernels() -> Option<Kernels> {
     if !has_avx2() {
         return None;
     }
-    let mut k = Kernels::scalar();
-    k.isa = Isa::Avx2;
-    k.quantize_row_q8 = quantize_row_q8;
-    k.quantize_row_q8k = quantize_row_q8k;
-    k.dot_f32 = dot_f32;
-    k.attend = attend;
-    k.swiglu = swiglu;
-    // F32 matrices have no panel layout: a SIMD row kernel. The matmuls of the types with
-    // one (F16 included) run on repacked weights.
-    if let Some(s) = k.for_type(GgmlType::F32).copied() {
-        let vec_dot = VecDot::F32(vec_dot_f32);
-        k.set(GgmlType::F32, TypeKernels { vec_dot, ..s });
-    }
-    // F16 rows are converted in hardware: f16 embeddings, and every read of an f16 KV cache.
-    if let Some(s) = k.for_type(GgmlType::F16).copied() {
-        let dequantize_row = dequantize_row_f16;
-        k.set(
-            GgmlType::F16,
-            TypeKernels {
-                dequantize_row,
-                ..s
-            },
-        );
-    }
-    set_panels(&mut k, super::x86_panel::kernels_avx2);
+    let mut k = Kernels::with_row_kernels(
+        Isa::Avx2,
+        RowKernels {
+            quantize_row_q8,
+            quantize_row_q8k,
+            dot_f32,
+            attend,
+            swiglu,
+            vec_dot_f32,
+            dequantize_row_f16,
+        },
+    );
+    k.set_panels(super::x86_panel::kernels_avx2);
     Some(k)
 }
 
@@ -70,33 +54,12 @@ pub fn avx512_kernels() -> Option<Kernels> {
     }
     let mut k = avx2_kernels()?;
     k.isa = Isa::Avx512;
-    set_panels(&mut k, super::x86_panel::kernels);
+    k.set_panels(super::x86_panel::kernels);
     Some(k)
-}
-
-fn set_panels(k: &mut Kernels, kernels: fn(PanelFormat) -> PanelKernels) {
-    for ty in SUPPORTED_TYPES {
-        if let (Some(s), Some(format)) = (k.for_type(ty).copied(), PanelFormat::of(ty)) {
-            let panel = Some(kernels(format));
-            k.set(ty, TypeKernels { panel, ..s });
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Safe wrappers. Each is only stored in a table built after its features were detected.
-
-macro_rules! wrap {
-    ($name:ident, $imp:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
-        // The kernel's own parameter list (attention has eight).
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($a: $t),*) -> $r {
-            // SAFETY: this wrapper is only reachable through a `Kernels` table built by
-            // `avx2_kernels`/`avx512_table`, which checked the features `$imp` enables.
-            unsafe { $imp($($a),*) }
-        }
-    };
-}
 
 wrap!(quantize_row_q8, quantize_row_q8_avx2, (x: &[f32], out: &mut [BlockQ8]) -> ());
 wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K]) -> ());

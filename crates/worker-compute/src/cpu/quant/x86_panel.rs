@@ -7,8 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use worker_gguf::quants::iq::KVALUES_IQ4NL;
-
+use super::panel::kernel_ids::*;
 use super::panel::{PanelFormat, PANEL};
 use super::{BlockQ8, BlockQ8K, PanelDots, PanelKernels, PANEL_BATCH};
 
@@ -100,35 +99,6 @@ panel_tables! {
     PanelFormat::F16 => F32, f16: panel_dot_half, panel_dot_half_avx2 [false,], f32;
     PanelFormat::BF16 => F32, bf16: panel_dot_half, panel_dot_half_avx2 [true,], f32;
 }
-
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q8_0: u8 = 3;
-const Q5_1: u8 = 4;
-const IQ4_NL: u8 = 5;
-
-const fn format(f: u8) -> PanelFormat {
-    match f {
-        Q4_0 => PanelFormat::Q4_0,
-        Q4_1 => PanelFormat::Q4_1,
-        Q5_0 => PanelFormat::Q5_0,
-        Q5_1 => PanelFormat::Q5_1,
-        IQ4_NL => PanelFormat::IQ4NL,
-        _ => PanelFormat::Q8_0,
-    }
-}
-
-/// The IQ4_NL levels plus 128, as unsigned bytes: a `vpshufb` table indexed by the 4-bit code.
-const IQ4_NL_U8: [u8; 16] = {
-    let mut t = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        t[i] = (KVALUES_IQ4NL[i] as i16 + 128) as u8;
-        i += 1;
-    }
-    t
-};
 
 /// The eight vectors of unsigned quants of panel block `p`: vector `g` holds elements
 /// `4g..4g+4` of the sixteen rows, row `i` in lane `i`.
