@@ -1,8 +1,8 @@
 //! Every SIMD kernel against the scalar reference, on fresh random inputs, for every type.
 
 use worker_compute::cpu::quant::{
-    generic, BlockQ8, BlockQ8K, Kernels, PanelDot, PanelDotMany, PanelDots, VecDot, PANEL_BATCH,
-    SUPPORTED_TYPES,
+    generic, BlockQ8, BlockQ8K, Isa, Kernels, PanelDot, PanelDotMany, PanelDots, VecDot,
+    PANEL_BATCH, SUPPORTED_TYPES,
 };
 use worker_gguf::quants::iq::KVALUES_IQ4NL;
 use worker_gguf::GgmlType;
@@ -52,23 +52,19 @@ fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
     }
 }
 
-/// Whether this is an x86-64 CPU with AVX2 (the SIMD tables' least requirement).
-fn x86_has_avx2() -> bool {
+/// Whether this CPU must get SIMD tables, panel kernels for every type with a panel layout
+/// included: an x86-64 CPU with AVX2, any aarch64 CPU (NEON).
+fn has_simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("neon");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     false
 }
 
-/// Whether this is an x86-64 CPU with AVX-512 VNNI (the panel kernels' AVX-512 table).
-fn x86_has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx512vnni");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Every SIMD table this CPU supports (none off x86-64: the scalar kernels run there).
+/// Every SIMD table this CPU supports (none on other architectures: the scalar kernels run
+/// there).
 fn simd_tables() -> Vec<Kernels> {
     #[cfg(target_arch = "x86_64")]
     let v: Vec<Kernels> = {
@@ -78,13 +74,30 @@ fn simd_tables() -> Vec<Kernels> {
             .chain(x86::avx512_kernels())
             .collect()
     };
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    let v: Vec<Kernels> = {
+        use worker_compute::cpu::quant::aarch64;
+        aarch64::neon_kernels()
+            .into_iter()
+            .chain(aarch64::dotprod_kernels())
+            .chain(aarch64::i8mm_kernels())
+            .collect()
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let v: Vec<Kernels> = Vec::new();
     assert!(
-        !v.is_empty() || !x86_has_avx2(),
-        "an AVX2 machine must get a SIMD table"
+        !v.is_empty() || !has_simd(),
+        "an AVX2 or aarch64 machine must get a SIMD table"
     );
     v
+}
+
+/// `Kernels::detect` picks the best table this CPU supports (the last of [`simd_tables`]),
+/// the scalar one where there is none.
+#[test]
+fn detect_picks_the_best_table() {
+    let best = simd_tables().last().map_or(Isa::Scalar, |k| k.isa);
+    assert_eq!(Kernels::detect().isa, best);
 }
 
 #[test]
@@ -555,10 +568,9 @@ fn panel_kernels_match_their_definition_and_the_scalar_dot() {
             }
         }
     }
-    let vnni = x86_has_vnni();
     assert!(
-        checked > 0 || !vnni,
-        "a VNNI machine must get panel kernels"
+        checked > 0 || !has_simd(),
+        "an AVX2 or aarch64 machine must get panel kernels"
     );
 }
 
@@ -741,10 +753,9 @@ fn k_quant_panel_kernels_match_their_definition_and_the_scalar_dot() {
             }
         }
     }
-    let vnni = x86_has_vnni();
     assert!(
-        checked > 0 || !vnni,
-        "a VNNI machine must get k-quant panel kernels"
+        checked > 0 || !has_simd(),
+        "an AVX2 or aarch64 machine must get k-quant panel kernels"
     );
 }
 
@@ -814,9 +825,8 @@ fn half_panel_kernels_match_their_definition() {
             }
         }
     }
-    let avx2 = x86_has_avx2();
     assert!(
-        checked > 0 || !avx2,
-        "an AVX2 machine must get F16/BF16 panel kernels"
+        checked > 0 || !has_simd(),
+        "an AVX2 or aarch64 machine must get F16/BF16 panel kernels"
     );
 }

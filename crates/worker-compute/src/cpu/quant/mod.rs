@@ -2,12 +2,16 @@
 //! once at start-up into a table of function pointers ([`Kernels`]).
 //!
 //! `generic` holds the scalar reference for every function; `x86` holds AVX2 and AVX-512
-//! versions under the same names. Activations are quantized once per row to the weight
-//! type's "vec-dot type" ([`BlockQ8`] or [`BlockQ8K`]), as llama.cpp does.
+//! versions under the same names, `aarch64` NEON ones (with the dotprod and i8mm extensions
+//! where the CPU has them). Activations are quantized once per row to the weight type's
+//! "vec-dot type" ([`BlockQ8`] or [`BlockQ8K`]), as llama.cpp does.
 
 /// Defines `$name`, a safe wrapper of the `#[target_feature]` kernel `$imp` with the same
 /// parameters, for a table whose builder checked those features at run time.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_endian = "little")
+))]
 macro_rules! wrap {
     ($name:ident, $imp:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         // The kernel's own parameter list (attention has ten).
@@ -20,6 +24,13 @@ macro_rules! wrap {
     };
 }
 
+// The aarch64 kernels read weights and activations as little-endian bytes.
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+pub mod aarch64;
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+mod aarch64_panel;
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+mod aarch64_panel_k;
 pub mod generic;
 pub mod panel;
 #[cfg(target_arch = "x86_64")]
@@ -146,12 +157,22 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL/DQ with VNNI: the 512-bit panel kernels, AVX2 elsewhere.
     Avx512,
+    /// aarch64 NEON (Advanced SIMD): integer dot products by widening multiplies.
+    Neon,
+    /// NEON with the dot product extension (`sdot`, Armv8.2 `dotprod`).
+    Dotprod,
+    /// NEON with dotprod and the 8-bit matrix multiply extension (`usmmla`, Armv8.6 `i8mm`)
+    /// for the many-row panel kernels.
+    I8mm,
 }
 
 /// The kernels a SIMD table replaces beside the panel kernels: activation quantization,
 /// f32 helpers, attention, SwiGLU, the F32 row dot product and the F16 row conversion (f16
 /// embeddings, and every read of an f16 KV cache).
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_endian = "little")
+))]
 pub(crate) struct RowKernels {
     pub(crate) quantize_row_q8: fn(&[f32], &mut [BlockQ8]),
     pub(crate) quantize_row_q8k: fn(&[f32], &mut [BlockQ8K]),
@@ -258,12 +279,24 @@ impl Kernels {
                 return k;
             }
         }
+        #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+        {
+            let best = aarch64::i8mm_kernels()
+                .or_else(aarch64::dotprod_kernels)
+                .or_else(aarch64::neon_kernels);
+            if let Some(k) = best {
+                return k;
+            }
+        }
         Self::scalar()
     }
 
     /// The scalar table with `row`'s kernels in place, for instruction set `isa` (whose
     /// features the caller detected).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "aarch64", target_endian = "little")
+    ))]
     pub(crate) fn with_row_kernels(isa: Isa, row: RowKernels) -> Self {
         let mut k = Kernels::scalar();
         k.isa = isa;
@@ -292,7 +325,10 @@ impl Kernels {
     }
 
     /// Gives every type with a panel layout the panel kernels `kernels` makes for it.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "aarch64", target_endian = "little")
+    ))]
     pub(crate) fn set_panels(&mut self, kernels: fn(panel::PanelFormat) -> PanelKernels) {
         for ty in SUPPORTED_TYPES {
             if let (Some(s), Some(format)) =
@@ -310,7 +346,10 @@ impl Kernels {
     }
 
     /// Replaces the kernels of `ty` (used by the SIMD tables to override the scalar ones).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "aarch64", target_endian = "little")
+    ))]
     pub(crate) fn set(&mut self, ty: GgmlType, k: TypeKernels) {
         if let Some(i) = slot(ty) {
             self.types[i] = Some(k);

@@ -327,7 +327,10 @@ impl PanelFormat {
 
 /// The 32-element panel formats as const-generic parameters of the SIMD kernels (a
 /// [`PanelFormat`] cannot be one on stable Rust), and what those kernels share about them.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_endian = "little")
+))]
 pub(super) mod kernel_ids {
     use worker_gguf::quants::iq::KVALUES_IQ4NL;
 
