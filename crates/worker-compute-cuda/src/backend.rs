@@ -15,12 +15,8 @@
 //! one copy before the step's kernels.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
-    ValidAsZeroBits,
-};
+use cudarc::driver::DriverError;
 use worker_compute::{
     AttentionParams, ComputeBackend, ComputeError, IndexId, KvCacheConfig, KvCacheId, KvIndex,
     KvLayout, KvType, Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
@@ -28,10 +24,11 @@ use worker_compute::{
 use worker_gguf::GgmlType;
 
 use crate::config::{CudaConfig, Experimental};
+use crate::device::{Buffer, Device, Gpu};
 use crate::error::CudaError;
-use crate::gemm::{Blas, MatmulDims, GEMM_MIN_ROWS, TILE_ELEMENTS};
-use crate::queue::{Arg, Args, Launch, LaunchStats, Queue, Tag};
-use crate::{kernels, loader};
+use crate::gemm::{MatmulDims, GEMM_MIN_ROWS, TILE_ELEMENTS};
+use crate::kernels;
+use crate::queue::{Arg, Args, Launch, LaunchStats, Tag};
 
 /// Weight types with embedding and matmul kernels, and the kernel-name suffix of each.
 pub const WEIGHT_TYPES: &[(GgmlType, &str)] = &[
@@ -86,23 +83,23 @@ const AP_MAX_DIM: usize = 128;
 /// index vectors beyond it get their own allocation.
 const INDEX_ARENA: usize = 1 << 20;
 
-struct Tensor {
+pub(crate) struct Tensor {
     rows: usize,
     cols: usize,
     ptr: u64,
-    buf: CudaSlice<f32>,
+    buf: Buffer,
 }
 
 /// An index vector: its host mirror is `index_host[off..off + len]`; on the device it sits
 /// at the same offset of the arena, or in `own` when the arena was full.
-struct Index {
+pub(crate) struct Index {
     off: usize,
     len: usize,
     ptr: u64,
-    own: Option<CudaSlice<u32>>,
+    own: Option<Buffer>,
 }
 
-struct Weight {
+pub(crate) struct Weight {
     name: String,
     rows: usize,
     cols: usize,
@@ -115,57 +112,41 @@ struct Weight {
     /// matvec3, dequant.
     funcs: [usize; 7],
     ptr: u64,
-    _buf: CudaSlice<u8>,
 }
 
-struct KvCache {
+pub(crate) struct KvCache {
     cfg: KvCacheConfig,
     k: u64,
     v: u64,
-    _bufs: (CudaSlice<u16>, CudaSlice<u16>),
-    /// Partial results of the split decode attention: (buffer, address, floats).
-    partials: Option<(CudaSlice<f32>, u64, usize)>,
+    /// Partial results of the split decode attention: (buffer, floats).
+    partials: Option<(Buffer, usize)>,
 }
 
-/// The CUDA implementation of [`ComputeBackend`].
-pub struct CudaBackend {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    funcs: Vec<CudaFunction>,
-    func_ids: HashMap<String, usize>,
-    queue: Queue,
-    device: usize,
-    experimental: Experimental,
-    arch: String,
-    allocated: u64,
-    tensors: Vec<Tensor>,
-    indices: Vec<Index>,
-    index_host: Vec<u32>,
-    index_arena: Option<(CudaSlice<u32>, u64)>,
+/// The CUDA implementation of [`ComputeBackend`], on a [`Gpu`].
+///
+/// The device is a type parameter only so that the crate's tests can run the same op code
+/// on a device that records launches instead of running them; outside them it is the GPU.
+pub struct CudaBackend<D = Gpu> {
+    pub(crate) dev: D,
+    /// Every kernel's name, by kernel id.
+    pub(crate) names: Vec<String>,
+    pub(crate) func_ids: HashMap<String, usize>,
+    /// Launches recorded since the last flush.
+    pub(crate) pending: Vec<Launch>,
+    pub(crate) experimental: Experimental,
+    pub(crate) allocated: u64,
+    pub(crate) tensors: Vec<Tensor>,
+    pub(crate) indices: Vec<Index>,
+    pub(crate) index_host: Vec<u32>,
+    pub(crate) index_arena: Option<Buffer>,
     /// The arena range written since the last upload.
-    index_dirty: Option<(usize, usize)>,
-    weights: Vec<Weight>,
-    caches: Vec<KvCache>,
-    argmax_out: Option<(CudaSlice<u32>, u64)>,
-    step_timing: Option<StepTiming>,
-    /// cuBLAS for the prefill matmul (experimental), when the library loaded.
-    blas: Option<Blas>,
-    /// The f32 tile a prefill matmul dequantizes its weights into: (buffer, address, floats).
-    gemm_tile: Option<(CudaSlice<f32>, u64, usize)>,
-}
-
-/// Events and a clock for [`CudaBackend::set_step_timing`].
-struct StepTiming {
-    start: cudarc::driver::CudaEvent,
-    end: cudarc::driver::CudaEvent,
-    last_readout: Option<std::time::Instant>,
-}
-
-fn driver(what: &'static str) -> impl FnOnce(DriverError) -> CudaError {
-    move |e| CudaError::Driver {
-        what,
-        reason: e.to_string(),
-    }
+    pub(crate) index_dirty: Option<(usize, usize)>,
+    pub(crate) weights: Vec<Weight>,
+    pub(crate) caches: Vec<KvCache>,
+    /// The device argmax's output: (buffer, entries).
+    pub(crate) argmax_out: Option<(Buffer, usize)>,
+    /// The f32 tile a prefill matmul dequantizes its weights into: (buffer, floats).
+    pub(crate) gemm_tile: Option<(Buffer, usize)>,
 }
 
 /// A failed launch or copy, as the trait's error.
@@ -209,98 +190,23 @@ impl CudaBackend {
     /// Opens device `config.device`, compiles the kernels with NVRTC and loads them.
     /// Without a driver or a device this is [`CudaError::NoDevice`], never a panic.
     pub fn new(config: CudaConfig) -> std::result::Result<Self, CudaError> {
-        loader::require_driver()?;
-        let count = loader::no_panic("cuDeviceGetCount", CudaContext::device_count)?
-            .map_err(|e| CudaError::NoDevice(format!("the driver reports: {e}")))?;
-        if count <= 0 {
-            return Err(CudaError::NoDevice("the driver sees no devices".into()));
-        }
-        if config.device >= count as usize {
-            return Err(CudaError::NoDevice(format!(
-                "device {} asked for, {count} present",
-                config.device
-            )));
-        }
-        let ctx = loader::no_panic("cuCtxCreate", || CudaContext::new(config.device))?
-            .map_err(driver("context creation"))?;
-        // SAFETY: every op of this backend runs on one stream in program order, so cudarc's
-        // cross-stream event tracking is not needed; kernels get raw addresses anyway.
-        unsafe { ctx.disable_event_tracking() };
-        // A stream of our own: the legacy default stream cannot be captured into a graph.
-        let stream = ctx.new_stream().map_err(driver("stream creation"))?;
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(driver("compute capability"))?;
-        let arch = format!("{major}{minor}");
-        let mut funcs = Vec::new();
-        let mut func_ids = HashMap::new();
-        for (file, ptx) in kernels::compile_all(&arch)? {
-            let module = ctx.load_module(ptx).map_err(driver("module load"))?;
-            let names = kernels::names();
-            for name in names.iter().filter(|n| kernels::file_of(n) == file) {
-                let f = module.load_function(name).map_err(|e| CudaError::Driver {
-                    what: "kernel lookup",
-                    reason: format!("{name} in {file}: {e}"),
-                })?;
-                func_ids.insert(name.clone(), funcs.len());
-                funcs.push(f);
-            }
-        }
-        let blas = if config.experimental.gemm {
-            Blas::new(stream.clone())
-                .inspect_err(
-                    |e| tracing::warn!(error = %e, "no cuBLAS: prefill uses the matmul kernels"),
-                )
-                .ok()
-        } else {
-            None
-        };
-        Ok(CudaBackend {
-            ctx,
-            stream,
-            funcs,
-            func_ids,
-            // Programmatic dependent launch needs sm_90.
-            queue: Queue::new(config.graphs, config.experimental.pdl && major >= 9),
-            device: config.device,
-            experimental: config.experimental,
-            arch,
-            allocated: 0,
-            tensors: Vec::new(),
-            indices: Vec::new(),
-            index_host: Vec::new(),
-            index_arena: None,
-            index_dirty: None,
-            weights: Vec::new(),
-            caches: Vec::new(),
-            argmax_out: None,
-            step_timing: None,
-            blas,
-            gemm_tile: None,
-        })
-    }
-
-    /// Whether weights of type `ty` can be uploaded (its kernels exist and, for the types in
-    /// [`EXPERIMENTAL_TYPES`], [`Experimental::types`] is on).
-    pub fn supports(&self, ty: GgmlType) -> bool {
-        WEIGHT_TYPES.iter().any(|(t, _)| *t == ty)
-            && (self.experimental.types || !EXPERIMENTAL_TYPES.contains(&ty))
+        let gpu = Gpu::open(&config)?;
+        Ok(CudaBackend::on(gpu, config.experimental))
     }
 
     /// The device's name, e.g. `"NVIDIA H200"`.
     pub fn device_name(&self) -> String {
-        self.ctx.name().unwrap_or_else(|_| "unknown".into())
+        self.dev.name()
     }
 
     /// The `compute_XY` architecture the kernels were compiled for (`"90"`).
     pub fn arch(&self) -> &str {
-        &self.arch
+        &self.dev.arch
     }
 
     /// Free and total device memory in bytes.
     pub fn vram(&self) -> std::result::Result<(u64, u64), CudaError> {
-        let (free, total) = self.ctx.mem_get_info().map_err(driver("cuMemGetInfo"))?;
-        Ok((free as u64, total as u64))
+        self.dev.mem_info()
     }
 
     /// [`CudaError::InsufficientVram`] unless `required` more bytes fit in free VRAM.
@@ -310,10 +216,83 @@ impl CudaBackend {
             return Err(CudaError::InsufficientVram {
                 required,
                 available: free,
-                device: self.device,
+                device: self.dev.ordinal,
             });
         }
         Ok(())
+    }
+
+    /// Kernel launch counters since start-up (the benchmark prints them per decode step).
+    pub fn launch_stats(&self) -> LaunchStats {
+        self.dev.stats()
+    }
+
+    /// Times every `read_rows` (a model step's end): device time between events around the
+    /// flush and read-out, host time inside it, host time between steps. See [`LaunchStats`].
+    pub fn set_step_timing(&mut self, on: bool) -> Result<()> {
+        self.dev
+            .set_step_timing(on)
+            .map_err(op_err("set_step_timing"))
+    }
+
+    /// Starts timing every kernel with events (launches go one by one from now on, no
+    /// graphs); [`CudaBackend::kernel_profile`] reads the totals. For `bench --profile`.
+    pub fn start_profile(&mut self) -> Result<()> {
+        self.flush("start_profile")?;
+        self.dev.queue.start_profile();
+        Ok(())
+    }
+
+    /// Per kernel name: (launches, total milliseconds) since [`CudaBackend::start_profile`],
+    /// the most expensive first.
+    pub fn kernel_profile(&self) -> Vec<(String, u64, f64)> {
+        let mut v: Vec<(String, u64, f64)> = self
+            .dev
+            .queue
+            .profile()
+            .iter()
+            .enumerate()
+            .filter(|(_, &(n, _))| n > 0)
+            .map(|(i, &(n, ms))| (self.names.get(i).cloned().unwrap_or_default(), n, ms))
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
+    }
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// The backend on `dev`, whose kernels are [`kernels::names`] by position.
+    pub(crate) fn on(dev: D, experimental: Experimental) -> Self {
+        let names = kernels::names();
+        let func_ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        CudaBackend {
+            dev,
+            names,
+            func_ids,
+            pending: Vec::new(),
+            experimental,
+            allocated: 0,
+            tensors: Vec::new(),
+            indices: Vec::new(),
+            index_host: Vec::new(),
+            index_arena: None,
+            index_dirty: None,
+            weights: Vec::new(),
+            caches: Vec::new(),
+            argmax_out: None,
+            gemm_tile: None,
+        }
+    }
+
+    /// Whether weights of type `ty` can be uploaded (its kernels exist and, for the types in
+    /// [`EXPERIMENTAL_TYPES`], [`Experimental::types`] is on).
+    pub fn supports(&self, ty: GgmlType) -> bool {
+        WEIGHT_TYPES.iter().any(|(t, _)| *t == ty)
+            && (self.experimental.types || !EXPERIMENTAL_TYPES.contains(&ty))
     }
 
     /// Bytes this backend has allocated on the device.
@@ -324,75 +303,19 @@ impl CudaBackend {
     /// Waits for all queued work (for timings).
     pub fn synchronize(&mut self) -> Result<()> {
         self.flush("synchronize")?;
-        self.stream.synchronize().map_err(op_err("synchronize"))
-    }
-
-    /// Kernel launch counters since start-up (the benchmark prints them per decode step).
-    pub fn launch_stats(&self) -> LaunchStats {
-        self.queue.stats
-    }
-
-    /// Times every `read_rows` (a model step's end): device time between events around the
-    /// flush and read-out, host time inside it, host time between steps. See [`LaunchStats`].
-    pub fn set_step_timing(&mut self, on: bool) -> Result<()> {
-        self.step_timing = if on {
-            let ev = || {
-                self.ctx
-                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .map_err(op_err("set_step_timing"))
-            };
-            Some(StepTiming {
-                start: ev()?,
-                end: ev()?,
-                last_readout: None,
-            })
-        } else {
-            None
-        };
-        Ok(())
-    }
-
-    /// Starts timing every kernel with events (launches go one by one from now on, no
-    /// graphs); [`CudaBackend::kernel_profile`] reads the totals. For `bench --profile`.
-    pub fn start_profile(&mut self) -> Result<()> {
-        self.flush("start_profile")?;
-        self.queue.start_profile();
-        Ok(())
-    }
-
-    /// Per kernel name: (launches, total milliseconds) since [`CudaBackend::start_profile`],
-    /// the most expensive first.
-    pub fn kernel_profile(&self) -> Vec<(String, u64, f64)> {
-        let mut names = vec![String::new(); self.funcs.len()];
-        for (name, &i) in &self.func_ids {
-            if let Some(n) = names.get_mut(i) {
-                n.clone_from(name);
-            }
-        }
-        let mut v: Vec<(String, u64, f64)> = self
-            .queue
-            .profile()
-            .iter()
-            .enumerate()
-            .filter(|(_, &(n, _))| n > 0)
-            .map(|(i, &(n, ms))| (names.get(i).cloned().unwrap_or_default(), n, ms))
-            .collect();
-        v.sort_by(|a, b| b.2.total_cmp(&a.2));
-        v
+        self.dev.synchronize().map_err(op_err("synchronize"))
     }
 
     /// Uploads the index range written since the last flush, then submits the queued
     /// launches in order. Called before every host interaction.
     fn flush(&mut self, op: &'static str) -> Result<()> {
-        if let (Some((lo, hi)), Some((arena, _))) = (self.index_dirty, self.index_arena.as_mut()) {
+        if let (Some((lo, hi)), Some(arena)) = (self.index_dirty, self.index_arena) {
             self.index_dirty = None;
-            self.stream
-                .memcpy_htod(&self.index_host[lo..hi], &mut arena.slice_mut(lo..hi))
-                .map_err(op_err(op))?;
+            let bytes = bytemuck::cast_slice(&self.index_host[lo..hi]);
+            self.dev.upload(arena, lo * 4, bytes).map_err(op_err(op))?;
         }
-        self.queue
-            .flush(&self.stream, &self.funcs)
-            .map_err(op_err(op))
+        let launches = std::mem::take(&mut self.pending);
+        self.dev.run(launches).map_err(op_err(op))
     }
 
     /// The index of the largest value of each of the first `rows` rows of `src`, computed on
@@ -408,15 +331,17 @@ impl CudaBackend {
             return Ok(Vec::new());
         }
         let need = match &self.argmax_out {
-            Some((b, _)) => b.len() < rows,
+            Some((_, n)) => *n < rows,
             None => true,
         };
         if need {
-            let buf: CudaSlice<u32> = self.alloc("argmax output", rows)?;
-            let p = self.ptr(&buf);
-            self.argmax_out = Some((buf, p));
+            if let Some((old, _)) = self.argmax_out.take() {
+                self.dev.free(old);
+            }
+            let buf = self.alloc::<u32>("argmax output", rows)?;
+            self.argmax_out = Some((buf, rows));
         }
-        let Some(op) = self.argmax_out.as_ref().map(|(_, p)| *p) else {
+        let Some(op) = self.argmax_out.as_ref().map(|(b, _)| b.ptr) else {
             return Err(ComputeError::Alloc {
                 what: "argmax output",
                 bytes: rows as u128 * 4,
@@ -426,37 +351,36 @@ impl CudaBackend {
         let args = [Arg::P(op), Arg::P(sp), Arg::I(i32_of(OP, cols)?)];
         self.launch(OP, "argmax_f32", cfg, &args)?;
         self.flush(OP)?;
-        let Some((buf, _)) = &self.argmax_out else {
+        let Some((buf, _)) = self.argmax_out else {
             return Err(ComputeError::Alloc {
                 what: "argmax output",
                 bytes: rows as u128 * 4,
             });
         };
         let mut out = vec![0u32; rows];
-        self.stream
-            .memcpy_dtoh(&buf.slice(..rows), &mut out[..])
+        self.dev
+            .download(buf, bytemuck::cast_slice_mut(&mut out[..]))
             .map_err(op_err(OP))?;
-        self.stream.synchronize().map_err(op_err(OP))?;
+        self.dev.synchronize().map_err(op_err(OP))?;
         Ok(out)
     }
 
-    fn alloc<T: DeviceRepr + ValidAsZeroBits>(
-        &mut self,
-        what: &'static str,
-        n: usize,
-    ) -> Result<CudaSlice<T>> {
-        let bytes = n as u128 * std::mem::size_of::<T>() as u128;
-        let buf = self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
-            tracing::error!(what, bytes = bytes as u64, error = %e, "VRAM_OOM: device allocation failed");
+    /// A zeroed device allocation of `n` elements of `T` (at least one).
+    fn alloc<T>(&mut self, what: &'static str, n: usize) -> Result<Buffer> {
+        let size = std::mem::size_of::<T>();
+        let bytes = n as u128 * size as u128;
+        let oom = |e: Option<DriverError>| {
+            let reason = e.map_or_else(|| "too large".to_string(), |e| e.to_string());
+            tracing::error!(what, bytes = bytes as u64, error = %reason, "VRAM_OOM: device allocation failed");
             ComputeError::Alloc { what, bytes }
-        })?;
+        };
+        let len = usize::try_from(bytes).map_err(|_| oom(None))?;
+        let buf = self
+            .dev
+            .alloc(what, len.max(size))
+            .map_err(|e| oom(Some(e)))?;
         self.allocated += bytes as u64;
         Ok(buf)
-    }
-
-    fn ptr<T>(&self, buf: &CudaSlice<T>) -> u64 {
-        let (p, _guard) = buf.device_ptr(&self.stream);
-        p
     }
 
     fn func_id(&self, op: &'static str, name: &str) -> Result<usize> {
@@ -499,7 +423,7 @@ impl CudaBackend {
             op,
             reason: format!("kernel {func} takes more arguments than the launch queue holds"),
         })?;
-        self.queue.push(Launch {
+        self.pending.push(Launch {
             func,
             grid: dims.grid,
             block: dims.block,
@@ -513,7 +437,7 @@ impl CudaBackend {
     /// (either order) with the same input, weight type and shape and no bias, the launch of
     /// the fused gate/up/SwiGLU kernel that replaces them.
     fn glu_fusion(&self, act: u64, gate: u64, up: u64, cols: usize) -> Option<Launch> {
-        let (a, b) = self.queue.last_two()?;
+        let (a, b) = last_two(&self.pending)?;
         let (Tag::Matvec { out: ao, glu }, Tag::Matvec { out: bo, .. }) = (a.tag, b.tag) else {
             return None;
         };
@@ -571,7 +495,7 @@ impl CudaBackend {
             Arg::I(v) => usize::try_from(v).ok(),
             _ => None,
         };
-        let Some(last) = self.queue.last_mut() else {
+        let Some(last) = self.pending.last_mut() else {
             return false;
         };
         let a = last.args.as_slice();
@@ -644,7 +568,7 @@ impl CudaBackend {
     /// Experimental: the fused gate/up/SwiGLU launch replacing a two-set matvec3 (the last
     /// launch) that writes `gate` and `up` from one input with no bias.
     fn glu_from_matvec3(&self, act: u64, gate: u64, up: u64, cols: usize) -> Option<Launch> {
-        let l = self.queue.last()?;
+        let l = self.pending.last()?;
         let Tag::Matvec3 { glu, sets: 2 } = l.tag else {
             return None;
         };
@@ -693,7 +617,7 @@ impl CudaBackend {
         };
         let tile_floats = |n: usize, k: usize| (TILE_ELEMENTS / k).clamp(1, n) * k;
         let tile_rows = tile_floats(n, k) / k;
-        if self.gemm_tile.as_ref().is_none_or(|t| t.2 < tile_rows * k) {
+        if self.gemm_tile.as_ref().is_none_or(|t| t.1 < tile_rows * k) {
             // Sized once for the largest tile of any weight uploaded so far.
             let floats = self
                 .weights
@@ -701,15 +625,16 @@ impl CudaBackend {
                 .filter(|w| !w.vector)
                 .map(|w| tile_floats(w.rows, w.cols))
                 .fold(tile_rows * k, usize::max);
-            self.gemm_tile = None;
+            if let Some((old, _)) = self.gemm_tile.take() {
+                self.dev.free(old);
+            }
             let buf = self.alloc::<f32>("matmul weight tile", floats)?;
-            let p = self.ptr(&buf);
-            self.gemm_tile = Some((buf, p, floats));
+            self.gemm_tile = Some((buf, floats));
         }
-        let tile = self.gemm_tile.as_ref().map_or(0, |t| t.1);
+        let tile = self.gemm_tile.as_ref().map_or(0, |t| t.0.ptr);
         let (rows_i, n_i, k_i) = (i32_of(OP, rows)?, i32_of(OP, n)?, i32_of(OP, k)?);
         // cuBLAS runs on this thread's current context.
-        self.ctx.bind_to_thread().map_err(op_err(OP))?;
+        self.dev.bind().map_err(op_err(OP))?;
         for start in (0..n).step_by(tile_rows) {
             let tn = tile_rows.min(n - start);
             let args = [
@@ -720,7 +645,7 @@ impl CudaBackend {
             ];
             self.launch_func(OP, dequant, grid(tn, 1, 256), &args, Tag::Plain)?;
             self.flush(OP)?;
-            let Some(blas) = &self.blas else {
+            let Some(blas) = self.dev.blas() else {
                 return Err(ComputeError::Unsupported {
                     op: OP,
                     reason: "cuBLAS is not loaded".into(),
@@ -844,6 +769,14 @@ impl CudaBackend {
     }
 }
 
+/// The last two recorded launches, for an op that fuses them.
+fn last_two(pending: &[Launch]) -> Option<(&Launch, &Launch)> {
+    match pending {
+        [.., a, b] => Some((a, b)),
+        _ => None,
+    }
+}
+
 fn check_rows(op: &'static str, have: usize, rows: usize, what: &str) -> Result<()> {
     if rows > have {
         return Err(shape(op, format!("{what} holds {have} rows, {rows} asked")));
@@ -861,7 +794,7 @@ fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<(
     Ok(())
 }
 
-impl ComputeBackend for CudaBackend {
+impl<D: Device> ComputeBackend for CudaBackend<D> {
     fn name(&self) -> &'static str {
         "cuda"
     }
@@ -916,20 +849,20 @@ impl ComputeBackend for CudaBackend {
             let mut v = vec![0f32; d.cols];
             worker_gguf::dequantize(d.ty, d.bytes, &mut v).map_err(|e| bad(e.to_string()))?;
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let mut buf = self.alloc::<u8>("weight", bytes.len() + WEIGHT_PAD)?;
-            self.stream
-                .memcpy_htod(&bytes[..], &mut buf.slice_mut(..bytes.len()))
+            let buf = self.alloc::<u8>("weight", bytes.len() + WEIGHT_PAD)?;
+            self.dev
+                .upload(buf, 0, &bytes)
                 .map_err(op_err("upload_weight"))?;
             (buf, "f32", d.cols * 4, true, MATVEC_SEGMENT * 4)
         } else {
-            let mut buf = self.alloc::<u8>("weight", d.bytes.len() + WEIGHT_PAD)?;
-            self.stream
-                .memcpy_htod(d.bytes, &mut buf.slice_mut(..d.bytes.len()))
+            let buf = self.alloc::<u8>("weight", d.bytes.len() + WEIGHT_PAD)?;
+            self.dev
+                .upload(buf, 0, d.bytes)
                 .map_err(op_err("upload_weight"))?;
             let seg = d.ty.bytes_for(MATVEC_SEGMENT as u64).unwrap_or(0) as usize;
             (buf, suffix, row_bytes, false, seg)
         };
-        let ptr = self.ptr(&buf);
+        let ptr = buf.ptr;
         let mut funcs = [0; 7];
         let kinds = [
             "embed",
@@ -952,7 +885,6 @@ impl ComputeBackend for CudaBackend {
             seg_bytes,
             vector,
             ptr,
-            _buf: buf,
         });
         Ok(WeightId::from_raw(self.weights.len() as u32 - 1))
     }
@@ -963,11 +895,10 @@ impl ComputeBackend for CudaBackend {
             bytes: rows as u128 * cols as u128 * 4,
         })?;
         let buf = self.alloc::<f32>("tensor", n)?;
-        let ptr = self.ptr(&buf);
         self.tensors.push(Tensor {
             rows,
             cols,
-            ptr,
+            ptr: buf.ptr,
             buf,
         });
         Ok(TensorId::from_raw(self.tensors.len() as u32 - 1))
@@ -981,14 +912,13 @@ impl ComputeBackend for CudaBackend {
         })?;
         if self.index_arena.is_none() {
             let arena = self.alloc::<u32>("index arena", INDEX_ARENA)?;
-            let p = self.ptr(&arena);
-            self.index_arena = Some((arena, p));
+            self.index_arena = Some(arena);
         }
-        let (ptr, own) = match &self.index_arena {
-            Some((_, base)) if end <= INDEX_ARENA => (base + off as u64 * 4, None),
+        let (ptr, own) = match self.index_arena {
+            Some(arena) if end <= INDEX_ARENA => (arena.ptr + off as u64 * 4, None),
             _ => {
                 let buf = self.alloc::<u32>("index", len)?;
-                (self.ptr(&buf), Some(buf))
+                (buf.ptr, Some(buf))
             }
         };
         self.index_host.resize(end, 0);
@@ -1029,12 +959,10 @@ impl ComputeBackend for CudaBackend {
         };
         let k = self.alloc::<u16>("kv cache keys", nk)?;
         let v = self.alloc::<u16>("kv cache values", nv)?;
-        let (kp, vp) = (self.ptr(&k), self.ptr(&v));
         self.caches.push(KvCache {
             cfg,
-            k: kp,
-            v: vp,
-            _bufs: (k, v),
+            k: k.ptr,
+            v: v.ptr,
             partials: None,
         });
         Ok(KvCacheId::from_raw(self.caches.len() as u32 - 1))
@@ -1063,16 +991,16 @@ impl ComputeBackend for CudaBackend {
             return Ok(());
         }
         // Launches queued before this write must see the old values.
-        if self.queue.has_pending() {
+        if !self.pending.is_empty() {
             self.flush(OP)?;
         }
         let end = off + data.len();
         self.index_host[off..end].copy_from_slice(data);
         let i = dst.raw() as usize;
-        match self.indices.get_mut(i).and_then(|v| v.own.as_mut()) {
+        match self.indices.get(i).and_then(|v| v.own) {
             Some(buf) => self
-                .stream
-                .memcpy_htod(data, &mut buf.slice_mut(..data.len()))
+                .dev
+                .upload(buf, 0, bytemuck::cast_slice(data))
                 .map_err(op_err(OP)),
             None => {
                 self.index_dirty = Some(match self.index_dirty {
@@ -1108,16 +1036,10 @@ impl ComputeBackend for CudaBackend {
         if data.is_empty() {
             return Ok(());
         }
+        let buf = t.buf;
         self.flush(OP)?;
-        let Some(t) = self.tensors.get_mut(dst.raw() as usize) else {
-            return Err(ComputeError::UnknownHandle {
-                op: OP,
-                kind: "tensor",
-                id: dst.raw(),
-            });
-        };
-        self.stream
-            .memcpy_htod(data, &mut t.buf.slice_mut(..data.len()))
+        self.dev
+            .upload(buf, 0, bytemuck::cast_slice(data))
             .map_err(op_err(OP))
     }
 
@@ -1135,30 +1057,14 @@ impl ComputeBackend for CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        let buf = t.buf;
         let entered = std::time::Instant::now();
-        if let Some(st) = &self.step_timing {
-            st.start.record(&self.stream).map_err(op_err(OP))?;
-        }
+        self.dev.begin_read_out().map_err(op_err(OP))?;
         self.flush(OP)?;
-        let t = self.tensor(OP, src)?;
-        self.stream
-            .memcpy_dtoh(&t.buf.slice(..n), out)
+        self.dev
+            .download(buf, bytemuck::cast_slice_mut(out))
             .map_err(op_err(OP))?;
-        if let Some(st) = &self.step_timing {
-            st.end.record(&self.stream).map_err(op_err(OP))?;
-        }
-        self.stream.synchronize().map_err(op_err(OP))?;
-        if let Some(st) = &mut self.step_timing {
-            let ms = st.start.elapsed_ms(&st.end).map_err(op_err(OP))?;
-            let s = &mut self.queue.stats;
-            s.device_ns += (f64::from(ms) * 1e6) as u64;
-            s.readout_ns += entered.elapsed().as_nanos() as u64;
-            if let Some(prev) = st.last_readout {
-                s.record_ns += entered.duration_since(prev).as_nanos() as u64;
-            }
-            st.last_readout = Some(std::time::Instant::now());
-        }
-        Ok(())
+        self.dev.finish_read_out(entered).map_err(op_err(OP))
     }
 
     fn embed(&mut self, out: TensorId, table: WeightId, ids: IndexId, rows: usize) -> Result<()> {
@@ -1250,7 +1156,7 @@ impl ComputeBackend for CudaBackend {
                 Arg::I(cols_i),
             ])
         };
-        if let Some(last) = self.queue.last_mut() {
+        if let Some(last) = self.pending.last_mut() {
             if let Tag::Add {
                 dst,
                 src,
@@ -1397,7 +1303,7 @@ impl ComputeBackend for CudaBackend {
             }
             return self.launch_func(OP, func, dims, &args, tag);
         }
-        if rows >= GEMM_MIN_ROWS && self.blas.is_some() {
+        if rows >= GEMM_MIN_ROWS && self.dev.blas().is_some() {
             let (op, xp) = (o.ptr, xt.ptr);
             return self.matmul_gemm(op, xp, w, rows);
         }
@@ -1446,7 +1352,7 @@ impl ComputeBackend for CudaBackend {
             return Ok(());
         }
         // Fused: the mat-vec that just wrote `dst` adds the bias as it stores.
-        if let Some(last) = self.queue.last_mut() {
+        if let Some(last) = self.pending.last_mut() {
             if matches!(last.tag, Tag::Matvec { out, .. } if out == dp) && rows == 1 {
                 if let Some(b @ Arg::P(0)) = last.args.as_mut_slice().get_mut(3) {
                     *b = Arg::P(bp);
@@ -1515,7 +1421,7 @@ impl ComputeBackend for CudaBackend {
         ];
         // Fused: a rope of another tensor with the same positions and parameters just before
         // (q, then k) becomes one launch over both tensors' heads.
-        if let Some(last) = self.queue.last_mut() {
+        if let Some(last) = self.pending.last_mut() {
             let prev = last.args.as_mut_slice();
             if last.tag == (Tag::Rope { rows })
                 && prev.len() == args.len()
@@ -1627,18 +1533,19 @@ impl ComputeBackend for CudaBackend {
             // positions, a second merges the splits (attention.cu).
             let nsplit = max_positions.div_ceil(AD_SPAN);
             let need = p.heads * nsplit * (vhd + 2);
-            let have = kv.partials.as_ref().map_or(0, |(_, _, n)| *n);
+            let have = kv.partials.as_ref().map_or(0, |(_, n)| *n);
             if have < need {
                 let buf = self.alloc::<f32>("attention partials", need)?;
-                let ptr = self.ptr(&buf);
                 if let Some(kv) = self.caches.get_mut(cache.raw() as usize) {
-                    kv.partials = Some((buf, ptr, need));
+                    if let Some((old, _)) = kv.partials.replace((buf, need)) {
+                        self.dev.free(old);
+                    }
                 }
             }
             let Some(part) = self
                 .caches
                 .get(cache.raw() as usize)
-                .and_then(|kv| kv.partials.as_ref().map(|(_, p, _)| *p))
+                .and_then(|kv| kv.partials.as_ref().map(|(b, _)| b.ptr))
             else {
                 return Err(ComputeError::Alloc {
                     what: "attention partials",
@@ -1755,14 +1662,14 @@ impl ComputeBackend for CudaBackend {
         let (gp, up_, op, cols) = (g.ptr, u.ptr, o.ptr, g.cols);
         if rows == 1 {
             if let Some(fused) = self.glu_fusion(op, gp, up_, cols) {
-                self.queue.pop();
-                if let Some(last) = self.queue.last_mut() {
+                self.pending.pop();
+                if let Some(last) = self.pending.last_mut() {
                     *last = fused;
                 }
                 return Ok(());
             }
             if let Some(fused) = self.glu_from_matvec3(op, gp, up_, cols) {
-                if let Some(last) = self.queue.last_mut() {
+                if let Some(last) = self.pending.last_mut() {
                     *last = fused;
                 }
                 return Ok(());

@@ -28,9 +28,12 @@
 
 mod backend;
 mod config;
+mod device;
 mod error;
 mod gemm;
 pub mod kernels;
+#[cfg(test)]
+mod launches;
 pub mod loader;
 mod queue;
 

@@ -1,5 +1,5 @@
-//! The launch queue: ops record their kernel launches here instead of submitting them, and
-//! the queue is flushed at the next host interaction (an upload, a read-out, a sync).
+//! The launch queue: ops record their kernel launches in a list that the backend holds, and
+//! that list is flushed here at the next host interaction (an upload, a read-out, a sync).
 //!
 //! Two things follow from holding the launches back until the step's end:
 //! - A flushed launch list that was seen before (a decode step: same kernels, same device
@@ -22,7 +22,7 @@ use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaStream, DriverError, Laun
 
 /// A kernel argument.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Arg {
+pub enum Arg {
     /// A device address (0 for "none" where a kernel allows it).
     P(u64),
     I(i32),
@@ -46,7 +46,7 @@ pub(crate) const MAX_ARGS: usize = 20;
 
 /// A kernel's arguments, inline (no allocation per launch).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Args {
+pub struct Args {
     list: [Arg; MAX_ARGS],
     len: usize,
 }
@@ -73,7 +73,7 @@ impl Args {
 
 /// What a queued launch is, for the fusion rules of the op that comes next.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Tag {
+pub enum Tag {
     /// Nothing fuses into it.
     Plain,
     /// A one-row mat-vec writing `out`; argument 3 is its bias pointer (0: none yet).
@@ -95,7 +95,7 @@ pub(crate) enum Tag {
 
 /// One recorded kernel launch.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Launch {
+pub struct Launch {
     pub func: usize,
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
@@ -145,9 +145,8 @@ struct Captured {
     graph: OwnedGraph,
 }
 
-/// The queue and the graph cache of one stream.
+/// The graph cache of one stream, and its counters.
 pub(crate) struct Queue {
-    pending: Vec<Launch>,
     graphs_enabled: bool,
     /// Launch with programmatic stream serialization (see the module doc).
     programmatic: bool,
@@ -273,7 +272,6 @@ fn submit_programmatic(
 impl Queue {
     pub fn new(graphs_enabled: bool, programmatic: bool) -> Self {
         Queue {
-            pending: Vec::new(),
             graphs_enabled,
             programmatic,
             seen: Vec::new(),
@@ -283,48 +281,17 @@ impl Queue {
         }
     }
 
-    pub fn push(&mut self, l: Launch) {
-        self.pending.push(l);
-    }
-
-    /// The last queued launch, for an op that fuses into it.
-    pub fn last_mut(&mut self) -> Option<&mut Launch> {
-        self.pending.last_mut()
-    }
-
-    /// The last queued launch.
-    pub fn last(&self) -> Option<&Launch> {
-        self.pending.last()
-    }
-
-    /// The last two queued launches, for an op that fuses them.
-    pub fn last_two(&self) -> Option<(&Launch, &Launch)> {
-        match self.pending.as_slice() {
-            [.., a, b] => Some((a, b)),
-            _ => None,
-        }
-    }
-
-    /// Drops the last queued launch (it was fused into another).
-    pub fn pop(&mut self) -> Option<Launch> {
-        self.pending.pop()
-    }
-
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Submits everything queued, in order: by graph replay when this exact list was
-    /// captured, else launch by launch (capturing it the second time it is seen).
+    /// Submits `launches`, in order: by graph replay when this exact list was captured,
+    /// else launch by launch (capturing it the second time it is seen).
     pub fn flush(
         &mut self,
         stream: &Arc<CudaStream>,
         funcs: &[CudaFunction],
+        launches: Vec<Launch>,
     ) -> Result<(), DriverError> {
-        if self.pending.is_empty() {
+        if launches.is_empty() {
             return Ok(());
         }
-        let launches = std::mem::take(&mut self.pending);
         self.stats.flushes += 1;
         self.stats.kernels += launches.len() as u64;
         if !self.graphs_enabled || launches.len() < GRAPH_MIN_LAUNCHES {
