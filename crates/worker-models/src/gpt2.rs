@@ -3,7 +3,9 @@
 //! (rows: q, then k, then v; split by rows at load time), no rope, a GELU MLP with biases,
 //! and a final LayerNorm. Without `output.weight` the logits use the token embeddings.
 
-use worker_compute::{AttentionParams, ComputeBackend, IndexId, KvCacheConfig, TensorId, WeightId};
+use worker_compute::{
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, Linear, TensorId, WeightId,
+};
 use worker_gguf::{GgufFile, HyperParams};
 
 use crate::kv::KvBinding;
@@ -19,20 +21,20 @@ struct Norm {
 
 /// A projection and its bias.
 #[derive(Clone, Copy)]
-struct Linear {
+struct Projection {
     weight: WeightId,
     bias: WeightId,
 }
 
 struct Layer {
     attn_norm: Norm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    attn_output: Linear,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    attn_output: Projection,
     ffn_norm: Norm,
-    up: Linear,
-    down: Linear,
+    up: Projection,
+    down: Projection,
 }
 
 /// Activation buffers, allocated once for `max_batch` rows.
@@ -83,8 +85,8 @@ fn linear(
     prefix: &str,
     cols: usize,
     rows: usize,
-) -> Result<Linear, ModelError> {
-    Ok(Linear {
+) -> Result<Projection, ModelError> {
+    Ok(Projection {
         weight: upload(file, be, &format!("{prefix}.weight"), cols, rows)?,
         bias: upload(file, be, &format!("{prefix}.bias"), rows, 1)?,
     })
@@ -122,15 +124,15 @@ pub(crate) fn load(
         let [bq, bk, bv] = upload_vec_split(file, backend, &t("attn_qkv.bias"), parts)?;
         layers.push(Layer {
             attn_norm: norm(file, backend, &t("attn_norm"), d)?,
-            q: Linear {
+            q: Projection {
                 weight: wq,
                 bias: bq,
             },
-            k: Linear {
+            k: Projection {
                 weight: wk,
                 bias: bk,
             },
-            v: Linear {
+            v: Projection {
                 weight: wv,
                 bias: bv,
             },
@@ -192,11 +194,15 @@ impl Gpt2 {
         be: &mut dyn ComputeBackend,
         out: TensorId,
         x: TensorId,
-        l: Linear,
+        p: Projection,
         n: usize,
     ) -> Result<(), ModelError> {
-        be.matmul(out, x, l.weight, n)?;
-        be.add_bias(out, l.bias, n)?;
+        let l = Linear {
+            out,
+            weight: p.weight,
+            bias: Some(p.bias),
+        };
+        be.linear(x, &[l], n)?;
         Ok(())
     }
 }
