@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 use worker_compute::{
-    AttentionParams, ComputeBackend, ComputeError, KvCacheConfig, KvIndex, KvType, RopeMode,
-    RopeParams, WeightDesc, KV_BLOCK,
+    AttentionParams, ComputeBackend, ComputeError, KvCacheConfig, KvIndex, KvType, Linear,
+    RopeMode, RopeParams, WeightDesc, KV_BLOCK,
 };
 use worker_compute_cuda::WEIGHT_TYPES;
 use worker_gguf::GgmlType;
@@ -258,8 +258,6 @@ fn matmul_case(
             cols: k,
             bytes: &w,
         })?;
-        // Uploaded before the matmul: an upload flushes the CUDA launch queue, and the bias
-        // is to fold into the mat-vec still queued.
         let bid = match &bias {
             Some(b) => Some(be.upload_weight(WeightDesc {
                 name: "b",
@@ -272,10 +270,12 @@ fn matmul_case(
         };
         let (xi, o) = (be.alloc_tensor(rows, k)?, be.alloc_tensor(rows, n)?);
         be.write_rows(xi, &x)?;
-        be.matmul(o, xi, wid, rows)?;
-        if let Some(bid) = bid {
-            be.add_bias(o, bid, rows)?;
-        }
+        let l = Linear {
+            out: o,
+            weight: wid,
+            bias: bid,
+        };
+        be.linear(xi, &[l], rows)?;
         let mut r = vec![0f32; rows * n];
         be.read_rows(o, rows, &mut r)?;
         Ok(r)
@@ -474,8 +474,9 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
             matmul_case(ty, (n, k, 1), w, x, Some(bias)),
         ));
     }
-    // The attention projections at one row: three mat-vecs of one input, each followed by
-    // its bias (with --cuda-experimental matvec, one matvec3 launch with the biases folded in).
+    // The attention projections at one row: three mat-vecs of one input and their biases, as
+    // one `linear` (with --cuda-experimental matvec, one matvec3 launch with the biases
+    // folded in).
     let d = 512usize;
     let ns = [96usize, 32, 32];
     for &(ty, name) in WEIGHT_TYPES {
@@ -512,10 +513,15 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
                     })?;
                     ids.push((wid, bid, be.alloc_tensor(1, n)?));
                 }
-                for &(wid, bid, o) in &ids {
-                    be.matmul(o, xi, wid, 1)?;
-                    be.add_bias(o, bid, 1)?;
-                }
+                let group: Vec<Linear> = ids
+                    .iter()
+                    .map(|&(weight, bias, out)| Linear {
+                        out,
+                        weight,
+                        bias: Some(bias),
+                    })
+                    .collect();
+                be.linear(xi, &group, 1)?;
                 for (&(_, _, o), &n) in ids.iter().zip(&ns) {
                     let mut r = vec![0f32; n];
                     be.read_rows(o, 1, &mut r)?;
@@ -525,7 +531,8 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
             }),
         ));
     }
-    // The MLP at one row: gate and up mat-vecs, then SwiGLU (one fused kernel on CUDA).
+    // The MLP at one row: gate and up mat-vecs, then SwiGLU (`matmul_swiglu`: one fused
+    // kernel on CUDA).
     let (ff, d) = (90usize, 512usize);
     for &(ty, name) in WEIGHT_TYPES {
         let (wg, wu) = (
@@ -554,9 +561,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
                     be.alloc_tensor(1, ff)?,
                 );
                 be.write_rows(xi, &x)?;
-                be.matmul(gt, xi, g, 1)?;
-                be.matmul(ut, xi, u, 1)?;
-                be.swiglu(at, gt, ut, 1)?;
+                be.matmul_swiglu(at, xi, (gt, g), (ut, u), 1)?;
                 let mut r = vec![0f32; 3 * ff];
                 be.read_rows(at, 1, &mut r[..ff])?;
                 be.read_rows(gt, 1, &mut r[ff..2 * ff])?;
@@ -565,7 +570,8 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
             }),
         ));
     }
-    // The residual add followed by the RMS norm of its result (fused on CUDA).
+    // The residual add followed by the RMS norm of its result (`add_rms_norm`: fused on
+    // CUDA).
     let (a0, c0, w0) = (
         rng.normals(rows * cols, 1.0),
         rng.normals(rows * cols, 1.0),
@@ -589,15 +595,14 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
             );
             be.write_rows(a, &a0)?;
             be.write_rows(c, &c0)?;
-            be.add(a, c, rows)?;
-            be.rms_norm(o, a, w, 1e-6, rows)?;
+            be.add_rms_norm(o, a, c, w, 1e-6, rows)?;
             let mut r = vec![0f32; 2 * rows * cols];
             be.read_rows(a, rows, &mut r[..rows * cols])?;
             be.read_rows(o, rows, &mut r[rows * cols..])?;
             Ok(r)
         }),
     ));
-    // Rope of q then k at the same positions (one launch on CUDA).
+    // Rope of q then k at the same positions (`rope_qk`: one launch on CUDA).
     for mode in [RopeMode::Normal, RopeMode::Neox] {
         let (hq, hk, hd) = (6usize, 2usize, 64usize);
         let (q0, k0) = (
@@ -625,8 +630,7 @@ fn cases() -> anyhow::Result<Vec<(String, f64, Case)>> {
                     mode,
                     yarn: None,
                 };
-                be.rope(q, pos, &p(hq), rows)?;
-                be.rope(k, pos, &p(hk), rows)?;
+                be.rope_qk(q, k, pos, &p(hq), &p(hk), rows)?;
                 let mut r = vec![0f32; rows * (hq + hk) * hd];
                 be.read_rows(q, rows, &mut r[..rows * hq * hd])?;
                 be.read_rows(k, rows, &mut r[rows * hq * hd..])?;

@@ -19,16 +19,16 @@ use std::collections::HashMap;
 use cudarc::driver::DriverError;
 use worker_compute::{
     AttentionParams, ComputeBackend, ComputeError, IndexId, KvCacheConfig, KvCacheId, KvIndex,
-    KvLayout, KvType, Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
+    KvLayout, KvType, Linear, Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
 };
 use worker_gguf::GgmlType;
 
 use crate::config::{CudaConfig, Experimental};
 use crate::device::{Buffer, Device, Gpu};
 use crate::error::CudaError;
-use crate::gemm::{MatmulDims, GEMM_MIN_ROWS, TILE_ELEMENTS};
+use crate::gemm::{MatmulDims, TILE_ELEMENTS};
 use crate::kernels;
-use crate::queue::{Arg, Args, Launch, LaunchStats, Tag};
+use crate::queue::{Arg, Args, Launch, LaunchStats};
 
 /// Weight types with embedding and matmul kernels, and the kernel-name suffix of each.
 pub const WEIGHT_TYPES: &[(GgmlType, &str)] = &[
@@ -60,12 +60,6 @@ const EXPERIMENTAL_TYPES: &[GgmlType] = &[
 
 /// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
 const MAX_HEAD_DIM: usize = 256;
-/// Activation rows per matmul block row (`MM_ROWS` in quant.cu).
-const MM_ROWS: usize = 8;
-/// Output columns per matmul block (warps per block).
-const MM_COLS: usize = 4;
-/// Warps per mat-vec block, one output row each (`MV_WARPS` in matvec.cu).
-const MV_WARPS: usize = 4;
 /// Elements of a row a mat-vec warp stages in shared memory at once (32 chunks of 32);
 /// at most `MV_SEG_MAX` bytes in matvec.cu (4096: f32).
 const MATVEC_SEGMENT: usize = 1024;
@@ -84,42 +78,42 @@ const AP_MAX_DIM: usize = 128;
 const INDEX_ARENA: usize = 1 << 20;
 
 pub(crate) struct Tensor {
-    rows: usize,
-    cols: usize,
-    ptr: u64,
-    buf: Buffer,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) ptr: u64,
+    pub(crate) buf: Buffer,
 }
 
 /// An index vector: its host mirror is `index_host[off..off + len]`; on the device it sits
 /// at the same offset of the arena, or in `own` when the arena was full.
 pub(crate) struct Index {
-    off: usize,
-    len: usize,
-    ptr: u64,
-    own: Option<Buffer>,
+    pub(crate) off: usize,
+    pub(crate) len: usize,
+    pub(crate) ptr: u64,
+    pub(crate) own: Option<Buffer>,
 }
 
 pub(crate) struct Weight {
-    name: String,
-    rows: usize,
-    cols: usize,
-    row_bytes: usize,
+    pub(crate) name: String,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) row_bytes: usize,
     /// Bytes of [`MATVEC_SEGMENT`] elements of a row (what a mat-vec warp stages at once).
-    seg_bytes: usize,
+    pub(crate) seg_bytes: usize,
     /// Stored as an f32 vector (norm weights, biases), dequantized at upload.
-    vector: bool,
+    pub(crate) vector: bool,
     /// The kernels of its storage type: embed, matmul, matvec, matvec_glu, matvec_wide,
     /// matvec3, dequant.
-    funcs: [usize; 7],
-    ptr: u64,
+    pub(crate) funcs: [usize; 7],
+    pub(crate) ptr: u64,
 }
 
 pub(crate) struct KvCache {
-    cfg: KvCacheConfig,
-    k: u64,
-    v: u64,
+    pub(crate) cfg: KvCacheConfig,
+    pub(crate) k: u64,
+    pub(crate) v: u64,
     /// Partial results of the split decode attention: (buffer, floats).
-    partials: Option<(Buffer, usize)>,
+    pub(crate) partials: Option<(Buffer, usize)>,
 }
 
 /// The CUDA implementation of [`ComputeBackend`], on a [`Gpu`].
@@ -157,29 +151,29 @@ fn op_err(op: &'static str) -> impl FnOnce(DriverError) -> ComputeError {
     }
 }
 
-fn shape(op: &'static str, reason: String) -> ComputeError {
+pub(crate) fn shape(op: &'static str, reason: String) -> ComputeError {
     ComputeError::Shape { op, reason }
 }
 
-fn i32_of(op: &'static str, v: usize) -> Result<i32> {
+pub(crate) fn i32_of(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| shape(op, format!("{v} does not fit a kernel's i32 argument")))
 }
 
 /// Grid and block of a launch.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(crate) struct Dims {
     grid: (u32, u32, u32),
     block: (u32, u32, u32),
 }
 
-fn grid_1d(n: usize) -> Dims {
+pub(crate) fn grid_1d(n: usize) -> Dims {
     Dims {
         grid: (n.div_ceil(256) as u32, 1, 1),
         block: (256, 1, 1),
     }
 }
 
-fn grid(x: usize, y: usize, threads: u32) -> Dims {
+pub(crate) fn grid(x: usize, y: usize, threads: u32) -> Dims {
     Dims {
         grid: (x as u32, y as u32, 1),
         block: (threads, 1, 1),
@@ -394,30 +388,24 @@ impl<D: Device> CudaBackend<D> {
     }
 
     /// Queues a launch (the argument list must match the kernel's C signature).
-    fn launch(&mut self, op: &'static str, name: &str, dims: Dims, args: &[Arg]) -> Result<()> {
-        self.launch_tagged(op, name, dims, args, Tag::Plain)
-    }
-
-    fn launch_tagged(
+    pub(crate) fn launch(
         &mut self,
         op: &'static str,
         name: &str,
         dims: Dims,
         args: &[Arg],
-        tag: Tag,
     ) -> Result<()> {
         let func = self.func_id(op, name)?;
-        self.launch_func(op, func, dims, args, tag)
+        self.launch_func(op, func, dims, args)
     }
 
     /// Queues a launch of a function looked up before (the hot path: no name lookup).
-    fn launch_func(
+    pub(crate) fn launch_func(
         &mut self,
         op: &'static str,
         func: usize,
         dims: Dims,
         args: &[Arg],
-        tag: Tag,
     ) -> Result<()> {
         let args = Args::new(args).ok_or_else(|| ComputeError::Unsupported {
             op,
@@ -428,188 +416,14 @@ impl<D: Device> CudaBackend<D> {
             grid: dims.grid,
             block: dims.block,
             args,
-            tag,
         });
         Ok(())
-    }
-
-    /// When the last two queued launches are the one-row mat-vecs writing `gate` and `up`
-    /// (either order) with the same input, weight type and shape and no bias, the launch of
-    /// the fused gate/up/SwiGLU kernel that replaces them.
-    fn glu_fusion(&self, act: u64, gate: u64, up: u64, cols: usize) -> Option<Launch> {
-        let (a, b) = last_two(&self.pending)?;
-        let (Tag::Matvec { out: ao, glu }, Tag::Matvec { out: bo, .. }) = (a.tag, b.tag) else {
-            return None;
-        };
-        let (g, u) = match (ao == gate && bo == up, ao == up && bo == gate) {
-            (true, _) => (a, b),
-            (_, true) => (b, a),
-            _ => return None,
-        };
-        let (ga, ua) = (g.args.as_slice(), u.args.as_slice());
-        // matvec args: out, x, w, bias, n, k, row_bytes, seg_bytes.
-        let same = g.func == u.func
-            && g.grid == u.grid
-            && ga.len() == 8
-            && ua.len() == 8
-            && ga[1] == ua[1]
-            && ga[3] == Arg::P(0)
-            && ua[3] == Arg::P(0)
-            && ga[4..] == ua[4..]
-            && ga[4] == Arg::I(i32::try_from(cols).ok()?);
-        if !same
-            || [act, gate, up].contains(&match ga[1] {
-                Arg::P(x) => x,
-                _ => return None,
-            })
-        {
-            return None;
-        }
-        let args = Args::new(&[
-            Arg::P(act),
-            Arg::P(gate),
-            Arg::P(up),
-            ga[1],
-            ga[2],
-            ua[2],
-            ga[4],
-            ga[5],
-            ga[6],
-            ga[7],
-        ])?;
-        Some(Launch {
-            func: glu,
-            grid: (cols.div_ceil(MV_WARPS) as u32, 1, 1),
-            block: g.block,
-            args,
-            tag: Tag::Plain,
-        })
-    }
-
-    /// Experimental: folds a one-row mat-vec (`args` as for matvec_<type>) into the launch
-    /// before it when that is a mat-vec (or a two-set matvec3) of the same input, type and row
-    /// length writing other tensors; true when it did.
-    fn merge_matvec(&mut self, args: &[Arg; 8], matvec: usize, matvec3: usize) -> bool {
-        let [out, x, w, _, n, k, row_bytes, seg] = *args;
-        let n_of = |a: Arg| match a {
-            Arg::I(v) => usize::try_from(v).ok(),
-            _ => None,
-        };
-        let Some(last) = self.pending.last_mut() else {
-            return false;
-        };
-        let a = last.args.as_slice();
-        let merged = match last.tag {
-            Tag::Matvec { out: prev, glu }
-                if last.func == matvec
-                    && a.len() == 8
-                    && a[1] == x
-                    && a[5] == k
-                    && a[6] == row_bytes
-                    && a[7] == seg
-                    && Arg::P(prev) != out =>
-            {
-                let rows = n_of(a[4]).zip(n_of(n)).map(|(p, q)| p + q);
-                let set = Args::new(&[
-                    x,
-                    k,
-                    row_bytes,
-                    seg,
-                    a[0],
-                    a[2],
-                    a[3],
-                    a[4],
-                    out,
-                    w,
-                    Arg::P(0),
-                    n,
-                    Arg::P(0),
-                    Arg::P(0),
-                    Arg::P(0),
-                    Arg::I(0),
-                ]);
-                rows.zip(set)
-                    .map(|(r, s)| (r, s, Tag::Matvec3 { glu, sets: 2 }))
-            }
-            Tag::Matvec3 { glu, sets: 2 }
-                if last.func == matvec3
-                    && a.len() == 16
-                    && a[0] == x
-                    && a[1] == k
-                    && a[2] == row_bytes
-                    && a[3] == seg
-                    && a[4] != out
-                    && a[8] != out =>
-            {
-                let rows = [a[7], a[11], n]
-                    .into_iter()
-                    .map(n_of)
-                    .sum::<Option<usize>>();
-                let mut s = last.args;
-                let m = s.as_mut_slice();
-                m[12] = out;
-                m[13] = w;
-                m[14] = Arg::P(0);
-                m[15] = n;
-                rows.map(|r| (r, s, Tag::Matvec3 { glu, sets: 3 }))
-            }
-            _ => None,
-        };
-        let Some((rows, set, tag)) = merged else {
-            return false;
-        };
-        last.func = matvec3;
-        last.args = set;
-        last.grid = (rows.div_ceil(MV_WARPS) as u32, 1, 1);
-        last.tag = tag;
-        true
-    }
-
-    /// Experimental: the fused gate/up/SwiGLU launch replacing a two-set matvec3 (the last
-    /// launch) that writes `gate` and `up` from one input with no bias.
-    fn glu_from_matvec3(&self, act: u64, gate: u64, up: u64, cols: usize) -> Option<Launch> {
-        let l = self.pending.last()?;
-        let Tag::Matvec3 { glu, sets: 2 } = l.tag else {
-            return None;
-        };
-        let a = l.args.as_slice();
-        let n = Arg::I(i32::try_from(cols).ok()?);
-        if a.len() != 16 || a[6] != Arg::P(0) || a[10] != Arg::P(0) || a[7] != n || a[11] != n {
-            return None;
-        }
-        let (wg, wu) = match (a[4], a[8]) {
-            (Arg::P(o0), Arg::P(o1)) if o0 == gate && o1 == up => (a[5], a[9]),
-            (Arg::P(o0), Arg::P(o1)) if o0 == up && o1 == gate => (a[9], a[5]),
-            _ => return None,
-        };
-        if matches!(a[0], Arg::P(x) if [act, gate, up].contains(&x)) {
-            return None;
-        }
-        let args = Args::new(&[
-            Arg::P(act),
-            Arg::P(gate),
-            Arg::P(up),
-            a[0],
-            wg,
-            wu,
-            n,
-            a[1],
-            a[2],
-            a[3],
-        ])?;
-        Some(Launch {
-            func: glu,
-            grid: (cols.div_ceil(MV_WARPS) as u32, 1, 1),
-            block: l.block,
-            args,
-            tag: Tag::Plain,
-        })
     }
 
     /// The prefill matmul through cuBLAS (see [`crate::gemm`]): each tile of weight rows is
     /// dequantized to f32, then multiplied into its columns of `out`. Launches queued before
     /// are flushed first, so everything stays in order on the one stream.
-    fn matmul_gemm(&mut self, out: u64, x: u64, w: WeightId, rows: usize) -> Result<()> {
+    pub(crate) fn matmul_gemm(&mut self, out: u64, x: u64, w: WeightId, rows: usize) -> Result<()> {
         const OP: &str = "matmul";
         let (wp, n, k, row_bytes, dequant) = {
             let wt = self.weight(OP, w)?;
@@ -643,7 +457,7 @@ impl<D: Device> CudaBackend<D> {
                 Arg::I(k_i),
                 Arg::L(row_bytes as i64),
             ];
-            self.launch_func(OP, dequant, grid(tn, 1, 256), &args, Tag::Plain)?;
+            self.launch_func(OP, dequant, grid(tn, 1, 256), &args)?;
             self.flush(OP)?;
             let Some(blas) = self.dev.blas() else {
                 return Err(ComputeError::Unsupported {
@@ -674,7 +488,7 @@ impl<D: Device> CudaBackend<D> {
         Ok(())
     }
 
-    fn tensor(&self, op: &'static str, id: TensorId) -> Result<&Tensor> {
+    pub(crate) fn tensor(&self, op: &'static str, id: TensorId) -> Result<&Tensor> {
         self.tensors
             .get(id.raw() as usize)
             .ok_or(ComputeError::UnknownHandle {
@@ -684,7 +498,7 @@ impl<D: Device> CudaBackend<D> {
             })
     }
 
-    fn weight(&self, op: &'static str, id: WeightId) -> Result<&Weight> {
+    pub(crate) fn weight(&self, op: &'static str, id: WeightId) -> Result<&Weight> {
         self.weights
             .get(id.raw() as usize)
             .ok_or(ComputeError::UnknownHandle {
@@ -694,7 +508,7 @@ impl<D: Device> CudaBackend<D> {
             })
     }
 
-    fn vector(&self, op: &'static str, id: WeightId, cols: usize) -> Result<u64> {
+    pub(crate) fn vector(&self, op: &'static str, id: WeightId, cols: usize) -> Result<u64> {
         let w = self.weight(op, id)?;
         if w.vector && w.cols == cols {
             Ok(w.ptr)
@@ -753,6 +567,108 @@ impl<D: Device> CudaBackend<D> {
         Ok((d.ptr, s.ptr, d.cols))
     }
 
+    /// Checks `swiglu(out, gate, up)` over `rows` rows: `out` apart from both inputs, all three
+    /// of one shape. Returns the addresses (out, gate, up) and the width.
+    pub(crate) fn swiglu_operands(
+        &self,
+        op: &'static str,
+        out: TensorId,
+        gate: TensorId,
+        up: TensorId,
+        rows: usize,
+    ) -> Result<(u64, u64, u64, usize)> {
+        if out == gate || out == up {
+            return Err(ComputeError::Aliased { op });
+        }
+        let (g, u, o) = (
+            self.tensor(op, gate)?,
+            self.tensor(op, up)?,
+            self.tensor(op, out)?,
+        );
+        for (t, what) in [(g, "gate"), (u, "up"), (o, "out")] {
+            check_rows(op, t.rows, rows, what)?;
+            check_cols(op, t.cols, g.cols, what)?;
+        }
+        Ok((o.ptr, g.ptr, u.ptr, g.cols))
+    }
+
+    /// `out = silu(gate) * up` element-wise (`swiglu_f32`).
+    pub(crate) fn launch_swiglu(
+        &mut self,
+        op: &'static str,
+        out: TensorId,
+        gate: TensorId,
+        up: TensorId,
+        rows: usize,
+    ) -> Result<()> {
+        let (o, g, u, cols) = self.swiglu_operands(op, out, gate, up, rows)?;
+        self.elementwise(
+            op,
+            "swiglu_f32",
+            rows * cols,
+            vec![Arg::P(o), Arg::P(g), Arg::P(u)],
+        )
+    }
+
+    /// Checks a rope of `x` over `rows` rows with `p`.
+    fn rope_operand(
+        &self,
+        op: &'static str,
+        x: TensorId,
+        positions: IndexId,
+        p: &RopeParams,
+        rows: usize,
+    ) -> Result<RopeOperand> {
+        let (_, pp) = self.index(op, positions, rows)?;
+        let t = self.tensor(op, x)?;
+        check_rows(op, t.rows, rows, "input")?;
+        check_cols(op, t.cols, p.heads * p.head_dim, "input")?;
+        p.validate()?;
+        if p.yarn.is_some() {
+            return Err(ComputeError::Unsupported {
+                op,
+                reason: "YaRN rope scaling has no CUDA kernel yet".into(),
+            });
+        }
+        let live = !(rows == 0 || p.n_rot == 0 || p.heads == 0);
+        if live && p.heads > 65_535 {
+            return Err(shape(op, format!("{} heads", p.heads)));
+        }
+        Ok(RopeOperand {
+            x: t.ptr,
+            positions: pp,
+            cols: i32_of(op, t.cols)?,
+            p: *p,
+            rows,
+            live,
+        })
+    }
+
+    /// One `rope_f32` launch over `a`'s heads and, when given, `b`'s (at `a`'s positions).
+    fn launch_rope(
+        &mut self,
+        op: &'static str,
+        a: &RopeOperand,
+        b: Option<&RopeOperand>,
+    ) -> Result<()> {
+        let p = &a.p;
+        let (x2, cols2, heads2) = b.map_or((0, 0, 0), |b| (b.x, b.cols, b.p.heads));
+        let args = [
+            Arg::P(a.x),
+            Arg::P(a.positions),
+            Arg::I(a.cols),
+            Arg::I(i32_of(op, p.head_dim)?),
+            Arg::I(i32_of(op, p.n_rot)?),
+            Arg::F(p.base),
+            Arg::F(p.freq_scale),
+            Arg::I(i32::from(p.mode == RopeMode::Neox)),
+            Arg::I(i32_of(op, p.heads)?),
+            Arg::P(x2),
+            Arg::I(cols2),
+        ];
+        self.launch(op, "rope_f32", grid(a.rows, p.heads + heads2, 64), &args)
+    }
+
     fn elementwise(
         &mut self,
         op: &'static str,
@@ -769,22 +685,14 @@ impl<D: Device> CudaBackend<D> {
     }
 }
 
-/// The last two recorded launches, for an op that fuses them.
-fn last_two(pending: &[Launch]) -> Option<(&Launch, &Launch)> {
-    match pending {
-        [.., a, b] => Some((a, b)),
-        _ => None,
-    }
-}
-
-fn check_rows(op: &'static str, have: usize, rows: usize, what: &str) -> Result<()> {
+pub(crate) fn check_rows(op: &'static str, have: usize, rows: usize, what: &str) -> Result<()> {
     if rows > have {
         return Err(shape(op, format!("{what} holds {have} rows, {rows} asked")));
     }
     Ok(())
 }
 
-fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<()> {
+pub(crate) fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<()> {
     if got != want {
         return Err(shape(
             op,
@@ -792,6 +700,18 @@ fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// A validated operand of a rope launch.
+#[derive(Clone, Copy)]
+struct RopeOperand {
+    x: u64,
+    positions: u64,
+    cols: i32,
+    p: RopeParams,
+    rows: usize,
+    /// Whether there is anything to rotate.
+    live: bool,
 }
 
 impl<D: Device> ComputeBackend for CudaBackend<D> {
@@ -1091,7 +1011,7 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
             Arg::I(i32_of(OP, w.cols)?),
             Arg::L(w.row_bytes as i64),
         ];
-        self.launch_func(OP, func, grid(rows, 1, 256), &args, Tag::Plain)
+        self.launch_func(OP, func, grid(rows, 1, 256), &args)
     }
 
     fn gather_rows(
@@ -1142,47 +1062,12 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
         if rows == 0 {
             return Ok(());
         }
-        let cols_i = i32_of(OP, cols)?;
-        // Fused: when the launch before is the residual add into `x` over the same rows, one
-        // kernel adds and normalizes (each row's sum of squares is taken after the add).
-        let fuse = self.func_id(OP, "add_rms_norm_f32")?;
-        let fused_args = |src| {
-            Args::new(&[
-                Arg::P(op),
-                Arg::P(xp),
-                Arg::P(src),
-                Arg::P(wp),
-                Arg::F(eps),
-                Arg::I(cols_i),
-            ])
-        };
-        if let Some(last) = self.pending.last_mut() {
-            if let Tag::Add {
-                dst,
-                src,
-                rows: ar,
-                cols: ac,
-            } = last.tag
-            {
-                if let (true, Some(args)) = (dst == xp && ar == rows && ac == cols, fused_args(src))
-                {
-                    *last = Launch {
-                        func: fuse,
-                        grid: (rows as u32, 1, 1),
-                        block: (256, 1, 1),
-                        args,
-                        tag: Tag::Plain,
-                    };
-                    return Ok(());
-                }
-            }
-        }
         let args = [
             Arg::P(op),
             Arg::P(xp),
             Arg::P(wp),
             Arg::F(eps),
-            Arg::I(cols_i),
+            Arg::I(i32_of(OP, cols)?),
         ];
         self.launch(OP, "rms_norm_f32", grid(rows, 1, 256), &args)
     }
@@ -1250,79 +1135,43 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
 
     fn matmul(&mut self, out: TensorId, x: TensorId, w: WeightId, rows: usize) -> Result<()> {
         const OP: &str = "matmul";
-        if out == x {
-            return Err(ComputeError::Aliased { op: OP });
-        }
-        let wt = self.weight(OP, w)?;
-        let xt = self.tensor(OP, x)?;
-        let o = self.tensor(OP, out)?;
-        check_rows(OP, xt.rows, rows, "input")?;
-        check_rows(OP, o.rows, rows, "output")?;
-        if xt.cols != wt.cols || o.cols != wt.rows {
-            let what = if xt.cols != wt.cols {
-                "input"
-            } else {
-                "output"
-            };
-            check_cols(OP, xt.cols, wt.cols, &format!("input of {:?}", wt.name))?;
-            check_cols(OP, o.cols, wt.rows, &format!("{what} of {:?}", wt.name))?;
-        }
+        let p = self.product(OP, out, x, w, rows)?;
         if rows == 0 {
             return Ok(());
         }
-        if rows == 1 && wt.cols.is_multiple_of(32) && (1..=4096).contains(&wt.seg_bytes) {
-            // Decode: one warp per output row (matvec.cu).
-            // Rows of more than 64 chunks (experimental): a block per row, split over warps.
-            let wide = self.experimental.matvec && wt.cols / 32 > 64;
-            let func = wt.funcs[if wide { 4 } else { 2 }];
-            let args = [
-                Arg::P(o.ptr),
-                Arg::P(xt.ptr),
-                Arg::P(wt.ptr),
-                Arg::P(0),
-                Arg::I(i32_of(OP, wt.rows)?),
-                Arg::I(i32_of(OP, wt.cols)?),
-                Arg::L(wt.row_bytes as i64),
-                Arg::I(i32_of(OP, wt.seg_bytes)?),
-            ];
-            let blocks = if wide {
-                wt.rows
-            } else {
-                wt.rows.div_ceil(MV_WARPS)
-            };
-            let dims = grid(blocks, 1, 32 * MV_WARPS as u32);
-            let tag = Tag::Matvec {
-                out: o.ptr,
-                glu: wt.funcs[3],
-            };
-            if self.experimental.matvec && !wide {
-                let funcs = wt.funcs;
-                if self.merge_matvec(&args, funcs[2], funcs[5]) {
-                    return Ok(());
-                }
-            }
-            return self.launch_func(OP, func, dims, &args, tag);
-        }
-        if rows >= GEMM_MIN_ROWS && self.dev.blas().is_some() {
-            let (op, xp) = (o.ptr, xt.ptr);
-            return self.matmul_gemm(op, xp, w, rows);
-        }
-        let blocks_y = rows.div_ceil(MM_ROWS);
-        if blocks_y > 65_535 {
-            return Err(shape(OP, format!("{rows} rows in one matmul")));
-        }
-        let func = wt.funcs[1];
-        let args = [
-            Arg::P(o.ptr),
-            Arg::P(xt.ptr),
-            Arg::P(wt.ptr),
-            Arg::I(i32_of(OP, rows)?),
-            Arg::I(i32_of(OP, wt.rows)?),
-            Arg::I(i32_of(OP, wt.cols)?),
-            Arg::L(wt.row_bytes as i64),
-        ];
-        let cfg = grid(wt.rows.div_ceil(MM_COLS), blocks_y, 32 * MM_COLS as u32);
-        self.launch_func(OP, func, cfg, &args, Tag::Plain)
+        self.launch_product(OP, p, rows, 0)
+    }
+
+    fn matmul_group(
+        &mut self,
+        x: TensorId,
+        outs: &[(TensorId, WeightId)],
+        rows: usize,
+    ) -> Result<()> {
+        let group: Vec<Linear> = outs
+            .iter()
+            .map(|&(out, weight)| Linear {
+                out,
+                weight,
+                bias: None,
+            })
+            .collect();
+        self.linear_group("matmul_group", x, &group, rows)
+    }
+
+    fn linear(&mut self, x: TensorId, outs: &[Linear], rows: usize) -> Result<()> {
+        self.linear_group("linear", x, outs, rows)
+    }
+
+    fn matmul_swiglu(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        gate: (TensorId, WeightId),
+        up: (TensorId, WeightId),
+        rows: usize,
+    ) -> Result<()> {
+        self.gate_up_swiglu(out, x, gate, up, rows)
     }
 
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
@@ -1332,13 +1181,35 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
             return Ok(());
         }
         let args = [Arg::P(d), Arg::P(s), Arg::L((rows * cols) as i64)];
-        let tag = Tag::Add {
-            dst: d,
-            src: s,
-            rows,
-            cols,
-        };
-        self.launch_tagged(OP, "add_f32", grid_1d(rows * cols), &args, tag)
+        self.launch(OP, "add_f32", grid_1d(rows * cols), &args)
+    }
+
+    fn add_rms_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        y: TensorId,
+        weight: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()> {
+        // One kernel adds and normalizes (each row's sum of squares is taken after the add).
+        const OP: &str = "add_rms_norm";
+        let (xp, yp, _) = self.pair(OP, x, y, rows)?;
+        let (op, _, cols) = self.pair(OP, out, x, rows)?;
+        let wp = self.vector(OP, weight, cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::P(op),
+            Arg::P(xp),
+            Arg::P(yp),
+            Arg::P(wp),
+            Arg::F(eps),
+            Arg::I(i32_of(OP, cols)?),
+        ];
+        self.launch(OP, "add_rms_norm_f32", grid(rows, 1, 256), &args)
     }
 
     fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()> {
@@ -1350,25 +1221,6 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
         let n = rows * cols;
         if n == 0 {
             return Ok(());
-        }
-        // Fused: the mat-vec that just wrote `dst` adds the bias as it stores.
-        if let Some(last) = self.pending.last_mut() {
-            if matches!(last.tag, Tag::Matvec { out, .. } if out == dp) && rows == 1 {
-                if let Some(b @ Arg::P(0)) = last.args.as_mut_slice().get_mut(3) {
-                    *b = Arg::P(bp);
-                    return Ok(());
-                }
-            }
-            // A set of a merged matvec3 (experimental): out at 4 + 4 i, bias at 6 + 4 i.
-            if let (Tag::Matvec3 { sets, .. }, 1) = (last.tag, rows) {
-                let a = last.args.as_mut_slice();
-                for i in 0..sets.min(3) {
-                    if a.len() == 16 && a[4 + 4 * i] == Arg::P(dp) && a[6 + 4 * i] == Arg::P(0) {
-                        a[6 + 4 * i] = Arg::P(bp);
-                        return Ok(());
-                    }
-                }
-            }
         }
         let args = [
             Arg::P(dp),
@@ -1387,59 +1239,44 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
 
     fn rope(&mut self, x: TensorId, positions: IndexId, p: &RopeParams, rows: usize) -> Result<()> {
         const OP: &str = "rope";
-        let (_, pp) = self.index(OP, positions, rows)?;
-        let t = self.tensor(OP, x)?;
-        check_rows(OP, t.rows, rows, "input")?;
-        check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
-        p.validate()?;
-        if p.yarn.is_some() {
-            return Err(ComputeError::Unsupported {
-                op: OP,
-                reason: "YaRN rope scaling has no CUDA kernel yet".into(),
-            });
+        let r = self.rope_operand(OP, x, positions, p, rows)?;
+        if r.live {
+            self.launch_rope(OP, &r, None)?;
         }
-        if rows == 0 || p.n_rot == 0 || p.heads == 0 {
-            return Ok(());
+        Ok(())
+    }
+
+    fn rope_qk(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        positions: IndexId,
+        q_params: &RopeParams,
+        k_params: &RopeParams,
+        rows: usize,
+    ) -> Result<()> {
+        const OP: &str = "rope_qk";
+        let rq = self.rope_operand(OP, q, positions, q_params, rows)?;
+        let rk = self.rope_operand(OP, k, positions, k_params, rows)?;
+        // One launch over both tensors' heads when they are rotated alike.
+        let alike = |a: &RopeParams, b: &RopeParams| {
+            (a.head_dim, a.n_rot, a.base, a.freq_scale, a.mode)
+                == (b.head_dim, b.n_rot, b.base, b.freq_scale, b.mode)
+        };
+        if rq.live
+            && rk.live
+            && rq.x != rk.x
+            && alike(q_params, k_params)
+            && q_params.heads + k_params.heads <= 65_535
+        {
+            return self.launch_rope(OP, &rq, Some(&rk));
         }
-        if p.heads > 65_535 {
-            return Err(shape(OP, format!("{} heads", p.heads)));
-        }
-        let (xp, cols) = (t.ptr, i32_of(OP, t.cols)?);
-        let heads = i32_of(OP, p.heads)?;
-        let args = [
-            Arg::P(xp),
-            Arg::P(pp),
-            Arg::I(cols),
-            Arg::I(i32_of(OP, p.head_dim)?),
-            Arg::I(i32_of(OP, p.n_rot)?),
-            Arg::F(p.base),
-            Arg::F(p.freq_scale),
-            Arg::I(i32::from(p.mode == RopeMode::Neox)),
-            Arg::I(heads),
-            Arg::P(0),
-            Arg::I(0),
-        ];
-        // Fused: a rope of another tensor with the same positions and parameters just before
-        // (q, then k) becomes one launch over both tensors' heads.
-        if let Some(last) = self.pending.last_mut() {
-            let prev = last.args.as_mut_slice();
-            if last.tag == (Tag::Rope { rows })
-                && prev.len() == args.len()
-                && prev[0] != Arg::P(xp)
-                && prev[1] == args[1]
-                && prev[3..8] == args[3..8]
-                && prev[9] == Arg::P(0)
-                && last.grid.1 as usize + p.heads <= 65_535
-            {
-                prev[9] = Arg::P(xp);
-                prev[10] = Arg::I(cols);
-                last.grid.1 += p.heads as u32;
-                last.tag = Tag::Plain;
-                return Ok(());
+        for r in [rq, rk] {
+            if r.live {
+                self.launch_rope(OP, &r, None)?;
             }
         }
-        let dims = grid(rows, p.heads, 64);
-        self.launch_tagged(OP, "rope_f32", dims, &args, Tag::Rope { rows })
+        Ok(())
     }
 
     fn attention(
@@ -1646,37 +1483,7 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
     }
 
     fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()> {
-        const OP: &str = "swiglu";
-        if out == gate || out == up {
-            return Err(ComputeError::Aliased { op: OP });
-        }
-        let (g, u, o) = (
-            self.tensor(OP, gate)?,
-            self.tensor(OP, up)?,
-            self.tensor(OP, out)?,
-        );
-        for (t, what) in [(g, "gate"), (u, "up"), (o, "out")] {
-            check_rows(OP, t.rows, rows, what)?;
-            check_cols(OP, t.cols, g.cols, what)?;
-        }
-        let (gp, up_, op, cols) = (g.ptr, u.ptr, o.ptr, g.cols);
-        if rows == 1 {
-            if let Some(fused) = self.glu_fusion(op, gp, up_, cols) {
-                self.pending.pop();
-                if let Some(last) = self.pending.last_mut() {
-                    *last = fused;
-                }
-                return Ok(());
-            }
-            if let Some(fused) = self.glu_from_matvec3(op, gp, up_, cols) {
-                if let Some(last) = self.pending.last_mut() {
-                    *last = fused;
-                }
-                return Ok(());
-            }
-        }
-        let args = vec![Arg::P(op), Arg::P(gp), Arg::P(up_)];
-        self.elementwise(OP, "swiglu_f32", rows * cols, args)
+        self.launch_swiglu("swiglu", out, gate, up, rows)
     }
 
     fn scale(&mut self, x: TensorId, factor: f32, rows: usize) -> Result<()> {

@@ -35,6 +35,7 @@ pub mod kernels;
 #[cfg(test)]
 mod launches;
 pub mod loader;
+mod matmul;
 mod queue;
 
 pub use backend::{CudaBackend, WEIGHT_TYPES};

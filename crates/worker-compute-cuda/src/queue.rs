@@ -6,9 +6,8 @@
 //!   addresses, the changing token ids and positions live in device index buffers) is
 //!   captured once as a CUDA graph and from then on replayed with one `cuGraphLaunch`, which
 //!   removes the per-launch host cost (a few µs each, ~300-500 launches per step).
-//! - An op can fuse itself into the launch just before it (bias into the mat-vec, the
-//!   residual add into the next RMS norm, the k rope into the q rope), since that launch has
-//!   not run yet; see [`Tag`].
+//! - Nothing of a step runs before the host needs a result, so the host records the next
+//!   step while the device runs this one.
 //!
 //! With programmatic dependent launch on (experimental), every launch carries the
 //! programmatic-stream-serialization attribute, so a kernel's launch and ramp-up overlap the
@@ -65,32 +64,6 @@ impl Args {
     pub fn as_slice(&self) -> &[Arg] {
         &self.list[..self.len]
     }
-
-    pub fn as_mut_slice(&mut self) -> &mut [Arg] {
-        &mut self.list[..self.len]
-    }
-}
-
-/// What a queued launch is, for the fusion rules of the op that comes next.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Tag {
-    /// Nothing fuses into it.
-    Plain,
-    /// A one-row mat-vec writing `out`; argument 3 is its bias pointer (0: none yet).
-    /// `glu` is the function of the same type's fused gate/up/SwiGLU kernel.
-    Matvec { out: u64, glu: usize },
-    /// Two or three one-row mat-vecs of one input in one `matvec3_<type>` launch
-    /// (experimental); arguments: x, k, row_bytes, seg_bytes, then (out, w, bias, n) per set.
-    Matvec3 { glu: usize, sets: usize },
-    /// `dst += src` over `rows` rows of `cols`.
-    Add {
-        dst: u64,
-        src: u64,
-        rows: usize,
-        cols: usize,
-    },
-    /// A rope of one tensor (argument 9, the second tensor, is 0) over `rows` rows.
-    Rope { rows: usize },
 }
 
 /// One recorded kernel launch.
@@ -100,7 +73,6 @@ pub struct Launch {
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
     pub args: Args,
-    pub tag: Tag,
 }
 
 /// Counters for the benchmark: how much work went to the device and how.
