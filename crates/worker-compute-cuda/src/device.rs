@@ -10,14 +10,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{sys, DriverError};
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError,
+};
 
 use crate::config::CudaConfig;
 use crate::error::CudaError;
 use crate::gemm::Blas;
-use crate::queue::{Launch, LaunchStats, Queue};
-use crate::{kernels, loader};
+use crate::profile::StepTiming;
+use crate::queue::{Launch, Queue};
+use crate::{kernels, loader, types};
 
 /// One device allocation: the handle copies name it by, and the address kernels get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,14 +76,7 @@ pub struct Gpu {
     pub(crate) ordinal: usize,
     pub(crate) arch: String,
     blas: Option<Blas>,
-    pub(crate) step_timing: Option<StepTiming>,
-}
-
-/// Events and a clock for [`crate::CudaBackend::set_step_timing`].
-pub(crate) struct StepTiming {
-    start: CudaEvent,
-    end: CudaEvent,
-    last_readout: Option<Instant>,
+    step_timing: Option<StepTiming>,
 }
 
 fn driver(what: &'static str) -> impl FnOnce(DriverError) -> CudaError {
@@ -118,14 +113,11 @@ impl Gpu {
             .compute_capability()
             .map_err(driver("compute capability"))?;
         let arch = format!("{major}{minor}");
-        let names = kernels::names();
-        let mut funcs: Vec<Option<CudaFunction>> = vec![None; names.len()];
+        let list = types::kernel_list();
+        let mut funcs: Vec<Option<CudaFunction>> = vec![None; list.len()];
         for (file, ptx) in kernels::compile_all(&arch)? {
             let module = ctx.load_module(ptx).map_err(driver("module load"))?;
-            for (i, name) in names.iter().enumerate() {
-                if kernels::file_of(name) != file {
-                    continue;
-                }
+            for (i, (name, _, _)) in list.iter().enumerate().filter(|(_, k)| k.1 == file) {
                 let f = module.load_function(name).map_err(|e| CudaError::Driver {
                     what: "kernel lookup",
                     reason: format!("{name} in {file}: {e}"),
@@ -135,8 +127,8 @@ impl Gpu {
         }
         let funcs = funcs
             .into_iter()
-            .zip(&names)
-            .map(|(f, name)| {
+            .zip(&list)
+            .map(|(f, (name, _, _))| {
                 f.ok_or_else(|| CudaError::Driver {
                     what: "kernel lookup",
                     reason: format!("{name} is in no kernel file"),
@@ -180,24 +172,11 @@ impl Gpu {
     /// Turns step timing on (fresh events) or off.
     pub(crate) fn set_step_timing(&mut self, on: bool) -> Result<(), DriverError> {
         self.step_timing = if on {
-            let ev = || {
-                self.ctx
-                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            };
-            Some(StepTiming {
-                start: ev()?,
-                end: ev()?,
-                last_readout: None,
-            })
+            Some(StepTiming::new(&self.ctx)?)
         } else {
             None
         };
         Ok(())
-    }
-
-    /// Launch counters since start-up.
-    pub(crate) fn stats(&self) -> LaunchStats {
-        self.queue.stats
     }
 
     fn buffer(&mut self, b: Buffer) -> Result<&mut CudaSlice<u8>, DriverError> {
@@ -256,28 +235,21 @@ impl Device for Gpu {
     }
 
     fn begin_read_out(&mut self) -> Result<(), DriverError> {
-        if let Some(st) = &self.step_timing {
-            st.start.record(&self.stream)?;
+        match &self.step_timing {
+            Some(st) => st.begin(&self.stream),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn finish_read_out(&mut self, entered: Instant) -> Result<(), DriverError> {
         if let Some(st) = &self.step_timing {
-            st.end.record(&self.stream)?;
+            st.end(&self.stream)?;
         }
         self.stream.synchronize()?;
-        if let Some(st) = &mut self.step_timing {
-            let ms = st.start.elapsed_ms(&st.end)?;
-            let s = &mut self.queue.stats;
-            s.device_ns += (f64::from(ms) * 1e6) as u64;
-            s.readout_ns += entered.elapsed().as_nanos() as u64;
-            if let Some(prev) = st.last_readout {
-                s.record_ns += entered.duration_since(prev).as_nanos() as u64;
-            }
-            st.last_readout = Some(Instant::now());
+        match &mut self.step_timing {
+            Some(st) => st.add_to(&mut self.queue.stats, entered),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn blas(&self) -> Option<&Blas> {

@@ -21,7 +21,8 @@ use worker_models::{LoadOptions, SequenceBatch};
 
 use crate::device::{Buffer, Device};
 use crate::gemm::Blas;
-use crate::queue::{Arg, Launch};
+use crate::launch::Arg;
+use crate::queue::Launch;
 use crate::{CudaBackend, Experimental};
 
 #[path = "../../worker-models/tests/support/tiny_arch.rs"]
@@ -83,9 +84,10 @@ impl Device for Recorder {
 impl CudaBackend<Recorder> {
     /// The launches flushed since the last call, one line each.
     fn take(&mut self) -> String {
+        let names = crate::kernels::names();
         let mut out = String::new();
         for l in std::mem::take(&mut self.dev.log) {
-            let name = self.names.get(l.func).map_or("?", String::as_str);
+            let name = names.get(l.func).map_or("?", String::as_str);
             let (g, b) = (l.grid, l.block);
             let _ = write!(
                 out,

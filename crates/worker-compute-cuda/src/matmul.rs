@@ -16,10 +16,12 @@
 
 use worker_compute::{ComputeError, Linear, Result, TensorId, WeightId};
 
-use crate::backend::{check_cols, check_rows, grid, grid_1d, i32_of, shape, CudaBackend};
+use crate::backend::CudaBackend;
 use crate::device::Device;
 use crate::gemm::GEMM_MIN_ROWS;
-use crate::queue::Arg;
+use crate::launch::{grid, grid_1d, AddBias, Matmul, Matvec, Matvec3, MatvecGlu};
+use crate::memory::{check_cols, check_rows, i32_of, shape};
+use crate::types::TypeKernels;
 
 /// Activation rows per matmul block row (`MM_ROWS` in quant.cu).
 const MM_ROWS: usize = 8;
@@ -42,8 +44,8 @@ pub(crate) struct Product {
     pub k: usize,
     pub row_bytes: usize,
     pub seg_bytes: usize,
-    /// The weight's kernels: embed, matmul, matvec, matvec_glu, matvec_wide, matvec3, dequant.
-    pub funcs: [usize; 7],
+    /// The kernels of the weight's storage type.
+    pub kernels: TypeKernels,
     /// Whether one row of it can run as a mat-vec (whole 32-element chunks, a staged
     /// segment the kernel's shared memory holds).
     pub matvec: bool,
@@ -52,7 +54,7 @@ pub(crate) struct Product {
 impl Product {
     /// Whether `other` can share one `matvec3` launch with this product.
     fn merges_with(&self, other: &Product) -> bool {
-        self.funcs[5] == other.funcs[5]
+        self.kernels.matvec3 == other.kernels.matvec3
             && self.x == other.x
             && self.k == other.k
             && self.row_bytes == other.row_bytes
@@ -97,7 +99,7 @@ impl<D: Device> CudaBackend<D> {
             k: wt.cols,
             row_bytes: wt.row_bytes,
             seg_bytes: wt.seg_bytes,
-            funcs: wt.funcs,
+            kernels: wt.kernels,
             matvec: wt.cols.is_multiple_of(32) && (1..=4096).contains(&wt.seg_bytes),
         })
     }
@@ -119,20 +121,28 @@ impl<D: Device> CudaBackend<D> {
     ) -> Result<()> {
         if rows == 1 && p.matvec {
             let wide = self.wide(&p);
-            let func = p.funcs[if wide { 4 } else { 2 }];
-            let args = [
-                Arg::P(p.out),
-                Arg::P(p.x),
-                Arg::P(p.w),
-                Arg::P(bias),
-                Arg::I(i32_of(op, p.n)?),
-                Arg::I(i32_of(op, p.k)?),
-                Arg::L(p.row_bytes as i64),
-                Arg::I(i32_of(op, p.seg_bytes)?),
-            ];
-            let blocks = if wide { p.n } else { p.n.div_ceil(MV_WARPS) };
-            let dims = grid(blocks, 1, 32 * MV_WARPS as u32);
-            return self.launch_func(op, func, dims, &args);
+            let args = Matvec {
+                out: p.out,
+                x: p.x,
+                w: p.w,
+                bias,
+                n: i32_of(op, p.n)?,
+                k: i32_of(op, p.k)?,
+                row_bytes: p.row_bytes as i64,
+                seg_bytes: i32_of(op, p.seg_bytes)?,
+            };
+            let dims = grid(
+                if wide { p.n } else { p.n.div_ceil(MV_WARPS) },
+                1,
+                32 * MV_WARPS as u32,
+            );
+            let kernel = if wide {
+                p.kernels.matvec_wide
+            } else {
+                p.kernels.matvec
+            };
+            self.launch(kernel, dims, args);
+            return Ok(());
         }
         if rows >= GEMM_MIN_ROWS && self.dev.blas().is_some() {
             return self.matmul_gemm(p.out, p.x, p.weight, rows);
@@ -141,17 +151,18 @@ impl<D: Device> CudaBackend<D> {
         if blocks_y > 65_535 {
             return Err(shape(op, format!("{rows} rows in one matmul")));
         }
-        let args = [
-            Arg::P(p.out),
-            Arg::P(p.x),
-            Arg::P(p.w),
-            Arg::I(i32_of(op, rows)?),
-            Arg::I(i32_of(op, p.n)?),
-            Arg::I(i32_of(op, p.k)?),
-            Arg::L(p.row_bytes as i64),
-        ];
+        let args = Matmul {
+            out: p.out,
+            x: p.x,
+            w: p.w,
+            rows: i32_of(op, rows)?,
+            n: i32_of(op, p.n)?,
+            k: i32_of(op, p.k)?,
+            row_bytes: p.row_bytes as i64,
+        };
         let dims = grid(p.n.div_ceil(MM_COLS), blocks_y, 32 * MM_COLS as u32);
-        self.launch_func(op, p.funcs[1], dims, &args)
+        self.launch(p.kernels.matmul, dims, args);
+        Ok(())
     }
 
     /// One `matvec3_<type>` launch of two or three one-row products with their biases.
@@ -159,26 +170,36 @@ impl<D: Device> CudaBackend<D> {
         let Some(&(first, _)) = set.first() else {
             return Ok(());
         };
-        let mut args = vec![
-            Arg::P(first.x),
-            Arg::I(i32_of(op, first.k)?),
-            Arg::L(first.row_bytes as i64),
-            Arg::I(i32_of(op, first.seg_bytes)?),
-        ];
-        for i in 0..MATVEC3_SETS {
+        let slot = |i: usize| -> Result<(u64, u64, u64, i32)> {
             match set.get(i) {
-                Some(&(p, bias)) => args.extend([
-                    Arg::P(p.out),
-                    Arg::P(p.w),
-                    Arg::P(bias),
-                    Arg::I(i32_of(op, p.n)?),
-                ]),
-                None => args.extend([Arg::P(0), Arg::P(0), Arg::P(0), Arg::I(0)]),
+                Some(&(p, bias)) => Ok((p.out, p.w, bias, i32_of(op, p.n)?)),
+                None => Ok((0, 0, 0, 0)),
             }
-        }
+        };
+        let [(out0, w0, bias0, n0), (out1, w1, bias1, n1), (out2, w2, bias2, n2)] =
+            [slot(0)?, slot(1)?, slot(2)?];
+        let args = Matvec3 {
+            x: first.x,
+            k: i32_of(op, first.k)?,
+            row_bytes: first.row_bytes as i64,
+            seg_bytes: i32_of(op, first.seg_bytes)?,
+            out0,
+            w0,
+            bias0,
+            n0,
+            out1,
+            w1,
+            bias1,
+            n1,
+            out2,
+            w2,
+            bias2,
+            n2,
+        };
         let rows: usize = set.iter().map(|(p, _)| p.n).sum();
         let dims = grid(rows.div_ceil(MV_WARPS), 1, 32 * MV_WARPS as u32);
-        self.launch_func(op, first.funcs[5], dims, &args)
+        self.launch(first.kernels.matvec3, dims, args);
+        Ok(())
     }
 
     /// The products of a group, in order, split into the launches one row of them takes:
@@ -266,13 +287,13 @@ impl<D: Device> CudaBackend<D> {
         for &(p, bias) in products {
             if bias != 0 {
                 let n = rows * p.n;
-                let args = [
-                    Arg::P(p.out),
-                    Arg::P(bias),
-                    Arg::L(n as i64),
-                    Arg::I(i32_of(op, p.n)?),
-                ];
-                self.launch(op, "add_bias_f32", grid_1d(n), &args)?;
+                let args = AddBias {
+                    dst: p.out,
+                    bias,
+                    n: n as i64,
+                    cols: i32_of(op, p.n)?,
+                };
+                self.launch(self.kernels.add_bias, grid_1d(n), args);
             }
         }
         Ok(())
@@ -299,24 +320,25 @@ impl<D: Device> CudaBackend<D> {
         let fused = rows == 1
             && g.matvec
             && u.matvec
-            && g.funcs[3] == u.funcs[3]
+            && g.kernels.matvec_glu == u.kernels.matvec_glu
             && (g.n, g.k, g.row_bytes, g.seg_bytes) == (u.n, u.k, u.row_bytes, u.seg_bytes)
             && op != g.x;
         if fused {
-            let args = [
-                Arg::P(op),
-                Arg::P(g.out),
-                Arg::P(u.out),
-                Arg::P(g.x),
-                Arg::P(g.w),
-                Arg::P(u.w),
-                Arg::I(i32_of(OP, g.n)?),
-                Arg::I(i32_of(OP, g.k)?),
-                Arg::L(g.row_bytes as i64),
-                Arg::I(i32_of(OP, g.seg_bytes)?),
-            ];
+            let args = MatvecGlu {
+                act: op,
+                gate: g.out,
+                up: u.out,
+                x: g.x,
+                w_gate: g.w,
+                w_up: u.w,
+                n: i32_of(OP, g.n)?,
+                k: i32_of(OP, g.k)?,
+                row_bytes: g.row_bytes as i64,
+                seg_bytes: i32_of(OP, g.seg_bytes)?,
+            };
             let dims = grid(cols.div_ceil(MV_WARPS), 1, 32 * MV_WARPS as u32);
-            return self.launch_func(OP, g.funcs[3], dims, &args);
+            self.launch(g.kernels.matvec_glu, dims, args);
+            return Ok(());
         }
         let group = [
             Linear {

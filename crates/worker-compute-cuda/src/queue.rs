@@ -19,52 +19,7 @@ use std::sync::Arc;
 use cudarc::driver::PushKernelArg;
 use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaStream, DriverError, LaunchConfig};
 
-/// A kernel argument.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Arg {
-    /// A device address (0 for "none" where a kernel allows it).
-    P(u64),
-    I(i32),
-    L(i64),
-    F(f32),
-}
-
-impl Arg {
-    fn bits(&self) -> u64 {
-        match *self {
-            Arg::P(v) => v,
-            Arg::I(v) => (1 << 40) | u64::from(v as u32),
-            Arg::L(v) => (2 << 40) ^ v as u64,
-            Arg::F(v) => (3 << 40) | u64::from(v.to_bits()),
-        }
-    }
-}
-
-/// Most arguments a kernel of this crate takes.
-pub(crate) const MAX_ARGS: usize = 20;
-
-/// A kernel's arguments, inline (no allocation per launch).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Args {
-    list: [Arg; MAX_ARGS],
-    len: usize,
-}
-
-impl Args {
-    /// `None` when `args` is longer than [`MAX_ARGS`].
-    pub fn new(args: &[Arg]) -> Option<Self> {
-        let mut list = [Arg::I(0); MAX_ARGS];
-        list.get_mut(..args.len())?.copy_from_slice(args);
-        Some(Args {
-            list,
-            len: args.len(),
-        })
-    }
-
-    pub fn as_slice(&self) -> &[Arg] {
-        &self.list[..self.len]
-    }
-}
+use crate::launch::{Arg, Args, MAX_ARGS};
 
 /// One recorded kernel launch.
 #[derive(Clone, Debug, PartialEq)]
