@@ -35,7 +35,8 @@ struct Cli {
     #[arg(long, global = true, env = "WORKER_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
     /// CUDA paths not yet checked on a device: `false`, `true` (all), or a list of
-    /// `matvec`, `gemm`, `pdl`, `attn`, `types` (see `worker_compute_cuda::Experimental`).
+    /// `matvec`, `gemm`, `pdl`, `attn`, `types`, `bias` (see
+    /// `worker_compute_cuda::Experimental`).
     #[arg(
         long,
         global = true,

@@ -10,8 +10,9 @@
 //!
 //! Which launches a group makes is decided here, from the group, never by reading launches
 //! already queued: a bias is stored by its product's launch when the whole group is that one
-//! launch, and added by `add_bias_f32` after the group's launches otherwise (the sequence the
-//! default path has launched since `matmul_group` came in); the gate/up/SwiGLU is one
+//! launch (or, with the experimental `bias` path, whenever its product is a mat-vec), and
+//! added by `add_bias_f32` after the group's launches otherwise (the sequence the default
+//! path has launched since `matmul_group` came in); the gate/up/SwiGLU is one
 //! `matvec_glu_<type>` when both projections are mat-vecs of one type and shape.
 
 use worker_compute::{ComputeError, Linear, Result, TensorId, WeightId};
@@ -257,24 +258,26 @@ impl<D: Device> CudaBackend<D> {
         }
         let runs = self.one_row_launches(&products);
         let one_launch = runs.len() == 1 && products.first().is_some_and(|(p, _)| p.matvec);
+        // Whether each mat-vec stores its own bias; what it does not store is added after.
+        let fold = one_launch || self.experimental.bias;
+        let mut after = Vec::new();
         for run in runs {
             let set = &products[run];
             match set {
+                [(p, bias)] if fold && p.matvec => self.launch_product(op, *p, 1, *bias)?,
                 [(p, bias)] => {
-                    let bias = if one_launch { *bias } else { 0 };
-                    self.launch_product(op, *p, 1, bias)?;
+                    self.launch_product(op, *p, 1, 0)?;
+                    after.push((*p, *bias));
                 }
-                _ if one_launch => self.launch_matvec3(op, set)?,
+                _ if fold => self.launch_matvec3(op, set)?,
                 _ => {
                     let unbiased: Vec<(Product, u64)> = set.iter().map(|&(p, _)| (p, 0)).collect();
                     self.launch_matvec3(op, &unbiased)?;
+                    after.extend_from_slice(set);
                 }
             }
         }
-        if one_launch {
-            return Ok(());
-        }
-        self.add_biases(op, &products, rows)
+        self.add_biases(op, &after, rows)
     }
 
     /// `add_bias_f32` for every product of a group that has a bias, in order.
