@@ -903,12 +903,25 @@ impl ComputeBackend for CpuBackend {
     }
 }
 
+/// The block size of the 8-bit format a weight's kernel quantizes activations to (`QK` for
+/// Q8, `QK_K` for Q8_K), or `None` when it reads f32: its panel kernel's if it has one
+/// (Q3_K's row kernel takes f32, its panel kernel Q8_K), else its row kernel's.
+fn activation_block(k: &TypeKernels) -> Option<usize> {
+    match (k.panel.map(|p| p.dots), k.vec_dot) {
+        (Some(PanelDots::Q8(..)), _) | (None, VecDot::Q8(_)) => Some(QK),
+        (Some(PanelDots::Q8K(..)), _) | (None, VecDot::Q8K(_)) => Some(QK_K),
+        (Some(PanelDots::F32(..)), _) => None,
+        (None, VecDot::F32(_) | VecDot::Dequantized) => None,
+    }
+}
+
 impl CpuBackend {
     /// The matmuls of `jobs` (shapes checked: each weight's columns are the width of the rows
     /// of `xs`, its output holds `rows` rows of its rows) on the `rows` rows of `xs`. With
     /// [`Activations::Q8`] the activations are quantized once per format the weights need,
     /// the weights in panels run as one pool job and the others one job each; with
-    /// [`Activations::F32`] weights with an integer dot product take the f32 reference.
+    /// [`Activations::F32`] weights whose kernels would quantize the activations (row or
+    /// panel kernels) take the f32 reference.
     fn matmul_slices(
         &self,
         xs: &[f32],
@@ -919,11 +932,9 @@ impl CpuBackend {
     ) -> Result<()> {
         if self.config.activations == Activations::F32 {
             for &(wt, out) in jobs {
-                match wt.kernels.vec_dot {
-                    VecDot::F32(_) | VecDot::Dequantized => {
-                        self.matmul_slices_q8(xs, &[(wt, out)], rows, q8, q8k)?
-                    }
-                    _ => self.matmul_f32_reference(xs, wt, out, rows)?,
+                match activation_block(&wt.kernels) {
+                    None => self.matmul_slices_q8(xs, &[(wt, out)], rows, q8, q8k)?,
+                    Some(_) => self.matmul_f32_reference(xs, wt, out, rows)?,
                 }
             }
             return Ok(());
@@ -940,15 +951,10 @@ impl CpuBackend {
         q8: &mut Vec<BlockQ8>,
         q8k: &mut Vec<BlockQ8K>,
     ) -> Result<()> {
-        // The activation format each weight's kernel reads: its panel kernel's if it has
-        // one (Q3_K's row kernel takes f32, its panel kernel Q8_K), else its row kernel's.
-        let format = |k: &TypeKernels| match (k.panel.map(|p| p.dots), k.vec_dot) {
-            (Some(PanelDots::Q8(..)), _) | (None, VecDot::Q8(_)) => Some(QK),
-            (Some(PanelDots::Q8K(..)), _) | (None, VecDot::Q8K(_)) => Some(QK_K),
-            (Some(PanelDots::F32(..)), _) => None,
-            (None, VecDot::F32(_) | VecDot::Dequantized) => None,
+        let needs = |block| {
+            jobs.iter()
+                .any(|(w, _)| activation_block(&w.kernels) == Some(block))
         };
-        let needs = |block| jobs.iter().any(|(w, _)| format(&w.kernels) == Some(block));
         if needs(QK) {
             let quantize = self.kernels.quantize_row_q8;
             self.quantize_rows(xs, rows, QK, q8, quantize)?;
