@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+pub mod conformance;
 pub mod cpu;
 mod error;
 
