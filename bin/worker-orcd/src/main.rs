@@ -198,28 +198,15 @@ fn open_cuda_for(
     opts: &LoadOptions,
 ) -> anyhow::Result<CudaBackend> {
     let be = open_cuda(device)?;
-    let mut required = required_vram(&be, file, opts)?;
+    // Weights, the KV pool as the backend stores it, and the model's buffers: what the load
+    // will allocate.
+    let mut required = worker_models::required_bytes(file, opts, &be)?.total();
     if device.experimental.gemm {
         // At most one dequantized weight tile for the cuBLAS prefill.
         required += worker_compute_cuda::TILE_ELEMENTS as u64 * 4;
     }
     be.check_vram(required)?;
     Ok(be)
-}
-
-/// Weights, the KV pool (as `be` stores it) and the activation buffers a model will take on
-/// the device.
-fn required_vram(be: &CudaBackend, file: &GgufFile, opts: &LoadOptions) -> anyhow::Result<u64> {
-    let hp = worker_gguf::HyperParams::from_metadata(file.metadata())?;
-    let weights: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
-    let kv = opts
-        .kv_cache_config(&hp, be.kv_storage(opts.kv_type), be.kv_layout())
-        .bytes();
-    let (d, ff) = (hp.embedding_length as u64, hp.feed_forward_length as u64);
-    let q = (hp.head_count * hp.head_dim) as u64;
-    let act = opts.max_batch as u64 * (4 * d + 3 * ff + 3 * q) * 4
-        + opts.max_logit_rows as u64 * (d + hp.vocab_size as u64) * 4;
-    Ok(weights.saturating_add(kv).saturating_add(act))
 }
 
 /// Loads `path` on a fresh backend of `kind`.

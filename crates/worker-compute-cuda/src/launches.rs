@@ -37,12 +37,15 @@ struct Recorder {
     /// Per allocation: its label (`tensor3`: the fourth tensor).
     labels: Vec<String>,
     counts: HashMap<&'static str, usize>,
+    /// Bytes allocated, per kind.
+    bytes: HashMap<&'static str, u64>,
     /// The launch lists flushed since the last [`Recorder::take`].
     log: Vec<Launch>,
 }
 
 impl Device for Recorder {
-    fn alloc(&mut self, what: &'static str, _bytes: usize) -> Result<Buffer, DriverError> {
+    fn alloc(&mut self, what: &'static str, bytes: usize) -> Result<Buffer, DriverError> {
+        *self.bytes.entry(what).or_default() += bytes as u64;
         let n = self.counts.entry(what).or_default();
         self.labels.push(format!("{}{n}", what.replace(' ', "-")));
         *n += 1;
@@ -129,18 +132,21 @@ impl Recorder {
     }
 }
 
+/// The sizes every recorded model is loaded with.
+const OPTS: LoadOptions = LoadOptions {
+    max_batch: 16,
+    max_logit_rows: 1,
+    seqs: 1,
+    max_positions: 32,
+    kv_type: worker_compute::KvType::F16,
+    kv_cache_bytes: None,
+};
+
 /// A prefill of 9 tokens, then one decode step, of `file` on a recording backend with
 /// `experimental` on: both launch lists.
 fn record(file: &GgufFile, experimental: Experimental) -> String {
     let mut be = CudaBackend::on(Recorder::default(), experimental);
-    let opts = LoadOptions {
-        max_batch: 16,
-        max_logit_rows: 1,
-        seqs: 1,
-        max_positions: 32,
-        ..LoadOptions::default()
-    };
-    let mut model = worker_models::load(file, &mut be, opts).expect("the model loads");
+    let mut model = worker_models::load(file, &mut be, OPTS).expect("the model loads");
     let vocab = model.hparams().vocab_size as usize;
     let mut logits = vec![0f32; vocab];
     let mut out = String::new();
@@ -221,8 +227,8 @@ fn configs() -> [(&'static str, Experimental); 3] {
     ]
 }
 
-#[test]
-fn launch_lists_of_real_and_tiny_models_are_unchanged() {
+/// The recorded models: the SmolLM2 and Qwen2.5 fixtures, and the tiny phi3, gpt2 and qwen3.
+fn models() -> Vec<(String, GgufFile)> {
     let mut models: Vec<(String, GgufFile)> = Vec::new();
     for (name, file) in [
         ("smollm2", worker_testdata::SMOLLM2),
@@ -239,8 +245,13 @@ fn launch_lists_of_real_and_tiny_models_are_unchanged() {
         let f = GgufFile::from_bytes(bytes).expect("a tiny model");
         models.push((format!("tiny-{arch}"), f));
     }
+    models
+}
+
+#[test]
+fn launch_lists_of_real_and_tiny_models_are_unchanged() {
     let mut failures = Vec::new();
-    for (name, file) in &models {
+    for (name, file) in &models() {
         for (config, experimental) in configs() {
             // SmolLM2's experimental lists add nothing that Qwen's and the tiny ones lack;
             // `bias` changes only Qwen's.
@@ -264,6 +275,39 @@ fn launch_lists_of_real_and_tiny_models_are_unchanged() {
          only for a change checked on a device):\n{}",
         failures.join("\n")
     );
+}
+
+#[test]
+fn a_load_allocates_what_required_bytes_says() {
+    for opts in [
+        OPTS,
+        LoadOptions {
+            max_batch: 64,
+            max_logit_rows: 4,
+            seqs: 4,
+            ..OPTS
+        },
+    ] {
+        for (name, file) in &models() {
+            let mut be = CudaBackend::on(Recorder::default(), Experimental::default());
+            let need = worker_models::required_bytes(file, &opts, &be).expect("the footprint");
+            worker_models::load(file, &mut be, opts).expect("the model loads");
+            let bytes = |what: &str| be.dev.bytes.get(what).copied().unwrap_or(0);
+            assert_eq!(bytes("tensor"), need.activations, "{name}: activations");
+            let kv = bytes("kv cache keys") + bytes("kv cache values");
+            assert_eq!(kv, need.kv_cache, "{name}: kv cache");
+            assert_eq!(
+                be.index_host.len() as u64 * 4,
+                need.indices,
+                "{name}: indices"
+            );
+            assert_eq!(
+                need.weights,
+                file.tensors().iter().map(|t| t.n_bytes).sum::<u64>(),
+                "{name}: weights"
+            );
+        }
+    }
 }
 
 #[test]

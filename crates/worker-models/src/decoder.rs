@@ -12,6 +12,7 @@ use worker_compute::{
 };
 use worker_gguf::{GgufFile, HyperParams, RopeScaling};
 
+use crate::buffers::BufferTable;
 use crate::kv::KvBinding;
 use crate::weights::{has, upload, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
@@ -87,6 +88,33 @@ struct Buffers {
     logits: TensorId,
     tokens: IndexId,
     logit_rows: IndexId,
+}
+
+/// The shapes of [`Buffers`], field by field: every row-wise tensor has room for
+/// `max_batch` rows, `last` and `logits` for `max_logit_rows`.
+pub(crate) fn buffer_table(hp: &HyperParams, opts: &LoadOptions) -> BufferTable<12, 2> {
+    let d = hp.embedding_length as usize;
+    let (nh, nkv) = (hp.head_count as usize, hp.head_count_kv as usize);
+    let (hd, vhd) = (hp.head_dim as usize, hp.value_head_dim as usize);
+    let ff = hp.feed_forward_length as usize;
+    let (b, l) = (opts.max_batch, opts.max_logit_rows);
+    BufferTable {
+        tensors: [
+            (b, d),
+            (b, d),
+            (b, nh * hd),
+            (b, nkv * hd),
+            (b, nkv * vhd),
+            (b, nh * vhd),
+            (b, d),
+            (b, ff),
+            (b, ff),
+            (b, ff),
+            (l, d),
+            (l, hp.vocab_size as usize),
+        ],
+        indices: [b, l],
+    }
 }
 
 pub(crate) struct Decoder {
@@ -244,22 +272,23 @@ impl Decoder {
 
         let kv = KvBinding::alloc(backend, &hp, &opts)?;
         let max_positions = opts.max_positions.min(hp.context_length as usize).max(1);
-        let b = opts.max_batch;
+        let ([x, h, q, k, v, attn, o, gate, up, act, last, logits], [tokens, logit_rows]) =
+            buffer_table(&hp, &opts).alloc(backend)?;
         let buf = Buffers {
-            x: backend.alloc_tensor(b, d)?,
-            h: backend.alloc_tensor(b, d)?,
-            q: backend.alloc_tensor(b, nh * hd)?,
-            k: backend.alloc_tensor(b, nkv * hd)?,
-            v: backend.alloc_tensor(b, nkv * vhd)?,
-            attn: backend.alloc_tensor(b, nh * vhd)?,
-            o: backend.alloc_tensor(b, d)?,
-            gate: backend.alloc_tensor(b, ff)?,
-            up: backend.alloc_tensor(b, ff)?,
-            act: backend.alloc_tensor(b, ff)?,
-            last: backend.alloc_tensor(opts.max_logit_rows, d)?,
-            logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
-            tokens: backend.alloc_index(b)?,
-            logit_rows: backend.alloc_index(opts.max_logit_rows)?,
+            x,
+            h,
+            q,
+            k,
+            v,
+            attn,
+            o,
+            gate,
+            up,
+            act,
+            last,
+            logits,
+            tokens,
+            logit_rows,
         };
         let attn = AttentionParams {
             heads: nh,
