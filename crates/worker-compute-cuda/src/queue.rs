@@ -52,6 +52,32 @@ pub struct LaunchStats {
     pub record_ns: u64,
 }
 
+impl LaunchStats {
+    /// Each field combined with `other`'s by `f`.
+    fn zip(&self, other: &LaunchStats, f: impl Fn(u64, u64) -> u64) -> LaunchStats {
+        LaunchStats {
+            kernels: f(self.kernels, other.kernels),
+            direct_launches: f(self.direct_launches, other.direct_launches),
+            graph_launches: f(self.graph_launches, other.graph_launches),
+            graphs_captured: f(self.graphs_captured, other.graphs_captured),
+            flushes: f(self.flushes, other.flushes),
+            device_ns: f(self.device_ns, other.device_ns),
+            readout_ns: f(self.readout_ns, other.readout_ns),
+            record_ns: f(self.record_ns, other.record_ns),
+        }
+    }
+
+    /// What was counted since `earlier` (a snapshot of the same counters).
+    pub fn since(&self, earlier: &LaunchStats) -> LaunchStats {
+        self.zip(earlier, u64::saturating_sub)
+    }
+
+    /// Both counts together.
+    pub fn plus(&self, other: &LaunchStats) -> LaunchStats {
+        self.zip(other, u64::saturating_add)
+    }
+}
+
 /// Launch lists shorter than this are submitted directly (a graph would not pay off).
 const GRAPH_MIN_LAUNCHES: usize = 16;
 /// Launch lists remembered as capture candidates, and graphs kept.

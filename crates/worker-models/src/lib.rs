@@ -20,6 +20,7 @@
 //! unsupported architecture, a missing tensor or a wrong shape is a [`ModelError`] naming it.
 #![deny(missing_docs)]
 
+pub mod bench;
 mod buffers;
 mod decoder;
 mod error;
