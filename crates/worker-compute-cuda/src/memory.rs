@@ -211,27 +211,7 @@ impl<D: Device> CudaBackend<D> {
         if !self.supports(d.ty) {
             return Err(unsupported());
         }
-        if d.rows == 0 || d.cols == 0 {
-            return Err(bad(format!("empty shape [{} x {}]", d.rows, d.cols)));
-        }
-        let row_bytes = d.ty.bytes_for(d.cols as u64).ok_or_else(|| {
-            bad(format!(
-                "row length {} is not a multiple of the {} block size {}",
-                d.cols,
-                d.ty,
-                d.ty.block_size()
-            ))
-        })? as usize;
-        let want = row_bytes.checked_mul(d.rows);
-        if want != Some(d.bytes.len()) {
-            return Err(bad(format!(
-                "{} bytes for [{} x {}] {}, expected {want:?}",
-                d.bytes.len(),
-                d.rows,
-                d.cols,
-                d.ty
-            )));
-        }
+        let row_bytes = d.row_bytes()?;
         i32_of(OP, d.cols)?;
         i32_of(OP, d.rows)?;
         self.flush(OP)?;

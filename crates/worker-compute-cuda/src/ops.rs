@@ -251,18 +251,7 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
     }
 
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
-        const OP: &str = "add";
-        let (d, s, cols) = self.pair(OP, dst, src, rows)?;
-        let n = rows * cols;
-        if n > 0 {
-            let args = Binary {
-                dst: d,
-                src: s,
-                n: n as i64,
-            };
-            self.launch(self.kernels.add, grid_1d(n), args);
-        }
-        Ok(())
+        self.binary("add", self.kernels.add, dst, src, rows)
     }
 
     fn add_rms_norm(
@@ -314,18 +303,7 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
     }
 
     fn mul(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()> {
-        const OP: &str = "mul";
-        let (d, s, cols) = self.pair(OP, dst, src, rows)?;
-        let n = rows * cols;
-        if n > 0 {
-            let args = Binary {
-                dst: d,
-                src: s,
-                n: n as i64,
-            };
-            self.launch(self.kernels.mul, grid_1d(n), args);
-        }
-        Ok(())
+        self.binary("mul", self.kernels.mul, dst, src, rows)
     }
 
     fn rope(&mut self, x: TensorId, positions: IndexId, p: &RopeParams, rows: usize) -> Result<()> {
@@ -426,6 +404,28 @@ struct RopeOperand {
 }
 
 impl<D: Device> CudaBackend<D> {
+    /// `dst[i] op= src[i]` over `rows` rows by `kernel` (`add_f32`, `mul_f32`).
+    fn binary(
+        &mut self,
+        op: &'static str,
+        kernel: Func<Binary>,
+        dst: TensorId,
+        src: TensorId,
+        rows: usize,
+    ) -> Result<()> {
+        let (d, s, cols) = self.pair(op, dst, src, rows)?;
+        let n = rows * cols;
+        if n > 0 {
+            let args = Binary {
+                dst: d,
+                src: s,
+                n: n as i64,
+            };
+            self.launch(kernel, grid_1d(n), args);
+        }
+        Ok(())
+    }
+
     /// Checks `swiglu(out, gate, up)` over `rows` rows: `out` apart from both inputs, all three
     /// of one shape. Returns the addresses (out, gate, up) and the width.
     pub(crate) fn swiglu_operands(

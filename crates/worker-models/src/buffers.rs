@@ -45,6 +45,32 @@ impl<const T: usize, const I: usize> BufferTable<T, I> {
     }
 }
 
+/// The row-wise tensors every adapter has, `rows` rows each: the residual stream `x`, its
+/// norm `h`, `q`, `k`, `v`, the attention output `attn` and a block's output `o`.
+pub(crate) fn attention_tensors(hp: &HyperParams, rows: usize) -> [(usize, usize); 7] {
+    let d = hp.embedding_length as usize;
+    let (nh, nkv) = (hp.head_count as usize, hp.head_count_kv as usize);
+    let (hd, vhd) = (hp.head_dim as usize, hp.value_head_dim as usize);
+    [
+        (rows, d),
+        (rows, d),
+        (rows, nh * hd),
+        (rows, nkv * hd),
+        (rows, nkv * vhd),
+        (rows, nh * vhd),
+        (rows, d),
+    ]
+}
+
+/// The tensors of the rows that want logits, `rows` rows each: their final norm `last`
+/// and the `logits`.
+pub(crate) fn logit_tensors(hp: &HyperParams, rows: usize) -> [(usize, usize); 2] {
+    [
+        (rows, hp.embedding_length as usize),
+        (rows, hp.vocab_size as usize),
+    ]
+}
+
 /// What a model takes on its backend under given load options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Footprint {

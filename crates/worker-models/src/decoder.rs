@@ -12,7 +12,7 @@ use worker_compute::{
 };
 use worker_gguf::{GgufFile, HyperParams, RopeScaling};
 
-use crate::buffers::BufferTable;
+use crate::buffers::{attention_tensors, logit_tensors, BufferTable};
 use crate::kv::KvBinding;
 use crate::weights::{has, upload, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
@@ -93,26 +93,12 @@ struct Buffers {
 /// The shapes of [`Buffers`], field by field: every row-wise tensor has room for
 /// `max_batch` rows, `last` and `logits` for `max_logit_rows`.
 pub(crate) fn buffer_table(hp: &HyperParams, opts: &LoadOptions) -> BufferTable<12, 2> {
-    let d = hp.embedding_length as usize;
-    let (nh, nkv) = (hp.head_count as usize, hp.head_count_kv as usize);
-    let (hd, vhd) = (hp.head_dim as usize, hp.value_head_dim as usize);
-    let ff = hp.feed_forward_length as usize;
     let (b, l) = (opts.max_batch, opts.max_logit_rows);
+    let [x, h, q, k, v, attn, o] = attention_tensors(hp, b);
+    let mlp = (b, hp.feed_forward_length as usize);
+    let [last, logits] = logit_tensors(hp, l);
     BufferTable {
-        tensors: [
-            (b, d),
-            (b, d),
-            (b, nh * hd),
-            (b, nkv * hd),
-            (b, nkv * vhd),
-            (b, nh * vhd),
-            (b, d),
-            (b, ff),
-            (b, ff),
-            (b, ff),
-            (l, d),
-            (l, hp.vocab_size as usize),
-        ],
+        tensors: [x, h, q, k, v, attn, o, mlp, mlp, mlp, last, logits],
         indices: [b, l],
     }
 }

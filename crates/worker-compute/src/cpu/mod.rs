@@ -380,10 +380,6 @@ impl ComputeBackend for CpuBackend {
     }
 
     fn upload_weight(&mut self, d: WeightDesc<'_>) -> Result<WeightId> {
-        let bad = |reason: String| ComputeError::BadWeight {
-            name: d.name.to_string(),
-            reason,
-        };
         let kernels =
             *self
                 .kernels
@@ -393,28 +389,7 @@ impl ComputeBackend for CpuBackend {
                     name: d.name.to_string(),
                     ty: d.ty,
                 })?;
-        let row_bytes = d.ty.bytes_for(d.cols as u64).ok_or_else(|| {
-            bad(format!(
-                "row length {} is not a multiple of the {} block size {}",
-                d.cols,
-                d.ty,
-                d.ty.block_size()
-            ))
-        })? as usize;
-        if d.rows == 0 || d.cols == 0 {
-            return Err(bad(format!("empty shape [{} x {}]", d.rows, d.cols)));
-        }
-        let want = row_bytes.checked_mul(d.rows);
-        if want != Some(d.bytes.len()) {
-            return Err(bad(format!(
-                "{} bytes for [{} x {}] {}, expected {:?}",
-                d.bytes.len(),
-                d.rows,
-                d.cols,
-                d.ty,
-                want
-            )));
-        }
+        let row_bytes = d.row_bytes()?;
         let vector = if d.rows == 1 {
             let mut v = alloc_f32("weight vector", d.cols)?;
             (kernels.dequantize_row)(d.bytes, &mut v);
