@@ -62,4 +62,4 @@ pub use request::{
     Timings, TokenEvent,
 };
 pub use worker_common::SamplingConfig;
-pub use worker_compute::{KvType, KV_BLOCK};
+pub use worker_compute::{ComputeBackend, KvType, KV_BLOCK};

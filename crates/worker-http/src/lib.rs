@@ -48,7 +48,7 @@ mod tools;
 mod validate;
 
 pub use callback::send_ready_callback;
-pub use cli::{run, run_blocking, ServeArgs, WorkerKind};
+pub use cli::{load_model, run, run_blocking, serve_model, BackendResult, ServeArgs, WorkerKind};
 pub use error::HttpError;
 pub use kv_events::{KvEventPublisher, KvEventsConfig};
 pub use limits::ConnectionLimits;

@@ -87,6 +87,9 @@ fn llama_cpp_vectors_pass() {
 fn unsupported_vocabs_are_errors() {
     let path = worker_testdata::vocab("bert-bge");
     let file = worker_gguf::GgufFile::open(&path).unwrap();
-    let err = from_gguf(file.metadata()).err().expect("bert-bge").to_string();
+    let err = from_gguf(file.metadata())
+        .err()
+        .expect("bert-bge")
+        .to_string();
     assert!(err.contains("unsupported tokenizer model"), "{err}");
 }
