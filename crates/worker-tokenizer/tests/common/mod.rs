@@ -21,6 +21,14 @@ pub fn qwen25() -> &'static dyn Tokenizer {
     .as_ref()
 }
 
+/// gpt-oss's o200k vocabulary as a GGUF tokenizer (built from its `tokenizer.json` as
+/// llama.cpp's converter does: `worker_testdata::gptoss_vocab`).
+pub fn gptoss() -> &'static dyn Tokenizer {
+    static T: OnceLock<Box<dyn Tokenizer>> = OnceLock::new();
+    T.get_or_init(|| from_gguf(worker_testdata::gptoss_vocab().metadata()).unwrap())
+        .as_ref()
+}
+
 pub fn hf(name: &str) -> HfTokenizer {
     HfTokenizer::from_file(worker_testdata::hf_tokenizer(name)).unwrap()
 }
