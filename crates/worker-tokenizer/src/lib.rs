@@ -34,6 +34,7 @@ mod hf;
 mod pretok;
 mod spm;
 mod stream;
+mod strftime;
 mod template;
 mod unicode;
 mod vocab;

@@ -1,7 +1,9 @@
 //! Chat templates: the Jinja template in `tokenizer.chat_template`, rendered with `minijinja`
 //! and its Python-compatibility methods (`.strip()`, `.items()`, …), set up as HF
 //! `transformers`' `apply_chat_template` sets up jinja2 (`trim_blocks`, `lstrip_blocks`,
-//! `raise_exception`, `tojson`).
+//! `raise_exception`, `tojson`, `strftime_now`).
+
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use worker_gguf::Metadata;
@@ -36,6 +38,9 @@ pub struct ChatContext {
     pub bos_token: String,
     /// The text of the EOS token (`eos_token`), empty if none.
     pub eos_token: String,
+    /// The instant `strftime_now` formats (UTC); `None` for the system clock. Set for
+    /// reproducible renderings (tests, goldens).
+    pub now: Option<SystemTime>,
 }
 
 /// How a template's model writes tool calls, recognised from the markup the template itself
@@ -60,6 +65,15 @@ pub struct ChatTemplate {
 }
 
 const NAME: &str = "chat_template";
+/// The variable that carries [`ChatContext::now`] to `strftime_now` (seconds since the epoch).
+const NOW: &str = "__strftime_now_epoch";
+
+/// [`ChatContext::now`] as the seconds the template's `strftime_now` reads, if set.
+fn now_secs(ctx: &ChatContext) -> Option<f64> {
+    ctx.now
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
 
 /// The style of the markup `source` renders for earlier tool calls.
 fn tool_call_style(source: &str) -> Option<ToolCallStyle> {
@@ -107,6 +121,18 @@ impl ChatTemplate {
                 ))
             },
         );
+        env.add_function(
+            "strftime_now",
+            |state: &minijinja::State, format: String| -> String {
+                let now = state
+                    .lookup(NOW)
+                    .and_then(|v| f64::try_from(v).ok())
+                    .map_or_else(SystemTime::now, |secs| {
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs)
+                    });
+                crate::strftime::strftime(&format, now)
+            },
+        );
         env.add_template_owned(NAME, source.to_string())
             .map_err(template_err)?;
         Ok(Self {
@@ -152,6 +178,7 @@ impl ChatTemplate {
             add_generation_prompt => ctx.add_generation_prompt,
             bos_token => &ctx.bos_token,
             eos_token => &ctx.eos_token,
+            __strftime_now_epoch => now_secs(ctx),
         })
         .map_err(template_err)
     }
@@ -164,6 +191,7 @@ impl ChatTemplate {
             add_generation_prompt => ctx.add_generation_prompt,
             bos_token => &ctx.bos_token,
             eos_token => &ctx.eos_token,
+            __strftime_now_epoch => now_secs(ctx),
         })
         .map_err(template_err)
     }
@@ -187,5 +215,27 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, "hi");
+    }
+
+    #[test]
+    fn strftime_now_reads_the_context_clock() {
+        let t = ChatTemplate::new("Today: {{ strftime_now('%Y-%m-%d') }}").unwrap();
+        let ctx = ChatContext {
+            now: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_420_567)),
+            ..ChatContext::default()
+        };
+        assert_eq!(t.render(&[], &ctx).unwrap(), "Today: 2026-12-04");
+        // The system clock otherwise.
+        let today = t.render(&[], &ChatContext::default()).unwrap();
+        let date = today.strip_prefix("Today: ").unwrap().as_bytes();
+        let shape = date.len() == 10
+            && date.iter().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+        assert!(shape, "{today}");
     }
 }
