@@ -1,19 +1,19 @@
 //! The pre-norm decoder of the llama family (RMS norm, rotary attention with GQA, SwiGLU
-//! MLP), written once against [`ComputeBackend`]. The `llama`, `qwen2`, `qwen3`, `phi3` and
-//! `gemma3` adapters differ only in the [`DecoderSpec`] they pass.
+//! MLP), written once against [`ComputeBackend`]. The `llama`, `qwen2`, `qwen3`, `phi3`,
+//! `gemma3` and `gpt-oss` adapters differ only in the [`DecoderSpec`] they pass.
 //!
 //! The attention projections are read either as `attn_q`/`attn_k`/`attn_v` or, as llama.cpp
 //! also accepts, as one fused `attn_qkv` (rows: q, then k, then v), which is split by rows
 //! at load time (see [`crate::weights`]).
 
 use worker_compute::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, RopeMode, RopeParams, TensorId,
-    WeightId,
+    AttentionParams, ComputeBackend, ExpertActivation, ExpertWeights, IndexId, KvCacheConfig,
+    MoeParams, RopeMode, RopeParams, TensorId, WeightId, Yarn,
 };
 use worker_gguf::{GgufFile, HyperParams, RopeScaling};
 
 use crate::kv::KvBinding;
-use crate::weights::{has, upload, upload_row_split, upload_vec_split};
+use crate::weights::{has, upload, upload_experts, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
 
 /// What distinguishes one llama-family architecture from another.
@@ -21,7 +21,7 @@ use crate::{Batch, LoadOptions, Model, ModelError};
 pub(crate) struct DecoderSpec {
     /// Rotary pair layout.
     pub rope_mode: RopeMode,
-    /// `blk.N.attn_{q,k,v}.bias` exist (qwen2).
+    /// `blk.N.attn_{q,k,v}.bias` exist (qwen2, gpt-oss).
     pub qkv_bias: bool,
     /// The MLP's gate and up projections are one `blk.N.ffn_up.weight` of `2 * ff` rows,
     /// gate first (phi3; ggml's `swiglu` applies silu to the first half).
@@ -33,6 +33,13 @@ pub(crate) struct DecoderSpec {
     /// through RMS norms of their own (`post_attention_norm`, `post_ffw_norm`) before each
     /// residual add, and the MLP is GeGLU (`gelu_tanh(gate) * up`).
     pub gemma: bool,
+    /// gpt-oss (llama.cpp's `openai-moe` graph): YaRN rope scaling where the file asks for
+    /// it, a bias on the attention output (`attn_output.bias`), attention sinks
+    /// (`attn_sinks.weight`, one logit per head), the pre-MLP norm named
+    /// `post_attention_norm`, and a mixture-of-experts MLP (`ffn_gate_inp` router with
+    /// bias, `ffn_{gate,up,down}_exps` experts with biases, gpt-oss's clamped SwiGLU; the
+    /// counts from [`HyperParams::experts`]).
+    pub gpt_oss: bool,
     /// Multiplier of the attention scores; `None` for `1/sqrt(head_dim)`.
     pub attn_scale: Option<f32>,
     /// Sliding-window layers, when the model interleaves them with global ones.
@@ -47,6 +54,45 @@ pub(crate) struct Swa {
     pub window: usize,
     pub pattern: usize,
     pub base: f32,
+    /// Whether sliding layers take the model's rope scaling (gpt-oss) or llama.cpp's default
+    /// of none (gemma3).
+    pub scaled: bool,
+}
+
+/// gpt-oss's SwiGLU constants (llama.cpp's `LLM_FFN_SWIGLU_OAI_MOE`).
+const SWIGLU_OAI: ExpertActivation = ExpertActivation::SwigluOai {
+    alpha: 1.702,
+    limit: 7.0,
+};
+
+/// A layer's dense MLP: gate, up and down projections.
+struct Dense {
+    gate: WeightId,
+    up: WeightId,
+    down: WeightId,
+}
+
+/// A layer's mixture of experts: a router (`ffn_gate_inp`, with its bias) over experts.
+struct Moe {
+    router: WeightId,
+    router_bias: WeightId,
+    experts: Vec<ExpertWeights>,
+}
+
+/// Every layer's MLP weights with the activation buffers they use, one kind per model.
+enum Mlps {
+    Dense {
+        layers: Vec<Dense>,
+        gate: TensorId,
+        up: TensorId,
+        act: TensorId,
+    },
+    Experts {
+        layers: Vec<Moe>,
+        /// Router logits.
+        router: TensorId,
+        params: MoeParams,
+    },
 }
 
 struct Layer {
@@ -60,12 +106,11 @@ struct Layer {
     q_norm: Option<WeightId>,
     k_norm: Option<WeightId>,
     wo: WeightId,
+    bo: Option<WeightId>,
+    sinks: Option<WeightId>,
     post_attn_norm: Option<WeightId>,
     post_ffn_norm: Option<WeightId>,
     ffn_norm: WeightId,
-    gate: WeightId,
-    up: WeightId,
-    down: WeightId,
     rope_q: RopeParams,
     rope_k: RopeParams,
     window: Option<usize>,
@@ -80,9 +125,6 @@ struct Buffers {
     v: TensorId,
     attn: TensorId,
     o: TensorId,
-    gate: TensorId,
-    up: TensorId,
-    act: TensorId,
     last: TensorId,
     logits: TensorId,
     tokens: IndexId,
@@ -97,11 +139,41 @@ pub(crate) struct Decoder {
     output_norm: WeightId,
     output: WeightId,
     layers: Vec<Layer>,
+    mlps: Mlps,
     kv: KvBinding,
     buf: Buffers,
     attn: AttentionParams,
     embed_scale: Option<f32>,
     gelu_gate: bool,
+}
+
+/// The position scale and the YaRN parameters of `hp`'s rope scaling, where `spec` runs it.
+fn rope_scaling(hp: &HyperParams, spec: &DecoderSpec) -> Result<(f32, Option<Yarn>), ModelError> {
+    match hp.rope_scaling {
+        RopeScaling::None => Ok((1.0, None)),
+        RopeScaling::Linear { factor } if factor > 0.0 => Ok((1.0 / factor, None)),
+        RopeScaling::Yarn {
+            factor,
+            original_context_length,
+            beta_fast,
+            beta_slow,
+            attn_factor,
+        } if spec.gpt_oss && factor > 0.0 => Ok((
+            1.0 / factor,
+            Some(Yarn {
+                original_context: original_context_length,
+                beta_fast,
+                beta_slow,
+                // llama.cpp: 1 for YaRN (its `yarn_ext_factor` default).
+                ext_factor: 1.0,
+                attn_factor,
+            }),
+        )),
+        ref other => Err(ModelError::Unsupported(format!(
+            "rope scaling {other:?} for {}",
+            hp.architecture
+        ))),
+    }
 }
 
 impl Decoder {
@@ -115,7 +187,6 @@ impl Decoder {
         let d = hp.embedding_length as usize;
         let (nh, nkv) = (hp.head_count as usize, hp.head_count_kv as usize);
         let (hd, vhd) = (hp.head_dim as usize, hp.value_head_dim as usize);
-        let ff = hp.feed_forward_length as usize;
         let vocab = hp.vocab_size as usize;
         let eps = hp.rms_norm_epsilon.ok_or_else(|| {
             ModelError::Unsupported(format!(
@@ -123,19 +194,21 @@ impl Decoder {
                 hp.architecture
             ))
         })?;
-        let freq_scale = match hp.rope_scaling {
-            RopeScaling::None => 1.0,
-            RopeScaling::Linear { factor } if factor > 0.0 => 1.0 / factor,
-            ref other => {
+        let (freq_scale, yarn) = rope_scaling(&hp, &spec)?;
+        let experts = match (spec.gpt_oss, hp.experts) {
+            (false, _) => None,
+            (true, Some(e)) => Some(e),
+            (true, None) => {
                 return Err(ModelError::Unsupported(format!(
-                    "rope scaling {other:?} for {}",
+                    "{}.expert_count is missing: gpt-oss's MLP is a mixture of experts",
                     hp.architecture
                 )))
             }
         };
         let token_embd = upload(file, backend, "token_embd.weight", d, vocab)?;
         let output_norm = upload(file, backend, "output_norm.weight", d, 1)?;
-        let output = if has(file, "output.weight") {
+        // gpt-oss has its own output matrix (llama.cpp requires it there).
+        let output = if has(file, "output.weight") || spec.gpt_oss {
             upload(file, backend, "output.weight", d, vocab)?
         } else {
             token_embd // tied embeddings (SmolLM2)
@@ -147,18 +220,24 @@ impl Decoder {
             base,
             freq_scale,
             mode: spec.rope_mode,
-            yarn: None,
+            yarn,
         };
-        let mut layers = Vec::with_capacity(crate::weights::layer_capacity(file, &hp));
+        let capacity = crate::weights::layer_capacity(file, &hp);
+        let mut layers = Vec::with_capacity(capacity);
+        let (mut dense, mut moe) = (Vec::with_capacity(capacity), Vec::new());
         for i in 0..hp.block_count as usize {
             let sliding = spec
                 .swa
                 .filter(|s| s.pattern == 0 || i % s.pattern < s.pattern - 1);
             let base = sliding.map_or(hp.rope_freq_base, |s| s.base);
-            // Sliding layers keep llama.cpp's default position scale of 1.
-            let scaled = |heads| RopeParams {
-                freq_scale: if sliding.is_some() { 1.0 } else { freq_scale },
-                ..rope(heads, base)
+            // Unscaled sliding layers keep llama.cpp's default position scale of 1.
+            let scaled = |heads| match sliding {
+                Some(s) if !s.scaled => RopeParams {
+                    freq_scale: 1.0,
+                    yarn: None,
+                    ..rope(heads, base)
+                },
+                _ => rope(heads, base),
             };
             let t = |n: &str| format!("blk.{i}.{n}");
             let attn_norm = upload(file, backend, &t("attn_norm.weight"), d, 1)?;
@@ -196,15 +275,49 @@ impl Decoder {
             } else {
                 (None, None)
             };
-            let (gate, up) = if spec.fused_gate_up {
-                let [g, u] = upload_row_split(file, backend, &t("ffn_up.weight"), d, [ff, ff])?;
-                (g, u)
-            } else {
-                (
-                    upload(file, backend, &t("ffn_gate.weight"), d, ff)?,
-                    upload(file, backend, &t("ffn_up.weight"), d, ff)?,
-                )
-            };
+            match experts {
+                Some(e) => {
+                    let (n, eff) = (e.count as usize, e.feed_forward_length as usize);
+                    let stack = |backend: &mut dyn ComputeBackend, name: &str, c, r| {
+                        upload_experts(file, backend, &t(name), c, r, n)
+                    };
+                    let gate = stack(backend, "ffn_gate_exps.weight", d, eff)?;
+                    let up = stack(backend, "ffn_up_exps.weight", d, eff)?;
+                    let down = stack(backend, "ffn_down_exps.weight", eff, d)?;
+                    let gate_b = stack(backend, "ffn_gate_exps.bias", eff, 1)?;
+                    let up_b = stack(backend, "ffn_up_exps.bias", eff, 1)?;
+                    let down_b = stack(backend, "ffn_down_exps.bias", d, 1)?;
+                    moe.push(Moe {
+                        router: upload(file, backend, &t("ffn_gate_inp.weight"), d, n)?,
+                        router_bias: upload(file, backend, &t("ffn_gate_inp.bias"), n, 1)?,
+                        experts: (0..n)
+                            .map(|x| ExpertWeights {
+                                gate: gate[x],
+                                up: up[x],
+                                down: down[x],
+                                gate_bias: Some(gate_b[x]),
+                                up_bias: Some(up_b[x]),
+                                down_bias: Some(down_b[x]),
+                            })
+                            .collect(),
+                    });
+                }
+                None => {
+                    let ff = hp.feed_forward_length as usize;
+                    let (gate, up) = if spec.fused_gate_up {
+                        let name = t("ffn_up.weight");
+                        let [g, u] = upload_row_split(file, backend, &name, d, [ff, ff])?;
+                        (g, u)
+                    } else {
+                        (
+                            upload(file, backend, &t("ffn_gate.weight"), d, ff)?,
+                            upload(file, backend, &t("ffn_up.weight"), d, ff)?,
+                        )
+                    };
+                    let down = upload(file, backend, &t("ffn_down.weight"), ff, d)?;
+                    dense.push(Dense { gate, up, down });
+                }
+            }
             let (post_attn_norm, post_ffn_norm) = if spec.gemma {
                 (
                     Some(upload(
@@ -219,6 +332,17 @@ impl Decoder {
             } else {
                 (None, None)
             };
+            let ffn_norm = match spec.gpt_oss {
+                true => t("post_attention_norm.weight"),
+                false => t("ffn_norm.weight"),
+            };
+            let (bo, sinks) = match spec.gpt_oss {
+                true => (
+                    Some(upload(file, backend, &t("attn_output.bias"), d, 1)?),
+                    Some(upload(file, backend, &t("attn_sinks.weight"), nh, 1)?),
+                ),
+                false => (None, None),
+            };
             layers.push(Layer {
                 attn_norm,
                 wq,
@@ -230,10 +354,9 @@ impl Decoder {
                 q_norm,
                 k_norm,
                 wo: upload(file, backend, &t("attn_output.weight"), nh * vhd, d)?,
-                ffn_norm: upload(file, backend, &t("ffn_norm.weight"), d, 1)?,
-                gate,
-                up,
-                down: upload(file, backend, &t("ffn_down.weight"), ff, d)?,
+                bo,
+                sinks,
+                ffn_norm: upload(file, backend, &ffn_norm, d, 1)?,
                 post_attn_norm,
                 post_ffn_norm,
                 rope_q: scaled(nh),
@@ -245,6 +368,25 @@ impl Decoder {
         let kv = KvBinding::alloc(backend, &hp, &opts)?;
         let max_positions = opts.max_positions.min(hp.context_length as usize).max(1);
         let b = opts.max_batch;
+        let mlps = match experts {
+            Some(e) => Mlps::Experts {
+                layers: moe,
+                router: backend.alloc_tensor(b, e.count as usize)?,
+                params: MoeParams {
+                    used: e.used as usize,
+                    activation: SWIGLU_OAI,
+                },
+            },
+            None => {
+                let ff = hp.feed_forward_length as usize;
+                Mlps::Dense {
+                    layers: dense,
+                    gate: backend.alloc_tensor(b, ff)?,
+                    up: backend.alloc_tensor(b, ff)?,
+                    act: backend.alloc_tensor(b, ff)?,
+                }
+            }
+        };
         let buf = Buffers {
             x: backend.alloc_tensor(b, d)?,
             h: backend.alloc_tensor(b, d)?,
@@ -253,9 +395,6 @@ impl Decoder {
             v: backend.alloc_tensor(b, nkv * vhd)?,
             attn: backend.alloc_tensor(b, nh * vhd)?,
             o: backend.alloc_tensor(b, d)?,
-            gate: backend.alloc_tensor(b, ff)?,
-            up: backend.alloc_tensor(b, ff)?,
-            act: backend.alloc_tensor(b, ff)?,
             last: backend.alloc_tensor(opts.max_logit_rows, d)?,
             logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
             tokens: backend.alloc_index(b)?,
@@ -283,6 +422,7 @@ impl Decoder {
             output_norm,
             output,
             layers,
+            mlps,
             kv,
             buf,
             attn,
@@ -307,6 +447,46 @@ impl Decoder {
                 be.add(b.x, b.h, n)?;
             }
             None => be.add(b.x, b.o, n)?,
+        }
+        Ok(())
+    }
+
+    /// The MLP of layer `i` from `h` (its normalized input) into `o`.
+    fn mlp(&self, be: &mut dyn ComputeBackend, i: usize, n: usize) -> Result<(), ModelError> {
+        let b = &self.buf;
+        match &self.mlps {
+            Mlps::Dense {
+                layers,
+                gate: g,
+                up: u,
+                act,
+            } => {
+                let Dense { gate, up, down } = &layers[i];
+                be.matmul_group(b.h, &[(*g, *gate), (*u, *up)], n)?;
+                let act = if self.gelu_gate {
+                    be.gelu(*g, n)?;
+                    be.mul(*g, *u, n)?;
+                    *g
+                } else {
+                    be.swiglu(*act, *g, *u, n)?;
+                    *act
+                };
+                be.matmul(b.o, act, *down, n)?;
+            }
+            Mlps::Experts {
+                layers,
+                router: logits,
+                params,
+            } => {
+                let Moe {
+                    router,
+                    router_bias,
+                    experts,
+                } = &layers[i];
+                be.matmul(*logits, b.h, *router, n)?;
+                be.add_bias(*logits, *router_bias, n)?;
+                be.moe(b.o, b.h, *logits, experts, params, n)?;
+            }
         }
         Ok(())
     }
@@ -362,22 +542,17 @@ impl Model for Decoder {
             let attn = AttentionParams {
                 layer: i,
                 window: l.window,
+                sinks: l.sinks,
                 ..self.attn
             };
             be.attention(b.attn, b.q, b.k, b.v, self.kv.cache, &kv, &attn, n)?;
             be.matmul(b.o, b.attn, l.wo, n)?;
+            if let Some(bias) = l.bo {
+                be.add_bias(b.o, bias, n)?;
+            }
             self.residual(be, l.post_attn_norm, n)?;
             be.rms_norm(b.h, b.x, l.ffn_norm, self.eps, n)?;
-            be.matmul_group(b.h, &[(b.gate, l.gate), (b.up, l.up)], n)?;
-            let act = if self.gelu_gate {
-                be.gelu(b.gate, n)?;
-                be.mul(b.gate, b.up, n)?;
-                b.gate
-            } else {
-                be.swiglu(b.act, b.gate, b.up, n)?;
-                b.act
-            };
-            be.matmul(b.o, act, l.down, n)?;
+            self.mlp(be, i, n)?;
             self.residual(be, l.post_ffn_norm, n)?;
         }
         be.rms_norm(b.h, b.x, self.output_norm, self.eps, n)?;

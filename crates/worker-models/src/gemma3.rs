@@ -70,6 +70,7 @@ pub(crate) fn load(
                 window: w as usize,
                 pattern: pattern as usize,
                 base,
+                scaled: false,
             })
         }
     };
@@ -85,6 +86,7 @@ pub(crate) fn load(
         fused_gate_up: false,
         qk_norm: true,
         gemma: true,
+        gpt_oss: false,
         attn_scale: Some(attn_scale),
         swa,
     };
