@@ -29,6 +29,7 @@ mod constrain;
 mod error;
 mod execute;
 pub mod fuzzing;
+mod harmony;
 mod json;
 mod limits;
 mod loading;

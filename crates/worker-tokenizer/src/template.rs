@@ -54,6 +54,8 @@ pub enum ToolCallStyle {
     /// Mistral: `[TOOL_CALLS]` followed by a JSON array of `{"name", "arguments"}` objects;
     /// call ids are 9 alphanumeric characters.
     Mistral,
+    /// gpt-oss's harmony: a message to `functions.NAME` on the commentary channel.
+    Harmony,
 }
 
 /// A compiled chat template.
@@ -61,6 +63,7 @@ pub enum ToolCallStyle {
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     tools: bool,
+    harmony: bool,
     tool_call_style: Option<ToolCallStyle>,
 }
 
@@ -77,7 +80,9 @@ fn now_secs(ctx: &ChatContext) -> Option<f64> {
 
 /// The style of the markup `source` renders for earlier tool calls.
 fn tool_call_style(source: &str) -> Option<ToolCallStyle> {
-    if source.contains("<tool_call>") {
+    if harmony(source) {
+        Some(ToolCallStyle::Harmony)
+    } else if source.contains("<tool_call>") {
         Some(ToolCallStyle::Hermes)
     } else if source.contains("[TOOL_CALLS]") {
         Some(ToolCallStyle::Mistral)
@@ -88,6 +93,11 @@ fn tool_call_style(source: &str) -> Option<ToolCallStyle> {
     } else {
         None
     }
+}
+
+/// Whether the template writes answers in harmony's channels (gpt-oss).
+fn harmony(source: &str) -> bool {
+    source.contains("<|channel|>") && source.contains("<|message|>")
 }
 
 fn template_err(e: minijinja::Error) -> TokenizerError {
@@ -138,6 +148,7 @@ impl ChatTemplate {
         Ok(Self {
             env,
             tools: source.contains("tools"),
+            harmony: harmony(source),
             tool_call_style: tool_call_style(source),
         })
     }
@@ -153,6 +164,12 @@ impl ChatTemplate {
     /// Whether the template reads a `tools` variable (renders a tool list itself).
     pub fn supports_tools(&self) -> bool {
         self.tools
+    }
+
+    /// Whether the model answers in harmony's channels (gpt-oss: `<|channel|>analysis`
+    /// reasoning, then `<|channel|>final`), which the answer must be split by.
+    pub fn harmony(&self) -> bool {
+        self.harmony
     }
 
     /// How the model writes tool calls, where the template renders tools and earlier calls
