@@ -314,20 +314,8 @@ fn gpt_oss_logits_match_numpy_reference_with_f32_activations() {
 /// Our routing of each golden prompt: `[prompt][layer][position]` experts.
 fn our_routing(file: &GgufFile, g: &Value, config: CpuConfig) -> Vec<Vec<Vec<Vec<u32>>>> {
     let prompts = g["prompts"].as_array().unwrap();
-    let longest = prompts
-        .iter()
-        .map(|p| p["ids"].as_array().unwrap().len())
-        .max()
-        .unwrap();
     let mut be = Recording::new(CpuBackend::new(config));
-    let opts = LoadOptions {
-        max_batch: longest,
-        max_logit_rows: longest,
-        max_positions: 64,
-        kv_type: worker_compute::KvType::F32,
-        ..LoadOptions::default()
-    };
-    let mut m = load(file, &mut be, opts).unwrap();
+    let mut m = load(file, &mut be, logits::options(g)).unwrap();
     let vocab = m.hparams().vocab_size as usize;
     prompts
         .iter()

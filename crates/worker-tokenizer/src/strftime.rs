@@ -51,8 +51,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// `format` with the C `strftime` fields `%Y %y %m %d %e %j %H %M %S %b %B %h %a %A %%`
 /// filled from `now` (UTC); any other `%x` is kept as it is, as glibc does with unknown
-/// conversions.
-pub(crate) fn strftime(format: &str, now: SystemTime) -> String {
+/// conversions. What chat templates' `strftime_now` returns, for any instant.
+pub fn strftime(format: &str, now: SystemTime) -> String {
     let secs = match now.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),

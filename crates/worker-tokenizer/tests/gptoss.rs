@@ -31,34 +31,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn gptoss_tokenizer_matches_llama_cpp_on_a_corpus() {
-    let g = golden();
-    let tok = gptoss();
-    let cases = g["cases"].as_array().unwrap();
-    let mut failures = Vec::new();
-    for case in cases {
-        let text = case["text"].as_str().unwrap();
-        let want = ids(&case["ids"]);
-        let got = tok.encode(text, EncodeOptions::PLAIN).unwrap();
-        if got != want {
-            failures.push(format!("{text:?}\n  want {want:?}\n  got  {got:?}"));
-        }
-        let back = tok.decode(&got, true).unwrap();
-        if back != text {
-            failures.push(format!("round trip of {text:?} gave {back:?}"));
-        }
-    }
-    eprintln!(
-        "gpt-oss: {}/{} texts as llama.cpp",
-        cases.len() - failures.len(),
-        cases.len()
-    );
-    assert!(cases.len() >= 400, "{} texts", cases.len());
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    common::check_llama_cpp_corpus("gpt-oss", gptoss(), &golden(), str::to_string);
 }
 
 #[test]
