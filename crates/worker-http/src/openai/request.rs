@@ -485,6 +485,7 @@ fn render_chat(
         add_generation_prompt: open_end == OpenEnd::AssistantHeader,
         bos_token: rules.bos_text.to_string(),
         eos_token: rules.eos_text.to_string(),
+        now: None,
     };
     let rendered = if !tool_turns {
         template.render(&out, &ctx)

@@ -7,6 +7,8 @@
 
 use std::arch::x86_64::*;
 
+use worker_gguf::quants::iq::KVALUES_MXFP4;
+
 use super::panel::kernel_ids::*;
 use super::panel::{PanelFormat, PANEL};
 use super::{BlockQ8, BlockQ8K, PanelDots, PanelKernels, PANEL_BATCH};
@@ -90,6 +92,9 @@ panel_tables! {
     PanelFormat::Q5_1 => Q8, q5_1: panel_dot, panel_dot_avx2 [Q5_1,], BlockQ8;
     PanelFormat::Q8_0 => Q8, q8_0: panel_dot, panel_dot_avx2 [Q8_0,], BlockQ8;
     PanelFormat::IQ4NL => Q8, iq4_nl: panel_dot, panel_dot_avx2 [IQ4_NL,], BlockQ8;
+    // No 512-bit MXFP4 kernel yet: the AVX-512 table runs the AVX2 body (compiled with its
+    // features), which the AVX2 machines that run the tests check.
+    PanelFormat::MXFP4 => Q8, mxfp4: panel_dot_mxfp4_avx2, panel_dot_mxfp4_avx2 [], BlockQ8;
     PanelFormat::Q4K => Q8K, q4_k: panel_dot_q4_k, panel_dot_q4_k_avx2 [false,], BlockQ8K;
     PanelFormat::Q5K => Q8K, q5_k: panel_dot_q4_k, panel_dot_q4_k_avx2 [true,], BlockQ8K;
     // Q3_K is repacked into the Q6_K layout.
@@ -1132,6 +1137,94 @@ unsafe fn panel_dot_iq4_xs_avx2<const NR: usize>(
             store_half(&mut out, acc, h);
         }
         out
+    }
+}
+
+/// MXFP4 panels against `NR` rows of [`BlockQ8`], eight weight rows per 256-bit vector: per
+/// block the codes become their signed levels (one byte shuffle through ggml's
+/// `kvalues_mxfp4`), `vpmaddubsw` of the levels' magnitudes against the activation bytes
+/// carrying the levels' signs (at most 2 x 12 x 127 per pair) and `vpmaddwd` give the exact
+/// `Σ k·x` per row, and `acc = fma(float(Σ), 2^(e-128)·dx, acc)`: the steps of
+/// [`super::generic::vec_dot_mxfp4`], so its bits.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. Any lengths are fine: the
+/// kernel runs over the panel blocks of `w` for which every row of `x` has a block.
+#[inline(always)]
+unsafe fn panel_dot_mxfp4_avx2<const NR: usize>(
+    w: &[u8],
+    x: [&[BlockQ8]; NR],
+) -> [[f32; PANEL]; NR] {
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
+    // block `p` (`pbb` = 272 bytes) inside `w`, and `nb <= x[r].len()` for every row makes
+    // `get_unchecked(b)` in bounds. From `p` it reads the eight exponents of half `h < 2` at
+    // `8 * h` (inside the sixteen at 0..16) and 32 bytes at `16 + 32 * h + 64 * c`, `c < 4`,
+    // which end at `pbb`; from the activation block the unaligned `i32`s at bytes `4 * g`,
+    // `g < 8`, of its 32 `qs`; the level table is a 16-byte array; `store_half` gets `h < 2`.
+    unsafe {
+        let fmt = PanelFormat::MXFP4;
+        let pbb = fmt.panel_block_bytes();
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let table =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i));
+        let mut out = [[0f32; PANEL]; NR];
+        for h in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); NR];
+            for b in 0..nb {
+                let p = w.as_ptr().add(b * pbb);
+                let d = e8m0_half_avx2(p.add(8 * h));
+                let q = p.add(fmt.quants_offset() + 32 * h);
+                // Levels of group g (elements 4g..4g+4), row i in lane i, and their magnitudes.
+                let mut lv = [_mm256_setzero_si256(); 8];
+                let mut mag = [_mm256_setzero_si256(); 8];
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
+                    lv[c] = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+                    lv[c + 4] =
+                        _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+                }
+                for (m, l) in mag.iter_mut().zip(&lv) {
+                    *m = _mm256_abs_epi8(*l);
+                }
+                for j in 0..NR {
+                    let a = x[j].get_unchecked(b);
+                    let qi = a.qs.as_ptr() as *const i32;
+                    let mut s = _mm256_setzero_si256();
+                    for g in 0..8 {
+                        let xg = _mm256_set1_epi32(std::ptr::read_unaligned(qi.add(g)));
+                        let pr = _mm256_maddubs_epi16(mag[g], _mm256_sign_epi8(xg, lv[g]));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(pr, ones));
+                    }
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[j]);
+                }
+            }
+            store_half(&mut out, acc, h);
+        }
+        out
+    }
+}
+
+/// `2^(e - 128)` for the eight e8m0 exponents at `e`, one per 32-bit lane, from bits as
+/// ggml's `GGML_E8M0_TO_FP32_HALF`: `(e - 1) << 23` from 2 up, the subnormals
+/// `0x200000 << e` below.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. `e` must be valid for
+/// reading 8 bytes, at any alignment.
+#[inline(always)]
+unsafe fn e8m0_half_avx2(e: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees AVX2 and the 8 bytes at `e` (one unaligned 64-bit load).
+    unsafe {
+        let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64(e as *const __m128i));
+        let normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+        let tiny = _mm256_sllv_epi32(_mm256_set1_epi32(0x0020_0000), e);
+        let is_normal = _mm256_cmpgt_epi32(e, _mm256_set1_epi32(1));
+        _mm256_castsi256_ps(_mm256_blendv_epi8(tiny, normal, is_normal))
     }
 }
 
