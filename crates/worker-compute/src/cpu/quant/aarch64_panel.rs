@@ -14,15 +14,16 @@
 //! documents and the x86 kernels compute, so it gives the same bits: integer sums are exact in
 //! any order, and where a kernel multiplies other bytes than the documented unsigned quants
 //! (signed Q8_0 quants, IQ4_NL levels, Q6_K quants minus 32) it adds back the integer the
-//! offset took away, or the offset cancels in the documented sum itself.
+//! offset took away, or the offset cancels in the documented sum itself. MXFP4's documented
+//! sums are of its signed levels, which `sdot` and `smmla` multiply as they are.
 //!
-//! `sdot` and `usmmla` are written as inline assembly: their intrinsics are not stable Rust
-//! (1.95). The k-quant kernels are in `aarch64_panel_k.rs`.
+//! `sdot`, `usmmla` and `smmla` are written as inline assembly: their intrinsics are not
+//! stable Rust (1.95). The k-quant kernels are in `aarch64_panel_k.rs`.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use worker_gguf::quants::iq::KVALUES_IQ4NL;
+use worker_gguf::quants::iq::{KVALUES_IQ4NL, KVALUES_MXFP4};
 
 use super::aarch64_panel_k::{panel_dot_iq4_xs, panel_dot_q2_k, panel_dot_q4_k, panel_dot_q6_k};
 use super::panel::kernel_ids::*;
@@ -42,6 +43,7 @@ macro_rules! panel_kernels {
             PanelFormat::Q5_1 => Q8, q5_1: panel_dot [E, Q5_1,], BlockQ8;
             PanelFormat::Q8_0 => Q8, q8_0: panel_dot [E, Q8_0,], BlockQ8;
             PanelFormat::IQ4NL => Q8, iq4_nl: panel_dot [E, IQ4_NL,], BlockQ8;
+            PanelFormat::MXFP4 => Q8, mxfp4: panel_dot [E, MXFP4,], BlockQ8;
             PanelFormat::Q4K => Q8K, q4_k: panel_dot_q4_k [E, false,], BlockQ8K;
             PanelFormat::Q5K => Q8K, q5_k: panel_dot_q4_k [E, true,], BlockQ8K;
             // Q3_K is repacked into the Q6_K layout.
@@ -119,7 +121,7 @@ panel_kernels!(kernels_i8mm, i8mm, I8mm, "neon,dotprod,i8mm");
 pub(super) trait Dots {
     /// Partial sums as the instruction leaves them.
     type Acc: Copy;
-    /// Whether the many-row kernels of the 32-element types use `usmmla` (i8mm).
+    /// Whether the many-row kernels of the 32-element types use `usmmla` / `smmla` (i8mm).
     const MMLA: bool;
     /// An accumulator of zeros.
     ///
@@ -235,25 +237,36 @@ impl Dots for I8mm {
     }
 }
 
-/// `acc + w · x` as 2x2 matrices: `w` two rows of eight unsigned bytes, `x` two rows of eight
-/// signed bytes (one per column of the product), `acc` the four sums `[w0·x0, w0·x1, w1·x0,
-/// w1·x1]`.
+/// `acc + w · x` as 2x2 matrices: `w` two rows of eight bytes, unsigned (`usmmla`) or with
+/// `SIGNED` signed (`smmla`), `x` two rows of eight signed bytes (one per column of the
+/// product), `acc` the four sums `[w0·x0, w0·x1, w1·x0, w1·x1]`.
 ///
 /// # Safety
 /// The CPU must support i8mm.
 #[inline(always)]
-unsafe fn usmmla(acc: int32x4_t, w: uint8x16_t, x: int8x16_t) -> int32x4_t {
+unsafe fn mmla<const SIGNED: bool>(acc: int32x4_t, w: uint8x16_t, x: int8x16_t) -> int32x4_t {
     let mut acc = acc;
-    // SAFETY: `usmmla` needs i8mm, which the caller guarantees; registers only.
+    // SAFETY: `usmmla` and `smmla` need i8mm, which the caller guarantees; registers only.
     unsafe {
-        asm!(
-            ".arch_extension i8mm",
-            "usmmla {acc:v}.4s, {w:v}.16b, {x:v}.16b",
-            acc = inout(vreg) acc,
-            w = in(vreg) w,
-            x = in(vreg) x,
-            options(pure, nomem, nostack, preserves_flags),
-        );
+        if SIGNED {
+            asm!(
+                ".arch_extension i8mm",
+                "smmla {acc:v}.4s, {w:v}.16b, {x:v}.16b",
+                acc = inout(vreg) acc,
+                w = in(vreg) w,
+                x = in(vreg) x,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        } else {
+            asm!(
+                ".arch_extension i8mm",
+                "usmmla {acc:v}.4s, {w:v}.16b, {x:v}.16b",
+                acc = inout(vreg) acc,
+                w = in(vreg) w,
+                x = in(vreg) x,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
     }
     acc
 }
@@ -339,7 +352,8 @@ pub(super) unsafe fn store_quads<const NR: usize, const QG: usize>(
 /// elements `4g..4g+4` of the four rows, row `4q + i` in lane `i`. With `SIGNED`, as `sdot`
 /// multiplies them: the 4- and 5-bit quants as they are, Q8_0's quants and IQ4_NL's levels
 /// (the unsigned values minus 128, which the caller adds back as `128·Σx`); without, the
-/// unsigned values of the panel module doc, as `usmmla` multiplies them.
+/// unsigned values of the panel module doc, as `usmmla` multiplies them. MXFP4's are its
+/// signed levels either way (as `sdot` and `smmla` multiply them).
 ///
 /// # Safety
 /// The CPU must support NEON. `p` must be valid for reading one panel block of format `F`
@@ -349,7 +363,7 @@ unsafe fn unpack<const F: u8, const SIGNED: bool>(p: *const u8, q: usize) -> [ui
     // SAFETY: the caller guarantees NEON, the block and `q < 4`: the 16-byte loads read quad `q`
     // of the 64-byte chunks `0..8` (Q8_0) or `0..4` past `quants_offset`, which end at the
     // block's end; the two mask bytes at `high_offset + 8 * g + 2 * q` (Q5_0, Q5_1) lie before
-    // the quants; the IQ4_NL tables are 16-byte arrays.
+    // the quants; the level tables are 16-byte arrays.
     unsafe {
         let qp = p.add(format(F).quants_offset() + 16 * q);
         if F == Q8_0 {
@@ -369,8 +383,10 @@ unsafe fn unpack<const F: u8, const SIGNED: bool>(p: *const u8, q: usize) -> [ui
             u[c] = vandq_u8(v, vdupq_n_u8(0x0F));
             u[c + 4] = vshrq_n_u8::<4>(v);
         }
-        if F == IQ4_NL {
-            let table = if SIGNED {
+        if F == IQ4_NL || F == MXFP4 {
+            let table = if F == MXFP4 {
+                vreinterpretq_u8_s8(vld1q_s8(KVALUES_MXFP4.as_ptr()))
+            } else if SIGNED {
                 vreinterpretq_u8_s8(vld1q_s8(KVALUES_IQ4NL.as_ptr()))
             } else {
                 vld1q_u8(IQ4_NL_U8.as_ptr())
@@ -389,17 +405,21 @@ unsafe fn unpack<const F: u8, const SIGNED: bool>(p: *const u8, q: usize) -> [ui
     }
 }
 
-/// The f16 scales of quad `q` and its biases (`m` for Q4_1 and Q5_1, else `d` times minus the
-/// offset that made the quants unsigned), as the panel module doc defines them.
+/// The scales of quad `q` (f16; MXFP4's e8m0 exponents as `2^(e - 128)`) and its biases (`m`
+/// for Q4_1 and Q5_1, else `d` times minus the offset that made the quants unsigned; MXFP4
+/// has none: see [`has_bias`]), as the panel module doc defines them.
 ///
 /// # Safety
 /// The CPU must support NEON; `p` must be valid for reading one panel block of format `F`, and
 /// `q` must be below 4.
 #[inline(always)]
 unsafe fn scales<const F: u8>(p: *const u8, q: usize) -> (float32x4_t, float32x4_t) {
-    // SAFETY: the caller guarantees NEON, the block and `q < 4`: `d` at `8q..8q + 8` and `m` at
-    // `32 + 8q..` lie in the block's first 64 bytes.
+    // SAFETY: the caller guarantees NEON, the block and `q < 4`: `d` at `8q..8q + 8` (MXFP4's
+    // exponents at `4q..4q + 4`) and `m` at `32 + 8q..` lie in the block's first 64 bytes.
     unsafe {
+        if F == MXFP4 {
+            return (e8m0_half(p.add(4 * q)), vdupq_n_f32(0.0));
+        }
         let d = f16x4(p.add(8 * q));
         let bias = match F {
             Q4_1 | Q5_1 => f16x4(p.add(32 + 8 * q)),
@@ -409,6 +429,30 @@ unsafe fn scales<const F: u8>(p: *const u8, q: usize) -> (float32x4_t, float32x4
             _ => vmulq_n_f32(d, -128.0),
         };
         (d, bias)
+    }
+}
+
+/// Whether format `F`'s documented steps add `bias · s` per block (all but MXFP4).
+const fn has_bias(f: u8) -> bool {
+    f != MXFP4
+}
+
+/// `2^(e - 128)` for the four e8m0 exponents at `e`, one per lane, from bits as
+/// [`worker_gguf::quants::iq::e8m0_to_f32_half`]: `(e - 1) << 23` from 2 up, the subnormals
+/// `0x200000 << e` below.
+///
+/// # Safety
+/// The CPU must support NEON; `e` must be valid for reading 4 bytes, at any alignment.
+#[inline(always)]
+unsafe fn e8m0_half(e: *const u8) -> float32x4_t {
+    // SAFETY: the caller guarantees NEON and the 4 bytes at `e` (one unaligned u32 read).
+    unsafe {
+        let bytes = vreinterpret_u8_u32(vdup_n_u32(std::ptr::read_unaligned(e as *const u32)));
+        let e = vmovl_u16(vget_low_u16(vmovl_u8(bytes)));
+        let normal = vshlq_n_u32::<23>(vsubq_u32(e, vdupq_n_u32(1)));
+        let tiny = vshlq_u32(vdupq_n_u32(0x0020_0000), vreinterpretq_s32_u32(e));
+        let is_normal = vcgtq_u32(e, vdupq_n_u32(1));
+        vreinterpretq_f32_u32(vbslq_u32(is_normal, normal, tiny))
     }
 }
 
@@ -477,7 +521,9 @@ unsafe fn panel_dot_quads<E: Dots, const F: u8, const NR: usize, const QG: usize
                         }
                         let scale = vmulq_n_f32(d, a.d);
                         acc_r[qi] = vfmaq_f32(acc_r[qi], vcvtq_f32_s32(s), scale);
-                        acc_r[qi] = vfmaq_n_f32(acc_r[qi], bias, a.s);
+                        if has_bias(F) {
+                            acc_r[qi] = vfmaq_n_f32(acc_r[qi], bias, a.s);
+                        }
                     }
                 }
             }
@@ -489,7 +535,7 @@ unsafe fn panel_dot_quads<E: Dots, const F: u8, const NR: usize, const QG: usize
 
 /// [`panel_dot`] for an even number of rows with i8mm: per quad and pair of activation rows,
 /// eight `usmmla` (two weight rows by the two activation rows, eight elements, four steps per
-/// block, in two chains) on the unsigned quants. The f32 steps run on the 2x2 tiles of
+/// block, in two chains) on the unsigned quants (`smmla` on MXFP4's signed levels). The f32 steps run on the 2x2 tiles of
 /// `[row i · act a, row i · act b, row i+1 · act a, row i+1 · act b]`, with the scales
 /// arranged the same way, so every output gets the same operations as in [`panel_dot_quads`];
 /// the tiles are sorted into rows at the end. Two passes of two quads.
@@ -545,7 +591,12 @@ unsafe fn panel_dot_mmla<const F: u8, const NR: usize>(
                         let mut t = [vdupq_n_s32(0); 2];
                         for (s, xs) in xs.iter().enumerate() {
                             for (th, wh) in t.iter_mut().zip(&wz[s]) {
-                                *th = usmmla(*th, *wh, *xs);
+                                // MXFP4's levels are signed (`unpack` gives them either way).
+                                *th = if F == MXFP4 {
+                                    mmla::<true>(*th, *wh, *xs)
+                                } else {
+                                    mmla::<false>(*th, *wh, *xs)
+                                };
                             }
                         }
                         let pair = |u: f32, v: f32| {
@@ -556,7 +607,9 @@ unsafe fn panel_dot_mmla<const F: u8, const NR: usize>(
                         for h in 0..2 {
                             let a = &mut acc[2 * pr][qi][h];
                             *a = vfmaq_f32(*a, vcvtq_f32_s32(t[h]), vmulq_f32(dt[h], dx));
-                            *a = vfmaq_f32(*a, bt[h], sx);
+                            if has_bias(F) {
+                                *a = vfmaq_f32(*a, bt[h], sx);
+                            }
                         }
                     }
                 }

@@ -351,6 +351,7 @@ pub(super) mod kernel_ids {
     pub(in super::super) const Q8_0: u8 = 3;
     pub(in super::super) const Q5_1: u8 = 4;
     pub(in super::super) const IQ4_NL: u8 = 5;
+    pub(in super::super) const MXFP4: u8 = 6;
 
     /// The format of id `f`.
     pub(in super::super) const fn format(f: u8) -> PanelFormat {
@@ -360,6 +361,7 @@ pub(super) mod kernel_ids {
             Q5_0 => PanelFormat::Q5_0,
             Q5_1 => PanelFormat::Q5_1,
             IQ4_NL => PanelFormat::IQ4NL,
+            MXFP4 => PanelFormat::MXFP4,
             _ => PanelFormat::Q8_0,
         }
     }
