@@ -1,7 +1,7 @@
 //! The backend-agnostic op checks (`worker_compute::conformance`) on the CPU backend's
-//! dispatched kernels (AVX2 / AVX-512 where the machine has them) against its scalar
-//! reference kernels, so the cases themselves run in CI; a GPU backend runs the same cases
-//! against the CPU (`worker-orcd check-ops`).
+//! dispatched kernels (AVX2 / AVX-512, or NEON / dotprod / i8mm, where the machine has them)
+//! against its scalar reference kernels, so the cases themselves run in CI; a GPU backend
+//! runs the same cases against the CPU (`worker-orcd check-ops`).
 
 use worker_compute::conformance::{check_ops, Verdict};
 use worker_compute::{Activations, CpuBackend, CpuConfig, KernelChoice};

@@ -54,7 +54,7 @@ pub fn dotprod_kernels() -> Option<Kernels> {
 
 /// The i8mm table, or `None` when the CPU lacks dotprod or i8mm: the dotprod table whose
 /// many-row kernels of the 32-element types multiply two weight rows by two activation rows
-/// per `usmmla`.
+/// per `usmmla` (MXFP4's signed levels: `smmla`).
 pub fn i8mm_kernels() -> Option<Kernels> {
     if !is_aarch64_feature_detected!("i8mm") {
         return None;
