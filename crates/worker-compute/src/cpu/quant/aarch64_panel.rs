@@ -274,6 +274,20 @@ unsafe fn mmla<const SIGNED: bool>(acc: int32x4_t, w: uint8x16_t, x: int8x16_t) 
 // ---------------------------------------------------------------------------------------
 // Helpers shared with the k-quant kernels.
 
+/// Calls the kernel `$f` with its leading generic arguments, `$nr` activation rows and the
+/// quads per pass: all four for one row, one for several (so that every row's sums stay in
+/// registers).
+macro_rules! by_quads {
+    ($f:ident [$($g:tt)*] $nr:ident ($w:expr, $x:expr)) => {
+        if $nr == 1 {
+            $f::<$($g)* $nr, 4>($w, $x)
+        } else {
+            $f::<$($g)* $nr, 1>($w, $x)
+        }
+    };
+}
+pub(super) use by_quads;
+
 /// Four f16 at `p` (unaligned) as f32.
 ///
 /// # Safety
@@ -476,11 +490,7 @@ unsafe fn panel_dot<E: Dots, const F: u8, const NR: usize>(
         if E::MMLA && NR.is_multiple_of(2) {
             return panel_dot_mmla::<F, NR>(w, x);
         }
-        if NR == 1 {
-            panel_dot_quads::<E, F, NR, 4>(w, x)
-        } else {
-            panel_dot_quads::<E, F, NR, 1>(w, x)
-        }
+        by_quads!(panel_dot_quads [E, F,] NR (w, x))
     }
 }
 
@@ -535,7 +545,8 @@ unsafe fn panel_dot_quads<E: Dots, const F: u8, const NR: usize, const QG: usize
 
 /// [`panel_dot`] for an even number of rows with i8mm: per quad and pair of activation rows,
 /// eight `usmmla` (two weight rows by the two activation rows, eight elements, four steps per
-/// block, in two chains) on the unsigned quants (`smmla` on MXFP4's signed levels). The f32 steps run on the 2x2 tiles of
+/// block, in two chains) on the unsigned quants (`smmla` on MXFP4's signed levels). The f32
+/// steps run on the 2x2 tiles of
 /// `[row i · act a, row i · act b, row i+1 · act a, row i+1 · act b]`, with the scales
 /// arranged the same way, so every output gets the same operations as in [`panel_dot_quads`];
 /// the tiles are sorted into rows at the end. Two passes of two quads.
@@ -649,13 +660,7 @@ unsafe fn panel_dot_half<const BF16: bool, const NR: usize>(
     x: [&[f32]; NR],
 ) -> [[f32; PANEL]; NR] {
     // SAFETY: the caller guarantees NEON; `half_quads` bounds its reads.
-    unsafe {
-        if NR == 1 {
-            half_quads::<BF16, NR, 4>(w, x)
-        } else {
-            half_quads::<BF16, NR, 1>(w, x)
-        }
-    }
+    unsafe { by_quads!(half_quads [BF16,] NR (w, x)) }
 }
 
 /// [`panel_dot_half`] in passes of `QG` quads.

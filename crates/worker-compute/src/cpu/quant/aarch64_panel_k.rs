@@ -10,21 +10,9 @@ use std::arch::aarch64::*;
 
 use worker_gguf::quants::iq::KVALUES_IQ4NL;
 
-use super::aarch64_panel::{dot_groups, f16x4, store_quads, with_high_bits, Dots};
+use super::aarch64_panel::{by_quads, dot_groups, f16x4, store_quads, with_high_bits, Dots};
 use super::panel::{PanelFormat, PANEL};
 use super::BlockQ8K;
-
-/// Calls the kernel `$f` with its leading generic arguments, `$nr` activation rows and the
-/// quads per pass: all four for one row, one for several.
-macro_rules! by_quads {
-    ($f:ident [$($g:tt)*] $nr:ident ($w:expr, $x:expr)) => {
-        if $nr == 1 {
-            $f::<$($g)* $nr, 4>($w, $x)
-        } else {
-            $f::<$($g)* $nr, 1>($w, $x)
-        }
-    };
-}
 
 /// Four bytes at `p` (unaligned), unsigned, as i32 lanes.
 ///
