@@ -1,0 +1,47 @@
+// Mat-vec for a few activation rows (decode): one workgroup per weight row j of this part and
+// group of up to 4 activation rows; the 64 invocations stride over the row's elements four
+// at a time, then the workgroup adds up. out[r][j0 + j] = dot(x[r], w[j]).
+
+struct Params {
+    rows: u32,
+    n: u32,
+    nrows: u32,
+    j0: u32,
+    k4: u32,
+    row_bytes: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> w: array<u32>;
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    sg: Sg,
+) {
+    let g = wid.x + wid.y * nwg.x;
+    let j = g % p.nrows;
+    let r0 = (g / p.nrows) * 4u;
+    if (r0 >= p.rows) {
+        return;
+    }
+    let nr = min(4u, p.rows - r0);
+    let row = j * p.row_bytes;
+    var acc = vec4<f32>(0.0);
+    for (var i = t; i < p.k4; i += 64u) {
+        let wq = quad(row, i);
+        for (var r = 0u; r < nr; r++) {
+            acc[r] += dot(wq, x[(r0 + r) * p.k4 + i]);
+        }
+    }
+    for (var r = 0u; r < nr; r++) {
+        let s = wg_sum(acc[r], t, sg);
+        if (t == 0u) {
+            out[(r0 + r) * p.n + p.j0 + j] = s;
+        }
+    }
+}
