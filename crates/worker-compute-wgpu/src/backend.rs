@@ -14,7 +14,7 @@ use crate::error::WgpuError;
 use crate::kv::KvCache;
 use crate::shaders::Kernel;
 use crate::stream::{groups_for, BufId, Stream};
-use crate::weights::Weight;
+use crate::weights::{Weight, MATVEC_MAX_ROWS};
 
 /// Settings of a [`WgpuBackend`].
 #[derive(Clone, Debug)]
@@ -24,6 +24,11 @@ pub struct WgpuConfig {
     pub adapter: Option<String>,
     /// Use subgroup operations in reductions where the adapter has them.
     pub subgroups: bool,
+    /// Activation rows from which a matmul takes the tiled kernel instead of the mat-vec;
+    /// `None` for [`crate::MATVEC_MAX_ROWS`] + 1 on a GPU and never on a software adapter
+    /// (lavapipe), where shared memory and barriers cost more than re-reading the weights
+    /// once per four rows. Tests set it to run the tiled kernel there.
+    pub tiled_min_rows: Option<usize>,
     /// The most bytes of a weight one buffer holds (a larger weight is split by rows); the
     /// adapter's storage binding limit when `None`. Tests set it to exercise the split.
     pub max_part_bytes: Option<u64>,
@@ -34,6 +39,7 @@ impl Default for WgpuConfig {
         WgpuConfig {
             adapter: None,
             subgroups: true,
+            tiled_min_rows: None,
             max_part_bytes: None,
         }
     }
@@ -68,6 +74,7 @@ pub struct WgpuBackend {
     pub(crate) caches: Vec<KvCache>,
     rope_tables: Vec<RopeTable>,
     pub(crate) max_part_bytes: Option<u64>,
+    pub(crate) tiled_min_rows: usize,
 }
 
 pub(crate) fn shape(op: &'static str, reason: String) -> ComputeError {
@@ -101,6 +108,12 @@ impl WgpuBackend {
     /// adapter this is [`WgpuError::NoAdapter`], never a panic.
     pub fn new(config: WgpuConfig) -> std::result::Result<Self, WgpuError> {
         let gpu = device::open(config.adapter.as_deref(), config.subgroups)?;
+        let tiled_min_rows = config
+            .tiled_min_rows
+            .unwrap_or(match gpu.summary.device_type {
+                "cpu" => usize::MAX,
+                _ => MATVEC_MAX_ROWS + 1,
+            });
         let stream = Stream::new(gpu).map_err(|e| WgpuError::RequestDevice {
             adapter: String::new(),
             reason: e.to_string(),
@@ -113,6 +126,7 @@ impl WgpuBackend {
             caches: Vec::new(),
             rope_tables: Vec::new(),
             max_part_bytes: config.max_part_bytes,
+            tiled_min_rows,
         })
     }
 

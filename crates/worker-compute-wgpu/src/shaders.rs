@@ -66,7 +66,8 @@ pub enum Kernel {
     Gather,
     /// Rows of an embedding table, dequantized.
     Embed(GgmlType),
-    /// Mat-vec over up to 4 activation rows at a time (decode).
+    /// Mat-vec over up to 4 activation rows at a time (decode): a weight row per subgroup
+    /// where there are subgroups, else per workgroup.
     Matvec(GgmlType),
     /// Tiled mat-mul (prefill).
     Matmul(GgmlType),
@@ -164,6 +165,7 @@ impl Kernel {
             Embed(t) | Matvec(t) | Matmul(t) => {
                 let kernel = match self {
                     Embed(_) => include_str!("shaders/embed.wgsl"),
+                    Matvec(_) if subgroups => include_str!("shaders/matvec_subgroup.wgsl"),
                     Matvec(_) => include_str!("shaders/matvec.wgsl"),
                     _ => include_str!("shaders/matmul.wgsl"),
                 };

@@ -13,7 +13,8 @@ use crate::backend::{check_cols, check_rows, shape, u32_of, WgpuBackend};
 use crate::shaders::{weight_types, Kernel};
 use crate::stream::{groups_for, BufId, WEIGHT_PAD};
 
-/// Activation rows up to which a matmul runs the mat-vec kernel; more take the tiled one.
+/// Activation rows up to which a matmul runs the mat-vec kernel on a GPU; more take the
+/// tiled one (see [`crate::WgpuConfig::tiled_min_rows`]).
 pub const MATVEC_MAX_ROWS: usize = 8;
 /// Largest part of a weight, in bytes, whatever the adapter allows: kernels address bytes
 /// with u32.
@@ -226,11 +227,17 @@ impl WgpuBackend {
         }
         let (xb, ob) = (xt.buf, o.buf);
         let k4 = wt.cols / 4;
-        let tiled = rows > MATVEC_MAX_ROWS;
+        let tiled = rows >= self.tiled_min_rows;
         let kernel = if tiled {
             Kernel::Matmul(wt.ty)
         } else {
             Kernel::Matvec(wt.ty)
+        };
+        // Weight rows per mat-vec workgroup: one per subgroup, as many as the fewest
+        // subgroups a workgroup can have; one without subgroups.
+        let per_wg = match self.stream.gpu.summary.subgroup_sizes {
+            Some((_, max)) if self.stream.gpu.subgroups => (64 / max.max(1)).max(1) as usize,
+            _ => 1,
         };
         let mut launches = Vec::new();
         for part in &wt.parts {
@@ -242,10 +249,14 @@ impl WgpuBackend {
                 u32_of(OP, k4)?,
                 u32_of(OP, wt.row_bytes)?,
             ];
-            let groups = if tiled {
-                part.rows.div_ceil(32) as u64 * rows.div_ceil(32) as u64
+            let (params, groups) = if tiled {
+                let tiles = part.rows.div_ceil(32) * rows.div_ceil(32);
+                (params.to_vec(), tiles as u64)
             } else {
-                part.rows as u64 * rows.div_ceil(4) as u64
+                let mut params = params.to_vec();
+                params.push(per_wg as u32);
+                let groups = part.rows.div_ceil(per_wg) * rows.div_ceil(4);
+                (params, groups as u64)
             };
             launches.push((params, part.buf, groups));
         }

@@ -94,8 +94,13 @@ fn weight_cases(rng: &mut Rng) -> Vec<(String, f64, Case)> {
 
 #[test]
 fn matmul_and_embed_of_every_weight_type_match_the_cpu() {
+    // The tiled kernel from MATVEC_MAX_ROWS + 1 rows, as on a GPU, whatever the adapter.
     let mut rng = Rng::new();
-    run_cases(&mut gpu(), weight_cases(&mut rng));
+    let mut gpu = gpu_with(WgpuConfig {
+        tiled_min_rows: Some(MATVEC_MAX_ROWS + 1),
+        ..WgpuConfig::default()
+    });
+    run_cases(&mut gpu, weight_cases(&mut rng));
 }
 
 #[test]
@@ -122,6 +127,7 @@ fn a_weight_split_into_parts_matches_the_cpu() {
     ));
     let mut gpu = gpu_with(WgpuConfig {
         max_part_bytes: Some(3 * 144 + 16),
+        tiled_min_rows: Some(MATVEC_MAX_ROWS + 1),
         ..WgpuConfig::default()
     });
     run_cases(&mut gpu, cases);

@@ -4,6 +4,7 @@
 
 struct Sg {
     @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) size: u32,
     @builtin(subgroup_id) id: u32,
     @builtin(num_subgroups) n: u32,
 }

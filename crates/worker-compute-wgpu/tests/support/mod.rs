@@ -105,10 +105,12 @@ pub fn nmse(a: &[f32], r: &[f32]) -> f64 {
 }
 
 /// An op test: builds its inputs on a backend, runs, returns what it read back.
+#[allow(dead_code)]
 pub type Case = Box<dyn Fn(&mut dyn ComputeBackend) -> worker_compute::Result<Vec<f32>>>;
 
 /// Runs every case on the CPU and on `gpu`, failing with the list of cases whose normalized
 /// squared error exceeds their tolerance.
+#[allow(dead_code)]
 pub fn run_cases(gpu: &mut dyn ComputeBackend, cases: Vec<(String, f64, Case)>) {
     let mut cpu = cpu();
     let mut failed = Vec::new();
