@@ -84,6 +84,7 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
     let kind = WorkerKind {
         worker_type: "cpu".into(),
         memory_architecture: MemoryArchitecture::Host,
+        device: None,
     };
     worker_http::run_blocking(s, port, Arc::new(engine), card, kind)?;
     tracing::info!("stopped");

@@ -48,6 +48,7 @@ pub fn serve(dev: Device, s: &ServeArgs) -> anyhow::Result<()> {
     let kind = WorkerKind {
         worker_type: "cuda".into(),
         memory_architecture: MemoryArchitecture::VramOnly,
+        device: None,
     };
     worker_http::run_blocking(s, port, Arc::new(engine), card, kind)?;
     tracing::info!("stopped");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use worker_common::{MemoryArchitecture, ReadyCallback};
+use worker_common::{DeviceInfo, MemoryArchitecture, ReadyCallback};
 use worker_engine::{Engine, EngineConfig, KvType};
 
 use crate::{
@@ -171,6 +171,8 @@ pub struct WorkerKind {
     pub worker_type: String,
     /// Where the model's memory lives.
     pub memory_architecture: MemoryArchitecture,
+    /// The device it computes on, where the worker picks one (a GPU adapter).
+    pub device: Option<DeviceInfo>,
 }
 
 /// [`run`] on a two-thread async runtime of its own, for a worker binary's `serve`: returns
@@ -227,6 +229,7 @@ pub async fn run(
             memory_bytes,
             memory_architecture: kind.memory_architecture,
             worker_type: kind.worker_type.clone(),
+            device: kind.device.clone(),
             capabilities: ["execute", "cancel", "openai", "tokenize", "metrics"]
                 .map(String::from)
                 .to_vec(),
