@@ -169,7 +169,11 @@ impl Kernel {
                     Matvec(_) => include_str!("shaders/matvec.wgsl"),
                     _ => include_str!("shaders/matmul.wgsl"),
                 };
-                [kernel, QUANT_COMMON, block_reader(t)?].join("\n")
+                let bindings = match self {
+                    Embed(_) => "",
+                    _ => include_str!("shaders/matmul_bindings.wgsl"),
+                };
+                [bindings, kernel, QUANT_COMMON, block_reader(t)?].join("\n")
             }
             KvStore(kv) => [
                 include_str!("shaders/kv_store.wgsl"),

@@ -75,27 +75,7 @@ impl WgpuBackend {
                 ty: d.ty,
             });
         }
-        let row_bytes = d.ty.bytes_for(d.cols as u64).ok_or_else(|| {
-            bad(format!(
-                "row length {} is not a multiple of the {} block size {}",
-                d.cols,
-                d.ty,
-                d.ty.block_size()
-            ))
-        })? as usize;
-        if d.rows == 0 || d.cols == 0 {
-            return Err(bad(format!("empty shape [{} x {}]", d.rows, d.cols)));
-        }
-        let want = row_bytes.checked_mul(d.rows);
-        if want != Some(d.bytes.len()) {
-            return Err(bad(format!(
-                "{} bytes for [{} x {}] {}, expected {want:?}",
-                d.bytes.len(),
-                d.rows,
-                d.cols,
-                d.ty,
-            )));
-        }
+        let row_bytes = d.row_bytes()?;
         let weight = if d.rows == 1 {
             let mut v = vec![0f32; d.cols];
             worker_gguf::dequantize(d.ty, d.bytes, &mut v).map_err(|e| bad(e.to_string()))?;
@@ -248,17 +228,14 @@ impl WgpuBackend {
                 u32_of(OP, part.row0)?,
                 u32_of(OP, k4)?,
                 u32_of(OP, wt.row_bytes)?,
+                u32_of(OP, per_wg)?,
             ];
-            let (params, groups) = if tiled {
-                let tiles = part.rows.div_ceil(32) * rows.div_ceil(32);
-                (params.to_vec(), tiles as u64)
+            let groups = if tiled {
+                part.rows.div_ceil(32) * rows.div_ceil(32)
             } else {
-                let mut params = params.to_vec();
-                params.push(per_wg as u32);
-                let groups = part.rows.div_ceil(per_wg) * rows.div_ceil(4);
-                (params, groups as u64)
+                part.rows.div_ceil(per_wg) * rows.div_ceil(4)
             };
-            launches.push((params, part.buf, groups));
+            launches.push((params, part.buf, groups as u64));
         }
         for (params, buf, groups) in launches {
             self.stream

@@ -480,9 +480,13 @@ fn bad_calls_are_errors() {
         "{e}"
     );
     assert!(e.to_string().contains("blk.0.ffn_down.weight"), "{e}");
-    // Rows whose length is not a multiple of 4.
+    // Rows whose length is not a multiple of 4, rows of part of a block, too few bytes.
     let e = upload(&mut gpu, "odd", GgmlType::F32, (2, 6), &[0u8; 48]).unwrap_err();
     assert!(matches!(e, ComputeError::BadWeight { .. }), "{e}");
+    let e = upload(&mut gpu, "part", GgmlType::Q4_0, (2, 48), &[0u8; 54]).unwrap_err();
+    assert!(matches!(e, ComputeError::BadWeight { .. }), "{e}");
+    let e = upload(&mut gpu, "short", GgmlType::Q4_0, (2, 32), &[0u8; 35]).unwrap_err();
+    assert!(e.to_string().contains("35 bytes"), "{e}");
     let w = upload(&mut gpu, "t", GgmlType::F32, (4, 8), &[0u8; 128]).unwrap();
     let (ids, o) = (gpu.alloc_index(2).unwrap(), gpu.alloc_tensor(2, 8).unwrap());
     gpu.write_index(ids, &[1, 4]).unwrap();

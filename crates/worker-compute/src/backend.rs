@@ -86,6 +86,42 @@ pub struct WeightDesc<'a> {
     pub bytes: &'a [u8],
 }
 
+impl WeightDesc<'_> {
+    /// Bytes of one row, after the checks every backend makes of a weight: a non-empty shape,
+    /// rows of whole blocks of its type, and exactly `rows` rows of bytes; a failure is
+    /// [`ComputeError::BadWeight`] naming the tensor.
+    pub fn row_bytes(&self) -> Result<usize> {
+        let bad = |reason: String| ComputeError::BadWeight {
+            name: self.name.to_string(),
+            reason,
+        };
+        if self.rows == 0 || self.cols == 0 {
+            return Err(bad(format!("empty shape [{} x {}]", self.rows, self.cols)));
+        }
+        let row_bytes = self.ty.bytes_for(self.cols as u64).ok_or_else(|| {
+            bad(format!(
+                "row length {} is not a multiple of the {} block size {}",
+                self.cols,
+                self.ty,
+                self.ty.block_size()
+            ))
+        })?;
+        let row_bytes =
+            usize::try_from(row_bytes).map_err(|_| bad(format!("a row of {row_bytes} bytes")))?;
+        let want = row_bytes.checked_mul(self.rows);
+        if want != Some(self.bytes.len()) {
+            return Err(bad(format!(
+                "{} bytes for [{} x {}] {}, expected {want:?}",
+                self.bytes.len(),
+                self.rows,
+                self.cols,
+                self.ty
+            )));
+        }
+        Ok(row_bytes)
+    }
+}
+
 /// Positions per KV cache block: the unit in which the cache is allocated, shared between
 /// sequences and looked up by prefix.
 pub const KV_BLOCK: usize = 16;

@@ -1,21 +1,7 @@
 // Tiled mat-mul (prefill): one workgroup per 32 activation rows x 32 weight rows of this
 // part; each step stages 32 elements of both (the weight dequantized) in shared memory, and
-// each of the 64 invocations accumulates a 4 x 4 block of outputs.
-// out[r][j0 + j] = dot(x[r], w[j]).
-
-struct Params {
-    rows: u32,
-    n: u32,
-    nrows: u32,
-    j0: u32,
-    k4: u32,
-    row_bytes: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> w: array<u32>;
+// each of the 64 invocations accumulates a 4 x 4 block of outputs (bindings and parameters:
+// matmul_bindings.wgsl).
 
 // [32 rows][8 quads] of activations and of weights.
 var<workgroup> xs: array<vec4<f32>, 256>;

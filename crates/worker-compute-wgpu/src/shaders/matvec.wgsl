@@ -1,20 +1,6 @@
 // Mat-vec for a few activation rows (decode): one workgroup per weight row j of this part and
 // group of up to 4 activation rows; the 64 invocations stride over the row's elements four
-// at a time, then the workgroup adds up. out[r][j0 + j] = dot(x[r], w[j]).
-
-struct Params {
-    rows: u32,
-    n: u32,
-    nrows: u32,
-    j0: u32,
-    k4: u32,
-    row_bytes: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> w: array<u32>;
+// at a time, then the workgroup adds up (bindings and parameters: matmul_bindings.wgsl).
 
 @compute @workgroup_size(64)
 fn main(

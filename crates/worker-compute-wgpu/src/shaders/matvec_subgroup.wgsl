@@ -3,22 +3,7 @@
 // elements four at a time, and a subgroup sum finishes it: no workgroup barrier. A workgroup
 // holds `per_wg` rows, the fewest subgroups it can have (64 over the adapter's largest
 // subgroup size); where subgroups are smaller, the extra ones idle. No width is assumed.
-// out[r][j0 + j] = dot(x[r], w[j]).
-
-struct Params {
-    rows: u32,
-    n: u32,
-    nrows: u32,
-    j0: u32,
-    k4: u32,
-    row_bytes: u32,
-    per_wg: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> w: array<u32>;
+// Bindings and parameters: matmul_bindings.wgsl.
 
 @compute @workgroup_size(64)
 fn main(
