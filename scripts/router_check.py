@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """N workers behind vllm-router, end to end: streamed chat and completions through the
 router equal the same requests sent to a worker directly (temperature 0), the official
-`openai` client through the router, three routing policies, a worker killed (SIGKILL) and
+`openai` client through the router, four routing policies, a worker killed (SIGKILL) and
 restarted during a run, and a worker drained by SIGTERM during a run. Prints one line per
 check and a closing count; exits 1 if any check failed.
+
+The `kv_aware` policy routes by the KV events the workers publish (`--kv-events-endpoint`):
+requests that share a long prefix must go to the worker that computed it. The events
+themselves are decoded here with pyzmq and msgpack, independently of the worker's code: live
+from the PUB socket and again through the replay socket.
 
     python scripts/router_check.py --worker target/debug/worker-cpud --model M.gguf \\
         --router "$(command -v vllm-router)"
 
-Loopback only. Needs `pip install vllm-router==0.1.17 openai` (the venv of .ci/run has both).
+Loopback only. Needs `pip install vllm-router==0.1.17 openai pyzmq msgpack` (the venv of
+.ci/run has them).
 """
 
 import argparse
@@ -30,6 +36,11 @@ try:
         import httpx
 except ImportError:
     sys.exit("router_check: the `openai` package (and its httpx) is missing; pip install openai")
+try:
+    import msgpack
+    import zmq
+except ImportError:
+    sys.exit("router_check: pyzmq and msgpack are missing; pip install pyzmq msgpack")
 
 MODEL = "model"
 SYSTEM = ("You are a concise assistant for a travel company. Answer in one short sentence, "
@@ -56,6 +67,10 @@ PROMPTS = [
 ]
 
 
+# What every worker of the check runs with, beside its ports and names.
+CHECK_FLAGS = ["--slots", "4", "--threads", "1", "--ctx-size", "1024"]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,11 +92,14 @@ def wait_http(url, timeout, proc=None, want=200):
 
 
 class Workers:
-    """Worker processes on fixed loopback ports, so a killed one can come back on its port."""
+    """Worker processes on fixed loopback ports, so a killed one can come back on its ports;
+    each publishes KV events on a PUB port and answers replays on another."""
 
-    def __init__(self, binary, model, count, logdir):
+    def __init__(self, binary, model, count, logdir, flags=CHECK_FLAGS, kv_events=True):
         self.binary, self.model, self.logdir = binary, model, logdir
+        self.flags, self.kv_events = flags, kv_events
         self.ports = [free_port() for _ in range(count)]
+        self.kv_ports = [(free_port(), free_port()) for _ in range(count)]
         self.procs = [None] * count
         for i in range(count):
             self.start(i)
@@ -91,11 +109,17 @@ class Workers:
     def url(self, i):
         return f"http://127.0.0.1:{self.ports[i]}"
 
+    def kv_endpoints(self, i):
+        """The worker's KV event PUB and replay endpoints, as a subscriber connects to them."""
+        return tuple(f"tcp://127.0.0.1:{p}" for p in self.kv_ports[i])
+
     def start(self, i):
         log = open(os.path.join(self.logdir, f"worker{i}.log"), "ab")
         cmd = [self.binary, "serve", "--model", self.model, "--port", str(self.ports[i]),
-               "--slots", "4", "--threads", "1", "--ctx-size", "1024",
-               "--model-name", MODEL, "--worker-id", f"worker-{i}"]
+               "--model-name", MODEL, "--worker-id", f"worker-{i}", *self.flags]
+        if self.kv_events:
+            events, replay = self.kv_endpoints(i)
+            cmd += ["--kv-events-endpoint", events, "--kv-events-replay-endpoint", replay]
         self.procs[i] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
 
     def wait_ready(self, i):
@@ -116,6 +140,12 @@ class Workers:
         text = httpx.get(self.url(i) + "/metrics", timeout=5).text
         return next(float(l.split()[1]) for l in text.splitlines() if l.startswith(name + " "))
 
+    def cache_hits(self, i):
+        """Prompt tokens served from the worker's prefix cache so far."""
+        text = httpx.get(self.url(i) + "/metrics", timeout=5).text
+        return next(int(float(l.rsplit(" ", 1)[1])) for l in text.splitlines()
+                    if l.startswith("vllm:prefix_cache_hits_total"))
+
     def stop(self):
         for p in self.procs:
             if p is not None and p.poll() is None:
@@ -124,14 +154,14 @@ class Workers:
 
 
 class Router:
-    def __init__(self, binary, urls, policy, logdir):
+    def __init__(self, binary, urls, policy, logdir, extra=()):
         self.port = free_port()
         log = open(os.path.join(logdir, f"router-{policy}.log"), "ab")
         cmd = [binary, "--host", "127.0.0.1", "--port", str(self.port),
                "--prometheus-port", str(free_port()), "--policy", policy,
                "--worker-urls", *urls,
                "--health-check-interval-secs", "1", "--health-failure-threshold", "1",
-               "--worker-startup-timeout-secs", "60", "--log-level", "warning"]
+               "--worker-startup-timeout-secs", "60", "--log-level", "warning", *extra]
         # start_new_session: the launcher starts the router as a child; kill the group.
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -198,6 +228,179 @@ def run_batch(base, bodies, concurrency):
         return list(pool.map(lambda pb: stream(base, *pb), bodies))
 
 
+# --- kv_aware: KV events from the workers, decoded here with pyzmq and msgpack ---------------
+
+KV_BLOCK = 16  # positions per KV block: the worker's, and the router's --kv-event-block-size
+
+
+def kv_system_prompt(group):
+    """A system prompt of well over ten KV blocks, different for every group."""
+    return " ".join(f"Fact {group}.{i}: depot {group} ships crate {i} to port "
+                    f"{(i * 7 + group) % 11} on day {(i * 3 + group) % 5}." for i in range(14))
+
+
+def kv_bodies(group, max_tokens):
+    """Chat requests sharing group `group`'s system prompt, each with its own question."""
+    return [("/v1/chat/completions",
+             {"model": MODEL, "max_tokens": max_tokens, "temperature": 0,
+              "messages": [{"role": "system", "content": kv_system_prompt(group)},
+                           {"role": "user", "content": q}]}) for q in QUESTIONS[:4]]
+
+
+def render(base, body):
+    """The token ids the worker runs for a chat body (vLLM's render route)."""
+    r = httpx.post(base + "/v1/chat/completions/render", json=body, timeout=30)
+    r.raise_for_status()
+    return r.json()["token_ids"]
+
+
+def decode_batch(payload):
+    """Decodes one payload as vllm-router does; raises on anything outside vLLM's format."""
+    batch = msgpack.unpackb(payload, raw=False)
+    assert isinstance(batch, list) and len(batch) == 3, batch
+    ts, events, rank = batch
+    assert isinstance(ts, float) and ts > 1.6e9 and rank == 0, batch
+    fields = {"BlockStored": ["type", "block_hashes", "parent_block_hash", "token_ids",
+                              "block_size", "lora_id", "medium", "lora_name"],
+              "BlockRemoved": ["type", "block_hashes", "medium"],
+              "AllBlocksCleared": ["type"]}
+    for e in events:
+        assert list(e) == fields[e["type"]], e  # the tag first, as msgspec writes it
+        if e["type"] == "BlockStored":
+            assert e["block_size"] == KV_BLOCK and e["medium"] == "GPU", e
+            assert len(e["token_ids"]) == KV_BLOCK * len(e["block_hashes"]) > 0, e
+            assert e["lora_id"] is None and e["lora_name"] is None, e
+    return events
+
+
+def replay(endpoint, start):
+    """Every kept (seq, payload) from `start` on, through the replay socket, as the router
+    asks for them: a DEALER sends [empty, start]; replies are [empty, topic, seq, payload]."""
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.connect(endpoint)
+    dealer.send_multipart([b"", start.to_bytes(8, "big")])
+    got = []
+    try:
+        while dealer.poll(10_000):
+            frames = dealer.recv_multipart()
+            assert len(frames) == 4 and frames[0] == b"" and frames[1] == b"", frames
+            seq = int.from_bytes(frames[2], "big", signed=True)
+            if seq == -1:
+                return got
+            got.append((seq, frames[3]))
+        raise AssertionError("the replay did not end")
+    finally:
+        dealer.close(0)
+
+
+def reported_blocks(batches):
+    """(parent, tokens) -> hash of every stored block, following the chains of the events."""
+    blocks = {}
+    for _, payload in batches:
+        for e in decode_batch(payload):
+            if e["type"] == "BlockStored":
+                parent = e["parent_block_hash"]
+                for i, h in enumerate(e["block_hashes"]):
+                    blocks[(parent, tuple(e["token_ids"][i * KV_BLOCK:(i + 1) * KV_BLOCK]))] = h
+                    parent = h
+    return blocks
+
+
+def reported_prefix(blocks, ids):
+    """How many leading full blocks of `ids` the reported chains hold."""
+    parent, n = None, 0
+    for i in range(len(ids) // KV_BLOCK):
+        h = blocks.get((parent, tuple(ids[i * KV_BLOCK:(i + 1) * KV_BLOCK])))
+        if h is None:
+            break
+        parent, n = h, n + 1
+    return n
+
+
+def kv_aware_checks(args, workers, check, logdir):
+    """Worker g computes group g's system prompt; the kv_aware router must then send the
+    group's other questions to worker g, which answers them from its cache."""
+    t0 = time.time()
+    count = args.workers
+    urls = [workers.url(i) for i in range(count)]
+    ctx = zmq.Context.instance()
+    subs = []
+    for i in range(count):
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(workers.kv_endpoints(i)[0])
+        subs.append(sub)
+    extra = ["--kv-event-block-size", str(KV_BLOCK), "--kv-event-model", MODEL]
+    for i in range(count):
+        events, replay_ep = workers.kv_endpoints(i)
+        extra += ["--kv-event-source", f"{urls[i]}={events}",
+                  "--kv-event-replay-source", f"{urls[i]}={replay_ep}"]
+    router = Router(args.router, urls, "kv_aware", logdir, extra)
+    try:
+        groups = [kv_bodies(g, args.max_tokens) for g in range(count)]
+        for g in range(count):
+            path, body = groups[g][0]
+            assert complete(stream(urls[g], path, body)), "warming request failed"
+        # One more request on each worker: a subscriber that missed the first batches (the
+        # router connecting late) sees the sequence number jump and asks for a replay.
+        for g in range(count):
+            httpx.post(urls[g] + "/v1/completions", timeout=60, json={
+                "model": MODEL, "prompt": f"Worker {g} flushes its events. " * 4,
+                "max_tokens": 1}).raise_for_status()
+
+        # The events, decoded independently: live and replayed, the same bytes; the chains
+        # hold every full block of the prompt the worker rendered.
+        for g in range(count):
+            live = []
+            while subs[g].poll(300):
+                topic, seq, payload = subs[g].recv_multipart()
+                assert topic == b"", topic
+                live.append((int.from_bytes(seq, "big"), payload))
+            kept = replay(workers.kv_endpoints(g)[1], 0)
+            seqs = [s for s, _ in kept]
+            ids = render(urls[g], groups[g][0][1])
+            blocks = reported_blocks(kept)
+            held = reported_prefix(blocks, ids)
+            check(f"kv events of worker {g} decoded with pyzmq and msgpack",
+                  seqs == list(range(len(kept))) and live and set(live) <= set(kept)
+                  and held == len(ids) // KV_BLOCK,
+                  f"{len(kept)} batches numbered from 0 ({len(live)} live ones equal to "
+                  f"their replay), {len(blocks)} blocks; the prompt's {len(ids)} tokens: "
+                  f"{held} of {len(ids) // KV_BLOCK} full blocks reported")
+
+        routed, served_by, hits, shared = [], [], [], []
+        for g in range(count):
+            first = render(urls[g], groups[g][0][1])
+            for path, body in groups[g][1:]:
+                before = [(workers.requests_served(i), workers.cache_hits(i))
+                          for i in range(count)]
+                routed.append(stream(router.url, path, body))
+                after = [(workers.requests_served(i), workers.cache_hits(i))
+                         for i in range(count)]
+                who = [i for i in range(count) if after[i][0] > before[i][0]]
+                served_by.append((g, who))
+                hits.append(sum(a[1] - b[1] for a, b in zip(after, before)))
+                ids = render(urls[g], body)
+                common = next((k for k, (a, b) in enumerate(zip(first, ids)) if a != b),
+                              min(len(first), len(ids)))
+                shared.append(common // KV_BLOCK * KV_BLOCK)
+        right = sum(who == [g] for g, who in served_by)
+        check("kv_aware: requests sharing a prefix go to the worker that computed it",
+              right == len(served_by) and all(h >= s > 100 for h, s in zip(hits, shared)),
+              f"{right} of {len(served_by)} on the worker holding their system prompt; "
+              f"cache hits {hits} prompt tokens (shared prefixes {shared})")
+        reference = [stream(urls[g], path, body) for g in range(count)
+                     for path, body in groups[g][1:]]
+        same = sum(complete(r) and r[0] == ref[0] for r, ref in zip(routed, reference))
+        check("kv_aware: streams complete with one terminal chunk, equal to direct requests",
+              same == len(routed), f"{same} of {len(routed)}; the kv_aware checks took "
+              f"{time.time() - t0:.1f} s")
+    finally:
+        router.stop()
+        for sub in subs:
+            sub.close(0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", required=True, help="worker-cpud binary")
@@ -220,6 +423,7 @@ def main():
     urls = [workers.url(i) for i in range(args.workers)]
     router = None
     try:
+        kv_aware_checks(args, workers, check, logdir)
         distinct = request_bodies(args.max_tokens)
         # The reference: each distinct request sent to one worker directly.
         reference = {}
@@ -229,7 +433,7 @@ def main():
             reference[json.dumps(body, sort_keys=True)] = text
         bodies = [distinct[i % len(distinct)] for i in range(args.requests)]
 
-        # cache_aware last: the fault checks below run behind it.
+        # cache_aware last: the openai client checks below run behind it.
         for policy, count in [("round_robin", 16), ("power_of_two", 16),
                               ("cache_aware", args.requests)]:
             router = Router(args.router, urls, policy, logdir)
@@ -269,6 +473,13 @@ def main():
                                       max_tokens=args.max_tokens, temperature=0)
         check("openai completion through the router", r.choices[0].text == want,
               repr(r.choices[0].text))
+
+        # The faults run behind round_robin: every worker has its share of the streams in
+        # flight when it is killed, and a restarted one gets work as soon as the router sees
+        # it healthy (cache_aware keeps sending these prompts to the workers whose trees
+        # hold them, so whether the restarted worker gets one depends on where they went).
+        router.stop()
+        router = Router(args.router, urls, "round_robin", logdir)
 
         # SIGKILL one worker while streams run: each stream completes with the direct text or
         # fails visibly; requests sent after it are served by the others; it comes back.

@@ -1,18 +1,18 @@
 //! `cargo xtask bench`: prefill (pp512) and decode (tg128) throughput of our CPU path, and of
 //! llama.cpp's `llama-bench` on the same file and thread count in the same run, with ratios.
 //!
-//! Our numbers follow llama-bench's definitions: pp512 is one batched forward pass over 512
-//! tokens from an empty context; tg128 is 128 single-token forward passes from an empty
-//! context. Each is run once to warm up, then `--reps` times; the mean is reported.
+//! Our numbers follow llama-bench's definitions (the driver is `worker_models::bench`, which
+//! `worker-orcd bench` runs too): pp512 is one batched forward pass over 512 tokens from an
+//! empty context; tg128 is 128 single-token forward passes from an empty context. Each is run
+//! once to warm up, then `--reps` times; the mean is reported.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use worker_common::argmax;
 use worker_compute::{CpuBackend, CpuConfig};
-use worker_models::{load, LoadOptions, SequenceBatch};
+use worker_models::bench::{self, BenchSpec};
+use worker_models::load;
 
 use crate::{constrained, conversation, fetch};
 
@@ -129,62 +129,24 @@ fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
         threads: args.threads,
         ..CpuConfig::default()
     });
-    let mut m = load(
-        &file,
-        &mut backend,
-        LoadOptions {
-            max_batch: args.pp.max(1),
-            max_logit_rows: 1,
-            seqs: 1,
-            max_positions: args.pp.max(args.tg) + 1,
-            ..LoadOptions::default()
-        },
-    )?;
-    let vocab = m.hparams().vocab_size as usize;
-    let mut logits = vec![0f32; vocab];
-    // Fixed pseudo-random prompt ids (xorshift), like llama-bench's random tokens.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let prompt: Vec<u32> = (0..args.pp)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % vocab as u64) as u32
-        })
-        .collect();
-    let prefill = SequenceBatch::new(&prompt, 0, 0, false);
-
-    let mut pp_times = Vec::new();
-    let mut tg_times = Vec::new();
-    for rep in 0..=args.reps {
-        let t = Instant::now();
-        m.forward(&mut backend, &prefill.batch(), &mut logits)?;
-        let pp = t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let mut token = prompt.first().copied().unwrap_or(0);
-        for pos in 0..args.tg {
-            let step = SequenceBatch::new(&[token], pos as u32, 0, false);
-            m.forward(&mut backend, &step.batch(), &mut logits)?;
-            token = argmax(&logits);
-        }
-        let tg = t.elapsed().as_secs_f64();
-        if rep > 0 {
-            pp_times.push(pp);
-            tg_times.push(tg);
-        }
-    }
+    let spec = BenchSpec {
+        pp: args.pp,
+        tg: args.tg,
+        reps: args.reps,
+    };
+    let mut m = load(&file, &mut backend, spec.load_options())?;
+    let t = bench::run(m.as_mut(), &mut backend, &spec, |_, _| {})?;
     let [pp_name, tg_name] = test_names(args);
     Ok(vec![
         Measure {
             engine: "ours",
             test: pp_name,
-            tokens_per_s: args.pp as f64 / mean(&pp_times),
+            tokens_per_s: t.pp_tokens_per_s,
         },
         Measure {
             engine: "ours",
             test: tg_name,
-            tokens_per_s: args.tg as f64 / mean(&tg_times),
+            tokens_per_s: t.tg_tokens_per_s,
         },
     ])
 }
@@ -283,10 +245,6 @@ fn report(results: &[Measure], model: &Path, args: &Args) {
     for (t, r) in ratios {
         println!("ours / llama.cpp {t}: {r:.2}x");
     }
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Where `--build-llama-bench` puts the binary.

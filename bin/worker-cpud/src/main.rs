@@ -38,7 +38,7 @@ enum Command {
     /// Generate a continuation of a prompt, streaming the text; then print tokens/s.
     Generate(GenerateArgs),
     /// Serve the model over HTTP (llama-orch /execute, OpenAI-compatible routes).
-    Serve(serve::CpuServeArgs),
+    Serve(Box<serve::CpuServeArgs>),
 }
 
 #[derive(Args)]
@@ -122,7 +122,8 @@ fn check(args: &ModelArg) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let name = args.model.display().to_string();
-    serve::load(&file, &args.model, CpuConfig::default(), config, name)?;
+    let backend = Box::new(CpuBackend::new(CpuConfig::default()));
+    worker_http::load_model(&file, &args.model, backend, config, name)?;
     let hp = HyperParams::from_file(&file)?;
     let bytes: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
     println!(
@@ -147,11 +148,7 @@ fn check(args: &ModelArg) -> anyhow::Result<()> {
 /// first-token times.
 fn generate(args: &GenerateArgs, started: Instant) -> anyhow::Result<()> {
     let file = open(&args.model)?;
-    let mut cpu = CpuConfig::default();
-    if let Some(threads) = args.threads {
-        anyhow::ensure!(threads > 0, "--threads must be at least 1");
-        cpu.threads = threads;
-    }
+    let cpu = serve::cpu_config(args.threads)?;
     let config = EngineConfig {
         context: args.ctx_size,
         ..EngineConfig::default()

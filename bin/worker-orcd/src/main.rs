@@ -16,6 +16,7 @@ use worker_common::argmax;
 use worker_compute::{Activations, ComputeBackend, CpuBackend, CpuConfig};
 use worker_compute_cuda::{CudaBackend, CudaConfig, Experimental, LaunchStats};
 use worker_gguf::GgufFile;
+use worker_models::bench::{self, BenchSpec, Mark, Throughput};
 use worker_models::{load, LoadOptions, Model, SequenceBatch};
 
 mod check;
@@ -35,7 +36,8 @@ struct Cli {
     #[arg(long, global = true, env = "WORKER_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
     /// CUDA paths not yet checked on a device: `false`, `true` (all), or a list of
-    /// `matvec`, `gemm`, `pdl`, `attn`, `types` (see `worker_compute_cuda::Experimental`).
+    /// `matvec`, `gemm`, `pdl`, `attn`, `types`, `bias` (see
+    /// `worker_compute_cuda::Experimental`).
     #[arg(
         long,
         global = true,
@@ -58,7 +60,7 @@ enum Command {
     /// Every op and weight type of the CUDA backend against the CPU backend.
     CheckOps,
     /// Serve the model over HTTP from VRAM (llama-orch /execute, OpenAI-compatible routes).
-    Serve(worker_http::ServeArgs),
+    Serve(Box<worker_http::ServeArgs>),
 }
 
 /// Which backend runs the model.
@@ -103,6 +105,9 @@ struct BenchArgs {
     /// Decode steps at batch 1.
     #[arg(long, default_value_t = 128)]
     tg: usize,
+    /// Timed repetitions of each test, after one warm-up.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
     /// Backend.
     #[arg(long, value_enum, default_value = "cuda")]
     backend: BackendKind,
@@ -197,28 +202,15 @@ fn open_cuda_for(
     opts: &LoadOptions,
 ) -> anyhow::Result<CudaBackend> {
     let be = open_cuda(device)?;
-    let mut required = required_vram(&be, file, opts)?;
+    // Weights, the KV pool as the backend stores it, and the model's buffers: what the load
+    // will allocate.
+    let mut required = worker_models::required_bytes(file, opts, &be)?.total();
     if device.experimental.gemm {
         // At most one dequantized weight tile for the cuBLAS prefill.
         required += worker_compute_cuda::TILE_ELEMENTS as u64 * 4;
     }
     be.check_vram(required)?;
     Ok(be)
-}
-
-/// Weights, the KV pool (as `be` stores it) and the activation buffers a model will take on
-/// the device.
-fn required_vram(be: &CudaBackend, file: &GgufFile, opts: &LoadOptions) -> anyhow::Result<u64> {
-    let hp = worker_gguf::HyperParams::from_metadata(file.metadata())?;
-    let weights: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
-    let kv = opts
-        .kv_cache_config(&hp, be.kv_storage(opts.kv_type), be.kv_layout())
-        .bytes();
-    let (d, ff) = (hp.embedding_length as u64, hp.feed_forward_length as u64);
-    let q = (hp.head_count * hp.head_dim) as u64;
-    let act = opts.max_batch as u64 * (4 * d + 3 * ff + 3 * q) * 4
-        + opts.max_logit_rows as u64 * (d + hp.vocab_size as u64) * 4;
-    Ok(weights.saturating_add(kv).saturating_add(act))
 }
 
 /// Loads `path` on a fresh backend of `kind`.
@@ -304,11 +296,15 @@ fn generate(device: Device, a: &GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn bench(device: Device, a: &BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.pp > 0, "--pp must be positive");
+    let spec = BenchSpec {
+        pp: a.pp,
+        tg: a.tg,
+        reps: a.reps,
+    };
+    // Room for the profiled steps after the tests.
     let opts = LoadOptions {
-        max_batch: a.pp,
-        max_positions: a.pp + a.tg + a.profile_steps + 1,
-        ..LoadOptions::default()
+        max_positions: spec.positions() + a.profile_steps + 1,
+        ..spec.load_options()
     };
     let t = Instant::now();
     let file =
@@ -316,99 +312,97 @@ fn bench(device: Device, a: &BenchArgs) -> anyhow::Result<()> {
     match a.backend {
         BackendKind::Cpu => {
             let mut be = cpu_backend();
-            let model = load(&file, &mut be, opts)?;
-            bench_on(a, &mut be, model, t, |_| None)?;
+            let mut model = load(&file, &mut be, opts)?;
+            let load_s = t.elapsed().as_secs_f64();
+            let r = bench::run(model.as_mut(), &mut be, &spec, |_, _| {})?;
+            report(a, be.name(), load_s, &r, "");
             Ok(())
         }
         BackendKind::Cuda => {
             let mut be = open_cuda_for(device, &file, &opts)?;
             be.set_step_timing(true)?;
-            let model = load(&file, &mut be, opts)?;
-            let (mut model, mut logits) =
-                bench_on(a, &mut be, model, t, |be| Some(be.launch_stats()))?;
+            let mut model = load(&file, &mut be, opts)?;
+            let load_s = t.elapsed().as_secs_f64();
+            // Launch counters over the timed decode repetitions.
+            let (mut start, mut decode) = (LaunchStats::default(), LaunchStats::default());
+            let r = bench::run(model.as_mut(), &mut be, &spec, |mark, be| match mark {
+                Mark::DecodeStart => start = be.launch_stats(),
+                Mark::DecodeEnd => decode = decode.plus(&be.launch_stats().since(&start)),
+            })?;
+            let steps = (spec.reps.max(1) * spec.tg.max(1)) as f64;
+            let per = |x: u64| x as f64 / steps;
+            eprintln!(
+                "decode launch stats: {:.1} kernels/step, {:.1} direct launches/step, {:.2} graph launches/step, {} graphs captured in total",
+                per(decode.kernels),
+                per(decode.direct_launches),
+                per(decode.graph_launches),
+                be.launch_stats().graphs_captured
+            );
+            eprintln!(
+                "decode time per step: {:.3} ms device (flush to logits copied), {:.3} ms host in read_rows, {:.3} ms host recording ops between steps",
+                per(decode.device_ns) / 1e6,
+                per(decode.readout_ns) / 1e6,
+                per(decode.record_ns) / 1e6
+            );
+            let kernels = format!(", {:.0} kernels/step", per(decode.kernels));
+            report(a, be.name(), load_s, &r, &kernels);
             if a.profile_steps > 0 {
-                be.start_profile()?;
-                for i in 0..a.profile_steps {
-                    let pos = (a.pp + a.tg + i) as u32;
-                    let step = SequenceBatch::new(&[argmax(&logits)], pos, 0, false);
-                    model.forward(&mut be, &step.batch(), &mut logits)?;
-                }
-                let prof = be.kernel_profile();
-                let steps = a.profile_steps as f64;
-                let total: f64 = prof.iter().map(|p| p.2).sum();
-                eprintln!(
-                    "kernel profile, per decode step: {:.3} ms of kernels",
-                    total / steps
-                );
-                for (name, n, ms) in prof.iter().take(16) {
-                    eprintln!(
-                        "  {name:<24} {:>6.1} launches {:>9.1} us {:>5.1}%",
-                        *n as f64 / steps,
-                        ms * 1e3 / steps,
-                        100.0 * ms / total.max(1e-12)
-                    );
-                }
+                profile(
+                    &mut be,
+                    model.as_mut(),
+                    spec.positions(),
+                    r.last_token,
+                    a.profile_steps,
+                )?;
             }
             Ok(())
         }
     }
 }
 
-/// The timed prefill and decode steps; `stats` reads the backend's launch counters.
-fn bench_on<B: ComputeBackend>(
-    a: &BenchArgs,
-    be: &mut B,
-    mut model: Box<dyn Model>,
-    started: Instant,
-    stats: impl Fn(&B) -> Option<LaunchStats>,
-) -> anyhow::Result<(Box<dyn Model>, Vec<f32>)> {
-    let load_s = started.elapsed().as_secs_f64();
-    let vocab = model.hparams().vocab_size as usize;
-    let prompt = pseudo_prompt(a.pp, vocab, 11);
-    let mut logits = vec![0f32; vocab];
-    let batch = SequenceBatch::new(&prompt, 0, 0, false);
-    // Warm-up (first launches load the modules lazily), then the timed prefill.
-    model.forward(be, &batch.batch(), &mut logits)?;
-    let t = Instant::now();
-    model.forward(be, &batch.batch(), &mut logits)?;
-    let pp_s = t.elapsed().as_secs_f64();
-    let before = stats(be);
-    let t = Instant::now();
-    for i in 0..a.tg {
-        let step = SequenceBatch::new(&[argmax(&logits)], (a.pp + i) as u32, 0, false);
-        model.forward(be, &step.batch(), &mut logits)?;
-    }
-    let tg_s = t.elapsed().as_secs_f64();
-    let steps = a.tg.max(1) as f64;
-    let launches = match (before, stats(be)) {
-        (Some(b), Some(e)) => {
-            let per = |x: u64, y: u64| (y - x) as f64 / steps;
-            eprintln!(
-                "decode launch stats: {:.1} kernels/step, {:.1} direct launches/step, {:.2} graph launches/step, {} graphs captured in total",
-                per(b.kernels, e.kernels),
-                per(b.direct_launches, e.direct_launches),
-                per(b.graph_launches, e.graph_launches),
-                e.graphs_captured
-            );
-            eprintln!(
-                "decode time per step: {:.3} ms device (flush to logits copied), {:.3} ms host in read_rows, {:.3} ms host recording ops between steps",
-                per(b.device_ns, e.device_ns) / 1e6,
-                per(b.readout_ns, e.readout_ns) / 1e6,
-                per(b.record_ns, e.record_ns) / 1e6
-            );
-            format!(", {:.0} kernels/step", per(b.kernels, e.kernels))
-        }
-        _ => String::new(),
-    };
+/// The one line of a benchmark.
+fn report(a: &BenchArgs, backend: &str, load_s: f64, r: &Throughput, extra: &str) {
     println!(
-        "bench {} {}: load {load_s:.2}s, pp{} {:.1} tok/s, tg{} {:.1} tok/s, decode {:.3} ms/step{launches}",
-        be.name(),
+        "bench {backend} {}: load {load_s:.2}s, pp{} {:.1} tok/s, tg{} {:.1} tok/s, decode {:.3} ms/step{extra}",
         a.model.display(),
         a.pp,
-        a.pp as f64 / pp_s,
+        r.pp_tokens_per_s,
         a.tg,
-        a.tg as f64 / tg_s.max(1e-9),
-        tg_s * 1e3 / steps
+        r.tg_tokens_per_s,
+        r.step_s * 1e3
     );
-    Ok((model, logits))
+}
+
+/// Times every kernel of `steps` more decode steps from position `from` (events around each
+/// launch, graphs off) and prints the most expensive kernels.
+fn profile(
+    be: &mut CudaBackend,
+    model: &mut dyn Model,
+    from: usize,
+    mut token: u32,
+    steps: usize,
+) -> anyhow::Result<()> {
+    be.start_profile()?;
+    let mut logits = vec![0f32; model.hparams().vocab_size as usize];
+    for i in 0..steps {
+        let step = SequenceBatch::new(&[token], (from + i) as u32, 0, false);
+        model.forward(be, &step.batch(), &mut logits)?;
+        token = argmax(&logits);
+    }
+    let prof = be.kernel_profile();
+    let n = steps as f64;
+    let total: f64 = prof.iter().map(|p| p.2).sum();
+    eprintln!(
+        "kernel profile, per decode step: {:.3} ms of kernels",
+        total / n
+    );
+    for (name, launches, ms) in prof.iter().take(16) {
+        eprintln!(
+            "  {name:<24} {:>6.1} launches {:>9.1} us {:>5.1}%",
+            *launches as f64 / n,
+            ms * 1e3 / n,
+            100.0 * ms / total.max(1e-12)
+        );
+    }
+    Ok(())
 }

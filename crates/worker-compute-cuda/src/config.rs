@@ -44,6 +44,10 @@ pub struct Experimental {
     /// `types`: IQ4_NL, IQ4_XS, Q2_K and Q3_K weights (their kernels have not run on a device
     /// yet; without this they are refused at load, naming the type).
     pub types: bool,
+    /// `bias`: the biases of a `linear` group of several one-row products (qwen2's q, k, v)
+    /// stored by their mat-vecs, as the H200 runs measured before `matmul_group` (11
+    /// kernels per Qwen layer, not 14), instead of three `add_bias_f32` launches after them.
+    pub bias: bool,
 }
 
 impl Experimental {
@@ -54,18 +58,20 @@ impl Experimental {
         pdl: true,
         attn: true,
         types: true,
+        bias: true,
     };
 
     /// The paths' names, in the order of [`Experimental::flags_mut`].
-    const NAMES: [&'static str; 5] = ["matvec", "gemm", "pdl", "attn", "types"];
+    const NAMES: [&'static str; 6] = ["matvec", "gemm", "pdl", "attn", "types", "bias"];
 
-    fn flags_mut(&mut self) -> [&mut bool; 5] {
+    fn flags_mut(&mut self) -> [&mut bool; 6] {
         [
             &mut self.matvec,
             &mut self.gemm,
             &mut self.pdl,
             &mut self.attn,
             &mut self.types,
+            &mut self.bias,
         ]
     }
 
@@ -84,7 +90,7 @@ impl FromStr for Experimental {
     type Err = String;
 
     /// `false`/`none` (nothing), `true`/`all` (everything), or a comma-separated list of
-    /// `matvec`, `gemm`, `pdl`, `attn`, `types`.
+    /// `matvec`, `gemm`, `pdl`, `attn`, `types`, `bias`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "" | "false" | "none" => return Ok(Experimental::default()),
@@ -133,6 +139,7 @@ mod tests {
                 pdl: true,
                 attn: false,
                 types: false,
+                bias: false,
             }
         );
         assert_eq!(e.to_string(), "gemm,pdl");

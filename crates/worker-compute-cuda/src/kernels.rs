@@ -3,7 +3,7 @@
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 
 use crate::error::CudaError;
-use crate::{loader, WEIGHT_TYPES};
+use crate::{loader, types};
 
 /// Helpers prepended to every kernel file (NVRTC gets no include paths).
 pub const COMMON: &str = include_str!("../kernels/common.cuh");
@@ -16,63 +16,54 @@ pub const FILES: &[(&str, &str)] = &[
     ("attention.cu", include_str!("../kernels/attention.cu")),
 ];
 
-/// The element-wise, norm, rope, attention and argmax kernels.
-const OTHER_KERNELS: &[&str] = &[
-    "add_f32",
-    "mul_f32",
-    "scale_f32",
-    "add_bias_f32",
-    "swiglu_f32",
-    "gelu_f32",
-    "gather_rows_f32",
-    "rms_norm_f32",
-    "add_rms_norm_f32",
-    "layer_norm_f32",
-    "rope_f32",
-    "argmax_f32",
-    "kv_store",
-    "attention_f16",
-    "attention_decode_f16",
-    "attention_combine",
-    "attention_prefill_f16",
-];
+/// The C type of a kernel parameter, as the backend passes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// A device address (`float*`, `const u8*`, …).
+    Pointer,
+    /// `int`.
+    Int,
+    /// `long long`.
+    LongLong,
+    /// `float`.
+    Float,
+}
 
-/// The kernels stamped out per weight type (`<kind>_<type suffix>`), and their file.
-const PER_TYPE_KERNELS: &[(&str, &str)] = &[
-    ("embed", "quant.cu"),
-    ("matmul", "quant.cu"),
-    ("dequant", "quant.cu"),
-    ("matvec", "matvec.cu"),
-    ("matvec_glu", "matvec.cu"),
-    ("matvec_wide", "matvec.cu"),
-    ("matvec3", "matvec.cu"),
-];
-
-/// Every kernel the backend loads.
-pub fn names() -> Vec<String> {
-    let mut v: Vec<String> = OTHER_KERNELS.iter().map(|s| s.to_string()).collect();
-    for (_, ty) in WEIGHT_TYPES {
-        v.extend(
-            PER_TYPE_KERNELS
-                .iter()
-                .map(|(kind, _)| format!("{kind}_{ty}")),
-        );
+impl Param {
+    /// The type of the parameter in a PTX `.entry` (`.u64` for addresses and `long long`,
+    /// `.u32` for `int`, `.f32` for `float`).
+    pub fn ptx_type(self) -> &'static str {
+        match self {
+            Param::Pointer | Param::LongLong => ".u64",
+            Param::Int => ".u32",
+            Param::Float => ".f32",
+        }
     }
-    v
+}
+
+/// Every kernel the backend loads, in the order the device loads them.
+pub fn names() -> Vec<String> {
+    types::kernel_list()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect()
 }
 
 /// The file that defines kernel `name` (one of [`names`]).
-pub fn file_of(name: &str) -> &'static str {
-    let per_type = PER_TYPE_KERNELS.iter().find(|(kind, _)| {
-        WEIGHT_TYPES
-            .iter()
-            .any(|(_, ty)| name.strip_prefix(kind).and_then(|r| r.strip_prefix('_')) == Some(ty))
-    });
-    match per_type {
-        Some(&(_, file)) => file,
-        None if name == "kv_store" || name.starts_with("attention_") => "attention.cu",
-        None => "elementwise.cu",
-    }
+pub fn file_of(name: &str) -> Option<&'static str> {
+    types::kernel_list()
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, file, _)| file)
+}
+
+/// Every kernel the backend loads with the parameters it passes it, in order (what the
+/// kernel's C signature must declare).
+pub fn signatures() -> Vec<(String, &'static [Param])> {
+    types::kernel_list()
+        .into_iter()
+        .map(|(n, _, params)| (n, params))
+        .collect()
 }
 
 /// The full text NVRTC compiles for one file.

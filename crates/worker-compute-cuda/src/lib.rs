@@ -26,16 +26,27 @@
 //! against the trait), must not fall back to the host, and must not panic on bad input.
 #![deny(missing_docs)]
 
+mod attention;
 mod backend;
 mod config;
+mod device;
 mod error;
 mod gemm;
 pub mod kernels;
+mod launch;
+#[cfg(test)]
+mod launches;
 pub mod loader;
+mod matmul;
+mod memory;
+mod ops;
+mod profile;
 mod queue;
+mod types;
 
-pub use backend::{CudaBackend, WEIGHT_TYPES};
+pub use backend::CudaBackend;
 pub use config::{CudaConfig, Experimental};
 pub use error::CudaError;
 pub use gemm::TILE_ELEMENTS;
 pub use queue::LaunchStats;
+pub use types::WEIGHT_TYPES;

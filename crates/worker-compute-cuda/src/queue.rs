@@ -1,14 +1,13 @@
-//! The launch queue: ops record their kernel launches here instead of submitting them, and
-//! the queue is flushed at the next host interaction (an upload, a read-out, a sync).
+//! The launch queue: ops record their kernel launches in a list that the backend holds, and
+//! that list is flushed here at the next host interaction (an upload, a read-out, a sync).
 //!
 //! Two things follow from holding the launches back until the step's end:
 //! - A flushed launch list that was seen before (a decode step: same kernels, same device
 //!   addresses, the changing token ids and positions live in device index buffers) is
 //!   captured once as a CUDA graph and from then on replayed with one `cuGraphLaunch`, which
 //!   removes the per-launch host cost (a few µs each, ~300-500 launches per step).
-//! - An op can fuse itself into the launch just before it (bias into the mat-vec, the
-//!   residual add into the next RMS norm, the k rope into the q rope), since that launch has
-//!   not run yet; see [`Tag`].
+//! - Nothing of a step runs before the host needs a result, so the host records the next
+//!   step while the device runs this one.
 //!
 //! With programmatic dependent launch on (experimental), every launch carries the
 //! programmatic-stream-serialization attribute, so a kernel's launch and ramp-up overlap the
@@ -20,87 +19,15 @@ use std::sync::Arc;
 use cudarc::driver::PushKernelArg;
 use cudarc::driver::{sys, CudaFunction, CudaGraph, CudaStream, DriverError, LaunchConfig};
 
-/// A kernel argument.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Arg {
-    /// A device address (0 for "none" where a kernel allows it).
-    P(u64),
-    I(i32),
-    L(i64),
-    F(f32),
-}
-
-impl Arg {
-    fn bits(&self) -> u64 {
-        match *self {
-            Arg::P(v) => v,
-            Arg::I(v) => (1 << 40) | u64::from(v as u32),
-            Arg::L(v) => (2 << 40) ^ v as u64,
-            Arg::F(v) => (3 << 40) | u64::from(v.to_bits()),
-        }
-    }
-}
-
-/// Most arguments a kernel of this crate takes.
-pub(crate) const MAX_ARGS: usize = 20;
-
-/// A kernel's arguments, inline (no allocation per launch).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Args {
-    list: [Arg; MAX_ARGS],
-    len: usize,
-}
-
-impl Args {
-    /// `None` when `args` is longer than [`MAX_ARGS`].
-    pub fn new(args: &[Arg]) -> Option<Self> {
-        let mut list = [Arg::I(0); MAX_ARGS];
-        list.get_mut(..args.len())?.copy_from_slice(args);
-        Some(Args {
-            list,
-            len: args.len(),
-        })
-    }
-
-    pub fn as_slice(&self) -> &[Arg] {
-        &self.list[..self.len]
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [Arg] {
-        &mut self.list[..self.len]
-    }
-}
-
-/// What a queued launch is, for the fusion rules of the op that comes next.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Tag {
-    /// Nothing fuses into it.
-    Plain,
-    /// A one-row mat-vec writing `out`; argument 3 is its bias pointer (0: none yet).
-    /// `glu` is the function of the same type's fused gate/up/SwiGLU kernel.
-    Matvec { out: u64, glu: usize },
-    /// Two or three one-row mat-vecs of one input in one `matvec3_<type>` launch
-    /// (experimental); arguments: x, k, row_bytes, seg_bytes, then (out, w, bias, n) per set.
-    Matvec3 { glu: usize, sets: usize },
-    /// `dst += src` over `rows` rows of `cols`.
-    Add {
-        dst: u64,
-        src: u64,
-        rows: usize,
-        cols: usize,
-    },
-    /// A rope of one tensor (argument 9, the second tensor, is 0) over `rows` rows.
-    Rope { rows: usize },
-}
+use crate::launch::{Arg, Args, MAX_ARGS};
 
 /// One recorded kernel launch.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Launch {
+pub struct Launch {
     pub func: usize,
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
     pub args: Args,
-    pub tag: Tag,
 }
 
 /// Counters for the benchmark: how much work went to the device and how.
@@ -125,6 +52,32 @@ pub struct LaunchStats {
     pub record_ns: u64,
 }
 
+impl LaunchStats {
+    /// Each field combined with `other`'s by `f`.
+    fn zip(&self, other: &LaunchStats, f: impl Fn(u64, u64) -> u64) -> LaunchStats {
+        LaunchStats {
+            kernels: f(self.kernels, other.kernels),
+            direct_launches: f(self.direct_launches, other.direct_launches),
+            graph_launches: f(self.graph_launches, other.graph_launches),
+            graphs_captured: f(self.graphs_captured, other.graphs_captured),
+            flushes: f(self.flushes, other.flushes),
+            device_ns: f(self.device_ns, other.device_ns),
+            readout_ns: f(self.readout_ns, other.readout_ns),
+            record_ns: f(self.record_ns, other.record_ns),
+        }
+    }
+
+    /// What was counted since `earlier` (a snapshot of the same counters).
+    pub fn since(&self, earlier: &LaunchStats) -> LaunchStats {
+        self.zip(earlier, u64::saturating_sub)
+    }
+
+    /// Both counts together.
+    pub fn plus(&self, other: &LaunchStats) -> LaunchStats {
+        self.zip(other, u64::saturating_add)
+    }
+}
+
 /// Launch lists shorter than this are submitted directly (a graph would not pay off).
 const GRAPH_MIN_LAUNCHES: usize = 16;
 /// Launch lists remembered as capture candidates, and graphs kept.
@@ -145,9 +98,8 @@ struct Captured {
     graph: OwnedGraph,
 }
 
-/// The queue and the graph cache of one stream.
+/// The graph cache of one stream, and its counters.
 pub(crate) struct Queue {
-    pending: Vec<Launch>,
     graphs_enabled: bool,
     /// Launch with programmatic stream serialization (see the module doc).
     programmatic: bool,
@@ -273,7 +225,6 @@ fn submit_programmatic(
 impl Queue {
     pub fn new(graphs_enabled: bool, programmatic: bool) -> Self {
         Queue {
-            pending: Vec::new(),
             graphs_enabled,
             programmatic,
             seen: Vec::new(),
@@ -283,48 +234,17 @@ impl Queue {
         }
     }
 
-    pub fn push(&mut self, l: Launch) {
-        self.pending.push(l);
-    }
-
-    /// The last queued launch, for an op that fuses into it.
-    pub fn last_mut(&mut self) -> Option<&mut Launch> {
-        self.pending.last_mut()
-    }
-
-    /// The last queued launch.
-    pub fn last(&self) -> Option<&Launch> {
-        self.pending.last()
-    }
-
-    /// The last two queued launches, for an op that fuses them.
-    pub fn last_two(&self) -> Option<(&Launch, &Launch)> {
-        match self.pending.as_slice() {
-            [.., a, b] => Some((a, b)),
-            _ => None,
-        }
-    }
-
-    /// Drops the last queued launch (it was fused into another).
-    pub fn pop(&mut self) -> Option<Launch> {
-        self.pending.pop()
-    }
-
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Submits everything queued, in order: by graph replay when this exact list was
-    /// captured, else launch by launch (capturing it the second time it is seen).
+    /// Submits `launches`, in order: by graph replay when this exact list was captured,
+    /// else launch by launch (capturing it the second time it is seen).
     pub fn flush(
         &mut self,
         stream: &Arc<CudaStream>,
         funcs: &[CudaFunction],
+        launches: Vec<Launch>,
     ) -> Result<(), DriverError> {
-        if self.pending.is_empty() {
+        if launches.is_empty() {
             return Ok(());
         }
-        let launches = std::mem::take(&mut self.pending);
         self.stats.flushes += 1;
         self.stats.kernels += launches.len() as u64;
         if !self.graphs_enabled || launches.len() < GRAPH_MIN_LAUNCHES {

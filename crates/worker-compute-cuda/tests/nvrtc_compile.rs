@@ -1,4 +1,7 @@
-//! Compile check of every `.cu` kernel file with NVRTC, no GPU needed.
+//! Compile check of every `.cu` kernel file with NVRTC, no GPU needed: every kernel the
+//! backend loads is an entry of its file, and each entry's parameters are the ones the
+//! backend's argument struct for it passes (count, and each one's PTX type: `.u64` for an
+//! address or a `long long`, `.u32` for an `int`, `.f32` for a `float`).
 //!
 //! NVRTC comes from the PyPI wheel `nvidia-cuda-nvrtc==13.0.88`, which `cargo xtask fetch`
 //! installs into `~/.cache/llama-orch-worker/nvrtc` (or `$WORKER_FIXTURES_DIR/nvrtc`). When
@@ -9,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use worker_compute_cuda::kernels;
+use worker_compute_cuda::kernels::{self, Param};
 
 /// Architectures checked: the oldest CUDA 13 supports, and the H100/H200 one.
 const ARCHES: &[&str] = &["75", "90"];
@@ -53,18 +56,27 @@ fn every_kernel_file_compiles() {
         );
         return;
     }
-    let names = kernels::names();
+    let signatures = kernels::signatures();
     for arch in ARCHES {
         for &(file, src) in kernels::FILES {
             match kernels::compile(file, src, arch) {
                 Ok(ptx) => {
                     let text = ptx.to_src();
-                    // Every kernel the backend looks up in this file is defined there.
+                    // Every kernel the backend looks up in this file is defined there, with the
+                    // parameters the backend passes it.
                     let mut expected = 0;
-                    for name in names.iter().filter(|n| kernels::file_of(n) == file) {
-                        assert!(
-                            text.contains(&format!(".entry {name}(")),
-                            "compute_{arch}: kernel {name} is not defined in {file}"
+                    for (name, params) in signatures
+                        .iter()
+                        .filter(|(n, _)| kernels::file_of(n) == Some(file))
+                    {
+                        let Some(declared) = entry_params(&text, name) else {
+                            panic!("compute_{arch}: kernel {name} is not defined in {file}");
+                        };
+                        assert_eq!(
+                            declared,
+                            ptx_types(params),
+                            "compute_{arch}: the parameters of {name} in {file} (left) are not \
+                             what the backend passes (right)"
                         );
                         expected += 1;
                     }
@@ -80,7 +92,25 @@ fn every_kernel_file_compiles() {
             }
         }
     }
-    // And the check can fail: a broken kernel is rejected with the compiler's log.
+    // And the checks can fail: a parameter list that differs from the entry's does not
+    // match it, and a broken kernel is rejected with the compiler's log.
+    let ptx = kernels::compile(
+        "one.cu",
+        "extern \"C\" __global__ void k(float* x, int n, float s) { x[n] = s; }",
+        "90",
+    )
+    .expect("a one-line kernel compiles")
+    .to_src();
+    let declared = entry_params(&ptx, "k").expect("the entry k");
+    assert_eq!(
+        declared,
+        ptx_types(&[Param::Pointer, Param::Int, Param::Float])
+    );
+    assert_ne!(
+        declared,
+        ptx_types(&[Param::Pointer, Param::Float, Param::Int])
+    );
+    assert_ne!(declared, ptx_types(&[Param::Pointer, Param::Int]));
     let err = kernels::compile(
         "broken.cu",
         "extern \"C\" __global__ void k() { nope; }",
@@ -88,4 +118,23 @@ fn every_kernel_file_compiles() {
     )
     .expect_err("a broken kernel must not compile");
     assert!(err.to_string().contains("nope"), "{err}");
+}
+
+/// The PTX types of the parameters of `.entry name(...)` in `ptx`, in order.
+fn entry_params(ptx: &str, name: &str) -> Option<Vec<String>> {
+    let start = ptx.find(&format!(".entry {name}("))?;
+    let list = &ptx[start..];
+    let list = &list[list.find('(')? + 1..list.find(')')?];
+    Some(
+        list.split(',')
+            .filter_map(|p| {
+                let mut words = p.split_whitespace();
+                (words.next() == Some(".param")).then(|| words.next().unwrap_or("").to_string())
+            })
+            .collect(),
+    )
+}
+
+fn ptx_types(params: &[Param]) -> Vec<String> {
+    params.iter().map(|p| p.ptx_type().to_string()).collect()
 }

@@ -87,9 +87,9 @@ pub struct WeightDesc<'a> {
 }
 
 impl WeightDesc<'_> {
-    /// Bytes of one row, after the checks every backend makes of a weight: a non-empty shape,
-    /// rows of whole blocks of its type, and exactly `rows` rows of bytes; a failure is
-    /// [`ComputeError::BadWeight`] naming the tensor.
+    /// Checks what every backend needs of a weight's bytes (a non-empty shape, rows of
+    /// whole blocks of its type, exactly `rows` rows of bytes) and returns the bytes of one
+    /// row; a bad weight is [`ComputeError::BadWeight`] naming it.
     pub fn row_bytes(&self) -> Result<usize> {
         let bad = |reason: String| ComputeError::BadWeight {
             name: self.name.to_string(),
@@ -105,9 +105,7 @@ impl WeightDesc<'_> {
                 self.ty,
                 self.ty.block_size()
             ))
-        })?;
-        let row_bytes =
-            usize::try_from(row_bytes).map_err(|_| bad(format!("a row of {row_bytes} bytes")))?;
+        })? as usize;
         let want = row_bytes.checked_mul(self.rows);
         if want != Some(self.bytes.len()) {
             return Err(bad(format!(
@@ -354,6 +352,17 @@ pub struct AttentionParams {
     pub sinks: Option<WeightId>,
 }
 
+/// One product of [`ComputeBackend::linear`]: `out = x · weightᵀ + bias`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Linear {
+    /// Where the product goes.
+    pub out: TensorId,
+    /// The weight, `[out cols, x cols]`.
+    pub weight: WeightId,
+    /// A vector of `out`'s width added to every row, if any.
+    pub bias: Option<WeightId>,
+}
+
 /// One expert of a mixture-of-experts MLP: gate, up and down projections (each a weight of
 /// its own, usually cut from the GGUF's stacked expert tensors) and their optional biases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -546,8 +555,54 @@ pub trait ComputeBackend: Send {
         }
         Ok(())
     }
+    /// `outs[i].out = x · outs[i].weightᵀ + outs[i].bias` for each product: the projections
+    /// of one input with their biases (q, k and v of qwen2; each of gpt2's), as one op so
+    /// that a backend can add a bias as it stores the product. The outputs must be distinct.
+    /// By default [`ComputeBackend::matmul_group`], then [`ComputeBackend::add_bias`] per
+    /// bias, in order.
+    fn linear(&mut self, x: TensorId, outs: &[Linear], rows: usize) -> Result<()> {
+        let products: Vec<(TensorId, WeightId)> = outs.iter().map(|l| (l.out, l.weight)).collect();
+        self.matmul_group(x, &products, rows)?;
+        for l in outs {
+            if let Some(bias) = l.bias {
+                self.add_bias(l.out, bias, rows)?;
+            }
+        }
+        Ok(())
+    }
+    /// The gate and up projections of a SwiGLU MLP and the activation between them:
+    /// `gate.0 = x · gate.1ᵀ`, `up.0 = x · up.1ᵀ`, then `out = silu(gate.0) * up.0`, as one
+    /// op so that a backend can compute all three in one pass. By default
+    /// [`ComputeBackend::matmul_group`] of the two, then [`ComputeBackend::swiglu`].
+    fn matmul_swiglu(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        gate: (TensorId, WeightId),
+        up: (TensorId, WeightId),
+        rows: usize,
+    ) -> Result<()> {
+        self.matmul_group(x, &[gate, up], rows)?;
+        self.swiglu(out, gate.0, up.0, rows)
+    }
     /// `dst[r] += src[r]` (the residual add).
     fn add(&mut self, dst: TensorId, src: TensorId, rows: usize) -> Result<()>;
+    /// The residual add and the RMS norm after it: `x[r] += y[r]`, then
+    /// `out[r] = x[r] / rms(x[r]) * weight`, as one op so that a backend can normalize each
+    /// row as it adds. `out` may be `y` (not `x`). By default [`ComputeBackend::add`], then
+    /// [`ComputeBackend::rms_norm`].
+    fn add_rms_norm(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        y: TensorId,
+        weight: WeightId,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()> {
+        self.add(x, y, rows)?;
+        self.rms_norm(out, x, weight, eps, rows)
+    }
     /// `dst[r] += bias` for a bias vector of `cols` elements.
     fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()>;
     /// `x[r] *= factor` in place (gemma's embedding scale). A backend without it says so
@@ -569,6 +624,21 @@ pub trait ComputeBackend: Send {
         params: &RopeParams,
         rows: usize,
     ) -> Result<()>;
+    /// [`ComputeBackend::rope`] of `q` with `q_params`, then of `k` with `k_params`, at the
+    /// same positions, as one op so that a backend can rotate both in one pass. By default
+    /// the two ropes, in that order.
+    fn rope_qk(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        positions: IndexId,
+        q_params: &RopeParams,
+        k_params: &RopeParams,
+        rows: usize,
+    ) -> Result<()> {
+        self.rope(q, positions, q_params, rows)?;
+        self.rope(k, positions, k_params, rows)
+    }
     /// Stores the keys and values of each row in `cache` where `index` places it, then
     /// computes causal attention: row `r` attends to positions `0..=positions[r]` of its
     /// sequence (the last [`AttentionParams::window`] of them, when set), query head `h`

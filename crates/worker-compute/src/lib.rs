@@ -20,13 +20,14 @@
 #![deny(missing_docs)]
 
 mod backend;
+pub mod conformance;
 pub mod cpu;
 mod error;
 
 pub use backend::{
     AttentionParams, ComputeBackend, ExpertActivation, ExpertWeights, IndexId, KvCacheConfig,
-    KvCacheId, KvIndex, KvLayout, KvType, MoeParams, Result, RopeMode, RopeParams, TensorId,
-    WeightDesc, WeightId, Yarn, KV_BLOCK,
+    KvCacheId, KvIndex, KvLayout, KvType, Linear, MoeParams, Result, RopeMode, RopeParams,
+    TensorId, WeightDesc, WeightId, Yarn, KV_BLOCK,
 };
 pub use cpu::{Activations, CpuBackend, CpuConfig, KernelChoice};
 pub use error::ComputeError;

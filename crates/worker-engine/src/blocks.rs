@@ -12,12 +12,18 @@
 //!
 //! Every cached block's tokens and parent key are kept and compared on a hit, so a hash
 //! collision can never hand a sequence another prefix's entries.
+//!
+//! When asked to, the manager also records what enters the cache (a [`KvEvent::Stored`]
+//! chain per run of newly cached blocks) and what leaves it ([`KvEvent::Removed`]), for
+//! the scheduler to hand to a subscriber after each turn.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
 use worker_compute::{KvCacheConfig, KvLayout, KV_BLOCK};
+
+use crate::kv_events::KvEvent;
 
 /// The chain key of the (empty) prefix before the first block.
 const ROOT: u64 = 0x6c6c_616d_612d_6f72;
@@ -92,6 +98,9 @@ pub(crate) struct BlockManager {
     table: Vec<u32>,
     rows: Vec<Row>,
     stats: KvStats,
+    /// What entered and left the cache since the last [`Self::take_events`], while
+    /// recording.
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockManager {
@@ -125,7 +134,18 @@ impl BlockManager {
                 block_bytes: cfg.block_bytes(),
                 ..KvStats::default()
             },
+            events: None,
         }
+    }
+
+    /// Starts (or stops) recording what enters and leaves the cache.
+    pub(crate) fn record_events(&mut self, on: bool) {
+        self.events = on.then(Vec::new);
+    }
+
+    /// The events recorded since the last call, oldest first.
+    pub(crate) fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Blocks a sequence of `positions` positions holds.
@@ -219,6 +239,9 @@ impl BlockManager {
         }
         let full = (computed.min(tokens.len()) / KV_BLOCK).min(self.rows[row].blocks);
         let mut r = self.rows[row];
+        // The run of blocks this call caches, reported as one chain; a block another
+        // sequence cached first is not this row's to report, and ends the run.
+        let mut run: Option<KvEvent> = None;
         while r.sealed < full {
             let chunk = &tokens[r.sealed * KV_BLOCK..(r.sealed + 1) * KV_BLOCK];
             let key = chain_key(r.last_key, chunk);
@@ -229,11 +252,25 @@ impl BlockManager {
                 b.key = Some(key);
                 b.parent = r.last_key;
                 b.tokens.copy_from_slice(chunk);
+                if self.events.is_some() {
+                    extend_run(&mut run, r.last_key, key, chunk);
+                }
+            } else if let Some(done) = run.take() {
+                self.record(done);
             }
             r.sealed += 1;
             r.last_key = key;
         }
+        if let Some(done) = run {
+            self.record(done);
+        }
         self.rows[row] = r;
+    }
+
+    fn record(&mut self, event: KvEvent) {
+        if let Some(events) = &mut self.events {
+            events.push(event);
+        }
     }
 
     /// Ends the sequence of table row `row`: each of its blocks loses a holder; cached ones
@@ -278,6 +315,10 @@ impl BlockManager {
         let b = &mut self.blocks[id as usize];
         if let Some(key) = b.key.take() {
             self.by_key.remove(&key);
+            match self.events.as_mut().and_then(|e| e.last_mut()) {
+                Some(KvEvent::Removed { hashes }) => hashes.push(key),
+                _ => self.record(KvEvent::Removed { hashes: vec![key] }),
+            }
         }
         self.stats.evictions += 1;
         Some(id)
@@ -287,6 +328,26 @@ impl BlockManager {
     #[cfg(test)]
     fn refs(&self) -> Vec<u32> {
         self.blocks.iter().map(|b| b.refs).collect()
+    }
+}
+
+/// Adds the block keyed `key` (holding `tokens`, after the block keyed `parent`) to the
+/// chain `run`, starting one if there is none.
+fn extend_run(run: &mut Option<KvEvent>, parent: u64, key: u64, tokens: &[u32]) {
+    match run {
+        Some(KvEvent::Stored {
+            hashes, token_ids, ..
+        }) => {
+            hashes.push(key);
+            token_ids.extend_from_slice(tokens);
+        }
+        _ => {
+            *run = Some(KvEvent::Stored {
+                hashes: vec![key],
+                parent: (parent != ROOT).then_some(parent),
+                token_ids: tokens.to_vec(),
+            })
+        }
     }
 }
 

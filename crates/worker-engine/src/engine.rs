@@ -13,6 +13,7 @@ use worker_tokenizer::{EncodeOptions, Tokenizer};
 
 use crate::blocks::KvStats;
 use crate::constraint::Grammars;
+use crate::kv_events::KvEventSink;
 use crate::request::{CancelHandle, EventSink, Generation, GenerationRequest, Prompt};
 use crate::scheduler::{Command, EndRules, Job, LoopConfig, Scheduler};
 use crate::EngineError;
@@ -179,6 +180,23 @@ impl Engine {
     /// The KV pool's counters as of the engine's last turn.
     pub fn kv_stats(&self) -> KvStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// From now on, tells `sink` after every turn which full blocks entered the prefix cache
+    /// and which left it (see [`crate::KvEvent`]); replaces an earlier sink. Subscribe before
+    /// the first request for the subscriber to see every block the cache holds. Fails when
+    /// the prefix cache is off, since nothing would ever be reported.
+    pub fn report_kv_events(&self, sink: Box<dyn KvEventSink>) -> Result<(), EngineError> {
+        if !self.info.prefix_cache {
+            return Err(EngineError::Config(
+                "KV events report the prefix cache, which is off (disabled, or a backend \
+                 whose KV cache is not paged)"
+                    .into(),
+            ));
+        }
+        self.commands
+            .send(Command::ReportKvEvents(sink))
+            .map_err(|_| EngineError::ShutDown)
     }
 
     /// The tokenizer the engine uses.

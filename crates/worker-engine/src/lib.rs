@@ -30,7 +30,9 @@
 //! running request: vLLM's automatic prefix caching), then runs one forward call carrying the
 //! next token of every generating slot plus prompt chunks up to a token budget (chunked
 //! prefill: a long prompt never stalls the others for more than a chunk, and the chunk is
-//! sized from measured step times so that their inter-token latency stays bounded).
+//! sized from measured step times so that their inter-token latency stays bounded). After
+//! every turn, a subscriber given to [`Engine::report_kv_events`] is told which full blocks
+//! entered and left the prefix cache ([`KvEvent`], what vLLM's KV events carry).
 //!
 //! **Architecture invariants**: this crate does no network IO and knows no wire format (no
 //! serde, no HTTP); it never names a concrete backend. Every request that
@@ -44,6 +46,7 @@ mod blocks;
 mod constraint;
 mod engine;
 mod error;
+mod kv_events;
 mod pace;
 mod request;
 mod scheduler;
@@ -53,9 +56,10 @@ pub use blocks::KvStats;
 pub use constraint::{Constraint, MAX_CONSTRAINT_BYTES};
 pub use engine::{Engine, EngineConfig, EngineInfo};
 pub use error::EngineError;
+pub use kv_events::{KvEvent, KvEventSink};
 pub use request::{
     CancelHandle, Completion, Event, EventSink, Generation, GenerationRequest, Prompt, StopReason,
     Timings, TokenEvent,
 };
 pub use worker_common::SamplingConfig;
-pub use worker_compute::{KvType, KV_BLOCK};
+pub use worker_compute::{ComputeBackend, KvType, KV_BLOCK};

@@ -16,6 +16,7 @@ use worker_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::blocks::{BlockManager, KvStats};
 use crate::constraint::MaskWorker;
+use crate::kv_events::{KvEventSink, KvReporter};
 use crate::pace::Pace;
 use crate::request::{CancelHandle, Completion, Event, EventSink, StopReason, Timings, TokenEvent};
 use crate::stop::{StopCheck, StopMatcher};
@@ -24,6 +25,9 @@ use crate::EngineError;
 /// A message to the engine thread.
 pub(crate) enum Command {
     Submit(Box<Job>),
+    /// Report what enters and leaves the prefix cache from now on to this sink (replacing
+    /// any earlier one).
+    ReportKvEvents(Box<dyn KvEventSink>),
     Shutdown,
 }
 
@@ -371,6 +375,8 @@ pub(crate) struct Scheduler<'t> {
     blocks: BlockManager,
     /// Where the pool's counters are published after every turn.
     stats: Arc<Mutex<KvStats>>,
+    /// Who is told after every turn what entered and left the prefix cache.
+    kv_reporter: Option<KvReporter>,
     admitted: u64,
     logits: Vec<f32>,
     vocab: usize,
@@ -404,6 +410,7 @@ impl<'t> Scheduler<'t> {
             pace: Pace::new(config.prefill_chunk.clamp(1, max_batch)),
             blocks,
             stats,
+            kv_reporter: None,
             admitted: 0,
             model,
             backend,
@@ -417,21 +424,35 @@ impl<'t> Scheduler<'t> {
         loop {
             if self.is_idle() {
                 match commands.recv() {
-                    Ok(Command::Submit(job)) => self.queue.push_back(job),
                     Ok(Command::Shutdown) | Err(_) => return self.shutdown(),
+                    Ok(command) => self.take(command),
                 }
             }
             loop {
                 match commands.try_recv() {
-                    Ok(Command::Submit(job)) => self.queue.push_back(job),
                     Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
                         return self.shutdown()
                     }
+                    Ok(command) => self.take(command),
                     Err(TryRecvError::Empty) => break,
                 }
             }
-            self.step();
+            if !self.is_idle() {
+                self.step();
+            }
             self.publish();
+        }
+    }
+
+    /// Takes a command other than [`Command::Shutdown`].
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Submit(job) => self.queue.push_back(job),
+            Command::ReportKvEvents(sink) => {
+                self.blocks.record_events(true);
+                self.kv_reporter = Some(KvReporter::new(sink));
+            }
+            Command::Shutdown => {}
         }
     }
 
@@ -439,9 +460,16 @@ impl<'t> Scheduler<'t> {
         self.queue.is_empty() && self.slots.iter().all(Option::is_none)
     }
 
-    fn publish(&self) {
+    /// Publishes the pool's counters and hands the turn's cache changes to the subscriber.
+    fn publish(&mut self) {
         if let Ok(mut s) = self.stats.lock() {
             *s = self.blocks.stats();
+        }
+        if let Some(reporter) = &mut self.kv_reporter {
+            if !reporter.deliver(self.blocks.take_events()) {
+                self.kv_reporter = None;
+                self.blocks.record_events(false);
+            }
         }
     }
 

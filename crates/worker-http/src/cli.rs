@@ -1,17 +1,19 @@
-//! The `serve` flags every worker binary shares, and the start-up sequence: bind (answering
-//! "loading" while the binary loads the model), then announce, call back, serve until
-//! SIGTERM/SIGINT.
+//! The `serve` flags every worker binary shares, and the start-up sequence every binary's
+//! `serve` runs through [`serve_model`]: bind (answering "loading" while the model loads),
+//! open the file, make the binary's backend, load the engine, then announce, call back,
+//! serve until SIGTERM/SIGINT.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use worker_common::{DeviceInfo, MemoryArchitecture, ReadyCallback};
-use worker_engine::{Engine, EngineConfig, KvType};
+use worker_engine::{ComputeBackend, Engine, EngineConfig, KvType};
+use worker_gguf::GgufFile;
 
 use crate::{
-    send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, LoadingPort, ModelCard,
-    Server, ServerConfig,
+    send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, KvEventPublisher,
+    KvEventsConfig, LoadingPort, ModelCard, Server, ServerConfig,
 };
 
 /// Flags of `serve` (llama-orch's worker contract). Every flag is also read from the
@@ -98,6 +100,19 @@ pub struct ServeArgs {
     #[arg(long, env = "WORKER_DRAIN_TIMEOUT_SEC", default_value_t = 3.0,
           value_parser = parse_drain_timeout)]
     pub drain_timeout_sec: f64,
+    /// Publish the prefix cache's changes as vLLM KV events on a ZeroMQ PUB socket bound
+    /// here, e.g. `tcp://*:5557`, for vllm-router's `kv_aware` policy
+    /// (`--kv-event-source WORKER_URL=tcp://HOST:5557`). Needs the prefix cache.
+    #[arg(long, env = "WORKER_KV_EVENTS_ENDPOINT")]
+    pub kv_events_endpoint: Option<String>,
+    /// Also answer replay requests (the last 10000 batches of KV events) on a ZeroMQ ROUTER
+    /// socket bound here, e.g. `tcp://*:5558` (the router's `--kv-event-replay-source`).
+    #[arg(
+        long,
+        env = "WORKER_KV_EVENTS_REPLAY_ENDPOINT",
+        requires = "kv_events_endpoint"
+    )]
+    pub kv_events_replay_endpoint: Option<String>,
 }
 
 /// `--drain-timeout-sec`: a number of seconds in [0, 3].
@@ -154,6 +169,16 @@ impl ServeArgs {
         }
     }
 
+    /// Where to publish KV events, if anywhere.
+    pub fn kv_events(&self) -> Option<KvEventsConfig> {
+        self.kv_events_endpoint
+            .as_ref()
+            .map(|endpoint| KvEventsConfig {
+                endpoint: endpoint.clone(),
+                replay_endpoint: self.kv_events_replay_endpoint.clone(),
+            })
+    }
+
     /// The model id clients see.
     pub fn model_id(&self) -> String {
         self.model_name.clone().unwrap_or_else(|| {
@@ -175,6 +200,87 @@ pub struct WorkerKind {
     pub device: Option<DeviceInfo>,
 }
 
+/// A backend for a model: what a binary gives [`serve_model`].
+pub type BackendResult = Result<Box<dyn ComputeBackend>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A worker binary's `serve`: logging on stderr (`RUST_LOG`, `info` by default), the port
+/// bound at once (answering 503 "loading", so probes can tell loading from dead), the model
+/// file mapped, `backend(file, config)` called for the backend (a GPU binary checks free
+/// memory against the model there), the engine and card loaded by [`load_model`], the file
+/// unmapped, then [`run_blocking`] until SIGTERM/SIGINT.
+pub fn serve_model(
+    args: &ServeArgs,
+    kind: WorkerKind,
+    backend: impl FnOnce(&GgufFile, &EngineConfig) -> BackendResult,
+) -> Result<(), HttpError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if args.slots == 0 {
+        return Err(HttpError::Flags("--slots must be at least 1".into()));
+    }
+    let port = LoadingPort::bind(&args.host, args.port).map_err(|e| HttpError::Listen {
+        addr: format!("{}:{}", args.host, args.port),
+        source: Box::new(e),
+    })?;
+    let start = Instant::now();
+    let worker_type = kind.worker_type.as_str();
+    tracing::info!(model = %args.model.display(), slots = args.slots, worker_type, "loading model");
+    let file = GgufFile::open(&args.model).map_err(|e| load_error(&args.model, e))?;
+    tracing::info!(
+        tensors = file.tensors().len(),
+        ms = start.elapsed().as_millis() as u64,
+        "model file mapped; uploading weights"
+    );
+    let config = args.engine_config();
+    let be = backend(&file, &config).map_err(HttpError::Backend)?;
+    let (engine, card) = load_model(&file, &args.model, be, config, args.model_id())?;
+    // The backend holds its own copy of the weights and the card everything else the server
+    // needs: unmap the file, so its pages do not stay resident beside that copy.
+    drop(file);
+    let info = engine.info();
+    tracing::info!(
+        ms = start.elapsed().as_millis() as u64,
+        memory_bytes = card.memory_bytes,
+        kv_type = info.kv_type.as_str(),
+        kv_pool_bytes = info.kv_pool_bytes,
+        quant = card.quant_kind,
+        "model loaded"
+    );
+    run_blocking(args, port, Arc::new(engine), card, kind)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Everything [`serve_model`] builds from the file before it serves: the engine on
+/// `backend` (hyper-parameters checked against the tensors, tokenizer, every weight
+/// uploaded after its shape is checked) and the model card (chat template). A binary's
+/// `check` runs this same function, so the two accept and refuse the same files.
+pub fn load_model(
+    file: &GgufFile,
+    path: &Path,
+    backend: Box<dyn ComputeBackend>,
+    config: EngineConfig,
+    model_id: String,
+) -> Result<(Engine, ModelCard), HttpError> {
+    let engine = Engine::load(file, backend, config).map_err(|e| load_error(path, e))?;
+    let card =
+        ModelCard::from_gguf(model_id, file, &engine.info()).map_err(|e| load_error(path, e))?;
+    Ok((engine, card))
+}
+
+fn load_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> HttpError {
+    HttpError::Load {
+        model: path.display().to_string(),
+        source: Box::new(e),
+    }
+}
+
 /// [`run`] on a two-thread async runtime of its own, for a worker binary's `serve`: returns
 /// when the server has stopped, after giving open connections half a second to close.
 pub fn run_blocking(
@@ -194,8 +300,10 @@ pub fn run_blocking(
 }
 
 /// Takes the socket over from `port` (bound before the model loaded, answering "loading"),
-/// prints `listening on http://ADDR` on stdout, sends the ready callback (if asked), then
-/// serves until SIGTERM/SIGINT. A failed callback stops the server and is returned.
+/// starts publishing KV events (if asked; before any request, so that the subscribers see
+/// every cached block), prints `listening on http://ADDR` on stdout, sends the ready
+/// callback (if asked), then serves until SIGTERM/SIGINT. A failed callback stops the server
+/// and is returned.
 pub async fn run(
     args: &ServeArgs,
     port: LoadingPort,
@@ -204,6 +312,9 @@ pub async fn run(
     kind: WorkerKind,
 ) -> Result<(), HttpError> {
     let memory_bytes = card.memory_in_use(&engine.kv_stats());
+    if let Some(kv_events) = args.kv_events() {
+        KvEventPublisher::bind(&kv_events).await?.start(&engine)?;
+    }
     let listener = tokio::net::TcpListener::from_std(port.into_listener()?)?;
     let addr = listener.local_addr()?;
     let uri = format!("http://{addr}");

@@ -6,15 +6,44 @@ use worker_common::ErrorCode;
 use worker_engine::EngineError;
 
 /// What can go wrong setting up or running the server (request errors are responses, not
-/// [`HttpError`]s). Messages carry their cause; none chains it as a `source()` too.
+/// [`HttpError`]s). `Io`, `Model` and `Callback` carry their cause in the message; `Listen`
+/// and `Load` say what failed and chain the cause as their `source()`; `Backend` is the
+/// backend's own error. None says its cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The flags ask for a server that cannot run (`--slots 0`).
+    #[error("{0}")]
+    Flags(String),
+    /// The port could not be taken.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        #[source]
+        source: Box<HttpError>,
+    },
+    /// The binary could not open its backend (no device, a model too large for it).
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The model file could not be opened, checked or loaded.
+    #[error("cannot load model {model}")]
+    Load {
+        /// The file, as given.
+        model: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Binding or serving failed.
     #[error("server I/O: {0}")]
     Io(std::io::Error),
     /// The model's metadata lacks what the server reports about it.
     #[error("model metadata: {0}")]
     Model(String),
+    /// KV events cannot be published (a socket that does not bind, no prefix cache).
+    #[error("KV events: {0}")]
+    KvEvents(String),
     /// The ready callback could not be delivered.
     #[error("ready callback to {url} failed: {reason}")]
     Callback {

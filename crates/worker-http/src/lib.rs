@@ -1,8 +1,9 @@
 //! The worker's HTTP face: the llama-orch routes (`/execute` as Server-Sent Events, `/cancel`,
 //! `/health`), the OpenAI-compatible routes (`/v1/chat/completions`, `/v1/completions`,
 //! `/v1/models`), `/tokenize`, `/detokenize`, Prometheus `/metrics`, validation, bearer auth,
-//! correlation ids, the bounded wait queue and the ready callback. Every worker binary
-//! (`worker-cpud`, `worker-orcd`) serves through it unchanged.
+//! correlation ids, the bounded wait queue and the ready callback; and, beside HTTP, the
+//! publisher of the engine's KV events over ZeroMQ for KV-aware routers ([`KvEventPublisher`]).
+//! Every worker binary (`worker-cpud`, `worker-orcd`) serves through it unchanged.
 //!
 //! ```no_run
 //! # async fn run(engine: worker_engine::Engine, file: &worker_gguf::GgufFile) -> Result<(), worker_http::HttpError> {
@@ -15,9 +16,10 @@
 //! # }
 //! ```
 //!
-//! **Architecture invariants**: this is the only crate that knows JSON and HTTP; the types it
-//! gets from `worker-engine` and `worker-common` are plain and are converted here, by hand or
-//! through the serde structs of the `openai` module. It must not run the model or sample:
+//! **Architecture invariants**: this is the only crate that knows JSON and HTTP (and the KV
+//! events' MessagePack and ZeroMQ); the types it gets from `worker-engine` and
+//! `worker-common` are plain and are converted here, by hand or through the serde structs of
+//! the `openai` and `kv_events` modules. It must not run the model or sample:
 //! every generation goes through [`worker_engine::Engine`]. No request may panic the process,
 //! and prompt or output text is never logged above debug level nor echoed in an error.
 #![deny(missing_docs)]
@@ -30,6 +32,7 @@ mod error;
 mod execute;
 pub mod fuzzing;
 mod json;
+mod kv_events;
 mod limits;
 mod loading;
 mod metrics;
@@ -45,8 +48,9 @@ mod tools;
 mod validate;
 
 pub use callback::send_ready_callback;
-pub use cli::{run, run_blocking, ServeArgs, WorkerKind};
+pub use cli::{load_model, run, run_blocking, serve_model, BackendResult, ServeArgs, WorkerKind};
 pub use error::HttpError;
+pub use kv_events::{KvEventPublisher, KvEventsConfig};
 pub use limits::ConnectionLimits;
 pub use loading::LoadingPort;
 pub use model::ModelCard;

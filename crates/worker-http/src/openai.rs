@@ -1,4 +1,5 @@
-//! The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
+//! The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
+//! and vLLM's `/render` twins of the first two ([`render`]).
 //!
 //! Requests are parsed and validated in [`request`]; this module runs them and answers.
 //! Streaming answers are `data: {chunk}` lines ending with `data: [DONE]`.
@@ -25,6 +26,7 @@ use crate::state::{AppState, Running, Step};
 use crate::tools::{self, Tools};
 use crate::{constrain, json, time};
 
+pub(crate) mod render;
 pub(crate) mod request;
 pub(crate) mod response;
 

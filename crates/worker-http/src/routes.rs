@@ -57,6 +57,8 @@ impl Server {
             .route("/v1/models", get(openai::models))
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/v1/completions", post(openai::completions))
+            .route("/v1/chat/completions/render", post(openai::render::chat))
+            .route("/v1/completions/render", post(openai::render::completion))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(state.config.body_limit))

@@ -7,11 +7,12 @@
 //! at load time (see [`crate::weights`]).
 
 use worker_compute::{
-    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, RopeMode, RopeParams, TensorId,
-    WeightId,
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, Linear, RopeMode, RopeParams,
+    TensorId, WeightId,
 };
 use worker_gguf::{GgufFile, HyperParams, RopeScaling};
 
+use crate::buffers::{attention_tensors, logit_tensors, BufferTable};
 use crate::kv::KvBinding;
 use crate::weights::{has, upload, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
@@ -87,6 +88,19 @@ struct Buffers {
     logits: TensorId,
     tokens: IndexId,
     logit_rows: IndexId,
+}
+
+/// The shapes of [`Buffers`], field by field: every row-wise tensor has room for
+/// `max_batch` rows, `last` and `logits` for `max_logit_rows`.
+pub(crate) fn buffer_table(hp: &HyperParams, opts: &LoadOptions) -> BufferTable<12, 2> {
+    let (b, l) = (opts.max_batch, opts.max_logit_rows);
+    let [x, h, q, k, v, attn, o] = attention_tensors(hp, b);
+    let mlp = (b, hp.feed_forward_length as usize);
+    let [last, logits] = logit_tensors(hp, l);
+    BufferTable {
+        tensors: [x, h, q, k, v, attn, o, mlp, mlp, mlp, last, logits],
+        indices: [b, l],
+    }
 }
 
 pub(crate) struct Decoder {
@@ -244,22 +258,23 @@ impl Decoder {
 
         let kv = KvBinding::alloc(backend, &hp, &opts)?;
         let max_positions = opts.max_positions.min(hp.context_length as usize).max(1);
-        let b = opts.max_batch;
+        let ([x, h, q, k, v, attn, o, gate, up, act, last, logits], [tokens, logit_rows]) =
+            buffer_table(&hp, &opts).alloc(backend)?;
         let buf = Buffers {
-            x: backend.alloc_tensor(b, d)?,
-            h: backend.alloc_tensor(b, d)?,
-            q: backend.alloc_tensor(b, nh * hd)?,
-            k: backend.alloc_tensor(b, nkv * hd)?,
-            v: backend.alloc_tensor(b, nkv * vhd)?,
-            attn: backend.alloc_tensor(b, nh * vhd)?,
-            o: backend.alloc_tensor(b, d)?,
-            gate: backend.alloc_tensor(b, ff)?,
-            up: backend.alloc_tensor(b, ff)?,
-            act: backend.alloc_tensor(b, ff)?,
-            last: backend.alloc_tensor(opts.max_logit_rows, d)?,
-            logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
-            tokens: backend.alloc_index(b)?,
-            logit_rows: backend.alloc_index(opts.max_logit_rows)?,
+            x,
+            h,
+            q,
+            k,
+            v,
+            attn,
+            o,
+            gate,
+            up,
+            act,
+            last,
+            logits,
+            tokens,
+            logit_rows,
         };
         let attn = AttentionParams {
             heads: nh,
@@ -293,20 +308,37 @@ impl Decoder {
 }
 
 impl Decoder {
-    /// `x += o`, or `x += rms_norm(o) * post_norm` where the block has a post-norm.
-    fn residual(
+    /// A block's output as the residual stream receives it: `o`, or `rms_norm(o) *
+    /// post_norm` (in `h`) where the block has a post-norm. It is added into `x` by the
+    /// [`Decoder::norm`] that follows.
+    fn block_output(
         &self,
         be: &mut dyn ComputeBackend,
         post_norm: Option<WeightId>,
         n: usize,
-    ) -> Result<(), ModelError> {
+    ) -> Result<TensorId, ModelError> {
         let b = &self.buf;
         match post_norm {
             Some(w) => {
                 be.rms_norm(b.h, b.o, w, self.eps, n)?;
-                be.add(b.x, b.h, n)?;
+                Ok(b.h)
             }
-            None => be.add(b.x, b.o, n)?,
+            None => Ok(b.o),
+        }
+    }
+
+    /// `h = rms_norm(x) * weight`, after adding the pending block output into `x`.
+    fn norm(
+        &self,
+        be: &mut dyn ComputeBackend,
+        pending: Option<TensorId>,
+        weight: WeightId,
+        n: usize,
+    ) -> Result<(), ModelError> {
+        let b = &self.buf;
+        match pending {
+            Some(y) => be.add_rms_norm(b.h, b.x, y, weight, self.eps, n)?,
+            None => be.rms_norm(b.h, b.x, weight, self.eps, n)?,
         }
         Ok(())
     }
@@ -341,14 +373,13 @@ impl Model for Decoder {
         if let Some(s) = self.embed_scale {
             be.scale(b.x, s, n)?;
         }
+        // The last block's output, added into `x` by the norm after it.
+        let mut pending = None;
         for (i, l) in self.layers.iter().enumerate() {
-            be.rms_norm(b.h, b.x, l.attn_norm, self.eps, n)?;
-            be.matmul_group(b.h, &[(b.q, l.wq), (b.k, l.wk), (b.v, l.wv)], n)?;
-            for (out, bias) in [(b.q, l.bq), (b.k, l.bk), (b.v, l.bv)] {
-                if let Some(bias) = bias {
-                    be.add_bias(out, bias, n)?;
-                }
-            }
+            self.norm(be, pending.take(), l.attn_norm, n)?;
+            let qkv = [(b.q, l.wq, l.bq), (b.k, l.wk, l.bk), (b.v, l.wv, l.bv)]
+                .map(|(out, weight, bias)| Linear { out, weight, bias });
+            be.linear(b.h, &qkv, n)?;
             for (x, norm, heads) in [
                 (b.q, l.q_norm, l.rope_q.heads),
                 (b.k, l.k_norm, l.rope_k.heads),
@@ -357,8 +388,7 @@ impl Model for Decoder {
                     be.rms_norm_heads(x, norm, self.eps, heads, n)?;
                 }
             }
-            be.rope(b.q, kv.positions, &l.rope_q, n)?;
-            be.rope(b.k, kv.positions, &l.rope_k, n)?;
+            be.rope_qk(b.q, b.k, kv.positions, &l.rope_q, &l.rope_k, n)?;
             let attn = AttentionParams {
                 layer: i,
                 window: l.window,
@@ -366,21 +396,21 @@ impl Model for Decoder {
             };
             be.attention(b.attn, b.q, b.k, b.v, self.kv.cache, &kv, &attn, n)?;
             be.matmul(b.o, b.attn, l.wo, n)?;
-            self.residual(be, l.post_attn_norm, n)?;
-            be.rms_norm(b.h, b.x, l.ffn_norm, self.eps, n)?;
-            be.matmul_group(b.h, &[(b.gate, l.gate), (b.up, l.up)], n)?;
+            let attn_out = self.block_output(be, l.post_attn_norm, n)?;
+            self.norm(be, Some(attn_out), l.ffn_norm, n)?;
             let act = if self.gelu_gate {
+                be.matmul_group(b.h, &[(b.gate, l.gate), (b.up, l.up)], n)?;
                 be.gelu(b.gate, n)?;
                 be.mul(b.gate, b.up, n)?;
                 b.gate
             } else {
-                be.swiglu(b.act, b.gate, b.up, n)?;
+                be.matmul_swiglu(b.act, b.h, (b.gate, l.gate), (b.up, l.up), n)?;
                 b.act
             };
             be.matmul(b.o, act, l.down, n)?;
-            self.residual(be, l.post_ffn_norm, n)?;
+            pending = Some(self.block_output(be, l.post_ffn_norm, n)?);
         }
-        be.rms_norm(b.h, b.x, self.output_norm, self.eps, n)?;
+        self.norm(be, pending, self.output_norm, n)?;
         if nl > 0 {
             be.gather_rows(b.last, b.h, b.logit_rows, nl)?;
             be.matmul(b.logits, b.last, self.output, nl)?;

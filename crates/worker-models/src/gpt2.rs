@@ -3,9 +3,12 @@
 //! (rows: q, then k, then v; split by rows at load time), no rope, a GELU MLP with biases,
 //! and a final LayerNorm. Without `output.weight` the logits use the token embeddings.
 
-use worker_compute::{AttentionParams, ComputeBackend, IndexId, KvCacheConfig, TensorId, WeightId};
+use worker_compute::{
+    AttentionParams, ComputeBackend, IndexId, KvCacheConfig, Linear, TensorId, WeightId,
+};
 use worker_gguf::{GgufFile, HyperParams};
 
+use crate::buffers::{attention_tensors, logit_tensors, BufferTable};
 use crate::kv::KvBinding;
 use crate::weights::{has, upload, upload_row_split, upload_vec_split};
 use crate::{Batch, LoadOptions, Model, ModelError};
@@ -19,20 +22,20 @@ struct Norm {
 
 /// A projection and its bias.
 #[derive(Clone, Copy)]
-struct Linear {
+struct Projection {
     weight: WeightId,
     bias: WeightId,
 }
 
 struct Layer {
     attn_norm: Norm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    attn_output: Linear,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    attn_output: Projection,
     ffn_norm: Norm,
-    up: Linear,
-    down: Linear,
+    up: Projection,
+    down: Projection,
 }
 
 /// Activation buffers, allocated once for `max_batch` rows.
@@ -49,6 +52,19 @@ struct Buffers {
     logits: TensorId,
     tokens: IndexId,
     logit_rows: IndexId,
+}
+
+/// The shapes of [`Buffers`], field by field: every row-wise tensor has room for
+/// `max_batch` rows, `last` and `logits` for `max_logit_rows`.
+pub(crate) fn buffer_table(hp: &HyperParams, opts: &LoadOptions) -> BufferTable<10, 2> {
+    let (b, l) = (opts.max_batch, opts.max_logit_rows);
+    let [x, h, q, k, v, attn, o] = attention_tensors(hp, b);
+    let up = (b, hp.feed_forward_length as usize);
+    let [last, logits] = logit_tensors(hp, l);
+    BufferTable {
+        tensors: [x, h, q, k, v, attn, o, up, last, logits],
+        indices: [b, l],
+    }
 }
 
 struct Gpt2 {
@@ -83,8 +99,8 @@ fn linear(
     prefix: &str,
     cols: usize,
     rows: usize,
-) -> Result<Linear, ModelError> {
-    Ok(Linear {
+) -> Result<Projection, ModelError> {
+    Ok(Projection {
         weight: upload(file, be, &format!("{prefix}.weight"), cols, rows)?,
         bias: upload(file, be, &format!("{prefix}.bias"), rows, 1)?,
     })
@@ -122,15 +138,15 @@ pub(crate) fn load(
         let [bq, bk, bv] = upload_vec_split(file, backend, &t("attn_qkv.bias"), parts)?;
         layers.push(Layer {
             attn_norm: norm(file, backend, &t("attn_norm"), d)?,
-            q: Linear {
+            q: Projection {
                 weight: wq,
                 bias: bq,
             },
-            k: Linear {
+            k: Projection {
                 weight: wk,
                 bias: bk,
             },
-            v: Linear {
+            v: Projection {
                 weight: wv,
                 bias: bv,
             },
@@ -143,20 +159,21 @@ pub(crate) fn load(
 
     let kv = KvBinding::alloc(backend, &hp, &opts)?;
     let max_positions = opts.max_positions.min(ctx).max(1);
-    let b = opts.max_batch;
+    let ([x, h, q, k, v, attn, o, up, last, logits], [tokens, logit_rows]) =
+        buffer_table(&hp, &opts).alloc(backend)?;
     let buf = Buffers {
-        x: backend.alloc_tensor(b, d)?,
-        h: backend.alloc_tensor(b, d)?,
-        q: backend.alloc_tensor(b, nh * hd)?,
-        k: backend.alloc_tensor(b, nkv * hd)?,
-        v: backend.alloc_tensor(b, nkv * vhd)?,
-        attn: backend.alloc_tensor(b, nh * vhd)?,
-        o: backend.alloc_tensor(b, d)?,
-        up: backend.alloc_tensor(b, ff)?,
-        last: backend.alloc_tensor(opts.max_logit_rows, d)?,
-        logits: backend.alloc_tensor(opts.max_logit_rows, vocab)?,
-        tokens: backend.alloc_index(b)?,
-        logit_rows: backend.alloc_index(opts.max_logit_rows)?,
+        x,
+        h,
+        q,
+        k,
+        v,
+        attn,
+        o,
+        up,
+        last,
+        logits,
+        tokens,
+        logit_rows,
     };
     let attn = AttentionParams {
         heads: nh,
@@ -192,11 +209,15 @@ impl Gpt2 {
         be: &mut dyn ComputeBackend,
         out: TensorId,
         x: TensorId,
-        l: Linear,
+        p: Projection,
         n: usize,
     ) -> Result<(), ModelError> {
-        be.matmul(out, x, l.weight, n)?;
-        be.add_bias(out, l.bias, n)?;
+        let l = Linear {
+            out,
+            weight: p.weight,
+            bias: Some(p.bias),
+        };
+        be.linear(x, &[l], n)?;
         Ok(())
     }
 }

@@ -66,10 +66,11 @@ impl KvBinding {
         let config = opts.kv_cache_config(hp, stored, backend.kv_layout());
         let cache = backend.alloc_kv_cache(config)?;
         let table_len = config.seqs * config.seq_blocks;
+        let [positions, seqs, block_table] = KvBinding::index_lens(opts, &config);
         let index = KvIndex {
-            positions: backend.alloc_index(opts.max_batch)?,
-            seqs: backend.alloc_index(opts.max_batch)?,
-            block_table: backend.alloc_index(table_len)?,
+            positions: backend.alloc_index(positions)?,
+            seqs: backend.alloc_index(seqs)?,
+            block_table: backend.alloc_index(block_table)?,
         };
         Ok(KvBinding {
             cache,
@@ -77,6 +78,16 @@ impl KvBinding {
             index,
             identity: (0..table_len as u32).collect(),
         })
+    }
+
+    /// Entries of the positions, sequences and block-table index vectors for a pool shaped
+    /// `config` under `opts`.
+    pub fn index_lens(opts: &LoadOptions, config: &KvCacheConfig) -> [usize; 3] {
+        [
+            opts.max_batch,
+            opts.max_batch,
+            config.seqs.saturating_mul(config.seq_blocks),
+        ]
     }
 
     /// Checks the batch's table against the pool and writes the batch's positions,

@@ -20,6 +20,8 @@
 //! unsupported architecture, a missing tensor or a wrong shape is a [`ModelError`] naming it.
 #![deny(missing_docs)]
 
+pub mod bench;
+mod buffers;
 mod decoder;
 mod error;
 mod gemma3;
@@ -31,6 +33,7 @@ mod qwen2;
 mod qwen3;
 mod weights;
 
+pub use buffers::{required_bytes, Footprint};
 pub use error::ModelError;
 pub use worker_gguf::HyperParams;
 

@@ -1,8 +1,11 @@
-//! GGUF `gpt2` tokenizers: byte-level BPE with ranked merges, as llama.cpp's
-//! `llm_tokenizer_bpe_session`.
-//!
-//! The merges run on raw bytes instead of GPT-2's printable byte characters: the mapping is
-//! a bijection, so the result is the same, and the input never has to be re-encoded.
+//! GGUF BPE tokenizers with ranked merges, as llama.cpp's `llm_tokenizer_bpe_session`:
+//! - `gpt2`: byte-level BPE. The merges run on raw bytes instead of GPT-2's printable byte
+//!   characters: the mapping is a bijection, so the result is the same, and the input never
+//!   has to be re-encoded.
+//! - `gemma4`: SentencePiece-style BPE. Tokens are plain UTF-8 with `▁` for a space; the text
+//!   has its spaces replaced by `▁`, is cut into runs of newlines and runs of anything else,
+//!   and merges start from whole characters; a piece that is not a token falls back to its
+//!   bytes as `<0xXX>` tokens.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
@@ -16,11 +19,13 @@ use crate::unicode::{byte_to_char, decode_byte_level};
 use crate::vocab::{attr, gguf_vocab_queries, Fragment, Kind, Vocab};
 use crate::{EncodeOptions, TokenId, Tokenizer};
 
-/// A GGUF byte-level BPE tokenizer (`tokenizer.ggml.model` = `gpt2`).
+/// A GGUF BPE tokenizer (`tokenizer.ggml.model` = `gpt2` or `gemma4`).
 pub struct GgufBpe {
     vocab: Vocab,
     pre: PreTokenizer,
     pre_name: String,
+    /// How token texts spell their bytes.
+    alphabet: Alphabet,
     /// Llama 3 style: a word that is a token is not merged.
     ignore_merges: bool,
     /// Symbol ids by their bytes: ids below the vocabulary size are tokens; the others are
@@ -34,19 +39,43 @@ pub struct GgufBpe {
     pieces: Vec<Box<[u8]>>,
 }
 
+/// How a vocabulary's token texts spell bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Alphabet {
+    /// GPT-2's printable byte characters (`gpt2`).
+    ByteLevel,
+    /// Plain UTF-8 with `▁` for a space, and `<0xXX>` byte tokens (`gemma4`).
+    Utf8,
+}
+
+/// The space marker of SentencePiece-style vocabularies.
+const SPACE_MARK: &str = "\u{2581}";
+
 #[derive(Clone, Copy)]
 struct Sym {
     id: u32,
     prev: u32,
     next: u32,
+    /// The symbol's bytes in the word: `start..start + len`.
+    start: u32,
+    len: u32,
 }
 
 const NONE: u32 = u32::MAX;
+/// A character that is no token and in no merge: it falls back to its bytes.
+const UNKNOWN: u32 = u32::MAX - 1;
 
 impl GgufBpe {
     /// Builds the tokenizer from GGUF metadata.
     pub fn from_metadata(md: &Metadata) -> Result<Self> {
+        let model = md.get_str("tokenizer.ggml.model")?;
+        let alphabet = match model {
+            "gemma4" => Alphabet::Utf8,
+            _ => Alphabet::ByteLevel,
+        };
         let pre_name = match md.get("tokenizer.ggml.pre") {
+            // llama.cpp sets the pre-tokenizer of a `gemma4` vocabulary itself.
+            _ if alphabet == Alphabet::Utf8 => "gemma4".to_string(),
             Some(_) => md.get_str("tokenizer.ggml.pre")?.to_string(),
             None => {
                 tracing::warn!(
@@ -60,12 +89,20 @@ impl GgufBpe {
             pre_name.as_str(),
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral"
         );
-        let vocab = Vocab::from_metadata(md, Kind::Bpe, Some(&pre_name))?;
+        let mut vocab = Vocab::from_metadata(md, Kind::Bpe, Some(&pre_name))?;
+        if alphabet == Alphabet::Utf8 {
+            // llama.cpp overrides a file that says otherwise (its PR 21500).
+            vocab.add_bos = true;
+        }
         let n = vocab.len() as u32;
+        let spell = |t: &str| match alphabet {
+            Alphabet::ByteLevel => decode_byte_level(t),
+            Alphabet::Utf8 => Some(t.as_bytes().to_vec()),
+        };
 
         let mut sym_of_bytes: HashMap<Box<[u8]>, u32> = HashMap::with_capacity(n as usize);
         for (i, t) in vocab.tokens.iter().enumerate() {
-            if let Some(bytes) = decode_byte_level(t) {
+            if let Some(bytes) = spell(t) {
                 sym_of_bytes
                     .entry(bytes.into_boxed_slice())
                     .or_insert(i as u32);
@@ -105,10 +142,7 @@ impl GgufBpe {
             else {
                 continue;
             };
-            let (Some(a), Some(b)) = (
-                decode_byte_level(&m[..pos]),
-                decode_byte_level(&m[pos + 1..]),
-            ) else {
+            let (Some(a), Some(b)) = (spell(&m[..pos]), spell(&m[pos + 1..])) else {
                 // Not made of byte characters: no word can ever contain it.
                 continue;
             };
@@ -129,13 +163,14 @@ impl GgufBpe {
             .tokens
             .iter()
             .zip(&vocab.attrs)
-            .map(|(t, &a)| bpe_piece(t, a).into_boxed_slice())
+            .map(|(t, &a)| bpe_piece(t, a, alphabet).into_boxed_slice())
             .collect();
 
         Ok(Self {
             vocab,
             pre,
             pre_name,
+            alphabet,
             ignore_merges,
             sym_of_bytes,
             extra_syms,
@@ -152,11 +187,14 @@ impl GgufBpe {
 
     fn encode_word(&self, word: &[u8], out: &mut Vec<TokenId>, syms: &mut Vec<Sym>) {
         let n = self.vocab.len() as u32;
-        if word.len() == 1 {
+        if word.len() == 1 && self.alphabet == Alphabet::ByteLevel {
             self.emit(self.byte_sym[word[0] as usize], out);
             return;
         }
-        if self.ignore_merges {
+        // Llama 3 style; and gemma4's runs of newlines (llama.cpp's PR 21343).
+        let whole = self.ignore_merges
+            || (self.alphabet == Alphabet::Utf8 && word.iter().all(|&b| b == b'\n'));
+        if whole {
             if let Some(&id) = self.sym_of_bytes.get(word) {
                 if id < n {
                     out.push(id);
@@ -165,16 +203,39 @@ impl GgufBpe {
             }
         }
         syms.clear();
-        let len = word.len() as u32;
-        syms.extend(word.iter().enumerate().map(|(i, &b)| Sym {
-            id: self.byte_sym[b as usize],
-            prev: if i == 0 { NONE } else { i as u32 - 1 },
-            next: if i as u32 + 1 == len {
+        let sym = |id: u32, start: usize, len: usize| Sym {
+            id,
+            prev: NONE,
+            next: NONE,
+            start: start as u32,
+            len: len as u32,
+        };
+        match self.alphabet {
+            Alphabet::ByteLevel => syms.extend(
+                word.iter()
+                    .enumerate()
+                    .map(|(i, &b)| sym(self.byte_sym[b as usize], i, 1)),
+            ),
+            Alphabet::Utf8 => {
+                // Words are cut from a `&str`, at character boundaries.
+                let text = String::from_utf8_lossy(word);
+                let mut buf = [0u8; 4];
+                syms.extend(text.char_indices().map(|(i, c)| {
+                    let bytes = c.encode_utf8(&mut buf).as_bytes();
+                    let id = self.sym_of_bytes.get(bytes).copied().unwrap_or(UNKNOWN);
+                    sym(id, i, bytes.len())
+                }));
+            }
+        }
+        let len = syms.len() as u32;
+        for (i, s) in syms.iter_mut().enumerate() {
+            s.prev = if i == 0 { NONE } else { i as u32 - 1 };
+            s.next = if i as u32 + 1 == len {
                 NONE
             } else {
                 i as u32 + 1
-            },
-        }));
+            };
+        }
         // (rank, left index, left symbol, right symbol): lowest rank first, then leftmost.
         let mut heap: BinaryHeap<Reverse<(u32, u32, u32, u32)>> = BinaryHeap::new();
         let pair = |syms: &[Sym], l: u32, heap: &mut BinaryHeap<Reverse<(u32, u32, u32, u32)>>| {
@@ -207,6 +268,7 @@ impl GgufBpe {
                 continue;
             };
             syms[l as usize].id = merged;
+            syms[l as usize].len += right.len;
             syms[l as usize].next = right.next;
             syms[r as usize].id = NONE;
             if right.next != NONE {
@@ -218,8 +280,25 @@ impl GgufBpe {
         let mut i = 0u32;
         while i != NONE {
             let s = syms[i as usize];
-            self.emit(s.id, out);
+            match self.alphabet {
+                Alphabet::ByteLevel => self.emit(s.id, out),
+                Alphabet::Utf8 if s.id < n => out.push(s.id),
+                Alphabet::Utf8 => {
+                    let bytes = &word[s.start as usize..(s.start + s.len) as usize];
+                    self.emit_bytes(bytes, out);
+                }
+            }
             i = s.next;
+        }
+    }
+
+    /// Emits `<0xXX>` byte tokens for `bytes` (a piece of a `gemma4` word that is not a
+    /// token), skipping bytes the vocabulary has no token for, as llama.cpp does.
+    fn emit_bytes(&self, bytes: &[u8], out: &mut Vec<TokenId>) {
+        for &b in bytes {
+            if let Some(&t) = self.vocab.token_to_id.get(&format!("<0x{b:02X}>")) {
+                out.push(t);
+            }
         }
     }
 
@@ -252,9 +331,12 @@ impl GgufBpe {
 }
 
 /// What a BPE token prints as, as llama.cpp's `token_to_piece` with `special` = true.
-fn bpe_piece(text: &str, a: u32) -> Vec<u8> {
+fn bpe_piece(text: &str, a: u32, alphabet: Alphabet) -> Vec<u8> {
     if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
         return text.as_bytes().to_vec();
+    }
+    if a & attr::NORMAL != 0 && alphabet == Alphabet::Utf8 {
+        return text.replace(SPACE_MARK, " ").into_bytes();
     }
     if a & attr::NORMAL != 0 {
         // Characters outside GPT-2's byte alphabet are kept as they are (llama.cpp prints an
@@ -296,8 +378,11 @@ impl Tokenizer for GgufBpe {
             match frag {
                 Fragment::Token(id) => out.push(id),
                 Fragment::Text(s, e) => {
-                    let piece = &text[s..e];
-                    self.pre.split(piece, &mut words)?;
+                    let piece = match self.alphabet {
+                        Alphabet::ByteLevel => Cow::Borrowed(&text[s..e]),
+                        Alphabet::Utf8 => Cow::Owned(text[s..e].replace(' ', SPACE_MARK)),
+                    };
+                    self.pre.split(&piece, &mut words)?;
                     for &(ws, we) in &words {
                         self.encode_word(&piece.as_bytes()[ws..we], &mut out, &mut syms);
                     }

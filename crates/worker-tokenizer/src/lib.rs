@@ -123,7 +123,7 @@ pub trait Tokenizer: Send + Sync {
 pub fn from_gguf(md: &Metadata) -> Result<Box<dyn Tokenizer>> {
     let model = md.get_str("tokenizer.ggml.model")?;
     match model {
-        "gpt2" => Ok(Box::new(GgufBpe::from_metadata(md)?)),
+        "gpt2" | "gemma4" => Ok(Box::new(GgufBpe::from_metadata(md)?)),
         "llama" => Ok(Box::new(GgufSpm::from_metadata(md)?)),
         other => Err(TokenizerError::UnsupportedModel(other.to_string())),
     }

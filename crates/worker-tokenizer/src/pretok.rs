@@ -57,6 +57,8 @@ impl PreTokenizer {
                 vec![Step::Llama3 { max_digits: 1 }]
             }
             "qwen35" => vec![regex(QWEN35)?],
+            // SentencePiece-style BPE: runs of newlines and runs of anything else.
+            "gemma4" => vec![regex(r"[^\n]+|[\n]+")?],
             // The class is written with escapes where a character has a canonical singleton
             // decomposition, so that no Unicode normalization of this file can change it.
             "deepseek-llm" => vec![

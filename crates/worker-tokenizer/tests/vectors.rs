@@ -19,6 +19,7 @@ const SUPPORTED: &[&str] = &[
     "starcoder",
     "refact",
     "command-r",
+    "gemma-4",
 ];
 
 fn load(name: &str) -> Box<dyn Tokenizer> {
@@ -31,12 +32,9 @@ fn vectors(name: &str) -> Vec<(String, Vec<u32>)> {
     let path = worker_testdata::vocab(name);
     let inp = std::fs::read_to_string(path.with_extension("gguf.inp")).unwrap();
     let out = std::fs::read_to_string(path.with_extension("gguf.out")).unwrap();
-    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
-    assert_eq!(
-        texts.pop(),
-        Some(""),
-        "{name}: .inp does not end with the marker"
-    );
+    // Texts are separated by the marker; most files also end with it (gemma-4's does not).
+    let inp = inp.strip_suffix("\n__ggml_vocab_test__\n").unwrap_or(&inp);
+    let texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
     let ids: Vec<Vec<u32>> = out
         .lines()
         .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
@@ -83,13 +81,15 @@ fn llama_cpp_vectors_pass() {
     );
 }
 
-/// Vocab files whose tokenizer we do not implement are refused with a clear error.
+/// A vocab file whose tokenizer we do not implement (BERT's WordPiece) is refused with a
+/// clear error.
 #[test]
 fn unsupported_vocabs_are_errors() {
-    for name in ["bert-bge", "gemma-4"] {
-        let path = worker_testdata::vocab(name);
-        let file = worker_gguf::GgufFile::open(&path).unwrap();
-        let err = from_gguf(file.metadata()).err().expect(name).to_string();
-        assert!(err.contains("unsupported tokenizer model"), "{name}: {err}");
-    }
+    let path = worker_testdata::vocab("bert-bge");
+    let file = worker_gguf::GgufFile::open(&path).unwrap();
+    let err = from_gguf(file.metadata())
+        .err()
+        .expect("bert-bge")
+        .to_string();
+    assert!(err.contains("unsupported tokenizer model"), "{err}");
 }

@@ -170,3 +170,109 @@ fn without_the_prefix_cache_nothing_is_reused() {
     assert_eq!(m.stats().blocks_cached, 0);
     assert_eq!(m.start(1, &a), Some(0));
 }
+
+/// The chains and removals recorded since the last call.
+fn events(m: &mut BlockManager) -> Vec<KvEvent> {
+    m.take_events()
+}
+
+fn stored(e: &KvEvent) -> (&[u64], Option<u64>, &[u32]) {
+    match e {
+        KvEvent::Stored {
+            hashes,
+            parent,
+            token_ids,
+        } => (hashes, *parent, token_ids),
+        other => panic!("not a store: {other:?}"),
+    }
+}
+
+#[test]
+fn sealed_blocks_are_reported_as_chains_that_continue_across_turns() {
+    let mut m = paged(8, 2);
+    m.record_events(true);
+    let a = tokens(0..56);
+    m.start(0, &a).unwrap();
+    m.seal(0, &a, 20);
+    m.seal(0, &a, 50);
+    let got = events(&mut m);
+    assert_eq!(
+        got.len(),
+        2,
+        "one chain per call that cached blocks: {got:?}"
+    );
+    let (first, parent, ids) = stored(&got[0]);
+    assert_eq!((first.len(), parent, ids), (1, None, &a[..16]));
+    let (rest, parent, ids) = stored(&got[1]);
+    assert_eq!(rest.len(), 2);
+    assert_eq!(
+        parent,
+        Some(first[0]),
+        "the chain goes on from the first block"
+    );
+    assert_eq!(ids, &a[16..48]);
+    assert!(events(&mut m).is_empty(), "taken once");
+
+    // The same prompt again is a hit: nothing new enters the cache.
+    m.start(1, &a).unwrap();
+    m.seal(1, &a, 56);
+    assert!(events(&mut m).is_empty());
+}
+
+#[test]
+fn a_block_another_sequence_cached_first_is_not_reported_twice() {
+    let mut m = paged(12, 2);
+    m.record_events(true);
+    let a = tokens(0..48);
+    // Both start before either has computed a block, so neither hits.
+    m.start(0, &a).unwrap();
+    m.start(1, &a).unwrap();
+    m.seal(0, &a, 16);
+    let first = stored(&events(&mut m)[0]).0[0];
+    let mut b = a.clone();
+    b[20] = 999; // row 1 shares the first block's tokens only
+    m.seal(1, &b, 48);
+    let got = events(&mut m);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (keys, parent, ids) = stored(&got[0]);
+    assert_eq!(keys.len(), 2, "the duplicate first block is left out");
+    assert_eq!(
+        parent,
+        Some(first),
+        "and chained to the one already reported"
+    );
+    assert_eq!(ids, &b[16..48]);
+}
+
+#[test]
+fn evicted_blocks_are_reported_removed_with_the_keys_they_were_stored_under() {
+    let mut m = paged(4, 2);
+    m.record_events(true);
+    let a = tokens(0..33);
+    m.start(0, &a).unwrap();
+    m.seal(0, &a, 33);
+    m.release(0);
+    let mut stored_keys = stored(&events(&mut m)[0]).0.to_vec();
+    m.start(1, &tokens(100..164)).unwrap(); // takes both cached blocks
+    let got = events(&mut m);
+    let [KvEvent::Removed { hashes }] = got.as_slice() else {
+        panic!("one removal: {got:?}");
+    };
+    let mut hashes = hashes.clone();
+    hashes.sort_unstable();
+    stored_keys.sort_unstable();
+    assert_eq!(hashes, stored_keys);
+}
+
+#[test]
+fn nothing_is_recorded_unless_asked_or_after_being_told_to_stop() {
+    let mut m = paged(8, 2);
+    let a = tokens(0..40);
+    m.start(0, &a).unwrap();
+    m.seal(0, &a, 20);
+    assert!(events(&mut m).is_empty());
+    m.record_events(true);
+    m.record_events(false);
+    m.seal(0, &a, 40);
+    assert!(events(&mut m).is_empty());
+}

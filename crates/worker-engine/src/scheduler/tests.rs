@@ -1,6 +1,8 @@
 //! The loop on a fake model (no fixtures, milliseconds): the model answers every row with
 //! "the previous token plus one" (modulo 63) and records each forward call, so tests can check what
-//! the scheduler batched, in which order, and what it did with the KV blocks.
+//! the scheduler batched, in which order, and what it did with the KV blocks. Slots and the
+//! wait queue, cancellation (running, abandoned and still queued), stop strings, batching of
+//! decode steps and of prompt chunks, a failing forward call, and the KV pool's limits.
 
 use std::borrow::Cow;
 use std::sync::mpsc;
@@ -34,6 +36,8 @@ struct FakeModel {
     calls: mpsc::Sender<Call>,
     /// When set, each forward call first waits for one permit: the test sets the pace.
     gate: Option<mpsc::Receiver<()>>,
+    /// A forward call whose batch holds this token fails.
+    fail_on: Option<u32>,
 }
 
 impl Model for FakeModel {
@@ -62,6 +66,11 @@ impl Model for FakeModel {
             seqs: batch.seqs.to_vec(),
             logit_rows: batch.logit_rows.len(),
         });
+        if let Some(t) = self.fail_on.filter(|t| batch.tokens.contains(t)) {
+            return Err(ModelError::BadBatch(format!(
+                "token {t} breaks the fake model"
+            )));
+        }
         logits.fill(0.0);
         for (j, &r) in batch.logit_rows.iter().enumerate() {
             let next = (batch.tokens[r as usize] + 1) % EOS;
@@ -142,19 +151,20 @@ fn hparams(context: u32) -> HyperParams {
 
 /// An engine on the fake model with `config`'s sizes; the receiver gets every forward call.
 fn fake_engine(config: EngineConfig) -> (Engine, mpsc::Receiver<Call>) {
-    let (engine, calls, _) = engine_with_gate(config, false);
+    let (engine, calls, _) = engine_with_gate(config, false, None);
     (engine, calls)
 }
 
 /// [`fake_engine`] whose forward calls each wait for a permit sent on the returned sender.
 fn gated_engine(config: EngineConfig) -> (Engine, mpsc::Receiver<Call>, mpsc::Sender<()>) {
-    let (engine, calls, gate) = engine_with_gate(config, true);
+    let (engine, calls, gate) = engine_with_gate(config, true, None);
     (engine, calls, gate.unwrap())
 }
 
 fn engine_with_gate(
     config: EngineConfig,
     gated: bool,
+    fail_on: Option<u32>,
 ) -> (Engine, mpsc::Receiver<Call>, Option<mpsc::Sender<()>>) {
     let (permits, gate) = mpsc::channel();
     let hp = hparams(config.context as u32);
@@ -167,6 +177,7 @@ fn engine_with_gate(
         kv,
         calls: tx,
         gate: gated.then_some(gate),
+        fail_on,
     };
     let backend = CpuBackend::new(CpuConfig {
         threads: 1,
@@ -405,4 +416,163 @@ fn a_prompt_waits_for_blocks_held_by_running_sequences() {
     assert_eq!(long.stop_reason, StopReason::ContextFull);
     // 28 tokens fill the pool's 128 positions; the 29th is sampled from the last of them.
     assert_eq!(long.ids.len(), 8 * KV_BLOCK - 100 + 1);
+}
+
+/// The text of every token event of `g`, in order, and how it ended.
+fn stream(g: Generation) -> (Vec<String>, Result<Completion, EngineError>) {
+    let mut texts = Vec::new();
+    for event in g {
+        match event {
+            Event::Token(t) => texts.push(t.text),
+            Event::End(c) => return (texts, Ok(c)),
+            Event::Error(e) => return (texts, Err(e)),
+        }
+    }
+    (texts, Err(EngineError::ShutDown))
+}
+
+#[test]
+fn requests_beyond_the_slots_wait_in_order_and_no_call_carries_more_sequences_than_slots() {
+    let (engine, calls, gate) = gated_engine(EngineConfig {
+        slots: 2,
+        ..config()
+    });
+    // Four one-token prompts that the fake model continues by +1: 1, 11, 21, 31.
+    let gens: Vec<Generation> = (0..4)
+        .map(|i| engine.submit(request(vec![10 * i + 1], 3)).unwrap())
+        .collect();
+    permit(&gate, 100);
+    for (i, g) in gens.into_iter().enumerate() {
+        let start = 10 * i as u32 + 1;
+        assert_eq!(
+            finish(g).unwrap().ids,
+            vec![start + 1, start + 2, start + 3]
+        );
+    }
+    let calls: Vec<Call> = calls.try_iter().collect();
+    let prefilled_in = |prompt: u32| {
+        calls
+            .iter()
+            .position(|c| (0..c.tokens.len()).any(|r| c.tokens[r] == prompt && c.positions[r] == 0))
+            .unwrap()
+    };
+    for c in &calls {
+        let mut seqs = c.seqs.clone();
+        seqs.dedup();
+        assert!(seqs.len() <= 2, "more sequences than slots: {c:?}");
+        assert!(
+            c.seqs.iter().all(|&s| s < 2),
+            "a row outside the slots: {c:?}"
+        );
+    }
+    // Admitted in the order they came: the third before the fourth, and neither before one
+    // of the first two had ended (3 tokens: its prompt's call and two decode calls).
+    assert!(prefilled_in(21) <= prefilled_in(31));
+    assert!(prefilled_in(21) >= prefilled_in(1).min(prefilled_in(11)) + 3);
+}
+
+#[test]
+fn a_request_cancelled_while_queued_ends_cancelled_and_never_runs() {
+    let (engine, calls, gate) = gated_engine(EngineConfig {
+        slots: 1,
+        ..config()
+    });
+    let running = engine.submit(request(vec![1], 5)).unwrap();
+    let queued = engine.submit(request(vec![40], 5)).unwrap();
+    queued.cancel();
+    permit(&gate, 100);
+    let end = finish(queued).unwrap();
+    assert_eq!(end.stop_reason, StopReason::Cancelled);
+    assert!(end.ids.is_empty() && end.text.is_empty(), "{end:?}");
+    assert_eq!(finish(running).unwrap().ids, vec![2, 3, 4, 5, 6]);
+    let calls: Vec<Call> = calls.try_iter().collect();
+    assert!(
+        calls.iter().all(|c| !c.tokens.contains(&40)),
+        "the cancelled prompt ran: {calls:?}"
+    );
+}
+
+#[test]
+fn stop_strings_end_the_text_before_them_and_are_never_streamed_even_in_part() {
+    let (engine, _calls) = fake_engine(config());
+    // Prompt 1 generates 2, 3, 4, 5, … which print as "c", "d", "e", "f", …
+    let stopped = |stop: &str, include_stop: bool| {
+        let req = GenerationRequest {
+            stop: vec!["zz".into(), stop.into()],
+            include_stop,
+            ..request(vec![1], 10)
+        };
+        stream(engine.submit(req).unwrap())
+    };
+    let (texts, end) = stopped("ef", false);
+    let end = end.unwrap();
+    assert_eq!(end.stop_reason, StopReason::StopSequence("ef".into()));
+    assert_eq!((texts.concat().as_str(), end.text.as_str()), ("cd", "cd"));
+    assert!(
+        texts.iter().all(|t| !t.contains('e')),
+        "part of the stop string streamed: {texts:?}"
+    );
+    assert_eq!(
+        end.ids,
+        vec![2, 3, 4, 5],
+        "the tokens up to the one completing the match"
+    );
+    let (_, end) = stopped("ef", true);
+    assert_eq!(end.unwrap().text, "cdef", "include_stop keeps it");
+    // A prefix of a stop string is held back, then let go when the match fails.
+    let (texts, end) = stopped("dx", false);
+    let end = end.unwrap();
+    assert_eq!(end.stop_reason, StopReason::MaxTokens);
+    assert_eq!(end.text, "cdefghijkl");
+    assert_eq!(texts.concat(), "cdefghijkl");
+    assert_eq!(texts[1], "", "'d' waits: it may start \"dx\"");
+    assert_eq!(texts[2], "de");
+}
+
+#[test]
+fn generating_sequences_share_every_decode_call() {
+    let (engine, calls, gate) = gated_engine(EngineConfig {
+        slots: 3,
+        ..config()
+    });
+    let gens: Vec<Generation> = [1u32, 20, 40]
+        .into_iter()
+        .map(|p| engine.submit(request(vec![p], 6)).unwrap())
+        .collect();
+    permit(&gate, 100);
+    for (g, p) in gens.into_iter().zip([1u32, 20, 40]) {
+        assert_eq!(finish(g).unwrap().ids, (p + 1..p + 7).collect::<Vec<u32>>());
+    }
+    let calls: Vec<Call> = calls.try_iter().collect();
+    // Once all three generate, each call carries exactly one decode row per sequence.
+    let shared = calls
+        .iter()
+        .filter(|c| {
+            let mut s = c.seqs.clone();
+            s.sort_unstable();
+            s == [0, 1, 2] && c.positions.iter().all(|&p| p > 0) && c.logit_rows == 3
+        })
+        .count();
+    assert!(shared >= 4, "{calls:?}");
+    let rows: usize = calls.iter().map(|c| c.tokens.len()).sum();
+    assert_eq!(
+        rows,
+        3 * 6,
+        "one row per prompt token and per token fed back"
+    );
+}
+
+#[test]
+fn a_failed_forward_call_ends_the_sequences_in_it_and_the_engine_goes_on() {
+    let (engine, _calls, _) = engine_with_gate(config(), false, Some(41));
+    // 39 generates 40, then feeding 40 gives 41: the call carrying 41 fails.
+    let failed = finish(engine.submit(request(vec![39], 10)).unwrap());
+    match failed {
+        Err(EngineError::Forward(e)) => assert!(e.to_string().contains("token 41"), "{e}"),
+        other => panic!("expected a forward error, got {other:?}"),
+    }
+    let after = finish(engine.submit(request(vec![1], 3)).unwrap());
+    assert_eq!(after.unwrap().ids, vec![2, 3, 4]);
+    let s = wait_for(&engine, |s| s.blocks_used == 0);
+    assert_eq!(s.blocks_used, 0, "the failed sequence gave its blocks back");
 }

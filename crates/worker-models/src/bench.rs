@@ -1,0 +1,129 @@
+//! llama-bench's two throughput tests on a loaded model, the one driver of `cargo xtask bench`
+//! and `worker-orcd bench`.
+//!
+//! The definitions are llama-bench's: `pp` is one batched forward pass over `pp` tokens from
+//! an empty context; `tg` is `tg` single-token forward passes from an empty context, each
+//! feeding the greedy token of the one before. The prompt is fixed pseudo-random ids, as
+//! llama-bench's random tokens. Each test runs once to warm up, then `reps` times; the mean
+//! is reported. Timing is wall clock around the forward calls, which end with the logits
+//! on the host, so device work is inside it.
+
+use std::time::Instant;
+
+use worker_common::argmax;
+use worker_compute::ComputeBackend;
+
+use crate::{LoadOptions, Model, ModelError, SequenceBatch};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchSpec {
+    /// Prompt tokens of the prefill test.
+    pub pp: usize,
+    /// Decode steps of the generation test.
+    pub tg: usize,
+    /// Timed repetitions of each test, after one warm-up.
+    pub reps: usize,
+}
+
+impl BenchSpec {
+    /// Positions the tests write (the prefill's, or the decode steps').
+    pub fn positions(&self) -> usize {
+        self.pp.max(self.tg).max(1)
+    }
+
+    /// Load options that fit the tests: batches of `pp` rows, one sequence of
+    /// [`BenchSpec::positions`] positions plus one.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            max_batch: self.pp.max(1),
+            max_logit_rows: 1,
+            seqs: 1,
+            max_positions: self.positions() + 1,
+            ..LoadOptions::default()
+        }
+    }
+}
+
+/// Where a run is, for a caller that reads counters of its backend around the timed decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// A timed `tg` repetition is about to start.
+    DecodeStart,
+    /// That repetition has ended.
+    DecodeEnd,
+}
+
+/// Mean throughput of each test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throughput {
+    /// Prefill tokens per second.
+    pub pp_tokens_per_s: f64,
+    /// Decode tokens per second.
+    pub tg_tokens_per_s: f64,
+    /// Mean seconds of one decode step.
+    pub step_s: f64,
+    /// The last token the decode chose (to go on decoding after the tests).
+    pub last_token: u32,
+}
+
+/// Runs `spec` on `model`, loaded on `backend` (at least one timed repetition); `mark` is
+/// called (outside the timed spans) around every timed decode repetition.
+pub fn run<B: ComputeBackend>(
+    model: &mut dyn Model,
+    backend: &mut B,
+    spec: &BenchSpec,
+    mut mark: impl FnMut(Mark, &mut B),
+) -> Result<Throughput, ModelError> {
+    let vocab = model.hparams().vocab_size as usize;
+    let mut logits = vec![0f32; vocab];
+    let prompt = prompt(spec.pp, vocab);
+    let prefill = SequenceBatch::new(&prompt, 0, 0, false);
+    let (mut pp_s, mut tg_s) = (0f64, 0f64);
+    let mut token = 0;
+    let reps = spec.reps.max(1);
+    for rep in 0..=reps {
+        let t = Instant::now();
+        if spec.pp > 0 {
+            model.forward(backend, &prefill.batch(), &mut logits)?;
+        }
+        let pp = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            mark(Mark::DecodeStart, backend);
+        }
+        let t = Instant::now();
+        token = prompt.first().copied().unwrap_or(0);
+        for pos in 0..spec.tg {
+            let step = SequenceBatch::new(&[token], pos as u32, 0, false);
+            model.forward(backend, &step.batch(), &mut logits)?;
+            token = argmax(&logits);
+        }
+        let tg = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            mark(Mark::DecodeEnd, backend);
+            pp_s += pp;
+            tg_s += tg;
+        }
+    }
+    let reps = reps as f64;
+    let rate = |tokens: usize, s: f64| tokens as f64 * reps / s.max(1e-12);
+    Ok(Throughput {
+        pp_tokens_per_s: rate(spec.pp, pp_s),
+        tg_tokens_per_s: rate(spec.tg, tg_s),
+        step_s: tg_s / (reps * spec.tg.max(1) as f64),
+        last_token: token,
+    })
+}
+
+/// `n` fixed pseudo-random ids below `vocab` (xorshift), as llama-bench's random tokens.
+fn prompt(n: usize, vocab: usize) -> Vec<u32> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % vocab.max(1) as u64) as u32
+        })
+        .collect()
+}
