@@ -18,7 +18,7 @@ use worker_common::{DeviceInfo, MemoryArchitecture, SamplingConfig};
 use worker_compute_wgpu::{list_adapters, WgpuBackend, WgpuConfig};
 use worker_engine::{Engine, EngineConfig, Event, GenerationRequest};
 use worker_gguf::GgufFile;
-use worker_http::{ModelCard, WorkerKind};
+use worker_http::WorkerKind;
 
 mod serve;
 
@@ -51,7 +51,7 @@ enum Command {
     /// Generate a continuation of a prompt, streaming the text.
     Generate(GenerateArgs),
     /// Serve the model over HTTP (llama-orch /execute, OpenAI-compatible routes).
-    Serve(worker_http::ServeArgs),
+    Serve(Box<worker_http::ServeArgs>),
 }
 
 #[derive(Args)]
@@ -146,21 +146,6 @@ pub fn worker_kind(be: &WgpuBackend) -> WorkerKind {
     }
 }
 
-/// Everything `serve` builds before it serves: the engine on `be` and the model card.
-/// `check` runs this same function, so the two accept and refuse the same files.
-pub fn load(
-    file: &GgufFile,
-    path: &std::path::Path,
-    be: WgpuBackend,
-    config: EngineConfig,
-    model_id: String,
-) -> anyhow::Result<(Engine, ModelCard)> {
-    let context = || format!("cannot load model {}", path.display());
-    let engine = Engine::load(file, Box::new(be), config).with_context(context)?;
-    let card = ModelCard::from_gguf(model_id, file, &engine.info()).with_context(context)?;
-    Ok((engine, card))
-}
-
 fn open_model(args: &ModelArg) -> anyhow::Result<GgufFile> {
     GgufFile::open(&args.model)
         .with_context(|| format!("cannot load model {}", args.model.display()))
@@ -178,7 +163,7 @@ fn check(config: WgpuConfig, args: &ModelArg) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let name = args.model.display().to_string();
-    let (engine, card) = load(&file, &args.model, be, config, name)?;
+    let (engine, card) = worker_http::load_model(&file, &args.model, Box::new(be), config, name)?;
     println!(
         "loaded {} ({} weights, {} kv cache) on the {} adapter; memory {}, {} MiB",
         args.model.display(),

@@ -1,6 +1,8 @@
 //! What the wgpu tests share: the two backends, a seeded generator of fresh inputs, and the
-//! comparison by normalized squared error (llama.cpp's test-backend-ops measure).
+//! comparison by normalized squared error (llama.cpp's test-backend-ops measure, from
+//! `worker_compute::conformance`).
 
+pub use worker_compute::conformance::nmse;
 use worker_compute::{Activations, ComputeBackend, CpuBackend, CpuConfig};
 use worker_compute_wgpu::{WgpuBackend, WgpuConfig};
 use worker_gguf::GgmlType;
@@ -70,9 +72,6 @@ impl Rng {
             .map(|_| (0..4).map(|_| self.f32()).sum::<f32>() * 0.5)
             .collect()
     }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// `v` stored as `ty` (quantized by worker-gguf's reference quantizers).
@@ -86,22 +85,6 @@ pub fn weight_bytes(ty: GgmlType, v: &[f32]) -> Vec<u8> {
 
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// Error energy over reference energy.
-pub fn nmse(a: &[f32], r: &[f32]) -> f64 {
-    if a.len() != r.len() {
-        return f64::INFINITY;
-    }
-    let (mut e, mut n) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(r) {
-        e += (f64::from(x) - f64::from(y)).powi(2);
-        n += f64::from(y).powi(2);
-    }
-    if e.is_nan() {
-        return f64::INFINITY;
-    }
-    e / n.max(1e-30)
 }
 
 /// An op test: builds its inputs on a backend, runs, returns what it read back.
