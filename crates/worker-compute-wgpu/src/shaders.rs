@@ -1,18 +1,21 @@
 //! The WGSL kernels: their sources (embedded from `shaders/`), how a kernel's module is put
 //! together (the kernel, its weight type's block reader, its KV entry type, its reduction),
 //! and what each binds. Every module is plain WGSL that naga translates to SPIR-V (Vulkan),
-//! MSL (Metal) or HLSL (DX12); `tests/naga_msl.rs` translates every one to MSL.
+//! MSL (Metal) or HLSL (DX12); `tests/naga_translate.rs` translates every one to MSL and
+//! HLSL.
 //!
 //! Binding 0 of every kernel is its parameters (a uniform block at a dynamic offset of the
 //! parameter arena); bindings 1.. are storage buffers, read-write first where the kernel
-//! writes one. Every kernel runs 64 invocations per workgroup and finds its workgroup as
-//! `wid.x + wid.y * nwg.x`, so that more than 65 535 workgroups fit in one dispatch.
+//! writes one. Every kernel runs 64 invocations per workgroup and takes its place in the
+//! dispatch from `shaders/invocation.wgsl` (`Inv`, `group_index`, `global_index`: workgroups
+//! numbered `wid.x + wid.y * nwg.x`, so that more than 65 535 of them fit in one dispatch).
 
 use worker_gguf::GgmlType;
 
 const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
 const QUANT_COMMON: &str = include_str!("shaders/quant/common.wgsl");
+const INVOCATION: &str = include_str!("shaders/invocation.wgsl");
 
 /// Invocations per workgroup in every kernel.
 pub(crate) const WORKGROUP: u32 = 64;
@@ -186,6 +189,8 @@ impl Kernel {
             .join("\n"),
             Attention(kv) => [include_str!("shaders/attention.wgsl"), kv_reader(kv)].join("\n"),
         };
+        src.push('\n');
+        src.push_str(INVOCATION);
         if self.reduces() {
             src.push('\n');
             src.push_str(if subgroups {

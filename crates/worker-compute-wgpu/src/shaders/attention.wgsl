@@ -32,13 +32,9 @@ var<workgroup> probs: array<f32, 64>;
 var<workgroup> vrow: array<u32, 64>;
 
 @compute @workgroup_size(64)
-fn main(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    sg: Sg,
-) {
-    let g = wid.x + wid.y * nwg.x;
+fn main(inv: Inv, sg: Sg) {
+    let t = inv.t;
+    let g = group_index(inv);
     let r = g / p.heads;
     let h = g % p.heads;
     if (r >= p.rows) {

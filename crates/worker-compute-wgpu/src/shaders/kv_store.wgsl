@@ -23,12 +23,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> idx: array<u32>;
 
 @compute @workgroup_size(64)
-fn main(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let g = (wid.x + wid.y * nwg.x) * 64u + t;
+fn main(inv: Inv) {
+    let g = global_index(inv);
     if (g >= p.rows * p.kv_heads * p.pairs) {
         return;
     }

@@ -12,13 +12,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
 @compute @workgroup_size(64)
-fn main(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    sg: Sg,
-) {
-    let r = wid.x + wid.y * nwg.x;
+fn main(inv: Inv, sg: Sg) {
+    let t = inv.t;
+    let r = group_index(inv);
     if (r >= p.rows) {
         return;
     }
@@ -34,8 +30,8 @@ fn main(
         let d = x[base + i] - mean;
         ss += d * d;
     }
-    let inv = 1.0 / sqrt(wg_sum(ss, t, sg) / n + p.eps);
+    let rstd = 1.0 / sqrt(wg_sum(ss, t, sg) / n + p.eps);
     for (var i = t; i < p.cols; i += 64u) {
-        x[base + i] = (x[base + i] - mean) * inv * w[i] + b[i];
+        x[base + i] = (x[base + i] - mean) * rstd * w[i] + b[i];
     }
 }

@@ -8,13 +8,10 @@ var<workgroup> xs: array<vec4<f32>, 256>;
 var<workgroup> ws: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(64)
-fn main(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
+fn main(inv: Inv) {
+    let t = inv.t;
     let col_tiles = (p.nrows + 31u) / 32u;
-    let g = wid.x + wid.y * nwg.x;
+    let g = group_index(inv);
     let n0 = (g % col_tiles) * 32u;
     let m0 = (g / col_tiles) * 32u;
     if (m0 >= p.rows) {

@@ -3,13 +3,9 @@
 // at a time, then the workgroup adds up (bindings and parameters: matmul_bindings.wgsl).
 
 @compute @workgroup_size(64)
-fn main(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    sg: Sg,
-) {
-    let g = wid.x + wid.y * nwg.x;
+fn main(inv: Inv, sg: Sg) {
+    let t = inv.t;
+    let g = group_index(inv);
     let j = g % p.nrows;
     let r0 = (g / p.nrows) * 4u;
     if (r0 >= p.rows) {

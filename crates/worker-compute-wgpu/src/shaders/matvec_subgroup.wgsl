@@ -6,13 +6,8 @@
 // Bindings and parameters: matmul_bindings.wgsl.
 
 @compute @workgroup_size(64)
-fn main(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    sg: Sg,
-) {
-    let g = wid.x + wid.y * nwg.x;
+fn main(inv: Inv, sg: Sg) {
+    let g = group_index(inv);
     let row_groups = (p.nrows + p.per_wg - 1u) / p.per_wg;
     let j = (g % row_groups) * p.per_wg + sg.id;
     let r0 = (g / row_groups) * 4u;

@@ -12,13 +12,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 
 @compute @workgroup_size(64)
-fn main(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    sg: Sg,
-) {
-    let s = wid.x + wid.y * nwg.x;
+fn main(inv: Inv, sg: Sg) {
+    let t = inv.t;
+    let s = group_index(inv);
     if (s >= p.segs) {
         return;
     }
