@@ -9,6 +9,8 @@ use worker_compute::{
     KvType, Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
 };
 
+use worker_compute::shape::{check_cols, check_rows};
+
 use crate::device::{self, AdapterSummary};
 use crate::error::WgpuError;
 use crate::kv::KvCache;
@@ -81,23 +83,6 @@ pub(crate) fn shape(op: &'static str, reason: String) -> ComputeError {
     ComputeError::Shape { op, reason }
 }
 
-pub(crate) fn check_rows(op: &'static str, have: usize, rows: usize, what: &str) -> Result<()> {
-    if rows > have {
-        return Err(shape(op, format!("{what} holds {have} rows, {rows} asked")));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<()> {
-    if got != want {
-        return Err(shape(
-            op,
-            format!("{what} has {got} columns, expected {want}"),
-        ));
-    }
-    Ok(())
-}
-
 /// A value as a kernel's u32 parameter.
 pub(crate) fn u32_of(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| shape(op, format!("{v} does not fit a kernel's u32")))
@@ -155,13 +140,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn tensor(&self, op: &'static str, id: TensorId) -> Result<&Tensor> {
-        self.tensors
-            .get(id.raw() as usize)
-            .ok_or(ComputeError::UnknownHandle {
-                op,
-                kind: "tensor",
-                id: id.raw(),
-            })
+        id.lookup(&self.tensors, op)
     }
 
     /// Tensor `id` with at least `rows` rows and exactly `cols` columns: its buffer.
@@ -186,14 +165,7 @@ impl WgpuBackend {
         id: IndexId,
         rows: usize,
     ) -> Result<(usize, &[u32])> {
-        let ix = self
-            .indices
-            .get(id.raw() as usize)
-            .ok_or(ComputeError::UnknownHandle {
-                op,
-                kind: "index",
-                id: id.raw(),
-            })?;
+        let ix = id.lookup(&self.indices, op)?;
         if rows > ix.len {
             return Err(shape(
                 op,
@@ -348,14 +320,7 @@ impl ComputeBackend for WgpuBackend {
     }
 
     fn write_index(&mut self, dst: IndexId, data: &[u32]) -> Result<()> {
-        let ix = self
-            .indices
-            .get(dst.raw() as usize)
-            .ok_or(ComputeError::UnknownHandle {
-                op: "write_index",
-                kind: "index",
-                id: dst.raw(),
-            })?;
+        let ix = dst.lookup(&self.indices, "write_index")?;
         if data.len() > ix.len {
             return Err(shape(
                 "write_index",

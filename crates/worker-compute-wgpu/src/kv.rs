@@ -92,14 +92,7 @@ impl WgpuBackend {
         rows: usize,
     ) -> Result<()> {
         const OP: &str = "attention";
-        let kv = self
-            .caches
-            .get(cache.raw() as usize)
-            .ok_or(ComputeError::UnknownHandle {
-                op: OP,
-                kind: "kv cache",
-                id: cache.raw(),
-            })?;
+        let kv = cache.lookup(&self.caches, OP)?;
         let (cfg, entry) = (kv.cfg, kv.entry);
         p.validate(&cfg)?;
         if p.sinks.is_some() {

@@ -6,10 +6,11 @@
 //! on it runs once per part. Vectors (norm weights, biases: one row) are kept as f32, as the
 //! other backends keep them.
 
+use worker_compute::shape::{check_product, check_rows};
 use worker_compute::{ComputeError, IndexId, Result, TensorId, WeightDesc, WeightId};
 use worker_gguf::GgmlType;
 
-use crate::backend::{check_cols, check_rows, shape, u32_of, WgpuBackend};
+use crate::backend::{shape, u32_of, WgpuBackend};
 use crate::shaders::{weight_types, Kernel};
 use crate::stream::{groups_for, BufId, WEIGHT_PAD};
 
@@ -39,13 +40,7 @@ pub(crate) struct Weight {
 
 impl WgpuBackend {
     pub(crate) fn weight(&self, op: &'static str, id: WeightId) -> Result<&Weight> {
-        self.weights
-            .get(id.raw() as usize)
-            .ok_or(ComputeError::UnknownHandle {
-                op,
-                kind: "weight",
-                id: id.raw(),
-            })
+        id.lookup(&self.weights, op)
     }
 
     /// The buffer of weight `id` if it is a vector of `cols` elements.
@@ -187,15 +182,7 @@ impl WgpuBackend {
         let o = self.tensor(OP, out)?;
         check_rows(OP, xt.rows, rows, "input")?;
         check_rows(OP, o.rows, rows, "output")?;
-        check_cols(OP, xt.cols, wt.cols, "input")
-            .and_then(|_| check_cols(OP, o.cols, wt.rows, "output"))
-            .map_err(|e| match e {
-                ComputeError::Shape { op, reason } => ComputeError::Shape {
-                    op,
-                    reason: format!("{reason} (weight {:?})", wt.name),
-                },
-                e => e,
-            })?;
+        check_product(OP, xt.cols, o.cols, (&wt.name, wt.rows, wt.cols))?;
         if !wt.cols.is_multiple_of(4) {
             return Err(ComputeError::Unsupported {
                 op: OP,
