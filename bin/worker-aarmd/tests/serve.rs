@@ -3,45 +3,22 @@
 //! lives, and serves a completion through the same routes as the other workers (its tokens
 //! are checked against the CPU backend's in worker-compute-wgpu's tests).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// Accepts one HTTP request on `listener`, answers 200, returns its JSON body.
-fn receive_callback(listener: TcpListener) -> Value {
-    let (stream, _) = listener.accept().expect("callback connection");
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    let mut stream = stream;
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    serde_json::from_slice(&body).expect("JSON payload")
-}
-
 #[test]
 fn serve_reports_the_adapter_and_answers() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/ready", listener.local_addr().unwrap());
-    let receiver = std::thread::spawn(move || receive_callback(listener));
+    let receiver = std::thread::spawn(move || {
+        worker_testdata::receive_one_request(listener, |_, body| {
+            serde_json::from_slice::<Value>(body).expect("JSON payload")
+        })
+    });
     let model = worker_testdata::model(worker_testdata::SMOLLM2);
     let mut child = Command::new(env!("CARGO_BIN_EXE_worker-aarmd"))
         .args([

@@ -21,13 +21,14 @@
 
 mod support;
 
-use support::{f32_bytes, gpu, gpu_with, run_cases, weight_bytes, Case, Rng};
+use support::{f32_bytes, gpu, gpu_with, run_cases, weight_bytes, Case};
 use worker_compute::{
     AttentionParams, ComputeBackend, ComputeError, KvCacheConfig, KvIndex, KvType, RopeMode,
     RopeParams, WeightDesc, Yarn, KV_BLOCK,
 };
 use worker_compute_wgpu::{WgpuConfig, MATVEC_MAX_ROWS, WEIGHT_TYPES};
 use worker_gguf::GgmlType;
+use worker_testdata::Rng;
 
 const EXACT: f64 = 1e-12;
 const SUMS: f64 = 1e-9;
