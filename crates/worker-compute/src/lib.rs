@@ -23,6 +23,7 @@ mod backend;
 pub mod conformance;
 pub mod cpu;
 mod error;
+pub mod profile;
 
 pub use backend::{
     AttentionParams, ComputeBackend, ExpertActivation, ExpertWeights, IndexId, KvCacheConfig,
