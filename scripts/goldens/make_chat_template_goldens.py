@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Goldens for worker-tokenizer's chat templates: the SmolLM2 and Qwen2.5 templates stored in
-the fixture GGUFs, rendered with Python jinja2 set up exactly as HF transformers'
-`apply_chat_template` sets it up (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks,
-loopcontrols, `raise_exception`, `tojson` without ASCII escaping).
+the fixture GGUFs, and llama.cpp's copy of gpt-oss's template (`models/templates/` of the
+llama-cpp-python sdist, fetched beside the vocabularies; the tiny gpt-oss model carries it),
+rendered with Python jinja2 set up exactly as HF transformers' `apply_chat_template` sets it
+up (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols,
+`raise_exception`, `tojson` without ASCII escaping, `strftime_now`, here at a fixed instant).
+gpt-oss's cases pass messages as OpenAI clients send them (tool calls, tool results, a
+`thinking` field) and a tool list.
 
 Run with the fixture venv (gguf, jinja2):
     ~/.cache/llama-orch-worker/venv/bin/python scripts/goldens/make_chat_template_goldens.py
 Writes tests/golden/tokenizer/chat_templates.json.
 """
+import datetime
 import hashlib
 import json
 import os
@@ -34,6 +39,48 @@ CONVERSATIONS = [
 ]
 
 
+# The instant `strftime_now` renders: 2026-12-04 12:00:00 UTC (the Rust test passes the same
+# seconds as ChatContext::now).
+NOW_EPOCH = 1796385600
+
+# llama.cpp's reference templates, rendered with OpenAI-shaped messages and tools.
+REFERENCE_TEMPLATES = {"gpt-oss": "openai-gpt-oss-120b.jinja"}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {"type": "string", "description": "The city"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["location"],
+        },
+    },
+}
+TOOL_CONVERSATIONS = [
+    ([{"role": "user", "content": "Weather in Paris?"}], [WEATHER_TOOL]),
+    ([
+        {"role": "developer", "content": "Answer in French."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"location": "Paris"}}}]},
+        {"role": "tool", "content": "sunny, 21 C", "tool_call_id": "call_1"},
+    ], [WEATHER_TOOL]),
+    ([
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "thinking": "Simple arithmetic.", "content": "4"},
+    ], None),
+]
+
+
+def strftime_now(fmt):
+    return datetime.datetime.fromtimestamp(NOW_EPOCH, datetime.timezone.utc).strftime(fmt)
+
+
 def raise_exception(message):
     raise TemplateError(message)
 
@@ -46,6 +93,7 @@ def main():
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     goldens = {}
     for name, file in MODELS.items():
         reader = gguf.GGUFReader(FIXTURES / "models" / file)
@@ -66,6 +114,28 @@ def main():
                 })
         goldens[name] = {
             "model": file,
+            "template_sha256": hashlib.sha256(source.encode()).hexdigest(),
+            "cases": cases,
+        }
+    for name, file in REFERENCE_TEMPLATES.items():
+        source = (FIXTURES / "vocab" / "templates" / file).read_text(encoding="utf-8")
+        template = env.from_string(source)
+        cases = []
+        conversations = [(m, None) for m in CONVERSATIONS] + TOOL_CONVERSATIONS
+        for messages, tools in conversations:
+            for add_generation_prompt in (True, False):
+                kwargs = {"tools": tools} if tools else {}
+                cases.append({
+                    "messages": messages,
+                    "tools": tools,
+                    "add_generation_prompt": add_generation_prompt,
+                    "expected": template.render(messages=messages,
+                                                add_generation_prompt=add_generation_prompt,
+                                                **kwargs),
+                })
+        goldens[name] = {
+            "template": file,
+            "now_epoch": NOW_EPOCH,
             "template_sha256": hashlib.sha256(source.encode()).hexdigest(),
             "cases": cases,
         }

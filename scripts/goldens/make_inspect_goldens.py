@@ -1,4 +1,6 @@
-"""Makes tests/golden/inspect/<model>.json from gguf-py's own view of the fixture models:
+"""Makes tests/golden/inspect/<model>.json from gguf-py's own view of the fixture models and of
+the tiny gpt-oss model (written by `cargo run -p worker-models --example write_tiny_models`;
+its golden records the sha256 of the bytes it describes):
 `gguf-dump --json` (the package's script) for every metadata key, its type and scalar value,
 and gguf-py's GGUFReader for array lengths/ends and each tensor's type, shape, data offset and
 size. `crates/worker-gguf/../bin/worker-cli/tests/inspect_goldens.rs` checks that
@@ -9,11 +11,13 @@ Run (from the repository root, after `cargo xtask fetch`):
     /tmp/gguf-venv/bin/python scripts/goldens/make_inspect_goldens.py [FIXTURES_DIR]
 """
 
+import hashlib
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import gguf
 
@@ -23,6 +27,8 @@ MODELS = [
     "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
     "gemma-3-270m-q4_k_m.gguf",
 ]
+# Tiny random-weight models with no released file: MoE tensors of three dimensions, MXFP4.
+TINY = ["tiny-gpt-oss.gguf"]
 ENDS = 3  # elements kept from each end of an array
 
 
@@ -42,8 +48,12 @@ def main() -> None:
     out_dir = ROOT / "tests" / "golden" / "inspect"
     out_dir.mkdir(parents=True, exist_ok=True)
     dump = pathlib.Path(sys.executable).with_name("gguf-dump")
-    for name in MODELS:
-        path = fixtures / "models" / name
+    tiny = tempfile.TemporaryDirectory()
+    subprocess.check_call(["cargo", "run", "-q", "-p", "worker-models", "--example",
+                           "write_tiny_models", "--", tiny.name], cwd=ROOT)
+    paths = [fixtures / "models" / n for n in MODELS] + [pathlib.Path(tiny.name) / n for n in TINY]
+    for path in paths:
+        name = path.name
         dumped = json.loads(subprocess.check_output([str(dump), "--json", str(path)]))
         reader = gguf.GGUFReader(str(path))
         metadata = []
@@ -73,6 +83,7 @@ def main() -> None:
         ]
         golden = {
             "version": dumped["metadata"]["GGUF.version"]["value"],
+            "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "data_offset": int(reader.data_offset),
             "metadata": metadata,
             "tensors": tensors,

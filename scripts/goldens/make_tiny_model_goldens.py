@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
-"""Reference logits for the tiny random-weight phi3, gpt2, qwen3 and gemma3 models, from llama.cpp.
+"""Reference logits for the tiny random-weight phi3, gpt2, qwen3, gemma3 and gpt-oss models, from llama.cpp.
 
 What it does:
 1. Writes the tiny models with the worker's own GGUF writer
    (`cargo run -p worker-models --example write_tiny_models -- DIR`; the same bytes the Rust
    tests build in memory, from `crates/worker-models/tests/support/tiny_arch.rs`), on
-   llama.cpp's real gpt-2, phi-3, qwen2 and llama-spm vocabularies. Or reads them from `--models-dir`.
+   llama.cpp's real gpt-2, phi-3, qwen2 and llama-spm vocabularies and gpt-oss's o200k.
+   Or reads them from `--models-dir`.
 2. Runs each through llama.cpp (llama-cpp-python 0.3.36, CPU, `logits_all=True`, f32 KV
    cache) on a few fixed token-id prompts.
 3. Also runs an independent numpy float64 forward pass over gguf-py's dequantized weights
    and reports how far llama.cpp is from it (a check of the reference itself). With
    `--reference numpy` only the numpy goldens are written (no llama.cpp needed).
+4. gpt-oss: records the experts each layer's router chose for every token, in llama.cpp
+   (read through its eval callback: the `ffn_moe_topk-N` tensors, with the gap between the
+   last chosen and the first unchosen router logit from `ffn_moe_probs-N`) and in
+   the numpy reference, and writes llama.cpp's token ids for a varied corpus on the tiny
+   model's o200k vocabulary (`tests/golden/tokenizer/gptoss-llama-cpp.json`: no BOS, special
+   tokens not parsed; the corpus of `make_greedy_goldens.py`).
 
 It writes `tests/golden/tiny/<arch>.json` (llama.cpp) and `<arch>-numpy.json` (numpy): the
 sha256 of the model bytes, and per prompt and position the top-k token ids and logits, summary statistics and a strided subsample of the
@@ -41,7 +48,7 @@ GGUF_VERSION = "0.19.0"
 LLAMA_CPP_VERSION = "0.3.36"
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "tests" / "golden" / "tiny"
-ARCHS = ["phi3", "gpt2", "qwen3", "gemma3"]
+ARCHS = ["phi3", "gpt2", "qwen3", "gemma3", "gpt-oss"]
 TOP_K = 10
 N_SUBSAMPLE = 256
 
@@ -53,12 +60,16 @@ PROMPT_PIECES = {
     "qwen3": ["<|im_start|>", "user", "Ċ", "Hello", "Ġworld", ",", "Ġthis", "Ġis", "Ġa",
               "Ġtest", "."],
     "gemma3": ["<s>", "▁Hello", "▁world", ",", "▁this", "▁is", "▁a", "▁test", "."],
+    "gpt-oss": ["<|start|>", "user", "<|message|>", "Hello", "Ġworld", ",", "Ġthis", "Ġis",
+                "Ġa", "Ġtest", ".", "<|end|>", "<|start|>", "assistant"],
 }
 RAW_PROMPTS = {
     "gpt2": [50256, 0, 1, 50000, 31337, 42, 198, 50255],
     "phi3": [1, 32000, 32010, 0, 2, 31999, 12345, 13],
     "qwen3": [151643, 0, 1, 151000, 31337, 42, 198, 100000],
     "gemma3": [1, 0, 2, 31999, 12345, 13, 29871, 100, 7, 8, 9, 10],
+    # Including the harmony specials, an id of the [PAD] rows and the last row.
+    "gpt-oss": [199998, 0, 1, 200005, 31337, 42, 198, 200018, 201000, 201087],
 }
 N_LONG = 24
 
@@ -277,6 +288,98 @@ def numpy_forward(path: Path):
                 g = gelu(h @ w(p + "ffn_gate.weight").T) * (h @ w(p + "ffn_up.weight").T)
                 x = x + rms(g @ w(p + "ffn_down.weight").T, w(p + "post_ffw_norm.weight"))
             return rms(x, w("output_norm.weight")) @ out_w.T
+    elif arch == "gpt-oss":
+        eps = float(field("gpt-oss.attention.layer_norm_rms_epsilon"))
+        base = float(field("gpt-oss.rope.freq_base"))
+        window = int(field("gpt-oss.attention.sliding_window"))
+        n_exp = int(field("gpt-oss.expert_count"))
+        used = int(field("gpt-oss.expert_used_count"))
+        factor = float(field("gpt-oss.rope.scaling.factor"))
+        orig = int(field("gpt-oss.rope.scaling.original_context_length"))
+        beta_fast = float(field("gpt-oss.rope.scaling.yarn_beta_fast", 32.0))
+        beta_slow = float(field("gpt-oss.rope.scaling.yarn_beta_slow", 1.0))
+        n_rot = hd
+        rms = rms_with(eps)
+
+        def yarn_cos_sin(pos):
+            """ggml's rope_yarn (ggml-cpu ops.cpp) in float64, ext_factor 1: every pair's
+            angle mixes interpolation (positions / factor) and extrapolation along a ramp
+            between the correction dims of beta_fast and beta_slow turns over the original
+            context; cosines and sines times 1 + 0.1 ln(factor)."""
+            def corr_dim(turns):
+                return n_rot * np.log(orig / (turns * 2 * np.pi)) / (2 * np.log(base))
+            low = max(0.0, np.floor(corr_dim(beta_fast)))
+            high = min(n_rot - 1.0, np.ceil(corr_dim(beta_slow)))
+            i = np.arange(n_rot // 2, dtype=np.float64)
+            extrap = pos[:, None] * base ** (-2.0 * i / n_rot)[None, :]
+            interp = extrap / factor
+            ramp = 1.0 - np.clip((i - low) / max(0.001, high - low), 0.0, 1.0)
+            theta = interp * (1.0 - ramp) + extrap * ramp
+            mscale = 1.0 + 0.1 * np.log(factor)
+            return np.cos(theta)[:, None, :] * mscale, np.sin(theta)[:, None, :] * mscale
+
+        def rope(x, c, s):
+            a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
+            return np.concatenate([a * c - b * s, a * s + b * c, x[..., n_rot:]], axis=-1)
+
+        def attention_sinks(q, k, v, T, sinks, win):
+            """Softmax over each head's scores and its sink logit (the sink adds to the
+            denominator only); `win` keys back when set."""
+            mask = np.triu(np.full((T, T), -np.inf), 1)
+            if win is not None:
+                mask += np.tril(np.full((T, T), -np.inf), -win)
+            o = np.empty((T, n_head, hd))
+            for h in range(n_head):
+                kv = h // (n_head // n_kv)
+                s = q[:, h, :] @ k[:, kv, :].T / np.sqrt(n_rot) + mask
+                m = np.maximum(s.max(axis=-1, keepdims=True), sinks[h])
+                e = np.exp(s - m)
+                o[:, h, :] = (e @ v[:, kv, :]) / (e.sum(axis=-1, keepdims=True)
+                                                  + np.exp(sinks[h] - m))
+            return o.reshape(T, n_head * hd)
+
+        def swiglu_oai(g, u, alpha=1.702, limit=7.0):
+            g = np.minimum(g, limit)
+            u = np.clip(u, -limit, limit)
+            return g / (1.0 + np.exp(-alpha * g)) * (u + 1.0)
+
+        routing = []
+
+        def forward(ids):
+            T = len(ids)
+            pos = np.arange(T, dtype=np.float64)
+            c, s = yarn_cos_sin(pos)
+            x = emb[ids]
+            chosen = []
+            for i in range(n_layer):
+                p = f"blk.{i}."
+                sliding = i % 2 == 0
+                h = rms(x, w(p + "attn_norm.weight"))
+                q = (h @ w(p + "attn_q.weight").T + w(p + "attn_q.bias")).reshape(T, n_head, hd)
+                k = (h @ w(p + "attn_k.weight").T + w(p + "attn_k.bias")).reshape(T, n_kv, hd)
+                v = (h @ w(p + "attn_v.weight").T + w(p + "attn_v.bias")).reshape(T, n_kv, hd)
+                o = attention_sinks(rope(q, c, s), rope(k, c, s), v, T,
+                                    w(p + "attn_sinks.weight"), window if sliding else None)
+                x = x + o @ w(p + "attn_output.weight").T + w(p + "attn_output.bias")
+                h = rms(x, w(p + "post_attention_norm.weight"))
+                logits = h @ w(p + "ffn_gate_inp.weight").T + w(p + "ffn_gate_inp.bias")
+                top = np.argsort(-logits, axis=-1, kind="stable")[:, :used]
+                chosen.append(top.tolist())
+                gate, up, down = (w(p + f"ffn_{n}_exps.weight") for n in ("gate", "up", "down"))
+                bg, bu, bd = (w(p + f"ffn_{n}_exps.bias") for n in ("gate", "up", "down"))
+                out = np.zeros_like(x)
+                for t in range(T):
+                    sel = top[t]
+                    wts = np.exp(logits[t, sel] - logits[t, sel].max())
+                    wts /= wts.sum()
+                    for e, we in zip(sel, wts):
+                        a = swiglu_oai(gate[e] @ h[t] + bg[e], up[e] @ h[t] + bu[e])
+                        out[t] += we * (down[e] @ a + bd[e])
+                x = x + out
+            routing.append(chosen)
+            return rms(x, w("output_norm.weight")) @ out_w.T
+
+        forward.routing = routing
     else:
         raise SystemExit(f"no numpy reference for {arch}")
 
@@ -284,8 +387,9 @@ def numpy_forward(path: Path):
     return forward, vocab
 
 
-def llama_cpp_logits(path: Path, prompts):
-    """Logits of every position of each prompt from llama.cpp, f32 KV cache, 2 threads."""
+def llama_cpp_logits(path: Path, prompts, routing=None):
+    """Logits of every position of each prompt from llama.cpp, f32 KV cache, 2 threads; with
+    a `RoutingCallback`, also its routing of each prompt."""
     import inspect
     import numpy as np
     import llama_cpp
@@ -298,13 +402,120 @@ def llama_cpp_logits(path: Path, prompts):
     for k in ("type_k", "type_v"):
         if k in params:
             kwargs[k] = 0
+    if routing is not None:
+        routing.install()
     llm = llama_cpp.Llama(**kwargs)
-    out = []
+    if routing is not None:
+        routing.uninstall()
+        routing.take()
+    out, routes = [], []
     for ids in prompts:
         llm.reset()
         llm.eval(ids)
         out.append(np.array(llm.scores[: len(ids)], dtype=np.float64))
-    return out, llama_cpp.__version__
+        if routing is not None:
+            routes.append(routing.take())
+    return out, routes, llama_cpp.__version__
+
+
+def tokenizer_golden(path: Path) -> None:
+    """llama.cpp's ids for the corpus of make_greedy_goldens.py on the model's vocabulary."""
+    import llama_cpp
+    from make_greedy_goldens import corpus
+
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    cases = [{"text": t, "ids": llm.tokenize(t.encode(), add_bos=False, special=False)}
+             for t in corpus()]
+    # Harmony markup, tokenized with and without special-token parsing.
+    harmony = ["<|channel|>final<|message|>Hi<|end|><|return|>",
+               "<|start|>user<|message|>What is 2+2?<|end|><|start|>assistant",
+               " to=functions.get_weather<|channel|>commentary json<|message|>{}<|call|>",
+               "<|startoftext|><|endoftext|><|constrain|>json<|reserved_200000|>"]
+    special = [{"text": t,
+                "plain": llm.tokenize(t.encode(), add_bos=False, special=False),
+                "parsed": llm.tokenize(t.encode(), add_bos=False, special=True)}
+               for t in harmony]
+    vocab = llm._model.vocab
+    golden = {
+        "generator": "scripts/goldens/make_tiny_model_goldens.py: llama.cpp's tokenizer through "
+                     f"llama-cpp-python {llama_cpp.__version__} on the tiny gpt-oss model's "
+                     "o200k vocabulary (no BOS, special tokens not parsed)",
+        "add_bos": bool(llm._model.add_bos_token()),
+        "eog": [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)],
+        "special": special,
+        "cases": cases,
+    }
+    out = REPO / "tests" / "golden" / "tokenizer" / "gptoss-llama-cpp.json"
+    out.write_text(json.dumps(golden, ensure_ascii=False) + "\n")
+    print(f"wrote {out} ({len(cases)} texts)", flush=True)
+
+
+class RoutingCallback:
+    """llama.cpp's eval callback (`cb_eval` of the context parameters), collecting per layer
+    the experts its router chose (`ffn_moe_topk-N`: [used, tokens] int32) and the gap
+    between the last chosen and the first unchosen router logit (`ffn_moe_probs-N`: with
+    gpt-oss's softmax-of-the-chosen gating, the biased logits themselves, renamed).
+    llama-cpp-python's `Llama` builds its context from `llama_context_default_params()` of
+    its low-level module `llama_cpp.llama_cpp`, so `install` wraps that function to set the
+    callback."""
+
+    def __init__(self, used):
+        import ctypes
+        import llama_cpp.llama_cpp as llama_cpp
+        import numpy as np
+
+        class Tensor(ctypes.Structure):
+            # ggml.h's struct ggml_tensor, up to its name.
+            _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p),
+                        ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4),
+                        ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                        ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10),
+                        ("view_src", ctypes.c_void_p), ("view_offs", ctypes.c_size_t),
+                        ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64)]
+
+        self.used = used
+        self.experts = {}
+        self.margins = {}
+
+        def callback(t, ask, _user):
+            tensor = ctypes.cast(t, ctypes.POINTER(Tensor)).contents
+            name = tensor.name.decode()
+            wanted = name.startswith("ffn_moe_topk-") or (
+                name.startswith("ffn_moe_probs-") and "(" not in name)
+            if ask:
+                return wanted
+            if wanted:
+                layer = int(name.rsplit("-", 1)[1])
+                n0, n1 = tensor.ne[0], tensor.ne[1]
+                kind = ctypes.c_int32 if name.startswith("ffn_moe_topk") else ctypes.c_float
+                rows = []
+                for j in range(n1):
+                    addr = tensor.data + j * tensor.nb[1]
+                    rows.append([kind.from_address(addr + i * tensor.nb[0]).value for i in range(n0)])
+                if kind is ctypes.c_int32:
+                    self.experts[layer] = rows
+                else:
+                    self.margins[layer] = [float(np.sort(r)[::-1][self.used - 1]
+                                                 - np.sort(r)[::-1][self.used]) for r in rows]
+            return True
+
+        self.c_callback = llama_cpp.ggml_backend_sched_eval_callback(callback)
+        defaults = llama_cpp.llama_context_default_params
+
+        def with_callback():
+            params = defaults()
+            params.cb_eval = self.c_callback
+            return params
+
+        self.install = lambda: setattr(llama_cpp, "llama_context_default_params", with_callback)
+        self.uninstall = lambda: setattr(llama_cpp, "llama_context_default_params", defaults)
+
+    def take(self):
+        """[layer][position] -> experts, and the margins alike, of the last evaluation."""
+        n = len(self.experts)
+        out = ([self.experts[i] for i in range(n)], [self.margins[i] for i in range(n)])
+        self.experts, self.margins = {}, {}
+        return out
 
 
 def compare(a, b):
@@ -345,18 +556,35 @@ def main() -> None:
             "long": [(i * 7919 + 13) % n_vocab for i in range(N_LONG)],
         }
         ref_np = [forward(np.array(ids)) for ids in prompts.values()]
+        np_routes = getattr(forward, "routing", None)
         numpy_generator = f"numpy float64 over gguf-py {GGUF_VERSION} dequantized weights"
-        write_golden(f"{arch}-numpy", arch, sha, n_vocab, numpy_generator, None, prompts, ref_np)
+        write_golden(f"{arch}-numpy", arch, sha, n_vocab, numpy_generator, None, prompts, ref_np,
+                     np_routes and [(r, None) for r in np_routes])
         if args.reference == "llama.cpp":
-            ref, version = llama_cpp_logits(path, list(prompts.values()))
+            used = np_routes and len(np_routes[0][0][0])
+            routing = RoutingCallback(used) if np_routes else None
+            ref, routes, version = llama_cpp_logits(path, list(prompts.values()), routing)
             generator = (f"llama.cpp through llama-cpp-python {version} (CPU, 2 threads, "
                          "f32 KV cache, logits_all)")
             check = compare(np.concatenate(ref), np.concatenate(ref_np))
+            if np_routes:
+                same = sum(sorted(a) == sorted(b)
+                           for (lc, _), nr in zip(routes, np_routes)
+                           for la, na in zip(lc, nr) for a, b in zip(la, na))
+                total = sum(len(l) for nr in np_routes for l in nr)
+                check["routing_agree"] = f"{same}/{total}"
+                check["min_routing_margin"] = round(min(
+                    m for _, ms in routes for layer in ms for m in layer), 6)
             print(f"{arch}: llama.cpp vs numpy float64: {check}", flush=True)
-            write_golden(arch, arch, sha, n_vocab, generator, check, prompts, ref)
+            write_golden(arch, arch, sha, n_vocab, generator, check, prompts, ref,
+                         routes or None)
+            if arch == "gpt-oss":
+                tokenizer_golden(path)
 
 
-def write_golden(name, arch, sha, n_vocab, generator, check, prompts, ref) -> None:
+def write_golden(name, arch, sha, n_vocab, generator, check, prompts, ref, routes=None) -> None:
+    """The golden file; with `routes` (per prompt: ([layer][position] experts, margins or
+    None)), each prompt also records its routing."""
     import numpy as np
     stride = max(1, n_vocab // N_SUBSAMPLE)
     golden = {
@@ -381,8 +609,13 @@ def write_golden(name, arch, sha, n_vocab, generator, check, prompts, ref) -> No
                 "logsumexp": round(float(m + np.log(np.exp(l - m).sum())), 6),
                 "subsample": [round(float(v), 4) for v in l[::stride][:N_SUBSAMPLE]],
             })
-        golden["prompts"].append({"name": pname, "ids": [int(i) for i in ids],
-                                  "positions": positions})
+        entry = {"name": pname, "ids": [int(i) for i in ids], "positions": positions}
+        if routes:
+            experts, margins = routes[len(golden["prompts"])]
+            entry["experts"] = [[[int(e) for e in pos] for pos in layer] for layer in experts]
+            if margins is not None:
+                entry["routing_margins"] = [[round(m, 5) for m in layer] for layer in margins]
+        golden["prompts"].append(entry)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / f"{name}.json"
     out.write_text(json.dumps(golden, separators=(",", ":")) + "\n")

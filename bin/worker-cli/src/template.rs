@@ -39,6 +39,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         add_generation_prompt: !args.no_generation_prompt,
         bos_token: text_of(tok.bos()),
         eos_token: text_of(tok.eos()),
+        now: None,
     };
     let prompt = template.render(&messages, &ctx)?;
     let mut out = std::io::stdout().lock();

@@ -1,23 +1,35 @@
-//! `worker-cli inspect --json` on both fixture models agrees with gguf-py's `gguf-dump` and
-//! `GGUFReader` (goldens made by `scripts/goldens/make_inspect_goldens.py`) on every metadata
-//! key, type and value, and on every tensor's type, shape, data offset and size.
+//! `worker-cli inspect --json` on the fixture models and on the tiny gpt-oss model (MoE
+//! tensors of three dimensions, MXFP4) agrees with gguf-py's `gguf-dump` and `GGUFReader`
+//! (goldens made by `scripts/goldens/make_inspect_goldens.py`) on every metadata key, type
+//! and value, and on every tensor's type, shape, data offset and size.
 
-use std::path::PathBuf;
+#[path = "../../../crates/worker-models/tests/support/tiny_arch.rs"]
+mod tiny_arch;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use worker_testdata::{model, GEMMA3, QWEN25, SMOLLM2};
 
-fn check(model_file: &str) {
+fn golden(model_file: &str) -> Value {
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/golden/inspect")
         .join(model_file.replace(".gguf", ".json"));
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_path).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(golden_path).unwrap()).unwrap()
+}
+
+fn check(model_file: &str) {
+    check_file(&model(model_file), &golden(model_file));
+}
+
+fn check_file(path: &Path, golden: &Value) {
+    let model_file = path.display();
     let out = Command::new(env!("CARGO_BIN_EXE_worker-cli"))
         .arg("inspect")
         .arg("--json")
-        .arg(model(model_file))
+        .arg(path)
         .output()
         .unwrap();
     assert!(
@@ -60,6 +72,25 @@ fn qwen25_matches_gguf_dump() {
 #[test]
 fn gemma3_matches_gguf_dump() {
     check(GEMMA3);
+}
+
+#[test]
+fn tiny_gpt_oss_matches_gguf_dump() {
+    let bytes = tiny_arch::tiny_model("gpt-oss", &tiny_arch::vocab("gpt-oss"), &Default::default());
+    let golden = golden("tiny-gpt-oss.gguf");
+    let sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        sha,
+        golden["model_sha256"].as_str().unwrap(),
+        "the tiny gpt-oss model is not the one the golden describes; rerun \
+         scripts/goldens/make_inspect_goldens.py"
+    );
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("inspect-tiny-gpt-oss.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    check_file(&path, &golden);
 }
 
 #[test]

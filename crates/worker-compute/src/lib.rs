@@ -23,6 +23,7 @@ mod backend;
 pub mod conformance;
 pub mod cpu;
 mod error;
+pub mod profile;
 pub mod shape;
 
 pub use backend::{

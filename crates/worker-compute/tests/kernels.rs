@@ -4,7 +4,7 @@ use worker_compute::cpu::quant::{
     generic, BlockQ8, BlockQ8K, Kernels, PanelDot, PanelDotMany, PanelDots, VecDot, PANEL_BATCH,
     SUPPORTED_TYPES,
 };
-use worker_gguf::quants::iq::KVALUES_IQ4NL;
+use worker_gguf::quants::iq::{e8m0_to_f32_half, KVALUES_IQ4NL, KVALUES_MXFP4};
 use worker_gguf::GgmlType;
 
 use worker_testdata::Rng;
@@ -41,8 +41,12 @@ fn random_row(rng: &mut Rng, ty: GgmlType, n: usize) -> Vec<u8> {
                     blk[off..off + 2].copy_from_slice(&v.to_le_bytes());
                 }
                 if ty == GgmlType::MXFP4 {
-                    // The shared exponent (E8M0): scales from 2^-8 to 2^-1.
-                    blk[0] = 119 + (rng.next() % 8) as u8;
+                    // The shared exponent (E8M0): scales from 2^-9 to 2^-2, and now and then
+                    // one of the subnormal scales (exponents 0 and 1) or the smallest normal.
+                    blk[0] = match rng.next() % 16 {
+                        0 => (rng.next() % 3) as u8,
+                        _ => 119 + (rng.next() % 8) as u8,
+                    };
                 }
             }
             b
@@ -390,9 +394,10 @@ fn dequantizers_match_worker_gguf() {
     }
 }
 
-/// The unsigned quants and the bias of GGUF block `b` (see `quant::panel`): what a panel
-/// kernel multiplies, computed from the GGUF bytes without the panel layout.
-fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
+/// The quants, the scale and the bias of GGUF block `b` (see `quant::panel`): what a panel
+/// kernel multiplies, computed from the GGUF bytes without the panel layout. The quants are
+/// unsigned where there is a bias; MXFP4's are its signed levels, with no bias.
+fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, Option<f32>) {
     let f16 = |o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
     let d = f16(0);
     let nibbles = |qs: &[u8]| {
@@ -404,8 +409,8 @@ fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
         u
     };
     match ty {
-        GgmlType::Q4_0 => (nibbles(&b[2..18]), d, d * -8.0),
-        GgmlType::Q4_1 => (nibbles(&b[4..20]), d, f16(2)),
+        GgmlType::Q4_0 => (nibbles(&b[2..18]), d, Some(d * -8.0)),
+        GgmlType::Q4_1 => (nibbles(&b[4..20]), d, Some(f16(2))),
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
             // Q5_1: the minimum at 2 moves the high bits to 4 and the quants to 8.
             let o = if ty == GgmlType::Q5_1 { 2 } else { 0 };
@@ -414,17 +419,22 @@ fn panel_block_terms(ty: GgmlType, b: &[u8]) -> ([i32; 32], f32, f32) {
             for (j, v) in u.iter_mut().enumerate() {
                 *v |= (((qh >> j) & 1) << 4) as i32;
             }
-            (u, d, if o == 0 { d * -16.0 } else { f16(2) })
+            (u, d, Some(if o == 0 { d * -16.0 } else { f16(2) }))
         }
         GgmlType::Q8_0 => (
             std::array::from_fn(|j| b[2 + j] as i8 as i32 + 128),
             d,
-            d * -128.0,
+            Some(d * -128.0),
         ),
         GgmlType::IQ4_NL => (
             nibbles(&b[2..18]).map(|q| KVALUES_IQ4NL[q as usize] as i32 + 128),
             d,
-            d * -128.0,
+            Some(d * -128.0),
+        ),
+        GgmlType::MXFP4 => (
+            nibbles(&b[1..17]).map(|q| KVALUES_MXFP4[q as usize] as i32),
+            e8m0_to_f32_half(b[0]),
+            None,
         ),
         _ => unreachable!("{ty} has no panel layout"),
     }
@@ -540,8 +550,12 @@ fn panel_kernels_match_their_definition_and_the_scalar_dot() {
             let block = |b: &[u8], a: &BlockQ8, acc: f32| {
                 let (u, d, bias) = panel_block_terms(ty, b);
                 let isum: i32 = u.iter().zip(a.qs).map(|(u, q)| u * q as i32).sum();
-                let acc = bias.mul_add(a.s, (isum as f32).mul_add(d * a.d, acc));
-                (acc, (isum as f32 * d * a.d).abs() + (bias * a.s).abs())
+                let acc = (isum as f32).mul_add(d * a.d, acc);
+                let size = (isum as f32 * d * a.d).abs();
+                match bias {
+                    Some(bias) => (bias.mul_add(a.s, acc), size + (bias * a.s).abs()),
+                    None => (acc, size),
+                }
             };
             for n in [32, 96, 896] {
                 let what = format!("{:?}", simd.isa);
@@ -557,6 +571,63 @@ fn panel_kernels_match_their_definition_and_the_scalar_dot() {
     assert!(
         checked > 0 || !vnni,
         "a VNNI machine must get panel kernels"
+    );
+}
+
+/// MXFP4's panel kernels compute exactly the scalar row kernel's steps: the same bits, for
+/// one activation row and for [`PANEL_BATCH`], on rows with subnormal scales too.
+#[test]
+fn mxfp4_panel_kernels_give_the_scalar_row_kernels_bits() {
+    use worker_compute::cpu::quant::panel::PANEL;
+    let mut rng = Rng::new();
+    let mut checked = 0;
+    for simd in simd_tables() {
+        let Some(pk) = simd.for_type(GgmlType::MXFP4).and_then(|k| k.panel) else {
+            continue;
+        };
+        let PanelDots::Q8(dot, dot_many) = pk.dots else {
+            panic!("MXFP4 panel kernels that do not take Q8 activations");
+        };
+        for n in [32, 64, 2880] {
+            // A partial last panel: rows beyond the weight's are zeros in the panels.
+            let rows = PANEL + 5;
+            let w: Vec<Vec<u8>> = (0..rows)
+                .map(|_| random_row(&mut rng, GgmlType::MXFP4, n))
+                .collect();
+            let mut panels = vec![0; pk.format.bytes(rows, n)];
+            pk.format.repack(n, &w.concat(), &mut panels);
+            let panel_bytes = panels.len() / rows.div_ceil(PANEL);
+            let xs: Vec<Vec<BlockQ8>> = (0..PANEL_BATCH)
+                .map(|_| {
+                    let x: Vec<f32> = (0..n).map(|_| rng.f32() * 2.0).collect();
+                    let mut q = vec![BlockQ8::default(); n / 32];
+                    generic::quantize_row_q8(&x, &mut q);
+                    q
+                })
+                .collect();
+            for (p, panel) in panels.chunks_exact(panel_bytes).enumerate() {
+                let many = dot_many(panel, std::array::from_fn(|i| &xs[i][..]));
+                for (x, got_many) in xs.iter().zip(many) {
+                    let got = dot(panel, x);
+                    for i in 0..PANEL.min(rows - p * PANEL) {
+                        let want = generic::vec_dot_mxfp4(&w[p * PANEL + i], x);
+                        let what = format!("{:?} n={n} row {}", simd.isa, p * PANEL + i);
+                        assert_eq!(
+                            got[i].to_bits(),
+                            want.to_bits(),
+                            "{what}: {} vs {want}",
+                            got[i]
+                        );
+                        assert_eq!(got_many[i].to_bits(), want.to_bits(), "{what}: many");
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 0 || !x86_has_avx2(),
+        "an AVX2 machine must get MXFP4 panel kernels"
     );
 }
 

@@ -322,6 +322,76 @@ fn a_sliding_window_attends_to_its_positions_only() {
     }
 }
 
+/// A sliding window reads only the blocks that hold its positions (gpt-oss and gemma3 run
+/// their local layers on the paged cache this way): with every block wholly before the
+/// windows of the last rows given over to another sequence's entries, those rows get the same
+/// bits, with and without attention sinks, while full attention sees the change.
+#[test]
+fn a_sliding_window_reads_only_its_blocks() {
+    let mut rng = Rng::new();
+    let (s, other) = (Sequence::random(&mut rng), Sequence::random(&mut rng));
+    let nb = LEN.div_ceil(KV_BLOCK);
+    let window = 20;
+    let sink_logits: Vec<u8> = (0..HEADS)
+        .flat_map(|_| (rng.f32() * 2.0).to_le_bytes())
+        .collect();
+    for kernels in [KernelChoice::Scalar, KernelChoice::Detect] {
+        let mut be = CpuBackend::new(CpuConfig {
+            threads: 2,
+            kernels,
+            ..CpuConfig::default()
+        });
+        let sinks = be
+            .upload_weight(worker_compute::WeightDesc {
+                name: "sinks",
+                ty: worker_gguf::GgmlType::F32,
+                rows: 1,
+                cols: HEADS,
+                bytes: &sink_logits,
+            })
+            .unwrap();
+        // Row 0 holds `s` in blocks 0..nb, row 1 `other` in blocks nb..2nb.
+        let mut table: Vec<u32> = (0..2 * nb as u32).collect();
+        let p = pool(&mut be, KvType::F16, 2 * nb, 2, &table);
+        let last: Vec<_> = (LEN - 3..LEN).map(|pos| (0, pos, &s)).collect();
+        for sinks in [None, Some(sinks)] {
+            let windowed = AttentionParams {
+                window: Some(window),
+                sinks,
+                ..params()
+            };
+            run_chunked(&mut be, &p, 1, &other, 16);
+            run_chunked(&mut be, &p, 0, &s, 16);
+            let (want, full) = (
+                call_with(&mut be, &p, &last, &windowed),
+                call(&mut be, &p, &last),
+            );
+            // The blocks wholly before the first window (of position LEN - 3) now hold
+            // `other`'s entries.
+            let first = (LEN - 3 + 1 - window) / KV_BLOCK;
+            assert!(first >= 2, "the test needs whole blocks before the window");
+            for (b, t) in table.iter_mut().enumerate().take(first) {
+                *t = (nb + b) as u32;
+            }
+            be.write_index(p.index.block_table, &table).unwrap();
+            let got = call_with(&mut be, &p, &last, &windowed);
+            assert_eq!(
+                got, want,
+                "{kernels:?} sinks {sinks:?}: windowed rows changed"
+            );
+            assert_ne!(
+                call(&mut be, &p, &last),
+                full,
+                "full attention must see the change"
+            );
+            for (b, t) in table.iter_mut().enumerate().take(first) {
+                *t = b as u32;
+            }
+            be.write_index(p.index.block_table, &table).unwrap();
+        }
+    }
+}
+
 #[test]
 fn tables_outside_the_pool_are_errors() {
     let mut rng = Rng::new();

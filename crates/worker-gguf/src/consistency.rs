@@ -24,6 +24,8 @@ pub const HPARAM_LIMITS: &[(&str, u32)] = &[
     ("attention.value_length", 4096),
     ("context_length", 1 << 24),
     ("vocab_size", 1 << 22),
+    ("expert_count", 4096),
+    ("expert_feed_forward_length", 1 << 20),
 ];
 
 fn limit(name: &str) -> u32 {
@@ -76,15 +78,30 @@ impl HyperParams {
             }
         }
         if let Some(w) = self.sliding_window {
-            if w == 0 || w > limit("context_length") {
+            if w == 0 || w > self.context_length {
                 return Err(self.bad(
                     "attention.sliding_window",
-                    format!("{w} is outside 1..={}", limit("context_length")),
+                    format!("{w} is outside 1..=context_length {}", self.context_length),
                 ));
             }
         }
+        if let Some(e) = self.experts {
+            for (name, value) in [
+                ("expert_count", e.count),
+                ("expert_feed_forward_length", e.feed_forward_length),
+            ] {
+                let max = limit(name);
+                if value == 0 || value > max {
+                    return Err(self.bad(name, format!("{value} is outside 1..={max}")));
+                }
+            }
+        }
+        let mut positive = vec![];
         if let RopeScaling::Yarn {
             original_context_length: n,
+            beta_fast,
+            beta_slow,
+            attn_factor,
             ..
         } = self.rope_scaling
         {
@@ -94,17 +111,22 @@ impl HyperParams {
                     format!("{n} is outside 1..={}", limit("context_length")),
                 ));
             }
+            positive.extend([
+                ("rope.scaling.yarn_beta_fast", Some(beta_fast)),
+                ("rope.scaling.yarn_beta_slow", Some(beta_slow)),
+                ("rope.scaling.attn_factor", Some(attn_factor)),
+            ]);
         }
         let factor = match self.rope_scaling {
             RopeScaling::None => 1.0,
             RopeScaling::Linear { factor } | RopeScaling::Yarn { factor, .. } => factor,
         };
-        let positive = [
+        positive.extend([
             ("rope.freq_base", Some(self.rope_freq_base)),
             ("rope.scaling.factor", Some(factor)),
             ("attention.layer_norm_rms_epsilon", self.rms_norm_epsilon),
             ("attention.layer_norm_epsilon", self.layer_norm_epsilon),
-        ];
+        ]);
         for (name, value) in positive {
             if let Some(v) = value {
                 if !(v.is_finite() && v > 0.0) {
@@ -181,10 +203,18 @@ impl HyperParams {
         let (nh, nkv) = (u64::from(self.head_count), u64::from(self.head_count_kv));
         let (hd, vhd) = (u64::from(self.head_dim), u64::from(self.value_head_dim));
         let ff = u64::from(self.feed_forward_length);
+        let d = u64::from(self.embedding_length);
         for t in tensors {
             let Some(i) = block_of(&t.name) else { continue };
             let part = &t.name[format!("blk.{i}.").len()..];
+            self.check_experts(t, part)?;
             let (cols, rows) = matrix(t);
+            if part == "ffn_gate_inp.weight" && cols != d {
+                return Err(mismatch(
+                    &t.name,
+                    format!("has rows of {cols} where embedding_length gives {d}"),
+                ));
+            }
             let expected = match part {
                 "attn_q.weight" => Some(("attention.head_count x key_length", rows, nh * hd)),
                 "attn_k.weight" => Some(("attention.head_count_kv x key_length", rows, nkv * hd)),
@@ -204,6 +234,53 @@ impl HyperParams {
                         ),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A mixture-of-experts tensor (`ffn_{gate,up,down}_exps` and their biases, the router
+    /// `ffn_gate_inp`) against `expert_count` and `expert_feed_forward_length`: the experts are
+    /// its last dimension, and a file that has such tensors must say how many experts it has.
+    fn check_experts(&self, t: &TensorInfo, part: &str) -> Result<(), GgufError> {
+        // (the dimension holding the experts, the dimension holding the expert width)
+        let dims: (usize, Option<usize>) = match part {
+            "ffn_gate_exps.weight" | "ffn_up_exps.weight" => (2, Some(1)),
+            "ffn_down_exps.weight" => (2, Some(0)),
+            "ffn_gate_exps.bias" | "ffn_up_exps.bias" => (1, Some(0)),
+            "ffn_down_exps.bias" => (1, None),
+            "ffn_gate_inp.weight" => (1, None),
+            "ffn_gate_inp.bias" => (0, None),
+            _ => return Ok(()),
+        };
+        let Some(e) = self.experts else {
+            return Err(self.bad(
+                "expert_count",
+                format!(
+                    "is missing or 0, but the file has the expert tensor {}",
+                    t.name
+                ),
+            ));
+        };
+        let at = |i: usize| t.shape.get(i).copied().unwrap_or(1);
+        let mismatch = |what: &str, i: usize, want: u32| GgufError::TensorMismatch {
+            name: t.name.clone(),
+            reason: format!(
+                "has {} where {what} gives {want} (shape {:?})",
+                at(i),
+                t.shape
+            ),
+        };
+        if t.shape.len() > dims.0 + 1 || at(dims.0) != u64::from(e.count) {
+            return Err(mismatch(&self.key("expert_count"), dims.0, e.count));
+        }
+        if let Some(i) = dims.1 {
+            if at(i) != u64::from(e.feed_forward_length) {
+                return Err(mismatch(
+                    &self.key("expert_feed_forward_length"),
+                    i,
+                    e.feed_forward_length,
+                ));
             }
         }
         Ok(())
@@ -345,5 +422,73 @@ mod tests {
         refused(&f, "blk.0.attn_k.weight");
         let f = model(|_, t| t[1].1 = vec![8, 0]);
         refused(&f, "zero dimension");
+    }
+
+    #[test]
+    fn sliding_windows_fit_the_context() {
+        let f = model(|md, _| set(md, "llama.attention.sliding_window", Value::U32(64)));
+        HyperParams::from_file(&f).unwrap();
+        let f = model(|md, _| set(md, "llama.attention.sliding_window", Value::U32(65)));
+        refused(&f, "llama.attention.sliding_window");
+    }
+
+    /// A two-block model with a mixture of experts: 4 experts of width 12, 2 used.
+    fn moe(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, Vec<u64>)>)) -> GgufFile {
+        model(|md, t| {
+            set(md, "llama.expert_count", Value::U32(4));
+            set(md, "llama.expert_used_count", Value::U32(2));
+            set(md, "llama.expert_feed_forward_length", Value::U32(12));
+            for i in 0..2 {
+                for (part, shape) in [
+                    ("ffn_gate_inp.weight", vec![8, 4]),
+                    ("ffn_gate_inp.bias", vec![4]),
+                    ("ffn_gate_exps.weight", vec![8, 12, 4]),
+                    ("ffn_up_exps.weight", vec![8, 12, 4]),
+                    ("ffn_down_exps.weight", vec![12, 8, 4]),
+                    ("ffn_gate_exps.bias", vec![12, 4]),
+                    ("ffn_up_exps.bias", vec![12, 4]),
+                    ("ffn_down_exps.bias", vec![8, 4]),
+                ] {
+                    t.push((format!("blk.{i}.{part}"), shape));
+                }
+            }
+            edit(md, t);
+        })
+    }
+
+    #[test]
+    fn expert_tensors_and_counts_must_agree() {
+        let hp = HyperParams::from_file(&moe(|_, _| {})).unwrap();
+        assert_eq!(hp.experts.map(|e| (e.count, e.used)), Some((4, 2)));
+        // The count claimed is not the tensors'.
+        let f = moe(|md, _| set(md, "llama.expert_count", Value::U32(5)));
+        refused(&f, "blk.0.ffn_gate_inp.weight");
+        let f = moe(|md, t| {
+            set(md, "llama.expert_count", Value::U32(5));
+            t.retain(|(n, _)| !n.contains("gate_inp"));
+        });
+        let e = HyperParams::from_file(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("blk.0.ffn_gate_exps.weight") && e.contains("llama.expert_count gives 5"),
+            "{e}"
+        );
+        // Expert tensors without an expert count.
+        let f = moe(|md, _| md.retain(|(k, _)| !k.starts_with("llama.expert")));
+        refused(&f, "llama.expert_count");
+        // More experts used than there are.
+        let f = moe(|md, _| set(md, "llama.expert_used_count", Value::U32(5)));
+        refused(&f, "llama.expert_used_count");
+        // The expert width.
+        let f = moe(|md, _| set(md, "llama.expert_feed_forward_length", Value::U32(16)));
+        refused(&f, "llama.expert_feed_forward_length");
+        let f = moe(|_, t| {
+            t.iter_mut()
+                .filter(|(n, _)| n == "blk.1.ffn_down_exps.bias")
+                .for_each(|(_, s)| *s = vec![8, 3]);
+        });
+        refused(&f, "blk.1.ffn_down_exps.bias");
+        // Absurd counts are refused before anything is sized by them.
+        let f = moe(|md, _| set(md, "llama.expert_count", Value::U32(u32::MAX)));
+        refused(&f, "llama.expert_count");
     }
 }

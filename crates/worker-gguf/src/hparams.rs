@@ -19,7 +19,27 @@ pub enum RopeScaling {
         factor: f32,
         /// The context the model was trained with.
         original_context_length: u32,
+        /// Rotations per original context above which dimensions extrapolate
+        /// (`rope.scaling.yarn_beta_fast`, default 32 as llama.cpp).
+        beta_fast: f32,
+        /// Rotations per original context below which dimensions interpolate
+        /// (`rope.scaling.yarn_beta_slow`, default 1).
+        beta_slow: f32,
+        /// Extra magnitude factor of the rotations (`rope.scaling.attn_factor`, default 1).
+        attn_factor: f32,
     },
+}
+
+/// A mixture-of-experts MLP (`{arch}.expert_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Experts {
+    /// `{arch}.expert_count`: experts per layer.
+    pub count: u32,
+    /// `{arch}.expert_used_count`: experts each token runs.
+    pub used: u32,
+    /// `{arch}.expert_feed_forward_length`: the hidden width of one expert (defaults to
+    /// `feed_forward_length`).
+    pub feed_forward_length: u32,
 }
 
 /// Transformer hyper-parameters of a GGUF model.
@@ -55,6 +75,8 @@ pub struct HyperParams {
     pub layer_norm_epsilon: Option<f32>,
     /// `{arch}.attention.sliding_window`, when the model has one.
     pub sliding_window: Option<u32>,
+    /// The mixture of experts, when `{arch}.expert_count` is above 0.
+    pub experts: Option<Experts>,
     /// `{arch}.vocab_size`, else the length of `tokenizer.ggml.tokens`.
     pub vocab_size: u32,
 }
@@ -147,6 +169,9 @@ impl HyperParams {
                 factor,
                 original_context_length: opt_u32("rope.scaling.original_context_length")?
                     .unwrap_or(context_length),
+                beta_fast: opt_f32("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                beta_slow: opt_f32("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                attn_factor: opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0),
             },
             other => {
                 return Err(GgufError::BadValue {
@@ -168,6 +193,34 @@ impl HyperParams {
             });
         }
         let sliding_window = opt_u32("attention.sliding_window")?;
+        let experts = match opt_u32("expert_count")?.filter(|&n| n > 0) {
+            None => None,
+            Some(count) => {
+                let used = match opt_u32("expert_used_count")? {
+                    Some(used) => used,
+                    None => {
+                        return Err(GgufError::MissingKey {
+                            key: key("expert_used_count"),
+                        })
+                    }
+                };
+                if used == 0 || used > count {
+                    return Err(GgufError::BadValue {
+                        key: key("expert_used_count"),
+                        reason: format!("{used} must be between 1 and expert_count {count}"),
+                    });
+                }
+                let feed_forward_length = positive(
+                    "expert_feed_forward_length",
+                    opt_u32("expert_feed_forward_length")?.unwrap_or(feed_forward_length),
+                )?;
+                Some(Experts {
+                    count,
+                    used,
+                    feed_forward_length,
+                })
+            }
+        };
 
         let vocab_size = match opt_u32("vocab_size")? {
             Some(v) => v,
@@ -198,6 +251,7 @@ impl HyperParams {
             rms_norm_epsilon,
             layer_norm_epsilon,
             sliding_window,
+            experts,
             vocab_size,
         })
     }
@@ -310,8 +364,60 @@ mod tests {
             hp.rope_scaling,
             RopeScaling::Yarn {
                 factor: 4.0,
-                original_context_length: 512
+                original_context_length: 512,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attn_factor: 1.0,
             }
         );
+        md.set("llama.rope.scaling.yarn_beta_fast", Value::F32(16.0));
+        md.set("llama.rope.scaling.yarn_beta_slow", Value::F32(2.0));
+        md.set("llama.rope.scaling.attn_factor", Value::F32(1.5));
+        let hp = HyperParams::from_metadata(&md).unwrap();
+        assert!(matches!(
+            hp.rope_scaling,
+            RopeScaling::Yarn {
+                beta_fast: 16.0,
+                beta_slow: 2.0,
+                attn_factor: 1.5,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn experts_are_read_and_checked() {
+        assert_eq!(
+            HyperParams::from_metadata(&llama_like()).unwrap().experts,
+            None
+        );
+        let mut md = llama_like();
+        md.set("llama.expert_count", Value::U32(8));
+        let e = HyperParams::from_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("llama.expert_used_count"), "{e}");
+        md.set("llama.expert_used_count", Value::U32(2));
+        let hp = HyperParams::from_metadata(&md).unwrap();
+        assert_eq!(
+            hp.experts,
+            Some(Experts {
+                count: 8,
+                used: 2,
+                feed_forward_length: 512
+            })
+        );
+        md.set("llama.expert_feed_forward_length", Value::U32(64));
+        let hp = HyperParams::from_metadata(&md).unwrap();
+        assert_eq!(hp.experts.unwrap().feed_forward_length, 64);
+        for used in [0, 9] {
+            md.set("llama.expert_used_count", Value::U32(used));
+            let e = HyperParams::from_metadata(&md).unwrap_err().to_string();
+            assert!(
+                e.contains("llama.expert_used_count") && e.contains("expert_count 8"),
+                "{e}"
+            );
+        }
+        // An expert count of 0 is a dense model.
+        md.set("llama.expert_count", Value::U32(0));
+        assert_eq!(HyperParams::from_metadata(&md).unwrap().experts, None);
     }
 }

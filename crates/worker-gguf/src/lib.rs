@@ -30,7 +30,7 @@ mod writer;
 pub use consistency::HPARAM_LIMITS;
 pub use error::GgufError;
 pub use file::GgufFile;
-pub use hparams::{HyperParams, RopeScaling};
+pub use hparams::{Experts, HyperParams, RopeScaling};
 pub use quants::{dequantize, quantize, supports_dequantize, supports_quantize};
 pub use reader::{GgufContent, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 pub use types::GgmlType;

@@ -31,6 +31,7 @@ mod constrain;
 mod error;
 mod execute;
 pub mod fuzzing;
+mod harmony;
 mod json;
 mod kv_events;
 mod limits;

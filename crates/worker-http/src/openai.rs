@@ -20,6 +20,7 @@ use worker_common::ErrorCode;
 use worker_engine::{Completion, StopReason, TokenEvent};
 
 use crate::error::ApiError;
+use crate::harmony;
 use crate::metrics::{Outcome, Route};
 use crate::middleware::CorrelationId;
 use crate::state::{AppState, Running, Step};
@@ -148,6 +149,12 @@ async fn run(
             return reject(&state, route, e);
         }
     };
+    let harmony = kind == Kind::Chat
+        && state
+            .card
+            .chat_template
+            .as_ref()
+            .is_some_and(|t| t.harmony());
     let ctx = ChunkCtx {
         id,
         created: time::unix_seconds(),
@@ -156,6 +163,7 @@ async fn run(
         logprobs,
         state: state.clone(),
         tools: prepared.tools,
+        harmony,
     };
     if prepared.stream {
         Sse::new(chunk_stream(ctx, running, prepared.include_usage)).into_response()
@@ -173,6 +181,8 @@ struct ChunkCtx {
     logprobs: bool,
     state: Arc<AppState>,
     tools: Option<Tools>,
+    /// The model answers in harmony's channels (gpt-oss): reasoning apart from content.
+    harmony: bool,
 }
 
 impl ChunkCtx {
@@ -302,6 +312,7 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
         Kind::Chat => {
             let logprobs = ctx.logprobs.then(|| ctx.chat_logprobs(&tokens));
             let (message, finish_reason) = match &ctx.tools {
+                _ if ctx.harmony => harmony_message(&text, reason, ctx.tools.as_ref()),
                 Some(t) => t.message(&text, reason),
                 None => (Message::text(text), reason),
             };
@@ -325,7 +336,33 @@ async fn collect(ctx: ChunkCtx, mut running: Running) -> Response {
     }
 }
 
+/// A gpt-oss answer as an assistant message: its reasoning as `reasoning_content`, its final
+/// and commentary text as `content`, its calls as `tool_calls` where the request gave tools
+/// (finish reason `tool_calls`).
+fn harmony_message(
+    text: &str,
+    reason: &'static str,
+    tools: Option<&Tools>,
+) -> (Message, &'static str) {
+    let a = harmony::parse(text);
+    let calls = tools.map_or_else(Vec::new, |t| tools::tool_calls(&a.calls, t.format));
+    let reason = if calls.is_empty() {
+        reason
+    } else {
+        tools::calls_reason(reason)
+    };
+    let message = Message {
+        role: "assistant",
+        content: (calls.is_empty() || !a.content.is_empty()).then_some(a.content),
+        reasoning_content: (!a.reasoning.is_empty()).then_some(a.reasoning),
+        tool_calls: calls,
+    };
+    (message, reason)
+}
+
 struct ChunkStream {
+    /// gpt-oss: the answer's channels, released as reasoning and content deltas.
+    harmony: Option<harmony::Stream>,
     /// With tools: the output so far, held back until the end.
     held: String,
     /// With tools and `auto`: the content released before the end.
@@ -416,8 +453,56 @@ impl ChunkStream {
         }
     }
 
+    /// Reasoning and content deltas of a gpt-oss answer.
+    fn push_pieces(&mut self, pieces: Vec<harmony::Piece>) {
+        for p in pieces {
+            let delta = match p {
+                harmony::Piece::Reasoning(text) => Delta {
+                    reasoning_content: Some(text),
+                    ..Delta::default()
+                },
+                harmony::Piece::Content(text) => Delta {
+                    content: Some(text),
+                    ..Delta::default()
+                },
+            };
+            let chunk = self.chat_chunk(delta, None, None);
+            self.pending.push_back(chunk);
+        }
+    }
+
+    /// The end of a gpt-oss answer: what was held back, the calls (where the request gave
+    /// tools), the finish reason.
+    fn push_harmony_end(&mut self, mut h: harmony::Stream, c: &Completion) {
+        let mut pieces = h.push(&c.tail);
+        let (rest, calls) = h.finish();
+        pieces.extend(rest);
+        self.push_pieces(pieces);
+        let mut reason = finish_reason(c);
+        if let Some(t) = self.ctx.tools.take().filter(|_| !calls.is_empty()) {
+            for delta in tools::stream_deltas("", &calls, t.format) {
+                let chunk = self.chat_chunk(delta, None, None);
+                self.pending.push_back(chunk);
+            }
+            reason = tools::calls_reason(reason);
+        }
+        let last = self.chat_chunk(Delta::default(), None, Some(reason));
+        self.pending.push_back(last);
+    }
+
     fn push(&mut self, step: Step) {
         match step {
+            Step::Token(t) if self.harmony.is_some() => {
+                let pieces = self.harmony.as_mut().map(|h| h.push(&t.text));
+                self.push_pieces(pieces.unwrap_or_default());
+            }
+            Step::End(c) if self.harmony.is_some() => {
+                if let Some(h) = self.harmony.take() {
+                    self.push_harmony_end(h, &c);
+                }
+                self.push_usage(&c);
+                self.ended = true;
+            }
             Step::Token(t) if self.ctx.tools.is_some() => {
                 self.held.push_str(&t.text);
                 let piece = self.content.as_mut().and_then(|c| c.advance(&self.held));
@@ -463,6 +548,7 @@ fn chunk_stream(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let mut st = ChunkStream {
+        harmony: ctx.harmony.then(harmony::Stream::default),
         held: String::new(),
         content: ctx.tools.as_ref().and_then(Tools::content_stream),
         ctx,

@@ -1,4 +1,5 @@
-//! Wall-clock helpers: Unix seconds and RFC 3339 timestamps without a date crate.
+//! Wall-clock helpers: Unix seconds and RFC 3339 timestamps without a date crate (the
+//! calendar is the chat templates' `strftime`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,30 +19,11 @@ pub(crate) fn rfc3339_now() -> String {
 }
 
 fn rfc3339(secs: u64, millis: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{}.{millis:03}Z",
+        worker_tokenizer::strftime("%Y-%m-%dT%H:%M:%S", at)
     )
-}
-
-/// Year, month, day of the proleptic Gregorian calendar for days since 1970-01-01 (Howard
-/// Hinnant's well-known algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

@@ -17,6 +17,12 @@
 //! - **Mistral** (the template writes `[TOOL_CALLS]`): the marker, then a JSON array of
 //!   `{"name", "arguments"}` objects; with `auto`, optionally after free text. Call ids are
 //!   9 alphanumeric characters, as Mistral's templates demand of earlier turns.
+//! - **Harmony** (gpt-oss: the template writes `<|channel|>` headers): the template renders
+//!   the tools; a call is a message ` to=functions.NAME<|channel|>commentary json<|message|>`
+//!   followed by its arguments, after any reasoning (see [`crate::harmony`], which also
+//!   splits every gpt-oss answer into reasoning and content). The whole answer is
+//!   constrained: reasoning and commentary messages, then (with `auto`) a final answer or a
+//!   call, or a call whose arguments validate.
 //! - **Generic** (any other template, as llama-server does): the tool list and the answer
 //!   format are put in a system message, and the answer is JSON, always constrained:
 //!   `{"tool_calls": [{"name": …, "arguments": {…}}]}`, or with `auto`
@@ -59,6 +65,8 @@ pub(crate) enum Format {
     Llama3,
     /// `[TOOL_CALLS][{"name", "arguments"}, …]` (Mistral).
     Mistral,
+    /// gpt-oss's channels: a call is a message to `functions.NAME`.
+    Harmony,
     /// JSON answers described in a system message.
     Generic,
 }
@@ -219,6 +227,7 @@ pub(crate) fn parse(
             Some(ToolCallStyle::Hermes) => Format::Hermes,
             Some(ToolCallStyle::Llama3Json) => Format::Llama3,
             Some(ToolCallStyle::Mistral) => Format::Mistral,
+            Some(ToolCallStyle::Harmony) => Format::Harmony,
             None => Format::Generic,
         },
     }))
@@ -247,13 +256,7 @@ impl Tools {
             "arguments"
         };
         let calls: Vec<Value> = self
-            .names
-            .iter()
-            .zip(&self.params)
-            .filter(|(n, _)| match &self.choice {
-                Choice::Named(want) => *n == want,
-                _ => true,
-            })
+            .functions()
             .map(|(n, p)| {
                 json!({
                     "type": "object",
@@ -270,14 +273,20 @@ impl Tools {
         }
     }
 
-    fn with_compact_json(mut schema: Value) -> Value {
-        if let Some(m) = schema.as_object_mut() {
-            m.insert(
-                "x-guidance".into(),
-                json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-            );
-        }
-        schema
+    fn with_compact_json(schema: Value) -> Value {
+        compact_json(schema)
+    }
+
+    /// The functions the choice allows: name and `parameters` schema.
+    pub fn functions(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.names
+            .iter()
+            .zip(&self.params)
+            .filter(|(n, _)| match &self.choice {
+                Choice::Named(want) => *n == want,
+                _ => true,
+            })
+            .map(|(n, p)| (n.as_str(), p))
     }
 
     /// The constraint that makes the output a well-formed call (or, with `auto`, text or
@@ -287,6 +296,7 @@ impl Tools {
             (_, Choice::None) => None,
             (Format::Hermes, _) => Some(Constraint::Lark(self.hermes_grammar(tok))),
             (Format::Mistral, _) => Some(Constraint::Lark(self.mistral_grammar(tok))),
+            (Format::Harmony, _) => Some(Constraint::Lark(crate::harmony::grammar(self, tok))),
             (Format::Llama3, choice) => {
                 let call = Self::with_compact_json(self.call_schema());
                 Some(Constraint::Lark(if *choice == Choice::Auto {
@@ -399,9 +409,25 @@ impl Tools {
             Format::Hermes => parse_hermes(text),
             Format::Llama3 => parse_llama3(text),
             Format::Mistral => parse_mistral(text),
+            Format::Harmony => {
+                let a = crate::harmony::parse(text);
+                (a.content, a.calls)
+            }
             Format::Generic => parse_generic(text),
         }
     }
+}
+
+/// `schema` with llguidance's compact JSON layout (`, ` and `: `, no free whitespace), as the
+/// templates write arguments.
+pub(crate) fn compact_json(mut schema: Value) -> Value {
+    if let Some(m) = schema.as_object_mut() {
+        m.insert(
+            "x-guidance".into(),
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
+    }
+    schema
 }
 
 /// The id of `text` if it is one special token of the vocabulary.
@@ -523,6 +549,7 @@ impl Tools {
         let message = Message {
             role: "assistant",
             content: (!content.is_empty()).then_some(content),
+            reasoning_content: None,
             tool_calls: tool_calls(&calls, self.format),
         };
         (message, calls_reason(reason))
@@ -556,7 +583,8 @@ impl Tools {
             Format::Hermes => Some("<tool_call>"),
             Format::Mistral => Some("[TOOL_CALLS]"),
             Format::Llama3 => None,
-            Format::Generic => return None,
+            // Streamed by `crate::harmony::Stream`, reasoning and content apart.
+            Format::Generic | Format::Harmony => return None,
         };
         Some(ContentStream {
             marker,
@@ -643,7 +671,8 @@ fn partial_suffix(text: &str, marker: &str) -> usize {
 }
 
 /// A complete output with calls finishes with `tool_calls`; a cut one stays `length`.
-fn calls_reason(reason: &'static str) -> &'static str {
+/// The finish reason of an answer that made calls: `tool_calls` where it stopped by itself.
+pub(crate) fn calls_reason(reason: &'static str) -> &'static str {
     if reason == "stop" {
         "tool_calls"
     } else {

@@ -107,8 +107,10 @@ pub fn required_bytes(
     let hp = HyperParams::from_file(file)?;
     let (activations, indices) = match hp.architecture.as_str() {
         "gpt2" => crate::gpt2::buffer_table(&hp, opts).bytes(),
-        "llama" | "qwen2" | "qwen3" | "phi3" | "gemma3" => {
-            crate::decoder::buffer_table(&hp, opts).bytes()
+        "llama" | "qwen2" | "qwen3" | "phi3" | "gemma3" | "gpt-oss" => {
+            let (attention, mlp, logits) = crate::decoder::buffer_tables(&hp, opts);
+            let (logit_tensors, indices) = logits.bytes();
+            (attention.bytes().0 + mlp.bytes() + logit_tensors, indices)
         }
         other => {
             return Err(ModelError::UnsupportedArchitecture {

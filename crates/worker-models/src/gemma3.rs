@@ -56,13 +56,8 @@ pub(crate) fn load(
     }
     let swa = match hp.sliding_window.filter(|&w| w > 0) {
         None => None,
+        // Within the context: checked with the other hyper-parameters.
         Some(w) => {
-            if w > hp.context_length {
-                return Err(bad(
-                    "attention.sliding_window",
-                    format!("{w} is larger than context_length {}", hp.context_length),
-                ));
-            }
             let pattern = opt_u32("attention.sliding_window_pattern")?.unwrap_or(6);
             let base = opt_f32("rope.freq_base_swa")?.unwrap_or(10_000.0);
             if !(base > 0.0 && base.is_finite()) {
@@ -75,6 +70,7 @@ pub(crate) fn load(
                 window: w as usize,
                 pattern: pattern as usize,
                 base,
+                scaled: false,
             })
         }
     };
@@ -90,6 +86,7 @@ pub(crate) fn load(
         fused_gate_up: false,
         qk_norm: true,
         gemma: true,
+        gpt_oss: false,
         attn_scale: Some(attn_scale),
         swa,
     };

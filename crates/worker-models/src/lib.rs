@@ -1,4 +1,4 @@
-//! Model adapters (llama, qwen2, qwen3, phi3, gpt2, gemma3) written once against the
+//! Model adapters (llama, qwen2, qwen3, phi3, gpt2, gemma3, gpt-oss) written once against the
 //! [`worker_compute::ComputeBackend`] ops, and the factory [`load`] that picks one from
 //! `general.architecture`.
 //!
@@ -26,6 +26,7 @@ mod decoder;
 mod error;
 mod gemma3;
 mod gpt2;
+mod gpt_oss;
 mod kv;
 mod llama;
 mod phi3;
@@ -41,7 +42,9 @@ use worker_compute::{ComputeBackend, KvCacheConfig, KvType};
 use worker_gguf::GgufFile;
 
 /// The architectures [`load`] supports, by `general.architecture`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gpt2", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama", "qwen2", "qwen3", "phi3", "gpt2", "gemma3", "gpt-oss",
+];
 
 /// Sizes a loaded model preallocates on the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +224,7 @@ pub fn load(
         "phi3" => phi3::load(file, hp, backend, opts),
         "gpt2" => gpt2::load(file, hp, backend, opts),
         "gemma3" => gemma3::load(file, hp, backend, opts),
+        "gpt-oss" => gpt_oss::load(file, hp, backend, opts),
         other => Err(ModelError::UnsupportedArchitecture {
             arch: other.to_string(),
             supported: SUPPORTED_ARCHITECTURES.join(", "),

@@ -20,6 +20,7 @@ pub(crate) fn load(
         fused_gate_up: false,
         qk_norm: false,
         gemma: false,
+        gpt_oss: false,
         attn_scale: None,
         swa: None,
     };

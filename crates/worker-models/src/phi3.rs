@@ -33,6 +33,7 @@ pub(crate) fn load(
         fused_gate_up: true,
         qk_norm: false,
         gemma: false,
+        gpt_oss: false,
         attn_scale: None,
         swa: None,
     };

@@ -29,6 +29,7 @@ pub(crate) fn load(
         fused_gate_up: false,
         qk_norm: true,
         gemma: false,
+        gpt_oss: false,
         attn_scale: None,
         swa: None,
     };

@@ -1,5 +1,6 @@
 //! Uploading named GGUF tensors after checking their shapes, including the row ranges of a
-//! fused tensor (phi3's `attn_qkv` and `ffn_up`, gpt2's `attn_qkv`).
+//! fused tensor (phi3's `attn_qkv` and `ffn_up`, gpt2's `attn_qkv`) and the experts stacked in
+//! one tensor (gpt-oss's `ffn_*_exps`).
 //!
 //! A fused projection is split at load time by slicing its rows out of the file's bytes: a
 //! GGUF matrix is stored row by row and every quantized block lies inside one row, so each
@@ -139,6 +140,58 @@ pub(crate) fn upload_vec_split<const N: usize>(
             bytes: bytes.get(start..start + size).unwrap_or_default(),
         })?;
         start += size;
+    }
+    file.release_tensor_pages(info);
+    Ok(ids)
+}
+
+/// Uploads the `n` experts stacked in tensor `name` (ggml shape `[cols, rows, n]`, or
+/// `[cols, n]` for a stack of vectors, `rows == 1`: the MoE tensors `ffn_*_exps`) as `n`
+/// weights of `rows x cols`, each cut from the file's bytes in its storage type. Expert `e`
+/// is named `name[e]` in the backend's errors.
+pub(crate) fn upload_experts(
+    file: &GgufFile,
+    backend: &mut dyn ComputeBackend,
+    name: &str,
+    cols: usize,
+    rows: usize,
+    n: usize,
+) -> Result<Vec<WeightId>, ModelError> {
+    let (info, bytes) = file.tensor(name).map_err(|e| match e {
+        worker_gguf::GgufError::MissingTensor { name } => ModelError::MissingTensor { name },
+        other => other.into(),
+    })?;
+    let expected: Vec<u64> = if rows == 1 {
+        vec![cols as u64, n as u64]
+    } else {
+        vec![cols as u64, rows as u64, n as u64]
+    };
+    if info.shape != expected {
+        return Err(ModelError::WrongShape {
+            name: name.to_string(),
+            found: info.shape.clone(),
+            expected,
+        });
+    }
+    let size = info
+        .ty
+        .bytes_for(cols as u64)
+        .map(|row| row as usize * rows)
+        .ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "tensor {name:?}: a row of {cols} {} values is not whole blocks",
+                info.ty
+            ))
+        })?;
+    let mut ids = Vec::with_capacity(n);
+    for e in 0..n {
+        ids.push(backend.upload_weight(WeightDesc {
+            name: &format!("{name}[{e}]"),
+            ty: info.ty,
+            rows,
+            cols,
+            bytes: bytes.get(e * size..(e + 1) * size).unwrap_or_default(),
+        })?);
     }
     file.release_tensor_pages(info);
     Ok(ids)

@@ -6,11 +6,17 @@
 //! The fixtures live in a cache outside the repository: `$WORKER_FIXTURES_DIR` when set, else
 //! `~/.cache/llama-orch-worker`. A missing fixture is a test failure naming the command that
 //! fetches it; nothing here downloads, and no test may pass silently without its fixture.
+//!
+//! [`hf_vocab`] turns a fetched `tokenizer.json` into the GGUF tokenizer keys llama.cpp's
+//! converter would write, for vocabularies that reach us only that way (gpt-oss's).
 
 use std::path::PathBuf;
 
+pub mod hf_vocab;
 mod http;
 mod rng;
+
+pub use hf_vocab::gptoss_vocab;
 pub use http::receive_one_request;
 pub use rng::Rng;
 
@@ -64,7 +70,7 @@ pub fn chat_template(name: &str) -> PathBuf {
     fixture(&format!("vocab/templates/{name}.jinja"))
 }
 
-/// The path of the HF `tokenizer.json` named `name` (`qwen3`, `llama3`).
+/// The path of the HF `tokenizer.json` named `name` (`qwen3`, `llama3`, `gptoss`).
 pub fn hf_tokenizer(name: &str) -> PathBuf {
     fixture(&format!("tokenizers/{name}/tokenizer.json"))
 }

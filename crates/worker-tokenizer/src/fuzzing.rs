@@ -246,6 +246,7 @@ pub fn check_template(template: &ChatTemplate, data: &[u8]) {
         } else {
             String::new()
         },
+        now: None,
     };
     if let Err(e) = template.render(&messages, &ctx) {
         assert!(matches!(e, TokenizerError::Template(_)), "{e}");

@@ -34,6 +34,7 @@ mod hf;
 mod pretok;
 mod spm;
 mod stream;
+mod strftime;
 mod template;
 mod unicode;
 mod vocab;
@@ -44,6 +45,7 @@ pub use error::{Result, TokenizerError};
 pub use hf::HfTokenizer;
 pub use spm::GgufSpm;
 pub use stream::StreamDecoder;
+pub use strftime::strftime;
 pub use template::{ChatContext, ChatMessage, ChatTemplate, ToolCallStyle};
 
 use worker_gguf::Metadata;

@@ -15,6 +15,21 @@ const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]
 /// Qwen 3.5's pattern (Qwen2's with combining marks joined to letters).
 const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// GPT-4o's (o200k: gpt-oss) pattern as llama.cpp runs it. The `tokenizer.json` has
+/// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+` for a word's capitalized and
+/// lower-case runs; llama.cpp rewrote them as "a letter that is not a-z" and "a letter that is
+/// not A-Z", since its regex engine knows only `\p{L}`. So llama.cpp (and this worker) differ
+/// from HF `tokenizers` where a word holds a non-ASCII cased letter (each counts as both
+/// cases) or a combining mark (not part of the word): a quirk kept, as for every GGUF
+/// vocabulary, and measured in `tests/corpus.rs`.
+const GPT4O: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+",
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?",
+    r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*",
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
+
 enum Step {
     /// GPT-2: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
     Gpt2,
@@ -59,6 +74,7 @@ impl PreTokenizer {
             "qwen35" => vec![regex(QWEN35)?],
             // SentencePiece-style BPE: runs of newlines and runs of anything else.
             "gemma4" => vec![regex(r"[^\n]+|[\n]+")?],
+            "gpt-4o" => vec![regex(GPT4O)?],
             // The class is written with escapes where a character has a canonical singleton
             // decomposition, so that no Unicode normalization of this file can change it.
             "deepseek-llm" => vec![

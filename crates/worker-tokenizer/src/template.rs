@@ -1,7 +1,9 @@
 //! Chat templates: the Jinja template in `tokenizer.chat_template`, rendered with `minijinja`
 //! and its Python-compatibility methods (`.strip()`, `.items()`, …), set up as HF
 //! `transformers`' `apply_chat_template` sets up jinja2 (`trim_blocks`, `lstrip_blocks`,
-//! `raise_exception`, `tojson`).
+//! `raise_exception`, `tojson`, `strftime_now`).
+
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use worker_gguf::Metadata;
@@ -36,6 +38,9 @@ pub struct ChatContext {
     pub bos_token: String,
     /// The text of the EOS token (`eos_token`), empty if none.
     pub eos_token: String,
+    /// The instant `strftime_now` formats (UTC); `None` for the system clock. Set for
+    /// reproducible renderings (tests, goldens).
+    pub now: Option<SystemTime>,
 }
 
 /// How a template's model writes tool calls, recognised from the markup the template itself
@@ -49,6 +54,8 @@ pub enum ToolCallStyle {
     /// Mistral: `[TOOL_CALLS]` followed by a JSON array of `{"name", "arguments"}` objects;
     /// call ids are 9 alphanumeric characters.
     Mistral,
+    /// gpt-oss's harmony: a message to `functions.NAME` on the commentary channel.
+    Harmony,
 }
 
 /// A compiled chat template.
@@ -56,14 +63,26 @@ pub enum ToolCallStyle {
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     tools: bool,
+    harmony: bool,
     tool_call_style: Option<ToolCallStyle>,
 }
 
 const NAME: &str = "chat_template";
+/// The variable that carries [`ChatContext::now`] to `strftime_now` (seconds since the epoch).
+const NOW: &str = "__strftime_now_epoch";
+
+/// [`ChatContext::now`] as the seconds the template's `strftime_now` reads, if set.
+fn now_secs(ctx: &ChatContext) -> Option<f64> {
+    ctx.now
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
 
 /// The style of the markup `source` renders for earlier tool calls.
 fn tool_call_style(source: &str) -> Option<ToolCallStyle> {
-    if source.contains("<tool_call>") {
+    if harmony(source) {
+        Some(ToolCallStyle::Harmony)
+    } else if source.contains("<tool_call>") {
         Some(ToolCallStyle::Hermes)
     } else if source.contains("[TOOL_CALLS]") {
         Some(ToolCallStyle::Mistral)
@@ -74,6 +93,11 @@ fn tool_call_style(source: &str) -> Option<ToolCallStyle> {
     } else {
         None
     }
+}
+
+/// Whether the template writes answers in harmony's channels (gpt-oss).
+fn harmony(source: &str) -> bool {
+    source.contains("<|channel|>") && source.contains("<|message|>")
 }
 
 fn template_err(e: minijinja::Error) -> TokenizerError {
@@ -107,11 +131,24 @@ impl ChatTemplate {
                 ))
             },
         );
+        env.add_function(
+            "strftime_now",
+            |state: &minijinja::State, format: String| -> String {
+                let now = state
+                    .lookup(NOW)
+                    .and_then(|v| f64::try_from(v).ok())
+                    .map_or_else(SystemTime::now, |secs| {
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs)
+                    });
+                crate::strftime::strftime(&format, now)
+            },
+        );
         env.add_template_owned(NAME, source.to_string())
             .map_err(template_err)?;
         Ok(Self {
             env,
             tools: source.contains("tools"),
+            harmony: harmony(source),
             tool_call_style: tool_call_style(source),
         })
     }
@@ -127,6 +164,12 @@ impl ChatTemplate {
     /// Whether the template reads a `tools` variable (renders a tool list itself).
     pub fn supports_tools(&self) -> bool {
         self.tools
+    }
+
+    /// Whether the model answers in harmony's channels (gpt-oss: `<|channel|>analysis`
+    /// reasoning, then `<|channel|>final`), which the answer must be split by.
+    pub fn harmony(&self) -> bool {
+        self.harmony
     }
 
     /// How the model writes tool calls, where the template renders tools and earlier calls
@@ -152,6 +195,7 @@ impl ChatTemplate {
             add_generation_prompt => ctx.add_generation_prompt,
             bos_token => &ctx.bos_token,
             eos_token => &ctx.eos_token,
+            __strftime_now_epoch => now_secs(ctx),
         })
         .map_err(template_err)
     }
@@ -164,6 +208,7 @@ impl ChatTemplate {
             add_generation_prompt => ctx.add_generation_prompt,
             bos_token => &ctx.bos_token,
             eos_token => &ctx.eos_token,
+            __strftime_now_epoch => now_secs(ctx),
         })
         .map_err(template_err)
     }
@@ -187,5 +232,27 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, "hi");
+    }
+
+    #[test]
+    fn strftime_now_reads_the_context_clock() {
+        let t = ChatTemplate::new("Today: {{ strftime_now('%Y-%m-%d') }}").unwrap();
+        let ctx = ChatContext {
+            now: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_420_567)),
+            ..ChatContext::default()
+        };
+        assert_eq!(t.render(&[], &ctx).unwrap(), "Today: 2026-12-04");
+        // The system clock otherwise.
+        let today = t.render(&[], &ChatContext::default()).unwrap();
+        let date = today.strip_prefix("Today: ").unwrap().as_bytes();
+        let shape = date.len() == 10
+            && date.iter().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+        assert!(shape, "{today}");
     }
 }

@@ -4,8 +4,10 @@
 //! `scripts/goldens/make_greedy_goldens.py`), every id equal, and every round trip exact
 //! (U+2581 coming back as the space it stands for).
 
+mod common;
+
 use serde_json::Value;
-use worker_tokenizer::{from_gguf, EncodeOptions};
+use worker_tokenizer::from_gguf;
 
 #[test]
 fn gemma3_tokenizer_matches_llama_cpp_on_a_corpus() {
@@ -17,36 +19,8 @@ fn gemma3_tokenizer_matches_llama_cpp_on_a_corpus() {
     let file =
         worker_gguf::GgufFile::open(worker_testdata::model(worker_testdata::GEMMA3)).unwrap();
     let tok = from_gguf(file.metadata()).unwrap();
-    let cases = golden["cases"].as_array().unwrap();
-    let mut failures = Vec::new();
-    for case in cases {
-        let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let got = tok.encode(text, EncodeOptions::PLAIN).unwrap();
-        if got != want {
-            failures.push(format!("{text:?}\n  want {want:?}\n  got  {got:?}"));
-        }
-        // SentencePiece decodes U+2581 (its space marker) as a space, as llama.cpp does.
-        let back = tok.decode(&got, true).unwrap();
-        if back != text.replace('\u{2581}', " ") {
-            failures.push(format!("round trip of {text:?} gave {back:?}"));
-        }
-    }
-    eprintln!(
-        "gemma3: {}/{} texts as llama.cpp",
-        cases.len() - failures.len(),
-        cases.len()
-    );
-    assert!(cases.len() >= 400, "{} texts", cases.len());
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    // SentencePiece decodes U+2581 (its space marker) as a space, as llama.cpp does.
+    common::check_llama_cpp_corpus("gemma3", tok.as_ref(), &golden, |t| {
+        t.replace('\u{2581}', " ")
+    });
 }

@@ -39,10 +39,19 @@ impl Worker {
 
     pub fn start_cmd(extra: &[&str], edit: impl FnOnce(&mut Command)) -> Worker {
         let model = worker_testdata::model(worker_testdata::SMOLLM2);
+        Self::start_model(&model, extra, edit)
+    }
+
+    /// `serve` on the model file `model`, as [`Worker::start_cmd`].
+    pub fn start_model(
+        model: &std::path::Path,
+        extra: &[&str],
+        edit: impl FnOnce(&mut Command),
+    ) -> Worker {
         let mut cmd = bin();
         cmd.arg("serve")
             .arg("--model")
-            .arg(&model)
+            .arg(model)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

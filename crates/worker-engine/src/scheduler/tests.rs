@@ -145,6 +145,7 @@ fn hparams(context: u32) -> HyperParams {
         rms_norm_epsilon: Some(1e-5),
         layer_norm_epsilon: None,
         sliding_window: None,
+        experts: None,
         vocab_size: VOCAB as u32,
     }
 }

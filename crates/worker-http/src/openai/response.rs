@@ -48,6 +48,10 @@ pub(crate) struct ChatChoice {
 pub(crate) struct Message {
     pub role: &'static str,
     pub content: Option<String>,
+    /// The model's reasoning, apart from its answer (gpt-oss's analysis channel), as
+    /// llama-server and vLLM name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
 }
@@ -58,6 +62,7 @@ impl Message {
         Message {
             role: "assistant",
             content: Some(content),
+            reasoning_content: None,
             tool_calls: Vec::new(),
         }
     }
@@ -95,6 +100,9 @@ pub(crate) struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// A piece of the model's reasoning (see [`Message::reasoning_content`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallDelta>,
 }

@@ -163,6 +163,7 @@ fn real_templates_choose_their_models_formats() {
         ("meta-llama-Llama-3.3-70B-Instruct", Format::Llama3),
         ("mistralai-Mistral-Nemo-Instruct-2407", Format::Mistral),
         ("google-gemma-2-2b-it", Format::Generic),
+        ("openai-gpt-oss-120b", Format::Harmony),
     ] {
         let t = parse(Some(&weather()), None, None, Some(&real_template(name)))
             .unwrap()

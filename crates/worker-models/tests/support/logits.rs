@@ -41,25 +41,32 @@ pub fn u32s(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// Runs every prompt of golden `g` through the model of `file` on a CPU backend built from
-/// `config` (all positions of a prompt in one batch) and compares the logits.
-pub fn compare(file: &GgufFile, config: CpuConfig, g: &Value) -> Stats {
-    let mut backend = CpuBackend::new(config);
-    let prompts = g["prompts"].as_array().unwrap();
-    let longest = prompts
+/// The load options that run each prompt of golden `g` in one batch with logits at every
+/// position, on an f32 KV cache.
+pub fn options(g: &Value) -> LoadOptions {
+    let longest = g["prompts"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|p| p["ids"].as_array().unwrap().len())
         .max()
         .unwrap();
-    let opts = LoadOptions {
+    LoadOptions {
         max_batch: longest,
         max_logit_rows: longest,
         seqs: 1,
         max_positions: 64,
         kv_type: worker_compute::KvType::F32,
         ..LoadOptions::default()
-    };
-    let mut m = load(file, &mut backend, opts).unwrap();
+    }
+}
+
+/// Runs every prompt of golden `g` through the model of `file` on a CPU backend built from
+/// `config` (all positions of a prompt in one batch) and compares the logits.
+pub fn compare(file: &GgufFile, config: CpuConfig, g: &Value) -> Stats {
+    let mut backend = CpuBackend::new(config);
+    let prompts = g["prompts"].as_array().unwrap();
+    let mut m = load(file, &mut backend, options(g)).unwrap();
     let vocab = m.hparams().vocab_size as usize;
     assert_eq!(vocab as u64, g["n_vocab"].as_u64().unwrap());
     let stride = g["subsample_stride"].as_u64().unwrap() as usize;

@@ -1,5 +1,7 @@
-//! Deterministic tiny random-weight `phi3`, `gpt2`, `qwen3` and `gemma3` models on llama.cpp's
-//! real gpt-2, phi-3, qwen2 and llama-spm vocabularies, written with our GGUF writer.
+//! Deterministic tiny random-weight `phi3`, `gpt2`, `qwen3`, `gemma3` and `gpt-oss` models on
+//! llama.cpp's real gpt-2, phi-3, qwen2 and llama-spm vocabularies and on gpt-oss's o200k
+//! (converted from its `tokenizer.json` as llama.cpp's converter does), written with our GGUF
+//! writer.
 //!
 //! Shared by the tests (which build the models in memory) and by the example
 //! `write_tiny_models` (which writes the same bytes to files for
@@ -7,8 +9,9 @@
 //! the sha256 of the bytes, so a change here shows up as a golden mismatch, not as a silent
 //! comparison against a different model.
 //!
-//! The weights mix storage types (F32, F16, Q8_0, Q4_0) so that every dequantizer the two
-//! adapters meet is on the compared path, including the row split of quantized fused tensors.
+//! The weights mix storage types (F32, F16, Q8_0, Q4_0; gpt-oss's experts MXFP4, as released)
+//! so that every dequantizer the adapters meet is on the compared path, including the row
+//! split of quantized fused tensors and the expert split of stacked ones.
 
 #![allow(dead_code)]
 
@@ -34,15 +37,18 @@ pub struct Edit<'a> {
     pub key: Option<(&'a str, u32)>,
 }
 
-/// Which vocabulary file (`worker_testdata::vocab(name)`) each architecture uses.
-pub fn vocab_name(arch: &str) -> &'static str {
-    match arch {
+/// The vocabulary each architecture's tiny model takes its `tokenizer.*` keys from:
+/// llama.cpp's vocabulary files, and gpt-oss's o200k built from its `tokenizer.json`.
+pub fn vocab(arch: &str) -> GgufFile {
+    let name = match arch {
         "phi3" => "phi-3",
         "gpt2" => "gpt-2",
         "qwen3" => "qwen2",
         "gemma3" => "llama-spm",
+        "gpt-oss" => return worker_testdata::gptoss_vocab(),
         other => panic!("no tiny model for {other}"),
-    }
+    };
+    GgufFile::open(worker_testdata::vocab(name)).unwrap()
 }
 
 struct Rng(u64);
@@ -68,10 +74,20 @@ enum Kind {
     Embedding(f32),
     /// A projection of `cols` inputs: unit-variance outputs for unit-variance inputs.
     Matrix,
+    /// Attention sink logits: -1.5 to 2.5.
+    Sink,
+    /// A projection into the residual stream a tenth of [`Kind::Matrix`]'s size.
+    Residual,
 }
 
 /// The architectures with a tiny model.
-pub const ARCHS: [&str; 4] = ["phi3", "gpt2", "qwen3", "gemma3"];
+pub const ARCHS: [&str; 5] = ["phi3", "gpt2", "qwen3", "gemma3", "gpt-oss"];
+
+/// The tiny gpt-oss's sliding window: shorter than the golden prompts, so that its two
+/// sliding layers (of four, alternating as in the released models) see a window that moves.
+pub const GPT_OSS_WINDOW: u32 = 8;
+/// The tiny gpt-oss's experts and those each token uses: the released 20B model's counts.
+pub const GPT_OSS_EXPERTS: (u32, u32) = (32, 4);
 
 /// The tiny gemma3's sliding window: shorter than the golden prompts, so that the five local
 /// layers of its six (llama.cpp's default pattern) see a window that moves.
@@ -92,7 +108,7 @@ pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
             w.set(k, v.clone());
         }
     }
-    use GgmlType::{F16, F32, Q4_0, Q8_0};
+    use GgmlType::{F16, F32, MXFP4, Q4_0, Q8_0};
     let mut tensors: Vec<(String, Vec<u64>, GgmlType, Kind)> = Vec::new();
     let mut t = |name: String, shape: Vec<u64>, ty, kind| tensors.push((name, shape, ty, kind));
     let hd = D / HEADS;
@@ -305,6 +321,114 @@ pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
             }
             t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
         }
+        "gpt-oss" => {
+            // The released shape's ratios, reduced: 8 query heads sharing one KV head (64
+            // and 8 in the 20B model), heads narrower than d / heads' product (16 x 8 = 128
+            // on a 64 residual; 64 x 64 on 2880), experts as wide as the residual, the 20B
+            // model's 32 experts of which 4 run, YaRN 32x over 4096 positions as released,
+            // four layers alternating sliding (window GPT_OSS_WINDOW) and full, biases on
+            // attention and experts, sinks, its own output matrix, and its chat template.
+            let (kv_heads, hd, eff) = (1u64, 16u64, D);
+            let (n_exp, used) = GPT_OSS_EXPERTS;
+            let n_exp = n_exp as u64;
+            for (k, v) in [
+                ("context_length", CTX),
+                ("embedding_length", D as u32),
+                ("block_count", 4),
+                ("feed_forward_length", eff as u32),
+                ("attention.head_count", 2 * HEADS as u32),
+                ("attention.head_count_kv", kv_heads as u32),
+                ("attention.key_length", hd as u32),
+                ("attention.value_length", hd as u32),
+                ("attention.sliding_window", GPT_OSS_WINDOW),
+                ("expert_count", n_exp as u32),
+                ("expert_used_count", used),
+                ("expert_feed_forward_length", eff as u32),
+                ("rope.scaling.original_context_length", 4096),
+            ] {
+                w.set(&format!("gpt-oss.{k}"), Value::U32(v));
+            }
+            for (k, v) in [
+                ("attention.layer_norm_rms_epsilon", 1e-5),
+                ("rope.freq_base", 150_000.0),
+                ("rope.scaling.factor", 32.0),
+                ("rope.scaling.yarn_beta_fast", 32.0),
+                ("rope.scaling.yarn_beta_slow", 1.0),
+            ] {
+                w.set(&format!("gpt-oss.{k}"), Value::F32(v));
+            }
+            w.set("gpt-oss.rope.scaling.type", Value::String("yarn".into()));
+            let template = worker_testdata::chat_template("openai-gpt-oss-120b");
+            let template = std::fs::read_to_string(template).unwrap();
+            w.set("tokenizer.chat_template", Value::String(template));
+            let nh = 2 * HEADS;
+            t(
+                "token_embd.weight".into(),
+                vec![D, n_vocab],
+                Q8_0,
+                Kind::Embedding(2.0),
+            );
+            for i in 0..4 {
+                let (q_ty, o_ty) = [(F16, Q8_0), (Q8_0, F16)][i % 2];
+                let b = |n: &str| format!("blk.{i}.{n}");
+                t(b("attn_norm.weight"), vec![D], F32, Kind::NormWeight);
+                t(b("attn_q.weight"), vec![D, nh * hd], q_ty, Kind::Matrix);
+                t(b("attn_q.bias"), vec![nh * hd], F32, Kind::Bias);
+                t(
+                    b("attn_k.weight"),
+                    vec![D, kv_heads * hd],
+                    q_ty,
+                    Kind::Matrix,
+                );
+                t(b("attn_k.bias"), vec![kv_heads * hd], F32, Kind::Bias);
+                t(
+                    b("attn_v.weight"),
+                    vec![D, kv_heads * hd],
+                    Q8_0,
+                    Kind::Matrix,
+                );
+                t(b("attn_v.bias"), vec![kv_heads * hd], F32, Kind::Bias);
+                t(
+                    b("attn_output.weight"),
+                    vec![nh * hd, D],
+                    o_ty,
+                    Kind::Residual,
+                );
+                t(b("attn_output.bias"), vec![D], F32, Kind::Bias);
+                t(b("attn_sinks.weight"), vec![nh], F32, Kind::Sink);
+                t(
+                    b("post_attention_norm.weight"),
+                    vec![D],
+                    F32,
+                    Kind::NormWeight,
+                );
+                t(b("ffn_gate_inp.weight"), vec![D, n_exp], F32, Kind::Matrix);
+                t(b("ffn_gate_inp.bias"), vec![n_exp], F32, Kind::Bias);
+                t(
+                    b("ffn_gate_exps.weight"),
+                    vec![D, eff, n_exp],
+                    MXFP4,
+                    Kind::Matrix,
+                );
+                t(b("ffn_gate_exps.bias"), vec![eff, n_exp], F32, Kind::Bias);
+                t(
+                    b("ffn_up_exps.weight"),
+                    vec![D, eff, n_exp],
+                    MXFP4,
+                    Kind::Matrix,
+                );
+                t(b("ffn_up_exps.bias"), vec![eff, n_exp], F32, Kind::Bias);
+                t(
+                    b("ffn_down_exps.weight"),
+                    vec![eff, D, n_exp],
+                    MXFP4,
+                    Kind::Residual,
+                );
+                t(b("ffn_down_exps.bias"), vec![D, n_exp], F32, Kind::Bias);
+            }
+            t("output_norm.weight".into(), vec![D], F32, Kind::NormWeight);
+            t("output.weight".into(), vec![D, n_vocab], Q8_0, Kind::Matrix);
+        }
         other => panic!("no tiny model for {other}"),
     }
     if let Some((name, shape)) = &edit.extra {
@@ -330,11 +454,13 @@ pub fn tiny_model(arch: &str, vocab: &GgufFile, edit: &Edit<'_>) -> Vec<u8> {
             Kind::NormWeight | Kind::Bias => 0.2,
             Kind::Embedding(s) => s,
             Kind::Matrix => 2.0 * (3.0 / shape[0] as f32).sqrt(),
+            Kind::Sink => 4.0,
+            Kind::Residual => 0.2 * (3.0 / shape[0] as f32).sqrt(),
         };
-        let offset = if matches!(kind, Kind::NormWeight) {
-            1.0
-        } else {
-            0.0
+        let offset = match kind {
+            Kind::NormWeight => 1.0,
+            Kind::Sink => 0.5,
+            _ => 0.0,
         };
         let values: Vec<f32> = (0..n).map(|_| offset + scale * rng.next()).collect();
         let data = match ty {

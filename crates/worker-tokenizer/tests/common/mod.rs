@@ -21,6 +21,58 @@ pub fn qwen25() -> &'static dyn Tokenizer {
     .as_ref()
 }
 
+/// gpt-oss's o200k vocabulary as a GGUF tokenizer (built from its `tokenizer.json` as
+/// llama.cpp's converter does: `worker_testdata::gptoss_vocab`).
+pub fn gptoss() -> &'static dyn Tokenizer {
+    static T: OnceLock<Box<dyn Tokenizer>> = OnceLock::new();
+    T.get_or_init(|| from_gguf(worker_testdata::gptoss_vocab().metadata()).unwrap())
+        .as_ref()
+}
+
+/// Every case of a llama.cpp corpus golden (`{"cases": [{"text", "ids"}]}`, made by the golden
+/// scripts) through `tok`: llama.cpp's ids (plain text: no BOS, special tokens not parsed),
+/// and a decode giving back `back(text)`. Fails listing every difference.
+pub fn check_llama_cpp_corpus(
+    name: &str,
+    tok: &dyn Tokenizer,
+    golden: &serde_json::Value,
+    back: impl Fn(&str) -> String,
+) {
+    let cases = golden["cases"].as_array().unwrap();
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let got = tok
+            .encode(text, worker_tokenizer::EncodeOptions::PLAIN)
+            .unwrap();
+        if got != want {
+            failures.push(format!("{text:?}\n  want {want:?}\n  got  {got:?}"));
+        }
+        let decoded = tok.decode(&got, true).unwrap();
+        if decoded != back(text) {
+            failures.push(format!("round trip of {text:?} gave {decoded:?}"));
+        }
+    }
+    eprintln!(
+        "{name}: {}/{} texts as llama.cpp",
+        cases.len() - failures.len(),
+        cases.len()
+    );
+    assert!(cases.len() >= 400, "{} texts", cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 pub fn hf(name: &str) -> HfTokenizer {
     HfTokenizer::from_file(worker_testdata::hf_tokenizer(name)).unwrap()
 }

@@ -8,6 +8,7 @@
 // which byte feeds which element.
 #![allow(clippy::needless_range_loop)]
 
+use worker_gguf::quants::iq::{e8m0_to_f32_half, KVALUES_MXFP4};
 use worker_gguf::GgmlType;
 
 use super::{BlockQ8, BlockQ8K, QK, QK_K};
@@ -27,6 +28,7 @@ pub(crate) const Q8_0_BYTES: usize = 34;
 pub(crate) const Q4_K_BYTES: usize = 144;
 pub(crate) const Q5_K_BYTES: usize = 176;
 pub(crate) const Q6_K_BYTES: usize = 210;
+pub(crate) const MXFP4_BYTES: usize = 17;
 
 // ---------------------------------------------------------------------------------------
 // Activation quantization.
@@ -145,6 +147,18 @@ pub fn dequantize_row_q8_0(w: &[u8], out: &mut [f32]) {
         let d = f16_at(b, 0);
         for j in 0..QK {
             o[j] = (b[2 + j] as i8) as f32 * d;
+        }
+    }
+}
+
+/// MXFP4: `{e: u8, qs: [u8; 16]}`, `x = k[nibble] * 2^(e - 128)` with `k` ggml's
+/// `kvalues_mxfp4` (the e2m1 values doubled), low nibbles first.
+pub fn dequantize_row_mxfp4(w: &[u8], out: &mut [f32]) {
+    for (b, o) in w.chunks_exact(MXFP4_BYTES).zip(out.chunks_exact_mut(QK)) {
+        let d = e8m0_to_f32_half(b[0]);
+        for j in 0..16 {
+            o[j] = KVALUES_MXFP4[(b[1 + j] & 0xf) as usize] as f32 * d;
+            o[j + 16] = KVALUES_MXFP4[(b[1 + j] >> 4) as usize] as f32 * d;
         }
     }
 }
@@ -321,6 +335,23 @@ pub fn vec_dot_q8_0(w: &[u8], x: &[BlockQ8]) -> f32 {
     acc
 }
 
+/// MXFP4 weights times Q8 activations, as llama.cpp's `ggml_vec_dot_mxfp4_q8_0`: per block
+/// the exact integer sum `s` of levels times activation bytes, then
+/// `acc = fma(s, 2^(e - 128) * dx, acc)`. The panel kernels compute the same steps per row,
+/// so they give these bits.
+pub fn vec_dot_mxfp4(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let mut acc = 0f32;
+    for (b, a) in w.chunks_exact(MXFP4_BYTES).zip(x) {
+        let mut s = 0i32;
+        for j in 0..16 {
+            s += KVALUES_MXFP4[(b[1 + j] & 0xf) as usize] as i32 * a.qs[j] as i32;
+            s += KVALUES_MXFP4[(b[1 + j] >> 4) as usize] as i32 * a.qs[j + 16] as i32;
+        }
+        acc = (s as f32).mul_add(e8m0_to_f32_half(b[0]) * a.d, acc);
+    }
+    acc
+}
+
 /// Q4_K weights times Q8_K activations.
 pub fn vec_dot_q4_k(w: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut acc = 0f32;
@@ -425,7 +456,6 @@ dequantized_type! {
     Q3_K, dequantize_row_q3_k;
     IQ4_NL, dequantize_row_iq4_nl;
     IQ4_XS, dequantize_row_iq4_xs;
-    MXFP4, dequantize_row_mxfp4;
 }
 
 // ---------------------------------------------------------------------------------------

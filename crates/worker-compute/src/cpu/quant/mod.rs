@@ -152,7 +152,7 @@ pub struct Kernels {
     types: [Option<TypeKernels>; N_TYPES],
 }
 
-/// The weight types with kernels, in table order. The last six have no row kernels of their
+/// The weight types with kernels, in table order. The last five have no row kernels of their
 /// own ([`VecDot::Dequantized`]: rows dequantized by worker-gguf, dotted in f32); those with a
 /// panel layout run on the panel kernels where the table has them.
 pub const SUPPORTED_TYPES: [GgmlType; 16] = [
@@ -166,12 +166,12 @@ pub const SUPPORTED_TYPES: [GgmlType; 16] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::MXFP4,
     GgmlType::BF16,
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
-    GgmlType::MXFP4,
 ];
 const N_TYPES: usize = SUPPORTED_TYPES.len();
 
@@ -208,12 +208,12 @@ impl Kernels {
                 tk(VecDot::Q8K(g::vec_dot_q4_k), g::dequantize_row_q4_k),
                 tk(VecDot::Q8K(g::vec_dot_q5_k), g::dequantize_row_q5_k),
                 tk(VecDot::Q8K(g::vec_dot_q6_k), g::dequantize_row_q6_k),
+                tk(VecDot::Q8(g::vec_dot_mxfp4), g::dequantize_row_mxfp4),
                 tk(VecDot::Dequantized, g::dequantize_row_bf16),
                 tk(VecDot::Dequantized, g::dequantize_row_q2_k),
                 tk(VecDot::Dequantized, g::dequantize_row_q3_k),
                 tk(VecDot::Dequantized, g::dequantize_row_iq4_nl),
                 tk(VecDot::Dequantized, g::dequantize_row_iq4_xs),
-                tk(VecDot::Dequantized, g::dequantize_row_mxfp4),
             ],
         }
     }

@@ -7,12 +7,14 @@
 //!
 //! | part | bytes | content |
 //! | --- | --- | --- |
-//! | `d` | 32 | the sixteen f16 scales, row `i` at `2i` |
+//! | `d` | 32 | the sixteen f16 scales, row `i` at `2i` (MXFP4: sixteen e8m0 exponents, 16 bytes, row `i` at `i`) |
 //! | `m` (Q4_1, Q5_1) | 32 | the sixteen f16 minimums |
 //! | high bits (Q5_0, Q5_1) | 64 | eight u64 masks; mask `g` bit `4i+t` = high bit of row `i`, element `4g+t` |
 //! | quants | 256 (4-bit) / 512 (Q8_0) | 64-byte chunks; in chunk `c`, bytes `4i..4i+4` are row `i`'s |
 //!
-//! (IQ4_NL has Q4_0's layout; its kernels turn each 4-bit code into its table value plus 128.)
+//! (IQ4_NL has Q4_0's layout; its kernels turn each 4-bit code into its table value plus 128.
+//! MXFP4 has it too, with one-byte exponents: its kernels turn each code into its signed level
+//! and compute exactly [`super::generic::vec_dot_mxfp4`]'s steps, with no bias.)
 //!
 //! For the 4-bit types chunk `c` holds each row's quant bytes `4c..4c+4`: their low nibbles
 //! are elements `4c..4c+4` (group `c`) and their high nibbles elements `16+4c..` (group
@@ -67,6 +69,9 @@ pub enum PanelFormat {
     /// IQ4_XS: 256-element super-blocks, eight sub-blocks of 32 with signed 6-bit scales,
     /// 4-bit codes into the IQ4_NL table (see [`IQ4XS_QUANTS`]).
     IQ4XS,
+    /// MXFP4: Q4_0's layout with a one-byte e8m0 exponent per row and block instead of an
+    /// f16 scale (272 bytes a panel block, as the GGUF rows); no bias.
+    MXFP4,
     /// Q3_K, repacked into the Q6_K layout: its 3-bit quants (-4..=3) plus 32 fit Q6_K's
     /// unsigned 6-bit ones and its 6-bit scales minus 32 its 8-bit ones, so the Q6_K kernels
     /// compute it exactly (at Q6_K's 210 bytes a row and block instead of 110).
@@ -87,6 +92,7 @@ impl PanelFormat {
             GgmlType::Q6_K => Some(Self::Q6K),
             GgmlType::Q3_K => Some(Self::Q3K),
             GgmlType::IQ4_NL => Some(Self::IQ4NL),
+            GgmlType::MXFP4 => Some(Self::MXFP4),
             GgmlType::IQ4_XS => Some(Self::IQ4XS),
             GgmlType::Q2_K => Some(Self::Q2K),
             GgmlType::F16 => Some(Self::F16),
@@ -108,6 +114,7 @@ impl PanelFormat {
     pub const fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 | Self::IQ4NL => 18,
+            Self::MXFP4 => 17,
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
             Self::Q5_1 => 24,
@@ -139,6 +146,7 @@ impl PanelFormat {
     pub const fn quants_offset(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q8_0 | Self::IQ4NL => 32,
+            Self::MXFP4 => 16,
             Self::Q4_1 => 64,
             Self::Q5_0 => 96,
             Self::Q5_1 => 128,
@@ -163,6 +171,7 @@ impl PanelFormat {
     const fn gguf_quants_offset(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q8_0 | Self::IQ4NL => 2,
+            Self::MXFP4 => 1,
             Self::Q4_1 => 4,
             Self::Q5_1 => 8,
             _ => 6,
@@ -216,9 +225,9 @@ impl PanelFormat {
             Self::Q3K => return q3k_to_panel(i, src, dst),
             Self::IQ4XS => return iq4xs_to_panel(i, src, dst),
             Self::Q2K => return q2k_to_panel(i, src, dst),
-            _ => {}
+            Self::MXFP4 => dst[i] = src[0],
+            _ => dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]),
         }
-        dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
         let q = &src[self.gguf_quants_offset()..];
         let qo = self.quants_offset();
         match self {
@@ -288,9 +297,9 @@ impl PanelFormat {
                     q2k_from_panel(i, src, dst);
                     continue;
                 }
-                _ => {}
+                Self::MXFP4 => dst[0] = src[i],
+                _ => dst[..2].copy_from_slice(&src[2 * i..2 * i + 2]),
             }
-            dst[..2].copy_from_slice(&src[2 * i..2 * i + 2]);
             let qo = self.quants_offset();
             let go = self.gguf_quants_offset();
             match self {
@@ -673,6 +682,7 @@ mod tests {
             PanelFormat::Q6K,
             PanelFormat::Q3K,
             PanelFormat::IQ4NL,
+            PanelFormat::MXFP4,
             PanelFormat::IQ4XS,
             PanelFormat::Q2K,
             PanelFormat::F16,
