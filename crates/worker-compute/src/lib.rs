@@ -24,6 +24,7 @@ pub mod conformance;
 pub mod cpu;
 mod error;
 pub mod profile;
+pub mod shape;
 
 pub use backend::{
     AttentionParams, ComputeBackend, ExpertActivation, ExpertWeights, IndexId, KvCacheConfig,

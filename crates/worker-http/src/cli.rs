@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use worker_common::{MemoryArchitecture, ReadyCallback};
+use worker_common::{DeviceInfo, MemoryArchitecture, ReadyCallback};
 use worker_engine::{ComputeBackend, Engine, EngineConfig, KvType};
 use worker_gguf::GgufFile;
 use worker_tokenizer::ChatTemplate;
@@ -226,6 +226,8 @@ pub struct WorkerKind {
     pub worker_type: String,
     /// Where the model's memory lives.
     pub memory_architecture: MemoryArchitecture,
+    /// The device it computes on, where the worker picks one (a GPU adapter).
+    pub device: Option<DeviceInfo>,
 }
 
 /// A backend for a model: what a binary gives [`serve_model`].
@@ -373,6 +375,7 @@ pub async fn run(
             memory_bytes,
             memory_architecture: kind.memory_architecture,
             worker_type: kind.worker_type.clone(),
+            device: kind.device.clone(),
             capabilities: ["execute", "cancel", "openai", "tokenize", "metrics"]
                 .map(String::from)
                 .to_vec(),
