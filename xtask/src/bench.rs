@@ -14,7 +14,7 @@ use worker_compute::{CpuBackend, CpuConfig};
 use worker_models::bench::{self, BenchSpec};
 use worker_models::load;
 
-use crate::{constrained, conversation, fetch};
+use crate::{constrained, conversation, fetch, profile};
 
 /// Flags of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -53,6 +53,10 @@ pub struct Args {
     /// beside free ones, at 1 and `--slots` streams, `--tg` tokens each.
     #[arg(long, conflicts_with = "conversation")]
     constrained: bool,
+    /// Run the decode profile instead: the read floor, the thread pool's cost per job, each
+    /// kernel's bandwidth alone, and a batch-1 decode step op by op (`--tg` steps).
+    #[arg(long, conflicts_with_all = ["conversation", "constrained"])]
+    profile: bool,
     /// Slots of both servers in the conversation bench; streams of the constrained bench.
     #[arg(long, default_value_t = 8)]
     slots: usize,
@@ -91,6 +95,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             prefill_words: args.prefill_words,
             json: args.json,
         });
+    }
+    if args.profile {
+        return profile::run(&model, args.threads, args.tg);
     }
     if args.constrained {
         return constrained::run(

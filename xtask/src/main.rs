@@ -11,6 +11,7 @@ mod bench;
 mod constrained;
 mod conversation;
 mod fetch;
+mod profile;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project automation for the llama-orch worker")]

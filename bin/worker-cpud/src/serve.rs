@@ -30,6 +30,7 @@ pub fn serve(args: &CpuServeArgs) -> anyhow::Result<()> {
     let kind = WorkerKind {
         worker_type: "cpu".into(),
         memory_architecture: MemoryArchitecture::Host,
+        device: None,
     };
     worker_http::serve_model(&args.serve, kind, |_, _| Ok(Box::new(CpuBackend::new(cpu))))?;
     Ok(())

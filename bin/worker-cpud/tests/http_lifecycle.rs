@@ -2,47 +2,24 @@
 
 mod http_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use http_support::{agent, Worker};
 use serde_json::{json, Value};
 
-/// Accepts one HTTP request on `listener`; before answering 200, asks the worker named in the
-/// payload for /health. Returns the payload and that /health status.
+/// Receives the ready callback on `listener`; before answering it, asks the worker named in
+/// the payload for /health. Returns the payload, that /health status and the request line.
 fn receive_callback(listener: TcpListener) -> (Value, u16, String) {
-    let (stream, _) = listener.accept().expect("callback connection");
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).unwrap();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    let payload: Value = serde_json::from_slice(&body).expect("JSON payload");
-    let uri = payload["uri"].as_str().expect("uri").to_string();
-    let health = agent()
-        .get(&format!("{uri}/health"))
-        .call()
-        .map_or(0, |r| r.status().as_u16());
-    let mut stream = stream;
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    (payload, health, request_line)
+    worker_testdata::receive_one_request(listener, |request_line, body| {
+        let payload: Value = serde_json::from_slice(body).expect("JSON payload");
+        let uri = payload["uri"].as_str().expect("uri").to_string();
+        let health = agent()
+            .get(&format!("{uri}/health"))
+            .call()
+            .map_or(0, |r| r.status().as_u16());
+        (payload, health, request_line.to_string())
+    })
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub fn serve(dev: Device, args: &ServeArgs) -> anyhow::Result<()> {
     let kind = WorkerKind {
         worker_type: "cuda".into(),
         memory_architecture: MemoryArchitecture::VramOnly,
+        device: None,
     };
     worker_http::serve_model(args, kind, |file, config| {
         // The sizes the engine will ask the model for, so the VRAM check counts what it uses.

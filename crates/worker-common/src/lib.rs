@@ -18,6 +18,6 @@ pub mod sampler;
 mod sampling_config;
 
 pub use error_code::ErrorCode;
-pub use ready::{MemoryArchitecture, ReadyCallback};
+pub use ready::{DeviceInfo, MemoryArchitecture, ReadyCallback};
 pub use sampler::{argmax, Sampled, Sampler};
 pub use sampling_config::{SamplingConfig, SamplingError, GREEDY_TEMPERATURE};

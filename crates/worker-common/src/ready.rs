@@ -23,6 +23,15 @@ impl MemoryArchitecture {
     }
 }
 
+/// The device a worker computes on, where it picks one among several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device's name (`"Apple M2"`, `"llvmpipe (LLVM 15.0.6, 256 bits)"`).
+    pub name: String,
+    /// The API it is driven through (`metal`, `vulkan`, `dx12`).
+    pub backend: String,
+}
+
 /// The body of the ready callback a worker POSTs to `--callback-url` after loading its model
 /// and binding its server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +44,10 @@ pub struct ReadyCallback {
     pub memory_bytes: u64,
     /// Where that memory lives.
     pub memory_architecture: MemoryArchitecture,
-    /// The worker binary's kind: `cpu`, `cuda`, …
+    /// The worker binary's kind: `cpu`, `cuda`, `wgpu`, …
     pub worker_type: String,
+    /// The device it computes on, for a worker that picks one (`worker-aarmd`'s adapter).
+    pub device: Option<DeviceInfo>,
     /// What the worker serves: `execute`, `openai`, …
     pub capabilities: Vec<String>,
     /// The base URI the worker answers on (`http://127.0.0.1:8080`).

@@ -10,12 +10,14 @@
 
 use worker_compute::{AttentionParams, ComputeError, KvCacheId, KvIndex, Result, TensorId};
 
+use worker_compute::shape::{check_cols, check_rows};
+
 use crate::backend::CudaBackend;
 use crate::device::Device;
 use crate::launch::{
     grid, Attention, AttentionCombine, AttentionDecode, AttentionPrefill, KvStore,
 };
-use crate::memory::{check_cols, check_rows, i32_of, shape};
+use crate::memory::{i32_of, shape};
 
 /// Largest head width the attention kernel handles (`ATT_MAX_DIM` in attention.cu).
 const MAX_HEAD_DIM: usize = 256;

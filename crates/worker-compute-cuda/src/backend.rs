@@ -21,11 +21,13 @@ use cudarc::driver::DriverError;
 use worker_compute::{ComputeError, Result, TensorId};
 use worker_gguf::GgmlType;
 
+use worker_compute::shape::check_rows;
+
 use crate::config::{CudaConfig, Experimental};
 use crate::device::{Buffer, Device, Gpu};
 use crate::error::CudaError;
 use crate::launch::{grid, Argmax};
-use crate::memory::{check_rows, i32_of, Index, KvCache, Tensor, Weight};
+use crate::memory::{i32_of, Index, KvCache, Tensor, Weight};
 use crate::queue::Launch;
 use crate::types::{Kernels, EXPERIMENTAL_TYPES, WEIGHT_TYPES};
 

@@ -17,11 +17,13 @@
 
 use worker_compute::{ComputeError, Linear, Result, TensorId, WeightId};
 
+use worker_compute::shape::{check_cols, check_rows};
+
 use crate::backend::CudaBackend;
 use crate::device::Device;
 use crate::gemm::GEMM_MIN_ROWS;
 use crate::launch::{grid, grid_1d, AddBias, Matmul, Matvec, Matvec3, MatvecGlu};
-use crate::memory::{check_cols, check_rows, i32_of, shape};
+use crate::memory::{i32_of, shape};
 use crate::types::TypeKernels;
 
 /// Activation rows per matmul block row (`MM_ROWS` in quant.cu).

@@ -7,6 +7,7 @@
 //! `write_index` only writes the mirror, and the next flush uploads the changed range with
 //! one copy before the step's kernels.
 
+use worker_compute::shape::{check_cols, check_rows};
 use worker_compute::{
     ComputeError, IndexId, KvCacheConfig, KvCacheId, KvType, Result, TensorId, WeightDesc, WeightId,
 };
@@ -72,23 +73,6 @@ pub(crate) fn shape(op: &'static str, reason: String) -> ComputeError {
 /// `v` as a kernel's `int` argument.
 pub(crate) fn i32_of(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| shape(op, format!("{v} does not fit a kernel's i32 argument")))
-}
-
-pub(crate) fn check_rows(op: &'static str, have: usize, rows: usize, what: &str) -> Result<()> {
-    if rows > have {
-        return Err(shape(op, format!("{what} holds {have} rows, {rows} asked")));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<()> {
-    if got != want {
-        return Err(shape(
-            op,
-            format!("{what} has {got} columns, expected {want}"),
-        ));
-    }
-    Ok(())
 }
 
 impl<D: Device> CudaBackend<D> {

@@ -8,10 +8,12 @@ use worker_compute::{
     KvLayout, KvType, Linear, Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
 };
 
+use worker_compute::shape::{check_cols, check_rows};
+
 use crate::backend::CudaBackend;
 use crate::device::Device;
 use crate::launch::*;
-use crate::memory::{check_cols, check_rows, i32_of, shape};
+use crate::memory::{i32_of, shape};
 
 impl<D: Device> ComputeBackend for CudaBackend<D> {
     fn name(&self) -> &'static str {

@@ -71,6 +71,30 @@ macro_rules! raw_accessor {
 }
 raw_accessor!(IndexId, WeightId, KvCacheId);
 
+/// `lookup` on the handle types, for a backend that keeps what its handles name in a list
+/// indexed by raw id.
+macro_rules! handle_lookup {
+    ($(($t:ident, $kind:literal)),*) => {$(
+        impl $t {
+            /// What this handle names in `table` (indexed by raw id), or
+            /// [`ComputeError::UnknownHandle`] for `op` when it is not there.
+            pub fn lookup<'a, T>(self, table: &'a [T], op: &'static str) -> Result<&'a T> {
+                table.get(self.0 as usize).ok_or(ComputeError::UnknownHandle {
+                    op,
+                    kind: $kind,
+                    id: self.0,
+                })
+            }
+        }
+    )*};
+}
+handle_lookup!(
+    (TensorId, "tensor"),
+    (IndexId, "index"),
+    (WeightId, "weight"),
+    (KvCacheId, "kv cache")
+);
+
 /// A weight to upload: `rows` rows of `cols` elements (ggml shape `[cols, rows]`), in `ty`.
 #[derive(Clone, Copy, Debug)]
 pub struct WeightDesc<'a> {

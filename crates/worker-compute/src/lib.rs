@@ -23,6 +23,8 @@ mod backend;
 pub mod conformance;
 pub mod cpu;
 mod error;
+pub mod profile;
+pub mod shape;
 
 pub use backend::{
     AttentionParams, ComputeBackend, ExpertActivation, ExpertWeights, IndexId, KvCacheConfig,

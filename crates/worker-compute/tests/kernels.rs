@@ -7,9 +7,7 @@ use worker_compute::cpu::quant::{
 use worker_gguf::quants::iq::{e8m0_to_f32_half, KVALUES_IQ4NL, KVALUES_MXFP4};
 use worker_gguf::GgmlType;
 
-mod support;
-
-use support::Rng;
+use worker_testdata::Rng;
 
 /// Offsets of the f16 scale fields in one block of `ty`.
 fn f16_fields(ty: GgmlType) -> &'static [usize] {

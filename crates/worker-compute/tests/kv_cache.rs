@@ -13,9 +13,7 @@ const KV_HEADS: usize = 2;
 const HD: usize = 64;
 const LEN: usize = 70;
 
-mod support;
-
-use support::Rng;
+use worker_testdata::Rng;
 
 /// Queries, keys and values of one sequence of `LEN` positions.
 struct Sequence {

@@ -10,10 +10,7 @@ use worker_compute::{
 };
 use worker_gguf::quants::{dequantize, quantize};
 use worker_gguf::GgmlType;
-
-mod support;
-
-use support::Rng;
+use worker_testdata::Rng;
 
 /// gpt-oss's activation constants (llama.cpp's `LLM_FFN_SWIGLU_OAI_MOE`).
 const OAI: ExpertActivation = ExpertActivation::SwigluOai {

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use worker_common::ReadyCallback;
+use worker_common::{DeviceInfo, ReadyCallback};
 
 use crate::HttpError;
 
 /// The callback body.
 pub(crate) fn payload(cb: &ReadyCallback) -> serde_json::Value {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "worker_id": cb.worker_id,
         "model_ref": cb.model_ref,
         "memory_bytes": cb.memory_bytes,
@@ -17,7 +17,16 @@ pub(crate) fn payload(cb: &ReadyCallback) -> serde_json::Value {
         "worker_type": cb.worker_type,
         "capabilities": cb.capabilities,
         "uri": cb.uri,
-    })
+    });
+    if let Some(d) = &cb.device {
+        body["device"] = device(d);
+    }
+    body
+}
+
+/// A device as `/health` and the ready callback show it.
+pub(crate) fn device(d: &DeviceInfo) -> serde_json::Value {
+    serde_json::json!({ "name": d.name, "backend": d.backend })
 }
 
 /// POSTs `cb` as JSON to `url` (plain `http://`), waiting at most `timeout`; any transport

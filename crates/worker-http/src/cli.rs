@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use worker_common::{MemoryArchitecture, ReadyCallback};
+use worker_common::{DeviceInfo, MemoryArchitecture, ReadyCallback};
 use worker_engine::{ComputeBackend, Engine, EngineConfig, KvType};
 use worker_gguf::GgufFile;
+use worker_tokenizer::ChatTemplate;
 
 use crate::{
     send_ready_callback, shutdown_signal, ConnectionLimits, HttpError, KvEventPublisher,
@@ -113,6 +114,11 @@ pub struct ServeArgs {
         requires = "kv_events_endpoint"
     )]
     pub kv_events_replay_endpoint: Option<String>,
+    /// The chat template `/v1/chat/completions` renders with, instead of the file's
+    /// `tokenizer.chat_template` (a base model has none): a Jinja file, or the template
+    /// itself, as vLLM's flag of the same name.
+    #[arg(long, env = "WORKER_CHAT_TEMPLATE")]
+    pub chat_template: Option<String>,
 }
 
 /// `--drain-timeout-sec`: a number of seconds in [0, 3].
@@ -179,6 +185,30 @@ impl ServeArgs {
             })
     }
 
+    /// The template `--chat-template` names, compiled: the file's contents if it names a
+    /// file, else the value itself if it holds Jinja markup (as vLLM reads the flag); `None`
+    /// without the flag. An unreadable file or a template that does not compile is an error.
+    pub fn chat_template(&self) -> Result<Option<ChatTemplate>, HttpError> {
+        let Some(value) = &self.chat_template else {
+            return Ok(None);
+        };
+        let path = Path::new(value);
+        let source = if path.is_file() {
+            std::fs::read_to_string(path).map_err(|e| {
+                HttpError::Flags(format!("--chat-template: cannot read {value}: {e}"))
+            })?
+        } else if ["{{", "{%"].iter().any(|m| value.contains(m)) {
+            value.clone()
+        } else {
+            return Err(HttpError::Flags(format!(
+                "--chat-template: {value} is neither a file nor a Jinja template"
+            )));
+        };
+        ChatTemplate::new(&source)
+            .map(Some)
+            .map_err(|e| HttpError::Flags(format!("--chat-template: {e}")))
+    }
+
     /// The model id clients see.
     pub fn model_id(&self) -> String {
         self.model_name.clone().unwrap_or_else(|| {
@@ -196,6 +226,8 @@ pub struct WorkerKind {
     pub worker_type: String,
     /// Where the model's memory lives.
     pub memory_architecture: MemoryArchitecture,
+    /// The device it computes on, where the worker picks one (a GPU adapter).
+    pub device: Option<DeviceInfo>,
 }
 
 /// A backend for a model: what a binary gives [`serve_model`].
@@ -226,6 +258,8 @@ pub fn serve_model(
         addr: format!("{}:{}", args.host, args.port),
         source: Box::new(e),
     })?;
+    // Checked before the model loads: a bad template should not cost a load.
+    let chat_template = args.chat_template()?;
     let start = Instant::now();
     let worker_type = kind.worker_type.as_str();
     tracing::info!(model = %args.model.display(), slots = args.slots, worker_type, "loading model");
@@ -237,7 +271,10 @@ pub fn serve_model(
     );
     let config = args.engine_config();
     let be = backend(&file, &config).map_err(HttpError::Backend)?;
-    let (engine, card) = load_model(&file, &args.model, be, config, args.model_id())?;
+    let (engine, mut card) = load_model(&file, &args.model, be, config, args.model_id())?;
+    if chat_template.is_some() {
+        card.chat_template = chat_template;
+    }
     // The backend holds its own copy of the weights and the card everything else the server
     // needs: unmap the file, so its pages do not stay resident beside that copy.
     drop(file);
@@ -338,6 +375,7 @@ pub async fn run(
             memory_bytes,
             memory_architecture: kind.memory_architecture,
             worker_type: kind.worker_type.clone(),
+            device: kind.device.clone(),
             capabilities: ["execute", "cancel", "openai", "tokenize", "metrics"]
                 .map(String::from)
                 .to_vec(),

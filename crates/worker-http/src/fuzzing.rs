@@ -352,6 +352,7 @@ fn rules() -> Rules<'static> {
             TEMPLATE_.get_or_init(|| ChatTemplate::new(TEMPLATE).expect("fuzz template")),
         ),
         bos_text: "<s>",
+        adds_bos: true,
         eos_text: "</s>",
     }
 }

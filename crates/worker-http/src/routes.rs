@@ -190,6 +190,9 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     if let Some(w) = &state.config.worker {
         body["worker_type"] = json!(w.worker_type);
         body["memory_architecture"] = json!(w.memory_architecture.as_str());
+        if let Some(d) = &w.device {
+            body["device"] = crate::callback::device(d);
+        }
     }
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE

@@ -122,6 +122,7 @@ impl AppState {
             vocab_size: self.info.vocab_size,
             chat_template: self.card.chat_template.as_ref(),
             bos_text: &self.card.bos_text,
+            adds_bos: self.engine.tokenizer().adds_bos(),
             eos_text: &self.card.eos_text,
         }
     }

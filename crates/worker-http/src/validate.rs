@@ -32,6 +32,9 @@ pub(crate) struct Rules<'a> {
     pub chat_template: Option<&'a ChatTemplate>,
     /// Text of the BOS token, for templates that print it.
     pub bos_text: &'a str,
+    /// Whether tokenizing a prompt adds BOS (then a rendered chat's leading BOS text is
+    /// dropped, so the prompt has one BOS, as llama-server and vLLM give it).
+    pub adds_bos: bool,
     /// Text of the EOS token, for templates that print it.
     pub eos_text: &'a str,
 }

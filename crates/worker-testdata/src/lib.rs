@@ -1,5 +1,7 @@
 //! Where tests find the fixtures that `cargo xtask fetch` downloads: real models, llama.cpp's
-//! vocabularies with their test vectors, and HF `tokenizer.json` files.
+//! vocabularies with their test vectors, and HF `tokenizer.json` files; and what several
+//! crates' tests share: a generator of inputs ([`Rng`], [`seeded_inputs`]) and a
+//! one-request HTTP server for ready callbacks ([`receive_one_request`]).
 //!
 //! The fixtures live in a cache outside the repository: `$WORKER_FIXTURES_DIR` when set, else
 //! `~/.cache/llama-orch-worker`. A missing fixture is a test failure naming the command that
@@ -11,8 +13,12 @@
 use std::path::PathBuf;
 
 pub mod hf_vocab;
+mod http;
+mod rng;
 
 pub use hf_vocab::gptoss_vocab;
+pub use http::receive_one_request;
+pub use rng::Rng;
 
 /// The environment variable that overrides the fixture cache folder.
 pub const FIXTURES_ENV: &str = "WORKER_FIXTURES_DIR";
@@ -73,17 +79,11 @@ pub fn hf_tokenizer(name: &str) -> PathBuf {
 /// inputs of the seeded tests that run each fuzz target's entry function in a normal
 /// `cargo test`, so a failure reproduces from the seed alone.
 pub fn seeded_inputs(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
+    let mut rng = Rng(seed | 1);
     (0..count)
         .map(|_| {
-            let len = (next() % (max_len as u64 + 1)) as usize;
-            (0..len).map(|_| (next() >> 56) as u8).collect()
+            let len = (rng.next() % (max_len as u64 + 1)) as usize;
+            rng.bytes(len)
         })
         .collect()
 }

@@ -23,11 +23,12 @@ use worker_gguf::quants::{BlockFormat, QuantizeBlock};
 use worker_gguf::GgmlType;
 
 use super::quant::generic;
-use super::{alloc_zeroed, check_cols, check_rows, for_chunks, CpuBackend, SharedOut};
+use super::{alloc_zeroed, for_chunks, CpuBackend, SharedOut};
 use crate::backend::{
     AttentionParams, KvCacheConfig, KvCacheId, KvIndex, KvType, Result, TensorId, KV_BLOCK,
 };
 use crate::error::ComputeError;
+use crate::shape::{check_cols, check_rows};
 
 const _: () = assert!(KV_BLOCK == generic::KEY_BLOCK);
 
@@ -207,7 +208,7 @@ impl CpuBackend {
             (&*vt, "v", p.kv_heads * vhd),
             (&*o, "out", p.heads * vhd),
         ] {
-            check_rows(OP, t, rows, what)?;
+            check_rows(OP, t.rows, rows, what)?;
             check_cols(OP, t.cols, cols, what)?;
         }
         // Store this call's keys and values.

@@ -16,6 +16,7 @@ use crate::backend::{
     MoeParams, Result, RopeParams, TensorId, WeightDesc, WeightId, Yarn,
 };
 use crate::error::ComputeError;
+use crate::shape::{check_cols, check_product, check_rows};
 use pool::ThreadPool;
 
 use quant::panel::PANEL;
@@ -290,26 +291,6 @@ impl CpuBackend {
 /// on the pool.
 const PARALLEL_ROWS: usize = 8;
 
-fn check_rows(op: &'static str, t: &Tensor, rows: usize, what: &str) -> Result<()> {
-    if rows > t.rows {
-        return Err(ComputeError::Shape {
-            op,
-            reason: format!("{what} holds {} rows, {rows} asked", t.rows),
-        });
-    }
-    Ok(())
-}
-
-fn check_cols(op: &'static str, got: usize, want: usize, what: &str) -> Result<()> {
-    if got != want {
-        return Err(ComputeError::Shape {
-            op,
-            reason: format!("{what} has {got} columns, expected {want}"),
-        });
-    }
-    Ok(())
-}
-
 /// Splits `0..n` into chunks of `chunk` handed out through an atomic counter.
 fn for_chunks(n: usize, chunk: usize, next: &AtomicUsize, mut f: impl FnMut(usize, usize)) {
     loop {
@@ -492,7 +473,7 @@ impl ComputeBackend for CpuBackend {
 
     fn read_rows(&mut self, src: TensorId, rows: usize, out: &mut [f32]) -> Result<()> {
         let t = self.tensor("read_rows", src)?;
-        check_rows("read_rows", &t, rows, "source")?;
+        check_rows("read_rows", t.rows, rows, "source")?;
         let n = rows * t.cols;
         if out.len() != n {
             return Err(ComputeError::Shape {
@@ -509,7 +490,7 @@ impl ComputeBackend for CpuBackend {
         let w = self.weight(OP, table)?;
         let ids = self.index(OP, ids, rows)?;
         let mut o = self.tensor_mut(OP, out)?;
-        check_rows(OP, &o, rows, "output")?;
+        check_rows(OP, o.rows, rows, "output")?;
         check_cols(OP, o.cols, w.cols, "output")?;
         let cols = o.cols;
         let mut buf = Vec::new();
@@ -537,7 +518,7 @@ impl ComputeBackend for CpuBackend {
         let idx = self.index(OP, index, rows)?;
         let s = self.tensor(OP, src)?;
         let mut o = self.tensor_mut(OP, out)?;
-        check_rows(OP, &o, rows, "output")?;
+        check_rows(OP, o.rows, rows, "output")?;
         check_cols(OP, o.cols, s.cols, "output")?;
         let c = s.cols;
         for (r, &i) in idx.iter().enumerate() {
@@ -564,8 +545,8 @@ impl ComputeBackend for CpuBackend {
         const OP: &str = "rms_norm";
         let xt = self.tensor(OP, x)?;
         let mut o = self.tensor_mut(OP, out)?;
-        check_rows(OP, &xt, rows, "input")?;
-        check_rows(OP, &o, rows, "output")?;
+        check_rows(OP, xt.rows, rows, "input")?;
+        check_rows(OP, o.rows, rows, "output")?;
         check_cols(OP, o.cols, xt.cols, "output")?;
         let c = xt.cols;
         let w = self.vector(OP, weight, c)?;
@@ -589,7 +570,7 @@ impl ComputeBackend for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "rms_norm_heads";
         let mut t = self.tensor_mut(OP, x)?;
-        check_rows(OP, &t, rows, "input")?;
+        check_rows(OP, t.rows, rows, "input")?;
         let c = t.cols;
         if heads == 0 || !c.is_multiple_of(heads) {
             return Err(ComputeError::Shape {
@@ -618,8 +599,8 @@ impl ComputeBackend for CpuBackend {
         const OP: &str = "layer_norm";
         let xt = self.tensor(OP, x)?;
         let mut o = self.tensor_mut(OP, out)?;
-        check_rows(OP, &xt, rows, "input")?;
-        check_rows(OP, &o, rows, "output")?;
+        check_rows(OP, xt.rows, rows, "input")?;
+        check_rows(OP, o.rows, rows, "output")?;
         check_cols(OP, o.cols, xt.cols, "output")?;
         let c = xt.cols;
         let (w, b) = (self.vector(OP, weight, c)?, self.vector(OP, bias, c)?);
@@ -648,18 +629,9 @@ impl ComputeBackend for CpuBackend {
             let wt = self.weight(OP, w)?;
             let xt = self.tensor(OP, x)?;
             let o = self.tensor_mut(OP, out)?;
-            check_rows(OP, &xt, rows, "input")?;
-            check_rows(OP, &o, rows, "output")?;
-            // The names only in the error: this runs for every matmul of every token.
-            check_cols(OP, xt.cols, wt.cols, "input")
-                .and_then(|_| check_cols(OP, o.cols, wt.rows, "output"))
-                .map_err(|e| match e {
-                    ComputeError::Shape { op, reason } => ComputeError::Shape {
-                        op,
-                        reason: format!("{reason} (weight {:?})", wt.name),
-                    },
-                    e => e,
-                })?;
+            check_rows(OP, xt.rows, rows, "input")?;
+            check_rows(OP, o.rows, rows, "output")?;
+            check_product(OP, xt.cols, o.cols, (&wt.name, wt.rows, wt.cols))?;
         }
         let mut q8 = std::mem::take(&mut self.q8);
         let mut q8k = std::mem::take(&mut self.q8k);
@@ -684,8 +656,8 @@ impl ComputeBackend for CpuBackend {
         const OP: &str = "add";
         let s = self.tensor(OP, src)?;
         let mut d = self.tensor_mut(OP, dst)?;
-        check_rows(OP, &s, rows, "source")?;
-        check_rows(OP, &d, rows, "destination")?;
+        check_rows(OP, s.rows, rows, "source")?;
+        check_rows(OP, d.rows, rows, "destination")?;
         check_cols(OP, s.cols, d.cols, "source")?;
         let n = rows * d.cols;
         for (a, b) in d.data[..n].iter_mut().zip(&s.data[..n]) {
@@ -697,7 +669,7 @@ impl ComputeBackend for CpuBackend {
     fn add_bias(&mut self, dst: TensorId, bias: WeightId, rows: usize) -> Result<()> {
         const OP: &str = "add_bias";
         let mut d = self.tensor_mut(OP, dst)?;
-        check_rows(OP, &d, rows, "destination")?;
+        check_rows(OP, d.rows, rows, "destination")?;
         let c = d.cols;
         let b = self.vector(OP, bias, c)?;
         for row in d.data.chunks_exact_mut(c).take(rows) {
@@ -712,8 +684,8 @@ impl ComputeBackend for CpuBackend {
         const OP: &str = "mul";
         let s = self.tensor(OP, src)?;
         let mut d = self.tensor_mut(OP, dst)?;
-        check_rows(OP, &s, rows, "source")?;
-        check_rows(OP, &d, rows, "destination")?;
+        check_rows(OP, s.rows, rows, "source")?;
+        check_rows(OP, d.rows, rows, "destination")?;
         check_cols(OP, s.cols, d.cols, "source")?;
         let n = rows * d.cols;
         for (a, b) in d.data[..n].iter_mut().zip(&s.data[..n]) {
@@ -725,7 +697,7 @@ impl ComputeBackend for CpuBackend {
     fn scale(&mut self, x: TensorId, factor: f32, rows: usize) -> Result<()> {
         const OP: &str = "scale";
         let mut t = self.tensor_mut(OP, x)?;
-        check_rows(OP, &t, rows, "input")?;
+        check_rows(OP, t.rows, rows, "input")?;
         let n = rows * t.cols;
         for v in &mut t.data[..n] {
             *v *= factor;
@@ -737,7 +709,7 @@ impl ComputeBackend for CpuBackend {
         const OP: &str = "rope";
         let pos = self.index(OP, positions, rows)?;
         let mut t = self.tensor_mut(OP, x)?;
-        check_rows(OP, &t, rows, "input")?;
+        check_rows(OP, t.rows, rows, "input")?;
         check_cols(OP, t.cols, p.heads * p.head_dim, "input")?;
         p.validate()?;
         let c = t.cols;
@@ -802,7 +774,7 @@ impl ComputeBackend for CpuBackend {
         let u = self.tensor(OP, up)?;
         let mut o = self.tensor_mut(OP, out)?;
         for (t, what) in [(&*g, "gate"), (&*u, "up"), (&*o, "out")] {
-            check_rows(OP, t, rows, what)?;
+            check_rows(OP, t.rows, rows, what)?;
             check_cols(OP, t.cols, g.cols, what)?;
         }
         let (c, swiglu) = (g.cols, self.kernels.swiglu);
@@ -818,7 +790,7 @@ impl ComputeBackend for CpuBackend {
     fn gelu(&mut self, x: TensorId, rows: usize) -> Result<()> {
         const OP: &str = "gelu";
         let mut t = self.tensor_mut(OP, x)?;
-        check_rows(OP, &t, rows, "input")?;
+        check_rows(OP, t.rows, rows, "input")?;
         let c = t.cols;
         let tptr = SharedOut(t.data.as_mut_ptr());
         self.for_rows(OP, rows, |r0, r1| {

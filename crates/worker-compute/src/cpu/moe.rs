@@ -6,9 +6,10 @@
 //! set of rows (the kernels' sums do not depend on the batch), and its sum runs over its own
 //! ranks in a fixed order. So a sequence gets the same tokens alone or in a batch.
 
-use super::{check_cols, check_rows, ops, BlockQ8, BlockQ8K, CpuBackend, SharedOut, Weight};
+use super::{ops, BlockQ8, BlockQ8K, CpuBackend, SharedOut, Weight};
 use crate::backend::{ExpertActivation, ExpertWeights, MoeParams, Result, TensorId};
 use crate::error::ComputeError;
+use crate::shape::{check_cols, check_rows};
 
 /// Buffers reused across calls: gathered rows, projections, and every (row, rank) output.
 #[derive(Default)]
@@ -126,7 +127,7 @@ impl CpuBackend {
         let mut chosen_by: Vec<Vec<(usize, usize)>> = vec![Vec::new(); experts.len()];
         {
             let lt = self.tensor(OP, router_logits)?;
-            check_rows(OP, &lt, rows, "router logits")?;
+            check_rows(OP, lt.rows, rows, "router logits")?;
             check_cols(OP, lt.cols, experts.len(), "router logits")?;
             let mut ranked = Vec::with_capacity(p.used);
             for r in 0..rows {
@@ -140,7 +141,7 @@ impl CpuBackend {
 
         {
             let xt = self.tensor(OP, x)?;
-            check_rows(OP, &xt, rows, "input")?;
+            check_rows(OP, xt.rows, rows, "input")?;
             check_cols(OP, xt.cols, d, "input")?;
             s.ranked.clear();
             s.ranked.resize(rows * p.used * dout, 0.0);
@@ -185,7 +186,7 @@ impl CpuBackend {
                 }
             }
             let mut o = self.tensor_mut(OP, out)?;
-            check_rows(OP, &o, rows, "output")?;
+            check_rows(OP, o.rows, rows, "output")?;
             check_cols(OP, o.cols, dout, "output")?;
             for r in 0..rows {
                 let orow = &mut o.data[r * dout..(r + 1) * dout];

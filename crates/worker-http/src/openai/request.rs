@@ -512,6 +512,12 @@ fn render_chat(
             )
         }
     })?;
+    // Templates that print `bos_token` (Llama 3, Gemma) would get a second BOS from the
+    // tokenizer; drop the printed one.
+    let rendered = match rendered.strip_prefix(rules.bos_text) {
+        Some(rest) if rules.adds_bos && !rules.bos_text.is_empty() => rest.to_string(),
+        _ => rendered,
+    };
     match open_end {
         OpenEnd::ContinueLast => continue_last(rendered, messages),
         OpenEnd::AssistantHeader | OpenEnd::Nothing => Ok(rendered),

@@ -754,6 +754,58 @@ unsafe fn dot_groups_avx2<const F: u8>(u: &[__m256i; 8], q: *const i8) -> __m256
     }
 }
 
+/// One step of an AVX2 panel kernel: half `h` (rows `8h..8h+8`) of the panel block at `p`,
+/// block `b` of every activation row of `x`, into `acc`. Callers guarantee AVX2, FMA and
+/// F16C, a whole block at `p`, `b` below every `x[r].len()` and `h < 2`.
+type HalfStep<A, const NR: usize> =
+    unsafe fn(*const u8, &[&[A]; NR], usize, usize, &mut [__m256; NR]);
+
+/// An AVX2 panel kernel's outputs: `step` over every half of every panel block of `w`
+/// (`pbb` bytes each) for which every row of `x` has a block.
+///
+/// A 256-bit vector holds half a panel's rows, so each panel block is two halves. With one
+/// activation row the halves of a block are done together, so each cache line of the panel
+/// is read once and used whole (decode); with several, all of half 0 and then all of half 1,
+/// so the accumulators of every row stay in registers (the second pass finds the panel in
+/// the L1/L2 cache). Each lane sees the same steps in the same order either way.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them.
+#[inline(always)]
+unsafe fn over_halves<A, const NR: usize>(
+    w: &[u8],
+    pbb: usize,
+    x: &[&[A]; NR],
+    step: HalfStep<A, NR>,
+) -> [[f32; PANEL]; NR] {
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the
+    // block at `b * pbb` inside `w` and `b` below every row's length, and `h < 2`, as `step`
+    // and `store_half` need.
+    unsafe {
+        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        let mut acc = [[_mm256_setzero_ps(); NR]; 2];
+        if NR == 1 {
+            for b in 0..nb {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    step(w.as_ptr().add(b * pbb), x, b, h, acc);
+                }
+            }
+        } else {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                for b in 0..nb {
+                    step(w.as_ptr().add(b * pbb), x, b, h, acc);
+                }
+            }
+        }
+        let mut out = [[0f32; PANEL]; NR];
+        for (h, acc) in acc.into_iter().enumerate() {
+            store_half(&mut out, acc, h);
+        }
+        out
+    }
+}
+
 /// [`panel_dot`] with AVX2: the same per-block steps for each row, so the same results.
 ///
 /// # Safety
@@ -765,41 +817,53 @@ unsafe fn panel_dot_avx2<const F: u8, const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8]; NR],
 ) -> [[f32; PANEL]; NR] {
-    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
-    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
-    // `get_unchecked(b)` in bounds. From `p` it reads `d` at `16 * h..` and `m` at `32 + 16 * h..`
-    // (16 bytes each, `h < 2`) and, through `unpack_avx2`, half `h` of the quants;
-    // `dot_groups_avx2` reads the 32 bytes of `a.qs`; `store_half` gets `h < 2`.
+    // SAFETY: the caller guarantees AVX2, FMA and F16C; `over_halves` gives
+    // `panel_block_avx2` whole blocks, `b` below every row's length and `h < 2`.
     unsafe {
-        let pbb = format(F).panel_block_bytes();
-        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
-        let mut out = [[0f32; PANEL]; NR];
-        for h in 0..2 {
-            let mut acc = [_mm256_setzero_ps(); NR];
-            for b in 0..nb {
-                let p = w.as_ptr().add(b * pbb);
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-                let bias = match F {
-                    Q4_1 | Q5_1 => {
-                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i))
-                    }
-                    Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
-                    Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
-                    // Q8_0, IQ4_NL.
-                    _ => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
-                };
-                let u = unpack_avx2::<F>(p, h);
-                for j in 0..NR {
-                    let a = x[j].get_unchecked(b);
-                    let s = _mm256_cvtepi32_ps(dot_groups_avx2::<F>(&u, a.qs.as_ptr()));
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                    acc[j] = _mm256_fmadd_ps(s, scale, acc[j]);
-                    acc[j] = _mm256_fmadd_ps(bias, _mm256_set1_ps(a.s), acc[j]);
-                }
-            }
-            store_half(&mut out, acc, h);
+        over_halves(
+            w,
+            format(F).panel_block_bytes(),
+            &x,
+            panel_block_avx2::<F, NR>,
+        )
+    }
+}
+
+/// Half `h` of panel block `p` (block `b` of the rows of `x`) into `acc`: one step of
+/// [`panel_dot_avx2`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the AVX2 panel table's features): this function has no
+/// `target_feature` of its own and is inlined into one that enables them. `p` must be valid for
+/// reading one panel block of format `F`, `b` less than every `x[r].len()`, and `h` 0 or 1.
+#[inline(always)]
+unsafe fn panel_block_avx2<const F: u8, const NR: usize>(
+    p: *const u8,
+    x: &[&[BlockQ8]; NR],
+    b: usize,
+    h: usize,
+    acc: &mut [__m256; NR],
+) {
+    // SAFETY: the caller guarantees AVX2, FMA and F16C, the block at `p`, `b` and `h`. From `p`
+    // it reads `d` at `16 * h..` and `m` at `32 + 16 * h..` (16 bytes each) and, through
+    // `unpack_avx2`, half `h` of the quants; `dot_groups_avx2` reads the 32 bytes of `a.qs`.
+    unsafe {
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+        let bias = match F {
+            Q4_1 | Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i)),
+            Q4_0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+            Q5_0 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
+            // Q8_0, IQ4_NL.
+            _ => _mm256_mul_ps(d, _mm256_set1_ps(-128.0)),
+        };
+        let u = unpack_avx2::<F>(p, h);
+        for j in 0..NR {
+            let a = x[j].get_unchecked(b);
+            let s = _mm256_cvtepi32_ps(dot_groups_avx2::<F>(&u, a.qs.as_ptr()));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+            acc[j] = _mm256_fmadd_ps(s, scale, acc[j]);
+            acc[j] = _mm256_fmadd_ps(bias, _mm256_set1_ps(a.s), acc[j]);
         }
-        out
     }
 }
 
@@ -882,88 +946,105 @@ unsafe fn panel_dot_q4_k_avx2<const HIGH: bool, const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
-    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
-    // `get_unchecked(b)` in bounds. the offsets below are those of half `h < 2`, and each lies
-    // inside the full-width part. From `p` it reads `d` at `16 * h` and `dmin` at `32 + 16 * h` (16
-    // bytes each), 8 scale bytes at `64 + 16 * j + 8 * h` (below 192), 16 min bytes at
-    // `192 + 32 * k + 16 * h` (below 320), Q5_K's 4 mask bytes at `320 + 8 * (8 * j + g) + 4 * h`
-    // (below 832) and 32 bytes of each 64-byte chunk `8 * k + g < 32` past `quants_offset`, which
-    // end at `pbb`; from the activation block the unaligned `i32`s of `qs[32 * j..][..32]`,
-    // `j < 8`, and `bsums` through safe indexing; `store_half` gets `h < 2`.
+    // SAFETY: the caller guarantees AVX2, FMA and F16C; `over_halves` gives `panel_block_q4_k_avx2`
+    // whole blocks, `b` below every row's length and `h < 2`.
     unsafe {
         let fmt = if HIGH {
             PanelFormat::Q5K
         } else {
             PanelFormat::Q4K
         };
-        let pbb = fmt.panel_block_bytes();
-        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        over_halves(
+            w,
+            fmt.panel_block_bytes(),
+            &x,
+            panel_block_q4_k_avx2::<HIGH, NR>,
+        )
+    }
+}
+
+/// Half `h` of the panel block at `p` (block `b` of every row of `x`) into `acc`: one step
+/// of [`panel_dot_q4_k_avx2`], whose safety comment says what it reads.
+///
+/// # Safety
+/// As [`HalfStep`]: AVX2, FMA and F16C, a whole block at `p`, `b` below every `x[r].len()`,
+/// `h < 2`.
+#[inline(always)]
+unsafe fn panel_block_q4_k_avx2<const HIGH: bool, const NR: usize>(
+    p: *const u8,
+    x: &[&[BlockQ8K]; NR],
+    b: usize,
+    h: usize,
+    acc: &mut [__m256; NR],
+) {
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. The caller guarantees the panel block `p`
+    // (`pbb` bytes) and `b < x[r].len()` for every row, so `get_unchecked(b)` is in bounds. The
+    // offsets below are those of half `h < 2`, and each lies inside the full-width part. From `p` it
+    // reads `d` at `16 * h` and `dmin` at `32 + 16 * h` (16 bytes each), 8 scale bytes at `64 + 16 * j
+    // + 8 * h` (below 192), 16 min bytes at `192 + 32 * k + 16 * h` (below 320), Q5_K's 4 mask bytes
+    // at `320 + 8 * (8 * j + g) + 4 * h` (below 832) and 32 bytes of each 64-byte chunk `8 * k + g <
+    // 32` past `quants_offset`, which end at `pbb`; from the activation block the unaligned `i32`s of
+    // `qs[32 * j..][..32]`, `j < 8`, and `bsums` through safe indexing.
+    unsafe {
+        let fmt = if HIGH {
+            PanelFormat::Q5K
+        } else {
+            PanelFormat::Q4K
+        };
         let low = _mm256_set1_epi8(0x0F);
-        let mut out = [[0f32; PANEL]; NR];
-        for h in 0..2 {
-            let mut acc = [_mm256_setzero_ps(); NR];
-            for b in 0..nb {
-                let p = w.as_ptr().add(b * pbb);
-                let q = p.add(fmt.quants_offset() + 32 * h);
-                let mut tot = [_mm256_setzero_si256(); NR];
-                for j in 0..8 {
-                    let (k, t) = (j / 2, j % 2);
-                    let mut u = [_mm256_setzero_si256(); 8];
-                    for (g, v) in u.iter_mut().enumerate() {
-                        let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
-                        let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
-                        *v = _mm256_and_si256(c, low);
-                        if HIGH {
-                            let at = p.add(320 + 8 * (8 * j + g) + 4 * h) as *const u32;
-                            let hb = bytes_from_bits(std::ptr::read_unaligned(at));
-                            *v = _mm256_or_si256(*v, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
-                        }
-                    }
-                    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                        p.add(64 + 16 * j + 8 * h) as *const __m128i
-                    ));
-                    let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
-                    for r in 0..NR {
-                        let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
-                        let mut s16 = [_mm256_setzero_si256(); 2];
-                        for (g, ug) in u.iter().enumerate() {
-                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
-                            let half = if HIGH { g / 4 } else { 0 };
-                            s16[half] = _mm256_add_epi16(s16[half], _mm256_maddubs_epi16(*ug, xb));
-                        }
-                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[0], sc));
-                        if HIGH {
-                            tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[1], sc));
-                        }
-                    }
-                }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
-                let m: [__m256i; 4] = std::array::from_fn(|k| {
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                        p.add(192 + 32 * k + 16 * h) as *const __m128i
-                    ))
-                });
-                for r in 0..NR {
-                    let a = x[r].get_unchecked(b);
-                    let mut mins = _mm256_setzero_si256();
-                    for (k, mk) in m.iter().enumerate() {
-                        let bs = &a.bsums[4 * k..4 * k + 4];
-                        let pair =
-                            (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
-                        let pr = _mm256_set1_epi32(pair as i32);
-                        mins = _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, pr));
-                    }
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
-                    let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
+        let q = p.add(fmt.quants_offset() + 32 * h);
+        let mut tot = [_mm256_setzero_si256(); NR];
+        for j in 0..8 {
+            let (k, t) = (j / 2, j % 2);
+            let mut u = [_mm256_setzero_si256(); 8];
+            for (g, v) in u.iter_mut().enumerate() {
+                let c = _mm256_loadu_si256(q.add(64 * (8 * k + g)) as *const __m256i);
+                let c = if t == 0 { c } else { _mm256_srli_epi16(c, 4) };
+                *v = _mm256_and_si256(c, low);
+                if HIGH {
+                    let at = p.add(320 + 8 * (8 * j + g) + 4 * h) as *const u32;
+                    let hb = bytes_from_bits(std::ptr::read_unaligned(at));
+                    *v = _mm256_or_si256(*v, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
                 }
             }
-            store_half(&mut out, acc, h);
+            let sc =
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(64 + 16 * j + 8 * h) as *const __m128i));
+            let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+            for r in 0..NR {
+                let a = x[r].get_unchecked(b).qs.as_ptr().add(32 * j) as *const i32;
+                let mut s16 = [_mm256_setzero_si256(); 2];
+                for (g, ug) in u.iter().enumerate() {
+                    let xb = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(g)));
+                    let half = if HIGH { g / 4 } else { 0 };
+                    s16[half] = _mm256_add_epi16(s16[half], _mm256_maddubs_epi16(*ug, xb));
+                }
+                tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[0], sc));
+                if HIGH {
+                    tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(s16[1], sc));
+                }
+            }
         }
-        out
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(32 + 16 * h) as *const __m128i));
+        let m: [__m256i; 4] = std::array::from_fn(|k| {
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                p.add(192 + 32 * k + 16 * h) as *const __m128i
+            ))
+        });
+        for r in 0..NR {
+            let a = x[r].get_unchecked(b);
+            let mut mins = _mm256_setzero_si256();
+            for (k, mk) in m.iter().enumerate() {
+                let bs = &a.bsums[4 * k..4 * k + 4];
+                let pair = (bs[0] + bs[1]) as u16 as u32 | ((bs[2] + bs[3]) as u16 as u32) << 16;
+                let pr = _mm256_set1_epi32(pair as i32);
+                mins = _mm256_add_epi32(mins, _mm256_madd_epi16(*mk, pr));
+            }
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot[r]), scale, acc[r]);
+            let mscale = _mm256_mul_ps(dmin, _mm256_set1_ps(-a.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), mscale, acc[r]);
+        }
     }
 }
 
@@ -979,90 +1060,97 @@ unsafe fn panel_dot_q6_k_avx2<const NR: usize>(
     w: &[u8],
     x: [&[BlockQ8K]; NR],
 ) -> [[f32; PANEL]; NR] {
-    // SAFETY: the caller guarantees AVX2, FMA and F16C. `b < nb <= w.len() / pbb` puts the panel
-    // block `p` (`pbb` bytes) inside `w`, and `nb <= x[r].len()` for every row makes
-    // `get_unchecked(b)` in bounds. the offsets below are those of half `h < 2`, and each lies
-    // inside the full-width part. From `p` it reads `d` at `16 * h` (16 bytes), 16 scale bytes at
-    // `32 + 32 * k + 16 * h`, `k < 8` (below 288 = `quants_offset`), and 32 bytes of each 64-byte
-    // low chunk `c < 32` and high chunk `c % 16` after it, which end at `pbb`; from the activation
-    // block the `i32` at `bsums[2 * k]`, `k < 8`, and the unaligned `i32`s of `qs[16 * s..][..16]`
-    // and `qs[128 + 16 * s..][..16]`, `s < 8`; `add_scaled_avx2` gets `b < nb` and `store_half`
-    // `h < 2`.
+    // SAFETY: the caller guarantees AVX2, FMA and F16C; `over_halves` gives `panel_block_q6_k_avx2`
+    // whole blocks, `b` below every row's length and `h < 2`.
     unsafe {
         let fmt = PanelFormat::Q6K;
-        let pbb = fmt.panel_block_bytes();
-        let nb = x.iter().fold(w.len() / pbb, |n, r| n.min(r.len()));
+        over_halves(w, fmt.panel_block_bytes(), &x, panel_block_q6_k_avx2::<NR>)
+    }
+}
+
+/// Half `h` of the panel block at `p` (block `b` of every row of `x`) into `acc`: one step
+/// of [`panel_dot_q6_k_avx2`], whose safety comment says what it reads.
+///
+/// # Safety
+/// As [`HalfStep`]: AVX2, FMA and F16C, a whole block at `p`, `b` below every `x[r].len()`,
+/// `h < 2`.
+#[inline(always)]
+unsafe fn panel_block_q6_k_avx2<const NR: usize>(
+    p: *const u8,
+    x: &[&[BlockQ8K]; NR],
+    b: usize,
+    h: usize,
+    acc: &mut [__m256; NR],
+) {
+    // SAFETY: the caller guarantees AVX2, FMA and F16C. The caller guarantees the panel block `p`
+    // (`pbb` bytes) and `b < x[r].len()` for every row, so `get_unchecked(b)` is in bounds. The
+    // offsets below are those of half `h < 2`, and each lies inside the full-width part. From `p` it
+    // reads `d` at `16 * h` (16 bytes), 16 scale bytes at `32 + 32 * k + 16 * h`, `k < 8` (below 288 =
+    // `quants_offset`), and 32 bytes of each 64-byte low chunk `c < 32` and high chunk `c % 16` after
+    // it, which end at `pbb`; from the activation block the `i32` at `bsums[2 * k]`, `k < 8`, and the
+    // unaligned `i32`s of `qs[16 * s..][..16]` and `qs[128 + 16 * s..][..16]`, `s < 8`; and
+    // `add_scaled_avx2` gets `b`.
+    unsafe {
+        let fmt = PanelFormat::Q6K;
         let (low, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
-        let mut out = [[0f32; PANEL]; NR];
-        for h in 0..2 {
-            let mut acc = [_mm256_setzero_ps(); NR];
-            for b in 0..nb {
-                let p = w.as_ptr().add(b * pbb);
-                let q = p.add(fmt.quants_offset() + 32 * h);
-                let high = p.add(fmt.quants_offset() + 2048 + 32 * h);
-                // Scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
-                let pair = |k: usize| {
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                        p.add(32 + 32 * k + 16 * h) as *const __m128i
-                    ))
-                };
-                let mut tot = [_mm256_setzero_si256(); NR];
-                for k in 0..8 {
-                    let v = pair(k);
-                    for r in 0..NR {
-                        let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
-                        let bs = _mm256_set1_epi32(std::ptr::read_unaligned(bs));
-                        tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(v, bs));
-                    }
-                }
-                for t in tot.iter_mut() {
-                    *t = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(*t, 5));
-                }
-                for s in 0..8 {
-                    let mut u = [_mm256_setzero_si256(); 8];
-                    for gi in 0..4 {
-                        let c = 4 * s + gi;
-                        let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
-                        let hb = _mm256_loadu_si256(high.add(64 * (c % 16)) as *const __m256i);
-                        let (h_lo, h_hi) = if c < 16 {
-                            (_mm256_slli_epi16(hb, 4), hb)
-                        } else {
-                            (_mm256_slli_epi16(hb, 2), _mm256_srli_epi16(hb, 2))
-                        };
-                        u[gi] =
-                            _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(h_lo, two));
-                        let v_hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                        u[4 + gi] = _mm256_or_si256(v_hi, _mm256_and_si256(h_hi, two));
-                    }
-                    let sc_lo = repeat_half(pair(s / 2), s % 2);
-                    let sc_hi = repeat_half(pair((s + 8) / 2), s % 2);
-                    for r in 0..NR {
-                        let a = x[r].get_unchecked(b).qs.as_ptr();
-                        for (half, (base, sc)) in [(16 * s, sc_lo), (128 + 16 * s, sc_hi)]
-                            .into_iter()
-                            .enumerate()
-                        {
-                            let ai = a.add(base) as *const i32;
-                            let m = |gi: usize| {
-                                let xb = _mm256_set1_epi32(std::ptr::read_unaligned(ai.add(gi)));
-                                _mm256_maddubs_epi16(u[4 * half + gi], xb)
-                            };
-                            let s01 = _mm256_add_epi16(m(0), m(1));
-                            let s23 = _mm256_add_epi16(m(2), m(3));
-                            let prod = _mm256_add_epi32(
-                                _mm256_madd_epi16(s01, sc),
-                                _mm256_madd_epi16(s23, sc),
-                            );
-                            tot[r] = _mm256_add_epi32(tot[r], prod);
-                        }
-                    }
-                }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
-                add_scaled_avx2(&mut acc, &tot, d, &x, b);
+        let q = p.add(fmt.quants_offset() + 32 * h);
+        let high = p.add(fmt.quants_offset() + 2048 + 32 * h);
+        // Scales of sub-blocks 2k and 2k+1 as an i16 pair per lane.
+        let pair = |k: usize| {
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                p.add(32 + 32 * k + 16 * h) as *const __m128i
+            ))
+        };
+        let mut tot = [_mm256_setzero_si256(); NR];
+        for k in 0..8 {
+            let v = pair(k);
+            for r in 0..NR {
+                let bs = x[r].get_unchecked(b).bsums.as_ptr().add(2 * k) as *const i32;
+                let bs = _mm256_set1_epi32(std::ptr::read_unaligned(bs));
+                tot[r] = _mm256_add_epi32(tot[r], _mm256_madd_epi16(v, bs));
             }
-            store_half(&mut out, acc, h);
         }
-        out
+        for t in tot.iter_mut() {
+            *t = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(*t, 5));
+        }
+        for s in 0..8 {
+            let mut u = [_mm256_setzero_si256(); 8];
+            for gi in 0..4 {
+                let c = 4 * s + gi;
+                let v = _mm256_loadu_si256(q.add(64 * c) as *const __m256i);
+                let hb = _mm256_loadu_si256(high.add(64 * (c % 16)) as *const __m256i);
+                let (h_lo, h_hi) = if c < 16 {
+                    (_mm256_slli_epi16(hb, 4), hb)
+                } else {
+                    (_mm256_slli_epi16(hb, 2), _mm256_srli_epi16(hb, 2))
+                };
+                u[gi] = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(h_lo, two));
+                let v_hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                u[4 + gi] = _mm256_or_si256(v_hi, _mm256_and_si256(h_hi, two));
+            }
+            let sc_lo = repeat_half(pair(s / 2), s % 2);
+            let sc_hi = repeat_half(pair((s + 8) / 2), s % 2);
+            for r in 0..NR {
+                let a = x[r].get_unchecked(b).qs.as_ptr();
+                for (half, (base, sc)) in [(16 * s, sc_lo), (128 + 16 * s, sc_hi)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let ai = a.add(base) as *const i32;
+                    let m = |gi: usize| {
+                        let xb = _mm256_set1_epi32(std::ptr::read_unaligned(ai.add(gi)));
+                        _mm256_maddubs_epi16(u[4 * half + gi], xb)
+                    };
+                    let s01 = _mm256_add_epi16(m(0), m(1));
+                    let s23 = _mm256_add_epi16(m(2), m(3));
+                    let prod =
+                        _mm256_add_epi32(_mm256_madd_epi16(s01, sc), _mm256_madd_epi16(s23, sc));
+                    tot[r] = _mm256_add_epi32(tot[r], prod);
+                }
+            }
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h) as *const __m128i));
+        add_scaled_avx2(acc, &tot, d, x, b);
     }
 }
 

@@ -1,0 +1,254 @@
+//! `cargo xtask bench --profile`: where a batch-1 decode step of the CPU backend spends its
+//! time, against the floor it is measured by (weight bytes per token over the machine's read
+//! bandwidth):
+//!
+//! 1. the read floor: the best of 8 streaming reads of 1 GiB by `--threads` threads;
+//! 2. the thread pool: what one job costs that every thread joins (wake, join, wait);
+//! 3. each kernel alone: 1-row products over 256 MiB of copies of each weight type's largest
+//!    matrix in the model (beyond the L3 cache), in GB/s;
+//! 4. the decode step itself, every op timed (`worker_compute::profile::Profiled`): time and
+//!    calls per token by op and weights, each product's GB/s, and the time outside products.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use worker_compute::cpu::pool::ThreadPool;
+use worker_compute::profile::Profiled;
+use worker_compute::{ComputeBackend, CpuBackend, CpuConfig, WeightDesc};
+use worker_gguf::GgufFile;
+use worker_models::bench::{self, BenchSpec, Mark};
+use worker_models::load;
+
+/// Bytes of one streaming read of the floor measurement.
+const READ_BYTES: usize = 1 << 30;
+/// Bytes of copies each kernel runs over (well beyond a 32 MiB L3).
+const KERNEL_BYTES: u64 = 256 << 20;
+
+/// Runs the profile of `model` on `threads` threads, `tg` decode steps after a warm-up.
+pub fn run(model: &Path, threads: usize, tg: usize) -> anyhow::Result<()> {
+    let file = GgufFile::open(model).with_context(|| format!("cannot open {}", model.display()))?;
+    println!("{}, {threads} threads", file_name(model));
+
+    let read = read_bandwidth(threads);
+    println!(
+        "read floor: {:.1} GB/s (best of 8 reads of 1 GiB)",
+        read / 1e9
+    );
+    let job = pool_job_cost(threads);
+    println!(
+        "thread pool: {:.2} us per job all threads join (best of 5 x 20,000)",
+        job.as_secs_f64() * 1e6
+    );
+
+    println!("\neach kernel alone, 1 row, over 256 MiB of copies:");
+    println!("| type | matrix | GB/s | of the floor |");
+    println!("| --- | --- | ---: | ---: |");
+    for (ty, name, gbs) in kernels_alone(&file, threads)? {
+        println!(
+            "| {ty} | {name} | {:.1} | {:.0}% |",
+            gbs,
+            100.0 * gbs * 1e9 / read
+        );
+    }
+
+    let mut backend = Profiled::new(CpuBackend::new(CpuConfig {
+        threads,
+        ..CpuConfig::default()
+    }));
+    let spec = BenchSpec { pp: 0, tg, reps: 1 };
+    let mut m = load(&file, &mut backend, spec.load_options())?;
+    backend.set_enabled(false);
+    let t = bench::run(
+        m.as_mut(),
+        &mut backend,
+        &spec,
+        |mark, b: &mut Profiled<CpuBackend>| match mark {
+            Mark::DecodeStart => {
+                b.reset();
+                b.set_enabled(true);
+            }
+            Mark::DecodeEnd => b.set_enabled(false),
+        },
+    )?;
+    let costs = backend.costs();
+    let step = t.step_s;
+    let per_token = |d: Duration| d.as_secs_f64() / tg as f64;
+    let bytes: u64 = costs.iter().map(|(_, c)| c.weight_bytes).sum::<u64>() / tg as u64;
+    let floor = bytes as f64 / read;
+    println!(
+        "\ndecode: {:.1} tok/s, {:.3} ms a token; weights read {:.1} MB a token: floor {:.3} ms \
+         ({:.1} tok/s), {:.0}% of it",
+        1.0 / step,
+        step * 1e3,
+        bytes as f64 / 1e6,
+        floor * 1e3,
+        1.0 / floor,
+        100.0 * floor / step
+    );
+    println!("| op (weights) | calls/token | us/token | share | GB/s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut in_products = 0.0;
+    for (line, c) in &costs {
+        let s = per_token(c.time);
+        let gbs = if c.weight_bytes > 0 {
+            in_products += s;
+            format!("{:.1}", c.weight_bytes as f64 / c.time.as_secs_f64() / 1e9)
+        } else {
+            String::new()
+        };
+        println!(
+            "| {line} | {} | {:.1} | {:.1}% | {gbs} |",
+            c.calls / tg as u64,
+            s * 1e6,
+            100.0 * s / step
+        );
+    }
+    let timed: f64 = costs.iter().map(|(_, c)| per_token(c.time)).sum();
+    let products_floor = floor;
+    println!(
+        "products {:.3} ms a token ({:.0}% of their floor {:.3} ms); other ops {:.3} ms; \
+         between ops (engine, argmax, untimed) {:.3} ms",
+        in_products * 1e3,
+        100.0 * products_floor / in_products.max(1e-12),
+        products_floor * 1e3,
+        (timed - in_products) * 1e3,
+        (step - timed).max(0.0) * 1e3
+    );
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+}
+
+/// Best of 8 streaming reads of [`READ_BYTES`], split over `threads` threads, in bytes/s.
+fn read_bandwidth(threads: usize) -> f64 {
+    let threads = threads.max(1);
+    let words = READ_BYTES / 8;
+    // Distinct non-zero pages, so the reads come from memory and not the zero page.
+    let buf: Vec<u64> = (0..words as u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9))
+        .collect();
+    let sink = AtomicU64::new(0);
+    let mut best = 0f64;
+    for _ in 0..8 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for part in buf.chunks(words.div_ceil(threads)) {
+                let sink = &sink;
+                s.spawn(move || {
+                    // Eight independent lanes, so the sum is not one long dependency chain.
+                    let mut acc = [0u64; 8];
+                    for c in part.chunks_exact(8) {
+                        for (a, v) in acc.iter_mut().zip(c) {
+                            *a ^= v;
+                        }
+                    }
+                    sink.fetch_xor(acc.iter().fold(0, |x, y| x ^ y), Ordering::Relaxed);
+                });
+            }
+        });
+        best = best.max(READ_BYTES as f64 / start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink.load(Ordering::Relaxed));
+    best
+}
+
+/// The cost of one job every thread takes part in (the wake-up, the join and the wait that
+/// each pool job of a forward pass pays): best of 5 runs of 20,000 jobs, each a rendezvous
+/// of `threads` threads (a thread that does not arrive within a millisecond is given up on,
+/// and the job is not counted).
+fn pool_job_cost(threads: usize) -> Duration {
+    let pool = ThreadPool::new(threads);
+    let threads = pool.n_threads() as u64;
+    let arrived = AtomicU64::new(0);
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let (mut jobs, mut time) = (0u32, Duration::ZERO);
+        for _ in 0..20_000 {
+            arrived.store(0, Ordering::SeqCst);
+            let complete = AtomicU64::new(0);
+            let job = || {
+                if arrived.fetch_add(1, Ordering::AcqRel) + 1 > threads {
+                    return;
+                }
+                let start = Instant::now();
+                while arrived.load(Ordering::Acquire) < threads {
+                    if start.elapsed() > Duration::from_millis(1) {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                }
+                complete.fetch_add(1, Ordering::Relaxed);
+            };
+            let start = Instant::now();
+            pool.run(&job);
+            if complete.load(Ordering::Relaxed) == threads {
+                jobs += 1;
+                time += start.elapsed();
+            }
+        }
+        if jobs > 0 {
+            best = best.min(time / jobs);
+        }
+    }
+    best
+}
+
+/// For each weight type of the model's products, its largest matrix copied to 256 MiB and
+/// multiplied by one row, each copy once per pass: (type, tensor, GB/s), best of 5 passes.
+fn kernels_alone(file: &GgufFile, threads: usize) -> anyhow::Result<Vec<(String, String, f64)>> {
+    let mut largest: Vec<(worker_gguf::GgmlType, &worker_gguf::TensorInfo)> = Vec::new();
+    for t in file.tensors() {
+        let (Some(&cols), Some(&rows)) = (t.shape.first(), t.shape.get(1)) else {
+            continue;
+        };
+        if t.shape.len() != 2 || t.name == "token_embd.weight" || rows < 16 || cols < 32 {
+            continue;
+        }
+        match largest.iter_mut().find(|(ty, _)| *ty == t.ty) {
+            Some(slot) if slot.1.n_bytes < t.n_bytes => slot.1 = t,
+            Some(_) => {}
+            None => largest.push((t.ty, t)),
+        }
+    }
+    let mut out = Vec::new();
+    for (ty, t) in largest {
+        let (cols, rows) = (t.shape[0] as usize, t.shape[1] as usize);
+        let (_, bytes) = file.tensor(&t.name)?;
+        let copies = (KERNEL_BYTES / t.n_bytes.max(1)).max(1) as usize;
+        let mut be = CpuBackend::new(CpuConfig {
+            threads,
+            ..CpuConfig::default()
+        });
+        let mut ws = Vec::with_capacity(copies);
+        for _ in 0..copies {
+            ws.push(be.upload_weight(WeightDesc {
+                name: &t.name,
+                ty,
+                rows,
+                cols,
+                bytes,
+            })?);
+        }
+        let x = be.alloc_tensor(1, cols)?;
+        be.write_rows(x, &vec![0.5f32; cols])?;
+        let y = be.alloc_tensor(1, rows)?;
+        let mut best = 0f64;
+        for pass in 0..6 {
+            let start = Instant::now();
+            for &w in &ws {
+                be.matmul(y, x, w, 1)?;
+            }
+            let rate = (copies as u64 * t.n_bytes) as f64 / start.elapsed().as_secs_f64();
+            if pass > 0 {
+                best = best.max(rate);
+            }
+        }
+        out.push((ty.to_string(), t.name.clone(), best / 1e9));
+    }
+    Ok(out)
+}
