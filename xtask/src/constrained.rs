@@ -2,11 +2,11 @@
 //! free ones, at 1 and 8 concurrent streams, through the engine (the server's path minus
 //! HTTP), with the ratio the structured-output issue bounds (constrained ≥ 0.9 × free).
 //!
-//! Both kinds generate exactly `--tg` tokens, so the batch never shrinks mid-run: a free
-//! stream has every end-of-generation token banned (a logit bias of −∞), and a constrained
-//! stream follows a grammar that never completes — an unclosed JSON array of objects
-//! described by a schema — so its token mask is recomputed every step, as in a real
-//! structured answer, and end-of-generation is never allowed.
+//! Both kinds generate exactly `--tg` tokens, so the batch never shrinks mid-run: every
+//! stream has its end-of-generation tokens banned (a logit bias of −∞), and a constrained
+//! stream follows an unclosed JSON array of objects described by a schema, so its token mask
+//! is recomputed every step, as in a real structured answer (the grammar accepts after each
+//! element, where the ban leaves the model only `,` to go on).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -115,10 +115,11 @@ fn measure(
                 seed: 1000 + i as u64,
                 ..SamplingConfig::default()
             };
+            // The grammar accepts after every element, so the constrained streams need the
+            // ban too to run their full length.
+            request.sampling.logit_bias = ban_eog.to_vec();
             if constrained {
                 request.constraint = Some(constraint.clone());
-            } else {
-                request.sampling.logit_bias = ban_eog.to_vec();
             }
             let engine = engine.clone();
             thread::spawn(move || -> anyhow::Result<(Instant, Instant, usize, f64)> {
@@ -214,6 +215,6 @@ fn report(runs: &[Run], model: &Path, threads: usize, tg: usize, json: bool) {
     }
     println!(
         "(aggregate decode tokens/s over all streams; constrained streams follow an unclosed \
-         JSON array of schema-described objects, free ones have end-of-generation banned)"
+         JSON array of schema-described objects; every stream has end-of-generation banned)"
     );
 }
