@@ -106,13 +106,12 @@ pub fn run(model: &Path, threads: usize, tg: usize) -> anyhow::Result<()> {
         );
     }
     let timed: f64 = costs.iter().map(|(_, c)| per_token(c.time)).sum();
-    let products_floor = floor;
     println!(
         "products {:.3} ms a token ({:.0}% of their floor {:.3} ms); other ops {:.3} ms; \
          between ops (engine, argmax, untimed) {:.3} ms",
         in_products * 1e3,
-        100.0 * products_floor / in_products.max(1e-12),
-        products_floor * 1e3,
+        100.0 * floor / in_products.max(1e-12),
+        floor * 1e3,
         (timed - in_products) * 1e3,
         (step - timed).max(0.0) * 1e3
     );
