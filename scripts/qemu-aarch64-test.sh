@@ -13,7 +13,29 @@
 # gcc-aarch64-linux-gnu (the linker, and the C library qemu loads from /usr/aarch64-linux-gnu)
 # and qemu-user; .ci/run installs what is missing. The build goes to
 # target/aarch64-unknown-linux-gnu, beside the host build, which it leaves alone.
+#
+# Each test binary runs under a time limit (QEMU_TEST_TIMEOUT, 180 s; the slowest takes about
+# 25 s here) and, if it runs out, once more: qemu-user can hang a multithreaded guest (a CI run
+# sat for an hour in a test that takes 20 s, and 12 runs in a row here did not repeat it), and
+# a hang must end as a failure with its name, not as a CI run that never finishes. A test that
+# fails is not run again.
 set -euo pipefail
+if [ "${1:-}" = "--run" ]; then
+    # Cargo's runner for the test binaries: --run CPU BINARY [ARGS...]
+    cpu=$2
+    shift 2
+    limit=${QEMU_TEST_TIMEOUT:-180}
+    for attempt in 1 2; do
+        status=0
+        timeout --kill-after=10 "$limit" qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" "$@" ||
+            status=$?
+        if [ "$status" -ne 124 ] && [ "$status" -ne 137 ]; then
+            exit "$status"
+        fi
+        echo "qemu-aarch64 -cpu $cpu: $(basename "$1") ran past ${limit} s (attempt $attempt of 2)" >&2
+    done
+    exit 124
+fi
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
     echo "usage: $0 CPU [cargo test arguments...]   (CPU: max, neoverse-n1, cortex-a72)" >&2
@@ -22,5 +44,5 @@ fi
 cpu=$1
 shift
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER:-aarch64-linux-gnu-gcc}"
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu $cpu"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/qemu-aarch64-test.sh --run $cpu"
 exec cargo test --target aarch64-unknown-linux-gnu "$@"
