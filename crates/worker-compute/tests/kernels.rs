@@ -162,6 +162,19 @@ fn f32_helpers_match_scalar() {
                     simd.isa
                 );
             }
+            // GELU from far below zero (where it vanishes) to far above (where it is x).
+            let x: Vec<f32> = (0..n).map(|_| rng.f32() * 24.0).collect();
+            let (mut want, mut got) = (x.clone(), x.clone());
+            worker_compute::cpu::ops::gelu_row(&mut want);
+            (simd.gelu)(&mut got);
+            for ((w, o), xi) in want.iter().zip(&got).zip(&x) {
+                let tol = 4e-7 * xi.abs().max(1.0);
+                assert!(
+                    (w - o).abs() <= tol,
+                    "{:?} gelu({xi}): {o} vs {w}",
+                    simd.isa
+                );
+            }
         }
     }
 }

@@ -791,11 +791,11 @@ impl ComputeBackend for CpuBackend {
         const OP: &str = "gelu";
         let mut t = self.tensor_mut(OP, x)?;
         check_rows(OP, t.rows, rows, "input")?;
-        let c = t.cols;
+        let (c, gelu) = (t.cols, self.kernels.gelu);
         let tptr = SharedOut(t.data.as_mut_ptr());
         self.for_rows(OP, rows, |r0, r1| {
             // SAFETY: rows r0..r1 belong to this range only, within the tensor's rows.
-            ops::gelu_row(unsafe { tptr.slice(r0 * c, (r1 - r0) * c) });
+            gelu(unsafe { tptr.slice(r0 * c, (r1 - r0) * c) });
         })
     }
 }

@@ -32,6 +32,7 @@ pub fn neon_kernels() -> Option<Kernels> {
             dot_f32,
             attend,
             swiglu,
+            gelu,
             vec_dot_f32,
             dequantize_row_f16,
         },
@@ -73,6 +74,7 @@ wrap!(quantize_row_q8k, quantize_row_q8k_neon, (x: &[f32], out: &mut [BlockQ8K])
 wrap!(dot_f32, dot_f32_neon, (a: &[f32], b: &[f32]) -> f32);
 wrap!(dequantize_row_f16, dequantize_row_f16_neon, (w: &[u8], out: &mut [f32]) -> ());
 wrap!(swiglu, swiglu_neon, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
+wrap!(gelu, gelu_neon, (x: &mut [f32]) -> ());
 wrap!(attend, attend_neon, (q: &[f32], keys: &[f32], values: &[f32], first: usize, n: usize, scale: f32, sinks: &[f32], out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_neon, (w: &[u8], x: &[f32]) -> f32);
 
@@ -308,6 +310,38 @@ unsafe fn swiglu_neon(out: &mut [f32], gate: &[f32], up: &[f32]) {
         }
     }
     crate::cpu::ops::swiglu_row(&mut out[i..n], &gate[i..n], &up[i..n]);
+}
+
+/// `x = gelu(x)` ([`crate::cpu::ops::gelu_row`]), four lanes at a time, as `a·sigmoid(2y)`
+/// with `y = sqrt(2/pi)·(a + 0.044715·a³)` (`(1 + tanh y) / 2 = sigmoid(2y)`), the sigmoid
+/// computed as in [`swiglu_neon`].
+///
+/// # Safety
+/// The CPU must support NEON. Any length is fine.
+#[target_feature(enable = "neon")]
+unsafe fn gelu_neon(x: &mut [f32]) {
+    let n = x.len();
+    let one = vdupq_n_f32(1.0);
+    let mut i = 0;
+    // SAFETY: the caller guarantees NEON; each load and store touches `[i, i + 4)` with
+    // `i + 4 <= n`.
+    unsafe {
+        while i + 4 <= n {
+            let a = vld1q_f32(x.as_ptr().add(i));
+            let cube = vmulq_n_f32(vmulq_f32(a, a), 0.044_715);
+            let z = vmulq_n_f32(vfmaq_f32(a, cube, a), 2.0 * 0.797_884_6);
+            let minus_abs = vreinterpretq_f32_u32(vorrq_u32(
+                vreinterpretq_u32_f32(z),
+                vdupq_n_u32(0x8000_0000),
+            ));
+            let e = exp_nonpositive(minus_abs);
+            let num = vbslq_f32(vcltzq_f32(z), e, one);
+            let sig = vdivq_f32(num, vaddq_f32(one, e));
+            vst1q_f32(x.as_mut_ptr().add(i), vmulq_f32(a, sig));
+            i += 4;
+        }
+    }
+    crate::cpu::ops::gelu_row(&mut x[i..n]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -179,6 +179,7 @@ pub(crate) struct RowKernels {
     pub(crate) dot_f32: fn(&[f32], &[f32]) -> f32,
     pub(crate) attend: Attend,
     pub(crate) swiglu: fn(&mut [f32], &[f32], &[f32]),
+    pub(crate) gelu: fn(&mut [f32]),
     pub(crate) vec_dot_f32: fn(&[u8], &[f32]) -> f32,
     pub(crate) dequantize_row_f16: fn(&[u8], &mut [f32]),
 }
@@ -198,6 +199,8 @@ pub struct Kernels {
     pub attend: Attend,
     /// `out = silu(gate) * up`, element-wise.
     pub swiglu: fn(&mut [f32], &[f32], &[f32]),
+    /// `x = gelu(x)` (tanh approximation), element-wise.
+    pub gelu: fn(&mut [f32]),
     /// Per weight type; `None` where no kernel exists.
     types: [Option<TypeKernels>; N_TYPES],
 }
@@ -247,6 +250,7 @@ impl Kernels {
             dot_f32: g::dot_f32,
             attend: g::attend,
             swiglu: crate::cpu::ops::swiglu_row,
+            gelu: crate::cpu::ops::gelu_row,
             types: [
                 tk(VecDot::F32(g::vec_dot_f32), g::dequantize_row_f32),
                 tk(VecDot::F32(g::vec_dot_f16), g::dequantize_row_f16),
@@ -305,6 +309,7 @@ impl Kernels {
         k.dot_f32 = row.dot_f32;
         k.attend = row.attend;
         k.swiglu = row.swiglu;
+        k.gelu = row.gelu;
         // F32 matrices have no panel layout: a SIMD row kernel. The matmuls of the types with
         // one (F16 included) run on repacked weights.
         if let Some(s) = k.for_type(GgmlType::F32).copied() {

@@ -38,6 +38,7 @@ pub fn avx2_kernels() -> Option<Kernels> {
             dot_f32,
             attend,
             swiglu,
+            gelu,
             vec_dot_f32,
             dequantize_row_f16,
         },
@@ -66,6 +67,7 @@ wrap!(quantize_row_q8k, quantize_row_q8k_avx2, (x: &[f32], out: &mut [BlockQ8K])
 wrap!(dot_f32, dot_f32_avx2, (a: &[f32], b: &[f32]) -> f32);
 wrap!(dequantize_row_f16, dequantize_row_f16_avx2, (w: &[u8], out: &mut [f32]) -> ());
 wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
+wrap!(gelu, gelu_avx2, (x: &mut [f32]) -> ());
 wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], first: usize, n: usize, scale: f32, sinks: &[f32], out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 
@@ -296,6 +298,36 @@ unsafe fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
             i += 8;
         }
         crate::cpu::ops::swiglu_row(&mut out[i..n], &gate[i..n], &up[i..n]);
+    }
+}
+
+/// `x = gelu(x)` ([`crate::cpu::ops::gelu_row`]), eight lanes at a time, as `a·sigmoid(2y)`
+/// with `y = sqrt(2/pi)·(a + 0.044715·a³)` (`(1 + tanh y) / 2 = sigmoid(2y)`), the sigmoid
+/// computed as in [`swiglu_avx2`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. Any length is fine.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(x: &mut [f32]) {
+    // SAFETY: the caller guarantees the features; each load and store touches `[i, i + 8)`
+    // with `i + 8 <= x.len()`, and the tail goes through a safe slice.
+    unsafe {
+        let n = x.len();
+        let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+        let (c, cubic) = (_mm256_set1_ps(2.0 * 0.797_884_6), _mm256_set1_ps(0.044_715));
+        let mut i = 0;
+        while i + 8 <= n {
+            let a = _mm256_loadu_ps(x.as_ptr().add(i));
+            let cube = _mm256_mul_ps(_mm256_mul_ps(a, a), cubic);
+            let z = _mm256_mul_ps(c, _mm256_fmadd_ps(cube, a, a));
+            let e = exp_nonpositive_avx2(_mm256_or_ps(z, sign));
+            let neg = _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ);
+            let num = _mm256_blendv_ps(one, e, neg);
+            let sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), _mm256_mul_ps(a, sig));
+            i += 8;
+        }
+        crate::cpu::ops::gelu_row(&mut x[i..n]);
     }
 }
 
