@@ -201,11 +201,14 @@ fn pool_job_cost(threads: usize) -> Duration {
 /// multiplied by one row, each copy once per pass: (type, tensor, GB/s), best of 5 passes.
 fn kernels_alone(file: &GgufFile, threads: usize) -> anyhow::Result<Vec<(String, String, f64)>> {
     let mut largest: Vec<(worker_gguf::GgmlType, &worker_gguf::TensorInfo)> = Vec::new();
+    // The token embedding is a product only where it is also the output (tied).
+    let tied = !file.tensors().iter().any(|t| t.name == "output.weight");
     for t in file.tensors() {
         let (Some(&cols), Some(&rows)) = (t.shape.first(), t.shape.get(1)) else {
             continue;
         };
-        if t.shape.len() != 2 || t.name == "token_embd.weight" || rows < 16 || cols < 32 {
+        let product = tied || t.name != "token_embd.weight";
+        if t.shape.len() != 2 || !product || rows < 16 || cols < 32 {
             continue;
         }
         match largest.iter_mut().find(|(ty, _)| *ty == t.ty) {
