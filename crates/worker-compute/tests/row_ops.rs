@@ -59,3 +59,25 @@ fn rms_norm_heads_normalizes_each_head() {
     let e = be.rms_norm_heads(t, wid, eps, heads, rows + 1).unwrap_err();
     assert!(matches!(e, ComputeError::Shape { .. }), "{e}");
 }
+
+/// A read of a vocabulary's worth of values (copied by every thread of the pool) returns each
+/// value where it was written, for one row and for several, and a wrong length is an error.
+#[test]
+fn large_reads_come_back_whole() {
+    let mut be = CpuBackend::new(CpuConfig {
+        threads: 2,
+        ..CpuConfig::default()
+    });
+    let (rows, cols) = (3, 100_003);
+    let x = values(rows * cols, 5);
+    let t = be.alloc_tensor(rows, cols).unwrap();
+    be.write_rows(t, &x).unwrap();
+    for n in [1, rows] {
+        let mut got = vec![0f32; n * cols];
+        be.read_rows(t, n, &mut got).unwrap();
+        assert!(got == x[..n * cols], "{n} rows");
+    }
+    let mut short = vec![0f32; cols - 1];
+    let e = be.read_rows(t, 1, &mut short).unwrap_err();
+    assert!(matches!(e, ComputeError::Shape { .. }), "{e}");
+}

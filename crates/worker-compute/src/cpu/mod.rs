@@ -291,6 +291,10 @@ impl CpuBackend {
 /// on the pool.
 const PARALLEL_ROWS: usize = 8;
 
+/// Values from which `read_rows` copies on the pool, and the pieces it copies them in.
+const PARALLEL_COPY: usize = 1 << 16;
+const COPY_CHUNK: usize = 1 << 14;
+
 /// Splits `0..n` into chunks of `chunk` handed out through an atomic counter.
 fn for_chunks(n: usize, chunk: usize, next: &AtomicUsize, mut f: impl FnMut(usize, usize)) {
     loop {
@@ -481,8 +485,20 @@ impl ComputeBackend for CpuBackend {
                 reason: format!("output holds {} values, {rows} rows need {n}", out.len()),
             });
         }
-        out.copy_from_slice(&t.data[..n]);
-        Ok(())
+        // A large read (a vocabulary of logits) is copied by every thread: the LM head left
+        // its parts in each core's cache.
+        if n < PARALLEL_COPY || self.pool.n_threads() == 1 {
+            out.copy_from_slice(&t.data[..n]);
+            return Ok(());
+        }
+        let (src, dst) = (&t.data[..n], SharedOut(out.as_mut_ptr()));
+        let next = AtomicUsize::new(0);
+        self.run("read_rows", &|| {
+            for_chunks(n, COPY_CHUNK, &next, |i0, i1| {
+                // SAFETY: elements i0..i1 of `out` (n long) belong to this chunk only.
+                unsafe { dst.slice(i0, i1 - i0) }.copy_from_slice(&src[i0..i1]);
+            })
+        })
     }
 
     fn embed(&mut self, out: TensorId, table: WeightId, ids: IndexId, rows: usize) -> Result<()> {
