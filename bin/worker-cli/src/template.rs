@@ -40,6 +40,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bos_token: text_of(tok.bos()),
         eos_token: text_of(tok.eos()),
         now: None,
+        variables: Default::default(),
     };
     let prompt = template.render(&messages, &ctx)?;
     let mut out = std::io::stdout().lock();

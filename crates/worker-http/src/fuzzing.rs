@@ -87,6 +87,8 @@ impl FuzzRoute {
                 "seed",
                 "n",
                 "logit_bias",
+                "reasoning_effort",
+                "chat_template_kwargs",
             ],
             FuzzRoute::Completions => &[
                 "prompt",

@@ -247,6 +247,7 @@ pub fn check_template(template: &ChatTemplate, data: &[u8]) {
             String::new()
         },
         now: None,
+        variables: Default::default(),
     };
     if let Err(e) = template.render(&messages, &ctx) {
         assert!(matches!(e, TokenizerError::Template(_)), "{e}");

@@ -41,6 +41,9 @@ pub struct ChatContext {
     /// The instant `strftime_now` formats (UTC); `None` for the system clock. Set for
     /// reproducible renderings (tests, goldens).
     pub now: Option<SystemTime>,
+    /// Further variables (a request's `chat_template_kwargs`, `reasoning_effort`), beside
+    /// the ones above; where a name is also one of those, theirs is used.
+    pub variables: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How a template's model writes tool calls, recognised from the markup the template itself
@@ -196,6 +199,7 @@ impl ChatTemplate {
             bos_token => &ctx.bos_token,
             eos_token => &ctx.eos_token,
             __strftime_now_epoch => now_secs(ctx),
+            ..minijinja::Value::from(minijinja::value::Serde(&ctx.variables))
         })
         .map_err(template_err)
     }
@@ -209,6 +213,7 @@ impl ChatTemplate {
             bos_token => &ctx.bos_token,
             eos_token => &ctx.eos_token,
             __strftime_now_epoch => now_secs(ctx),
+            ..minijinja::Value::from(minijinja::value::Serde(&ctx.variables))
         })
         .map_err(template_err)
     }
@@ -254,5 +259,23 @@ mod tests {
                 }
             });
         assert!(shape, "{today}");
+    }
+
+    /// Further variables reach the template through both render calls; one named like a
+    /// context field does not replace it.
+    #[test]
+    fn variables_reach_the_template_beside_the_context() {
+        let t = ChatTemplate::new("{{ bos_token }}|{{ effort }}|{{ flag is defined }}").unwrap();
+        let mut variables = serde_json::Map::new();
+        variables.insert("effort".into(), "high".into());
+        variables.insert("bos_token".into(), "X".into());
+        let ctx = ChatContext {
+            bos_token: "<s>".into(),
+            variables,
+            ..ChatContext::default()
+        };
+        assert_eq!(t.render(&[], &ctx).unwrap(), "<s>|high|False");
+        let json = t.render_json(&serde_json::json!([]), None, &ctx).unwrap();
+        assert_eq!(json, "<s>|high|False");
     }
 }

@@ -34,6 +34,7 @@ fn templates_match_jinja2_goldens() {
                 bos_token: text(tok.bos()),
                 eos_token: text(tok.eos()),
                 now: None,
+                variables: Default::default(),
             };
             let got = template.render(&messages, &ctx).unwrap();
             assert_eq!(

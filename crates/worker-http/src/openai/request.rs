@@ -137,6 +137,53 @@ struct ChatRequest {
     /// vLLM: the last (assistant) message is left open and continued.
     #[serde(default)]
     continue_final_message: bool,
+    /// OpenAI: how much a reasoning model thinks first (`low`, `medium`, `high`): the
+    /// template's `reasoning_effort` variable (gpt-oss writes it into its system message).
+    #[serde(default)]
+    reasoning_effort: Option<String>,
+    /// vLLM, llama-server: further variables for the chat template (Qwen3's
+    /// `enable_thinking`, …).
+    #[serde(default)]
+    chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+}
+
+/// The variables the worker itself gives a chat template, which a request may not set.
+const TEMPLATE_OWN_VARIABLES: [&str; 5] = [
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+];
+
+/// A chat request's own template variables: `chat_template_kwargs`, with `reasoning_effort`
+/// over it.
+fn template_variables(r: &ChatRequest) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let mut variables = r.chat_template_kwargs.clone().unwrap_or_default();
+    for name in variables.keys() {
+        if let Some(own) = TEMPLATE_OWN_VARIABLES.iter().find(|v| **v == name) {
+            return Err(invalid(
+                "chat_template_kwargs",
+                format!("{own} is given to the template by the worker"),
+            ));
+        }
+        if name.starts_with("__") {
+            return Err(invalid(
+                "chat_template_kwargs",
+                "names starting with __ are reserved",
+            ));
+        }
+    }
+    if let Some(effort) = &r.reasoning_effort {
+        if !matches!(effort.as_str(), "low" | "medium" | "high") {
+            return Err(invalid(
+                "reasoning_effort",
+                "reasoning_effort must be low, medium or high",
+            ));
+        }
+        variables.insert("reasoning_effort".into(), Value::String(effort.clone()));
+    }
+    Ok(variables)
 }
 
 /// `prompt` of `/v1/completions`: a string or a one-element array of strings.
@@ -408,7 +455,8 @@ pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, Ap
         (Some(false), false) => OpenEnd::Nothing,
         (None | Some(true), false) => OpenEnd::AssistantHeader,
     };
-    let prompt = render_chat(rules, &r.messages, tools.as_ref(), open_end)?;
+    let variables = template_variables(&r)?;
+    let prompt = render_chat(rules, &r.messages, tools.as_ref(), open_end, variables)?;
     let max = r.max_completion_tokens.or(r.max_tokens);
     let mut prepared = prepare(rules, common, prompt, max, logprobs)?;
     prepared.tools = tools;
@@ -421,6 +469,7 @@ fn render_chat(
     messages: &[MessageIn],
     tools: Option<&Tools>,
     open_end: OpenEnd,
+    variables: serde_json::Map<String, Value>,
 ) -> Result<String, ApiError> {
     if messages.is_empty() {
         return Err(invalid("messages", "messages must not be empty"));
@@ -486,6 +535,7 @@ fn render_chat(
         bos_token: rules.bos_text.to_string(),
         eos_token: rules.eos_text.to_string(),
         now: None,
+        variables,
     };
     let rendered = if !tool_turns {
         template.render(&out, &ctx)
@@ -575,4 +625,91 @@ pub(crate) fn parse_completion(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepar
     let mut prepared = prepare(rules, common, prompt, max, logprobs)?;
     prepared.ignored_fields = ignored;
     Ok(prepared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use worker_engine::Prompt;
+    use worker_tokenizer::ChatTemplate;
+
+    /// llama.cpp's copy of a real model's chat template.
+    fn real_template(name: &str) -> ChatTemplate {
+        let path = worker_testdata::chat_template(name);
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{} (run `cargo xtask fetch`): {e}", path.display()));
+        ChatTemplate::new(&source).unwrap()
+    }
+
+    /// The prompt `body` renders to with `template`, or the field its error names.
+    fn render(template: &ChatTemplate, body: &str) -> Result<String, String> {
+        let rules = Rules {
+            max_tokens_out: 64,
+            vocab_size: 1000,
+            chat_template: Some(template),
+            bos_text: "",
+            adds_bos: false,
+            eos_text: "",
+        };
+        match parse_chat(&rules, body.as_bytes()) {
+            Ok(p) => match p.request.prompt {
+                Prompt::Text(t) => Ok(t),
+                Prompt::Ids(_) => panic!("a chat renders to text"),
+            },
+            Err(e) => Err(e.errors[0].field.clone()),
+        }
+    }
+
+    const HI: &str = r#""messages": [{"role": "user", "content": "Hi"}]"#;
+
+    /// gpt-oss's template writes `reasoning_effort` into its system message ("medium" when
+    /// the request gives none); any other value is refused by name.
+    #[test]
+    fn reasoning_effort_reaches_the_template() {
+        let gpt_oss = real_template("openai-gpt-oss-120b");
+        let default = render(&gpt_oss, &format!("{{{HI}}}")).unwrap();
+        assert!(default.contains("Reasoning: medium"), "{default}");
+        for effort in ["low", "medium", "high"] {
+            let body = format!(r#"{{{HI}, "reasoning_effort": "{effort}"}}"#);
+            let text = render(&gpt_oss, &body).unwrap();
+            assert!(text.contains(&format!("Reasoning: {effort}\n")), "{text}");
+        }
+        let body = format!(r#"{{{HI}, "reasoning_effort": "extreme"}}"#);
+        assert_eq!(render(&gpt_oss, &body).unwrap_err(), "reasoning_effort");
+        // It takes precedence over the same name in chat_template_kwargs.
+        let body = format!(
+            r#"{{{HI}, "reasoning_effort": "low",
+                "chat_template_kwargs": {{"reasoning_effort": "high"}}}}"#
+        );
+        assert!(render(&gpt_oss, &body).unwrap().contains("Reasoning: low"));
+    }
+
+    /// Qwen3's template reads `enable_thinking` from chat_template_kwargs; the variables the
+    /// worker sets itself, reserved names and a non-object are refused.
+    #[test]
+    fn chat_template_kwargs_reach_the_template() {
+        let qwen3 = real_template("Qwen-Qwen3-0.6B");
+        let thinking = render(&qwen3, &format!("{{{HI}}}")).unwrap();
+        let body = format!(r#"{{{HI}, "chat_template_kwargs": {{"enable_thinking": false}}}}"#);
+        let not = render(&qwen3, &body).unwrap();
+        assert!(!thinking.contains("<think>"), "{thinking}");
+        assert!(
+            not.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+            "{not}"
+        );
+        for kwargs in [
+            r#"{"messages": []}"#,
+            r#"{"add_generation_prompt": false}"#,
+            r#"{"__strftime_now_epoch": 0}"#,
+            r#"[]"#,
+            r#""enable_thinking""#,
+        ] {
+            let body = format!(r#"{{{HI}, "chat_template_kwargs": {kwargs}}}"#);
+            assert_eq!(
+                render(&qwen3, &body).unwrap_err(),
+                "chat_template_kwargs",
+                "{kwargs}"
+            );
+        }
+    }
 }
