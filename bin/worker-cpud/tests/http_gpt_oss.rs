@@ -174,3 +174,45 @@ fn gpt_oss_serves_chat_with_reasoning_apart_and_streams_the_same() {
         }
     }
 }
+
+/// The tokens of a chunk list's `logprobs.content`, with their logprobs and alternatives.
+fn logprob_entries(logprobs: &Value) -> Vec<Value> {
+    logprobs["content"].as_array().cloned().unwrap_or_default()
+}
+
+/// With logprobs, the streamed chunks carry every generated token's logprob once, markup and
+/// held-back call text included, in order: together they equal the whole answer's.
+#[test]
+fn gpt_oss_streams_the_logprobs_of_every_token() {
+    let w = serve();
+    for tools in [None, Some(weather())] {
+        let mut body = json!({
+            "model": "tiny", "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+            "max_tokens": 32, "temperature": 0, "logprobs": true, "top_logprobs": 2,
+        });
+        if let Some(t) = tools {
+            body["tools"] = t;
+            body["tool_choice"] = json!("required");
+        }
+        let r = w.post("/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let whole: Value = serde_json::from_str(&r.text).unwrap();
+        let want = logprob_entries(&whole["choices"][0]["logprobs"]);
+        let tokens = whole["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+        assert!(!want.is_empty() && want.len() <= tokens, "{whole}");
+        body["stream"] = json!(true);
+        let r = w.post("/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let events = parse_sse(&r.text);
+        let got: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .flat_map(|e| logprob_entries(&e.json()["choices"][0]["logprobs"]))
+            .collect();
+        assert_eq!(got, want, "{body}");
+        assert!(
+            got.iter()
+                .all(|t| t["top_logprobs"].as_array().unwrap().len() == 2),
+            "{body}"
+        );
+    }
+}

@@ -185,3 +185,41 @@ fn constraints_that_cannot_be_enforced_get_400s() {
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(w.wait_idle()["status"], "ok");
 }
+
+/// A tool call streamed (its text held back to the end) still carries every generated
+/// token's logprob once, in order: the chunks together equal the whole answer's, for the
+/// `auto` choice (content released as it comes) and the `required` one (all held).
+#[test]
+fn streamed_tool_calls_carry_every_tokens_logprobs() {
+    let w = Worker::start(&["--slots", "1"]);
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}]);
+    for choice in ["auto", "required"] {
+        let mut body = json!({
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "max_tokens": 40, "temperature": 0, "logprobs": true, "top_logprobs": 1,
+            "tools": tools, "tool_choice": choice,
+        });
+        let r = w.post("/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let want = r.json["choices"][0]["logprobs"]["content"].clone();
+        assert!(want.as_array().is_some_and(|a| !a.is_empty()), "{}", r.text);
+        body["stream"] = json!(true);
+        let r = w.post("/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let got: Vec<Value> = parse_sse(&r.text)
+            .iter()
+            .filter(|e| e.data != "[DONE]")
+            .flat_map(|e| {
+                let v: Value = serde_json::from_str(&e.data).unwrap();
+                v["choices"][0]["logprobs"]["content"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(Value::Array(got), want, "{choice}");
+    }
+}

@@ -367,6 +367,9 @@ struct ChunkStream {
     held: String,
     /// With tools and `auto`: the content released before the end.
     content: Option<tools::ContentStream>,
+    /// With logprobs, gpt-oss or tools: the tokens whose logprobs no chunk has carried yet
+    /// (their text held back, or markup that never shows), for the next chunk sent.
+    unsent: Vec<TokenEvent>,
     ctx: ChunkCtx,
     running: Running,
     include_usage: bool,
@@ -432,17 +435,39 @@ impl ChunkStream {
         chunk
     }
 
+    /// The logprobs of the tokens in [`ChunkStream::unsent`], for the chunk about to be sent.
+    fn take_logprobs(&mut self) -> Option<ChatLogprobs> {
+        if self.unsent.is_empty() {
+            return None;
+        }
+        let logprobs = self.ctx.chat_logprobs(&self.unsent);
+        self.unsent.clear();
+        Some(logprobs)
+    }
+
+    /// Keeps `t` for the logprobs of the next chunk, where the request asked for them.
+    fn hold_logprobs(&mut self, t: TokenEvent) {
+        if self.ctx.logprobs {
+            self.unsent.push(t);
+        }
+    }
+
+    /// A chat chunk of `delta` with the unsent tokens' logprobs.
+    fn push_delta(&mut self, delta: Delta, finish_reason: Option<&'static str>) {
+        let logprobs = self.take_logprobs();
+        let chunk = self.chat_chunk(delta, logprobs, finish_reason);
+        self.pending.push_back(chunk);
+    }
+
     /// The end of an answer with tools: its content and calls as deltas.
     fn push_tool_end(&mut self, t: &Tools, tail: &str, reason: &'static str) {
         let text = std::mem::take(&mut self.held) + tail;
         let sent = self.content.as_ref().map_or("", |c| c.sent());
         let (deltas, reason) = t.stream_end(&text, sent, reason);
         for delta in deltas {
-            let chunk = self.chat_chunk(delta, None, None);
-            self.pending.push_back(chunk);
+            self.push_delta(delta, None);
         }
-        let last = self.chat_chunk(Delta::default(), None, Some(reason));
-        self.pending.push_back(last);
+        self.push_delta(Delta::default(), Some(reason));
     }
 
     /// With `include_usage`: the last chunk, usage and no choices.
@@ -466,8 +491,7 @@ impl ChunkStream {
                     ..Delta::default()
                 },
             };
-            let chunk = self.chat_chunk(delta, None, None);
-            self.pending.push_back(chunk);
+            self.push_delta(delta, None);
         }
     }
 
@@ -481,19 +505,18 @@ impl ChunkStream {
         let mut reason = finish_reason(c);
         if let Some(t) = self.ctx.tools.take().filter(|_| !calls.is_empty()) {
             for delta in tools::stream_deltas("", &calls, t.format) {
-                let chunk = self.chat_chunk(delta, None, None);
-                self.pending.push_back(chunk);
+                self.push_delta(delta, None);
             }
             reason = tools::calls_reason(reason);
         }
-        let last = self.chat_chunk(Delta::default(), None, Some(reason));
-        self.pending.push_back(last);
+        self.push_delta(Delta::default(), Some(reason));
     }
 
     fn push(&mut self, step: Step) {
         match step {
             Step::Token(t) if self.harmony.is_some() => {
                 let pieces = self.harmony.as_mut().map(|h| h.push(&t.text));
+                self.hold_logprobs(t);
                 self.push_pieces(pieces.unwrap_or_default());
             }
             Step::End(c) if self.harmony.is_some() => {
@@ -505,14 +528,14 @@ impl ChunkStream {
             }
             Step::Token(t) if self.ctx.tools.is_some() => {
                 self.held.push_str(&t.text);
+                self.hold_logprobs(t);
                 let piece = self.content.as_mut().and_then(|c| c.advance(&self.held));
                 if let Some(text) = piece {
                     let delta = Delta {
                         content: Some(text),
                         ..Delta::default()
                     };
-                    let chunk = self.chat_chunk(delta, None, None);
-                    self.pending.push_back(chunk);
+                    self.push_delta(delta, None);
                 }
             }
             Step::End(c) if self.ctx.tools.is_some() => {
@@ -551,6 +574,7 @@ fn chunk_stream(
         harmony: ctx.harmony.then(harmony::Stream::default),
         held: String::new(),
         content: ctx.tools.as_ref().and_then(Tools::content_stream),
+        unsent: Vec::new(),
         ctx,
         running,
         include_usage,
