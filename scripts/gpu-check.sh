@@ -17,7 +17,7 @@
 # backends; the decode/prefill benchmark (with kernels per decode step), the same without
 # CUDA graphs, and a per-kernel profile of a few decode steps; the HTTP worker streaming one
 # request; the no-GPU message; then the experimental paths (matvec, gemm, pdl, attn, types,
-# bias)
+# bias, models)
 # checked and benchmarked one at a time and compared all together (reported, never failing
 # the run).
 # Each result prints as a RESULT line when known, and the table of them comes last.
@@ -124,7 +124,7 @@ fi
 
 if [ "$PHASE" != main ]; then
 step "experimental paths (--cuda-experimental): check-ops and bench one at a time, compare all together (info only)"
-for x in matvec gemm pdl attn types bias all; do
+for x in matvec gemm pdl attn types bias models all; do
     X="$BIN/worker-orcd --cuda-experimental $x"
     if timeout 120 $X check-ops > "$WORK/ops-$x.txt" 2>&1; then xo=pass; else xo=FAIL; fi
     grep -v '\[PASS\]\|\[SKIP\]' "$WORK/ops-$x.txt"

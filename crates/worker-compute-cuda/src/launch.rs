@@ -159,6 +159,25 @@ kernel_args! {
         x2: u64,
         cols2: i32,
     }
+    /// `rope_yarn_f32`: `rope_f32` with YaRN scaling (`ext_factor` 0: the cosines and sines
+    /// only scaled by `mscale`), `low` and `high` the ramp's correction dimensions.
+    RopeYarn {
+        x: u64,
+        pos: u64,
+        cols: i32,
+        head_dim: i32,
+        n_rot: i32,
+        base: f32,
+        freq_scale: f32,
+        neox: i32,
+        heads: i32,
+        x2: u64,
+        cols2: i32,
+        ext_factor: f32,
+        low: f32,
+        high: f32,
+        mscale: f32,
+    }
     /// `add_rms_norm_f32`: `x += y`, then `out = rms_norm(x) * w`.
     AddRmsNorm { out: u64, x: u64, y: u64, w: u64, eps: f32, cols: i32 }
     /// `argmax_f32`: one block per row.
@@ -194,6 +213,96 @@ kernel_args! {
         layer: i32,
         slots: i32,
         max_pos: i32,
+    }
+    /// `attention_window_f16`: `attention_f16` over the last `window` positions (0: all) with
+    /// a sink logit per head (`sinks`, 0: none).
+    AttentionWindow {
+        out: u64,
+        q: u64,
+        kc: u64,
+        vc: u64,
+        pos: u64,
+        slot: u64,
+        heads: i32,
+        kv_heads: i32,
+        hd: i32,
+        vhd: i32,
+        scale: f32,
+        layer: i32,
+        slots: i32,
+        max_pos: i32,
+        window: i32,
+        sinks: u64,
+    }
+    /// `attention_decode_window_f16`: `attention_decode_f16` over the last `window`
+    /// positions (0: all).
+    AttentionDecodeWindow {
+        q: u64,
+        k: u64,
+        v: u64,
+        kc: u64,
+        vc: u64,
+        pos: u64,
+        slot: u64,
+        heads: i32,
+        kv_heads: i32,
+        hd: i32,
+        vhd: i32,
+        scale: f32,
+        layer: i32,
+        slots: i32,
+        max_pos: i32,
+        part: u64,
+        nsplit: i32,
+        window: i32,
+    }
+    /// `attention_combine_window`: merges the splits of `attention_decode_window_f16` (the
+    /// same `window`), with a sink logit per head (`sinks`, 0: none).
+    AttentionCombineWindow {
+        out: u64,
+        part: u64,
+        pos: u64,
+        nsplit: i32,
+        vhd: i32,
+        window: i32,
+        sinks: u64,
+    }
+    /// `moe_route`: each row's `used` experts by rank (`ids`) and their softmax weights.
+    MoeRoute { ids: u64, weights: u64, logits: u64, rows: i32, experts: i32, used: i32 }
+    /// `moe_combine`: each row's ranked expert outputs summed with their weights.
+    MoeCombine { out: u64, ranked: u64, weights: u64, used: i32, cols: i32 }
+    /// `moe_glu_<type>`: the chosen experts' gate and up products of each row, their biases
+    /// and the activation (`oai` 1: gpt-oss's clamped SwiGLU with `alpha` and `limit`), the
+    /// weights found by expert id in the address tables `wg`, `wu`, `bg`, `bu`.
+    MoeGlu {
+        act: u64,
+        x: u64,
+        ids: u64,
+        wg: u64,
+        wu: u64,
+        bg: u64,
+        bu: u64,
+        used: i32,
+        n: i32,
+        k: i32,
+        row_bytes: i64,
+        seg_bytes: i32,
+        oai: i32,
+        alpha: f32,
+        limit: f32,
+    }
+    /// `moe_down_<type>`: the chosen experts' down products of each (row, rank) slot plus
+    /// their biases, the weights found by expert id in the address tables `wd`, `bd`.
+    MoeDown {
+        out: u64,
+        act: u64,
+        ids: u64,
+        wd: u64,
+        bd: u64,
+        n: i32,
+        k: i32,
+        row_bytes: i64,
+        seg_bytes: i32,
     }
     /// `attention_decode_f16`: stores one row's key and value, then attends over splits of
     /// the positions into `part`.
