@@ -172,12 +172,16 @@ impl<D: Device> CudaBackend<D> {
             };
             let combine_dims = grid(p.heads, 1, 128);
             if masked {
-                self.launch(
-                    kernels.attention_decode_window,
-                    dims,
-                    decode.with_window(window_i),
-                );
-                let combine = combine.with_window(window_i, sinks);
+                let decode = AttentionDecodeWindow {
+                    base: decode,
+                    window: window_i,
+                };
+                self.launch(kernels.attention_decode_window, dims, decode);
+                let combine = AttentionCombineWindow {
+                    base: combine,
+                    window: window_i,
+                    sinks,
+                };
                 self.launch(kernels.attention_combine_window, combine_dims, combine);
             } else {
                 self.launch(kernels.attention_decode, dims, decode);
@@ -242,7 +246,11 @@ impl<D: Device> CudaBackend<D> {
         };
         let dims = grid(rows, p.heads, 128);
         if masked {
-            let attend = attend.with_window(window_i, sinks);
+            let attend = AttentionWindow {
+                base: attend,
+                window: window_i,
+                sinks,
+            };
             self.launch(kernels.attention_window, dims, attend);
         } else {
             self.launch(kernels.attention, dims, attend);
@@ -268,112 +276,5 @@ impl<D: Device> CudaBackend<D> {
                 what: "attention partials",
                 bytes: need as u128 * 4,
             })
-    }
-}
-
-impl AttentionDecode {
-    /// The same launch over the last `window` positions (0: all).
-    fn with_window(self, window: i32) -> AttentionDecodeWindow {
-        let AttentionDecode {
-            q,
-            k,
-            v,
-            kc,
-            vc,
-            pos,
-            slot,
-            heads,
-            kv_heads,
-            hd,
-            vhd,
-            scale,
-            layer,
-            slots,
-            max_pos,
-            part,
-            nsplit,
-        } = self;
-        AttentionDecodeWindow {
-            q,
-            k,
-            v,
-            kc,
-            vc,
-            pos,
-            slot,
-            heads,
-            kv_heads,
-            hd,
-            vhd,
-            scale,
-            layer,
-            slots,
-            max_pos,
-            part,
-            nsplit,
-            window,
-        }
-    }
-}
-
-impl AttentionCombine {
-    /// The merge of the windowed splits, with `sinks` (0: none).
-    fn with_window(self, window: i32, sinks: u64) -> AttentionCombineWindow {
-        let AttentionCombine {
-            out,
-            part,
-            pos,
-            nsplit,
-            vhd,
-        } = self;
-        AttentionCombineWindow {
-            out,
-            part,
-            pos,
-            nsplit,
-            vhd,
-            window,
-            sinks,
-        }
-    }
-}
-
-impl Attention {
-    /// The same launch over the last `window` positions (0: all), with `sinks` (0: none).
-    fn with_window(self, window: i32, sinks: u64) -> AttentionWindow {
-        let Attention {
-            out,
-            q,
-            kc,
-            vc,
-            pos,
-            slot,
-            heads,
-            kv_heads,
-            hd,
-            vhd,
-            scale,
-            layer,
-            slots,
-            max_pos,
-        } = self;
-        AttentionWindow {
-            out,
-            q,
-            kc,
-            vc,
-            pos,
-            slot,
-            heads,
-            kv_heads,
-            hd,
-            vhd,
-            scale,
-            layer,
-            slots,
-            max_pos,
-            window,
-            sinks,
-        }
     }
 }

@@ -62,6 +62,27 @@ impl Args {
     pub(crate) fn as_slice(&self) -> &[Arg] {
         &self.list[..self.len]
     }
+
+    /// These arguments followed by `more` (the caller's parameter count is checked at compile
+    /// time to fit, see `kernel_args_extended!`).
+    fn then<const N: usize>(mut self, more: [Arg; N]) -> Self {
+        let end = (self.len + N).min(MAX_ARGS);
+        self.list[self.len..end].copy_from_slice(&more[..end - self.len]);
+        self.len = end;
+        self
+    }
+}
+
+/// `a` followed by `b`, as an array of `N = a.len() + b.len()` parameter types.
+const fn join<const N: usize>(a: &[Param], b: &[Param]) -> [Param; N] {
+    assert!(a.len() + b.len() == N);
+    let mut out = [Param::Int; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < a.len() { a[i] } else { b[i - a.len()] };
+        i += 1;
+    }
+    out
 }
 
 /// A Rust value passed as one kernel parameter: `u64` for a device address, `i32` for an
@@ -128,6 +149,34 @@ macro_rules! kernel_args {
     )*};
 }
 
+/// Declares the parameters of a variant of a kernel that takes another kernel's parameters
+/// (`base`) followed by more, and its [`KernelArgs`].
+macro_rules! kernel_args_extended {
+    ($($(#[$doc:meta])* $name:ident: $base:ty => { $($field:ident: $ty:ty),* $(,)? })*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) struct $name {
+            /// The base kernel's parameters, first.
+            pub base: $base,
+            $(pub $field: $ty,)*
+        }
+
+        impl $name {
+            const MORE: &'static [Param] = &[$(<$ty as ToArg>::PARAM),*];
+            const COUNT: usize = <$base as KernelArgs>::PARAMS.len() + Self::MORE.len();
+            const ALL: [Param; Self::COUNT] = join(<$base as KernelArgs>::PARAMS, Self::MORE);
+        }
+
+        impl KernelArgs for $name {
+            const PARAMS: &'static [Param] = &Self::ALL;
+            fn to_args(&self) -> Args {
+                const { assert!(Self::COUNT <= MAX_ARGS) };
+                self.base.to_args().then([$(self.$field.to_arg()),*])
+            }
+        }
+    )*};
+}
+
 kernel_args! {
     /// `add_f32`, `mul_f32`: `dst[i] += src[i]` (`*=`) for `i < n`.
     Binary { dst: u64, src: u64, n: i64 }
@@ -158,25 +207,6 @@ kernel_args! {
         heads: i32,
         x2: u64,
         cols2: i32,
-    }
-    /// `rope_yarn_f32`: `rope_f32` with YaRN scaling (`ext_factor` 0: the cosines and sines
-    /// only scaled by `mscale`), `low` and `high` the ramp's correction dimensions.
-    RopeYarn {
-        x: u64,
-        pos: u64,
-        cols: i32,
-        head_dim: i32,
-        n_rot: i32,
-        base: f32,
-        freq_scale: f32,
-        neox: i32,
-        heads: i32,
-        x2: u64,
-        cols2: i32,
-        ext_factor: f32,
-        low: f32,
-        high: f32,
-        mscale: f32,
     }
     /// `add_rms_norm_f32`: `x += y`, then `out = rms_norm(x) * w`.
     AddRmsNorm { out: u64, x: u64, y: u64, w: u64, eps: f32, cols: i32 }
@@ -213,59 +243,6 @@ kernel_args! {
         layer: i32,
         slots: i32,
         max_pos: i32,
-    }
-    /// `attention_window_f16`: `attention_f16` over the last `window` positions (0: all) with
-    /// a sink logit per head (`sinks`, 0: none).
-    AttentionWindow {
-        out: u64,
-        q: u64,
-        kc: u64,
-        vc: u64,
-        pos: u64,
-        slot: u64,
-        heads: i32,
-        kv_heads: i32,
-        hd: i32,
-        vhd: i32,
-        scale: f32,
-        layer: i32,
-        slots: i32,
-        max_pos: i32,
-        window: i32,
-        sinks: u64,
-    }
-    /// `attention_decode_window_f16`: `attention_decode_f16` over the last `window`
-    /// positions (0: all).
-    AttentionDecodeWindow {
-        q: u64,
-        k: u64,
-        v: u64,
-        kc: u64,
-        vc: u64,
-        pos: u64,
-        slot: u64,
-        heads: i32,
-        kv_heads: i32,
-        hd: i32,
-        vhd: i32,
-        scale: f32,
-        layer: i32,
-        slots: i32,
-        max_pos: i32,
-        part: u64,
-        nsplit: i32,
-        window: i32,
-    }
-    /// `attention_combine_window`: merges the splits of `attention_decode_window_f16` (the
-    /// same `window`), with a sink logit per head (`sinks`, 0: none).
-    AttentionCombineWindow {
-        out: u64,
-        part: u64,
-        pos: u64,
-        nsplit: i32,
-        vhd: i32,
-        window: i32,
-        sinks: u64,
     }
     /// `moe_route`: each row's `used` experts by rank (`ids`) and their softmax weights.
     MoeRoute { ids: u64, weights: u64, logits: u64, rows: i32, experts: i32, used: i32 }
@@ -395,6 +372,21 @@ kernel_args! {
         bias2: u64,
         n2: i32,
     }
+}
+
+kernel_args_extended! {
+    /// `rope_yarn_f32`: `rope_f32` with YaRN scaling (`ext_factor` 0: the cosines and sines
+    /// only scaled by `mscale`), `low` and `high` the ramp's correction dimensions.
+    RopeYarn: Rope => { ext_factor: f32, low: f32, high: f32, mscale: f32 }
+    /// `attention_window_f16`: `attention_f16` over the last `window` positions (0: all) with
+    /// a sink logit per head (`sinks`, 0: none).
+    AttentionWindow: Attention => { window: i32, sinks: u64 }
+    /// `attention_decode_window_f16`: `attention_decode_f16` over the last `window`
+    /// positions (0: all).
+    AttentionDecodeWindow: AttentionDecode => { window: i32 }
+    /// `attention_combine_window`: merges the splits of `attention_decode_window_f16` (the
+    /// same `window`), with a sink logit per head (`sinks`, 0: none).
+    AttentionCombineWindow: AttentionCombine => { window: i32, sinks: u64 }
 }
 
 /// A loaded kernel whose parameters are `A`: its id, the kernel's position in

@@ -537,34 +537,6 @@ impl<D: Device> CudaBackend<D> {
         let p = &a.p;
         let (x2, cols2, heads2) = b.map_or((0, 0, 0), |b| (b.x, b.cols, b.p.heads));
         let dims = grid(a.rows, p.heads + heads2, 64);
-        if let Some(y) = p.yarn {
-            // The CPU's rope_angles: the ramp's ends and the magnitude factor in f32.
-            let [low, high] = y.correction_dims(p.n_rot, p.base);
-            let mscale = if y.ext_factor != 0.0 {
-                y.attn_factor * (1.0 + 0.1 * (1.0 / p.freq_scale).ln())
-            } else {
-                y.attn_factor
-            };
-            let args = RopeYarn {
-                x: a.x,
-                pos: a.positions,
-                cols: a.cols,
-                head_dim: i32_of(op, p.head_dim)?,
-                n_rot: i32_of(op, p.n_rot)?,
-                base: p.base,
-                freq_scale: p.freq_scale,
-                neox: i32::from(p.mode == RopeMode::Neox),
-                heads: i32_of(op, p.heads)?,
-                x2,
-                cols2,
-                ext_factor: y.ext_factor,
-                low,
-                high,
-                mscale,
-            };
-            self.launch(self.kernels.rope_yarn, dims, args);
-            return Ok(());
-        }
         let args = Rope {
             x: a.x,
             pos: a.positions,
@@ -578,6 +550,24 @@ impl<D: Device> CudaBackend<D> {
             x2,
             cols2,
         };
+        if let Some(y) = p.yarn {
+            // The CPU's rope_angles: the ramp's ends and the magnitude factor in f32.
+            let [low, high] = y.correction_dims(p.n_rot, p.base);
+            let mscale = if y.ext_factor != 0.0 {
+                y.attn_factor * (1.0 + 0.1 * (1.0 / p.freq_scale).ln())
+            } else {
+                y.attn_factor
+            };
+            let args = RopeYarn {
+                base: args,
+                ext_factor: y.ext_factor,
+                low,
+                high,
+                mscale,
+            };
+            self.launch(self.kernels.rope_yarn, dims, args);
+            return Ok(());
+        }
         self.launch(self.kernels.rope, dims, args);
         Ok(())
     }
