@@ -4,8 +4,8 @@
 //! addresses that name the allocation they belong to and writes down every launch list the
 //! backend flushes. Real models (the SmolLM2 and Qwen2.5 fixtures, the tiny phi3, gpt2 and
 //! qwen3 models of `worker-models`' tests) run one prefill and one decode step through the
-//! backend's own op code on it (the tiny gemma3 and gpt-oss with the experimental `models`
-//! path, which they need), and the launch lists (kernel, grid, block, arguments) must
+//! backend's own op code on it (the Gemma 3 fixture and the tiny gemma3 and gpt-oss with the
+//! experimental `models` path, which they need), and the launch lists (kernel, grid, block, arguments) must
 //! equal the files in `tests/launches/`, which were written by the backend that ran on an
 //! H200 (see `docs/perf-cuda.md`). So a change to the launches of a step, the fusions
 //! included, fails here with the first differing line; when it is meant, and has been
@@ -248,17 +248,20 @@ fn models() -> Vec<(String, GgufFile)> {
     models
 }
 
-/// The tiny models that need the experimental `models` path: gemma3 (sliding windows) and
-/// gpt-oss (MXFP4 experts and `moe`, sinks, windows, YaRN).
+/// The models that need the experimental `models` path: the Gemma-3-270M fixture and the
+/// tiny gemma3 (sliding windows), and the tiny gpt-oss (MXFP4 experts and `moe`, sinks,
+/// windows, YaRN).
 fn experimental_models() -> Vec<(String, GgufFile)> {
-    ["gemma3", "gpt-oss"]
-        .into_iter()
-        .map(|arch| {
-            let vocab = tiny_arch::vocab(arch);
-            let bytes = tiny_arch::tiny_model(arch, &vocab, &tiny_arch::Edit::default());
-            let f = GgufFile::from_bytes(bytes).expect("a tiny model");
-            (format!("tiny-{arch}"), f)
-        })
+    let path = worker_testdata::model(worker_testdata::GEMMA3);
+    let gemma = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tiny = ["gemma3", "gpt-oss"].into_iter().map(|arch| {
+        let vocab = tiny_arch::vocab(arch);
+        let bytes = tiny_arch::tiny_model(arch, &vocab, &tiny_arch::Edit::default());
+        let f = GgufFile::from_bytes(bytes).expect("a tiny model");
+        (format!("tiny-{arch}"), f)
+    });
+    std::iter::once(("gemma3".to_string(), gemma))
+        .chain(tiny)
         .collect()
 }
 
