@@ -34,7 +34,7 @@ const SHIFT: u32 = 40;
 
 /// A device that records what the backend allocates and launches.
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     /// Per allocation: its label (`tensor3`: the fourth tensor).
     labels: Vec<String>,
     counts: HashMap<&'static str, usize>,
@@ -87,7 +87,7 @@ impl Device for Recorder {
 
 impl CudaBackend<Recorder> {
     /// The launches flushed since the last call, one line each.
-    fn take(&mut self) -> String {
+    pub(crate) fn take(&mut self) -> String {
         let names = crate::kernels::names();
         let mut out = String::new();
         for l in std::mem::take(&mut self.dev.log) {

@@ -40,6 +40,8 @@ mod launches;
 pub mod loader;
 mod matmul;
 mod memory;
+#[cfg(test)]
+mod models_checks;
 mod moe;
 mod ops;
 mod profile;
