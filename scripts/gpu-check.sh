@@ -17,9 +17,9 @@
 # backends; the decode/prefill benchmark (with kernels per decode step), the same without
 # CUDA graphs, and a per-kernel profile of a few decode steps; the HTTP worker streaming one
 # request; the no-GPU message; then the experimental paths (matvec, gemm, pdl, attn, types,
-# bias)
-# checked and benchmarked one at a time and compared all together (reported, never failing
-# the run).
+# bias, models)
+# checked and benchmarked one at a time and compared all together, and with models a
+# random-weight Gemma 3 compared past its sliding window (reported, never failing the run).
 # Each result prints as a RESULT line when known, and the table of them comes last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,8 +51,9 @@ row "check-ops ($(grep -c '\[PASS\]' "$WORK/ops.txt") pass, $(grep -c '\[FAIL\]'
 fi
 
 step "synthesize random-weight models"
-for m in smollm2 qwen; do
-    if ! [ -s "$WORK/$m.gguf" ]; then
+for m in smollm2 qwen gemma3; do
+    # gemma3 (sliding windows: the models path) only when gpu-bin/ has its description.
+    if [ -s "$BIN/$m.desc.gguf" ] && ! [ -s "$WORK/$m.gguf" ]; then
         timeout 180 "$BIN/worker-cli" synth "$BIN/$m.desc.gguf" "$WORK/$m.gguf" --seed 1 || row "synth $m" FAIL ""
     fi
 done
@@ -124,7 +125,7 @@ fi
 
 if [ "$PHASE" != main ]; then
 step "experimental paths (--cuda-experimental): check-ops and bench one at a time, compare all together (info only)"
-for x in matvec gemm pdl attn types bias all; do
+for x in matvec gemm pdl attn types bias models all; do
     X="$BIN/worker-orcd --cuda-experimental $x"
     if timeout 120 $X check-ops > "$WORK/ops-$x.txt" 2>&1; then xo=pass; else xo=FAIL; fi
     grep -v '\[PASS\]\|\[SKIP\]' "$WORK/ops-$x.txt"
@@ -134,6 +135,15 @@ for x in matvec gemm pdl attn types bias all; do
         for m in smollm2 qwen; do
             timeout 240 $X compare --model "$WORK/$m.gguf" --prompt-lens 1,67 --steps 16 2>/dev/null | tee -a "$WORK/cmp-x.txt" || xc=", compare FAIL"
         done
+    fi
+    if [ "$x" = models ] && [ -s "$WORK/gemma3.gguf" ]; then
+        # 600 positions: past Gemma 3's 512-position window.
+        if timeout 300 $X compare --model "$WORK/gemma3.gguf" --prompt-lens 1,9,600 --steps 16 > "$WORK/cmp-gemma3.txt" 2>&1; then
+            xc=", gemma3 compare pass"
+        else
+            xc=", gemma3 compare FAIL"
+        fi
+        cat "$WORK/cmp-gemma3.txt"
     fi
     xb=""
     for m in smollm2 qwen; do

@@ -2,7 +2,8 @@
 //! (`compare`) and op by op on random inputs (`check-ops`, the cases of
 //! `worker_compute::conformance`). Both print a line per case and fail (exit 1) when a case
 //! is out of tolerance. A case the CUDA backend refuses by name (an experimental weight type
-//! without `--cuda-experimental types`, an op it has no kernel for) or the CPU cannot run is
+//! without `--cuda-experimental types`, a window, sink, YaRN, MXFP4 or `moe` case without
+//! `--cuda-experimental models`, an op it has no kernel for) or the CPU cannot run is
 //! reported as SKIP, not failed, as llama.cpp's test-backend-ops reports unsupported ops.
 
 use std::path::PathBuf;

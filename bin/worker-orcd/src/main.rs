@@ -36,7 +36,7 @@ struct Cli {
     #[arg(long, global = true, env = "WORKER_CUDA_GRAPHS", default_value_t = true, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
     /// CUDA paths not yet checked on a device: `false`, `true` (all), or a list of
-    /// `matvec`, `gemm`, `pdl`, `attn`, `types`, `bias` (see
+    /// `matvec`, `gemm`, `pdl`, `attn`, `types`, `bias`, `models` (see
     /// `worker_compute_cuda::Experimental`).
     #[arg(
         long,

@@ -18,14 +18,22 @@ extern "C" __global__ void kv_store(u16* kc, u16* vc, const float* k, const floa
 #define ATT_MAX_DIM 256
 #define ATT_PER_LANE (ATT_MAX_DIM / 32)
 
+// The first position a row at `last` attends to: last + 1 - window with a sliding window
+// (window > 0), else 0.
+__device__ __forceinline__ int window_start(int last, int window) {
+    return window > 0 ? max(0, last + 1 - window) : 0;
+}
+
 // Grid (rows, heads), ATT_WARPS warps per block. Row r, query head h attends to positions
-// 0..=pos[r] of its slot, reading kv head h / (heads / kv_heads). Each warp keeps an online
-// softmax over positions t = warp, warp + ATT_WARPS, ...; the warps are merged at the end.
-extern "C" __global__ void attention_f16(float* out, const float* q, const u16* kc, const u16* vc,
-                                         const u32* pos, const u32* slot, int heads, int kv_heads,
-                                         int hd, int vhd, float scale, int layer, int slots,
-                                         int max_pos) {
-    pdl_start();
+// window_start(pos[r], window)..=pos[r] of its slot, reading kv head h / (heads / kv_heads).
+// Each warp keeps an online softmax over positions t = first + warp, first + warp +
+// ATT_WARPS, ...; the warps are merged at the end, with head h's sink logit sinks[h] (when
+// sinks is not null) joining the maximum and the denominator (a sink has no value).
+__device__ __forceinline__ void attention_rows(float* out, const float* q, const u16* kc,
+                                               const u16* vc, const u32* pos, const u32* slot,
+                                               int heads, int kv_heads, int hd, int vhd,
+                                               float scale, int layer, int slots, int max_pos,
+                                               int window, const float* sinks) {
     __shared__ float sm_m[ATT_WARPS], sm_s[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS * ATT_MAX_DIM];
     int r = blockIdx.x, h = blockIdx.y;
@@ -42,7 +50,7 @@ extern "C" __global__ void attention_f16(float* out, const float* q, const u16* 
         acc[i] = 0.0f;
     }
     float m = __int_as_float(0xff800000), s = 0.0f;
-    for (int t = warp; t <= last; t += ATT_WARPS) {
+    for (int t = window_start(last, window) + warp; t <= last; t += ATT_WARPS) {
         const u16* kr = kc + (base + t) * hd;
         float dot = 0.0f;
 #pragma unroll
@@ -71,7 +79,8 @@ extern "C" __global__ void attention_f16(float* out, const float* q, const u16* 
     __syncthreads();
     float mx = sm_m[0];
     for (int w = 1; w < ATT_WARPS; ++w) mx = fmaxf(mx, sm_m[w]);
-    float den = 0.0f, f[ATT_WARPS];
+    if (sinks) mx = fmaxf(mx, sinks[h]);
+    float den = sinks ? expf(sinks[h] - mx) : 0.0f, f[ATT_WARPS];
     for (int w = 0; w < ATT_WARPS; ++w) {
         f[w] = sm_s[w] > 0.0f ? expf(sm_m[w] - mx) : 0.0f;
         den += sm_s[w] * f[w];
@@ -82,6 +91,27 @@ extern "C" __global__ void attention_f16(float* out, const float* q, const u16* 
         for (int w = 0; w < ATT_WARPS; ++w) num += sm_acc[w * ATT_MAX_DIM + d] * f[w];
         o[d] = num / den;
     }
+}
+
+// Every position up to the row's own, no sinks.
+extern "C" __global__ void attention_f16(float* out, const float* q, const u16* kc, const u16* vc,
+                                         const u32* pos, const u32* slot, int heads, int kv_heads,
+                                         int hd, int vhd, float scale, int layer, int slots,
+                                         int max_pos) {
+    pdl_start();
+    attention_rows(out, q, kc, vc, pos, slot, heads, kv_heads, hd, vhd, scale, layer, slots,
+                   max_pos, 0, nullptr);
+}
+
+// With a sliding window of `window` positions (0: none) and per-head sink logits (null: none).
+extern "C" __global__ void attention_window_f16(float* out, const float* q, const u16* kc,
+                                                const u16* vc, const u32* pos, const u32* slot,
+                                                int heads, int kv_heads, int hd, int vhd,
+                                                float scale, int layer, int slots, int max_pos,
+                                                int window, const float* sinks) {
+    pdl_start();
+    attention_rows(out, q, kc, vc, pos, slot, heads, kv_heads, hd, vhd, scale, layer, slots,
+                   max_pos, window, sinks);
 }
 
 #define AD_WARPS 4
@@ -129,12 +159,16 @@ __device__ __forceinline__ void acc_values(float* acc, const u16* vc, size_t bas
 // with lanes over pairs of dimensions. The block's warps are merged into the partial.
 // Needs hd % 8 == 0 (16-byte key loads), vhd even (u32 value loads) and hd, vhd <=
 // ATT_MAX_DIM (checked by the host).
-extern "C" __global__ void __launch_bounds__(AD_WARPS * 32)
-attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
-                     u16* vc, const u32* pos, const u32* slot, int heads, int kv_heads, int hd,
-                     int vhd, float scale, int layer, int slots, int max_pos, float* part,
-                     int nsplit) {
-    pdl_start();
+//
+// With a sliding window (window > 0) positions before wstart = window_start(last, window) are
+// masked: blocks wholly before wstart exit at once (attention_combine_window skips them),
+// tiles wholly before it are skipped, and the block that holds `last` stores the row.
+__device__ __forceinline__ void attention_decode_split(const float* q, const float* k,
+                                                       const float* v, u16* kc, u16* vc,
+                                                       const u32* pos, const u32* slot, int heads,
+                                                       int kv_heads, int hd, int vhd, float scale,
+                                                       int layer, int slots, int max_pos,
+                                                       float* part, int nsplit, int window) {
     __shared__ float sq[ATT_MAX_DIM], sk[ATT_MAX_DIM], sv[ATT_MAX_DIM];
     __shared__ float sm_m[AD_WARPS], sm_s[AD_WARPS];
     __shared__ float sm_acc[AD_WARPS * ATT_MAX_DIM];
@@ -143,12 +177,14 @@ attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
     int group = heads / kv_heads, kh = h / group;
     int last = (int)pos[0];
     int first = (int)blockIdx.y * AD_SPAN;
-    if (first > last) return;
+    int wstart = window_start(last, window);
+    if (first > last || first + AD_SPAN <= wstart) return;
     size_t base = (((size_t)layer * slots + slot[0]) * kv_heads + kh) * max_pos;
     const float* qr = q + (size_t)h * hd;
     const float* kr = k + (size_t)kh * hd;
     const float* vr = v + (size_t)kh * vhd;
-    bool store = (h % group) == 0 && blockIdx.y == 0;
+    int store_split = window > 0 ? last / AD_SPAN : 0;
+    bool store = (h % group) == 0 && (int)blockIdx.y == store_split;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         u16 kh16 = f2h(kr[i]);
         sq[i] = qr[i];
@@ -170,6 +206,7 @@ attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
     for (int d = 0; d < hd; ++d) dot_last += sq[d] * sk[d];
     int lastc = last > 0 ? last - 1 : 0;
     for (int t0 = first + 32 * warp; t0 <= last && t0 < first + AD_SPAN; t0 += 32 * AD_WARPS) {
+        if (t0 + 32 <= wstart) continue;  // the whole tile is before the window
         int t = t0 + lane;
         // Keys: lane l scores position t0 + l from its cached row (clamped to a written
         // row past the end; the select below drops it). The loads of a group of 64
@@ -195,12 +232,12 @@ attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
                 }
             }
         }
-        float sc = t < last ? dot * scale
-                            : (t == last ? dot_last * scale : __int_as_float(0xff800000));
-        // Lane 0's position t0 <= last is always live, so the tile max is finite.
+        bool live = t <= last && t >= wstart;
+        float sc = !live ? __int_as_float(0xff800000) : (t < last ? dot * scale : dot_last * scale);
+        // The tile holds a live position (t0 <= last, t0 + 31 >= wstart), so its max is finite.
         float mn = fmaxf(m, warp_max(sc));
         float c = expf(m - mn);
-        float p = t <= last ? expf(sc - mn) : 0.0f;
+        float p = live ? expf(sc - mn) : 0.0f;
         s = s * c + warp_sum(p);
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; ++i) acc[i] *= c;
@@ -256,29 +293,69 @@ attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
     }
 }
 
+extern "C" __global__ void __launch_bounds__(AD_WARPS * 32)
+attention_decode_f16(const float* q, const float* k, const float* v, u16* kc,
+                     u16* vc, const u32* pos, const u32* slot, int heads, int kv_heads, int hd,
+                     int vhd, float scale, int layer, int slots, int max_pos, float* part,
+                     int nsplit) {
+    pdl_start();
+    attention_decode_split(q, k, v, kc, vc, pos, slot, heads, kv_heads, hd, vhd, scale, layer,
+                           slots, max_pos, part, nsplit, 0);
+}
+
+// The decode attention with a sliding window of `window` positions; merged by
+// attention_combine_window.
+extern "C" __global__ void __launch_bounds__(AD_WARPS * 32)
+attention_decode_window_f16(const float* q, const float* k, const float* v, u16* kc, u16* vc,
+                            const u32* pos, const u32* slot, int heads, int kv_heads, int hd,
+                            int vhd, float scale, int layer, int slots, int max_pos, float* part,
+                            int nsplit, int window) {
+    pdl_start();
+    attention_decode_split(q, k, v, kc, vc, pos, slot, heads, kv_heads, hd, vhd, scale, layer,
+                           slots, max_pos, part, nsplit, window);
+}
+
 // Merges the partials of attention_decode_f16: grid (heads); out[h] = sum_i num_i e^(m_i - M)
 // / sum_i den_i e^(m_i - M) over the splits i <= last / AD_SPAN, M the largest m_i.
-extern "C" __global__ void attention_combine(float* out, const float* part, const u32* pos,
-                                             int nsplit, int vhd) {
-    pdl_start();
+// With a window (window > 0) the splits from window_start(last, window) / AD_SPAN on; with
+// sinks (not null) head h's sink logit joins M and the denominator.
+__device__ __forceinline__ void combine_splits(float* out, const float* part, const u32* pos,
+                                               int nsplit, int vhd, int window,
+                                               const float* sinks) {
     int h = blockIdx.x;
-    int used = min((int)pos[0] / AD_SPAN + 1, nsplit);
+    int last = (int)pos[0];
+    int from = window_start(last, window) / AD_SPAN;
+    int used = min(last / AD_SPAN + 1, nsplit);
     const float* p = part + (size_t)h * nsplit * (vhd + 2);
-    float mx = __int_as_float(0xff800000);
-    for (int i = 0; i < used; ++i) mx = fmaxf(mx, p[(size_t)i * (vhd + 2)]);
-    float den = 0.0f;
-    for (int i = 0; i < used; ++i) {
+    float mx = sinks ? sinks[h] : __int_as_float(0xff800000);
+    for (int i = from; i < used; ++i) mx = fmaxf(mx, p[(size_t)i * (vhd + 2)]);
+    float den = sinks ? expf(sinks[h] - mx) : 0.0f;
+    for (int i = from; i < used; ++i) {
         const float* q = p + (size_t)i * (vhd + 2);
         den += q[1] * expf(q[0] - mx);
     }
     for (int d = threadIdx.x; d < vhd; d += blockDim.x) {
         float num = 0.0f;
-        for (int i = 0; i < used; ++i) {
+        for (int i = from; i < used; ++i) {
             const float* q = p + (size_t)i * (vhd + 2);
             num += q[2 + d] * expf(q[0] - mx);
         }
         out[(size_t)h * vhd + d] = num / den;
     }
+}
+
+extern "C" __global__ void attention_combine(float* out, const float* part, const u32* pos,
+                                             int nsplit, int vhd) {
+    pdl_start();
+    combine_splits(out, part, pos, nsplit, vhd, 0, nullptr);
+}
+
+// Merges the partials of attention_decode_window_f16 (the same `window`), with sinks.
+extern "C" __global__ void attention_combine_window(float* out, const float* part,
+                                                    const u32* pos, int nsplit, int vhd,
+                                                    int window, const float* sinks) {
+    pdl_start();
+    combine_splits(out, part, pos, nsplit, vhd, window, sinks);
 }
 
 #define AP_WARPS 4

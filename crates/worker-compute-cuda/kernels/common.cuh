@@ -97,3 +97,17 @@ __device__ __forceinline__ int iq4_level(u32 q) {
     u32 hi = q < 8 ? 0xf6eaddcfu : 0x71594535u;
     return (int)(signed char)(__byte_perm(lo, hi, q & 7u) & 0xffu);
 }
+
+// The MXFP4 level (ggml's kvalues_mxfp4: the e2m1 values doubled, 0, 1, 2, 3, 4, 6, 8, 12 and
+// their negatives) of 4-bit code q, picked from the table packed four bytes to a word.
+__device__ __forceinline__ int mxfp4_level(u32 q) {
+    u32 lo = q < 8 ? 0x03020100u : 0xfdfeff00u;
+    u32 hi = q < 8 ? 0x0c080604u : 0xf4f8fafcu;
+    return (int)(signed char)(__byte_perm(lo, hi, q & 7u) & 0xffu);
+}
+
+// Half the value of e8m0 exponent e, 2^(e - 128), from its bits (subnormal for e < 2), as
+// ggml's GGML_E8M0_TO_FP32_HALF.
+__device__ __forceinline__ float e8m0_half(u32 e) {
+    return __uint_as_float(e < 2 ? 0x00200000u << e : (e - 1) << 23);
+}

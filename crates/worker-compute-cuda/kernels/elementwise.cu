@@ -88,26 +88,70 @@ extern "C" __global__ void layer_norm_f32(float* out, const float* x, const floa
 // launch). Grid (rows, heads + heads2): block (r, h) rotates head h of x when h < heads, else
 // head h - heads of x2 (cols2 columns); thread i of a block rotates pair i.
 // theta_i = pos * freq_scale * base^(-2i/n_rot), in double like the CPU reference.
-extern "C" __global__ void rope_f32(float* x, const u32* pos, int cols, int head_dim, int n_rot,
-                                    float base, float freq_scale, int neox, int heads, float* x2,
-                                    int cols2) {
-    pdl_start();
+//
+// With YaRN (`yarn`, ggml's rope_yarn, the CPU's rope_angles): with ext_factor 0 the cosines
+// and sines are scaled by mscale (attn_factor) in f32; otherwise pair i rotates by
+// interp (1 - ramp) + extrap ramp, extrap = pos base^(-2i/n_rot), interp = freq_scale extrap,
+// ramp = (1 - clamp((i - low) / max(high - low, 0.001), 0, 1)) ext_factor between the
+// correction dims low and high (from the host, as the CPU computes them), and its cosine and
+// sine are scaled by mscale in double.
+__device__ __forceinline__ void rope_heads(float* x, const u32* pos, int cols, int head_dim,
+                                           int n_rot, float base, float freq_scale, int neox,
+                                           int heads, float* x2, int cols2, bool yarn,
+                                           float ext_factor, float low, float high,
+                                           float mscale) {
     int r = blockIdx.x, h = blockIdx.y;
     int half = n_rot / 2;
     float* head = h < heads ? x + (size_t)r * cols + (size_t)h * head_dim
                             : x2 + (size_t)r * cols2 + (size_t)(h - heads) * head_dim;
     double t = (double)pos[r] * (double)freq_scale;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        double theta = t * pow((double)base, -2.0 * (double)i / (double)n_rot);
-        double sd, cd;
-        sincos(theta, &sd, &cd);
-        float s = (float)sd, c = (float)cd;
+        double f = pow((double)base, -2.0 * (double)i / (double)n_rot);
+        double theta = t * f;
+        float s, c;
+        if (yarn && ext_factor != 0.0f) {
+            double extrap = (double)pos[r] * f;
+            double interp = (double)freq_scale * extrap;
+            float y = ((float)i - low) / fmaxf(high - low, 0.001f);
+            double ramp = (double)((1.0f - fminf(fmaxf(y, 0.0f), 1.0f)) * ext_factor);
+            double sd, cd;
+            sincos(__dadd_rn(__dmul_rn(interp, 1.0 - ramp), __dmul_rn(extrap, ramp)), &sd, &cd);
+            c = (float)(cd * (double)mscale);
+            s = (float)(sd * (double)mscale);
+        } else {
+            double sd, cd;
+            sincos(theta, &sd, &cd);
+            s = (float)sd;
+            c = (float)cd;
+            if (yarn) {
+                c *= mscale;
+                s *= mscale;
+            }
+        }
         int a = neox ? i : 2 * i;
         int b = neox ? i + half : 2 * i + 1;
         float x0 = head[a], x1 = head[b];
         head[a] = x0 * c - x1 * s;
         head[b] = x0 * s + x1 * c;
     }
+}
+
+extern "C" __global__ void rope_f32(float* x, const u32* pos, int cols, int head_dim, int n_rot,
+                                    float base, float freq_scale, int neox, int heads, float* x2,
+                                    int cols2) {
+    pdl_start();
+    rope_heads(x, pos, cols, head_dim, n_rot, base, freq_scale, neox, heads, x2, cols2, false,
+               0.0f, 0.0f, 0.0f, 1.0f);
+}
+
+// rope_f32 with YaRN scaling (see rope_heads).
+extern "C" __global__ void rope_yarn_f32(float* x, const u32* pos, int cols, int head_dim,
+                                         int n_rot, float base, float freq_scale, int neox,
+                                         int heads, float* x2, int cols2, float ext_factor,
+                                         float low, float high, float mscale) {
+    pdl_start();
+    rope_heads(x, pos, cols, head_dim, n_rot, base, freq_scale, neox, heads, x2, cols2, true,
+               ext_factor, low, high, mscale);
 }
 
 // The residual add fused with the next RMS norm: x[r] += y[r]; out[r] = x[r] / rms(x[r]) * w.

@@ -326,6 +326,19 @@ __device__ __forceinline__ float dot32_iq4_xs(const u8* row, int c, const float*
     return ldh(b) * sc * dot_iq4(q, xs);
 }
 
+// block_mxfp4 (17 bytes, byte aligned): e (e8m0), qs[16]; value level 2^(e - 128), the codes in
+// q4_0's nibble order, read a byte at a time.
+__device__ __forceinline__ float dot32_mxfp4(const u8* row, int c, const float* xs, float sx) {
+    const u8* b = row + (size_t)c * 17;
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+        u32 v = b[1 + e];
+        s += (float)mxfp4_level(v & 15u) * xs[e] + (float)mxfp4_level(v >> 4) * xs[e + 16];
+    }
+    return e8m0_half(b[0]) * s;
+}
+
 // Most bytes 32 chunks take (f32: 32 x 32 x 4); a warp stages one such segment at a time.
 #define MV_SEG_MAX 4096
 
@@ -482,6 +495,63 @@ matvec_wide_##NAME(float* out, const float* x, const u8* w, const float* bias, i
     }                                                                                          \
 }
 
+// Mixture of experts, one (row, rank) slot per grid row (llama.cpp's mul_mat_id as mat-vecs):
+// grid (ceil(n / MV_WARPS), rows * used); block (b, y) takes slot y = r used + rank and the
+// expert ids[y] that moe_route chose for row r; warp w takes output row j = b MV_WARPS + w of
+// that expert's weights, found by id in tables of device addresses (one entry per expert;
+// a bias table entry 0 means no bias), as in matvec_<type>.
+//
+// moe_glu: the gate and up rows j of the expert times x[r], each plus its bias, and the
+// activation between them: act[y][j] = silu(g) u (oai = 0, swiglu_f32's formula), or
+// gpt-oss's clamped min(g, limit) sigmoid(alpha min(g, limit)) (clamp(u, -limit, limit) + 1)
+// (oai = 1, the CPU's swiglu_oai_row). moe_down: out[y][j] = act[y] . down[ids[y]][j] + bias.
+#define DEFINE_MOE(NAME)                                                                       \
+extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
+moe_glu_##NAME(float* act, const float* x, const u32* ids, const unsigned long long* wg,       \
+               const unsigned long long* wu, const unsigned long long* bg,                     \
+               const unsigned long long* bu, int used, int n, int k, long long row_bytes,      \
+               int seg_bytes, int oai, float alpha, float limit) {                             \
+    pdl_start();                                                                               \
+    __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
+    int j = blockIdx.x * MV_WARPS + warp, y = blockIdx.y;                                      \
+    if (j >= n) return;                                                                        \
+    u32 e = ids[y];                                                                            \
+    const u8* rg = (const u8*)wg[e] + (size_t)j * row_bytes;                                   \
+    const u8* ru = (const u8*)wu[e] + (size_t)j * row_bytes;                                   \
+    float g, u;                                                                                \
+    mv_rows_##NAME(rg, ru, true, x + (size_t)(y / used) * k, k, row_bytes, seg_bytes,          \
+                   sbuf[warp], lane, &g, &u);                                                  \
+    if (lane == 0) {                                                                           \
+        if (bg[e]) g += ((const float*)bg[e])[j];                                              \
+        if (bu[e]) u += ((const float*)bu[e])[j];                                              \
+        float a;                                                                               \
+        if (oai) {                                                                             \
+            float gc = fminf(g, limit), uc = fminf(fmaxf(u, -limit), limit);                   \
+            a = gc / (1.0f + expf(alpha * -gc)) * (uc + 1.0f);                                 \
+        } else {                                                                               \
+            a = g / (1.0f + expf(-g)) * u;                                                     \
+        }                                                                                      \
+        act[(size_t)y * n + j] = a;                                                            \
+    }                                                                                          \
+}                                                                                              \
+extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                    \
+moe_down_##NAME(float* out, const float* act, const u32* ids, const unsigned long long* wd,    \
+                const unsigned long long* bd, int n, int k, long long row_bytes,               \
+                int seg_bytes) {                                                               \
+    pdl_start();                                                                               \
+    __shared__ __align__(16) u8 sbuf[MV_WARPS][MV_SEG_MAX + 32];                               \
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;                                      \
+    int j = blockIdx.x * MV_WARPS + warp, y = blockIdx.y;                                      \
+    if (j >= n) return;                                                                        \
+    u32 e = ids[y];                                                                            \
+    const u8* r0 = (const u8*)wd[e] + (size_t)j * row_bytes;                                   \
+    float d0, d1;                                                                              \
+    mv_rows_##NAME(r0, r0, false, act + (size_t)y * k, k, row_bytes, seg_bytes, sbuf[warp],    \
+                   lane, &d0, &d1);                                                            \
+    if (lane == 0) out[(size_t)y * n + j] = d0 + (bd[e] ? ((const float*)bd[e])[j] : 0.0f);    \
+}
+
 DEFINE_MATVEC(f32)
 DEFINE_MATVEC(f16)
 DEFINE_MATVEC(bf16)
@@ -497,6 +567,7 @@ DEFINE_MATVEC(iq4_nl)
 DEFINE_MATVEC(iq4_xs)
 DEFINE_MATVEC(q2_k)
 DEFINE_MATVEC(q3_k)
+DEFINE_MATVEC(mxfp4)
 
 DEFINE_MATVEC_WIDE(f32)
 DEFINE_MATVEC_WIDE(f16)
@@ -513,6 +584,7 @@ DEFINE_MATVEC_WIDE(iq4_nl)
 DEFINE_MATVEC_WIDE(iq4_xs)
 DEFINE_MATVEC_WIDE(q2_k)
 DEFINE_MATVEC_WIDE(q3_k)
+DEFINE_MATVEC_WIDE(mxfp4)
 
 DEFINE_MATVEC3(f32)
 DEFINE_MATVEC3(f16)
@@ -529,3 +601,21 @@ DEFINE_MATVEC3(iq4_nl)
 DEFINE_MATVEC3(iq4_xs)
 DEFINE_MATVEC3(q2_k)
 DEFINE_MATVEC3(q3_k)
+DEFINE_MATVEC3(mxfp4)
+
+DEFINE_MOE(f32)
+DEFINE_MOE(f16)
+DEFINE_MOE(bf16)
+DEFINE_MOE(q4_0)
+DEFINE_MOE(q4_1)
+DEFINE_MOE(q5_0)
+DEFINE_MOE(q5_1)
+DEFINE_MOE(q8_0)
+DEFINE_MOE(q4_k)
+DEFINE_MOE(q5_k)
+DEFINE_MOE(q6_k)
+DEFINE_MOE(iq4_nl)
+DEFINE_MOE(iq4_xs)
+DEFINE_MOE(q2_k)
+DEFINE_MOE(q3_k)
+DEFINE_MOE(mxfp4)

@@ -136,6 +136,15 @@ __device__ __forceinline__ float dq_iq4_xs(const u8* row, int i) {
     return ldh(b) * sc * (float)iq4_level(l < 16 ? (q & 15) : (q >> 4));
 }
 
+// block_mxfp4 (17 bytes): e (e8m0), qs[16]: 4-bit codes into the MXFP4 levels, q4_0's nibble
+// order; value level 2^(e - 128).
+__device__ __forceinline__ float dq_mxfp4(const u8* row, int i) {
+    const u8* b = row + (i >> 5) * 17;
+    int e = i & 31;
+    u8 q = b[1 + (e & 15)];
+    return (float)mxfp4_level(e < 16 ? (q & 15) : (q >> 4)) * e8m0_half(b[0]);
+}
+
 // Activation rows each warp multiplies by one weight row (the weight row is dequantized once
 // for all of them).
 #define MM_ROWS 8
@@ -198,3 +207,4 @@ DEFINE_TYPE(iq4_nl)
 DEFINE_TYPE(iq4_xs)
 DEFINE_TYPE(q2_k)
 DEFINE_TYPE(q3_k)
+DEFINE_TYPE(mxfp4)

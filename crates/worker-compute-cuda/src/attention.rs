@@ -7,6 +7,11 @@
 //! splits. More rows store their keys and values with `kv_store`, then attend with
 //! `attention_f16` (a block per row and head), or, with the experimental `attn` path and
 //! rows of one slot, `attention_prefill_f16` (16 query rows sharing tiles of positions).
+//!
+//! A sliding window or attention sinks (the experimental `models` path; refused by name
+//! without it) run the `_window` variants of the same kernels: `attention_decode_window_f16`
+//! and `attention_combine_window` for one row, `attention_window_f16` for more (never the
+//! tiled kernel, which masks neither).
 
 use worker_compute::{AttentionParams, ComputeError, KvCacheId, KvIndex, Result, TensorId};
 
@@ -15,7 +20,8 @@ use worker_compute::shape::{check_cols, check_rows};
 use crate::backend::CudaBackend;
 use crate::device::Device;
 use crate::launch::{
-    grid, Attention, AttentionCombine, AttentionDecode, AttentionPrefill, KvStore,
+    grid, Attention, AttentionCombine, AttentionCombineWindow, AttentionDecode,
+    AttentionDecodeWindow, AttentionPrefill, AttentionWindow, KvStore,
 };
 use crate::memory::{i32_of, shape};
 
@@ -45,7 +51,7 @@ impl<D: Device> CudaBackend<D> {
         rows: usize,
     ) -> Result<()> {
         const OP: &str = "attention";
-        if p.sinks.is_some() {
+        if p.sinks.is_some() && !self.experimental.models {
             return Err(ComputeError::Unsupported {
                 op: OP,
                 reason: "attention sinks have no CUDA kernel yet".into(),
@@ -58,13 +64,24 @@ impl<D: Device> CudaBackend<D> {
         let (slots, max_positions) = (cfg.seqs, cfg.max_positions());
         let (hd, vhd) = (p.head_dim, p.value_head_dim);
         p.validate(&cfg)?;
-        if let Some(w) = p.window {
-            // No kernel masks a window yet: refuse rather than attend to every position.
-            return Err(ComputeError::Unsupported {
-                op: OP,
-                reason: format!("a sliding window ({w} positions)"),
-            });
+        match p.window {
+            // The window kernels are experimental: without them refuse rather than attend to
+            // every position.
+            Some(w) if !self.experimental.models => {
+                return Err(ComputeError::Unsupported {
+                    op: OP,
+                    reason: format!("a sliding window ({w} positions)"),
+                });
+            }
+            _ => {}
         }
+        let sinks = match p.sinks {
+            Some(w) => self.vector(OP, w, p.heads)?,
+            None => 0,
+        };
+        // A window at least as long as the cache masks nothing; 0 is "no window" to the kernels.
+        let window = p.window.map_or(0, |w| w.min(max_positions));
+        let masked = window > 0 || sinks != 0;
         if hd > MAX_HEAD_DIM || vhd > MAX_HEAD_DIM || p.heads > 65_535 {
             return Err(ComputeError::Unsupported {
                 op: OP,
@@ -112,6 +129,7 @@ impl<D: Device> CudaBackend<D> {
         let i = |v: usize| i32_of(OP, v);
         let (heads, kv_heads, hd_i, vhd_i) = (i(p.heads)?, i(p.kv_heads)?, i(hd)?, i(vhd)?);
         let (layer, slots_i, max_pos) = (i(p.layer)?, i(slots)?, i(max_positions)?);
+        let window_i = i(window)?;
         let kernels = self.kernels;
         if rows == 1 && hd.is_multiple_of(8) && vhd.is_multiple_of(2) {
             // Decode: one kernel stores this row's key/value and attends over splits of the
@@ -145,7 +163,6 @@ impl<D: Device> CudaBackend<D> {
                 nsplit: nsplit_i,
             };
             let dims = grid(p.heads, nsplit, AD_THREADS);
-            self.launch(kernels.attention_decode, dims, decode);
             let combine = AttentionCombine {
                 out: op,
                 part,
@@ -153,7 +170,23 @@ impl<D: Device> CudaBackend<D> {
                 nsplit: nsplit_i,
                 vhd: vhd_i,
             };
-            self.launch(kernels.attention_combine, grid(p.heads, 1, 128), combine);
+            let combine_dims = grid(p.heads, 1, 128);
+            if masked {
+                let decode = AttentionDecodeWindow {
+                    base: decode,
+                    window: window_i,
+                };
+                self.launch(kernels.attention_decode_window, dims, decode);
+                let combine = AttentionCombineWindow {
+                    base: combine,
+                    window: window_i,
+                    sinks,
+                };
+                self.launch(kernels.attention_combine_window, combine_dims, combine);
+            } else {
+                self.launch(kernels.attention_decode, dims, decode);
+                self.launch(kernels.attention_combine, combine_dims, combine);
+            }
             return Ok(());
         }
         let store = KvStore {
@@ -171,7 +204,9 @@ impl<D: Device> CudaBackend<D> {
             vhd: vhd_i,
         };
         self.launch(kernels.kv_store, grid(rows, p.kv_heads, 128), store);
-        if self.experimental.attn && one_slot && hd <= AP_MAX_DIM && vhd <= AP_MAX_DIM {
+        // The tiled kernel masks neither a window nor sinks: those go to attention_window_f16.
+        let use_tiles = !masked && self.experimental.attn && one_slot;
+        if use_tiles && hd <= AP_MAX_DIM && vhd <= AP_MAX_DIM {
             let tiled = AttentionPrefill {
                 out: op,
                 q: qp,
@@ -209,7 +244,17 @@ impl<D: Device> CudaBackend<D> {
             slots: slots_i,
             max_pos,
         };
-        self.launch(kernels.attention, grid(rows, p.heads, 128), attend);
+        let dims = grid(rows, p.heads, 128);
+        if masked {
+            let attend = AttentionWindow {
+                base: attend,
+                window: window_i,
+                sinks,
+            };
+            self.launch(kernels.attention_window, dims, attend);
+        } else {
+            self.launch(kernels.attention, dims, attend);
+        }
         Ok(())
     }
 

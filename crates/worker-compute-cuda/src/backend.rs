@@ -14,11 +14,11 @@
 //! The code is split by job: [`crate::types`] (which weight types have kernels, the typed
 //! kernel ids), [`crate::memory`] (handles, arenas, copies, shape checks), [`crate::launch`]
 //! (argument structs, recording), [`crate::matmul`] (products and their fusions),
-//! [`crate::attention`], [`crate::gemm`] (cuBLAS prefill), [`crate::profile`], and
+//! [`crate::attention`], [`crate::moe`] (mixture of experts), [`crate::gemm`] (cuBLAS prefill), [`crate::profile`], and
 //! [`crate::ops`] (the trait impl); [`crate::device`] is all that touches the GPU.
 
 use cudarc::driver::DriverError;
-use worker_compute::{ComputeError, Result, TensorId};
+use worker_compute::{ComputeError, ExpertWeights, Result, TensorId};
 use worker_gguf::GgmlType;
 
 use worker_compute::shape::check_rows;
@@ -29,7 +29,7 @@ use crate::error::CudaError;
 use crate::launch::{grid, Argmax};
 use crate::memory::{i32_of, Index, KvCache, Tensor, Weight};
 use crate::queue::Launch;
-use crate::types::{Kernels, EXPERIMENTAL_TYPES, WEIGHT_TYPES};
+use crate::types::{Kernels, EXPERIMENTAL_TYPES, MODEL_TYPES, WEIGHT_TYPES};
 
 /// The CUDA implementation of [`worker_compute::ComputeBackend`], on a GPU.
 ///
@@ -55,6 +55,10 @@ pub struct CudaBackend<D = Gpu> {
     argmax_out: Option<(Buffer, usize)>,
     /// The f32 tile a prefill matmul dequantizes its weights into: (buffer, floats).
     pub(crate) gemm_tile: Option<(Buffer, usize)>,
+    /// Per expert list of `moe` (one per layer), its table of weight addresses.
+    pub(crate) expert_tables: Vec<(Vec<ExpertWeights>, Buffer)>,
+    /// The scratch of `moe` (expert ids, weights, activations, slot outputs): (buffer, floats).
+    pub(crate) moe_scratch: Option<(Buffer, usize)>,
 }
 
 /// A failed launch or copy, as the trait's error.
@@ -120,14 +124,18 @@ impl<D: Device> CudaBackend<D> {
             caches: Vec::new(),
             argmax_out: None,
             gemm_tile: None,
+            expert_tables: Vec::new(),
+            moe_scratch: None,
         }
     }
 
     /// Whether weights of type `ty` can be uploaded (its kernels exist and, for the types
-    /// whose kernels have not run on a device, [`Experimental::types`] is on).
+    /// whose kernels have not run on a device, [`Experimental::types`] is on, or
+    /// [`Experimental::models`] for MXFP4).
     pub fn supports(&self, ty: GgmlType) -> bool {
         WEIGHT_TYPES.iter().any(|(t, _)| *t == ty)
             && (self.experimental.types || !EXPERIMENTAL_TYPES.contains(&ty))
+            && (self.experimental.models || !MODEL_TYPES.contains(&ty))
     }
 
     /// Bytes this backend has allocated on the device.

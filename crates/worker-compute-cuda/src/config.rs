@@ -48,6 +48,10 @@ pub struct Experimental {
     /// stored by their mat-vecs, as the H200 runs measured before `matmul_group` (11
     /// kernels per Qwen layer, not 14), instead of three `add_bias_f32` launches after them.
     pub bias: bool,
+    /// `models`: what gemma3, qwen3 and gpt-oss need beyond the measured ops: attention with a
+    /// sliding window and sinks, YaRN rope, MXFP4 weights and the mixture-of-experts op
+    /// (without this each is refused by name, as before).
+    pub models: bool,
 }
 
 impl Experimental {
@@ -59,12 +63,13 @@ impl Experimental {
         attn: true,
         types: true,
         bias: true,
+        models: true,
     };
 
     /// The paths' names, in the order of [`Experimental::flags_mut`].
-    const NAMES: [&'static str; 6] = ["matvec", "gemm", "pdl", "attn", "types", "bias"];
+    const NAMES: [&'static str; 7] = ["matvec", "gemm", "pdl", "attn", "types", "bias", "models"];
 
-    fn flags_mut(&mut self) -> [&mut bool; 6] {
+    fn flags_mut(&mut self) -> [&mut bool; 7] {
         [
             &mut self.matvec,
             &mut self.gemm,
@@ -72,6 +77,7 @@ impl Experimental {
             &mut self.attn,
             &mut self.types,
             &mut self.bias,
+            &mut self.models,
         ]
     }
 
@@ -90,7 +96,7 @@ impl FromStr for Experimental {
     type Err = String;
 
     /// `false`/`none` (nothing), `true`/`all` (everything), or a comma-separated list of
-    /// `matvec`, `gemm`, `pdl`, `attn`, `types`, `bias`.
+    /// `matvec`, `gemm`, `pdl`, `attn`, `types`, `bias`, `models`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "" | "false" | "none" => return Ok(Experimental::default()),
@@ -140,8 +146,11 @@ mod tests {
                 attn: false,
                 types: false,
                 bias: false,
+                models: false,
             }
         );
+        let m: Experimental = "models".parse().unwrap();
+        assert!(m.models && m.to_string() == "models");
         assert_eq!(e.to_string(), "gemm,pdl");
         assert_eq!(Experimental::ALL.to_string().parse(), Ok(Experimental::ALL));
         assert_eq!(Experimental::default().to_string(), "none");

@@ -14,6 +14,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("quant.cu", include_str!("../kernels/quant.cu")),
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
+    ("moe.cu", include_str!("../kernels/moe.cu")),
 ];
 
 /// The C type of a kernel parameter, as the backend passes it.

@@ -62,6 +62,27 @@ impl Args {
     pub(crate) fn as_slice(&self) -> &[Arg] {
         &self.list[..self.len]
     }
+
+    /// These arguments followed by `more` (the caller's parameter count is checked at compile
+    /// time to fit, see `kernel_args_extended!`).
+    fn then<const N: usize>(mut self, more: [Arg; N]) -> Self {
+        let end = (self.len + N).min(MAX_ARGS);
+        self.list[self.len..end].copy_from_slice(&more[..end - self.len]);
+        self.len = end;
+        self
+    }
+}
+
+/// `a` followed by `b`, as an array of `N = a.len() + b.len()` parameter types.
+const fn join<const N: usize>(a: &[Param], b: &[Param]) -> [Param; N] {
+    assert!(a.len() + b.len() == N);
+    let mut out = [Param::Int; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < a.len() { a[i] } else { b[i - a.len()] };
+        i += 1;
+    }
+    out
 }
 
 /// A Rust value passed as one kernel parameter: `u64` for a device address, `i32` for an
@@ -123,6 +144,34 @@ macro_rules! kernel_args {
             const PARAMS: &'static [Param] = &[$(<$ty as ToArg>::PARAM),*];
             fn to_args(&self) -> Args {
                 Args::of([$(self.$field.to_arg()),*])
+            }
+        }
+    )*};
+}
+
+/// Declares the parameters of a variant of a kernel that takes another kernel's parameters
+/// (`base`) followed by more, and its [`KernelArgs`].
+macro_rules! kernel_args_extended {
+    ($($(#[$doc:meta])* $name:ident: $base:ty => { $($field:ident: $ty:ty),* $(,)? })*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) struct $name {
+            /// The base kernel's parameters, first.
+            pub base: $base,
+            $(pub $field: $ty,)*
+        }
+
+        impl $name {
+            const MORE: &'static [Param] = &[$(<$ty as ToArg>::PARAM),*];
+            const COUNT: usize = <$base as KernelArgs>::PARAMS.len() + Self::MORE.len();
+            const ALL: [Param; Self::COUNT] = join(<$base as KernelArgs>::PARAMS, Self::MORE);
+        }
+
+        impl KernelArgs for $name {
+            const PARAMS: &'static [Param] = &Self::ALL;
+            fn to_args(&self) -> Args {
+                const { assert!(Self::COUNT <= MAX_ARGS) };
+                self.base.to_args().then([$(self.$field.to_arg()),*])
             }
         }
     )*};
@@ -194,6 +243,43 @@ kernel_args! {
         layer: i32,
         slots: i32,
         max_pos: i32,
+    }
+    /// `moe_route`: each row's `used` experts by rank (`ids`) and their softmax weights.
+    MoeRoute { ids: u64, weights: u64, logits: u64, rows: i32, experts: i32, used: i32 }
+    /// `moe_combine`: each row's ranked expert outputs summed with their weights.
+    MoeCombine { out: u64, ranked: u64, weights: u64, used: i32, cols: i32 }
+    /// `moe_glu_<type>`: the chosen experts' gate and up products of each row, their biases
+    /// and the activation (`oai` 1: gpt-oss's clamped SwiGLU with `alpha` and `limit`), the
+    /// weights found by expert id in the address tables `wg`, `wu`, `bg`, `bu`.
+    MoeGlu {
+        act: u64,
+        x: u64,
+        ids: u64,
+        wg: u64,
+        wu: u64,
+        bg: u64,
+        bu: u64,
+        used: i32,
+        n: i32,
+        k: i32,
+        row_bytes: i64,
+        seg_bytes: i32,
+        oai: i32,
+        alpha: f32,
+        limit: f32,
+    }
+    /// `moe_down_<type>`: the chosen experts' down products of each (row, rank) slot plus
+    /// their biases, the weights found by expert id in the address tables `wd`, `bd`.
+    MoeDown {
+        out: u64,
+        act: u64,
+        ids: u64,
+        wd: u64,
+        bd: u64,
+        n: i32,
+        k: i32,
+        row_bytes: i64,
+        seg_bytes: i32,
     }
     /// `attention_decode_f16`: stores one row's key and value, then attends over splits of
     /// the positions into `part`.
@@ -286,6 +372,21 @@ kernel_args! {
         bias2: u64,
         n2: i32,
     }
+}
+
+kernel_args_extended! {
+    /// `rope_yarn_f32`: `rope_f32` with YaRN scaling (`ext_factor` 0: the cosines and sines
+    /// only scaled by `mscale`), `low` and `high` the ramp's correction dimensions.
+    RopeYarn: Rope => { ext_factor: f32, low: f32, high: f32, mscale: f32 }
+    /// `attention_window_f16`: `attention_f16` over the last `window` positions (0: all) with
+    /// a sink logit per head (`sinks`, 0: none).
+    AttentionWindow: Attention => { window: i32, sinks: u64 }
+    /// `attention_decode_window_f16`: `attention_decode_f16` over the last `window`
+    /// positions (0: all).
+    AttentionDecodeWindow: AttentionDecode => { window: i32 }
+    /// `attention_combine_window`: merges the splits of `attention_decode_window_f16` (the
+    /// same `window`), with a sink logit per head (`sinks`, 0: none).
+    AttentionCombineWindow: AttentionCombine => { window: i32, sinks: u64 }
 }
 
 /// A loaded kernel whose parameters are `A`: its id, the kernel's position in

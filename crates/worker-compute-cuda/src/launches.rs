@@ -4,7 +4,8 @@
 //! addresses that name the allocation they belong to and writes down every launch list the
 //! backend flushes. Real models (the SmolLM2 and Qwen2.5 fixtures, the tiny phi3, gpt2 and
 //! qwen3 models of `worker-models`' tests) run one prefill and one decode step through the
-//! backend's own op code on it, and the launch lists (kernel, grid, block, arguments) must
+//! backend's own op code on it (the Gemma 3 fixture and the tiny gemma3 and gpt-oss with the
+//! experimental `models` path, which they need), and the launch lists (kernel, grid, block, arguments) must
 //! equal the files in `tests/launches/`, which were written by the backend that ran on an
 //! H200 (see `docs/perf-cuda.md`). So a change to the launches of a step, the fusions
 //! included, fails here with the first differing line; when it is meant, and has been
@@ -33,7 +34,7 @@ const SHIFT: u32 = 40;
 
 /// A device that records what the backend allocates and launches.
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     /// Per allocation: its label (`tensor3`: the fourth tensor).
     labels: Vec<String>,
     counts: HashMap<&'static str, usize>,
@@ -86,7 +87,7 @@ impl Device for Recorder {
 
 impl CudaBackend<Recorder> {
     /// The launches flushed since the last call, one line each.
-    fn take(&mut self) -> String {
+    pub(crate) fn take(&mut self) -> String {
         let names = crate::kernels::names();
         let mut out = String::new();
         for l in std::mem::take(&mut self.dev.log) {
@@ -247,6 +248,56 @@ fn models() -> Vec<(String, GgufFile)> {
     models
 }
 
+/// The models that need the experimental `models` path: the Gemma-3-270M fixture and the
+/// tiny gemma3 (sliding windows), and the tiny gpt-oss (MXFP4 experts and `moe`, sinks,
+/// windows, YaRN).
+fn experimental_models() -> Vec<(String, GgufFile)> {
+    let path = worker_testdata::model(worker_testdata::GEMMA3);
+    let gemma = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tiny = ["gemma3", "gpt-oss"].into_iter().map(|arch| {
+        let vocab = tiny_arch::vocab(arch);
+        let bytes = tiny_arch::tiny_model(arch, &vocab, &tiny_arch::Edit::default());
+        let f = GgufFile::from_bytes(bytes).expect("a tiny model");
+        (format!("tiny-{arch}"), f)
+    });
+    std::iter::once(("gemma3".to_string(), gemma))
+        .chain(tiny)
+        .collect()
+}
+
+/// The `models` path alone.
+fn models_only() -> Experimental {
+    Experimental {
+        models: true,
+        ..Experimental::default()
+    }
+}
+
+#[test]
+fn without_the_models_path_gemma3_and_gpt_oss_are_refused_by_name() {
+    for (name, file) in &experimental_models() {
+        let mut be = CudaBackend::on(Recorder::default(), Experimental::default());
+        let err = match worker_models::load(file, &mut be, OPTS) {
+            Err(e) => e.to_string(),
+            Ok(mut model) => {
+                let mut logits = vec![0f32; model.hparams().vocab_size as usize];
+                let prompt: Vec<u32> = (1..10).collect();
+                let prefill = SequenceBatch::new(&prompt, 0, 0, false);
+                match model.forward(&mut be, &prefill.batch(), &mut logits) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => panic!("{name} ran without the models path"),
+                }
+            }
+        };
+        let want = if name == "tiny-gpt-oss" {
+            "MXFP4"
+        } else {
+            "sliding window"
+        };
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}
+
 #[test]
 fn launch_lists_of_real_and_tiny_models_are_unchanged() {
     let mut failures = Vec::new();
@@ -268,6 +319,11 @@ fn launch_lists_of_real_and_tiny_models_are_unchanged() {
             }
         }
     }
+    for (name, file) in &experimental_models() {
+        if let Err(e) = check(&format!("{name}.models.txt"), &record(file, models_only())) {
+            failures.push(e);
+        }
+    }
     assert!(
         failures.is_empty(),
         "launch lists differ from tests/launches (rewrite them with WORKER_BLESS_LAUNCHES=1 \
@@ -287,8 +343,13 @@ fn a_load_allocates_what_required_bytes_says() {
             ..OPTS
         },
     ] {
-        for (name, file) in &models() {
-            let mut be = CudaBackend::on(Recorder::default(), Experimental::default());
+        let all = models().into_iter().map(|m| (m, Experimental::default()));
+        let new = experimental_models()
+            .into_iter()
+            .map(|m| (m, models_only()));
+        for ((name, file), experimental) in all.chain(new) {
+            let file = &file;
+            let mut be = CudaBackend::on(Recorder::default(), experimental);
             let need = worker_models::required_bytes(file, &opts, &be).expect("the footprint");
             worker_models::load(file, &mut be, opts).expect("the model loads");
             let bytes = |what: &str| be.dev.bytes.get(what).copied().unwrap_or(0);

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Weights are uploaded in their GGUF types (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//! Q4_K, Q5_K, Q6_K) and dequantized inside the kernels; the KV cache is f16. Everything lives
+//! Q4_K, Q5_K, Q6_K; IQ4_NL, IQ4_XS, Q2_K, Q3_K with the experimental `types` path, MXFP4
+//! with `models`) and dequantized inside the kernels; the KV cache is f16. Everything lives
 //! in VRAM: plain device allocations, no managed memory, no host fallback; an allocation
 //! that fails is [`worker_compute::ComputeError::Alloc`] (logged as `VRAM_OOM`).
 //!
@@ -39,6 +40,9 @@ mod launches;
 pub mod loader;
 mod matmul;
 mod memory;
+#[cfg(test)]
+mod models_checks;
+mod moe;
 mod ops;
 mod profile;
 mod queue;

@@ -1,11 +1,12 @@
 //! The [`ComputeBackend`] impl: memory ops hand over to [`crate::memory`], products to
-//! [`crate::matmul`], attention to [`crate::attention`]; the row and element-wise ops
+//! [`crate::matmul`], attention to [`crate::attention`], `moe` to [`crate::moe`]; the row and element-wise ops
 //! (`elementwise.cu`) are here. Each op checks its handles and shapes, then records its
 //! launch; nothing fuses across ops.
 
 use worker_compute::{
-    AttentionParams, ComputeBackend, ComputeError, IndexId, KvCacheConfig, KvCacheId, KvIndex,
-    KvLayout, KvType, Linear, Result, RopeMode, RopeParams, TensorId, WeightDesc, WeightId,
+    AttentionParams, ComputeBackend, ComputeError, ExpertWeights, IndexId, KvCacheConfig,
+    KvCacheId, KvIndex, KvLayout, KvType, Linear, MoeParams, Result, RopeMode, RopeParams,
+    TensorId, WeightDesc, WeightId,
 };
 
 use worker_compute::shape::{check_cols, check_rows};
@@ -327,8 +328,8 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
         let rk = self.rope_operand(OP, k, positions, k_params, rows)?;
         // One launch over both tensors' heads when they are rotated alike.
         let alike = |a: &RopeParams, b: &RopeParams| {
-            (a.head_dim, a.n_rot, a.base, a.freq_scale, a.mode)
-                == (b.head_dim, b.n_rot, b.base, b.freq_scale, b.mode)
+            (a.head_dim, a.n_rot, a.base, a.freq_scale, a.mode, a.yarn)
+                == (b.head_dim, b.n_rot, b.base, b.freq_scale, b.mode, b.yarn)
         };
         if rq.live
             && rk.live
@@ -355,6 +356,18 @@ impl<D: Device> ComputeBackend for CudaBackend<D> {
         rows: usize,
     ) -> Result<()> {
         self.attend(out, q, k, v, cache, index, params, rows)
+    }
+
+    fn moe(
+        &mut self,
+        out: TensorId,
+        x: TensorId,
+        router_logits: TensorId,
+        experts: &[ExpertWeights],
+        params: &MoeParams,
+        rows: usize,
+    ) -> Result<()> {
+        self.mixture(out, x, router_logits, experts, params, rows)
     }
 
     fn swiglu(&mut self, out: TensorId, gate: TensorId, up: TensorId, rows: usize) -> Result<()> {
@@ -490,7 +503,7 @@ impl<D: Device> CudaBackend<D> {
         check_rows(op, t.rows, rows, "input")?;
         check_cols(op, t.cols, p.heads * p.head_dim, "input")?;
         p.validate()?;
-        if p.yarn.is_some() {
+        if p.yarn.is_some() && !self.experimental.models {
             return Err(ComputeError::Unsupported {
                 op,
                 reason: "YaRN rope scaling has no CUDA kernel yet".into(),
@@ -523,6 +536,7 @@ impl<D: Device> CudaBackend<D> {
         }
         let p = &a.p;
         let (x2, cols2, heads2) = b.map_or((0, 0, 0), |b| (b.x, b.cols, b.p.heads));
+        let dims = grid(a.rows, p.heads + heads2, 64);
         let args = Rope {
             x: a.x,
             pos: a.positions,
@@ -536,7 +550,25 @@ impl<D: Device> CudaBackend<D> {
             x2,
             cols2,
         };
-        self.launch(self.kernels.rope, grid(a.rows, p.heads + heads2, 64), args);
+        if let Some(y) = p.yarn {
+            // The CPU's rope_angles: the ramp's ends and the magnitude factor in f32.
+            let [low, high] = y.correction_dims(p.n_rot, p.base);
+            let mscale = if y.ext_factor != 0.0 {
+                y.attn_factor * (1.0 + 0.1 * (1.0 / p.freq_scale).ln())
+            } else {
+                y.attn_factor
+            };
+            let args = RopeYarn {
+                base: args,
+                ext_factor: y.ext_factor,
+                low,
+                high,
+                mscale,
+            };
+            self.launch(self.kernels.rope_yarn, dims, args);
+            return Ok(());
+        }
+        self.launch(self.kernels.rope, dims, args);
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ pub const WEIGHT_TYPES: &[(GgmlType, &str)] = &[
     (GgmlType::IQ4_XS, "iq4_xs"),
     (GgmlType::Q2_K, "q2_k"),
     (GgmlType::Q3_K, "q3_k"),
+    (GgmlType::MXFP4, "mxfp4"),
 ];
 
 /// Weight types whose kernels have not run on a device yet: uploaded only with
@@ -34,6 +35,10 @@ pub(crate) const EXPERIMENTAL_TYPES: &[GgmlType] = &[
     GgmlType::Q2_K,
     GgmlType::Q3_K,
 ];
+
+/// Weight types only the models of [`crate::Experimental::models`] need (gpt-oss's experts),
+/// whose kernels have not run on a device yet: uploaded only with that path on.
+pub(crate) const MODEL_TYPES: &[GgmlType] = &[GgmlType::MXFP4];
 
 /// Declares a table of kernel ids, one field per kernel with its parameter struct, its name
 /// (for the per-type table, the name's `<kind>` part) and the file that defines it.
@@ -66,7 +71,8 @@ macro_rules! kernel_table {
 }
 
 kernel_table! {
-    /// The kernels not stamped out per weight type (`elementwise.cu`, `attention.cu`).
+    /// The kernels not stamped out per weight type (`elementwise.cu`, `attention.cu`,
+    /// `moe.cu`).
     Kernels {
         add: Binary = "add_f32" in "elementwise.cu",
         mul: Binary = "mul_f32" in "elementwise.cu",
@@ -85,6 +91,14 @@ kernel_table! {
         attention_decode: AttentionDecode = "attention_decode_f16" in "attention.cu",
         attention_combine: AttentionCombine = "attention_combine" in "attention.cu",
         attention_prefill: AttentionPrefill = "attention_prefill_f16" in "attention.cu",
+        rope_yarn: RopeYarn = "rope_yarn_f32" in "elementwise.cu",
+        attention_window: AttentionWindow = "attention_window_f16" in "attention.cu",
+        attention_decode_window: AttentionDecodeWindow =
+            "attention_decode_window_f16" in "attention.cu",
+        attention_combine_window: AttentionCombineWindow =
+            "attention_combine_window" in "attention.cu",
+        moe_route: MoeRoute = "moe_route" in "moe.cu",
+        moe_combine: MoeCombine = "moe_combine" in "moe.cu",
     }
 }
 
@@ -105,6 +119,10 @@ kernel_table! {
         matvec_wide: Matvec = "matvec_wide" in "matvec.cu",
         /// Up to three mat-vecs of one row (experimental `matvec`).
         matvec3: Matvec3 = "matvec3" in "matvec.cu",
+        /// The chosen experts' gate and up mat-vecs and activation, weights by expert id.
+        moe_glu: MoeGlu = "moe_glu" in "matvec.cu",
+        /// The chosen experts' down mat-vecs, weights by expert id.
+        moe_down: MoeDown = "moe_down" in "matvec.cu",
     }
 }
 
@@ -153,8 +171,10 @@ mod tests {
         let q6 = TypeKernels::of(GgmlType::Q6_K).expect("q6_k has kernels");
         assert_eq!(names[q6.embed.id], "embed_q6_k");
         assert_eq!(names[q6.matvec3.id], "matvec3_q6_k");
-        let last = TypeKernels::of(GgmlType::Q3_K).expect("q3_k has kernels");
-        assert_eq!(last.matvec3.id, names.len() - 1);
-        assert_eq!(TypeKernels::of(GgmlType::MXFP4), None);
+        assert_eq!(names[k.moe_combine.id], "moe_combine");
+        let last = TypeKernels::of(GgmlType::MXFP4).expect("mxfp4 has kernels");
+        assert_eq!(names[last.moe_glu.id], "moe_glu_mxfp4");
+        assert_eq!(last.moe_down.id, names.len() - 1);
+        assert_eq!(TypeKernels::of(GgmlType::Q8_K), None);
     }
 }

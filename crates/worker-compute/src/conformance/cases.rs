@@ -155,6 +155,7 @@ pub(super) fn all() -> Vec<Case> {
     attentions(&mut rng, &mut out);
     fused(&mut rng, &mut out);
     out.push(moe_case(&mut rng));
+    models(&mut rng, &mut out);
     out
 }
 
@@ -575,11 +576,47 @@ fn fused(rng: &mut Rng, out: &mut Vec<Case>) {
     }
 }
 
+/// What a `moe` case varies.
+#[derive(Clone, Copy)]
+struct MoeShape {
+    rows: usize,
+    d: usize,
+    ff: usize,
+    experts: usize,
+    used: usize,
+    ty: GgmlType,
+    activation: ExpertActivation,
+    biases: bool,
+    /// Router logits rounded to halves, so that rows hold ties between experts.
+    ties: bool,
+}
+
 /// A mixture of 4 experts (2 used per row, gpt-oss's clamped SwiGLU, biases) over 3 rows.
 fn moe_case(rng: &mut Rng) -> Case {
-    let (rows, d, ff, n_experts) = (3usize, 64usize, 32usize, 4usize);
-    let ty = GgmlType::Q8_0;
-    let experts: Vec<_> = (0..n_experts)
+    moe_shaped(
+        rng,
+        MoeShape {
+            rows: 3,
+            d: 64,
+            ff: 32,
+            experts: 4,
+            used: 2,
+            ty: GgmlType::Q8_0,
+            activation: ExpertActivation::SwigluOai {
+                alpha: 1.702,
+                limit: 7.0,
+            },
+            biases: true,
+            ties: false,
+        },
+    )
+}
+
+fn moe_shaped(rng: &mut Rng, s: MoeShape) -> Case {
+    let MoeShape {
+        rows, d, ff, ty, ..
+    } = s;
+    let experts: Vec<_> = (0..s.experts)
         .map(|_| {
             (
                 weight_bytes(ty, &rng.normals(ff * d, 0.3)),
@@ -591,32 +628,139 @@ fn moe_case(rng: &mut Rng) -> Case {
             )
         })
         .collect();
-    let (x, logits) = (
-        rng.normals(rows * d, 1.0),
-        rng.normals(rows * n_experts, 1.0),
-    );
-    case("moe 4 experts, 2 used, swiglu_oai", PRODUCT, move |be| {
+    let x = rng.normals(rows * d, 1.0);
+    let mut logits = rng.normals(rows * s.experts, 1.0);
+    if s.ties {
+        logits
+            .iter_mut()
+            .for_each(|l| *l = (*l * 2.0).round() / 2.0);
+    }
+    let act = match s.activation {
+        ExpertActivation::Swiglu => "swiglu",
+        ExpertActivation::SwigluOai { .. } => "swiglu_oai",
+    };
+    let mut name = format!("moe {} experts, {} used, {act}", s.experts, s.used);
+    if ty != GgmlType::Q8_0 || rows != 3 {
+        name.push_str(&format!(" {} rows={rows}", ty.name().to_lowercase()));
+    }
+    if !s.biases {
+        name.push_str(" no biases");
+    }
+    if s.ties {
+        name.push_str(" tied logits");
+    }
+    case(name, PRODUCT, move |be| {
         let mut ews = Vec::new();
         for (g, u, dn, bg, bu, bd) in &experts {
+            let bias = |be: &mut dyn ComputeBackend, name, v: &[f32]| match s.biases {
+                true => upload_vector(be, name, v).map(Some),
+                false => Ok(None),
+            };
             ews.push(ExpertWeights {
                 gate: upload(be, "gate", ty, (ff, d), g)?,
                 up: upload(be, "up", ty, (ff, d), u)?,
                 down: upload(be, "down", ty, (d, ff), dn)?,
-                gate_bias: Some(upload_vector(be, "gate_bias", bg)?),
-                up_bias: Some(upload_vector(be, "up_bias", bu)?),
-                down_bias: Some(upload_vector(be, "down_bias", bd)?),
+                gate_bias: bias(be, "gate_bias", bg)?,
+                up_bias: bias(be, "up_bias", bu)?,
+                down_bias: bias(be, "down_bias", bd)?,
             });
         }
         let (xi, li) = (input(be, rows, &x)?, input(be, rows, &logits)?);
         let o = be.alloc_tensor(rows, d)?;
         let p = MoeParams {
-            used: 2,
-            activation: ExpertActivation::SwigluOai {
-                alpha: 1.702,
-                limit: 7.0,
-            },
+            used: s.used,
+            activation: s.activation,
         };
         be.moe(o, xi, li, &ews, &p, rows)?;
         read(be, rows, &[(o, d)])
     })
+}
+
+/// What gemma3, qwen3 and gpt-oss add beyond the cases above: gpt-oss's window and sinks
+/// together over a window longer than a GPU decode split (positions 0..303, window 128),
+/// the fused q and k rope with YaRN, YaRN without its ramp (only the magnitude factor), and
+/// mixtures of MXFP4 experts (gpt-oss's 32, 4 used, a prefill's 19 rows) with router ties,
+/// and of experts with plain SwiGLU and no biases.
+fn models(rng: &mut Rng, out: &mut Vec<Case>) {
+    out.push(attention_case(
+        rng,
+        AttentionShape {
+            pre: 300,
+            chunk: 100,
+            steps: 3,
+            window: Some(128),
+            sinks: true,
+        },
+    ));
+    let yarn = Yarn {
+        original_context: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        ext_factor: 1.0,
+        attn_factor: 1.0,
+    };
+    let rows = 5usize;
+    let (hq, hk) = (8usize, 1usize);
+    let (q0, k0) = (
+        rng.normals(rows * hq * 64, 1.0),
+        rng.normals(rows * hk * 64, 1.0),
+    );
+    out.push(case("rope_qk Neox yarn", EXACT, move |be| {
+        let (q, k) = (input(be, rows, &q0)?, input(be, rows, &k0)?);
+        let pos = be.alloc_index(rows)?;
+        be.write_index(pos, &[0, 2, 127, 128, 4095])?;
+        let p = |heads| rope_params(heads, RopeMode::Neox, 150_000.0, Some(yarn));
+        be.rope_qk(q, k, pos, &p(hq), &p(hk), rows)?;
+        read(be, rows, &[(q, hq * 64), (k, hk * 64)])
+    }));
+    let x = rng.normals(rows * 4 * 64, 1.0);
+    let flat = Yarn {
+        ext_factor: 0.0,
+        attn_factor: 1.25,
+        ..yarn
+    };
+    out.push(case("rope Normal yarn ext_factor 0", EXACT, move |be| {
+        let t = input(be, rows, &x)?;
+        let pos = be.alloc_index(rows)?;
+        be.write_index(pos, &[0, 1, 7, 300, 4095])?;
+        be.rope(
+            t,
+            pos,
+            &rope_params(4, RopeMode::Normal, 10_000.0, Some(flat)),
+            rows,
+        )?;
+        read(be, rows, &[(t, 4 * 64)])
+    }));
+    let oai = ExpertActivation::SwigluOai {
+        alpha: 1.702,
+        limit: 7.0,
+    };
+    for rows in [1usize, 19] {
+        let shape = MoeShape {
+            rows,
+            d: 128,
+            ff: 64,
+            experts: 32,
+            used: 4,
+            ty: GgmlType::MXFP4,
+            activation: oai,
+            biases: true,
+            ties: true,
+        };
+        out.push(moe_shaped(rng, shape));
+    }
+    out.push(moe_shaped(
+        rng,
+        MoeShape {
+            rows: 5,
+            d: 64,
+            ff: 96,
+            experts: 6,
+            used: 3,
+            ty: GgmlType::Q8_0,
+            activation: ExpertActivation::Swiglu,
+            biases: false,
+            ties: false,
+        },
+    ));
 }

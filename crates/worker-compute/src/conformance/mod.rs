@@ -30,7 +30,9 @@
 //!
 //! The cases cover every trait op, each fused op (`linear` with biases, `matmul_swiglu`,
 //! `add_rms_norm`, `rope_qk`) at the shapes its fused kernels take, the paged attention in
-//! chunks and decode steps with GQA, sliding windows and sinks, YaRN rope and `moe`. The
+//! chunks and decode steps with GQA, sliding windows and sinks (apart and together, over a
+//! window longer than a GPU decode split), YaRN rope (alone and in `rope_qk`) and `moe` (Q8_0
+//! and MXFP4 experts, both activations, router ties, decode and prefill rows). The
 //! CPU backend's own tests run them against its scalar kernels; `worker-orcd check-ops`
 //! runs them on a GPU.
 
