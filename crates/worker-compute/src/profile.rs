@@ -97,9 +97,6 @@ impl<B: ComputeBackend> Profiled<B> {
         if !self.enabled {
             return f(&mut self.inner);
         }
-        let start = Instant::now();
-        let out = f(&mut self.inner);
-        let time = start.elapsed();
         let mut key = op.to_string();
         let mut bytes = 0;
         for (i, &w) in weights.iter().enumerate() {
@@ -108,6 +105,23 @@ impl<B: ComputeBackend> Profiled<B> {
             key.push_str(&name);
             bytes += b;
         }
+        self.timed_as(key, bytes, f)
+    }
+
+    /// Runs `f` on the wrapped backend, adding its time and `bytes` of weights read to the
+    /// line `key`.
+    fn timed_as<T>(
+        &mut self,
+        key: String,
+        bytes: u64,
+        f: impl FnOnce(&mut B) -> Result<T>,
+    ) -> Result<T> {
+        if !self.enabled {
+            return f(&mut self.inner);
+        }
+        let start = Instant::now();
+        let out = f(&mut self.inner);
+        let time = start.elapsed();
         let cost = self.costs.entry(key).or_default();
         cost.calls += 1;
         cost.time += time;
@@ -312,7 +326,19 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
         params: &MoeParams,
         rows: usize,
     ) -> Result<()> {
-        self.timed("moe", &[], |b| {
+        // The experts chosen are known only on the backend: count `used` experts a row (at
+        // most all of them), each read once; a layer's experts all have the first's shape.
+        let one: u64 = experts.first().map_or(0, |e| {
+            [Some(e.gate), Some(e.up), Some(e.down)]
+                .into_iter()
+                .chain([e.gate_bias, e.up_bias, e.down_bias])
+                .flatten()
+                .map(|w| self.weight(w).1)
+                .sum()
+        });
+        let read = (rows * params.used).min(experts.len());
+        let key = format!("moe ({} experts of {})", params.used, experts.len());
+        self.timed_as(key, one * read as u64, |b| {
             b.moe(out, x, router_logits, experts, params, rows)
         })
     }
@@ -326,7 +352,56 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::short_name;
+    use super::{short_name, Profiled};
+    use crate::{
+        ComputeBackend, CpuBackend, CpuConfig, ExpertActivation, ExpertWeights, MoeParams,
+        WeightDesc, WeightId,
+    };
+    use worker_gguf::GgmlType;
+
+    /// A mixture of experts reads the experts a row uses, not every expert of the layer:
+    /// one row with 2 of 4 experts counts two experts' weights and biases.
+    #[test]
+    fn a_mixture_of_experts_counts_the_experts_it_uses() {
+        let (d, ff) = (32, 64);
+        let mut be = Profiled::new(CpuBackend::new(CpuConfig::default()));
+        let mut weight = |rows: usize, cols: usize| -> WeightId {
+            let bytes = vec![0u8; rows * cols * 4];
+            let desc = WeightDesc {
+                name: "blk.0.ffn_gate_exps.weight",
+                ty: GgmlType::F32,
+                rows,
+                cols,
+                bytes: &bytes,
+            };
+            be.upload_weight(desc).unwrap()
+        };
+        let experts: Vec<ExpertWeights> = (0..4)
+            .map(|_| ExpertWeights {
+                gate: weight(ff, d),
+                up: weight(ff, d),
+                down: weight(d, ff),
+                gate_bias: Some(weight(1, ff)),
+                up_bias: None,
+                down_bias: Some(weight(1, d)),
+            })
+            .collect();
+        let (x, out, logits) = (
+            be.alloc_tensor(1, d).unwrap(),
+            be.alloc_tensor(1, d).unwrap(),
+            be.alloc_tensor(1, 4).unwrap(),
+        );
+        let params = MoeParams {
+            used: 2,
+            activation: ExpertActivation::Swiglu,
+        };
+        be.moe(out, x, logits, &experts, &params, 1).unwrap();
+        let costs = be.costs();
+        let (line, cost) = &costs[0];
+        assert_eq!(line, "moe (2 experts of 4)");
+        let one = (3 * ff * d + ff + d) * 4;
+        assert_eq!(cost.weight_bytes, 2 * one as u64);
+    }
 
     #[test]
     fn layer_numbers_are_left_out_of_names() {
