@@ -5,8 +5,9 @@ The independent forward pass of `make_tiny_model_goldens.py` (numpy float64 over
 dequantized weights; for gemma3: embeddings times sqrt(d), RMS norms, q/k norms, neox rope
 with the local layers' base, a 512-position window on five layers of six, GeGLU with
 gelu-tanh, post-attention and post-MLP norms), run on the real model, prints the top five
-logits after a token-id prompt. It decides which side of a greedy difference is right where llama.cpp's logits and
-ours are both within their own rounding (about 1.2 apart on this model, logits_goldens.rs).
+logits after a token-id prompt. It decides which side of a greedy difference is right where
+llama.cpp's logits and ours are both within their own rounding (about 1.2 apart on this
+model, logits_goldens.rs).
 
 Measured (2026-12-06): after "The three primary colors are" + " red" "," (ids
 2,818,1806,5905,7913,659,2604,236764), where the greedy goldens record llama.cpp's top-2 gap as
