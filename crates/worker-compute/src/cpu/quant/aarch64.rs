@@ -281,8 +281,26 @@ unsafe fn exp_nonpositive(x: float32x4_t) -> float32x4_t {
     vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(v), tiny))
 }
 
+/// `sigmoid(z)`, as `1 / (1 + e)` for `z >= 0` and `e / (1 + e)` below, `e = exp(-|z|)` (so
+/// `exp` never overflows).
+///
+/// # Safety
+/// The CPU must support NEON.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn sigmoid_neon(z: float32x4_t) -> float32x4_t {
+    let one = vdupq_n_f32(1.0);
+    let minus_abs = vreinterpretq_f32_u32(vorrq_u32(
+        vreinterpretq_u32_f32(z),
+        vdupq_n_u32(0x8000_0000),
+    ));
+    // SAFETY: register-only intrinsics; the caller guarantees NEON.
+    let e = unsafe { exp_nonpositive(minus_abs) };
+    vdivq_f32(vbslq_f32(vcltzq_f32(z), e, one), vaddq_f32(one, e))
+}
+
 /// `out = silu(gate) * up` ([`crate::cpu::ops::swiglu_row`]), four lanes at a time, with
-/// `sigmoid(g) = 1 / (1 + e)` for `g >= 0` and `e / (1 + e)` below, `e = exp(-|g|)`.
+/// [`sigmoid_neon`].
 ///
 /// # Safety
 /// The CPU must support NEON. Any lengths are fine: the first
@@ -290,20 +308,13 @@ unsafe fn exp_nonpositive(x: float32x4_t) -> float32x4_t {
 #[target_feature(enable = "neon")]
 unsafe fn swiglu_neon(out: &mut [f32], gate: &[f32], up: &[f32]) {
     let n = out.len().min(gate.len()).min(up.len());
-    let one = vdupq_n_f32(1.0);
     let mut i = 0;
     // SAFETY: the caller guarantees NEON; the loads of `gate` and `up` and the store to `out`
     // touch `[i, i + 4)` with `i + 4 <= n`, the shortest of the three lengths.
     unsafe {
         while i + 4 <= n {
             let g = vld1q_f32(gate.as_ptr().add(i));
-            let minus_abs = vreinterpretq_f32_u32(vorrq_u32(
-                vreinterpretq_u32_f32(g),
-                vdupq_n_u32(0x8000_0000),
-            ));
-            let e = exp_nonpositive(minus_abs);
-            let num = vbslq_f32(vcltzq_f32(g), e, one);
-            let sig = vdivq_f32(num, vaddq_f32(one, e));
+            let sig = sigmoid_neon(g);
             let r = vmulq_f32(vmulq_f32(g, sig), vld1q_f32(up.as_ptr().add(i)));
             vst1q_f32(out.as_mut_ptr().add(i), r);
             i += 4;
@@ -313,15 +324,14 @@ unsafe fn swiglu_neon(out: &mut [f32], gate: &[f32], up: &[f32]) {
 }
 
 /// `x = gelu(x)` ([`crate::cpu::ops::gelu_row`]), four lanes at a time, as `a·sigmoid(2y)`
-/// with `y = sqrt(2/pi)·(a + 0.044715·a³)` (`(1 + tanh y) / 2 = sigmoid(2y)`), the sigmoid
-/// computed as in [`swiglu_neon`].
+/// with `y = sqrt(2/pi)·(a + 0.044715·a³)` (`(1 + tanh y) / 2 = sigmoid(2y)`), by
+/// [`sigmoid_neon`].
 ///
 /// # Safety
 /// The CPU must support NEON. Any length is fine.
 #[target_feature(enable = "neon")]
 unsafe fn gelu_neon(x: &mut [f32]) {
     let n = x.len();
-    let one = vdupq_n_f32(1.0);
     let mut i = 0;
     // SAFETY: the caller guarantees NEON; each load and store touches `[i, i + 4)` with
     // `i + 4 <= n`.
@@ -330,14 +340,7 @@ unsafe fn gelu_neon(x: &mut [f32]) {
             let a = vld1q_f32(x.as_ptr().add(i));
             let cube = vmulq_n_f32(vmulq_f32(a, a), 0.044_715);
             let z = vmulq_n_f32(vfmaq_f32(a, cube, a), 2.0 * 0.797_884_6);
-            let minus_abs = vreinterpretq_f32_u32(vorrq_u32(
-                vreinterpretq_u32_f32(z),
-                vdupq_n_u32(0x8000_0000),
-            ));
-            let e = exp_nonpositive(minus_abs);
-            let num = vbslq_f32(vcltzq_f32(z), e, one);
-            let sig = vdivq_f32(num, vaddq_f32(one, e));
-            vst1q_f32(x.as_mut_ptr().add(i), vmulq_f32(a, sig));
+            vst1q_f32(x.as_mut_ptr().add(i), vmulq_f32(a, sigmoid_neon(z)));
             i += 4;
         }
     }

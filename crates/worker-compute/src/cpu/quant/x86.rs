@@ -272,8 +272,25 @@ unsafe fn exp_nonpositive_avx2(x: __m256) -> __m256 {
     _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)))
 }
 
+/// `sigmoid(z)`, as `1 / (1 + e)` for `z >= 0` and `e / (1 + e)` below, `e = exp(-|z|)` (so
+/// `exp` never overflows).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sigmoid_avx2(z: __m256) -> __m256 {
+    // SAFETY: register-only intrinsics; the caller guarantees the features.
+    unsafe {
+        let one = _mm256_set1_ps(1.0);
+        let e = exp_nonpositive_avx2(_mm256_or_ps(z, _mm256_set1_ps(-0.0)));
+        let neg = _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ);
+        _mm256_div_ps(_mm256_blendv_ps(one, e, neg), _mm256_add_ps(one, e))
+    }
+}
+
 /// `out = silu(gate) * up` ([`crate::cpu::ops::swiglu_row`]), eight lanes at a time, with
-/// `sigmoid(g) = 1 / (1 + e)` for `g >= 0` and `e / (1 + e)` below, `e = exp(-|g|)`.
+/// [`sigmoid_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA. Any lengths are fine: the first
@@ -285,14 +302,10 @@ unsafe fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
     // goes through safe slices.
     unsafe {
         let n = out.len().min(gate.len()).min(up.len());
-        let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
         let mut i = 0;
         while i + 8 <= n {
             let g = _mm256_loadu_ps(gate.as_ptr().add(i));
-            let e = exp_nonpositive_avx2(_mm256_or_ps(g, sign));
-            let neg = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ);
-            let num = _mm256_blendv_ps(one, e, neg);
-            let sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
+            let sig = sigmoid_avx2(g);
             let r = _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up.as_ptr().add(i)));
             _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
             i += 8;
@@ -302,8 +315,8 @@ unsafe fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
 }
 
 /// `x = gelu(x)` ([`crate::cpu::ops::gelu_row`]), eight lanes at a time, as `a·sigmoid(2y)`
-/// with `y = sqrt(2/pi)·(a + 0.044715·a³)` (`(1 + tanh y) / 2 = sigmoid(2y)`), the sigmoid
-/// computed as in [`swiglu_avx2`].
+/// with `y = sqrt(2/pi)·(a + 0.044715·a³)` (`(1 + tanh y) / 2 = sigmoid(2y)`), by
+/// [`sigmoid_avx2`].
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA. Any length is fine.
@@ -313,18 +326,13 @@ unsafe fn gelu_avx2(x: &mut [f32]) {
     // with `i + 8 <= x.len()`, and the tail goes through a safe slice.
     unsafe {
         let n = x.len();
-        let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
         let (c, cubic) = (_mm256_set1_ps(2.0 * 0.797_884_6), _mm256_set1_ps(0.044_715));
         let mut i = 0;
         while i + 8 <= n {
             let a = _mm256_loadu_ps(x.as_ptr().add(i));
             let cube = _mm256_mul_ps(_mm256_mul_ps(a, a), cubic);
             let z = _mm256_mul_ps(c, _mm256_fmadd_ps(cube, a, a));
-            let e = exp_nonpositive_avx2(_mm256_or_ps(z, sign));
-            let neg = _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ);
-            let num = _mm256_blendv_ps(one, e, neg);
-            let sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
-            _mm256_storeu_ps(x.as_mut_ptr().add(i), _mm256_mul_ps(a, sig));
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), _mm256_mul_ps(a, sigmoid_avx2(z)));
             i += 8;
         }
         crate::cpu::ops::gelu_row(&mut x[i..n]);
