@@ -109,16 +109,13 @@ impl<B: ComputeBackend> Profiled<B> {
     }
 
     /// Runs `f` on the wrapped backend, adding its time and `bytes` of weights read to the
-    /// line `key`.
+    /// line `key`; for callers that checked timing is enabled (and only then built `key`).
     fn timed_as<T>(
         &mut self,
         key: String,
         bytes: u64,
         f: impl FnOnce(&mut B) -> Result<T>,
     ) -> Result<T> {
-        if !self.enabled {
-            return f(&mut self.inner);
-        }
         let start = Instant::now();
         let out = f(&mut self.inner);
         let time = start.elapsed();
@@ -326,6 +323,9 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
         params: &MoeParams,
         rows: usize,
     ) -> Result<()> {
+        if !self.enabled {
+            return self.inner.moe(out, x, router_logits, experts, params, rows);
+        }
         // The experts chosen are known only on the backend: count `used` experts a row (at
         // most all of them), each read once; a layer's experts all have the first's shape.
         let one: u64 = experts.first().map_or(0, |e| {
@@ -333,7 +333,7 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
                 .into_iter()
                 .chain([e.gate_bias, e.up_bias, e.down_bias])
                 .flatten()
-                .map(|w| self.weight(w).1)
+                .filter_map(|w| self.weights.get(&w).map(|(_, bytes)| *bytes))
                 .sum()
         });
         let read = (rows * params.used).min(experts.len());

@@ -156,10 +156,13 @@ const TEMPLATE_OWN_VARIABLES: [&str; 5] = [
     "eos_token",
 ];
 
-/// A chat request's own template variables: `chat_template_kwargs`, with `reasoning_effort`
-/// over it.
-fn template_variables(r: &ChatRequest) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let mut variables = r.chat_template_kwargs.clone().unwrap_or_default();
+/// A chat request's own template variables: its `chat_template_kwargs`, with its
+/// `reasoning_effort` over them.
+fn template_variables(
+    kwargs: Option<serde_json::Map<String, Value>>,
+    effort: Option<String>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let mut variables = kwargs.unwrap_or_default();
     for name in variables.keys() {
         if let Some(own) = TEMPLATE_OWN_VARIABLES.iter().find(|v| **v == name) {
             return Err(invalid(
@@ -174,14 +177,14 @@ fn template_variables(r: &ChatRequest) -> Result<serde_json::Map<String, Value>,
             ));
         }
     }
-    if let Some(effort) = &r.reasoning_effort {
+    if let Some(effort) = effort {
         if !matches!(effort.as_str(), "low" | "medium" | "high") {
             return Err(invalid(
                 "reasoning_effort",
                 "reasoning_effort must be low, medium or high",
             ));
         }
-        variables.insert("reasoning_effort".into(), Value::String(effort.clone()));
+        variables.insert("reasoning_effort".into(), Value::String(effort));
     }
     Ok(variables)
 }
@@ -412,7 +415,7 @@ enum OpenEnd {
 /// Parses and validates a `/v1/chat/completions` body, rendering its messages with the
 /// model's chat template.
 pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, ApiError> {
-    let (common, r, ignored) = parse::<ChatRequest>(bytes)?;
+    let (common, mut r, ignored) = parse::<ChatRequest>(bytes)?;
     for (name, given) in [
         ("functions", r.functions.is_some()),
         ("function_call", r.function_call.is_some()),
@@ -455,7 +458,7 @@ pub(crate) fn parse_chat(rules: &Rules<'_>, bytes: &[u8]) -> Result<Prepared, Ap
         (Some(false), false) => OpenEnd::Nothing,
         (None | Some(true), false) => OpenEnd::AssistantHeader,
     };
-    let variables = template_variables(&r)?;
+    let variables = template_variables(r.chat_template_kwargs.take(), r.reasoning_effort.take())?;
     let prompt = render_chat(rules, &r.messages, tools.as_ref(), open_end, variables)?;
     let max = r.max_completion_tokens.or(r.max_tokens);
     let mut prepared = prepare(rules, common, prompt, max, logprobs)?;
