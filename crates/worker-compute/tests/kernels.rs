@@ -197,6 +197,9 @@ fn attention_kernels_match_scalar_and_f64() {
             (16, 64),
             (37, 200),
             (199, 200),
+            // Past one tile of the value pass (256 positions), starting inside the second.
+            (0, 600),
+            (300, 600),
         ] {
             let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
             let plain: Vec<f32> = (0..n * hd).map(|_| rng.f32() * 3.0).collect();
@@ -332,6 +335,97 @@ fn attention_kernels_match_scalar_and_f64() {
             }
         }
     }
+}
+
+/// The f16 attention kernels read a KV cache's blocks where they lie (each block its own
+/// allocation here, as scattered pages are in a cache) with the bits of the same table's
+/// f32 kernel over the entries converted: f16 to f32 is exact, and the sums run in the same
+/// order. Shapes the vector body cannot take fall back alike.
+#[test]
+fn f16_attention_in_place_gives_the_bits_of_the_f32_kernel() {
+    use generic::{F16Block, KEY_BLOCK as KB};
+    let mut rng = Rng::new();
+    let f16s = |rng: &mut Rng, n: usize, scale: f32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| half::f16::from_f32(rng.f32() * scale).to_le_bytes())
+            .collect()
+    };
+    let mut checked = 0;
+    for (hd, vhd) in [(64, 64), (256, 256), (64, 72), (40, 12)] {
+        for (first, n) in [
+            (0usize, 1usize),
+            (0, 16),
+            (0, 17),
+            (5, 40),
+            (39, 40),
+            (0, 100),
+            (270, 600),
+        ] {
+            let nb = n.div_ceil(KB);
+            // Stale entries past position n in the last block must not matter.
+            let keys: Vec<Vec<u8>> = (0..nb).map(|_| f16s(&mut rng, hd * KB, 3.0)).collect();
+            let values: Vec<Vec<u8>> = (0..nb).map(|_| f16s(&mut rng, KB * vhd, 1.0)).collect();
+            let blocks: Vec<F16Block<'_>> = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| F16Block { keys: k, values: v })
+                .collect();
+            let widen = |b: &[Vec<u8>]| -> Vec<f32> {
+                b.iter()
+                    .flat_map(|e| e.chunks_exact(2))
+                    .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+                    .collect()
+            };
+            let (kf, vf) = (widen(&keys), widen(&values));
+            let scale = 1.0 / (hd as f32).sqrt();
+            for heads in [1usize, 2, 3, 4, 5] {
+                let q: Vec<f32> = (0..heads * hd).map(|_| rng.f32()).collect();
+                for sinks in [Vec::new(), (0..heads).map(|_| rng.f32()).collect()] {
+                    for simd in simd_tables() {
+                        let Some(attend_f16) = simd.attend_f16 else {
+                            continue;
+                        };
+                        let (mut want, mut got) =
+                            (vec![0f32; heads * vhd], vec![1f32; heads * vhd]);
+                        let mut scores = Vec::new();
+                        (simd.attend)(
+                            &q,
+                            &kf,
+                            &vf,
+                            first,
+                            n,
+                            scale,
+                            &sinks,
+                            &mut want,
+                            &mut scores,
+                            heads,
+                        );
+                        attend_f16(
+                            &q,
+                            &blocks,
+                            first,
+                            n,
+                            scale,
+                            &sinks,
+                            &mut got,
+                            &mut scores,
+                            heads,
+                        );
+                        assert_eq!(
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{:?} hd={hd} vhd={vhd} first={first} n={n} heads={heads} \
+                             sinks={}",
+                            simd.isa,
+                            sinks.len()
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{checked} cases");
 }
 
 /// The dot product of every type, SIMD against scalar. Integer sums are exact in both, so

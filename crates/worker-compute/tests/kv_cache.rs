@@ -194,6 +194,30 @@ fn any_block_table_gives_the_bits_of_the_plain_one() {
     }
 }
 
+/// A lone sequence on more threads than it has KV heads: each GQA group is cut into runs
+/// of query heads, one per work item, where the kernels read the cache in place. Every
+/// head's result is the same bits as with whole groups on one thread.
+#[test]
+fn cutting_gqa_groups_over_threads_keeps_the_bits() {
+    let mut rng = Rng::new();
+    let s = Sequence::random(&mut rng);
+    let nb = LEN.div_ceil(KV_BLOCK);
+    let table: Vec<u32> = (0..nb as u32).collect();
+    for ty in KvType::ALL {
+        let run = |threads: usize| {
+            let mut be = CpuBackend::new(CpuConfig {
+                threads,
+                ..CpuConfig::default()
+            });
+            let p = pool(&mut be, ty, nb, 1, &table);
+            run_chunked(&mut be, &p, 0, &s, 1)
+        };
+        let whole = run(1);
+        assert_eq!(run(4), whole, "{ty:?}, 4 threads");
+        assert_eq!(run(3), whole, "{ty:?}, 3 threads");
+    }
+}
+
 #[test]
 fn a_row_does_not_depend_on_the_other_sequences_in_the_call() {
     let mut rng = Rng::new();

@@ -8,8 +8,9 @@
 //! block is one conversion; Q8_0 keys are rows (its blocks run along the head) and are
 //! transposed when read.
 //!
-//! Attention gathers the blocks a group of rows reads into per-thread f32 scratch, then runs
-//! the kernel from the table over it. With a sliding window only the blocks that hold some
+//! Attention reads an f16 cache's blocks where they lie when the kernel table has a kernel
+//! for that (`attend_f16`: AVX2); otherwise it gathers the blocks a group of rows reads into
+//! per-thread f32 scratch, then runs the table's kernel over it. With a sliding window only the blocks that hold some
 //! row's window are gathered, and the kernel skips the positions before each row's window.
 //! A row's result depends only on its query, the cached entries and its position, never on
 //! which other rows or sequences share the call.
@@ -22,7 +23,7 @@ use worker_gguf::quants::legacy::BlockQ8_0;
 use worker_gguf::quants::{BlockFormat, QuantizeBlock};
 use worker_gguf::GgmlType;
 
-use super::quant::generic;
+use super::quant::generic::{self, F16Block};
 use super::{alloc_zeroed, for_chunks, CpuBackend, SharedOut};
 use crate::backend::{
     AttentionParams, KvCacheConfig, KvCacheId, KvIndex, KvType, Result, TensorId, KV_BLOCK,
@@ -139,10 +140,19 @@ fn write_row(ty: KvType, out: &mut [u8], x: &[f32]) {
     }
 }
 
+/// Gathered keys and values, a row of keys being transposed, and attention scores.
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    row: Vec<f32>,
+    scores: Vec<f32>,
+}
+
 thread_local! {
-    /// Gathered keys and values, and a row of keys being transposed: kept per thread (the
-    /// pool's threads live as long as the process) so that no op allocates them afresh.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = RefCell::default();
+    /// Kept per thread (the pool's threads live as long as the process) so that no op
+    /// allocates it afresh.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
 /// The index vectors of an attention call, checked against the pool.
@@ -227,11 +237,25 @@ impl CpuBackend {
         let kv = self.caches[cid].borrow();
         let kv = &*kv;
 
-        // Work items: chunks of consecutive rows of one sequence, times KV heads: a whole GQA
-        // group, whose blocks are gathered once for all its query heads.
+        // Work items: chunks of consecutive rows of one sequence, times KV heads, times parts
+        // of its GQA group. Where the kernels read an f16 cache in place, a group is cut into
+        // parts when there are fewer items than threads (a lone sequence with few KV heads):
+        // each part reads the entries again, but converts nothing. Otherwise a group is one
+        // item, whose blocks are converted to f32 once for all its query heads. A head's
+        // result is the same bits in any part.
         let chunks = row_chunks(idx.seqs);
         let group = p.heads / p.kv_heads;
         let attend = self.kernels.attend;
+        let in_place = match cfg.ty {
+            KvType::F16 => self.kernels.attend_f16,
+            _ => None,
+        };
+        let groups = chunks.len() * p.kv_heads;
+        let per_part = match in_place {
+            Some(_) => group.div_ceil(self.pool.n_threads().div_ceil(groups).min(group)),
+            None => group,
+        };
+        let parts = group.div_ceil(per_part);
         let read_keys = self
             .kernels
             .for_type(ggml_type(cfg.ty))
@@ -250,10 +274,20 @@ impl CpuBackend {
         let (ocols, qcols, qs) = (o.cols, qt.cols, &qt.data[..]);
         let next = AtomicUsize::new(0);
         let job = || {
-            SCRATCH.with_borrow_mut(|(keys, values, row)| {
-                let mut scores: Vec<f32> = Vec::new();
-                for_chunks(chunks.len() * p.kv_heads, 1, &next, |item, _| {
-                    let (c, h) = (item / p.kv_heads, (item % p.kv_heads) * group);
+            SCRATCH.with_borrow_mut(|scratch| {
+                let Scratch {
+                    keys,
+                    values,
+                    row,
+                    scores,
+                } = scratch;
+                let mut blocks = Vec::new();
+                for_chunks(groups * parts, 1, &next, |item, _| {
+                    let c = item / (p.kv_heads * parts);
+                    let (kv_head, part) = ((item / parts) % p.kv_heads, item % parts);
+                    // Query heads h..h + n_heads.
+                    let h = kv_head * group + part * per_part;
+                    let n_heads = per_part.min(group - part * per_part);
                     let (r0, r1) = chunks[c];
                     let n_max = (r0..r1).map(|r| idx.positions[r] as usize + 1).max();
                     let n_max = n_max.unwrap_or(0);
@@ -269,28 +303,28 @@ impl CpuBackend {
                         idx: &idx,
                         read,
                         layer: p.layer,
-                        head: h / group,
+                        head: kv_head,
                     };
-                    ctx.run(r0, b0, n_max, hd, vhd, keys, values, row);
+                    if in_place.is_some() {
+                        ctx.f16_blocks(r0, b0, n_max, &mut blocks);
+                    } else {
+                        ctx.run(r0, b0, n_max, hd, vhd, keys, values, row);
+                    }
                     for r in r0..r1 {
                         let (f, n) = (first(r) - skip, idx.positions[r] as usize + 1 - skip);
-                        let qrow = &qs[r * qcols + h * hd..][..group * hd];
-                        // SAFETY: item (chunk, h) owns rows r0..r1 of the output, columns
-                        // h*vhd..(h+group)*vhd.
-                        let orow = unsafe { optr.slice(r * ocols + h * vhd, group * vhd) };
-                        let sinks = sinks.get(h..h + group).unwrap_or_default();
-                        attend(
-                            qrow,
-                            keys,
-                            values,
-                            f,
-                            n,
-                            p.scale,
-                            sinks,
-                            orow,
-                            &mut scores,
-                            group,
-                        );
+                        let qrow = &qs[r * qcols + h * hd..][..n_heads * hd];
+                        // SAFETY: item (chunk, KV head, part) owns rows r0..r1 of the output,
+                        // columns h*vhd..(h+n_heads)*vhd.
+                        let orow = unsafe { optr.slice(r * ocols + h * vhd, n_heads * vhd) };
+                        let sinks = sinks.get(h..h + n_heads).unwrap_or_default();
+                        match in_place {
+                            Some(attend_f16) => attend_f16(
+                                qrow, &blocks, f, n, p.scale, sinks, orow, scores, n_heads,
+                            ),
+                            None => attend(
+                                qrow, keys, values, f, n, p.scale, sinks, orow, scores, n_heads,
+                            ),
+                        }
                     }
                 });
             })
@@ -350,7 +384,28 @@ struct Gather<'a> {
     head: usize,
 }
 
-impl Gather<'_> {
+impl<'a> Gather<'a> {
+    /// The stored keys and values of block `b` of the sequence of row `r`.
+    fn entries(&self, r: usize, b: usize) -> (&'a [u8], &'a [u8]) {
+        let kv = self.kv;
+        let block = self.idx.block(&kv.cfg, r, b * KV_BLOCK);
+        let region = kv.region(self.layer, block, self.head);
+        (
+            &kv.keys[region * kv.key_bytes..][..kv.key_bytes],
+            &kv.values[region * kv.value_bytes..][..kv.value_bytes],
+        )
+    }
+
+    /// The f16 blocks from `b0` holding positions up to `n` of the sequence of row `r`, where
+    /// they lie, into `out`.
+    fn f16_blocks(&self, r: usize, b0: usize, n: usize, out: &mut Vec<F16Block<'a>>) {
+        out.clear();
+        out.extend((b0..n.div_ceil(KV_BLOCK).max(b0)).map(|b| {
+            let (keys, values) = self.entries(r, b);
+            F16Block { keys, values }
+        }));
+    }
+
     /// Converts the blocks from `b0` holding positions up to `n` of the sequence of row `r`
     /// to f32: keys into `keys` in the kernels' transposed blocks, values into `values` one
     /// row per position (block `b0` first).
@@ -371,9 +426,7 @@ impl Gather<'_> {
         keys.resize(blocks * KV_BLOCK * hd, 0.0);
         values.resize(blocks * KV_BLOCK * vhd, 0.0);
         for b in 0..blocks {
-            let block = self.idx.block(&kv.cfg, r, (b0 + b) * KV_BLOCK);
-            let region = kv.region(self.layer, block, self.head);
-            let kb = &kv.keys[region * kv.key_bytes..][..kv.key_bytes];
+            let (kb, vb) = self.entries(r, b0 + b);
             let kout = &mut keys[b * KV_BLOCK * hd..][..KV_BLOCK * hd];
             if kv.cfg.ty == KvType::Q8_0 {
                 row.resize(KV_BLOCK * hd, 0.0);
@@ -386,7 +439,6 @@ impl Gather<'_> {
             } else {
                 (self.read)(kb, kout);
             }
-            let vb = &kv.values[region * kv.value_bytes..][..kv.value_bytes];
             (self.read)(vb, &mut values[b * KV_BLOCK * vhd..][..KV_BLOCK * vhd]);
         }
     }

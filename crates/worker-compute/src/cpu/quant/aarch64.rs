@@ -31,6 +31,7 @@ pub fn neon_kernels() -> Option<Kernels> {
             quantize_row_q8k,
             dot_f32,
             attend,
+            attend_f16: None,
             swiglu,
             gelu,
             vec_dot_f32,

@@ -500,6 +500,46 @@ pub fn attend(
     }
 }
 
+/// One block of [`KEY_BLOCK`] cached positions of one KV head, f16 as a KV cache stores
+/// them: `keys` transposed (`[head_dim][KEY_BLOCK]`, the layout [`attend`] reads), `values`
+/// one row per position.
+#[derive(Clone, Copy, Debug)]
+pub struct F16Block<'a> {
+    /// `2 * head_dim * KEY_BLOCK` bytes.
+    pub keys: &'a [u8],
+    /// `2 * KEY_BLOCK * value_head_dim` bytes.
+    pub values: &'a [u8],
+}
+
+/// [`attend`] over f16 blocks (block `b` holds positions `16b..16b + 16`): the blocks
+/// converted to f32, then [`attend`]. The SIMD kernels read the blocks where they lie.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_f16(
+    q: &[f32],
+    blocks: &[F16Block<'_>],
+    first: usize,
+    n: usize,
+    scale: f32,
+    sinks: &[f32],
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+    heads: usize,
+) {
+    let heads = heads.max(1);
+    let (hd, vhd) = (q.len() / heads, out.len() / heads);
+    let mut keys = vec![0f32; blocks.len() * KEY_BLOCK * hd];
+    let mut values = vec![0f32; blocks.len() * KEY_BLOCK * vhd];
+    let key_blocks = keys.chunks_exact_mut(KEY_BLOCK * hd);
+    let value_blocks = values.chunks_exact_mut(KEY_BLOCK * vhd);
+    for ((b, k), v) in blocks.iter().zip(key_blocks).zip(value_blocks) {
+        dequantize_row_f16(b.keys, k);
+        dequantize_row_f16(b.values, v);
+    }
+    attend(
+        q, &keys, &values, first, n, scale, sinks, out, scores, heads,
+    );
+}
+
 /// One query head's attention over cached positions `first..n`:
 /// `out = softmax(scale · K q) · V`.
 ///

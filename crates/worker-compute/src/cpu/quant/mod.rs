@@ -36,6 +36,8 @@ pub mod panel;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
+mod x86_attention;
+#[cfg(target_arch = "x86_64")]
 mod x86_panel;
 
 use worker_gguf::GgmlType;
@@ -136,6 +138,20 @@ pub struct PanelKernels {
 pub type Attend =
     fn(&[f32], &[f32], &[f32], usize, usize, f32, &[f32], &mut [f32], &mut Vec<f32>, usize);
 
+/// The signature of [`generic::attend_f16`]:
+/// `(q, blocks, first, n, scale, sinks, out, scores, heads)`.
+pub type AttendF16 = fn(
+    &[f32],
+    &[generic::F16Block<'_>],
+    usize,
+    usize,
+    f32,
+    &[f32],
+    &mut [f32],
+    &mut Vec<f32>,
+    usize,
+);
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -178,6 +194,7 @@ pub(crate) struct RowKernels {
     pub(crate) quantize_row_q8k: fn(&[f32], &mut [BlockQ8K]),
     pub(crate) dot_f32: fn(&[f32], &[f32]) -> f32,
     pub(crate) attend: Attend,
+    pub(crate) attend_f16: Option<AttendF16>,
     pub(crate) swiglu: fn(&mut [f32], &[f32], &[f32]),
     pub(crate) gelu: fn(&mut [f32]),
     pub(crate) vec_dot_f32: fn(&[u8], &[f32]) -> f32,
@@ -197,6 +214,9 @@ pub struct Kernels {
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     /// One query head's attention over cached keys and values ([`generic::attend`]).
     pub attend: Attend,
+    /// Where the table has one: [`generic::attend_f16`], reading an f16 KV cache's blocks
+    /// where they lie; without one the cache is converted to f32 for [`Self::attend`].
+    pub attend_f16: Option<AttendF16>,
     /// `out = silu(gate) * up`, element-wise.
     pub swiglu: fn(&mut [f32], &[f32], &[f32]),
     /// `x = gelu(x)` (tanh approximation), element-wise.
@@ -249,6 +269,7 @@ impl Kernels {
             quantize_row_q8k: g::quantize_row_q8k,
             dot_f32: g::dot_f32,
             attend: g::attend,
+            attend_f16: None,
             swiglu: crate::cpu::ops::swiglu_row,
             gelu: crate::cpu::ops::gelu_row,
             types: [
@@ -308,6 +329,7 @@ impl Kernels {
         k.quantize_row_q8k = row.quantize_row_q8k;
         k.dot_f32 = row.dot_f32;
         k.attend = row.attend;
+        k.attend_f16 = row.attend_f16;
         k.swiglu = row.swiglu;
         k.gelu = row.gelu;
         // F32 matrices have no panel layout: a SIMD row kernel. The matmuls of the types with

@@ -8,6 +8,8 @@
 
 use std::arch::x86_64::*;
 
+use super::generic::F16Block;
+use super::x86_attention::{attend_avx2, attend_f16_avx2};
 use super::{BlockQ8, BlockQ8K, Isa, Kernels, RowKernels, QK, QK_K};
 
 fn has_avx2() -> bool {
@@ -37,6 +39,7 @@ pub fn avx2_kernels() -> Option<Kernels> {
             quantize_row_q8k,
             dot_f32,
             attend,
+            attend_f16: Some(attend_f16),
             swiglu,
             gelu,
             vec_dot_f32,
@@ -69,6 +72,7 @@ wrap!(dequantize_row_f16, dequantize_row_f16_avx2, (w: &[u8], out: &mut [f32]) -
 wrap!(swiglu, swiglu_avx2, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
 wrap!(gelu, gelu_avx2, (x: &mut [f32]) -> ());
 wrap!(attend, attend_avx2, (q: &[f32], keys: &[f32], values: &[f32], first: usize, n: usize, scale: f32, sinks: &[f32], out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
+wrap!(attend_f16, attend_f16_avx2, (q: &[f32], blocks: &[F16Block<'_>], first: usize, n: usize, scale: f32, sinks: &[f32], out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 
 // ---------------------------------------------------------------------------------------
@@ -78,7 +82,7 @@ wrap!(vec_dot_f32, vec_dot_f32_avx2, (w: &[u8], x: &[f32]) -> f32);
 /// The CPU must support AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -240,7 +244,7 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// The CPU must support AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_nonpositive_avx2(x: __m256) -> __m256 {
+pub(super) unsafe fn exp_nonpositive_avx2(x: __m256) -> __m256 {
     let tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_LT_OQ);
     let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
     let n = _mm256_round_ps(
@@ -360,310 +364,6 @@ unsafe fn dequantize_row_f16_avx2(w: &[u8], out: &mut [f32]) {
             i += 8;
         }
         super::generic::dequantize_row_f16(&w[2 * i..2 * n], &mut out[i..n]);
-    }
-}
-
-/// [`super::generic::attend`] with sixteen positions per pair of vectors: a vector
-/// exponential, and per group of up to four heads one pass over the keys and one over the
-/// values (each key and value read once for the group). Alone, a head's keys are scored four
-/// blocks at a time (eight FMA chains) and 64 output columns are held in registers. Every
-/// head's sums run in the same order either way, so its result does not depend on the group.
-/// Positions before `first` (a sliding window) get the weight 0, exactly, as those past `n`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. The shapes are checked here: any the vector path cannot take
-/// (a value head not a multiple of 8 wide, `q` or `out` not `heads` whole heads, too few keys or
-/// values, `first >= n`) go to the scalar kernel.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    first: usize,
-    n: usize,
-    scale: f32,
-    sinks: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-    heads: usize,
-) {
-    // SAFETY: the caller guarantees the features. Past the check, `q.len() == heads * hd`,
-    // `out.len() == heads * vhd` with `vhd` a multiple of 8, `keys.len() >= blocks * KB * hd`,
-    // `values.len() >= n * vhd` and `first < n <= stride`, and `scores` holds
-    // `heads * stride + heads` floats. So scoring reads the query rows `h0..h0 + g` of `q` and key
-    // blocks below `blocks` and writes `KB` scores per head and block inside that head's `stride`;
-    // the softmax reads and writes `[i, i + 8)` of each head's `stride` scores (`stride` is a
-    // multiple of `KB` = 16) and one inverse sum at `heads * stride + h`; the value pass reads `n`
-    // weights per head and `n * vhd` values and writes each head's `vhd` outputs: the ranges
-    // `score_blocks`, `score_heads` and `values_heads` require.
-    unsafe {
-        use super::generic::KEY_BLOCK as KB;
-        let heads = heads.max(1);
-        let (hd, vhd) = (q.len() / heads, out.len() / heads);
-        let blocks = n.div_ceil(KB);
-        if !vhd.is_multiple_of(8)
-            || q.len() != heads * hd
-            || out.len() != heads * vhd
-            || keys.len() < blocks * KB * hd
-            || values.len() < n * vhd
-            || first >= n
-            || !(sinks.is_empty() || sinks.len() == heads)
-        {
-            return super::generic::attend(
-                q, keys, values, first, n, scale, sinks, out, scores, heads,
-            );
-        }
-        // Per head `blocks * KB` scores, then one inverse sum per head.
-        let stride = blocks * KB;
-        scores.clear();
-        scores.resize(heads * stride + heads, 0.0);
-        let sp = scores.as_mut_ptr();
-        let (kp, qp) = (keys.as_ptr(), q.as_ptr());
-        let vscale = _mm256_set1_ps(scale);
-        let mut h0 = 0;
-        while h0 < heads {
-            let g = (heads - h0).min(4);
-            let (qh, sh) = (qp.add(h0 * hd), sp.add(h0 * stride));
-            match g {
-                1 => {
-                    // Four blocks at a time, for more FMA chains.
-                    let mut b = 0;
-                    while b + 4 <= blocks {
-                        score_blocks::<4>(
-                            q.get_unchecked(h0 * hd..(h0 + 1) * hd),
-                            kp.add(b * hd * KB),
-                            vscale,
-                            sh.add(b * KB),
-                        );
-                        b += 4;
-                    }
-                    while b < blocks {
-                        score_blocks::<1>(
-                            q.get_unchecked(h0 * hd..(h0 + 1) * hd),
-                            kp.add(b * hd * KB),
-                            vscale,
-                            sh.add(b * KB),
-                        );
-                        b += 1;
-                    }
-                }
-                2 => score_heads::<2>(qh, hd, kp, blocks, vscale, sh, stride),
-                3 => score_heads::<3>(qh, hd, kp, blocks, vscale, sh, stride),
-                _ => score_heads::<4>(qh, hd, kp, blocks, vscale, sh, stride),
-            }
-            h0 += g;
-        }
-        for h in 0..heads {
-            let s = std::slice::from_raw_parts_mut(sp.add(h * stride), stride);
-            s[..first].fill(f32::NEG_INFINITY);
-            s[n..].fill(f32::NEG_INFINITY);
-            let sink = sinks.get(h).copied();
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let max = sink.map_or(max, |k| max.max(k));
-            let (vmax, mut vsum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
-            for i in (0..stride).step_by(8) {
-                let e =
-                    exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(i)), vmax));
-                _mm256_storeu_ps(s.as_mut_ptr().add(i), e);
-                vsum = _mm256_add_ps(vsum, e);
-            }
-            let sink_term = sink.map_or(0.0, |k| (k - max).exp());
-            *sp.add(heads * stride + h) = 1.0 / (hsum_ps(vsum) + sink_term);
-        }
-        let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
-        let mut h0 = 0;
-        while h0 < heads {
-            let g = (heads - h0).min(4);
-            let w = |i: usize| sp.add((h0 + i) * stride) as *const f32;
-            let inv = |i: usize| _mm256_set1_ps(*sp.add(heads * stride + h0 + i));
-            let o = |i: usize| op.add((h0 + i) * vhd);
-            match g {
-                1 => values_heads::<1, 8>(&[w(0)], n, vp, vhd, &[inv(0)], &[o(0)]),
-                2 => values_heads::<2, 4>(
-                    &[w(0), w(1)],
-                    n,
-                    vp,
-                    vhd,
-                    &[inv(0), inv(1)],
-                    &[o(0), o(1)],
-                ),
-                3 => values_heads::<3, 2>(
-                    &[w(0), w(1), w(2)],
-                    n,
-                    vp,
-                    vhd,
-                    &[inv(0), inv(1), inv(2)],
-                    &[o(0), o(1), o(2)],
-                ),
-                _ => values_heads::<4, 2>(
-                    &[w(0), w(1), w(2), w(3)],
-                    n,
-                    vp,
-                    vhd,
-                    &[inv(0), inv(1), inv(2), inv(3)],
-                    &[o(0), o(1), o(2), o(3)],
-                ),
-            }
-            h0 += g;
-        }
-    }
-}
-
-/// Scores of `G` heads (queries at `q`, `hd` apart) against every key block at `k`, each
-/// key vector loaded once for the heads; head `i`'s scores go to `out + i * stride`.
-///
-/// No `target_feature` of its own: inlined into `attend_avx2`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. For every head `i < G`, element `d < hd` and block
-/// `b < blocks`: `q` must be valid for reading `q[i * hd + d]`, `k` for reading
-/// `blocks * hd * KEY_BLOCK` floats (transposed key blocks), and `out` for writing `KEY_BLOCK`
-/// floats at `i * stride + b * KEY_BLOCK`. No alignment is needed.
-#[inline(always)]
-unsafe fn score_heads<const G: usize>(
-    q: *const f32,
-    hd: usize,
-    k: *const f32,
-    blocks: usize,
-    scale: __m256,
-    out: *mut f32,
-    stride: usize,
-) {
-    // SAFETY: the caller guarantees the features and the ranges; the reads are `k` at
-    // `b * hd * KB + d * KB` plus `0..16` and `q` at `i * hd + d`, the writes `out` at
-    // `i * stride + b * KB` plus `0..16`, all inside them.
-    unsafe {
-        use super::generic::KEY_BLOCK as KB;
-        for b in 0..blocks {
-            let kb = k.add(b * hd * KB);
-            let mut acc = [[_mm256_setzero_ps(); 2]; G];
-            for d in 0..hd {
-                let (k0, k1) = (
-                    _mm256_loadu_ps(kb.add(d * KB)),
-                    _mm256_loadu_ps(kb.add(d * KB + 8)),
-                );
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let qd = _mm256_set1_ps(*q.add(i * hd + d));
-                    a[0] = _mm256_fmadd_ps(qd, k0, a[0]);
-                    a[1] = _mm256_fmadd_ps(qd, k1, a[1]);
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                let o = out.add(i * stride + b * KB);
-                _mm256_storeu_ps(o, _mm256_mul_ps(a[0], scale));
-                _mm256_storeu_ps(o.add(8), _mm256_mul_ps(a[1], scale));
-            }
-        }
-    }
-}
-
-/// For `G` heads, `out[i] = inv[i] · Σ_t w[i][t] · v[t]` over `n` positions and all `vhd`
-/// columns (a multiple of 8): `8C` columns per pass over the positions, each value vector
-/// loaded once for the heads.
-///
-/// No `target_feature` of its own: inlined into `attend_avx2`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA, and `vhd` must be a multiple of 8. For each head `i < G`,
-/// `w[i]` must be valid for reading `n` floats and `out[i]` for writing `vhd`; `v` must be valid
-/// for reading `n * vhd` floats (position `t`'s values at `t * vhd`).
-#[inline(always)]
-unsafe fn values_heads<const G: usize, const C: usize>(
-    w: &[*const f32; G],
-    n: usize,
-    v: *const f32,
-    vhd: usize,
-    inv: &[__m256; G],
-    out: &[*mut f32; G],
-) {
-    // SAFETY: the caller guarantees the features and the ranges; each call covers columns
-    // `c..c + 8 * C` (then `c..c + 8`) with that end at most `vhd`, since `vhd` is a multiple of 8,
-    // which is what `weighted_values` needs of `v.add(c)` and of `out` at column `c`.
-    unsafe {
-        let mut c = 0;
-        while c + 8 * C <= vhd {
-            weighted_values::<G, C>(w, n, v.add(c), vhd, inv, out, c);
-            c += 8 * C;
-        }
-        while c < vhd {
-            weighted_values::<G, 1>(w, n, v.add(c), vhd, inv, out, c);
-            c += 8;
-        }
-    }
-}
-
-/// Scores of `N` consecutive key blocks at `k` against `q`, times `scale`, into `out`.
-///
-/// No `target_feature` of its own: inlined into `attend_avx2`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. `k` must be valid for reading `N * q.len() * KEY_BLOCK`
-/// floats (`N` transposed key blocks) and `out` for writing `N * KEY_BLOCK` floats. No alignment is
-/// needed.
-#[inline(always)]
-unsafe fn score_blocks<const N: usize>(q: &[f32], k: *const f32, scale: __m256, out: *mut f32) {
-    // SAFETY: the caller guarantees the features and the ranges; the loads read
-    // `k[(i * hd + d) * KB..][..16]` for `i < N`, `d < hd`, inside `N * hd * KB`, and the stores
-    // write `out[i * KB..][..16]`, inside `N * KB`.
-    unsafe {
-        use super::generic::KEY_BLOCK as KB;
-        let hd = q.len();
-        let mut acc = [[_mm256_setzero_ps(); 2]; N];
-        for (d, &qd) in q.iter().enumerate() {
-            let qd = _mm256_set1_ps(qd);
-            for (i, a) in acc.iter_mut().enumerate() {
-                let k = k.add((i * hd + d) * KB);
-                a[0] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k), a[0]);
-                a[1] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k.add(8)), a[1]);
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(i * KB), _mm256_mul_ps(a[0], scale));
-            _mm256_storeu_ps(out.add(i * KB + 8), _mm256_mul_ps(a[1], scale));
-        }
-    }
-}
-
-/// For `G` heads, `out[i][c..c + 8C] = inv[i] · Σ_t w[i][t] · v[t·stride..][..8C]` over `n`
-/// positions (`v` already at column `c`); each head's sum runs over `t` in order.
-///
-/// No `target_feature` of its own: inlined into `attend_avx2`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA. For every `t < n`, `v` must be valid for reading `8 * C`
-/// floats at `t * stride`; for each head `i < G`, `w[i]` must be valid for reading `n` floats and
-/// `out[i]` for writing `8 * C` floats at `c`. No alignment is needed.
-#[inline(always)]
-unsafe fn weighted_values<const G: usize, const C: usize>(
-    w: &[*const f32; G],
-    n: usize,
-    v: *const f32,
-    stride: usize,
-    inv: &[__m256; G],
-    out: &[*mut f32; G],
-    c: usize,
-) {
-    // SAFETY: the caller guarantees the features and the ranges; the loads read
-    // `v[t * stride + 8 * j..][..8]` for `j < C` and `w[i][t]`, the stores write
-    // `out[i][c + 8 * j..][..8]`, all inside them.
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); C]; G];
-        for t in 0..n {
-            let vt = v.add(t * stride);
-            let vs: [__m256; C] = std::array::from_fn(|j| _mm256_loadu_ps(vt.add(8 * j)));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let wt = _mm256_set1_ps(*w[i].add(t));
-                for (aj, vj) in a.iter_mut().zip(&vs) {
-                    *aj = _mm256_fmadd_ps(wt, *vj, *aj);
-                }
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            for (j, aj) in a.iter().enumerate() {
-                _mm256_storeu_ps(out[i].add(c + 8 * j), _mm256_mul_ps(*aj, inv[i]));
-            }
-        }
     }
 }
 
