@@ -34,6 +34,10 @@ pub struct Args {
     /// Tokens generated in the decode test.
     #[arg(long, default_value_t = 128)]
     tg: usize,
+    /// Tokens already in the context when each test starts (llama-bench's `-d`): decode
+    /// and prefill at a long context.
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
     /// A llama-bench binary to compare against (else $LLAMA_BENCH, else the one
     /// `--build-llama-bench` puts in the fixture cache, if present).
     #[arg(long, env = "LLAMA_BENCH")]
@@ -97,7 +101,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         });
     }
     if args.profile {
-        return profile::run(&model, args.threads, args.tg);
+        return profile::run(&model, args.threads, args.tg, args.depth);
     }
     if args.constrained {
         return constrained::run(
@@ -127,7 +131,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn test_names(args: &Args) -> [String; 2] {
-    [format!("pp{}", args.pp), format!("tg{}", args.tg)]
+    [
+        test_name("pp", args.pp as u64, args.depth as u64),
+        test_name("tg", args.tg as u64, args.depth as u64),
+    ]
+}
+
+/// llama-bench's name of a test: `pp512`, or `tg128 @ d2048` at a depth.
+fn test_name(kind: &str, tokens: u64, depth: u64) -> String {
+    match depth {
+        0 => format!("{kind}{tokens}"),
+        d => format!("{kind}{tokens} @ d{d}"),
+    }
 }
 
 fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
@@ -140,6 +155,7 @@ fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
         pp: args.pp,
         tg: args.tg,
         reps: args.reps,
+        depth: args.depth,
     };
     let mut m = load(&file, &mut backend, spec.load_options())?;
     let t = bench::run(m.as_mut(), &mut backend, &spec, |_, _| {})?;
@@ -163,6 +179,7 @@ fn llama_cpp(bin: &Path, model: &Path, args: &Args) -> anyhow::Result<Vec<Measur
         .arg("-m")
         .arg(model)
         .args(["-p", &args.pp.to_string(), "-n", &args.tg.to_string()])
+        .args(["-d", &args.depth.to_string()])
         .args([
             "-t",
             &args.threads.to_string(),
@@ -188,10 +205,10 @@ fn llama_cpp(bin: &Path, model: &Path, args: &Args) -> anyhow::Result<Vec<Measur
     {
         let n_prompt = row["n_prompt"].as_u64().unwrap_or(0);
         let n_gen = row["n_gen"].as_u64().unwrap_or(0);
-        let test = if n_gen == 0 {
-            format!("pp{n_prompt}")
-        } else {
-            format!("tg{n_gen}")
+        let depth = row["n_depth"].as_u64().unwrap_or(0);
+        let test = match n_gen {
+            0 => test_name("pp", n_prompt, depth),
+            n => test_name("tg", n, depth),
         };
         let tokens_per_s = row["avg_ts"]
             .as_f64()

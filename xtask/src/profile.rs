@@ -26,10 +26,11 @@ const READ_BYTES: usize = 1 << 30;
 /// Bytes of copies each kernel runs over (well beyond a 32 MiB L3).
 const KERNEL_BYTES: u64 = 256 << 20;
 
-/// Runs the profile of `model` on `threads` threads, `tg` decode steps after a warm-up.
-pub fn run(model: &Path, threads: usize, tg: usize) -> anyhow::Result<()> {
+/// Runs the profile of `model` on `threads` threads, `tg` decode steps after a warm-up, from
+/// a context of `depth` tokens.
+pub fn run(model: &Path, threads: usize, tg: usize, depth: usize) -> anyhow::Result<()> {
     let file = GgufFile::open(model).with_context(|| format!("cannot open {}", model.display()))?;
-    println!("{}, {threads} threads", file_name(model));
+    println!("{}, {threads} threads, depth {depth}", file_name(model));
 
     let read = read_bandwidth(threads);
     println!(
@@ -57,7 +58,12 @@ pub fn run(model: &Path, threads: usize, tg: usize) -> anyhow::Result<()> {
         threads,
         ..CpuConfig::default()
     }));
-    let spec = BenchSpec { pp: 0, tg, reps: 1 };
+    let spec = BenchSpec {
+        pp: 0,
+        tg,
+        reps: 1,
+        depth,
+    };
     let mut m = load(&file, &mut backend, spec.load_options())?;
     backend.set_enabled(false);
     let t = bench::run(

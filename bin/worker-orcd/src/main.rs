@@ -108,6 +108,9 @@ struct BenchArgs {
     /// Timed repetitions of each test, after one warm-up.
     #[arg(long, default_value_t = 1)]
     reps: usize,
+    /// Tokens already in the context when each test starts (llama-bench's `-d`).
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
     /// Backend.
     #[arg(long, value_enum, default_value = "cuda")]
     backend: BackendKind,
@@ -300,6 +303,7 @@ fn bench(device: Device, a: &BenchArgs) -> anyhow::Result<()> {
         pp: a.pp,
         tg: a.tg,
         reps: a.reps,
+        depth: a.depth,
     };
     // Room for the profiled steps after the tests.
     let opts = LoadOptions {

@@ -3,8 +3,9 @@
 //!
 //! The definitions are llama-bench's: `pp` is one batched forward pass over `pp` tokens from
 //! an empty context; `tg` is `tg` single-token forward passes from an empty context, each
-//! feeding the greedy token of the one before. The prompt is fixed pseudo-random ids, as
-//! llama-bench's random tokens. Each test runs once to warm up, then `reps` times; the mean
+//! feeding the greedy token of the one before. With a `depth` (llama-bench's `-d`), both start
+//! after that many tokens already in the context instead. The prompt is fixed pseudo-random
+//! ids, as llama-bench's random tokens. Each test runs once to warm up, then `reps` times; the mean
 //! is reported. Timing is wall clock around the forward calls, which end with the logits
 //! on the host, so device work is inside it.
 
@@ -24,19 +25,30 @@ pub struct BenchSpec {
     pub tg: usize,
     /// Timed repetitions of each test, after one warm-up.
     pub reps: usize,
+    /// Tokens in the context before each test (prefilled once, untimed: the tests write
+    /// positions from `depth` on, so the context stays).
+    pub depth: usize,
 }
 
+/// Rows per forward pass of the untimed prefill of a [`BenchSpec::depth`] context.
+const DEPTH_BATCH: usize = 512;
+
 impl BenchSpec {
-    /// Positions the tests write (the prefill's, or the decode steps').
+    /// Positions the tests write (the prefill's, or the decode steps'), after the depth.
     pub fn positions(&self) -> usize {
-        self.pp.max(self.tg).max(1)
+        self.depth + self.pp.max(self.tg).max(1)
     }
 
-    /// Load options that fit the tests: batches of `pp` rows, one sequence of
-    /// [`BenchSpec::positions`] positions plus one.
+    /// Rows of the largest forward pass: the prefill test's, or a piece of the depth.
+    fn max_batch(&self) -> usize {
+        self.pp.max(self.depth.min(DEPTH_BATCH)).max(1)
+    }
+
+    /// Load options that fit the tests: batches of `pp` rows (or pieces of the depth), one
+    /// sequence of [`BenchSpec::positions`] positions plus one.
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
-            max_batch: self.pp.max(1),
+            max_batch: self.max_batch(),
             max_logit_rows: 1,
             seqs: 1,
             max_positions: self.positions() + 1,
@@ -77,8 +89,15 @@ pub fn run<B: ComputeBackend>(
 ) -> Result<Throughput, ModelError> {
     let vocab = model.hparams().vocab_size as usize;
     let mut logits = vec![0f32; vocab];
-    let prompt = prompt(spec.pp, vocab);
-    let prefill = SequenceBatch::new(&prompt, 0, 0, false);
+    let tokens = tokens(spec.depth + spec.pp, vocab);
+    let (context, prompt) = tokens.split_at(spec.depth);
+    let batch = spec.max_batch();
+    for (i, piece) in context.chunks(batch).enumerate() {
+        let piece = SequenceBatch::new(piece, (i * batch) as u32, 0, false);
+        model.forward(backend, &piece.batch(), &mut logits)?;
+    }
+    let start = spec.depth as u32;
+    let prefill = SequenceBatch::new(prompt, start, 0, false);
     let (mut pp_s, mut tg_s) = (0f64, 0f64);
     let mut token = 0;
     let reps = spec.reps.max(1);
@@ -93,8 +112,8 @@ pub fn run<B: ComputeBackend>(
         }
         let t = Instant::now();
         token = prompt.first().copied().unwrap_or(0);
-        for pos in 0..spec.tg {
-            let step = SequenceBatch::new(&[token], pos as u32, 0, false);
+        for pos in 0..spec.tg as u32 {
+            let step = SequenceBatch::new(&[token], start + pos, 0, false);
             model.forward(backend, &step.batch(), &mut logits)?;
             token = argmax(&logits);
         }
@@ -115,8 +134,9 @@ pub fn run<B: ComputeBackend>(
     })
 }
 
-/// `n` fixed pseudo-random ids below `vocab` (xorshift), as llama-bench's random tokens.
-fn prompt(n: usize, vocab: usize) -> Vec<u32> {
+/// `n` fixed pseudo-random ids below `vocab` (xorshift), as llama-bench's random tokens: the
+/// tests' context (the depth's tokens) and then the prefill test's prompt.
+pub fn tokens(n: usize, vocab: usize) -> Vec<u32> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     (0..n)
         .map(|_| {

@@ -187,3 +187,47 @@ fn batched_prefill_matches_token_by_token_decode() {
     let bad = SequenceBatch::new(&[VOCAB as u32], 0, 0, false);
     assert!(m.forward(&mut be, &bad.batch(), &mut one).is_err());
 }
+
+/// The bench driver's tests at a depth start after that context (prefilled in pieces of
+/// up to 512 rows): its last decoded token is the one a plain greedy decode gives after the
+/// same context, prefilled in one pass.
+#[test]
+fn the_bench_decodes_after_its_depth() {
+    use worker_models::bench::{self, BenchSpec};
+    let file = tiny(Spec {
+        arch: "llama",
+        skip: None,
+        reshape: None,
+    });
+    let spec = BenchSpec {
+        pp: 0,
+        tg: 5,
+        reps: 1,
+        depth: 40,
+    };
+    let backend = || {
+        CpuBackend::new(CpuConfig {
+            threads: 2,
+            ..CpuConfig::default()
+        })
+    };
+    let mut be = backend();
+    let mut m = load(&file, &mut be, spec.load_options()).unwrap();
+    let got = bench::run(m.as_mut(), &mut be, &spec, |_, _| {}).unwrap();
+
+    let mut be = backend();
+    let mut m = load(&file, &mut be, spec.load_options()).unwrap();
+    let v = VOCAB as usize;
+    let mut logits = vec![0f32; v];
+    let context = bench::tokens(spec.depth, v);
+    let batch = SequenceBatch::new(&context, 0, 0, false);
+    m.forward(&mut be, &batch.batch(), &mut logits).unwrap();
+    // The decode test starts from the prefill test's first token; with no prefill test, 0.
+    let mut token = 0;
+    for pos in spec.depth..spec.depth + spec.tg {
+        let step = SequenceBatch::new(&[token], pos as u32, 0, false);
+        m.forward(&mut be, &step.batch(), &mut logits).unwrap();
+        token = worker_common::argmax(&logits);
+    }
+    assert_eq!(got.last_token, token);
+}
