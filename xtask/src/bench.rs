@@ -258,11 +258,17 @@ fn report(results: &[Measure], model: &Path, args: &Args) {
         return;
     }
     println!("{model_name}, {} threads", args.threads);
-    println!("| engine    | test  |   tokens/s |");
-    println!("| --------- | ----- | ---------: |");
+    let width = results
+        .iter()
+        .map(|m| m.test.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    println!("| engine    | {:<width$} |   tokens/s |", "test");
+    println!("| --------- | {:-<width$} | ---------: |", "");
     for m in results {
         println!(
-            "| {:<9} | {:<5} | {:>10.1} |",
+            "| {:<9} | {:<width$} | {:>10.1} |",
             m.engine, m.test, m.tokens_per_s
         );
     }
