@@ -9,11 +9,12 @@
 //! transposed when read.
 //!
 //! Attention reads an f16 cache's blocks where they lie when the kernel table has a kernel
-//! for that (`attend_f16`: AVX2); otherwise it gathers the blocks a group of rows reads into
-//! per-thread f32 scratch, then runs the table's kernel over it. With a sliding window only the blocks that hold some
-//! row's window are gathered, and the kernel skips the positions before each row's window.
-//! A row's result depends only on its query, the cached entries and its position, never on
-//! which other rows or sequences share the call.
+//! for that (`attend_f16`: AVX2 and NEON); otherwise it gathers the blocks a group of rows
+//! reads into per-thread f32 scratch, then runs the table's kernel over it. With a sliding
+//! window only the blocks that hold some row's window are gathered (or read), and the kernel
+//! skips the positions before each row's window. A row's result depends only on its query,
+//! the cached entries and its position, never on which other rows or sequences share the
+//! call.
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicUsize;

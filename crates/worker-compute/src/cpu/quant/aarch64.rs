@@ -14,7 +14,9 @@
 use std::arch::aarch64::*;
 use std::arch::is_aarch64_feature_detected;
 
+use super::aarch64_attention::{attend_f16_neon, attend_neon};
 use super::aarch64_panel;
+use super::generic::F16Block;
 use super::{BlockQ8, BlockQ8K, Isa, Kernels, RowKernels, QK, QK_K};
 
 /// The NEON table, or `None` on a CPU without NEON: these row kernels, and panel kernels
@@ -31,7 +33,7 @@ pub fn neon_kernels() -> Option<Kernels> {
             quantize_row_q8k,
             dot_f32,
             attend,
-            attend_f16: None,
+            attend_f16: Some(attend_f16),
             swiglu,
             gelu,
             vec_dot_f32,
@@ -77,6 +79,7 @@ wrap!(dequantize_row_f16, dequantize_row_f16_neon, (w: &[u8], out: &mut [f32]) -
 wrap!(swiglu, swiglu_neon, (out: &mut [f32], gate: &[f32], up: &[f32]) -> ());
 wrap!(gelu, gelu_neon, (x: &mut [f32]) -> ());
 wrap!(attend, attend_neon, (q: &[f32], keys: &[f32], values: &[f32], first: usize, n: usize, scale: f32, sinks: &[f32], out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
+wrap!(attend_f16, attend_f16_neon, (q: &[f32], blocks: &[F16Block<'_>], first: usize, n: usize, scale: f32, sinks: &[f32], out: &mut [f32], scores: &mut Vec<f32>, heads: usize) -> ());
 wrap!(vec_dot_f32, vec_dot_f32_neon, (w: &[u8], x: &[f32]) -> f32);
 
 // ---------------------------------------------------------------------------------------
@@ -259,7 +262,7 @@ unsafe fn dequantize_row_f16_neon(w: &[u8], out: &mut [f32]) {
 /// The CPU must support NEON.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn exp_nonpositive(x: float32x4_t) -> float32x4_t {
+pub(super) unsafe fn exp_nonpositive(x: float32x4_t) -> float32x4_t {
     let tiny = vcltq_f32(x, vdupq_n_f32(-87.3));
     let x = vmaxq_f32(x, vdupq_n_f32(-87.3));
     let n = vrndnq_f32(vmulq_n_f32(x, std::f32::consts::LOG2_E));
@@ -346,304 +349,4 @@ unsafe fn gelu_neon(x: &mut [f32]) {
         }
     }
     crate::cpu::ops::gelu_row(&mut x[i..n]);
-}
-
-// ---------------------------------------------------------------------------------------
-// Attention.
-
-/// [`super::generic::attend`] with sixteen positions per four vectors: a vector exponential,
-/// and per group of up to four heads one pass over the keys and one over the values (each key
-/// and value read once for the group). Alone, a head's keys are scored four blocks at a time
-/// (sixteen FMA chains) and 32 output columns are held in registers. Every head's sums run in
-/// the same order either way, so its result does not depend on the group. Positions before
-/// `first` (a sliding window) get the weight 0, exactly, as those past `n`.
-///
-/// # Safety
-/// The CPU must support NEON. The shapes are checked here: any the vector path cannot take (a
-/// value head not a multiple of 4 wide, `q` or `out` not `heads` whole heads, too few keys or
-/// values, `first >= n`) go to the scalar kernel.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "neon")]
-unsafe fn attend_neon(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    first: usize,
-    n: usize,
-    scale: f32,
-    sinks: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-    heads: usize,
-) {
-    use super::generic::KEY_BLOCK as KB;
-    let heads = heads.max(1);
-    let (hd, vhd) = (q.len() / heads, out.len() / heads);
-    let blocks = n.div_ceil(KB);
-    if !vhd.is_multiple_of(4)
-        || q.len() != heads * hd
-        || out.len() != heads * vhd
-        || keys.len() < blocks * KB * hd
-        || values.len() < n * vhd
-        || first >= n
-        || !(sinks.is_empty() || sinks.len() == heads)
-    {
-        return super::generic::attend(q, keys, values, first, n, scale, sinks, out, scores, heads);
-    }
-    // Per head `blocks * KB` scores, then one inverse sum per head.
-    let stride = blocks * KB;
-    scores.clear();
-    scores.resize(heads * stride + heads, 0.0);
-    // SAFETY: the caller guarantees NEON. Past the check, `q.len() == heads * hd`,
-    // `out.len() == heads * vhd` with `vhd` a multiple of 4, `keys.len() >= blocks * KB * hd`,
-    // `values.len() >= n * vhd` and `first < n <= stride`, and `scores` holds
-    // `heads * stride + heads` floats. So scoring reads the query rows `h0..h0 + g` of `q` and key
-    // blocks below `blocks` and writes `KB` scores per head and block inside that head's `stride`;
-    // the softmax reads and writes `[i, i + 4)` of each head's `stride` scores (`stride` is a
-    // multiple of `KB` = 16) and one inverse sum at `heads * stride + h`; the value pass reads `n`
-    // weights per head and `n * vhd` values and writes each head's `vhd` outputs: the ranges
-    // `score_blocks`, `score_heads` and `values_heads` require.
-    unsafe {
-        let sp = scores.as_mut_ptr();
-        let (kp, qp) = (keys.as_ptr(), q.as_ptr());
-        let mut h0 = 0;
-        while h0 < heads {
-            let g = (heads - h0).min(4);
-            let (qh, sh) = (qp.add(h0 * hd), sp.add(h0 * stride));
-            match g {
-                1 => {
-                    // Four blocks at a time, for more FMA chains.
-                    let mut b = 0;
-                    while b + 4 <= blocks {
-                        score_blocks::<4>(qh, hd, kp.add(b * hd * KB), scale, sh.add(b * KB));
-                        b += 4;
-                    }
-                    while b < blocks {
-                        score_blocks::<1>(qh, hd, kp.add(b * hd * KB), scale, sh.add(b * KB));
-                        b += 1;
-                    }
-                }
-                2 => score_heads::<2>(qh, hd, kp, blocks, scale, sh, stride),
-                3 => score_heads::<3>(qh, hd, kp, blocks, scale, sh, stride),
-                _ => score_heads::<4>(qh, hd, kp, blocks, scale, sh, stride),
-            }
-            h0 += g;
-        }
-        for h in 0..heads {
-            let s = std::slice::from_raw_parts_mut(sp.add(h * stride), stride);
-            s[..first].fill(f32::NEG_INFINITY);
-            s[n..].fill(f32::NEG_INFINITY);
-            let sink = sinks.get(h).copied();
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let max = sink.map_or(max, |k| max.max(k));
-            let mut vsum = vdupq_n_f32(0.0);
-            for c in s.chunks_exact_mut(4) {
-                let e = exp_nonpositive(vsubq_f32(vld1q_f32(c.as_ptr()), vdupq_n_f32(max)));
-                vst1q_f32(c.as_mut_ptr(), e);
-                vsum = vaddq_f32(vsum, e);
-            }
-            let sink_term = sink.map_or(0.0, |k| (k - max).exp());
-            *sp.add(heads * stride + h) = 1.0 / (vaddvq_f32(vsum) + sink_term);
-        }
-        let (vp, op) = (values.as_ptr(), out.as_mut_ptr());
-        let mut h0 = 0;
-        while h0 < heads {
-            let g = (heads - h0).min(4);
-            let w = |i: usize| sp.add((h0 + i) * stride) as *const f32;
-            let inv = |i: usize| *sp.add(heads * stride + h0 + i);
-            let o = |i: usize| op.add((h0 + i) * vhd);
-            match g {
-                1 => values_heads::<1, 8>(&[w(0)], n, vp, vhd, &[inv(0)], &[o(0)]),
-                2 => values_heads::<2, 4>(
-                    &[w(0), w(1)],
-                    n,
-                    vp,
-                    vhd,
-                    &[inv(0), inv(1)],
-                    &[o(0), o(1)],
-                ),
-                3 => values_heads::<3, 4>(
-                    &[w(0), w(1), w(2)],
-                    n,
-                    vp,
-                    vhd,
-                    &[inv(0), inv(1), inv(2)],
-                    &[o(0), o(1), o(2)],
-                ),
-                _ => values_heads::<4, 4>(
-                    &[w(0), w(1), w(2), w(3)],
-                    n,
-                    vp,
-                    vhd,
-                    &[inv(0), inv(1), inv(2), inv(3)],
-                    &[o(0), o(1), o(2), o(3)],
-                ),
-            }
-            h0 += g;
-        }
-    }
-}
-
-/// Scores of `N` consecutive key blocks at `k` against the query at `q` (`hd` floats), times
-/// `scale`, into `out`.
-///
-/// No `target_feature` of its own: inlined into `attend_neon`.
-///
-/// # Safety
-/// The CPU must support NEON. `q` must be valid for reading `hd` floats, `k` for reading
-/// `N * hd * KEY_BLOCK` floats (`N` transposed key blocks) and `out` for writing
-/// `N * KEY_BLOCK` floats. No alignment beyond `f32`'s is needed.
-#[inline(always)]
-unsafe fn score_blocks<const N: usize>(
-    q: *const f32,
-    hd: usize,
-    k: *const f32,
-    scale: f32,
-    out: *mut f32,
-) {
-    use super::generic::KEY_BLOCK as KB;
-    // SAFETY: the caller guarantees NEON and the ranges; the loads read `q[d]` and
-    // `k[(i * hd + d) * KB..][..16]` for `i < N`, `d < hd`, the stores `out[i * KB..][..16]`.
-    unsafe {
-        let mut acc = [[vdupq_n_f32(0.0); 4]; N];
-        for d in 0..hd {
-            let qd = vdupq_n_f32(*q.add(d));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let kd = k.add((i * hd + d) * KB);
-                for (j, aj) in a.iter_mut().enumerate() {
-                    *aj = vfmaq_f32(*aj, qd, vld1q_f32(kd.add(4 * j)));
-                }
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            for (j, aj) in a.iter().enumerate() {
-                vst1q_f32(out.add(i * KB + 4 * j), vmulq_n_f32(*aj, scale));
-            }
-        }
-    }
-}
-
-/// Scores of `G` heads (queries at `q`, `hd` apart) against every key block at `k`, each
-/// key vector loaded once for the heads; head `i`'s scores go to `out + i * stride`.
-///
-/// No `target_feature` of its own: inlined into `attend_neon`.
-///
-/// # Safety
-/// The CPU must support NEON. For every head `i < G`, element `d < hd` and block
-/// `b < blocks`: `q` must be valid for reading `q[i * hd + d]`, `k` for reading
-/// `blocks * hd * KEY_BLOCK` floats (transposed key blocks), and `out` for writing `KEY_BLOCK`
-/// floats at `i * stride + b * KEY_BLOCK`.
-#[inline(always)]
-unsafe fn score_heads<const G: usize>(
-    q: *const f32,
-    hd: usize,
-    k: *const f32,
-    blocks: usize,
-    scale: f32,
-    out: *mut f32,
-    stride: usize,
-) {
-    use super::generic::KEY_BLOCK as KB;
-    // SAFETY: the caller guarantees NEON and the ranges; the reads are `k` at
-    // `b * hd * KB + d * KB` plus `0..16` and `q` at `i * hd + d`, the writes `out` at
-    // `i * stride + b * KB` plus `0..16`, all inside them.
-    unsafe {
-        for b in 0..blocks {
-            let kb = k.add(b * hd * KB);
-            let mut acc = [[vdupq_n_f32(0.0); 4]; G];
-            for d in 0..hd {
-                let kv: [float32x4_t; 4] =
-                    std::array::from_fn(|j| vld1q_f32(kb.add(d * KB + 4 * j)));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let qd = vdupq_n_f32(*q.add(i * hd + d));
-                    for (aj, kj) in a.iter_mut().zip(&kv) {
-                        *aj = vfmaq_f32(*aj, qd, *kj);
-                    }
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                let o = out.add(i * stride + b * KB);
-                for (j, aj) in a.iter().enumerate() {
-                    vst1q_f32(o.add(4 * j), vmulq_n_f32(*aj, scale));
-                }
-            }
-        }
-    }
-}
-
-/// For `G` heads, `out[i] = inv[i] · Σ_t w[i][t] · v[t]` over `n` positions and all `vhd`
-/// columns (a multiple of 4): `4C` columns per pass over the positions, each value vector
-/// loaded once for the heads.
-///
-/// No `target_feature` of its own: inlined into `attend_neon`.
-///
-/// # Safety
-/// The CPU must support NEON, and `vhd` must be a multiple of 4. For each head `i < G`, `w[i]`
-/// must be valid for reading `n` floats and `out[i]` for writing `vhd`; `v` must be valid for
-/// reading `n * vhd` floats (position `t`'s values at `t * vhd`).
-#[inline(always)]
-unsafe fn values_heads<const G: usize, const C: usize>(
-    w: &[*const f32; G],
-    n: usize,
-    v: *const f32,
-    vhd: usize,
-    inv: &[f32; G],
-    out: &[*mut f32; G],
-) {
-    // SAFETY: the caller guarantees NEON and the ranges; each call covers columns
-    // `c..c + 4 * C` (then `c..c + 4`) with that end at most `vhd`, since `vhd` is a multiple of 4,
-    // which is what `weighted_values` needs of `v.add(c)` and of `out` at column `c`.
-    unsafe {
-        let mut c = 0;
-        while c + 4 * C <= vhd {
-            weighted_values::<G, C>(w, n, v.add(c), vhd, inv, out, c);
-            c += 4 * C;
-        }
-        while c < vhd {
-            weighted_values::<G, 1>(w, n, v.add(c), vhd, inv, out, c);
-            c += 4;
-        }
-    }
-}
-
-/// For `G` heads, `out[i][c..c + 4C] = inv[i] · Σ_t w[i][t] · v[t·stride..][..4C]` over `n`
-/// positions (`v` already at column `c`); each head's sum runs over `t` in order.
-///
-/// No `target_feature` of its own: inlined into `attend_neon`.
-///
-/// # Safety
-/// The CPU must support NEON. For every `t < n`, `v` must be valid for reading `4 * C` floats at
-/// `t * stride`; for each head `i < G`, `w[i]` must be valid for reading `n` floats and `out[i]`
-/// for writing `4 * C` floats at `c`.
-#[inline(always)]
-unsafe fn weighted_values<const G: usize, const C: usize>(
-    w: &[*const f32; G],
-    n: usize,
-    v: *const f32,
-    stride: usize,
-    inv: &[f32; G],
-    out: &[*mut f32; G],
-    c: usize,
-) {
-    // SAFETY: the caller guarantees NEON and the ranges; the loads read
-    // `v[t * stride + 4 * j..][..4]` for `j < C` and `w[i][t]`, the stores write
-    // `out[i][c + 4 * j..][..4]`, all inside them.
-    unsafe {
-        let mut acc = [[vdupq_n_f32(0.0); C]; G];
-        for t in 0..n {
-            let vt = v.add(t * stride);
-            let vs: [float32x4_t; C] = std::array::from_fn(|j| vld1q_f32(vt.add(4 * j)));
-            for (i, a) in acc.iter_mut().enumerate() {
-                let wt = vdupq_n_f32(*w[i].add(t));
-                for (aj, vj) in a.iter_mut().zip(&vs) {
-                    *aj = vfmaq_f32(*aj, wt, *vj);
-                }
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            for (j, aj) in a.iter().enumerate() {
-                vst1q_f32(out[i].add(c + 4 * j), vmulq_n_f32(*aj, inv[i]));
-            }
-        }
-    }
 }

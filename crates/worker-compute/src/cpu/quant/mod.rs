@@ -28,6 +28,8 @@ macro_rules! wrap {
 #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
 pub mod aarch64;
 #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
+mod aarch64_attention;
+#[cfg(all(target_arch = "aarch64", target_endian = "little"))]
 mod aarch64_panel;
 #[cfg(all(target_arch = "aarch64", target_endian = "little"))]
 mod aarch64_panel_k;
