@@ -34,6 +34,13 @@ use crate::shape::{check_cols, check_rows};
 
 const _: () = assert!(KV_BLOCK == generic::KEY_BLOCK);
 
+/// Cached positions from which a call's GQA groups are cut into two work items per thread,
+/// not one (when the entries are read in place). Decode at 2,048 positions on 2 threads,
+/// alternating: SmolLM2 (3 KV heads) attention 5.3-6.1 -> 4.1-5.7 ms a token (medians 5.4,
+/// 4.6 over six pairs), Qwen (2) 4.1-4.2 -> 3.8; at up to 128 positions the extra items cost
+/// more than they balance (SmolLM2 0.22-0.24 -> 0.36-0.40 ms).
+const LONG_CONTEXT: usize = 512;
+
 /// Rows of one sequence that share a gather of its blocks.
 const ROW_CHUNK: usize = 16;
 
@@ -240,7 +247,7 @@ impl CpuBackend {
 
         // Work items: chunks of consecutive rows of one sequence, times KV heads, times parts
         // of its GQA group. Where the kernels read an f16 cache in place, a group is cut into
-        // parts when there are fewer items than threads (a lone sequence with few KV heads):
+        // parts when there are fewer items than wanted (a lone sequence with few KV heads):
         // each part reads the entries again, but converts nothing. Otherwise a group is one
         // item, whose blocks are converted to f32 once for all its query heads. A head's
         // result is the same bits in any part.
@@ -252,8 +259,17 @@ impl CpuBackend {
             _ => None,
         };
         let groups = chunks.len() * p.kv_heads;
+        // Items wanted: one per thread; two per thread from LONG_CONTEXT positions, where the
+        // balance is worth a part's extra pass over the entries.
+        let longest = idx.positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let threads = self.pool.n_threads();
+        let wanted = if longest >= LONG_CONTEXT {
+            2 * threads
+        } else {
+            threads
+        };
         let per_part = match in_place {
-            Some(_) => group.div_ceil(self.pool.n_threads().div_ceil(groups).min(group)),
+            Some(_) => group.div_ceil(wanted.div_ceil(groups).min(group)),
             None => group,
         };
         let parts = group.div_ceil(per_part);
