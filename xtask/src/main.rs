@@ -7,11 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-mod bench;
-mod constrained;
-mod conversation;
-mod fetch;
-mod profile;
+use xtask::fetch;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Project automation for the llama-orch worker")]
@@ -27,8 +23,14 @@ enum Task {
     Fetch(fetch::Args),
     /// Prefill and decode throughput, ours and llama.cpp's (llama-bench) side by side; with
     /// `--conversation`, chat-turn latency beside llama-server; with `--constrained`,
-    /// JSON-constrained decode beside free decode.
-    Bench(bench::Args),
+    /// JSON-constrained decode beside free decode. A release build of xtask-bench
+    /// (xtask/bench), which takes every flag (`cargo xtask bench --help`).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The flags of xtask-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Fetch the default model (SmolLM2-135M) if missing and run worker-cpud on it.
     Run {
         /// Extra arguments passed to worker-cpud.
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
 fn try_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Fetch(args) => fetch::run(&args),
-        Task::Bench(args) => bench::run(&args),
+        Task::Bench { args } => run_bench(&args),
         Task::Run { worker_args } => run_worker(&worker_args),
     }
 }
@@ -70,6 +72,20 @@ fn run_worker(worker_args: &[String]) -> anyhow::Result<()> {
         .context("cannot start cargo")?;
     if !status.success() {
         bail!("worker-cpud exited with {status}");
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench`: xtask-bench is the one that links the engine, so that `cargo xtask
+/// fetch` need not build it.
+fn run_bench(args: &[String]) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(["run", "--release", "-q", "-p", "xtask-bench", "--"])
+        .args(args)
+        .status()
+        .context("cannot start cargo")?;
+    if !status.success() {
+        bail!("xtask-bench exited with {status}");
     }
     Ok(())
 }

@@ -5,20 +5,33 @@
 //! `worker-orcd bench` runs too): pp512 is one batched forward pass over 512 tokens from an
 //! empty context; tg128 is 128 single-token forward passes from an empty context. Each is run
 //! once to warm up, then `--reps` times; the mean is reported.
+//!
+//! A crate of its own, which `cargo xtask bench` runs with `cargo run --release`, so that
+//! `cargo xtask fetch` (CI's first step) builds only the download code, not the engine.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use worker_compute::{CpuBackend, CpuConfig};
 use worker_models::bench::{self, BenchSpec};
 use worker_models::load;
 
-use crate::{constrained, conversation, fetch, profile};
+use xtask::fetch;
+
+mod constrained;
+mod conversation;
+mod profile;
 
 /// Flags of `cargo xtask bench`.
-#[derive(clap::Args)]
-pub struct Args {
+#[derive(clap::Parser)]
+#[command(
+    about = "Prefill and decode throughput, ours and llama.cpp's (llama-bench) side by side; with \
+             `--conversation`, chat-turn latency beside llama-server; with `--constrained`, \
+             JSON-constrained decode beside free decode"
+)]
+struct Args {
     /// The GGUF model (default: the SmolLM2 fixture).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -79,8 +92,18 @@ struct Measure {
     tokens_per_s: f64,
 }
 
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `cargo xtask bench`.
-pub fn run(args: &Args) -> anyhow::Result<()> {
+fn run(args: &Args) -> anyhow::Result<()> {
     let model = match &args.model {
         Some(m) => m.clone(),
         None => fetch::ensure_default_model()?,
@@ -297,7 +320,7 @@ fn build_worker() -> anyhow::Result<PathBuf> {
         "--bin",
         "worker-cpud",
     ]))?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     Ok(root.join("target/release/worker-cpud"))
 }
 
