@@ -304,6 +304,7 @@ fn bench(device: Device, a: &BenchArgs) -> anyhow::Result<()> {
         tg: a.tg,
         reps: a.reps,
         depth: a.depth,
+        batch_seqs: 0,
     };
     // Room for the profiled steps after the tests.
     let opts = LoadOptions {

@@ -4,7 +4,9 @@
 //! The definitions are llama-bench's: `pp` is one batched forward pass over `pp` tokens from
 //! an empty context; `tg` is `tg` single-token forward passes from an empty context, each
 //! feeding the greedy token of the one before. With a `depth` (llama-bench's `-d`), both start
-//! after that many tokens already in the context instead. The prompt is fixed pseudo-random
+//! after that many tokens already in the context instead. Our own third test, without a
+//! depth: `batch_seqs` sequences decoding `tg` tokens each, one forward pass per step for all
+//! of them (a server's continuous batch; llama-bench has no such test). The prompt is fixed pseudo-random
 //! ids, as llama-bench's random tokens. Each test runs once to warm up, then `reps` times; the mean
 //! is reported. Timing is wall clock around the forward calls, which end with the logits
 //! on the host, so device work is inside it.
@@ -14,7 +16,7 @@ use std::time::Instant;
 use worker_common::argmax;
 use worker_compute::ComputeBackend;
 
-use crate::{LoadOptions, Model, ModelError, SequenceBatch};
+use crate::{Batch, LoadOptions, Model, ModelError, SequenceBatch};
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub struct BenchSpec {
     /// Tokens in the context before each test (prefilled once, untimed: the tests write
     /// positions from `depth` on, so the context stays).
     pub depth: usize,
+    /// Sequences of the batched decode test (the server's case): `tg` steps in which each of
+    /// them decodes one token, all in one forward pass, from an empty context. Run only
+    /// without a depth, and with at least 2.
+    pub batch_seqs: usize,
 }
 
 /// Rows per forward pass of the untimed prefill of a [`BenchSpec::depth`] context.
@@ -39,9 +45,21 @@ impl BenchSpec {
         self.depth + self.pp.max(self.tg).max(1)
     }
 
-    /// Rows of the largest forward pass: the prefill test's, or a piece of the depth.
+    /// Rows of the largest forward pass: the prefill test's, a piece of the depth, or a
+    /// step of the batched decode.
     fn max_batch(&self) -> usize {
-        self.pp.max(self.depth.min(DEPTH_BATCH)).max(1)
+        self.pp
+            .max(self.depth.min(DEPTH_BATCH))
+            .max(self.batched_seqs())
+            .max(1)
+    }
+
+    /// Sequences of the batched decode test, 0 when it does not run.
+    fn batched_seqs(&self) -> usize {
+        match (self.depth, self.batch_seqs) {
+            (0, n) if n >= 2 => n,
+            _ => 0,
+        }
     }
 
     /// Load options that fit the tests: batches of `pp` rows (or pieces of the depth), one
@@ -49,8 +67,8 @@ impl BenchSpec {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             max_batch: self.max_batch(),
-            max_logit_rows: 1,
-            seqs: 1,
+            max_logit_rows: self.batched_seqs().max(1),
+            seqs: self.batched_seqs().max(1),
             max_positions: self.positions() + 1,
             ..LoadOptions::default()
         }
@@ -75,6 +93,9 @@ pub struct Throughput {
     pub tg_tokens_per_s: f64,
     /// Mean seconds of one decode step.
     pub step_s: f64,
+    /// Tokens per second of the batched decode test, all its sequences together (0 when it
+    /// did not run).
+    pub batched_tokens_per_s: f64,
     /// The last token the decode chose (to go on decoding after the tests).
     pub last_token: u32,
 }
@@ -98,7 +119,9 @@ pub fn run<B: ComputeBackend>(
     }
     let start = spec.depth as u32;
     let prefill = SequenceBatch::new(prompt, start, 0, false);
-    let (mut pp_s, mut tg_s) = (0f64, 0f64);
+    let (mut pp_s, mut tg_s, mut batched_s) = (0f64, 0f64, 0f64);
+    let seqs = spec.batched_seqs();
+    let mut batched_logits = vec![0f32; seqs * vocab];
     let mut token = 0;
     let reps = spec.reps.max(1);
     for rep in 0..=reps {
@@ -120,8 +143,16 @@ pub fn run<B: ComputeBackend>(
         let tg = t.elapsed().as_secs_f64();
         if rep > 0 {
             mark(Mark::DecodeEnd, backend);
+        }
+        let t = Instant::now();
+        if seqs > 0 {
+            decode_together(model, backend, seqs, spec.tg, &mut batched_logits)?;
+        }
+        let batched = t.elapsed().as_secs_f64();
+        if rep > 0 {
             pp_s += pp;
             tg_s += tg;
+            batched_s += batched;
         }
     }
     let reps = reps as f64;
@@ -130,8 +161,42 @@ pub fn run<B: ComputeBackend>(
         pp_tokens_per_s: rate(spec.pp, pp_s),
         tg_tokens_per_s: rate(spec.tg, tg_s),
         step_s: tg_s / (reps * spec.tg.max(1) as f64),
+        batched_tokens_per_s: match seqs {
+            0 => 0.0,
+            n => rate(n * spec.tg, batched_s),
+        },
         last_token: token,
     })
+}
+
+/// `steps` forward passes of one token for each of `seqs` sequences (table rows `0..seqs`,
+/// from position 0), each row feeding its own greedy token; `logits` holds `seqs` rows.
+fn decode_together<B: ComputeBackend>(
+    model: &mut dyn Model,
+    backend: &mut B,
+    seqs: usize,
+    steps: usize,
+    logits: &mut [f32],
+) -> Result<(), ModelError> {
+    let vocab = logits.len() / seqs.max(1);
+    let rows: Vec<u32> = (0..seqs as u32).collect();
+    // A different first token per sequence.
+    let mut step_tokens = tokens(seqs, vocab);
+    for pos in 0..steps as u32 {
+        let positions = vec![pos; seqs];
+        let batch = Batch {
+            tokens: &step_tokens,
+            positions: &positions,
+            seqs: &rows,
+            block_table: &[],
+            logit_rows: &rows,
+        };
+        model.forward(backend, &batch, logits)?;
+        for (t, row) in step_tokens.iter_mut().zip(logits.chunks_exact(vocab)) {
+            *t = argmax(row);
+        }
+    }
+    Ok(())
 }
 
 /// `n` fixed pseudo-random ids below `vocab` (xorshift), as llama-bench's random tokens: the

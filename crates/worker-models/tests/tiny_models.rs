@@ -204,6 +204,7 @@ fn the_bench_decodes_after_its_depth() {
         tg: 5,
         reps: 1,
         depth: 40,
+        batch_seqs: 0,
     };
     let backend = || {
         CpuBackend::new(CpuConfig {
@@ -230,4 +231,32 @@ fn the_bench_decodes_after_its_depth() {
         token = worker_common::argmax(&logits);
     }
     assert_eq!(got.last_token, token);
+}
+
+/// The bench's batched decode test fits the load options it asks for (sequences, logit
+/// rows, batch rows) and runs only without a depth.
+#[test]
+fn the_bench_decodes_sequences_together() {
+    use worker_models::bench::{self, BenchSpec};
+    let file = tiny(Spec {
+        arch: "llama",
+        skip: None,
+        reshape: None,
+    });
+    for (depth, runs) in [(0, true), (8, false)] {
+        let spec = BenchSpec {
+            pp: 4,
+            tg: 6,
+            reps: 1,
+            depth,
+            batch_seqs: 5,
+        };
+        let mut be = CpuBackend::new(CpuConfig {
+            threads: 2,
+            ..CpuConfig::default()
+        });
+        let mut m = load(&file, &mut be, spec.load_options()).unwrap();
+        let t = bench::run(m.as_mut(), &mut be, &spec, |_, _| {}).unwrap();
+        assert_eq!(t.batched_tokens_per_s > 0.0, runs, "depth {depth}");
+    }
 }

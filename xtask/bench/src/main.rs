@@ -51,6 +51,11 @@ struct Args {
     /// and prefill at a long context.
     #[arg(long, default_value_t = 0)]
     depth: usize,
+    /// Sequences of our batched decode test (`tg` tokens each, one forward pass per step for
+    /// all, from an empty context: a server's continuous batch), reported beside our pp rate;
+    /// 0 or 1 skips it, as does a depth. llama-bench has no such test.
+    #[arg(long, default_value_t = 8)]
+    batch_seqs: usize,
     /// A llama-bench binary to compare against (else $LLAMA_BENCH, else the one
     /// `--build-llama-bench` puts in the fixture cache, if present).
     #[arg(long, env = "LLAMA_BENCH")]
@@ -179,11 +184,12 @@ fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
         tg: args.tg,
         reps: args.reps,
         depth: args.depth,
+        batch_seqs: args.batch_seqs,
     };
     let mut m = load(&file, &mut backend, spec.load_options())?;
     let t = bench::run(m.as_mut(), &mut backend, &spec, |_, _| {})?;
     let [pp_name, tg_name] = test_names(args);
-    Ok(vec![
+    let mut measures = vec![
         Measure {
             engine: "ours",
             test: pp_name,
@@ -194,7 +200,20 @@ fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
             test: tg_name,
             tokens_per_s: t.tg_tokens_per_s,
         },
-    ])
+    ];
+    if t.batched_tokens_per_s > 0.0 {
+        measures.push(Measure {
+            engine: "ours",
+            test: batched_name(args),
+            tokens_per_s: t.batched_tokens_per_s,
+        });
+    }
+    Ok(measures)
+}
+
+/// The batched decode test's name: `tg128 x8`.
+fn batched_name(args: &Args) -> String {
+    format!("tg{} x{}", args.tg, args.batch_seqs)
 }
 
 fn llama_cpp(bin: &Path, model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
@@ -260,6 +279,12 @@ fn report(results: &[Measure], model: &Path, args: &Args) {
         .into_iter()
         .filter_map(|t| Some((t.clone(), find("ours", &t)? / find("llama.cpp", &t)?)))
         .collect();
+    // The batched decode against our own prefill: how much of the batched matmul's rate a
+    // continuous batch of single-token steps reaches.
+    let [pp_name, _] = test_names(args);
+    let batched = find("ours", &batched_name(args))
+        .zip(find("ours", &pp_name))
+        .map(|(b, pp)| (batched_name(args), pp_name.clone(), b / pp));
     if args.json {
         for m in results {
             println!(
@@ -278,6 +303,12 @@ fn report(results: &[Measure], model: &Path, args: &Args) {
             .map(|(t, r)| (t, serde_json::json!(r)))
             .collect();
         println!("{}", serde_json::json!({ "ratios": ratios }));
+        if let Some((b, pp, f)) = &batched {
+            println!(
+                "{}",
+                serde_json::json!({ "of_ours": { "test": b, "of": pp, "fraction": f } })
+            );
+        }
         return;
     }
     println!("{model_name}, {} threads", args.threads);
@@ -297,6 +328,9 @@ fn report(results: &[Measure], model: &Path, args: &Args) {
     }
     for (t, r) in ratios {
         println!("ours / llama.cpp {t}: {r:.2}x");
+    }
+    if let Some((b, pp, f)) = batched {
+        println!("ours {b} / ours {pp}: {:.0}%", 100.0 * f);
     }
 }
 

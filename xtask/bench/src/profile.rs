@@ -63,6 +63,7 @@ pub fn run(model: &Path, threads: usize, tg: usize, depth: usize) -> anyhow::Res
         tg,
         reps: 1,
         depth,
+        batch_seqs: 0,
     };
     let mut m = load(&file, &mut backend, spec.load_options())?;
     backend.set_enabled(false);
