@@ -7,6 +7,7 @@
 use std::arch::aarch64::*;
 
 use super::aarch64::exp_nonpositive;
+use super::attention_vector_shapes;
 use super::generic::{self, F16Block, KEY_BLOCK as KB};
 
 /// Where [`attend_with`] reads keys and values: blocks of [`KB`] positions, each block's keys
@@ -120,7 +121,7 @@ pub(super) unsafe fn attend_neon(
 ) {
     let heads = heads.max(1);
     let (hd, vhd) = (q.len() / heads, out.len() / heads);
-    if !vector_shapes(q, out, heads, n, first, sinks)
+    if !attention_vector_shapes(q, out, heads, (first, n), sinks, 4)
         || keys.len() < n.div_ceil(KB) * KB * hd
         || values.len() < n * vhd
     {
@@ -159,7 +160,7 @@ pub(super) unsafe fn attend_f16_neon(
     let heads = heads.max(1);
     let (hd, vhd) = (q.len() / heads, out.len() / heads);
     let needed = n.div_ceil(KB);
-    if !vector_shapes(q, out, heads, n, first, sinks)
+    if !attention_vector_shapes(q, out, heads, (first, n), sinks, 4)
         || blocks.len() < needed
         || blocks[..needed]
             .iter()
@@ -171,24 +172,6 @@ pub(super) unsafe fn attend_f16_neon(
     // SAFETY: the caller guarantees NEON; the shapes were checked above, and every block
     // below `n.div_ceil(KB)` holds its keys and values.
     unsafe { attend_with(q, e, first, n, scale, sinks, out, scores, heads) }
-}
-
-/// Whether the vector body takes these shapes: `q` and `out` whole heads, a value head a
-/// multiple of 4 wide, `first < n`, one sink per head or none.
-fn vector_shapes(
-    q: &[f32],
-    out: &[f32],
-    heads: usize,
-    n: usize,
-    first: usize,
-    sinks: &[f32],
-) -> bool {
-    let (hd, vhd) = (q.len() / heads, out.len() / heads);
-    vhd.is_multiple_of(4)
-        && q.len() == heads * hd
-        && out.len() == heads * vhd
-        && first < n
-        && (sinks.is_empty() || sinks.len() == heads)
 }
 
 /// The attention body of [`attend_neon`] and [`attend_f16_neon`].

@@ -154,6 +154,29 @@ pub type AttendF16 = fn(
     usize,
 );
 
+/// Whether the SIMD attention bodies take these shapes: `q` and `out` whole heads, a value
+/// head a multiple of `lanes` wide, `first < n`, one sink per head or none. The kernels send
+/// any other to the scalar one.
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "aarch64", target_endian = "little")
+))]
+fn attention_vector_shapes(
+    q: &[f32],
+    out: &[f32],
+    heads: usize,
+    (first, n): (usize, usize),
+    sinks: &[f32],
+    lanes: usize,
+) -> bool {
+    let (hd, vhd) = (q.len() / heads, out.len() / heads);
+    vhd.is_multiple_of(lanes)
+        && q.len() == heads * hd
+        && out.len() == heads * vhd
+        && first < n
+        && (sinks.is_empty() || sinks.len() == heads)
+}
+
 /// The kernels of one weight type.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {

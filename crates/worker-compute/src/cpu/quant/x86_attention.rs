@@ -7,6 +7,7 @@
 
 use std::arch::x86_64::*;
 
+use super::attention_vector_shapes;
 use super::generic::{self, F16Block, KEY_BLOCK as KB};
 use super::x86::{exp_nonpositive_avx2, hsum_ps};
 
@@ -145,7 +146,7 @@ pub(super) unsafe fn attend_avx2(
 ) {
     let heads = heads.max(1);
     let (hd, vhd) = (q.len() / heads, out.len() / heads);
-    if !vector_shapes(q, out, heads, n, first, sinks)
+    if !attention_vector_shapes(q, out, heads, (first, n), sinks, 8)
         || keys.len() < n.div_ceil(KB) * KB * hd
         || values.len() < n * vhd
     {
@@ -184,7 +185,7 @@ pub(super) unsafe fn attend_f16_avx2(
     let heads = heads.max(1);
     let (hd, vhd) = (q.len() / heads, out.len() / heads);
     let needed = n.div_ceil(KB);
-    if !vector_shapes(q, out, heads, n, first, sinks)
+    if !attention_vector_shapes(q, out, heads, (first, n), sinks, 8)
         || blocks.len() < needed
         || blocks[..needed]
             .iter()
@@ -196,24 +197,6 @@ pub(super) unsafe fn attend_f16_avx2(
     // SAFETY: the features are the caller's; the shapes were checked above, and every block
     // below `n.div_ceil(KB)` holds its keys and values.
     unsafe { attend_with(q, e, first, n, scale, sinks, out, scores, heads) }
-}
-
-/// Whether the vector body takes these shapes: `q` and `out` whole heads, a value head a
-/// multiple of 8 wide, `first < n`, one sink per head or none.
-fn vector_shapes(
-    q: &[f32],
-    out: &[f32],
-    heads: usize,
-    n: usize,
-    first: usize,
-    sinks: &[f32],
-) -> bool {
-    let (hd, vhd) = (q.len() / heads, out.len() / heads);
-    vhd.is_multiple_of(8)
-        && q.len() == heads * hd
-        && out.len() == heads * vhd
-        && first < n
-        && (sinks.is_empty() || sinks.len() == heads)
 }
 
 /// The attention body of [`attend_avx2`] and [`attend_f16_avx2`].
