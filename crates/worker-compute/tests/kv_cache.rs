@@ -1,7 +1,8 @@
 //! The paged KV cache of the CPU backend: attention through any block table gives the same
 //! bits as through the plain one, a row's result does not depend on the other sequences in
-//! the call, the f32 entries match an f64 softmax reference, f16 and Q8_0 entries stay
-//! within their rounding of it, and bad tables are errors.
+//! the call, nor on how its GQA groups are cut over the threads, the f32 entries match an
+//! f64 softmax reference, f16 and Q8_0 entries stay within their rounding of it, and bad
+//! tables are errors.
 
 use worker_compute::{
     AttentionParams, ComputeBackend, ComputeError, CpuBackend, CpuConfig, KernelChoice,
@@ -216,6 +217,74 @@ fn cutting_gqa_groups_over_threads_keeps_the_bits() {
         assert_eq!(run(4), whole, "{ty:?}, 4 threads");
         assert_eq!(run(3), whole, "{ty:?}, 3 threads");
     }
+}
+
+/// The same past 512 cached positions, where a call wants two work items per thread: a
+/// decode row at position 599 after a 599-position prompt, on 1, 2 and 4 threads.
+#[test]
+fn cutting_gqa_groups_at_long_contexts_keeps_the_bits() {
+    const LONG: usize = 600;
+    let mut rng = Rng::new();
+    let (q, k, v) = (
+        rng.normals(LONG * HEADS * HD),
+        rng.normals(LONG * KV_HEADS * HD),
+        rng.normals(LONG * KV_HEADS * HD),
+    );
+    let run = |threads: usize| -> Vec<f32> {
+        let mut be = CpuBackend::new(CpuConfig {
+            threads,
+            ..CpuConfig::default()
+        });
+        let seq_blocks = LONG.div_ceil(KV_BLOCK);
+        let cache = be
+            .alloc_kv_cache(KvCacheConfig {
+                layers: 2,
+                blocks: seq_blocks,
+                seqs: 1,
+                seq_blocks,
+                kv_heads: KV_HEADS,
+                head_dim: HD,
+                value_head_dim: HD,
+                ty: KvType::F16,
+            })
+            .unwrap();
+        let index = KvIndex {
+            positions: be.alloc_index(LONG).unwrap(),
+            seqs: be.alloc_index(LONG).unwrap(),
+            block_table: be.alloc_index(seq_blocks).unwrap(),
+        };
+        let table: Vec<u32> = (0..seq_blocks as u32).collect();
+        be.write_index(index.block_table, &table).unwrap();
+        // The prompt in one call, then the last position alone.
+        let mut out = Vec::new();
+        for rows in [0..LONG - 1, LONG - 1..LONG] {
+            let n = rows.len();
+            let (qt, kt, vt, ot) = (
+                be.alloc_tensor(n, HEADS * HD).unwrap(),
+                be.alloc_tensor(n, KV_HEADS * HD).unwrap(),
+                be.alloc_tensor(n, KV_HEADS * HD).unwrap(),
+                be.alloc_tensor(n, HEADS * HD).unwrap(),
+            );
+            let (qw, kw) = (HEADS * HD, KV_HEADS * HD);
+            be.write_rows(qt, &q[rows.start * qw..rows.end * qw])
+                .unwrap();
+            be.write_rows(kt, &k[rows.start * kw..rows.end * kw])
+                .unwrap();
+            be.write_rows(vt, &v[rows.start * kw..rows.end * kw])
+                .unwrap();
+            let positions: Vec<u32> = rows.clone().map(|p| p as u32).collect();
+            be.write_index(index.positions, &positions).unwrap();
+            be.write_index(index.seqs, &vec![0; n]).unwrap();
+            be.attention(ot, qt, kt, vt, cache, &index, &params(), n)
+                .unwrap();
+            out = vec![0f32; n * HEADS * HD];
+            be.read_rows(ot, n, &mut out).unwrap();
+        }
+        out
+    };
+    let one = run(1);
+    assert_eq!(run(2), one, "2 threads");
+    assert_eq!(run(4), one, "4 threads");
 }
 
 #[test]
