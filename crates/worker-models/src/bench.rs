@@ -6,9 +6,9 @@
 //! feeding the greedy token of the one before. With a `depth` (llama-bench's `-d`), both start
 //! after that many tokens already in the context instead. Our own third test, without a
 //! depth: `batch_seqs` sequences decoding `tg` tokens each, one forward pass per step for all
-//! of them (a server's continuous batch; llama-bench has no such test). The prompt is fixed pseudo-random
-//! ids, as llama-bench's random tokens. Each test runs once to warm up, then `reps` times; the mean
-//! is reported. Timing is wall clock around the forward calls, which end with the logits
+//! of them (a server's continuous batch; llama-bench has no such test). The prompt is fixed
+//! pseudo-random ids, as llama-bench's random tokens. Each test runs once to warm up, then
+//! `reps` times; the mean is reported. Timing is wall clock around the forward calls, which end with the logits
 //! on the host, so device work is inside it.
 
 use std::time::Instant;
@@ -182,8 +182,9 @@ fn decode_together<B: ComputeBackend>(
     let rows: Vec<u32> = (0..seqs as u32).collect();
     // A different first token per sequence.
     let mut step_tokens = tokens(seqs, vocab);
+    let mut positions = vec![0; seqs];
     for pos in 0..steps as u32 {
-        let positions = vec![pos; seqs];
+        positions.fill(pos);
         let batch = Batch {
             tokens: &step_tokens,
             positions: &positions,

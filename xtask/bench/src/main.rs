@@ -3,8 +3,10 @@
 //!
 //! Our numbers follow llama-bench's definitions (the driver is `worker_models::bench`, which
 //! `worker-orcd bench` runs too): pp512 is one batched forward pass over 512 tokens from an
-//! empty context; tg128 is 128 single-token forward passes from an empty context. Each is run
-//! once to warm up, then `--reps` times; the mean is reported.
+//! empty context; tg128 is 128 single-token forward passes from an empty context; with
+//! `--depth N` both start after N tokens of context (llama-bench's `-d`). Ours alone, without
+//! a depth: `tg128 x8`, 8 sequences decoding together, beside our pp rate. Each is run once
+//! to warm up, then `--reps` times; the mean is reported.
 //!
 //! A crate of its own, which `cargo xtask bench` runs with `cargo run --release`, so that
 //! `cargo xtask fetch` (CI's first step) builds only the download code, not the engine.

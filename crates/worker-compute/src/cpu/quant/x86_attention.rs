@@ -20,6 +20,9 @@ use super::x86::{exp_nonpositive_avx2, hsum_ps};
 unsafe trait Entries: Copy {
     /// Bytes of one entry.
     const BYTES: usize;
+    /// Whether the blocks lie apart in memory (a cache's), so that the body prefetches them;
+    /// gathered scratch is one contiguous run, fresh in the cache.
+    const SCATTERED: bool;
     /// The first entry of key block `b`: element `d` of its position `p` is entry `d * KB + p`.
     ///
     /// # Safety
@@ -51,6 +54,7 @@ struct F32Entries {
 // checked against the blocks and positions it names.
 unsafe impl Entries for F32Entries {
     const BYTES: usize = 4;
+    const SCATTERED: bool = false;
     #[inline(always)]
     unsafe fn key_block(self, b: usize) -> *const u8 {
         // SAFETY: block `b` lies inside the keys (the caller's contract).
@@ -79,6 +83,7 @@ struct F16Entries<'a> {
 // that each block holds `hd * KB` keys and `KB * vhd` values.
 unsafe impl Entries for F16Entries<'_> {
     const BYTES: usize = 2;
+    const SCATTERED: bool = true;
     #[inline(always)]
     unsafe fn key_block(self, b: usize) -> *const u8 {
         // SAFETY: `b` is one of the blocks (the caller's contract).
@@ -100,7 +105,8 @@ unsafe impl Entries for F16Entries<'_> {
 }
 
 /// Key blocks prefetched ahead of the one being scored, and value rows ahead of the one
-/// being summed (in the first pass over a tile). A cache's blocks lie apart (other heads'
+/// being summed (in the first pass over a tile), where the entries are a cache's
+/// ([`Entries::SCATTERED`]). A cache's blocks lie apart (other heads'
 /// and layers' between them) and were evicted by the weights since the last step, so the
 /// hardware prefetchers, which stop at page boundaries, leave each block's first lines to
 /// wait for memory.
@@ -360,7 +366,7 @@ unsafe fn score_heads<const G: usize, E: Entries>(
     // `i * stride + b * KB` plus `0..16`, all inside them.
     unsafe {
         for b in 0..blocks {
-            if b + PREFETCH_BLOCKS < blocks {
+            if E::SCATTERED && b + PREFETCH_BLOCKS < blocks {
                 prefetch(e.key_block(b + PREFETCH_BLOCKS), hd * KB * E::BYTES);
             }
             let kb = e.key_block(b);
@@ -447,8 +453,10 @@ unsafe fn score_blocks<const N: usize, E: Entries>(
     // `d * KB` plus `0..16` of blocks `b + i` for `i < N`, `d < hd`, and the stores write
     // `out[i * KB..][..16]`, inside `N * KB`.
     unsafe {
-        for ahead in b + N..(b + 2 * N).min(blocks) {
-            prefetch(e.key_block(ahead), q.len() * KB * E::BYTES);
+        if E::SCATTERED {
+            for ahead in b + N..(b + 2 * N).min(blocks) {
+                prefetch(e.key_block(ahead), q.len() * KB * E::BYTES);
+            }
         }
         let kb: [*const u8; N] = std::array::from_fn(|i| e.key_block(b + i));
         let mut acc = [[_mm256_setzero_ps(); 2]; N];
@@ -498,7 +506,7 @@ unsafe fn weighted_values<const G: usize, const C: usize, E: Entries>(
             })
         });
         for t in ts {
-            if c == 0 && t + PREFETCH_ROWS < n {
+            if E::SCATTERED && c == 0 && t + PREFETCH_ROWS < n {
                 prefetch(e.value_row(t + PREFETCH_ROWS), vhd * E::BYTES);
             }
             let vt = e.value_row(t);
