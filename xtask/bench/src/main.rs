@@ -8,6 +8,11 @@
 //! a depth: `tg128 x8`, 8 sequences decoding together, beside our pp rate. Each is run once
 //! to warm up, then `--reps` times; the mean is reported.
 //!
+//! Before each round the read bandwidth is measured, and tg128 is reported as a fraction of
+//! its floor (the weight bytes of a decode step over that bandwidth), ours and llama.cpp's.
+//! With `--rounds N` the engines take turns N times (a shared machine's bandwidth drifts
+//! over minutes) and the medians are reported, each round's ratios beside them.
+//!
 //! A crate of its own, which `cargo xtask bench` runs with `cargo run --release`, so that
 //! `cargo xtask fetch` (CI's first step) builds only the download code, not the engine.
 
@@ -24,6 +29,7 @@ use xtask::fetch;
 
 mod constrained;
 mod conversation;
+mod floor;
 mod profile;
 
 /// Flags of `cargo xtask bench`.
@@ -58,6 +64,10 @@ struct Args {
     /// 0 or 1 skips it, as does a depth. llama-bench has no such test.
     #[arg(long, default_value_t = 8)]
     batch_seqs: usize,
+    /// Rounds of the comparison: each measures the read floor, then runs our tests and
+    /// llama-bench's; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// A llama-bench binary to compare against (else $LLAMA_BENCH, else the one
     /// `--build-llama-bench` puts in the fixture cache, if present).
     #[arg(long, env = "LLAMA_BENCH")]
@@ -97,6 +107,23 @@ struct Measure {
     engine: &'static str,
     test: String,
     tokens_per_s: f64,
+}
+
+/// One round of the comparison: the read bandwidth measured before it, and what both engines
+/// measured.
+struct Round {
+    read_bytes_per_s: f64,
+    results: Vec<Measure>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 fn main() -> ExitCode {
@@ -148,15 +175,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| Some(cached_llama_bench().ok()?).filter(|p| p.exists()));
 
-    let mut results = ours(&model, args)?;
-    match &llama_bench {
-        Some(bin) => results.extend(llama_cpp(bin, &model, args)?),
-        None => eprintln!(
+    if llama_bench.is_none() {
+        eprintln!(
             "no llama-bench (pass --llama-bench PATH, set LLAMA_BENCH, or --build-llama-bench): \
              printing our numbers only"
-        ),
+        );
     }
-    report(&results, &model, args);
+    let weight_bytes = floor::decode_weight_bytes(&model)?;
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let read_bytes_per_s = floor::read_bandwidth(args.threads);
+        let mut results = ours(&model, args)?;
+        if let Some(bin) = &llama_bench {
+            results.extend(llama_cpp(bin, &model, args)?);
+        }
+        rounds.push(Round {
+            read_bytes_per_s,
+            results,
+        });
+    }
+    report(&rounds, weight_bytes, &model, args);
     Ok(())
 }
 
@@ -266,73 +304,150 @@ fn llama_cpp(bin: &Path, model: &Path, args: &Args) -> anyhow::Result<Vec<Measur
     Ok(results)
 }
 
-fn report(results: &[Measure], model: &Path, args: &Args) {
+/// Prints the medians over `rounds` of every engine's tests, the ratios (each round's beside
+/// their median), the batched test against our prefill, and tg's fraction of the read floor
+/// of `weight_bytes` a token.
+fn report(rounds: &[Round], weight_bytes: u64, model: &Path, args: &Args) {
     let model_name = model.file_name().map_or_else(
         || model.display().to_string(),
         |n| n.to_string_lossy().into(),
     );
-    let find = |engine: &str, test: &str| {
-        results
+    let find = |round: &Round, engine: &str, test: &str| {
+        round
+            .results
             .iter()
             .find(|m| m.engine == engine && m.test == test)
             .map(|m| m.tokens_per_s)
     };
-    let ratios: Vec<(String, f64)> = test_names(args)
+    // Per test, each round's value of `f` (rounds where it has none left out).
+    let per_round =
+        |f: &dyn Fn(&Round) -> Option<f64>| -> Vec<f64> { rounds.iter().filter_map(f).collect() };
+    let table: Vec<(&'static str, String, f64)> = rounds[0]
+        .results
+        .iter()
+        .map(|m| {
+            let values = per_round(&|r| find(r, m.engine, &m.test));
+            (m.engine, m.test.clone(), median(values))
+        })
+        .collect();
+    let ratios: Vec<(String, Vec<f64>)> = test_names(args)
         .into_iter()
-        .filter_map(|t| Some((t.clone(), find("ours", &t)? / find("llama.cpp", &t)?)))
+        .map(|t| {
+            let values = per_round(&|r| Some(find(r, "ours", &t)? / find(r, "llama.cpp", &t)?));
+            (t, values)
+        })
+        .filter(|(_, v)| !v.is_empty())
         .collect();
     // The batched decode against our own prefill: how much of the batched matmul's rate a
     // continuous batch of single-token steps reaches.
-    let [pp_name, _] = test_names(args);
-    let batched = find("ours", &batched_name(args))
-        .zip(find("ours", &pp_name))
-        .map(|(b, pp)| (batched_name(args), pp_name.clone(), b / pp));
+    let [pp_name, tg_name] = test_names(args);
+    let batched =
+        per_round(&|r| Some(find(r, "ours", &batched_name(args))? / find(r, "ours", &pp_name)?));
+    // tg's fraction of the floor (weights only, so only without a depth, where the KV cache
+    // adds little to a step's reads).
+    let read = median(per_round(&|r| Some(r.read_bytes_per_s)));
+    let floor_tokens_per_s = |r: &Round| r.read_bytes_per_s / weight_bytes.max(1) as f64;
+    let fraction = |engine: &str| {
+        median(per_round(&|r| {
+            Some(find(r, engine, &tg_name)? / floor_tokens_per_s(r))
+        }))
+    };
+    let fractions: Vec<(&str, f64)> = match args.depth {
+        0 => ["ours", "llama.cpp"]
+            .into_iter()
+            .map(|e| (e, fraction(e)))
+            .filter(|(_, f)| *f > 0.0)
+            .collect(),
+        _ => Vec::new(),
+    };
     if args.json {
-        for m in results {
+        for (engine, test, tokens_per_s) in &table {
             println!(
                 "{}",
                 serde_json::json!({
-                    "engine": m.engine,
+                    "engine": engine,
                     "model": model_name,
-                    "test": m.test,
+                    "test": test,
                     "threads": args.threads,
-                    "tokens_per_s": m.tokens_per_s,
+                    "tokens_per_s": tokens_per_s,
+                    "rounds": rounds.len(),
                 })
             );
         }
         let ratios: serde_json::Map<String, serde_json::Value> = ratios
             .into_iter()
-            .map(|(t, r)| (t, serde_json::json!(r)))
+            .map(|(t, r)| (t, serde_json::json!(median(r))))
             .collect();
         println!("{}", serde_json::json!({ "ratios": ratios }));
-        if let Some((b, pp, f)) = &batched {
+        if !batched.is_empty() {
             println!(
                 "{}",
-                serde_json::json!({ "of_ours": { "test": b, "of": pp, "fraction": f } })
+                serde_json::json!({ "of_ours": {
+                    "test": batched_name(args), "of": pp_name, "fraction": median(batched)
+                } })
+            );
+        }
+        if !fractions.is_empty() {
+            let of: serde_json::Map<String, serde_json::Value> = fractions
+                .iter()
+                .map(|(e, f)| (e.to_string(), serde_json::json!(f)))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "read_floor": {
+                    "test": tg_name,
+                    "read_gb_per_s": read / 1e9,
+                    "weight_mb_per_token": weight_bytes as f64 / 1e6,
+                    "fraction": of,
+                } })
             );
         }
         return;
     }
-    println!("{model_name}, {} threads", args.threads);
-    let width = results
-        .iter()
-        .map(|m| m.test.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    match rounds.len() {
+        1 => println!("{model_name}, {} threads", args.threads),
+        n => println!(
+            "{model_name}, {} threads, medians of {n} rounds",
+            args.threads
+        ),
+    }
+    let width = table.iter().map(|m| m.1.len()).max().unwrap_or(0).max(4);
     println!("| engine    | {:<width$} |   tokens/s |", "test");
     println!("| --------- | {:-<width$} | ---------: |", "");
-    for m in results {
-        println!(
-            "| {:<9} | {:<width$} | {:>10.1} |",
-            m.engine, m.test, m.tokens_per_s
-        );
+    for (engine, test, tokens_per_s) in &table {
+        println!("| {engine:<9} | {test:<width$} | {tokens_per_s:>10.1} |");
     }
     for (t, r) in ratios {
-        println!("ours / llama.cpp {t}: {r:.2}x");
+        let each: Vec<String> = r.iter().map(|x| format!("{x:.2}x")).collect();
+        match r.len() {
+            1 => println!("ours / llama.cpp {t}: {:.2}x", r[0]),
+            _ => println!(
+                "ours / llama.cpp {t}: {:.2}x (rounds: {})",
+                median(r.clone()),
+                each.join(", ")
+            ),
+        }
     }
-    if let Some((b, pp, f)) = batched {
-        println!("ours {b} / ours {pp}: {:.0}%", 100.0 * f);
+    if !batched.is_empty() {
+        println!(
+            "ours {} / ours {pp_name}: {:.0}%",
+            batched_name(args),
+            100.0 * median(batched)
+        );
+    }
+    if !fractions.is_empty() {
+        let of: Vec<String> = fractions
+            .iter()
+            .map(|(e, f)| format!("{e} {:.0}%", 100.0 * f))
+            .collect();
+        println!(
+            "{tg_name} of the read floor ({:.1} GB/s read, {:.1} MB of weights a token: {:.1} \
+             tok/s): {}",
+            read / 1e9,
+            weight_bytes as f64 / 1e6,
+            read / weight_bytes.max(1) as f64,
+            of.join(", ")
+        );
     }
 }
 

@@ -21,8 +21,8 @@ use worker_gguf::GgufFile;
 use worker_models::bench::{self, BenchSpec, Mark};
 use worker_models::load;
 
-/// Bytes of one streaming read of the floor measurement.
-const READ_BYTES: usize = 1 << 30;
+use crate::floor;
+
 /// Bytes of copies each kernel runs over (well beyond a 32 MiB L3).
 const KERNEL_BYTES: u64 = 256 << 20;
 
@@ -32,7 +32,7 @@ pub fn run(model: &Path, threads: usize, tg: usize, depth: usize) -> anyhow::Res
     let file = GgufFile::open(model).with_context(|| format!("cannot open {}", model.display()))?;
     println!("{}, {threads} threads, depth {depth}", file_name(model));
 
-    let read = read_bandwidth(threads);
+    let read = floor::read_bandwidth(threads);
     println!(
         "read floor: {:.1} GB/s (best of 8 reads of 1 GiB)",
         read / 1e9
@@ -128,39 +128,6 @@ pub fn run(model: &Path, threads: usize, tg: usize, depth: usize) -> anyhow::Res
 fn file_name(p: &Path) -> String {
     p.file_name()
         .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
-}
-
-/// Best of 8 streaming reads of [`READ_BYTES`], split over `threads` threads, in bytes/s.
-fn read_bandwidth(threads: usize) -> f64 {
-    let threads = threads.max(1);
-    let words = READ_BYTES / 8;
-    // Distinct non-zero pages, so the reads come from memory and not the zero page.
-    let buf: Vec<u64> = (0..words as u64)
-        .map(|i| i.wrapping_mul(0x9e37_79b9))
-        .collect();
-    let sink = AtomicU64::new(0);
-    let mut best = 0f64;
-    for _ in 0..8 {
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for part in buf.chunks(words.div_ceil(threads)) {
-                let sink = &sink;
-                s.spawn(move || {
-                    // Eight independent lanes, so the sum is not one long dependency chain.
-                    let mut acc = [0u64; 8];
-                    for c in part.chunks_exact(8) {
-                        for (a, v) in acc.iter_mut().zip(c) {
-                            *a ^= v;
-                        }
-                    }
-                    sink.fetch_xor(acc.iter().fold(0, |x, y| x ^ y), Ordering::Relaxed);
-                });
-            }
-        });
-        best = best.max(READ_BYTES as f64 / start.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(sink.load(Ordering::Relaxed));
-    best
 }
 
 /// The cost of one job every thread takes part in (the wake-up, the join and the wait that
