@@ -53,6 +53,38 @@ fn greedy_is_argmax() {
 }
 
 #[test]
+fn argmax_is_the_first_strictly_larger_logit_of_one_scan() {
+    let scan = |logits: &[f32]| {
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    };
+    let mut rng = Xoshiro256::seed_from_u64(7);
+    let awkward = [
+        f32::NAN,
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1.0,
+        -1.0,
+    ];
+    for n in [0, 1, 2, 15, 16, 17, 33, 1000] {
+        for _ in 0..200 {
+            // Few distinct values, so ties, zeros of both signs and NaNs meet in every lane.
+            let logits: Vec<f32> = (0..n)
+                .map(|_| awkward[(rng.next_f64() * awkward.len() as f64) as usize])
+                .collect();
+            assert_eq!(argmax(&logits), scan(&logits), "{logits:?}");
+        }
+    }
+}
+
+#[test]
 fn greedy_ties_go_to_the_lowest_id() {
     let mut s = sampler(SamplingConfig::greedy(), 5);
     assert_eq!(s.sample(&mut [0.0, 3.0, 1.0, 3.0, 3.0], &[]).unwrap(), 1);

@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use std::sync::atomic::AtomicUsize;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use worker_gguf::quants::legacy::BlockQ8_0;
 use worker_gguf::quants::{BlockFormat, QuantizeBlock};
 use worker_gguf::GgmlType;
@@ -107,12 +108,12 @@ impl KvPool {
                     k[at..at + 4].copy_from_slice(&x.to_le_bytes());
                 }
             }
-            KvType::F16 => {
-                for (d, x) in key.iter().enumerate() {
+            KvType::F16 => f16_chunks(key, |d0, chunk| {
+                for (d, x) in (d0..).zip(chunk) {
                     let at = 2 * (d * KV_BLOCK + offset);
-                    k[at..at + 2].copy_from_slice(&f16::from_f32(*x).to_le_bytes());
+                    k[at..at + 2].copy_from_slice(&x.to_le_bytes());
                 }
-            }
+            }),
             KvType::Q8_0 => {
                 let row = ty.bytes_for(key.len() as u64) as usize;
                 write_row(ty, &mut k[offset * row..][..row], key);
@@ -132,11 +133,11 @@ fn write_row(ty: KvType, out: &mut [u8], x: &[f32]) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
-        KvType::F16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(x) {
-                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+        KvType::F16 => f16_chunks(x, |i0, chunk| {
+            for (o, v) in out[2 * i0..].chunks_exact_mut(2).zip(chunk) {
+                o.copy_from_slice(&v.to_le_bytes());
             }
-        }
+        }),
         KvType::Q8_0 => {
             for (o, v) in out
                 .chunks_exact_mut(BlockQ8_0::TYPE_SIZE)
@@ -145,6 +146,21 @@ fn write_row(ty: KvType, out: &mut [u8], x: &[f32]) {
                 BlockQ8_0::from_float(v).write(o);
             }
         }
+    }
+}
+
+/// Entries [`f16_chunks`] converts at a time.
+const F16_CHUNK: usize = 64;
+
+/// `x` converted to f16 (rounded to nearest, as `f16::from_f32`), handed to `f` a chunk at a
+/// time with the index of its first entry. A slice conversion uses F16C where the CPU has it;
+/// one `from_f32` call per entry was most of a decode step's attention op at short contexts.
+fn f16_chunks(x: &[f32], mut f: impl FnMut(usize, &[f16])) {
+    let mut buf = [f16::ZERO; F16_CHUNK];
+    for (i, c) in x.chunks(F16_CHUNK).enumerate() {
+        let converted = &mut buf[..c.len()];
+        converted.convert_from_f32_slice(c);
+        f(i * F16_CHUNK, converted);
     }
 }
 
