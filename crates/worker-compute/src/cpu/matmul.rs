@@ -10,6 +10,7 @@ use super::quant::{
     BlockQ8, BlockQ8K, PanelDot, PanelDotMany, PanelDots, PanelKernels, TypeKernels, VecDot,
     PANEL_BATCH, QK, QK_K,
 };
+use super::ranges::{balanced_cuts, Ranges};
 use super::{for_chunks, Activations, CpuBackend, SharedOut, Weight};
 use crate::backend::Result;
 
@@ -196,8 +197,9 @@ impl CpuBackend {
         self.run("matmul", &job)
     }
 
-    /// The matmuls of weights in panels as one pool job: the work items are runs of whole
-    /// panels (sixteen output columns) of each weight, each through every activation row.
+    /// The matmuls of weights in panels as one pool job: the work items are the panels
+    /// (sixteen output columns) of every weight, each through every activation row, cut into
+    /// one contiguous range of about equal bytes per thread ([`Ranges`]).
     fn matmul_panels(
         &self,
         jobs: &[PanelJob<'_>],
@@ -209,27 +211,29 @@ impl CpuBackend {
         if jobs.is_empty() {
             return Ok(());
         }
-        // Several items per thread and weight, so a slow thread does not hold the others up.
-        let per = self.pool.n_threads() * 4;
-        let mut items = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
-            let panels = job.wt.rows.div_ceil(PANEL);
-            let chunk = panels.div_ceil(per).max(1);
-            items.extend(
-                (0..panels)
-                    .step_by(chunk)
-                    .map(|p| (i, p..(p + chunk).min(panels))),
-            );
-        }
-        let next = AtomicUsize::new(0);
+        // The items are the panels of every weight, one after the other; each thread streams
+        // one contiguous run of them, of about equal bytes (`Ranges`).
+        let runs: Vec<(usize, u64)> = jobs
+            .iter()
+            .map(|job| {
+                let blocks = job.wt.cols / job.pk.format.block_elems();
+                let bytes = blocks * job.pk.format.panel_block_bytes();
+                (job.wt.rows.div_ceil(PANEL), bytes as u64)
+            })
+            .collect();
+        let ranges = Ranges::new(&balanced_cuts(&runs, self.pool.n_threads()));
         let work = || {
-            for_chunks(items.len(), 1, &next, |i, _| {
-                let (j, panels) = &items[i];
-                let job = &jobs[*j];
+            ranges.run(|mut p| {
+                let mut j = 0;
+                while p >= runs[j].0 {
+                    p -= runs[j].0;
+                    j += 1;
+                }
+                let job = &jobs[j];
                 match job.pk.dots {
-                    PanelDots::Q8(f, f4) => job.run(panels.clone(), (f, f4), q8, rows),
-                    PanelDots::Q8K(f, f4) => job.run(panels.clone(), (f, f4), q8k, rows),
-                    PanelDots::F32(f, f4) => job.run(panels.clone(), (f, f4), xs, rows),
+                    PanelDots::Q8(f, f4) => job.run(p..p + 1, (f, f4), q8, rows),
+                    PanelDots::Q8K(f, f4) => job.run(p..p + 1, (f, f4), q8k, rows),
+                    PanelDots::F32(f, f4) => job.run(p..p + 1, (f, f4), xs, rows),
                 }
             });
         };

@@ -7,6 +7,7 @@ mod moe;
 pub mod ops;
 pub mod pool;
 pub mod quant;
+mod ranges;
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
