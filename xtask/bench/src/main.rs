@@ -229,18 +229,20 @@ fn ours(model: &Path, args: &Args) -> anyhow::Result<Vec<Measure>> {
     let mut m = load(&file, &mut backend, spec.load_options())?;
     let t = bench::run(m.as_mut(), &mut backend, &spec, |_, _| {})?;
     let [pp_name, tg_name] = test_names(args);
-    let mut measures = vec![
-        Measure {
-            engine: "ours",
-            test: pp_name,
-            tokens_per_s: t.pp_tokens_per_s,
-        },
-        Measure {
-            engine: "ours",
-            test: tg_name,
-            tokens_per_s: t.tg_tokens_per_s,
-        },
-    ];
+    let mut measures = Vec::new();
+    // `--pp 0` (or `--tg 0`) skips that test, as llama-bench does.
+    for (test, tokens, tokens_per_s) in [
+        (pp_name, args.pp, t.pp_tokens_per_s),
+        (tg_name, args.tg, t.tg_tokens_per_s),
+    ] {
+        if tokens > 0 {
+            measures.push(Measure {
+                engine: "ours",
+                test,
+                tokens_per_s,
+            });
+        }
+    }
     if t.batched_tokens_per_s > 0.0 {
         measures.push(Measure {
             engine: "ours",
