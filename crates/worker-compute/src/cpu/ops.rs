@@ -4,22 +4,10 @@
 
 use crate::backend::{RopeMode, RopeParams};
 
-/// `1 / sqrt(mean(x^2) + eps)`, the squares summed in f64 as llama.cpp's `rms_norm` does,
-/// in eight partial sums (one chain of dependent adds took most of a decode step's norm).
+/// `1 / sqrt(mean(x^2) + eps)`.
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let mut lanes = [0f64; 8];
-    let chunks = x.chunks_exact(lanes.len());
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += (v * v) as f64;
-        }
-    }
-    let ss = rest
-        .iter()
-        .fold(lanes.iter().sum::<f64>(), |s, v| s + (v * v) as f64);
-    let mean = (ss / x.len() as f64) as f32;
-    1.0 / (mean + eps).sqrt()
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ss + eps).sqrt()
 }
 
 /// `out = x / sqrt(mean(x^2) + eps) * w`.
