@@ -9,7 +9,7 @@ use anyhow::Context;
 use worker_compute::profile::Profiled;
 use worker_compute::{CpuBackend, CpuConfig};
 use worker_gguf::GgufFile;
-use worker_models::bench::{self, BenchSpec, Mark};
+use worker_models::bench::{self, BenchSpec, Mark, Throughput};
 use worker_models::load;
 
 /// Bytes of one streaming read of the floor measurement.
@@ -55,17 +55,33 @@ pub fn read_bandwidth(threads: usize) -> f64 {
 /// mixture of experts' only for the experts a row uses), as the profile counts them.
 pub fn decode_weight_bytes(model: &Path) -> anyhow::Result<u64> {
     let file = GgufFile::open(model).with_context(|| format!("cannot open {}", model.display()))?;
-    let mut backend = Profiled::new(CpuBackend::new(CpuConfig::default()));
+    let (backend, _) = profiled_decode(&file, CpuConfig::default().threads, COUNTED_STEPS, 0)?;
+    let bytes: u64 = backend.costs().iter().map(|(_, c)| c.weight_bytes).sum();
+    Ok(bytes / COUNTED_STEPS as u64)
+}
+
+/// `file` loaded on a profiled CPU backend of `threads` threads and decoded `tg` steps at
+/// batch 1 after `depth` tokens of context, every op of the timed steps (only those) profiled.
+pub fn profiled_decode(
+    file: &GgufFile,
+    threads: usize,
+    tg: usize,
+    depth: usize,
+) -> anyhow::Result<(Profiled<CpuBackend>, Throughput)> {
+    let mut backend = Profiled::new(CpuBackend::new(CpuConfig {
+        threads,
+        ..CpuConfig::default()
+    }));
     let spec = BenchSpec {
         pp: 0,
-        tg: COUNTED_STEPS,
+        tg,
         reps: 1,
-        depth: 0,
+        depth,
         batch_seqs: 0,
     };
-    let mut m = load(&file, &mut backend, spec.load_options())?;
+    let mut m = load(file, &mut backend, spec.load_options())?;
     backend.set_enabled(false);
-    bench::run(
+    let t = bench::run(
         m.as_mut(),
         &mut backend,
         &spec,
@@ -77,6 +93,5 @@ pub fn decode_weight_bytes(model: &Path) -> anyhow::Result<u64> {
             Mark::DecodeEnd => b.set_enabled(false),
         },
     )?;
-    let bytes: u64 = backend.costs().iter().map(|(_, c)| c.weight_bytes).sum();
-    Ok(bytes / COUNTED_STEPS as u64)
+    Ok((backend, t))
 }

@@ -15,11 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use worker_compute::cpu::pool::ThreadPool;
-use worker_compute::profile::Profiled;
 use worker_compute::{ComputeBackend, CpuBackend, CpuConfig, WeightDesc};
 use worker_gguf::GgufFile;
-use worker_models::bench::{self, BenchSpec, Mark};
-use worker_models::load;
 
 use crate::floor;
 
@@ -54,31 +51,7 @@ pub fn run(model: &Path, threads: usize, tg: usize, depth: usize) -> anyhow::Res
         );
     }
 
-    let mut backend = Profiled::new(CpuBackend::new(CpuConfig {
-        threads,
-        ..CpuConfig::default()
-    }));
-    let spec = BenchSpec {
-        pp: 0,
-        tg,
-        reps: 1,
-        depth,
-        batch_seqs: 0,
-    };
-    let mut m = load(&file, &mut backend, spec.load_options())?;
-    backend.set_enabled(false);
-    let t = bench::run(
-        m.as_mut(),
-        &mut backend,
-        &spec,
-        |mark, b: &mut Profiled<CpuBackend>| match mark {
-            Mark::DecodeStart => {
-                b.reset();
-                b.set_enabled(true);
-            }
-            Mark::DecodeEnd => b.set_enabled(false),
-        },
-    )?;
+    let (backend, t) = floor::profiled_decode(&file, threads, tg, depth)?;
     let costs = backend.costs();
     let step = t.step_s;
     let per_token = |d: Duration| d.as_secs_f64() / tg as f64;
