@@ -481,6 +481,38 @@ impl<'a> Gather<'a> {
 mod tests {
     use super::*;
 
+    /// The slice conversion stores what one `f16::from_f32` per entry stored: ties to even,
+    /// subnormals, overflow to infinity, at every length around a chunk.
+    #[test]
+    fn f16_chunks_round_as_from_f32() {
+        let specials = [
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            1e6,
+            -1e6,
+            6e-8,
+            3e-8,
+            1.0 + 1.0 / 2048.0,
+        ];
+        for n in [0, 1, 63, 64, 65, 130] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| match specials.get(i) {
+                    Some(&v) => v,
+                    None => (i as f32 * 0.7311).sin() * 10f32.powi(i as i32 % 9 - 4),
+                })
+                .collect();
+            let mut got = vec![f16::ZERO; n];
+            f16_chunks(&x, |i0, chunk| {
+                got[i0..i0 + chunk.len()].copy_from_slice(chunk)
+            });
+            for (g, v) in got.iter().zip(&x) {
+                assert_eq!(g.to_bits(), f16::from_f32(*v).to_bits(), "{v} (n = {n})");
+            }
+        }
+    }
+
     #[test]
     fn rows_are_chunked_by_sequence_and_size() {
         let seqs = [0, 0, 0, 2, 2, 1];
