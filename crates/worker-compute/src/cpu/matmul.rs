@@ -25,39 +25,42 @@ struct PanelJob<'a> {
 }
 
 impl PanelJob<'_> {
-    /// Panels `panels` against all `rows` activation rows (`x`: rows of blocks `A`),
+    /// Blocks along a row of the weight, and bytes of one of its panels.
+    fn shape(&self) -> (usize, usize) {
+        let format = self.pk.format;
+        let nb = self.wt.cols / format.block_elems();
+        (nb, nb * format.panel_block_bytes())
+    }
+
+    /// Panel `p` against all `rows` activation rows (`x`: rows of blocks `A`),
     /// [`PANEL_BATCH`] rows per call where it can.
     fn run<A>(
         &self,
-        panels: std::ops::Range<usize>,
+        p: usize,
         (dot, dot_many): (PanelDot<A>, PanelDotMany<A>),
         x: &[A],
         rows: usize,
     ) {
-        let (wt, format) = (self.wt, self.pk.format);
-        let (nb, n) = (wt.cols / format.block_elems(), wt.rows);
-        let panel_bytes = nb * format.panel_block_bytes();
+        let ((nb, panel_bytes), n) = (self.shape(), self.wt.rows);
         let x = |r: usize| &x[r * nb..(r + 1) * nb];
-        for p in panels {
-            let w = &wt.bytes[p * panel_bytes..][..panel_bytes];
-            let (j0, width) = (p * PANEL, PANEL.min(n - p * PANEL));
-            let store = |r: usize, v: &[f32; PANEL]| {
-                // SAFETY: columns j0..j0+width of every row belong to panel p, which only this
-                // call computes; r < rows <= the output's row capacity.
-                let o = unsafe { self.out.slice(r * n + j0, width) };
-                o.copy_from_slice(&v[..width]);
-            };
-            let mut r = 0;
-            while r + PANEL_BATCH <= rows {
-                let v = dot_many(w, std::array::from_fn(|i| x(r + i)));
-                for (i, vi) in v.iter().enumerate() {
-                    store(r + i, vi);
-                }
-                r += PANEL_BATCH;
+        let w = &self.wt.bytes[p * panel_bytes..][..panel_bytes];
+        let (j0, width) = (p * PANEL, PANEL.min(n - p * PANEL));
+        let store = |r: usize, v: &[f32; PANEL]| {
+            // SAFETY: columns j0..j0+width of every row belong to panel p, which only this
+            // call computes; r < rows <= the output's row capacity.
+            let o = unsafe { self.out.slice(r * n + j0, width) };
+            o.copy_from_slice(&v[..width]);
+        };
+        let mut r = 0;
+        while r + PANEL_BATCH <= rows {
+            let v = dot_many(w, std::array::from_fn(|i| x(r + i)));
+            for (i, vi) in v.iter().enumerate() {
+                store(r + i, vi);
             }
-            for r in r..rows {
-                store(r, &dot(w, x(r)));
-            }
+            r += PANEL_BATCH;
+        }
+        for r in r..rows {
+            store(r, &dot(w, x(r)));
         }
     }
 }
@@ -215,11 +218,7 @@ impl CpuBackend {
         // one contiguous run of them, of about equal bytes (`Ranges`).
         let runs: Vec<(usize, u64)> = jobs
             .iter()
-            .map(|job| {
-                let blocks = job.wt.cols / job.pk.format.block_elems();
-                let bytes = blocks * job.pk.format.panel_block_bytes();
-                (job.wt.rows.div_ceil(PANEL), bytes as u64)
-            })
+            .map(|job| (job.wt.rows.div_ceil(PANEL), job.shape().1 as u64))
             .collect();
         let ranges = Ranges::new(&balanced_cuts(&runs, self.pool.n_threads()));
         let work = || {
@@ -231,9 +230,9 @@ impl CpuBackend {
                 }
                 let job = &jobs[j];
                 match job.pk.dots {
-                    PanelDots::Q8(f, f4) => job.run(p..p + 1, (f, f4), q8, rows),
-                    PanelDots::Q8K(f, f4) => job.run(p..p + 1, (f, f4), q8k, rows),
-                    PanelDots::F32(f, f4) => job.run(p..p + 1, (f, f4), xs, rows),
+                    PanelDots::Q8(f, f4) => job.run(p, (f, f4), q8, rows),
+                    PanelDots::Q8K(f, f4) => job.run(p, (f, f4), q8k, rows),
+                    PanelDots::F32(f, f4) => job.run(p, (f, f4), xs, rows),
                 }
             });
         };
