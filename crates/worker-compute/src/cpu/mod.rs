@@ -8,6 +8,7 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 mod ranges;
+mod slab;
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,7 +77,7 @@ struct Weight {
     cols: usize,
     row_bytes: usize,
     /// The GGUF rows, or the panels when `kernels.panel` is set.
-    bytes: Vec<u8>,
+    bytes: slab::WeightBytes,
     kernels: TypeKernels,
     /// f32 copy of a vector (norm weights, biases): tiny, read by every row.
     vector: Option<Vec<f32>>,
@@ -158,6 +159,8 @@ pub struct CpuBackend {
     tensors: Vec<RefCell<Tensor>>,
     indices: Vec<Vec<u32>>,
     weights: Vec<Weight>,
+    /// Where the weights' bytes are carved from.
+    weight_memory: slab::Slabs,
     caches: Vec<RefCell<kv::KvPool>>,
     q8: Vec<BlockQ8>,
     q8k: Vec<BlockQ8K>,
@@ -180,6 +183,7 @@ impl CpuBackend {
             tensors: Vec::new(),
             indices: Vec::new(),
             weights: Vec::new(),
+            weight_memory: slab::Slabs::default(),
             caches: Vec::new(),
             q8: Vec::new(),
             q8k: Vec::new(),
@@ -308,26 +312,6 @@ fn for_chunks(n: usize, chunk: usize, next: &AtomicUsize, mut f: impl FnMut(usiz
     }
 }
 
-/// Asks Linux to back the (still untouched) capacity of `v` with 2 MiB pages where it can:
-/// a decoded token streams every weight once, and with 4 KiB pages the hardware prefetchers
-/// stop at every page boundary. Only a hint: without transparent huge pages nothing changes.
-fn advise_huge_pages(v: &mut Vec<u8>) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = v.as_mut_ptr() as usize;
-        let (first, end) = (start.next_multiple_of(HUGE), start + v.capacity());
-        if end >= first + HUGE {
-            let len = (end - first) / HUGE * HUGE;
-            // SAFETY: the range lies inside the vector's allocation, which nothing has touched
-            // yet; madvise only changes how its pages are backed, not their contents.
-            unsafe { libc::madvise(first as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
-}
-
 /// `n` zeros, allocated zeroed: the system hands out untouched pages that cost no resident
 /// memory and no time until written (a KV cache for the whole context is mostly unused).
 fn alloc_f32(what: &'static str, n: usize) -> Result<Vec<f32>> {
@@ -386,9 +370,8 @@ impl ComputeBackend for CpuBackend {
         // Matrices of a type with panel kernels are repacked; the rest is copied as it is.
         let panel = kernels.panel.filter(|_| vector.is_none());
         let len = panel.map_or(d.bytes.len(), |pk| pk.format.bytes(d.rows, d.cols));
-        // Zeroed, untouched pages: advised onto huge pages first, then written by the pool.
-        let mut bytes = alloc_zeroed::<u8>("weight", len)?;
-        advise_huge_pages(&mut bytes);
+        // Zeroed, untouched pages (on huge pages where Linux has them), written by the pool.
+        let mut bytes = self.weight_memory.alloc(len)?;
         let (out, src) = (SharedOut(bytes.as_mut_ptr()), d.bytes);
         match panel {
             Some(pk) => {
