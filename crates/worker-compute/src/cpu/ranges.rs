@@ -5,8 +5,9 @@
 //! streams memory. Eight interleaved pieces per matrix handed out through one counter (the
 //! earlier split) made each thread start a new stream at every piece; one contiguous run per
 //! thread is what the hardware prefetchers follow best (SmolLM2 decode 4-8% faster in 8 of 8
-//! repetitions, alternating the two splits step by step). Taking single items, and stealing from the back of a range
-//! whose owner is slow or never joined the job, keeps the balance the pieces gave.
+//! repetitions, alternating the two splits step by step). Taking single items, and stealing
+//! from the back of a range whose owner is slow or never joined the job, keeps the balance
+//! the pieces gave.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

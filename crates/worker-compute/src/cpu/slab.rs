@@ -5,8 +5,8 @@
 //! the 2 MiB-aligned stretches inside a matrix could get huge pages: none of SmolLM2's layer
 //! matrices (69-553 KB) and about half of Qwen2.5-0.5B's, so most of a step read 4 KiB pages,
 //! a TLB miss every 4 KiB and a page walk that has to come from memory too once the weights
-//! stream through the caches. Carved from 64 MiB slabs, all but the first and last stretch of
-//! each slab lie on 2 MiB pages.
+//! stream through the caches. Carved from 64 MiB slabs, each used from its first 2 MiB
+//! boundary, all but the last stretch of a slab lies on 2 MiB pages.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ops::Deref;
@@ -143,13 +143,12 @@ fn new_slab(bytes: usize) -> Result<Arc<Slab>> {
 fn advise_huge_pages(start: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
-        const HUGE: usize = 2 << 20;
         let (first, end) = (
-            (start as usize).next_multiple_of(HUGE),
+            (start as usize).next_multiple_of(HUGE_PAGE),
             start as usize + len,
         );
-        if end >= first + HUGE {
-            let len = (end - first) / HUGE * HUGE;
+        if end >= first + HUGE_PAGE {
+            let len = (end - first) / HUGE_PAGE * HUGE_PAGE;
             // SAFETY: the range lies inside the allocation, which nothing has touched yet;
             // madvise only changes how its pages are backed, not their contents.
             unsafe { libc::madvise(first as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
