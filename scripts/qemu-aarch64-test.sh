@@ -14,17 +14,17 @@
 # and qemu-user; .ci/run installs what is missing. The build goes to
 # target/aarch64-unknown-linux-gnu, beside the host build, which it leaves alone.
 #
-# Each test binary runs under a time limit (QEMU_TEST_TIMEOUT, 180 s; the slowest takes about
+# Each test binary runs under a time limit (QEMU_TEST_TIMEOUT, 90 s; the slowest takes about
 # 25 s here) and, if it runs out, once more: qemu-user can hang a multithreaded guest (a CI run
-# sat for an hour in a test that takes 20 s, and 12 runs in a row here did not repeat it), and
-# a hang must end as a failure with its name, not as a CI run that never finishes. A test that
-# fails is not run again.
+# sat for an hour in a test that takes 20 s, and 12 runs in a row here did not repeat it; a
+# later CI run lost its 180 s limit to one), and a hang must end as a failure with its name,
+# not as a CI run that never finishes. A test that fails is not run again.
 set -euo pipefail
 if [ "${1:-}" = "--run" ]; then
     # Cargo's runner for the test binaries: --run CPU BINARY [ARGS...]
     cpu=$2
     shift 2
-    limit=${QEMU_TEST_TIMEOUT:-180}
+    limit=${QEMU_TEST_TIMEOUT:-90}
     for attempt in 1 2; do
         status=0
         timeout --kill-after=10 "$limit" qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" "$@" ||
